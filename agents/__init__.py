@@ -1,0 +1,1 @@
+"""Agents: random and scripted explorers, RL training."""

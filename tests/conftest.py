@@ -1,0 +1,30 @@
+"""Test configuration: hardware markers skip themselves only when the hardware is absent."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Keep CPU tests fast and deterministic on small machines.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    n_gpu = torch.cuda.device_count()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none present")
+    skip_multi = pytest.mark.skip(reason=f"needs >= 2 CUDA GPUs; {n_gpu} present")
+    for item in items:
+        if "gpu" in item.keywords and n_gpu < 1:
+            item.add_marker(skip_gpu)
+        if "multigpu" in item.keywords and n_gpu < 2:
+            item.add_marker(skip_multi)
+
+
+@pytest.fixture
+def seed():
+    torch.manual_seed(0)
+    return 0

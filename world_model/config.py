@@ -1,0 +1,474 @@
+"""Architecture configs: frozen, self-validating dataclasses, one per part.
+
+Architecture configs are saved next to the weights (``config.json``); runtime options (device,
+dtype, attention backend, ...) live in :mod:`world_model.runtime` and are never saved.
+
+Field names of :class:`DiTConfig` and :class:`ActionConfig` mirror the keys of the released
+``base_model/config.json`` so that a release config reads without a rename table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "ConfigError",
+    "ActionConfig",
+    "DiTConfig",
+    "VAEConfig",
+    "TextConfig",
+    "SamplerConfig",
+    "StreamConfig",
+    "WorldModelConfig",
+    "WAN22_LATENT_MEAN",
+    "WAN22_LATENT_STD",
+    "mg3_5b",
+    "tiny",
+]
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message says which and why."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], *, strict: bool) -> T:
+    """Build a dataclass from a dict, converting lists to tuples and nested dicts to configs.
+
+    ``strict=False`` ignores unknown keys (release config.json files carry extra keys such as
+    ``_class_name``); ``strict=True`` rejects them.
+    """
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if strict and unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            continue
+        nested = _NESTED.get((cls.__name__, k))
+        if nested is not None and isinstance(v, dict):
+            v = _from_dict(nested, v, strict=strict)
+        elif isinstance(v, list):
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            v = _to_dict(v)
+        elif isinstance(v, tuple):
+            v = [list(x) if isinstance(x, tuple) else x for x in v]
+        out[f.name] = v
+    return out
+
+
+class _Config:
+    """Mixin: dict/JSON round trips and ``replace``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, strict: bool = True):
+        return _from_dict(cls, data, strict=strict)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+# --------------------------------------------------------------------------------------------
+# DiT
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionConfig(_Config):
+    """Keyboard/mouse action module (spec §4.3), present in ``blocks`` of the DiT."""
+
+    blocks: tuple[int, ...] = tuple(range(15))
+    keyboard_dim_in: int = 6
+    mouse_dim_in: int = 2
+    hidden_size: int = 128  # keyboard embedding width
+    img_hidden_size: int = 3072  # = DiT dim
+    keyboard_hidden_dim: int = 1024
+    mouse_hidden_dim: int = 1024
+    heads_num: int = 16
+    windows_size: int = 3  # latents per action window (3 latents x 4 frames = 12 frames)
+    vae_time_compression_ratio: int = 4
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    qk_norm: bool = True
+    qkv_bias: bool = False
+    rope_dim_list: tuple[int, int, int] = (8, 28, 28)
+    mouse_qk_dim_list: tuple[int, int, int] = (8, 28, 28)
+    rope_theta: float = 256.0
+    enable_mouse: bool = True
+    enable_keyboard: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.heads_num > 0, f"action heads_num ({self.heads_num}) must be positive")
+        for name in ("keyboard_hidden_dim", "mouse_hidden_dim"):
+            v = getattr(self, name)
+            _check(v % self.heads_num == 0, f"action {name} ({v}) must be divisible by heads_num ({self.heads_num})")
+        head_dim = self.mouse_hidden_dim // self.heads_num
+        _check(
+            sum(self.rope_dim_list) == head_dim,
+            f"action rope_dim_list {self.rope_dim_list} must sum to the action head dim ({head_dim})",
+        )
+        _check(len(set(self.blocks)) == len(self.blocks), f"action blocks {self.blocks} contain duplicates")
+
+    @property
+    def head_dim(self) -> int:
+        return self.mouse_hidden_dim // self.heads_num
+
+    @property
+    def frames_per_window(self) -> int:
+        """Pixel frames seen by one latent's action window (12 for the release)."""
+        return self.windows_size * self.vae_time_compression_ratio
+
+
+@dataclass(frozen=True)
+class DiTConfig(_Config):
+    """The diffusion transformer (spec §1.1, §3). Keys mirror the release ``config.json``."""
+
+    model_type: str = "ti2v"
+    dim: int = 3072
+    num_layers: int = 30
+    num_heads: int = 24
+    ffn_dim: int = 14336
+    in_dim: int = 48
+    out_dim: int = 48
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_len: int = 512
+    text_dim: int = 4096
+    freq_dim: int = 256
+    eps: float = 1e-6
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    window_size: tuple[int, int] = (-1, -1)
+    use_memory: bool = True
+    sigma_theta: float = 0.8  # head-wise perturbed RoPE base (spec §1.2)
+    rope_max_len: int = 2048  # RoPE table length (latent time positions)
+    vae_spatial_stride: int = 16  # pixels per latent pixel; sets the plucker channels (6 * stride^2)
+    action_config: ActionConfig | None = field(default_factory=ActionConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.dim > 0 and self.num_heads > 0, "dim and num_heads must be positive")
+        _check(self.dim % self.num_heads == 0, f"num_heads ({self.num_heads}) must divide dim ({self.dim})")
+        _check(self.head_dim % 2 == 0, f"head dim ({self.head_dim}) must be even for RoPE")
+        _check(len(self.patch_size) == 3, f"patch_size must have 3 entries, got {self.patch_size}")
+        _check(
+            self.model_type in ("ti2v", "t2v", "i2v"), f"model_type must be ti2v, t2v or i2v, got {self.model_type!r}"
+        )
+        _check(0.0 <= self.sigma_theta < 1.0, f"sigma_theta ({self.sigma_theta}) must be in [0, 1)")
+        _check(self.freq_dim % 2 == 0, f"freq_dim ({self.freq_dim}) must be even")
+        if self.action_config is not None:
+            a = self.action_config
+            _check(
+                a.img_hidden_size == self.dim,
+                f"action_config.img_hidden_size ({a.img_hidden_size}) must equal dim ({self.dim})",
+            )
+            bad = [b for b in a.blocks if not 0 <= b < self.num_layers]
+            _check(not bad, f"action_config.blocks {bad} out of range for num_layers ({self.num_layers})")
+            _check(
+                tuple(a.patch_size) == tuple(self.patch_size),
+                f"action_config.patch_size {a.patch_size} must equal patch_size {self.patch_size}",
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def plucker_channels(self) -> int:
+        """Channels of the per-latent-pixel camera embedding: [origin, direction] per pixel."""
+        return 6 * self.vae_spatial_stride**2
+
+    @classmethod
+    def from_release(cls, data: dict[str, Any]) -> DiTConfig:
+        """Read a release ``config.json`` dict (extra keys such as ``_class_name`` are ignored)."""
+        return cls.from_dict(data, strict=False)
+
+
+# --------------------------------------------------------------------------------------------
+# VAE
+# --------------------------------------------------------------------------------------------
+
+# 48 latent normalisation constants of the Wan2.2 VAE (spec §7.1).
+WAN22_LATENT_MEAN: tuple[float, ...] = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+    0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
+    -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+)  # fmt: skip
+WAN22_LATENT_STD: tuple[float, ...] = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VAEConfig(_Config):
+    """The causal 3-D video VAE of the Wan2.2 family (spec §7).
+
+    The release: z_dim 48, encoder base 160, decoder base 256, dim_mult (1, 2, 4, 4), 2x2 pixel
+    (un)shuffle, so 16x spatial and 4x temporal compression. ``pruning_rate`` scales the decoder
+    widths by (1 - p) (MG-LightVAE). Smaller variants change widths, z_dim and the number of
+    spatial downsamples (e.g. 8x spatial for low resolutions).
+    """
+
+    z_dim: int = 48
+    encoder_dim: int = 160
+    decoder_dim: int = 256
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)  # per down stage (len(dim_mult) - 1)
+    spatial_downsample: tuple[bool, ...] = (True, True, True)  # per down stage
+    patch_size: int = 2  # pixel (un)shuffle factor
+    pruning_rate: float = 0.0  # decoder width scale 1 - p
+    latent_mean: tuple[float, ...] = WAN22_LATENT_MEAN
+    latent_std: tuple[float, ...] = WAN22_LATENT_STD
+
+    def __post_init__(self) -> None:
+        n = len(self.dim_mult) - 1
+        _check(n >= 1, f"dim_mult needs at least 2 entries, got {self.dim_mult}")
+        _check(
+            len(self.temporal_downsample) == n, f"temporal_downsample needs {n} entries, got {self.temporal_downsample}"
+        )
+        _check(
+            len(self.spatial_downsample) == n, f"spatial_downsample needs {n} entries, got {self.spatial_downsample}"
+        )
+        _check(0.0 <= self.pruning_rate < 1.0, f"pruning_rate ({self.pruning_rate}) must be in [0, 1)")
+        _check(
+            len(self.latent_mean) == self.z_dim,
+            f"latent_mean has {len(self.latent_mean)} values, z_dim is {self.z_dim}",
+        )
+        _check(
+            len(self.latent_std) == self.z_dim, f"latent_std has {len(self.latent_std)} values, z_dim is {self.z_dim}"
+        )
+        _check(all(s > 0 for s in self.latent_std), "latent_std values must be positive")
+
+    @property
+    def spatial_stride(self) -> int:
+        return self.patch_size * 2 ** sum(self.spatial_downsample)
+
+    @property
+    def temporal_stride(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+    @property
+    def pruned_decoder_dim(self) -> int:
+        return int(round(self.decoder_dim * (1.0 - self.pruning_rate)))
+
+    def num_frames(self, num_latents: int, first_chunk: bool) -> int:
+        """Pixel frames produced by decoding ``num_latents`` (spec §7.2: 15 -> 57, then 10 -> 40)."""
+        r = self.temporal_stride
+        return 1 + r * (num_latents - 1) if first_chunk else r * num_latents
+
+
+# --------------------------------------------------------------------------------------------
+# Text, sampler, streaming
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextConfig(_Config):
+    """Text encoder. ``umt5-xxl`` for the release; ``minilm`` (all-MiniLM-L6-v2) for the default."""
+
+    kind: str = "umt5-xxl"
+    text_len: int = 512
+    dim: int = 4096
+    max_prompt_chars: int = 2000
+
+    def __post_init__(self) -> None:
+        _check(
+            self.kind in ("umt5-xxl", "minilm", "random"),
+            f"text kind must be umt5-xxl, minilm or random, got {self.kind!r}",
+        )
+        _check(self.text_len > 0 and self.dim > 0, "text_len and dim must be positive")
+
+
+NEGATIVE_PROMPT = (
+    "Vibrant colors, overexposure, static, blurred details, subtitles, style, artwork, painting, picture, "
+    "still, overall grayish, worst quality, low quality, JPEG compression artifacts, ugly, incomplete, "
+    "extra fingers, poorly drawn hands, poorly drawn face, deformed, disfigured, malformed limbs, fused "
+    "fingers, still frame, cluttered background, three legs, many people in the background, walking backwards"
+)
+
+
+@dataclass(frozen=True)
+class SamplerConfig(_Config):
+    """Flow-matching UniPC sampler (spec §6 step 2)."""
+
+    num_steps: int = 3
+    shift: float = 5.0
+    num_train_timesteps: int = 1000
+    solver_order: int = 2
+    guidance_scale: float = 1.0  # 5.0 with the base (non-distilled) model
+    negative_prompt: str = NEGATIVE_PROMPT
+
+    def __post_init__(self) -> None:
+        _check(self.num_steps >= 1, f"num_steps ({self.num_steps}) must be >= 1")
+        _check(self.shift > 0, f"shift ({self.shift}) must be positive")
+        _check(self.guidance_scale >= 1.0, f"guidance_scale ({self.guidance_scale}) must be >= 1")
+
+
+@dataclass(frozen=True)
+class StreamConfig(_Config):
+    """The streaming loop's geometry (spec §6, §5.4) and camera constants (§5.1-5.2)."""
+
+    height: int = 704
+    width: int = 1280
+    num_memory: int = 5  # memory latents per chunk (k >= 1)
+    past_latents: int = 4  # clean context latents per chunk (k >= 1)
+    new_latents: int = 10  # generated latents per chunk (k >= 1)
+    first_latents: int = 15  # latents of the first chunk (1 image + 14 generated)
+    sink_latent: int = 1  # memory slot 5 is hard-wired to this latent (spec §13.5)
+    fov_deg: float = 90.0
+    move_speed: float = 12.35  # units per frame
+    move_speed_diag: float = 8.73
+    degrees_per_mouse_unit: float = 15.0
+    mouse_deadzone: float = 0.02
+    fps: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.height > 0 and self.width > 0, "height and width must be positive")
+        _check(
+            self.num_memory >= 0 and self.past_latents >= 1 and self.new_latents >= 1, "latent counts must be positive"
+        )
+
+
+@dataclass(frozen=True)
+class WorldModelConfig(_Config):
+    """A whole world model: DiT + VAE + text + sampler + stream geometry."""
+
+    name: str = "mg3-5b"
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+    def __post_init__(self) -> None:
+        s = self.vae.spatial_stride
+        _check(
+            self.stream.height % (s * self.dit.patch_size[1]) == 0
+            and self.stream.width % (s * self.dit.patch_size[2]) == 0,
+            f"frame size {self.stream.height}x{self.stream.width} must be divisible by "
+            f"{s * self.dit.patch_size[1]}x{s * self.dit.patch_size[2]} (VAE stride x patch)",
+        )
+        _check(
+            self.dit.in_dim == self.vae.z_dim, f"dit.in_dim ({self.dit.in_dim}) must equal vae.z_dim ({self.vae.z_dim})"
+        )
+        _check(
+            self.dit.vae_spatial_stride == s,
+            f"dit.vae_spatial_stride ({self.dit.vae_spatial_stride}) must equal the VAE's ({s})",
+        )
+        _check(
+            self.dit.text_dim == self.text.dim,
+            f"dit.text_dim ({self.dit.text_dim}) must equal text.dim ({self.text.dim})",
+        )
+        _check(
+            self.dit.text_len == self.text.text_len,
+            f"dit.text_len ({self.dit.text_len}) must equal text.text_len ({self.text.text_len})",
+        )
+        _check(
+            self.stream.first_latents > self.stream.past_latents,
+            "first_latents must exceed past_latents",
+        )
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        s = self.vae.spatial_stride
+        return self.stream.height // s, self.stream.width // s
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> WorldModelConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+_NESTED: dict[tuple[str, str], type] = {
+    ("DiTConfig", "action_config"): ActionConfig,
+    ("WorldModelConfig", "dit"): DiTConfig,
+    ("WorldModelConfig", "vae"): VAEConfig,
+    ("WorldModelConfig", "text"): TextConfig,
+    ("WorldModelConfig", "sampler"): SamplerConfig,
+    ("WorldModelConfig", "stream"): StreamConfig,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
+
+
+def mg3_5b(distilled: bool = True) -> WorldModelConfig:
+    """The released Matrix-Game 3.0 5B model (spec §1.1): 3-step distilled or the 50-step base."""
+    sampler = SamplerConfig() if distilled else SamplerConfig(num_steps=50, guidance_scale=5.0)
+    return WorldModelConfig(name="mg3-5b" if distilled else "mg3-5b-base", sampler=sampler)
+
+
+def tiny(height: int = 64, width: int = 64) -> WorldModelConfig:
+    """A tiny random-weight model for tests: every part of the architecture, small dims.
+
+    VAE: 8x spatial (patch 2, two spatial downsamples), 4x temporal, z_dim 8.
+    DiT: dim 64, 4 heads (head dim 16), 2 layers, action module in block 0.
+    """
+    z = 8
+    vae = VAEConfig(
+        z_dim=z,
+        encoder_dim=8,
+        decoder_dim=8,
+        dim_mult=(1, 2, 2),
+        num_res_blocks=1,
+        temporal_downsample=(True, True),
+        spatial_downsample=(True, True),
+        latent_mean=(0.0,) * z,
+        latent_std=(1.0,) * z,
+    )
+    action = ActionConfig(
+        blocks=(0,),
+        hidden_size=8,
+        img_hidden_size=64,
+        keyboard_hidden_dim=32,
+        mouse_hidden_dim=32,
+        heads_num=2,
+        rope_dim_list=(4, 6, 6),
+        mouse_qk_dim_list=(4, 6, 6),
+    )
+    dit = DiTConfig(
+        dim=64,
+        num_layers=2,
+        num_heads=4,
+        ffn_dim=128,
+        in_dim=z,
+        out_dim=z,
+        text_len=16,
+        text_dim=32,
+        freq_dim=32,
+        vae_spatial_stride=vae.spatial_stride,
+        action_config=action,
+    )
+    text = TextConfig(kind="random", text_len=16, dim=32)
+    stream = StreamConfig(height=height, width=width)
+    return WorldModelConfig(name="tiny-random", dit=dit, vae=vae, text=text, stream=stream)

@@ -1,0 +1,1 @@
+"""Data engine and dataset format (LeRobot v3 layout)."""

@@ -1,0 +1,1 @@
+"""Training: VAE, DiT flow matching with memory and error buffer, DMD distillation."""
