@@ -119,6 +119,9 @@ class ActionConfig(_Config):
     rope_theta: float = 256.0
     enable_mouse: bool = True
     enable_keyboard: bool = True
+    # Spec §13.2: the release ignores the action module's q/k RMSNorm weights (normalise only, in the
+    # input dtype); True applies the weight in fp32 like the later upstream fix. Not a release key.
+    apply_qk_norm_weight: bool = False
 
     def __post_init__(self) -> None:
         _check(self.heads_num > 0, f"action heads_num ({self.heads_num}) must be positive")
