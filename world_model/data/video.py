@@ -1,0 +1,92 @@
+"""H.264 mp4 video files (browser-playable: libx264, yuv420p) through PyAV."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["VideoEncoder", "decode_video", "fps_fraction"]
+
+
+def _av():
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("video files need PyAV: pip install 'mg3[data]' (or pip install av)") from e
+    return av
+
+
+def fps_fraction(fps: float) -> Fraction:
+    """An exact frame rate for the container (17.5 -> 35/2)."""
+    return Fraction(fps).limit_denominator(1001)
+
+
+class VideoEncoder:
+    """Incremental H.264 encoder: ``write(frames)`` any number of times, then ``close()``.
+
+    frames are uint8 [T, H, W, 3] RGB; H and W must be even (yuv420p). ``close()`` flushes and
+    fsyncs the file so that a following rename publishes complete data.
+    """
+
+    def __init__(
+        self, path: str | Path, *, fps: float, height: int, width: int, crf: int = 20, preset: str = "veryfast"
+    ):
+        if height % 2 or width % 2:
+            raise ValueError(f"H.264 yuv420p needs even sides, got {width}x{height}")
+        av = _av()
+        self.path = Path(path)
+        self.height, self.width = height, width
+        self.num_frames = 0
+        self._container = av.open(str(self.path), mode="w", format="mp4")
+        self._stream = self._container.add_stream(
+            "libx264", rate=fps_fraction(fps), options={"crf": str(crf), "preset": preset}
+        )
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        self._closed = False
+
+    def write(self, frames: np.ndarray) -> None:
+        av = _av()
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.dtype != np.uint8 or frames.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(
+                f"expected uint8 frames [T, {self.height}, {self.width}, 3], got {frames.dtype} {tuple(frames.shape)}"
+            )
+        for frame in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in self._stream.encode(vf):
+                self._container.mux(packet)
+        self.num_frames += len(frames)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        with open(self.path, "rb+") as f:
+            os.fsync(f.fileno())
+
+    def abort(self) -> None:
+        """Close without caring about the content and delete the file."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):  # the file is being thrown away
+                self._container.close()
+        self.path.unlink(missing_ok=True)
+
+
+def decode_video(path: str | Path) -> np.ndarray:
+    """All frames of a video file as uint8 [T, H, W, 3] RGB."""
+    av = _av()
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{path} holds no video frames")
+    return np.stack(frames)
