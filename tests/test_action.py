@@ -356,3 +356,23 @@ def test_matches_slow_reference(first_clip, M, apply_weight):
     ref = _reference(mod, x, grid, mouse, keyboard, M, apply_weight)
     assert (out - x).abs().max() > 0.1  # the residuals are substantial
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU (skips itself without CUDA)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_close_to_cpu_fp32_and_batch_consistent():
+    mod = _randomize(ActionModule(CFG))
+    x, grid, mouse, keyboard = _inputs(3, 2, 3, 4, 4, first_clip=False)
+    ref = mod(x, grid, mouse, keyboard, 2)
+    gpu = mod.to("cuda", torch.bfloat16)
+    xc, mc, kc = x.cuda(), mouse.cuda(), keyboard.cuda()
+    out = gpu(xc, grid, mc, kc, 2)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.cpu(), ref, rtol=0.05, atol=0.1)
+    for b in range(3):
+        single = gpu(xc[b : b + 1], grid, mc[b : b + 1], kc[b : b + 1], 2)
+        torch.testing.assert_close(out[b : b + 1], single, rtol=0.02, atol=0.02)
