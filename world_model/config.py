@@ -28,6 +28,7 @@ __all__ = [
     "WAN22_LATENT_STD",
     "mg3_5b",
     "tiny",
+    "embedded",
 ]
 
 
@@ -350,11 +351,29 @@ class StreamConfig(_Config):
     degrees_per_mouse_unit: float = 15.0
     mouse_deadzone: float = 0.02
     fps: int = 16
+    # memory retrieval (spec §5.4): query frames end - offset; frustum grid of memory_grid^3 points
+    memory_query_offsets: tuple[int, ...] = (1, 9, 17, 25, 33)
+    memory_grid: int = 10
+    memory_near: float = 0.1  # metres
+    memory_far: float = 30.0  # metres
 
     def __post_init__(self) -> None:
         _check(self.height > 0 and self.width > 0, "height and width must be positive")
         _check(
             self.num_memory >= 0 and self.past_latents >= 1 and self.new_latents >= 1, "latent counts must be positive"
+        )
+        _check(
+            len(self.memory_query_offsets) >= self.num_memory,
+            f"memory_query_offsets {self.memory_query_offsets} needs at least num_memory ({self.num_memory}) entries",
+        )
+        _check(
+            all(o >= 1 for o in self.memory_query_offsets),
+            f"memory_query_offsets {self.memory_query_offsets} must all be >= 1 (query frame = window end - offset)",
+        )
+        _check(self.memory_grid >= 1, f"memory_grid ({self.memory_grid}) must be >= 1")
+        _check(
+            0.0 <= self.memory_near < self.memory_far,
+            f"memory depth range ({self.memory_near}, {self.memory_far}) must satisfy 0 <= near < far",
         )
 
 
@@ -475,3 +494,68 @@ def tiny(height: int = 64, width: int = 64) -> WorldModelConfig:
     text = TextConfig(kind="random", text_len=16, dim=32)
     stream = StreamConfig(height=height, width=width)
     return WorldModelConfig(name="tiny-random", dit=dit, vae=vae, text=text, stream=stream)
+
+
+def embedded() -> WorldModelConfig:
+    """The small model shipped in the package ("mg3-embedded"), trained by ``world_model.train``.
+
+    Geometry: 128x128 pixels; VAE 8x spatial (patch 2 x two downsamples), 4x temporal, z_dim 16,
+    so a latent frame is 16x16 and a DiT token grid 8x8 = 64 tokens. A chunk is 5 memory + 4 past
+    + 10 new latents = 19 frames, L = 19 * 64 = 1216 tokens.
+
+    Size (parameters): per DiT block 12 d^2 (self q/k/v/o, cross q/k/v/o, 4 camera layers) +
+    2 d ffn = 1.229M + 0.655M = 1.88M at d = 320, ffn 1024; 8 blocks = 15.1M; action module in
+    blocks 0-3 (hidden 128) ~0.33M each = 1.3M; embeddings/head ~1.8M. Total ~18.2M parameters,
+    ~36 MB in bf16, plus the VAE (encoder + pruned decoder, ~1.5M, ~3 MB): under the 40 MB bar.
+
+    CPU speed (2 cores, fp32 GEMM ~150 GFLOP/s measured at these shapes, bf16 ~400): one DiT
+    forward per token per block = 2 (10 d^2 + 2 d ffn) = 3.36 MFLOP of projections + 4 L d = 1.56
+    MFLOP of attention -> 4.92 MFLOP x 1216 tokens x 8 blocks = 47.8 GFLOP, plus action module
+    (2.3 GFLOP), camera and time embeddings (3.2 GFLOP): ~53 GFLOP. Three sampler steps ~160
+    GFLOP ~ 1.1 s. The pruned decoder (widths 32/32/32/16) decoding 10 latents -> 40 frames is
+    ~27 GFLOP of 3x3x3 convolutions, ~0.5 s. Chunk ~1.6 s < 2.5 s, i.e. >= 16 frames/s of 40.
+
+    Camera/motion constants follow the ViZDoom data engine (``world_model/data/README.md``).
+    """
+    z = 16
+    vae = VAEConfig(
+        z_dim=z,
+        encoder_dim=32,
+        decoder_dim=32,
+        dim_mult=(1, 2, 2),
+        num_res_blocks=1,
+        temporal_downsample=(True, True),
+        spatial_downsample=(True, True),
+        patch_size=2,
+        pruning_rate=0.5,
+        latent_mean=(0.0,) * z,  # replaced by measured statistics when the VAE is trained
+        latent_std=(1.0,) * z,
+    )
+    dim = 320
+    action = ActionConfig(
+        blocks=(0, 1, 2, 3),
+        hidden_size=32,
+        img_hidden_size=dim,
+        keyboard_hidden_dim=128,
+        mouse_hidden_dim=128,
+        heads_num=2,
+        rope_dim_list=(8, 28, 28),
+        mouse_qk_dim_list=(8, 28, 28),
+    )
+    dit = DiTConfig(
+        dim=dim,
+        num_layers=8,
+        num_heads=5,
+        ffn_dim=1024,
+        in_dim=z,
+        out_dim=z,
+        text_len=32,
+        text_dim=384,
+        freq_dim=256,
+        vae_spatial_stride=vae.spatial_stride,
+        action_config=action,
+    )
+    text = TextConfig(kind="minilm", text_len=32, dim=384)
+    stream = StreamConfig(height=128, width=128, fov_deg=90.0)
+    sampler = SamplerConfig(num_steps=3, shift=5.0, guidance_scale=1.0)
+    return WorldModelConfig(name="mg3-embedded", dit=dit, vae=vae, text=text, sampler=sampler, stream=stream)

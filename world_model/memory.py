@@ -1,0 +1,198 @@
+"""Camera-aware memory retrieval (spec §5.4) and the memory camera code (§5.5).
+
+Pure, batched torch functions on the device of their inputs; no Python loop over candidates.
+Poses come as camera-to-world matrices (:func:`world_model.camera.c2w_from_poses`) of every pixel
+frame of a rollout, padded to a common length when envs of a batch are at different chunks.
+
+Retrieval for chunk k >= 1 (window [start, end), see :func:`world_model.camera.window_bounds`):
+
+1. queries: pixel frames ``end - o`` for o in ``cfg.memory_query_offsets`` (end-1, end-9, ...);
+2. candidates: every pixel frame 1 ... start-1;
+3. score: how many of the grid^3 points sampled in the query's view frustum (x, y in
+   linspace(-1, 1), depth z in linspace(near, far); camera point (x*z, y*z, z)) land in a candidate's
+   view: 0.1 < depth < 30 and the projection inside [0, 1280] x [0, 720] of the selection camera
+   (fx = 640, fy = 360, so a 90 degree field of view on both axes; spec §13.7: this camera is
+   720 high while the frames are 704);
+4. per query, the best candidate, the first (lowest frame) on ties; no de-duplication;
+5. the last slot is overridden by the sink latent (``cfg.sink_latent``, frame 4 -> latent 1);
+6. memory latent index = (frame - 1) // r + 1 (r = VAE temporal stride, 4).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from world_model.camera import ray_embedding, rigid_inverse, window_bounds
+from world_model.config import StreamConfig
+
+__all__ = [
+    "SELECTION_CAMERA_HW",
+    "MemorySelection",
+    "frustum_points",
+    "frustum_overlap",
+    "select_memory",
+    "memory_relative_poses",
+    "memory_plucker",
+]
+
+# (height, width) of the camera model used for scoring; fx = width / 2, fy = height / 2 (spec §5.4).
+SELECTION_CAMERA_HW = (720, 1280)
+
+# Cap on the elements of one [B, Q, n, G, 3] block of transformed points (candidates go in blocks).
+_MAX_ELEMENTS = 1 << 24
+
+
+class MemorySelection(NamedTuple):
+    """Result of :func:`select_memory`; every field is [B, M] int64 on the device of the poses."""
+
+    query_frames: torch.Tensor  # pixel frames whose poses query (slot order)
+    frames: torch.Tensor  # selected pixel frames; the last slot is the sink's last pixel frame
+    latents: torch.Tensor  # memory latent indices: (frame - 1) // r + 1
+
+
+def frustum_points(
+    grid: int, near: float, far: float, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Points [grid^3, 3] sampled in a camera's frustum: (x*z, y*z, z), x, y in [-1, 1], z in [near, far]."""
+    xy = torch.linspace(-1.0, 1.0, grid, dtype=dtype, device=device)
+    z = torch.linspace(near, far, grid, dtype=dtype, device=device)
+    gx, gy, gz = torch.meshgrid(xy, xy, z, indexing="ij")
+    return torch.stack([gx * gz, gy * gz, gz], dim=-1).reshape(-1, 3)
+
+
+def frustum_overlap(
+    c2w_query: torch.Tensor, c2w_cand: torch.Tensor, cfg: StreamConfig, *, max_elements: int = _MAX_ELEMENTS
+) -> torch.Tensor:
+    """Count the query-frustum points each candidate camera sees.
+
+    Args:
+        c2w_query: [B, Q, 4, 4] query cameras.
+        c2w_cand: [B, N, 4, 4] candidate cameras.
+        cfg: ``memory_grid``, ``memory_near``, ``memory_far``.
+
+    Returns:
+        [B, Q, N] int64 counts out of ``memory_grid ** 3`` (the release's score is count / grid^3).
+    """
+    if c2w_query.ndim != 4 or c2w_query.shape[-2:] != (4, 4):
+        raise ValueError(f"expected query c2w [B, Q, 4, 4], got {tuple(c2w_query.shape)}")
+    if c2w_cand.ndim != 4 or c2w_cand.shape[-2:] != (4, 4) or c2w_cand.shape[0] != c2w_query.shape[0]:
+        raise ValueError(f"expected candidate c2w [B={c2w_query.shape[0]}, N, 4, 4], got {tuple(c2w_cand.shape)}")
+    dtype, device = c2w_query.dtype, c2w_query.device
+    b, q = c2w_query.shape[:2]
+    n = c2w_cand.shape[1]
+    height, width = SELECTION_CAMERA_HW
+    fx, fy, cx, cy = width / 2, height / 2, width / 2, height / 2
+
+    pts = frustum_points(cfg.memory_grid, cfg.memory_near, cfg.memory_far, dtype=dtype, device=device)  # [G, 3]
+    g = pts.shape[0]
+    # query camera -> world: [B, Q, G, 3]
+    world = torch.einsum("bqij,gj->bqgi", c2w_query[..., :3, :3], pts) + c2w_query[:, :, None, :3, 3]
+    w2c = rigid_inverse(c2w_cand.to(dtype))  # [B, N, 4, 4]
+
+    counts = torch.empty(b, q, n, dtype=torch.int64, device=device)
+    block = max(1, max_elements // max(1, b * q * g * 3))
+    for lo in range(0, n, block):
+        rot, trans = w2c[:, lo : lo + block, :3, :3], w2c[:, lo : lo + block, :3, 3]
+        # world -> candidate camera: [B, Q, n, G, 3]
+        cam = torch.einsum("bnij,bqgj->bqngi", rot, world) + trans[:, None, :, None, :]
+        x, y, z = cam.unbind(-1)
+        u = fx * x / z + cx
+        v = fy * y / z + cy
+        seen = (z > cfg.memory_near) & (z < cfg.memory_far) & (u >= 0) & (u <= width) & (v >= 0) & (v <= height)
+        counts[:, :, lo : lo + block] = seen.sum(dim=-1)
+    return counts
+
+
+def _take(c2w: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """c2w [B, N, 4, 4] at frames [B, K] -> [B, K, 4, 4]."""
+    batch = torch.arange(c2w.shape[0], device=c2w.device)[:, None]
+    return c2w[batch, frames]
+
+
+def select_memory(
+    c2w: torch.Tensor,
+    chunk: int | torch.Tensor,
+    cfg: StreamConfig,
+    temporal_stride: int = 4,
+    *,
+    max_elements: int = _MAX_ELEMENTS,
+) -> MemorySelection:
+    """Pick ``cfg.num_memory`` memory latents per sample for chunk(s) ``chunk`` >= 1.
+
+    Args:
+        c2w: [B, N, 4, 4] camera-to-world of pixel frames 0 ... N-1; N must reach the window's end
+            (the queries are poses of the window being generated). Frames past a sample's window
+            end are padding and never read.
+        chunk: chunk index, an int or [B] int64 (samples may be at different chunks).
+        cfg: stream geometry and retrieval constants.
+        temporal_stride: pixel frames per latent (the VAE's, 4).
+
+    Returns:
+        :class:`MemorySelection` with [B, M] query frames, selected frames and latent indices.
+    """
+    if c2w.ndim != 4 or c2w.shape[-2:] != (4, 4):
+        raise ValueError(f"expected c2w [B, N, 4, 4], got {tuple(c2w.shape)}")
+    b, n = c2w.shape[:2]
+    device = c2w.device
+    chunk = torch.as_tensor(chunk, dtype=torch.int64, device=device).expand(b)
+    if (chunk < 1).any():
+        raise ValueError(f"memory is retrieved from chunk 1 on; got chunk indices {chunk.tolist()}")
+    start, end = window_bounds(chunk, cfg, temporal_stride)  # [B]
+    if n < int(end.max()):
+        raise ValueError(f"expected poses for at least {int(end.max())} frames (the window end), got {n}")
+    m = cfg.num_memory
+    offsets = torch.tensor(cfg.memory_query_offsets[:m], dtype=torch.int64, device=device)
+    query_frames = end[:, None] - offsets  # [B, M]
+    if (query_frames < start[:, None]).any():
+        raise ValueError(f"memory_query_offsets {cfg.memory_query_offsets[:m]} reach before the window start")
+    if m == 0:
+        empty = query_frames.new_empty(b, 0)
+        return MemorySelection(empty, empty, empty)
+
+    num_cand = int(start.max())  # candidates are frames 1 ... start-1, per sample
+    counts = frustum_overlap(_take(c2w, query_frames), c2w[:, :num_cand], cfg, max_elements=max_elements)
+    frame = torch.arange(num_cand, device=device)
+    valid = (frame >= 1) & (frame < start[:, None])  # [B, N_cand]
+    counts = counts.masked_fill(~valid[:, None, :], -1)
+    frames = counts.argmax(dim=-1)  # first maximum on ties -> the lowest frame index
+    frames[:, -1] = temporal_stride * cfg.sink_latent
+    latents = torch.div(frames - 1, temporal_stride, rounding_mode="floor") + 1
+    return MemorySelection(query_frames, frames, latents)
+
+
+def memory_relative_poses(c2w_memory: torch.Tensor, c2w_query: torch.Tensor) -> torch.Tensor:
+    """Memory poses relative to their queries, ``inv(query) @ memory``, translation scaled to unit norm.
+
+    Both [..., 4, 4]; a zero translation stays zero. Returns [..., 4, 4].
+    """
+    if c2w_memory.shape != c2w_query.shape or c2w_memory.shape[-2:] != (4, 4):
+        raise ValueError(
+            f"expected memory and query c2w of the same shape [..., 4, 4], got "
+            f"{tuple(c2w_memory.shape)} and {tuple(c2w_query.shape)}"
+        )
+    rel = rigid_inverse(c2w_query) @ c2w_memory
+    norm = torch.linalg.vector_norm(rel[..., :3, 3], dim=-1, keepdim=True)
+    rel[..., :3, 3] = rel[..., :3, 3] / torch.where(norm > 0, norm, torch.ones_like(norm))
+    return rel
+
+
+def memory_plucker(
+    c2w: torch.Tensor,
+    selection: MemorySelection,
+    height: int,
+    width: int,
+    stride: int,
+    fov_deg: float = 90.0,
+    temporal_stride: int = 4,
+) -> torch.Tensor:
+    """Memory camera code: one [origin, direction] frame per memory latent.
+
+    A memory latent's pose is that of its last pixel frame (r * latent index), made relative to its
+    slot's query pose (:func:`memory_relative_poses`). ``c2w`` [B, N, 4, 4] as for
+    :func:`select_memory`; returns [B, 6*s*s, M, H/s, W/s] (memory frames in slot order).
+    """
+    mem = _take(c2w, temporal_stride * selection.latents)
+    query = _take(c2w, selection.query_frames)
+    return ray_embedding(memory_relative_poses(mem, query), height, width, stride, fov_deg)
