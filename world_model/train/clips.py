@@ -1,0 +1,209 @@
+"""Pre-encoded latents and the training clips cut from them, in the exact geometry of inference.
+
+A *segment* is ``1 + r*(Fs - 1)`` consecutive frames of one episode (r = 4, the VAE's temporal
+stride), encoded as one video: latent 0 is the segment's first frame (the "image latent"),
+latent j >= 1 covers frames 4j-3 ... 4j. A segment is a rollout that starts from its first frame,
+so its windows are the streaming loop's chunks (spec §6, :mod:`world_model.camera`):
+
+- chunk 0 (I2V): latents 0..14, pixel frames [0, 57), 1 clean context latent;
+- chunk k >= 1: latents 10k+1 .. 10k+14, pixel frames [40k+1, 40k+57), 4 clean past latents, plus
+  (memory model) 5 memory latents retrieved by camera overlap from frames 1 .. 40k (the sink slot
+  fixed to latent 1), with their relative ray embeddings and absolute latent indices for RoPE.
+
+:class:`ClipBatch` holds exactly the tensors :class:`world_model.dit.MatrixGameDiT` takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from world_model.camera import c2w_from_poses, window_bounds, window_plucker, window_pose_frames
+from world_model.config import WorldModelConfig
+from world_model.memory import memory_plucker, select_memory
+from world_model.train.checkpoints import load_sharded, save_sharded
+
+__all__ = ["LatentStore", "ClipBatch", "ClipSampler"]
+
+
+@dataclass
+class LatentStore:
+    """Latents of all segments plus the per-frame actions/poses and prompt embeddings they need.
+
+    ``latents`` [S, Fs, C, h, w] (normalised, bf16 or fp32); ``seg_start`` [S] first frame of each
+    segment in the frame arrays; ``mouse`` [N, 2], ``keyboard`` [N, 6], ``poses`` [N, 5] per frame;
+    ``text`` [P, Lt, D] prompt embeddings; ``seg_prompt`` [S] index into ``text``.
+    """
+
+    latents: Tensor
+    seg_start: Tensor
+    mouse: Tensor
+    keyboard: Tensor
+    poses: Tensor
+    text: Tensor
+    seg_prompt: Tensor
+
+    def __post_init__(self) -> None:
+        if self.latents.ndim != 5:
+            raise ValueError(f"expected latents [S, Fs, C, h, w], got {tuple(self.latents.shape)}")
+        s = self.latents.shape[0]
+        if self.seg_start.shape != (s,) or self.seg_prompt.shape != (s,):
+            raise ValueError(
+                f"expected seg_start and seg_prompt [{s}], got {self.seg_start.shape}, {self.seg_prompt.shape}"
+            )
+        if s and int(self.seg_prompt.max()) >= len(self.text):
+            raise ValueError(f"seg_prompt refers to prompt {int(self.seg_prompt.max())}, text holds {len(self.text)}")
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.latents.shape[0])
+
+    @property
+    def segment_latents(self) -> int:
+        return int(self.latents.shape[1])
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> LatentStore:
+        lat = self.latents.to(device=device, dtype=dtype or self.latents.dtype)
+        mv = lambda t: t.to(device)  # noqa: E731
+        return LatentStore(
+            lat, *(mv(t) for t in (self.seg_start, self.mouse, self.keyboard, self.poses, self.text, self.seg_prompt))
+        )
+
+    def save(self, folder: str | Path) -> None:
+        state = {
+            k: getattr(self, k) for k in ("latents", "seg_start", "mouse", "keyboard", "poses", "text", "seg_prompt")
+        }
+        save_sharded(state, folder)
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu") -> LatentStore:
+        return cls(**load_sharded(folder, device=device))
+
+
+@dataclass
+class ClipBatch:
+    """One batch of DiT training inputs (shapes as in the DiT contract).
+
+    ``latents`` [B, C, F, h, w] clean window latents, the first ``num_context`` of them clean
+    context (1 image latent for chunk 0, 4 past latents later); ``memory`` [B, C, M, h, w] or None;
+    ``plucker`` [B, 6 s^2, M+F, h, w]; ``mouse`` [B, Nf, 2]; ``keyboard`` [B, Nf, 6]; ``positions``
+    [B, M+F] int64; ``context`` [B, Lt, D]; ``chunk`` [B] chunk index; ``frames`` [B, Nf] absolute
+    frame indices of the window (for pixel-space evaluation).
+    """
+
+    latents: Tensor
+    num_context: int
+    memory: Tensor | None
+    plucker: Tensor
+    mouse: Tensor
+    keyboard: Tensor
+    positions: Tensor
+    context: Tensor
+    chunk: Tensor
+    frames: Tensor
+
+
+class ClipSampler:
+    """Draws :class:`ClipBatch` es from a :class:`LatentStore`.
+
+    Per step (one geometry per batch): with probability ``p_continue`` a continuation chunk
+    k ~ U{1..K} per sample (past latents, plus memory when ``use_memory``), otherwise the chunk-0
+    I2V window — the release's "past and memory masked" case.
+    """
+
+    def __init__(
+        self,
+        store: LatentStore,
+        cfg: WorldModelConfig,
+        batch_size: int,
+        *,
+        p_continue: float = 0.8,
+        use_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.store, self.cfg, self.batch_size = store, cfg, batch_size
+        self.p_continue, self.use_memory = p_continue, use_memory
+        self.r = cfg.vae.temporal_stride
+        s = cfg.stream
+        fs = store.segment_latents
+        if fs < s.first_latents:
+            raise ValueError(f"segments hold {fs} latents; chunk 0 needs {s.first_latents}")
+        self.k_max = 0  # the last chunk whose window fits in a segment
+        while self._last_latent(self.k_max + 1) < fs:
+            self.k_max += 1
+        if p_continue > 0 and self.k_max < 1:
+            raise ValueError(
+                f"segments of {fs} latents hold no continuation chunk; use at least {s.first_latents + s.new_latents}"
+            )
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _last_latent(self, k: int) -> int:
+        _, end = window_bounds(k, self.cfg.stream, self.r)
+        return (int(end) - 1 - 1) // self.r + 1
+
+    def state_dict(self) -> dict:
+        return {"rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["rng"])
+
+    def sample(self, chunk: int | None = None, segments: Tensor | None = None) -> ClipBatch:
+        """A batch; ``chunk``/``segments`` fix the geometry and segments (evaluation), else random."""
+        g = self.generator
+        b = self.batch_size if segments is None else len(segments)
+        if segments is None:
+            segments = torch.randint(0, self.store.num_segments, (b,), generator=g)
+        if chunk is None:
+            cont = self.k_max >= 1 and float(torch.rand((), generator=g)) < self.p_continue
+            chunks = torch.randint(1, self.k_max + 1, (b,), generator=g) if cont else torch.zeros(b, dtype=torch.int64)
+        else:
+            chunks = torch.full((b,), chunk, dtype=torch.int64)
+        return self.build(segments.cpu(), chunks)
+
+    def build(self, segments: Tensor, chunks: Tensor) -> ClipBatch:
+        """The batch for segments [B] at chunks [B] (all 0, or all >= 1)."""
+        st, cfg, r = self.store, self.cfg, self.r
+        dev = st.latents.device
+        first = bool((chunks == 0).all())
+        if not first and bool((chunks == 0).any()):
+            raise ValueError(f"chunk 0 and later chunks have different shapes; got {chunks.tolist()}")
+        start, end = window_bounds(chunks, cfg.stream, r)  # [B] pixel frames, relative to the segment
+        nf = int((end - start)[0])
+        frames = start[:, None] + torch.arange(nf)  # [B, Nf] relative
+        abs_frames = st.seg_start.cpu()[segments][:, None] + frames  # [B, Nf]
+        pose_frames = window_pose_frames(chunks, cfg.stream, r)  # [B, F] relative
+        lat_idx = torch.where(pose_frames == 0, 0, (pose_frames - 1) // r + 1)  # [B, F]
+        num_context = 1 if first else cfg.stream.past_latents
+        seg_d, lat_d = segments.to(dev), lat_idx.to(dev)
+        latents = st.latents[seg_d[:, None], lat_d].transpose(1, 2).float()  # [B, C, F, h, w]
+        # poses of all frames from the segment start to the window end
+        n_all = int(end.max())
+        all_frames = st.seg_start.cpu()[segments][:, None] + torch.arange(n_all)  # [B, N]
+        c2w = c2w_from_poses(st.poses[all_frames.to(dev)].double()).float()  # [B, N, 4, 4]
+        h, w = cfg.stream.height, cfg.stream.width
+        stride, fov = cfg.vae.spatial_stride, cfg.stream.fov_deg
+        bidx = torch.arange(len(segments), device=dev)[:, None]
+        plucker = window_plucker(c2w[bidx, pose_frames.to(dev)], h, w, stride, fov)  # [B, 6s^2, F, h, w]
+        positions = lat_d
+        memory = None
+        if self.use_memory and not first and cfg.stream.num_memory > 0:
+            sel = select_memory(c2w, chunks.to(dev), cfg.stream, r)
+            memory = st.latents[seg_d[:, None], sel.latents].transpose(1, 2).float()  # [B, C, M, h, w]
+            plucker = torch.cat([memory_plucker(c2w, sel, h, w, stride, fov, r), plucker], dim=2)
+            positions = torch.cat([sel.latents, lat_d], dim=1)
+        af = abs_frames.to(dev)
+        return ClipBatch(
+            latents=latents,
+            num_context=num_context,
+            memory=memory,
+            plucker=plucker,
+            mouse=st.mouse[af],
+            keyboard=st.keyboard[af],
+            positions=positions.to(dev),
+            context=st.text[st.seg_prompt[seg_d]],
+            chunk=chunks.to(dev),
+            frames=af,
+        )

@@ -1,0 +1,190 @@
+"""DiT training by flow matching (spec §12): the base model and the memory model.
+
+x_σ = (1 − σ)·x0 + σ·ε on the noisy window latents, target v = ε − x0, loss on the noisy latents
+only; context latents (the image latent, or 4 past latents) stay clean at timestep 0 apart from
+the error buffer's re-injected residuals (:mod:`world_model.train.error_buffer`); memory latents
+(memory model) likewise. σ per sample from a shifted logit-normal; the model sees t = 1000·σ.
+One stage class serves both models: the memory model is ``use_memory=True`` initialised from the
+base model's EMA weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from world_model.train.clips import ClipBatch, ClipSampler
+from world_model.train.ema import EMA
+from world_model.train.error_buffer import ErrorBuffer, ErrorBufferOptions
+
+__all__ = ["FlowOptions", "sample_sigmas", "add_noise", "dit_forward", "flow_loss", "FlowStage"]
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    """Optimisation and recipe choices of a flow-matching stage."""
+
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    p_continue: float = 0.8  # release: 4 past + 10 noisy with p = 0.8, else I2V (past/memory masked)
+    use_memory: bool = False
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 3.0  # σ' = sσ / (1 + (s − 1)σ): more weight on high noise, where layout is decided
+    num_train_timesteps: int = 1000
+    error: ErrorBufferOptions = field(default_factory=ErrorBufferOptions)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    seed: int = 0
+
+
+def sample_sigmas(n: int, opts: FlowOptions, generator: torch.Generator | None = None) -> Tensor:
+    """[n] noise levels σ in (0, 1): shifted logit-normal."""
+    u = torch.sigmoid(opts.logit_mean + opts.logit_std * torch.randn(n, generator=generator))
+    s = opts.shift
+    return (s * u / (1 + (s - 1) * u)).clamp(1e-3, 1 - 1e-3)
+
+
+def add_noise(x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+    """x_σ = (1 − σ)·x0 + σ·ε with σ [B] broadcast over [B, C, F, h, w]."""
+    s = sigma.view(-1, *([1] * (x0.ndim - 1))).to(x0)
+    return (1 - s) * x0 + s * noise
+
+
+def dit_forward(model: nn.Module, batch: ClipBatch, window: Tensor, t_noisy: Tensor) -> Tensor:
+    """Run the DiT on ``window`` [B, C, F, h, w] (context frames first) with the noisy frames at
+    model timestep ``t_noisy`` [B] and the context frames at 0. Returns v [B, C, F, h, w] (fp32)."""
+    b, _, f = window.shape[:3]
+    t = torch.zeros(b, f, device=window.device)
+    t[:, batch.num_context :] = t_noisy.to(window.device)[:, None]
+    return model(
+        window,
+        t,
+        batch.context,
+        batch.plucker,
+        batch.mouse,
+        batch.keyboard,
+        batch.positions,
+        memory=batch.memory,
+    ).float()
+
+
+def flow_loss(
+    model: nn.Module, batch: ClipBatch, sigma: Tensor, noise: Tensor, num_train_timesteps: int = 1000
+) -> tuple[Tensor, Tensor]:
+    """Flow-matching loss on the noisy frames of ``batch``; returns (loss, residual x̂0 − x0 [B, C, Fn, h, w])."""
+    c = batch.num_context
+    x0 = batch.latents[:, :, c:]
+    xt = add_noise(x0, noise, sigma)
+    window = torch.cat([batch.latents[:, :, :c], xt], dim=2)
+    v = dit_forward(model, batch, window, sigma * num_train_timesteps)[:, :, c:]
+    loss = F.mse_loss(v, noise - x0)
+    s = sigma.view(-1, 1, 1, 1, 1).to(v)
+    residual = (xt - s * v).detach() - x0
+    return loss, residual
+
+
+class FlowStage:
+    """Flow-matching training of :class:`world_model.dit.MatrixGameDiT` (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sampler: ClipSampler,
+        opts: FlowOptions,
+        *,
+        name: str = "base",
+        evaluator=None,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.sampler = sampler
+        self.opts = opts
+        self.evaluator = evaluator  # callable(ema_model) -> dict, or None
+        self.device = next(model.parameters()).device
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.optim = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=opts.lr,
+            betas=opts.betas,
+        )
+        self.ema = EMA(model, opts.ema_decay)
+        self.buffer = ErrorBuffer(opts.error)
+        self.generator = torch.Generator().manual_seed(opts.seed)
+        self.buffer_generator = torch.Generator(self.device).manual_seed(opts.seed + 1)
+
+    def _lr(self, step: int) -> float:
+        return self.opts.lr * min(1.0, (step + 1) / max(1, self.opts.warmup_steps))
+
+    def _autocast(self):
+        enabled = self.opts.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def perturb(self, batch: ClipBatch) -> ClipBatch:
+        """Re-inject stored residuals into past (γ_h) and memory (γ_m) latents; chunk 0's image latent stays clean."""
+        if batch.num_context > 1 or bool((batch.chunk > 0).any()):
+            c = batch.num_context
+            past = self.buffer.perturb(
+                batch.latents[:, :, :c], self.opts.error.gamma_history, generator=self.buffer_generator
+            )
+            batch.latents = torch.cat([past, batch.latents[:, :, c:]], dim=2)
+        if batch.memory is not None:
+            batch.memory = self.buffer.perturb(
+                batch.memory, self.opts.error.gamma_memory, generator=self.buffer_generator
+            )
+        return batch
+
+    def train_step(self, step: int) -> dict[str, float]:
+        self.model.train()
+        for group in self.optim.param_groups:
+            group["lr"] = self._lr(step)
+        batch = self.perturb(self.sampler.sample())
+        b = batch.latents.shape[0]
+        sigma = sample_sigmas(b, self.opts, self.generator).to(self.device)
+        x0 = batch.latents[:, :, batch.num_context :]
+        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        with self._autocast():
+            loss, residual = flow_loss(self.model, batch, sigma, noise, self.opts.num_train_timesteps)
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opts.grad_clip)
+        self.optim.step()
+        self.ema.update(self.model)
+        self.buffer.push(residual, sigma)
+        return {
+            "loss": loss.item(),
+            "grad_norm": float(gnorm),
+            "lr": self._lr(step),
+            "buffer": float(len(self.buffer)),
+            "residual_rms": residual.pow(2).mean().sqrt().item(),
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        return dict(self.evaluator(self.ema.model)) if self.evaluator is not None else {}
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optim": self.optim.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optim.load_state_dict(state["optim"])
+        self.buffer.load_state_dict(state["buffer"], device=self.device)
+        self.sampler.load_state_dict(state["sampler"])
+        self.generator.set_state(state["rng"])

@@ -1,0 +1,130 @@
+"""The one training loop every stage uses: resume, steps, progress bar, status, checkpoints, deadline.
+
+A stage is any object with ``name``, ``state_dict()``, ``load_state_dict(state)``,
+``train_step(step) -> dict[str, float]`` and optionally ``evaluate() -> dict[str, float]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from world_model.train.checkpoints import latest_checkpoint, load_sharded, save_checkpoint
+from world_model.train.status import StatusFile
+
+__all__ = ["Stage", "LoopOptions", "run_loop"]
+
+log = logging.getLogger(__name__)
+
+
+class Stage(Protocol):
+    name: str
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def train_step(self, step: int) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How long to train and how often to log, evaluate and checkpoint.
+
+    ``deadline``: a ``time.time()`` value; the loop checkpoints and stops cleanly before it
+    (leaving ``reserve_s`` seconds for the final checkpoint).
+    """
+
+    steps: int
+    checkpoint_every: int = 500
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    keep: int = 2
+    deadline: float | None = None
+    reserve_s: float = 30.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("checkpoint_every and log_every must be >= 1")
+
+
+def _evaluate(stage: Any) -> dict[str, float]:
+    fn = getattr(stage, "evaluate", None)
+    return dict(fn()) if fn is not None else {}
+
+
+def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, Any]:
+    """Train ``stage`` to ``opts.steps`` (resuming from ``run_dir``'s latest checkpoint).
+
+    Returns the final status dict; ``state`` is ``done`` or ``stopped`` (deadline reached).
+    Exceptions are recorded in the status file (``state: failed``) and re-raised.
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    status = StatusFile(run_dir, stage.name)
+    step = 0
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        state = load_sharded(ckpt)
+        stage.load_state_dict(state["stage"])
+        step = int(state["step"])
+        log.info("%s: resumed from %s (step %d)", stage.name, ckpt, step)
+    status.update(state="running", step=step, total_steps=opts.steps, checkpoint=str(ckpt) if ckpt else None)
+
+    def checkpoint(at: int) -> None:
+        path = save_checkpoint({"stage": stage.state_dict(), "step": at}, run_dir, at, keep=opts.keep)
+        status.update(checkpoint=str(path))
+
+    smoothed: dict[str, float] = {}
+    t0, s0 = time.time(), step
+    saved_at = step
+    final_state = "done"
+    bar = tqdm(total=opts.steps, initial=step, desc=stage.name, disable=not opts.progress, dynamic_ncols=True)
+    try:
+        while step < opts.steps:
+            if opts.deadline is not None and time.time() > opts.deadline - opts.reserve_s:
+                final_state = "stopped"
+                break
+            metrics = stage.train_step(step)
+            step += 1
+            bar.update(1)
+            for k, v in metrics.items():
+                v = float(v)
+                if not math.isfinite(v):
+                    raise FloatingPointError(f"{stage.name}: {k} is {v} at step {step}")
+                smoothed[k] = v if k not in smoothed else 0.95 * smoothed[k] + 0.05 * v
+            if step % opts.log_every == 0 or step == opts.steps:
+                rate = (step - s0) / max(time.time() - t0, 1e-9)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in smoothed.items()})
+                status.log(step, "train", metrics)
+                status.update(
+                    step=step, metrics=smoothed, steps_per_s=rate, eta_s=(opts.steps - step) / max(rate, 1e-9)
+                )
+            if opts.eval_every and step % opts.eval_every == 0 and step < opts.steps:
+                ev = _evaluate(stage)
+                if ev:
+                    status.log(step, "eval", ev)
+                    status.update(eval=ev)
+            if step % opts.checkpoint_every == 0:
+                checkpoint(step)
+                saved_at = step
+        if step != saved_at or ckpt is None:
+            checkpoint(step)
+        ev = _evaluate(stage) if final_state == "done" else {}
+        if ev:
+            status.log(step, "eval", ev)
+        status.update(state=final_state, step=step, metrics=smoothed, eval=ev or status.data["eval"])
+    except BaseException as e:
+        status.update(state="failed", step=step, error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        bar.close()
+    return dict(status.data)
