@@ -1,0 +1,388 @@
+"""The Matrix-Game 3.0 diffusion transformer (spec §3): Wan2.2-TI2V-5B plus camera, action and memory.
+
+One forward predicts the flow v (about eps - x0) of a window of latent frames. Memory latents are
+prepended as extra frames at timestep 0 and their outputs dropped. Tokens are the (1, 2, 2)
+patches of the latent frames, frame-major (frame, row, column); each block runs
+
+    self-attention (3-D RoPE, modulated by the timestep)  -> x + attn * g1
+    camera injection                                      -> (1 + scale(h)) * x + shift(h)
+    cross-attention to the text (release quirk, §13.1)    -> x = LN3(x); x + cross(x)
+    action module (blocks in action_config.blocks)        -> x + mouse + keyboard residuals
+    FFN (modulated)                                       -> x + ffn * g2
+
+Parameter names are the checkpoint's keys (spec §2.2), so a release state dict loads as is.
+
+Dtypes follow the release (spec §3): with bf16 weights the linears run in bf16 and attention in
+bf16, while the timestep embedding, the modulation, the LayerNorms, the gated residual adds and the
+output head run in fp32 (the release wraps them in fp32 autocast regions). The residual stream is
+fp32 from the first gated add on. With fp32 weights everything is fp32.
+
+Timesteps: the caller passes the values the model must see. The release fills its timestep map in
+bf16, so the 3-step schedule 999/908/713 reaches the model as 1000/908/712 (spec §13.3).
+
+Padding: the release zero-pads the token sequence to 17600 (and the camera tokens and timesteps
+with it) and masks the padded keys in self-attention. Every other operation is per token, so the
+valid tokens' outputs do not depend on the padding; this implementation does not pad.
+
+The modulation depends on the timestep only, which is constant over a frame, so the timestep
+embedding is computed per frame ([B, T, ...]) and broadcast over the frame's tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from world_model.action import ActionModule
+from world_model.attention import attend
+from world_model.config import DiTConfig
+from world_model.rope import apply_rope, rope_cos_sin
+
+__all__ = ["MatrixGameDiT", "DiTBlock", "timestep_sinusoid"]
+
+
+def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal timestep features [..., dim] fp32: cos half first, then sin (float64 inside).
+
+    Frequency k of dim/2 is 10000 ** (-k / (dim/2)).
+    """
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)  # [dim/2]
+    angles = t.to(torch.float64)[..., None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=-1).float()
+
+
+def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A linear layer in fp32 whatever its weight dtype (the release's fp32 autocast regions)."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+def _layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) -> torch.Tensor:
+    """LayerNorm over the last dim in fp32 (affine when ``norm`` is given); returns x's dtype."""
+    weight = bias = None
+    if norm is not None:
+        weight, bias = norm.weight.float(), norm.bias.float()
+    return F.layer_norm(x.float(), x.shape[-1:], weight, bias, eps).to(x.dtype)
+
+
+def _per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """View tokens [B, L, D] as [B, T, S, D] (S = L / T tokens per frame)."""
+    return x.unflatten(1, (frames, -1))
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x * (1 + scale) + shift in fp32, with x [B, L, D] and per-frame shift/scale [B, T, D]."""
+    T = shift.shape[1]
+    out = _per_frame(x.float(), T) * (1 + scale[:, :, None]) + shift[:, :, None]
+    return out.flatten(1, 2)
+
+
+def _gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + y * gate in fp32, with x, y [B, L, D] and a per-frame gate [B, T, D]."""
+    T = gate.shape[1]
+    return x.float() + (_per_frame(y, T) * gate[:, :, None]).flatten(1, 2)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned weight: normalise in fp32, cast back, then scale (q/k norms)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class _Attention(nn.Module):
+    """q, k, v, o projections with optional q/k RMSNorm over the full dim (names of spec §2.2)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, -1))  # [B, L, D] -> [B, L, N, Dh]
+
+
+class SelfAttention(_Attention):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]; cos/sin [B, L, N, Dh/2] rotate q and k (fp32), attention in weight dtype."""
+        x = x.to(self.q.weight.dtype)
+        q = apply_rope(self._heads(self.norm_q(self.q(x))), cos, sin)  # [B, L, N, Dh] fp32
+        k = apply_rope(self._heads(self.norm_k(self.k(x))), cos, sin)
+        v = self._heads(self.v(x))
+        out = attend(q.to(v.dtype), k.to(v.dtype), v)  # [B, L, N, Dh]
+        return self.o(out.flatten(2))
+
+
+class CrossAttention(_Attention):
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D] attends to every row of context [B, Lt, D] (no key mask, like the release)."""
+        x = x.to(self.q.weight.dtype)
+        q = self._heads(self.norm_q(self.q(x)))  # [B, L, N, Dh]
+        k = self._heads(self.norm_k(self.k(context)))  # [B, Lt, N, Dh]
+        v = self._heads(self.v(context))
+        return self.o(attend(q, k, v).flatten(2))
+
+
+class DiTBlock(nn.Module):
+    """One transformer block (spec §3 step 6). ``has_action`` adds ``action_model``."""
+
+    def __init__(self, cfg: DiTConfig, has_action: bool) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.eps = cfg.eps
+        self.replace_residual_with_norm3 = cfg.use_memory
+        self.self_attn = SelfAttention(d, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.norm3 = nn.LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else None
+        self.cross_attn = CrossAttention(d, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        self.modulation = nn.Parameter(torch.empty(1, 6, d))
+        self.cam_injector_layer1 = nn.Linear(d, d)
+        self.cam_injector_layer2 = nn.Linear(d, d)
+        self.cam_scale_layer = nn.Linear(d, d)
+        self.cam_shift_layer = nn.Linear(d, d)
+        self.action_model = ActionModule(cfg.action_config, eps=cfg.eps) if has_action else None
+
+    def _norm3(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.norm3 is None else _layer_norm(x, self.eps, self.norm3)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        context: torch.Tensor,
+        cam: torch.Tensor,
+        grid: tuple[int, int, int],
+        mouse: torch.Tensor | None,
+        keyboard: torch.Tensor | None,
+        num_memory: int,
+    ) -> torch.Tensor:
+        """x [B, L, D] (fp32 after the first block), e0 [B, T, 6, D] fp32 per-frame timestep
+        projection, context [B, Lt, D] embedded text, cam [B, L, D] embedded camera tokens."""
+        mod = self.modulation.float() + e0  # [B, T, 6, D]
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
+
+        y = self.self_attn(_modulate(_layer_norm(x, self.eps), shift1, scale1), cos, sin)
+        x = _gated_add(x, y, gate1)
+
+        h = self.cam_injector_layer2(F.silu(self.cam_injector_layer1(cam))) + cam
+        x = x * (1 + self.cam_scale_layer(h)) + self.cam_shift_layer(h)
+
+        if self.replace_residual_with_norm3:  # release quirk (spec §13.1): the residual is LN3(x)
+            x = self._norm3(x)
+            x = x + self.cross_attn(x, context)
+        else:  # standard Wan: x + CrossAttn(LN3(x))
+            x = x + self.cross_attn(self._norm3(x), context)
+
+        if self.action_model is not None:
+            x = self.action_model(x, grid, mouse, keyboard, num_memory)
+
+        y = self.ffn(_modulate(_layer_norm(x, self.eps), shift2, scale2).to(self.ffn[0].weight.dtype))
+        return _gated_add(x, y, gate2)
+
+
+class Head(nn.Module):
+    """Output head: per-frame (shift, scale) = modulation + e, non-affine LN, linear; all in fp32."""
+
+    def __init__(self, dim: int, out_channels: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.head = nn.Linear(dim, out_channels)
+        self.modulation = nn.Parameter(torch.empty(1, 2, dim))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D], e [B, T, D] fp32 (un-projected timestep embedding) -> [B, L, out_channels] fp32."""
+        shift, scale = (self.modulation.float() + e[:, :, None]).unbind(2)  # [B, T, D] each
+        return _linear_fp32(self.head, _modulate(_layer_norm(x.float(), self.eps), shift, scale))
+
+
+class MatrixGameDiT(nn.Module):
+    """The Matrix-Game 3.0 DiT. State-dict keys are exactly the release checkpoint's (spec §2.2)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, patch = cfg.dim, tuple(cfg.patch_size)
+        if patch[0] != 1:
+            raise ValueError(f"expected a temporal patch size of 1 (one token frame per latent frame), got {patch}")
+        patch_volume = math.prod(patch)
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=patch, stride=patch)
+        self.patch_embedding_wancamctrl = nn.Linear(cfg.plucker_channels * patch_volume, d)
+        self.c2ws_hidden_states_layer1 = nn.Linear(d, d)
+        self.c2ws_hidden_states_layer2 = nn.Linear(d, d)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        action_blocks = set(cfg.action_config.blocks) if cfg.action_config is not None else set()
+        self.blocks = nn.ModuleList(DiTBlock(cfg, i in action_blocks) for i in range(cfg.num_layers))
+        self.head = Head(d, cfg.out_dim * patch_volume, cfg.eps)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Training init (spec §2.2): Xavier-uniform linears and patch embedding, zero biases,
+        normal(0.02) text/time embeddings, zero head and camera scale/shift, randn/sqrt(dim)
+        modulations; action modules use their own init. Works on the meta device."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        w = self.patch_embedding.weight  # Xavier on the [out, in * patch] view
+        bound = math.sqrt(6.0 / (w.shape[0] + w[0].numel()))
+        nn.init.uniform_(w, -bound, bound)
+        nn.init.zeros_(self.patch_embedding.bias)
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        nn.init.zeros_(self.head.head.bias)
+        std = self.cfg.dim**-0.5
+        nn.init.normal_(self.head.modulation, std=std)
+        for block in self.blocks:
+            nn.init.normal_(block.modulation, std=std)
+            for layer in (block.cam_scale_layer, block.cam_shift_layer):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+            if block.action_model is not None:
+                block.action_model.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        plucker: torch.Tensor,
+        mouse: torch.Tensor | None,
+        keyboard: torch.Tensor | None,
+        positions: torch.Tensor,
+        memory: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow of a window of latents.
+
+        x [B, in_dim, F, h, w]: window latents (clean context frames and noisy frames).
+        t [B, F]: timestep value of each window frame as the model must see it (context frames 0).
+        context [B, Lt, text_dim]: text features, Lt <= text_len (zero-padded to text_len here).
+        plucker [B, plucker_channels, M + F, h, w]: camera embedding, memory frames first.
+        mouse [B, Nf, mouse_dim_in], keyboard [B, Nf, keyboard_dim_in]: the window's per-pixel-frame
+        actions (ignored without an action module).
+        positions [B, M + F] int: absolute latent time index of each frame for RoPE, memory first.
+        memory [B, in_dim, M, h, w] or None: memory latents, seen at timestep 0.
+        Returns v [B, out_dim, F, h, w] fp32 (memory frames dropped).
+        """
+        cfg = self.cfg
+        _, ph, pw = cfg.patch_size
+        self._check_inputs(x, t, context, plucker, positions, memory)
+        B = x.shape[0]
+        M = 0 if memory is None else memory.shape[2]
+        if memory is not None:
+            x = torch.cat([memory.to(x.dtype), x], dim=2)  # [B, C, T, h, w], T = M + F
+            t = torch.cat([t.new_zeros(B, M), t], dim=1)  # [B, T]
+        wdtype = self.patch_embedding.weight.dtype
+        x = self.patch_embedding(x.to(wdtype))  # [B, D, T, h', w'] with h' = h / ph, w' = w / pw
+        grid = tuple(x.shape[2:])  # token grid (T, h', w')
+        x = x.flatten(2).transpose(1, 2)  # [B, L, D], L = T * h' * w', frame-major
+
+        e, e0 = self._time_embedding(t)
+        # Text: zero-pad to text_len rows, then embed. [B, text_len, D]
+        context = F.pad(context.to(wdtype), (0, 0, 0, cfg.text_len - context.shape[1]))
+        context = self.text_embedding(context)
+        cam = self._camera_tokens(plucker)  # [B, L, D]
+        cos, sin = rope_cos_sin(
+            positions,
+            grid[1:],
+            head_dim=cfg.head_dim,
+            num_heads=cfg.num_heads,
+            sigma_theta=cfg.sigma_theta,
+            max_len=cfg.rope_max_len,
+        )  # [B, L, N, Dh/2] each
+
+        for block in self.blocks:
+            x = block(x, e0, cos, sin, context, cam, grid, mouse, keyboard, M)
+
+        out = self.head(x, e)  # [B, L, ph * pw * out_dim] fp32
+        T, h, w = grid
+        out = rearrange(out, "b (t h w) (ph pw c) -> b c t (h ph) (w pw)", t=T, h=h, w=w, ph=ph, pw=pw)
+        return out[:, :, M:]
+
+    def _time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame timesteps t [B, T] -> e [B, T, D] and e0 [B, T, 6, D], all in fp32."""
+        emb, proj = self.time_embedding, self.time_projection
+        e = timestep_sinusoid(t, self.cfg.freq_dim)  # [B, T, freq_dim]
+        e = _linear_fp32(emb[2], F.silu(_linear_fp32(emb[0], e)))
+        e0 = _linear_fp32(proj[1], F.silu(e)).unflatten(-1, (6, self.cfg.dim))
+        return e, e0
+
+    def _camera_tokens(self, plucker: torch.Tensor) -> torch.Tensor:
+        """plucker [B, Cp, T, h, w] -> [B, L, D]; each patch vector is ordered (channel, ph, pw)."""
+        _, ph, pw = self.cfg.patch_size
+        w_dtype = self.patch_embedding_wancamctrl.weight.dtype
+        p = rearrange(plucker.to(w_dtype), "b c t (h ph) (w pw) -> b (t h w) (c ph pw)", ph=ph, pw=pw)
+        p = self.patch_embedding_wancamctrl(p)
+        return p + self.c2ws_hidden_states_layer2(F.silu(self.c2ws_hidden_states_layer1(p)))
+
+    def _check_inputs(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        plucker: torch.Tensor,
+        positions: torch.Tensor,
+        memory: torch.Tensor | None,
+    ) -> None:
+        cfg = self.cfg
+        _, ph, pw = cfg.patch_size
+        if x.ndim != 5 or x.shape[1] != cfg.in_dim:
+            raise ValueError(f"expected x [B, {cfg.in_dim}, F, h, w], got shape {tuple(x.shape)}")
+        B, _, F_win, h, w = x.shape
+        if h % ph or w % pw:
+            raise ValueError(f"expected x height/width divisible by the patch {(ph, pw)}, got {h}x{w}")
+        M = 0
+        if memory is not None:
+            M = memory.shape[2] if memory.ndim == 5 else -1
+            if memory.shape != (B, cfg.in_dim, M, h, w):
+                raise ValueError(f"expected memory [B={B}, {cfg.in_dim}, M, {h}, {w}], got shape {tuple(memory.shape)}")
+        if t.shape != (B, F_win):
+            raise ValueError(
+                f"expected t [B={B}, F={F_win}] (one timestep per window frame), got shape {tuple(t.shape)}"
+            )
+        if (
+            context.ndim != 3
+            or context.shape[0] != B
+            or context.shape[2] != cfg.text_dim
+            or context.shape[1] > cfg.text_len
+        ):
+            raise ValueError(
+                f"expected context [B={B}, Lt <= {cfg.text_len}, {cfg.text_dim}], got shape {tuple(context.shape)}"
+            )
+        want = (B, cfg.plucker_channels, M + F_win, h, w)
+        if tuple(plucker.shape) != want:
+            raise ValueError(f"expected plucker {list(want)} (memory frames first), got shape {tuple(plucker.shape)}")
+        if tuple(positions.shape) != (B, M + F_win):
+            raise ValueError(
+                f"expected positions [B={B}, M+F={M + F_win}] (memory first), got shape {tuple(positions.shape)}"
+            )
