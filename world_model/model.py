@@ -1,0 +1,149 @@
+"""A world model bundle (config + DiT + VAE + text encoder) and the registry of loadable models.
+
+``load_world_model(name_or_path, runtime)`` accepts:
+
+- ``"tiny-random"``: the :func:`~world_model.config.tiny` config (64x64 frames) with random
+  weights drawn from a fixed seed. For tests and smoke runs; it shows noise, not a world.
+- ``"mg3-5b"`` / ``"mg3-5b-base"``: the released Matrix-Game 3.0 5B model (3-step distilled, or the
+  50-step base with guidance), from the Hugging Face hub (``Skywork/Matrix-Game-3.0``). Needs a GPU.
+- ``"mg3-5b-random"``: the 5B architecture at 704x1280 with random weights and a random text
+  encoder of the right shape, for speed measurements only.
+- a path to a local folder in the release layout (``base_distilled_model/``, VAE and T5 files).
+- ``"default"``: our trained embedded model, not available yet (a clear error says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from world_model.config import WorldModelConfig, mg3_5b, tiny
+from world_model.runtime import RuntimeOptions
+
+__all__ = ["WorldModel", "load_world_model", "MODEL_NAMES", "RELEASE_HUB_ID"]
+
+RELEASE_HUB_ID = "Skywork/Matrix-Game-3.0"
+
+
+@dataclass
+class WorldModel:
+    """Everything the streaming generator needs, built and on its device.
+
+    ``name``: the registry name or path it was loaded from; ``random_weights``: True when the
+    weights are random (no pretrained world in them); ``source``: where the weights came from.
+    """
+
+    config: WorldModelConfig
+    dit: nn.Module
+    vae: nn.Module
+    text_encoder: object
+    runtime: RuntimeOptions
+    name: str
+    random_weights: bool
+    source: str
+    _prompt_cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def encode_prompts(self, prompts: list[str]) -> Tensor:
+        """[B, text_len, dim] prompt embeddings on the model's device (cached per prompt)."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            with torch.no_grad():
+                emb = self.text_encoder.encode(missing)
+            for p, e in zip(missing, emb):
+                self._prompt_cache[p] = e.to(self.runtime.device, self.runtime.dtype)
+            while len(self._prompt_cache) > 256:  # bounded: drop the oldest
+                self._prompt_cache.pop(next(iter(self._prompt_cache)))
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    def describe(self) -> dict[str, object]:
+        """Facts for ``info`` and dataset metadata."""
+        s = self.config.stream
+        return {
+            "model": self.name,
+            "model_config": self.config.name,
+            "random_weights": self.random_weights,
+            "weights_source": self.source,
+            "resolution": (s.height, s.width),
+        }
+
+
+def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, seed: int) -> WorldModel:
+    """Random weights drawn on the CPU from ``seed`` (same weights on every machine), then moved."""
+    from world_model.dit import MatrixGameDiT
+    from world_model.text import RandomTextEncoder
+    from world_model.vae import WanVAE
+
+    big = config.dit.dim >= 1024
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if big:  # build directly on the device in the runtime dtype: a 5B model in fp32 on CPU is slow
+            with torch.device(runtime.device):
+                dit = MatrixGameDiT(config.dit).to(runtime.dtype)
+                vae = WanVAE(config.vae).to(runtime.dtype)
+        else:
+            dit = MatrixGameDiT(config.dit)
+            vae = WanVAE(config.vae)
+    dit = dit.to(runtime.device, runtime.dtype).eval()
+    vae = vae.to(runtime.device, runtime.dtype).eval()
+    text = RandomTextEncoder(config.text, seed=seed, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
+    return WorldModel(config, dit, vae, text, runtime, name, True, f"random init (seed {seed})")
+
+
+def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distilled: bool) -> WorldModel:
+    """The released 5B checkpoint from a local folder or the hub."""
+    from world_model.text import make_text_encoder
+    from world_model.vae import load_vae
+    from world_model.weights import load_dit
+
+    variant = "distilled" if distilled else "base"
+    dit = load_dit(root, variant=variant, device=runtime.device, dtype=runtime.dtype).eval()
+    config = mg3_5b(distilled=distilled).replace(dit=dit.cfg) if hasattr(dit, "cfg") else mg3_5b(distilled)
+    vae = load_vae(root, device=runtime.device, dtype=runtime.dtype).eval()
+    text = make_text_encoder(config.text, root, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
+    return WorldModel(config, dit, vae, text, runtime, name, False, str(root))
+
+
+def _default(runtime: RuntimeOptions, seed: int) -> WorldModel:
+    raise ValueError(
+        "the embedded default model is not trained yet; use 'tiny-random' (random weights, CPU) or "
+        "'mg3-5b' (the released checkpoint, GPU)"
+    )
+
+
+_REGISTRY: dict[str, Callable[[RuntimeOptions, int], WorldModel]] = {
+    "tiny-random": lambda rt, seed: _build_random(tiny(), rt, "tiny-random", seed),
+    "mg3-5b": lambda rt, seed: _load_release(RELEASE_HUB_ID, rt, "mg3-5b", distilled=True),
+    "mg3-5b-base": lambda rt, seed: _load_release(RELEASE_HUB_ID, rt, "mg3-5b-base", distilled=False),
+    "mg3-5b-random": lambda rt, seed: _build_random(
+        mg3_5b().replace(name="mg3-5b-random", text=mg3_5b().text.replace(kind="random")), rt, "mg3-5b-random", seed
+    ),
+    "default": _default,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def load_world_model(
+    name_or_path: str | Path = "tiny-random", runtime: RuntimeOptions | None = None, *, seed: int = 0
+) -> WorldModel:
+    """Load a model by registry name (:data:`MODEL_NAMES`) or from a release-layout folder.
+
+    ``seed`` fixes the weights of the random models; ``runtime`` defaults to
+    :meth:`RuntimeOptions.for_device` (bf16 on CUDA, fp32 on CPU).
+    """
+    runtime = runtime or RuntimeOptions.for_device()
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"model must be a name or a path, got {type(name_or_path).__name__}")
+    key = str(name_or_path)
+    if key in _REGISTRY:
+        return _REGISTRY[key](runtime, seed)
+    path = Path(key).expanduser()
+    if path.is_dir():
+        return _load_release(path, runtime, str(path), distilled=True)
+    raise ValueError(
+        f"unknown model {key!r}: expected one of {list(MODEL_NAMES)} or a folder in the release layout "
+        f"(with base_distilled_model/ and the VAE/T5 files)"
+    )
