@@ -1,0 +1,276 @@
+"""Checkpoint folders of the release layout (spec §2.1): find them, load the DiT, write our own.
+
+A release folder (local, or the hub repo ``Skywork/Matrix-Game-3.0``)::
+
+    <root>/
+      model_index.json
+      base_distilled_model/{config.json, diffusion_pytorch_model.safetensors}   # 3-step model
+      base_model/{config.json, diffusion_pytorch_model.safetensors}             # 50-step + CFG
+      Wan2.2_VAE.pth, MG-LightVAE.pth, MG-LightVAE_v2.pth                         # VAEs
+      models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/                          # text encoder
+
+The DiT weights may also be sharded (``diffusion_pytorch_model.safetensors.index.json`` with its
+shards). Every problem is reported as one :class:`~world_model.checkpoint.CheckpointError` that
+names the file and says what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .checkpoint import CheckpointError, assign_state_dict, check_state_dict
+from .config import ConfigError, DiTConfig
+
+if TYPE_CHECKING:
+    from .dit import MatrixGameDiT
+
+__all__ = [
+    "RELEASE_REPO_ID",
+    "DIT_SUBFOLDERS",
+    "DIT_WEIGHTS",
+    "DIT_INDEX",
+    "resolve_checkpoint",
+    "dit_folder",
+    "read_dit_config",
+    "load_dit",
+    "write_dit_folder",
+]
+
+RELEASE_REPO_ID = "Skywork/Matrix-Game-3.0"
+DIT_SUBFOLDERS = {"distilled": "base_distilled_model", "base": "base_model"}
+DIT_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DIT_INDEX = DIT_WEIGHTS + ".index.json"
+CONFIG_NAME = "config.json"
+
+_RELEASE_LAYOUT = (
+    "the release layout is <root>/base_distilled_model/ and <root>/base_model/, each with config.json and "
+    f"{DIT_WEIGHTS} (or {DIT_INDEX} plus its shards), next to models_t5_umt5-xxl-enc-bf16.pth, "
+    "google/umt5-xxl/ and the VAE .pth files"
+)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _listing(folder: Path) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not names:
+        return "it is empty"
+    more = f" (+{len(names) - 20} more)" if len(names) > 20 else ""
+    return "it holds " + ", ".join(names[:20]) + more
+
+
+def resolve_checkpoint(
+    path_or_repo_id: str | Path,
+    *,
+    allow_patterns: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    revision: str | None = None,
+) -> Path:
+    """A checkpoint root folder: an existing local folder, or a hub snapshot.
+
+    A string like ``"Skywork/Matrix-Game-3.0"`` that is not a local folder is fetched with
+    ``huggingface_hub.snapshot_download`` (only ``allow_patterns`` if given; ``cache_dir`` and
+    ``revision`` as there; offline mode through the hub's own ``HF_HUB_OFFLINE``).
+    """
+    path = Path(path_or_repo_id).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.exists():
+        raise CheckpointError(f"expected a checkpoint folder, got the file {path}; {_RELEASE_LAYOUT}")
+    text = str(path_or_repo_id)
+    if not _REPO_ID.match(text):
+        raise CheckpointError(
+            f"expected an existing local folder or a hub id like {RELEASE_REPO_ID!r}, got {text!r} (no such folder)"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise ImportError(f"{text!r} is no local folder; to fetch it from the hub: pip install huggingface_hub") from e
+    try:
+        local = snapshot_download(
+            repo_id=text,
+            revision=revision,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            allow_patterns=None if allow_patterns is None else list(allow_patterns),
+        )
+    except Exception as e:  # the hub raises many types (offline, not found, auth, network)
+        raise CheckpointError(
+            f"{text!r} is no local folder, and fetching it from the Hugging Face hub failed: "
+            f"{type(e).__name__}: {e}. Pass a local folder, or check the id and network (HF_HUB_OFFLINE)."
+        ) from None
+    return Path(local)
+
+
+def dit_folder(root: str | Path, variant: str = "distilled") -> Path:
+    """``<root>/base_distilled_model`` or ``<root>/base_model``; a clear error for a wrong root."""
+    if variant not in DIT_SUBFOLDERS:
+        raise ValueError(f"variant must be one of {sorted(DIT_SUBFOLDERS)}, got {variant!r}")
+    root = Path(root)
+    folder = root / DIT_SUBFOLDERS[variant]
+    if folder.is_dir():
+        return folder
+    hint = ""
+    if (root / CONFIG_NAME).exists() or (root / DIT_WEIGHTS).exists():
+        hint = f" {root} looks like a DiT subfolder itself; pass its parent folder (the checkpoint root)."
+    raise CheckpointError(
+        f"{root} is not a release checkpoint folder: missing {DIT_SUBFOLDERS[variant]}/ "
+        f"({_listing(root)}); {_RELEASE_LAYOUT}.{hint}"
+    )
+
+
+def read_dit_config(folder: str | Path) -> DiTConfig:
+    """Read ``<folder>/config.json`` (release keys) into a :class:`DiTConfig`."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"missing {path} ({_listing(path.parent)}); {_RELEASE_LAYOUT}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    try:
+        return DiTConfig.from_release(data)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} holds an invalid DiT config: {e}") from None
+
+
+def _shapes_single(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"cannot read {path} ({path.stat().st_size:,} bytes): {e}. The file is truncated or corrupt; "
+            "download it again."
+        ) from None
+
+
+def _weight_files(folder: Path) -> dict[Path, dict[str, tuple[int, ...]]]:
+    """Weight files of a DiT folder with their key -> shape headers (no tensor data read)."""
+    single, index = folder / DIT_WEIGHTS, folder / DIT_INDEX
+    if single.is_file():
+        return {single: _shapes_single(single)}
+    if not index.is_file():
+        raise CheckpointError(f"missing {single} (or a sharded {DIT_INDEX}) in {folder} ({_listing(folder)})")
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}") from None
+    out = {}
+    for name in shards:
+        shard = folder / name
+        if not shard.is_file():
+            raise CheckpointError(f"missing shard {shard}, listed in {index} ({_listing(folder)})")
+        out[shard] = _shapes_single(shard)
+        listed = {k for k, v in weight_map.items() if v == name}
+        if listed != set(out[shard]):
+            diff = sorted(listed ^ set(out[shard]))[:8]
+            raise CheckpointError(f"shard {shard} does not hold the keys {index} lists for it (differ: {diff})")
+    return out
+
+
+def _strip_prefix(keys: Sequence[str], prefix: str = "model.") -> dict[str, str]:
+    """file key -> model key, dropping ``prefix`` only when every key carries it."""
+    if keys and all(k.startswith(prefix) for k in keys):
+        return {k: k[len(prefix) :] for k in keys}
+    return {k: k for k in keys}
+
+
+def load_dit(
+    root: str | Path,
+    variant: str = "distilled",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MatrixGameDiT:
+    """Load the release DiT (``variant`` "distilled" or "base") from a folder or hub id.
+
+    The model is built on the meta device from ``config.json``; every key and shape is checked
+    before any tensor data is read, then the weights are read one tensor at a time, cast to
+    ``dtype`` and assigned on ``device``.
+    """
+    from safetensors import safe_open
+
+    from .dit import MatrixGameDiT
+
+    if variant not in DIT_SUBFOLDERS:
+        raise ValueError(f"variant must be one of {sorted(DIT_SUBFOLDERS)}, got {variant!r}")
+    folder = dit_folder(resolve_checkpoint(root, allow_patterns=[f"{DIT_SUBFOLDERS[variant]}/*"]), variant)
+    cfg = read_dit_config(folder)
+    with torch.device("meta"):
+        model = MatrixGameDiT(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+
+    files = _weight_files(folder)
+    source = next(iter(files)) if len(files) == 1 else folder / DIT_INDEX
+    all_keys = [k for shapes in files.values() for k in shapes]
+    rename = _strip_prefix(all_keys)
+    found = {rename[k]: torch.empty(s, device="meta") for shapes in files.values() for k, s in shapes.items()}
+    check_state_dict(expected, found, source)
+
+    state = {}
+    for path, shapes in files.items():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for k in shapes:
+                    t = f.get_tensor(k)
+                    state[rename[k]] = t.to(dtype) if t.is_floating_point() else t
+        except Exception as e:  # data region damaged after a valid header
+            raise CheckpointError(f"cannot read tensor data of {path}: {type(e).__name__}: {e}") from None
+    assign_state_dict(model, state, source, dtype=dtype, device=device)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"MatrixGameDiT kept tensors on the meta device after loading: {left[:8]}")
+    return model.eval()
+
+
+def write_dit_folder(model: torch.nn.Module, folder: str | Path, *, max_shard_bytes: int | None = None) -> Path:
+    """Save a DiT in the release layout: ``config.json`` (release keys) + safetensors.
+
+    ``model`` needs a ``cfg`` (:class:`DiTConfig`). With ``max_shard_bytes``, weights larger than
+    that go into numbered shards plus ``diffusion_pytorch_model.safetensors.index.json``.
+    Returns the folder.
+    """
+    from safetensors.torch import save_file
+
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(cfg, DiTConfig):
+        raise TypeError(f"model must carry its DiTConfig as .cfg, got {type(cfg).__name__}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": "WanModel", "is_action_model": cfg.action_config is not None, **cfg.to_dict()}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    for stale in [folder / DIT_WEIGHTS, folder / DIT_INDEX, *folder.glob("diffusion_pytorch_model-*.safetensors")]:
+        stale.unlink(missing_ok=True)
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    if max_shard_bytes is None or total <= max_shard_bytes:
+        save_file(state, str(folder / DIT_WEIGHTS), metadata={"format": "pt"})
+        return folder
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in state.items():
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / DIT_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return folder
