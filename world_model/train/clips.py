@@ -163,8 +163,12 @@ class ClipSampler:
             chunks = torch.full((b,), chunk, dtype=torch.int64)
         return self.build(segments.cpu(), chunks)
 
-    def build(self, segments: Tensor, chunks: Tensor) -> ClipBatch:
-        """The batch for segments [B] at chunks [B] (all 0, or all >= 1)."""
+    def build(self, segments: Tensor, chunks: Tensor, latents: Tensor | None = None) -> ClipBatch:
+        """The batch for segments [B] at chunks [B] (all 0, or all >= 1).
+
+        ``latents`` [B, Fs, C, h, w] replaces the stored latents of these segments (a self-rollout's
+        generated history); actions, poses and prompts still come from the store.
+        """
         st, cfg, r = self.store, self.cfg, self.r
         dev = st.latents.device
         first = bool((chunks == 0).all())
@@ -178,20 +182,21 @@ class ClipSampler:
         lat_idx = torch.where(pose_frames == 0, 0, (pose_frames - 1) // r + 1)  # [B, F]
         num_context = 1 if first else cfg.stream.past_latents
         seg_d, lat_d = segments.to(dev), lat_idx.to(dev)
-        latents = st.latents[seg_d[:, None], lat_d].transpose(1, 2).float()  # [B, C, F, h, w]
+        src = st.latents[seg_d] if latents is None else latents  # [B, Fs, C, h, w]
+        bidx = torch.arange(len(segments), device=dev)[:, None]
+        latents = src[bidx, lat_d].transpose(1, 2).float()  # [B, C, F, h, w]
         # poses of all frames from the segment start to the window end
         n_all = int(end.max())
         all_frames = st.seg_start.cpu()[segments][:, None] + torch.arange(n_all)  # [B, N]
         c2w = c2w_from_poses(st.poses[all_frames.to(dev)].double()).float()  # [B, N, 4, 4]
         h, w = cfg.stream.height, cfg.stream.width
         stride, fov = cfg.vae.spatial_stride, cfg.stream.fov_deg
-        bidx = torch.arange(len(segments), device=dev)[:, None]
         plucker = window_plucker(c2w[bidx, pose_frames.to(dev)], h, w, stride, fov)  # [B, 6s^2, F, h, w]
         positions = lat_d
         memory = None
         if self.use_memory and not first and cfg.stream.num_memory > 0:
             sel = select_memory(c2w, chunks.to(dev), cfg.stream, r)
-            memory = st.latents[seg_d[:, None], sel.latents].transpose(1, 2).float()  # [B, C, M, h, w]
+            memory = src[bidx, sel.latents].transpose(1, 2).float()  # [B, C, M, h, w]
             plucker = torch.cat([memory_plucker(c2w, sel, h, w, stride, fov, r), plucker], dim=2)
             positions = torch.cat([sel.latents, lat_d], dim=1)
         af = abs_frames.to(dev)
