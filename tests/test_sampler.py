@@ -191,15 +191,15 @@ def test_cfg_combine():
         cfg_combine(cond, null[:1], 5.0)
 
 
-@pytest.mark.parametrize("steps", [3, 50])
-def test_matches_diffusers_unipc(steps):
+@pytest.mark.parametrize("steps,order", [(3, 2), (50, 2), (10, 1), (10, 3)])
+def test_matches_diffusers_unipc(steps, order):
     """diffusers' UniPC with flow sigmas, given the release's unshifted sigmas, is the same sampler."""
     diffusers = pytest.importorskip("diffusers")
     ref = diffusers.UniPCMultistepScheduler(
-        use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=5.0, solver_order=2
+        use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=5.0, solver_order=order
     )
     ref.set_timesteps(sigmas=np.linspace(0.999, 0, steps + 1)[:-1])
-    ours = FlowUniPCSampler(steps, 5.0)
+    ours = FlowUniPCSampler(steps, 5.0, solver_order=order)
     assert ref.timesteps.tolist() == ours.timesteps.tolist()
     torch.testing.assert_close(ref.sigmas.double(), ours.sigmas, atol=1e-6, rtol=0)
     xa = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(5))

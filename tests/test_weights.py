@@ -11,7 +11,7 @@ from release_fixture import write_dit, write_release_folder
 from safetensors.torch import load_file, save_file
 
 from world_model.checkpoint import CheckpointError
-from world_model.config import tiny
+from world_model.config import mg3_5b, tiny
 from world_model.dit import MatrixGameDiT
 from world_model.text import load_umt5
 from world_model.weights import (
@@ -218,3 +218,42 @@ def test_public_calls_load_the_fixture(release):
     enc = load_umt5(release)
     out = enc.encode(["a man walks through a forest"])
     assert out.shape == (1, 512, 32) and out.dtype == torch.bfloat16
+
+
+def test_release_config_json_gives_the_5b_model(tmp_path):
+    """A config.json with the release's keys (no text_dim, extra keys) reads as mg3_5b's DiT, and the
+    model built from it on the meta device has the release's 1356 tensors and 6.47 B parameters."""
+    action = {
+        "blocks": list(range(15)), "keyboard_dim_in": 6, "mouse_dim_in": 2, "hidden_size": 128,
+        "img_hidden_size": 3072, "keyboard_hidden_dim": 1024, "mouse_hidden_dim": 1024, "heads_num": 16,
+        "windows_size": 3, "vae_time_compression_ratio": 4, "patch_size": [1, 2, 2], "qk_norm": True,
+        "qkv_bias": False, "rope_dim_list": [8, 28, 28], "mouse_qk_dim_list": [8, 28, 28], "rope_theta": 256,
+        "enable_mouse": True, "enable_keyboard": True,
+    }  # fmt: skip
+    config = {
+        "_class_name": "WanModel", "model_type": "ti2v", "dim": 3072, "num_layers": 30, "num_heads": 24,
+        "ffn_dim": 14336, "in_dim": 48, "out_dim": 48, "patch_size": [1, 2, 2], "text_len": 512,
+        "freq_dim": 256, "eps": 1e-6, "qk_norm": True, "cross_attn_norm": True, "window_size": [-1, -1],
+        "sigma_theta": 0.8, "is_action_model": True, "use_text_crossattn": True, "action_config": action,
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cfg = read_dit_config(tmp_path)
+    assert cfg == mg3_5b().dit
+    with torch.device("meta"):
+        model = MatrixGameDiT(cfg)
+    state = model.state_dict()
+    assert len(state) == 1356
+    assert round(sum(v.numel() for v in state.values()) / 1e9, 2) == 6.47
+    assert state["blocks.14.action_model.keyboard_embed.0.weight"].shape == (128, 6)
+    assert "blocks.15.action_model.t_qkv.weight" not in state
+
+
+@pytest.mark.gpu
+def test_load_dit_on_gpu_bf16(release):
+    model = load_dit(release, device="cuda", dtype=torch.bfloat16)
+    assert all(p.is_cuda and p.dtype == torch.bfloat16 for p in model.parameters())
+    cpu = load_dit(release)
+    torch.testing.assert_close(
+        model.state_dict()["blocks.0.self_attn.q.weight"].float().cpu(),
+        cpu.state_dict()["blocks.0.self_attn.q.weight"].to(torch.bfloat16).float(),
+    )
