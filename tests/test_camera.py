@@ -288,3 +288,11 @@ def test_window_plucker_shape_and_content():
     assert emb.shape == (1, 6 * 64, 15, 4, 6) and emb.dtype == torch.float32
     torch.testing.assert_close(emb, ray_embedding(window_relative_poses(c2w), 32, 48, 8))
     assert (emb[0, : 3 * 64, 0] == 0).all()  # first latent: identity -> zero origin
+
+
+def test_ray_embedding_output_dtype():
+    p = _integrate([0], (0.0, 0.3), 56)
+    c2w = c2w_from_poses(p[window_pose_frames(0, CFG)])[None]  # float64 poses
+    emb = window_plucker(c2w, 16, 16, stride=8, dtype=torch.float32)
+    assert emb.dtype == torch.float32
+    torch.testing.assert_close(emb, window_plucker(c2w, 16, 16, stride=8).float())

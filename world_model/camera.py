@@ -224,7 +224,15 @@ def fold_pixels(x: torch.Tensor, stride: int) -> torch.Tensor:
     return rearrange(x, "b c f (h dy) (w dx) -> b (c dy dx) f h w", dy=stride, dx=stride)
 
 
-def ray_embedding(c2w: torch.Tensor, height: int, width: int, stride: int, fov_deg: float = 90.0) -> torch.Tensor:
+def ray_embedding(
+    c2w: torch.Tensor,
+    height: int,
+    width: int,
+    stride: int,
+    fov_deg: float = 90.0,
+    *,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """[origin, direction] ray embedding at pixel resolution, folded to latent pixels.
 
     Args:
@@ -232,8 +240,11 @@ def ray_embedding(c2w: torch.Tensor, height: int, width: int, stride: int, fov_d
         height, width: pixel size of the frames; both divisible by ``stride``.
         stride: pixels per latent pixel (the VAE's spatial stride).
 
+        dtype: dtype of the result (default: that of ``c2w``). The embedding is as large as a
+            6-channel video; pass float32 (or bf16) with float64 poses to halve its memory.
+
     Returns:
-        [B, 6*s*s, F, H/s, W/s] in the dtype of ``c2w``; channels ordered (channel, dy, dx) with
+        [B, 6*s*s, F, H/s, W/s]; channels ordered (channel, dy, dx) with
         channel = (o_x, o_y, o_z, d_x, d_y, d_z), i.e. ``fold_pixels`` of the full-resolution
         [B, 6, F, H, W] embedding, computed directly in the folded layout.
     """
@@ -243,7 +254,9 @@ def ray_embedding(c2w: torch.Tensor, height: int, width: int, stride: int, fov_d
         raise ValueError(f"expected the frame size {height}x{width} to be divisible by the stride {stride}")
     b, f = c2w.shape[:2]
     h, w = height // stride, width // stride
-    rays = camera_rays(height, width, fov_deg, dtype=c2w.dtype, device=c2w.device)
+    dtype = c2w.dtype if dtype is None else dtype
+    c2w = c2w.to(dtype)
+    rays = camera_rays(height, width, fov_deg, dtype=dtype, device=c2w.device)
     rays = rearrange(rays, "c (h dy) (w dx) -> c dy dx h w", dy=stride, dx=stride)  # [3, s, s, h, w]
     out = c2w.new_empty(b, 6, stride, stride, f, h, w)
     out[:, :3] = rearrange(c2w[..., :3, 3], "b f c -> b c 1 1 f 1 1")  # origins, broadcast over pixels
@@ -322,9 +335,18 @@ def window_relative_poses(c2w: torch.Tensor) -> torch.Tensor:
     return delta
 
 
-def window_plucker(c2w: torch.Tensor, height: int, width: int, stride: int, fov_deg: float = 90.0) -> torch.Tensor:
+def window_plucker(
+    c2w: torch.Tensor,
+    height: int,
+    width: int,
+    stride: int,
+    fov_deg: float = 90.0,
+    *,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Window camera code: :func:`ray_embedding` of :func:`window_relative_poses`.
 
-    ``c2w`` [B, F, 4, 4] at :func:`window_pose_frames`; returns [B, 6*s*s, F, H/s, W/s].
+    ``c2w`` [B, F, 4, 4] at :func:`window_pose_frames` (poses are composed in its dtype, rays
+    built in ``dtype``); returns [B, 6*s*s, F, H/s, W/s].
     """
-    return ray_embedding(window_relative_poses(c2w), height, width, stride, fov_deg)
+    return ray_embedding(window_relative_poses(c2w), height, width, stride, fov_deg, dtype=dtype)

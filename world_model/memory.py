@@ -186,13 +186,16 @@ def memory_plucker(
     stride: int,
     fov_deg: float = 90.0,
     temporal_stride: int = 4,
+    *,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Memory camera code: one [origin, direction] frame per memory latent.
 
     A memory latent's pose is that of its last pixel frame (r * latent index), made relative to its
     slot's query pose (:func:`memory_relative_poses`). ``c2w`` [B, N, 4, 4] as for
-    :func:`select_memory`; returns [B, 6*s*s, M, H/s, W/s] (memory frames in slot order).
+    :func:`select_memory`; returns [B, 6*s*s, M, H/s, W/s] (memory frames in slot order) in
+    ``dtype`` (default: that of ``c2w``).
     """
     mem = _take(c2w, temporal_stride * selection.latents)
     query = _take(c2w, selection.query_frames)
-    return ray_embedding(memory_relative_poses(mem, query), height, width, stride, fov_deg)
+    return ray_embedding(memory_relative_poses(mem, query), height, width, stride, fov_deg, dtype=dtype)
