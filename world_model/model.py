@@ -71,8 +71,18 @@ class WorldModel:
         }
 
 
+@torch.no_grad()
+def _randomize_zero_layers(module: nn.Module, std: float) -> None:
+    """Draw the weights that training init leaves at zero (output head, camera scale/shift), so
+    that in a random model the frames depend on every input (actions, camera, memory)."""
+    for p in module.parameters():
+        if p.ndim >= 2 and not p.any():
+            p.normal_(0.0, std)
+
+
 def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, seed: int) -> WorldModel:
-    """Random weights drawn on the CPU from ``seed`` (same weights on every machine), then moved."""
+    """Random weights from ``seed``: small models are drawn on the CPU (same weights on every machine)
+    and moved; big ones are drawn on the device in the runtime dtype."""
     from world_model.dit import MatrixGameDiT
     from world_model.text import RandomTextEncoder
     from world_model.vae import WanVAE
@@ -87,6 +97,7 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
         else:
             dit = MatrixGameDiT(config.dit)
             vae = WanVAE(config.vae)
+        _randomize_zero_layers(dit, std=0.02)
     dit = dit.to(runtime.device, runtime.dtype).eval()
     vae = vae.to(runtime.device, runtime.dtype).eval()
     text = RandomTextEncoder(config.text, seed=seed, device=runtime.text_device or runtime.device, dtype=runtime.dtype)

@@ -1,1 +1,6 @@
-"""Gymnasium wrappers: rollout recording."""
+"""Gymnasium wrappers: rollout recording and RL-friendly views of the Matrix-Game envs."""
+
+from mg3_env.wrappers.record import RecordEpisodes
+from mg3_env.wrappers.rl import DiscreteActions, LatestFrame
+
+__all__ = ["RecordEpisodes", "DiscreteActions", "LatestFrame"]
