@@ -339,6 +339,16 @@ class DatasetWriter:
     def num_frames(self) -> int:
         return sum(r["length"] for r in self._rows)
 
+    @property
+    def info_extra(self) -> dict[str, Any]:
+        """The extra metadata stored under ``info.json["mg3"]``."""
+        return dict(self._info_extra)
+
+    def update_info_extra(self, **items: Any) -> None:
+        """Add or replace entries of ``info.json["mg3"]`` (written at once)."""
+        self._info_extra.update(items)
+        self._write_info()
+
     def add_episode(
         self,
         frames: np.ndarray,

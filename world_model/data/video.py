@@ -29,7 +29,9 @@ class VideoEncoder:
     """Incremental H.264 encoder: ``write(frames)`` any number of times, then ``close()``.
 
     frames are uint8 [T, H, W, 3] RGB; H and W must be even (yuv420p). ``close()`` flushes and
-    fsyncs the file so that a following rename publishes complete data.
+    fsyncs the file so that a following rename publishes complete data. x264's macroblock-tree
+    rate control is off: with it, libx264 (as shipped in PyAV) encodes the same frames differently
+    from run to run, and datasets must be reproducible.
     """
 
     def __init__(
@@ -43,7 +45,7 @@ class VideoEncoder:
         self.num_frames = 0
         self._container = av.open(str(self.path), mode="w", format="mp4")
         self._stream = self._container.add_stream(
-            "libx264", rate=fps_fraction(fps), options={"crf": str(crf), "preset": preset}
+            "libx264", rate=fps_fraction(fps), options={"crf": str(crf), "preset": preset, "x264-params": "mbtree=0"}
         )
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         self._closed = False

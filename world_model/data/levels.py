@@ -1,0 +1,82 @@
+"""The Freedoom 1 and 2 levels shipped with ViZDoom: names, titles, train/validation/test split.
+
+Titles are the levels' own names (the ``HUSTR_*`` strings of the WADs' DEHACKED lumps). The split is
+by level so that evaluation can use levels never trained on: in the fixed order below (Freedoom 1
+E1M1..E4M9, then Freedoom 2 MAP01..MAP32), level i goes to validation if i % 10 == 8, to test if
+i % 10 == 9, else to train (56 / 6 / 6 levels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Level", "LEVELS", "SPLITS", "get_level", "levels_in_split"]
+
+SPLITS = ("train", "validation", "test")
+
+_FREEDOOM1 = (
+    "Outer Prison", "Communications Center", "Waste Disposal", "Supply Depot", "Armory", "Training Facility",
+    "Xenobiotic Materials Lab", "Outpost Quarry", "Nutrient Recycling",
+    "Elemental Gate", "Shifter", "Reclaimed Facilities", "Flooded Installation", "Underground Hub",
+    "Hidden Sector", "Control Complex", "Containment Cell", "Fortress 31",
+    "Land of the Lost", "Geothermal Tunnels", "Sacrificial Bastion", "Oblation Temple", "Infernal Hallows",
+    "Igneous Intrusion", "No Regrets", "Ancient Lair", "Acquainted With Grief",
+    "Maintenance Area", "Research Complex", "Central Computing", "Hydroponic Facility", "Engineering Station",
+    "Command Center", "Waste Treatment", "Launch Bay", "Operations",
+)  # fmt: skip
+_FREEDOOM2 = (
+    "Hydroelectric Plant", "Filtration Tunnels", "Crude Processing Center", "Containment Bay", "Sludge Burrow",
+    "Janus Terminal", "Logic Gate", "Astronomy Complex", "Datacenter", "Deadly Outlands",
+    "Dimensional Rift Observatory", "Railroads", "Station Earth", "Nuclear Zone", "Hostile Takeover",
+    "Urban Jungle", "City Capitol", "Aquatics Lab", "Sewage Control", "Blood Ember Fortress", "Under Realm",
+    "Remanasu", "Underground Facility", "Abandoned Teleporter Lab", "Persistence of Memory", "Dark Depths",
+    "Palace of Red", "Grim Redoubt", "Melting Point", "Jaws of Defeat", "Be Quiet", "Not Sure",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level: ``wad`` is ``freedoom1.wad`` or ``freedoom2.wad``, ``map`` e.g. ``E1M1`` or ``MAP01``."""
+
+    wad: str
+    map: str
+    title: str
+    split: str
+
+    @property
+    def name(self) -> str:
+        """A unique name such as ``freedoom2/MAP01``."""
+        return f"{self.wad.removesuffix('.wad')}/{self.map}"
+
+    def prompt(self, look: str) -> str:
+        """The level's prompt: its title and map plus a short description of how it looks."""
+        game = "Freedoom: Phase 1" if self.wad == "freedoom1.wad" else "Freedoom: Phase 2"
+        return f"First-person walk through {self.title} ({self.map}), a {game} level. {look}"
+
+
+def _build() -> tuple[Level, ...]:
+    names = [("freedoom1.wad", f"E{e}M{m}") for e in range(1, 5) for m in range(1, 10)]
+    names += [("freedoom2.wad", f"MAP{m:02d}") for m in range(1, 33)]
+    titles = _FREEDOOM1 + _FREEDOOM2
+    out = []
+    for i, ((wad, map_), title) in enumerate(zip(names, titles, strict=True)):
+        split = "validation" if i % 10 == 8 else "test" if i % 10 == 9 else "train"
+        out.append(Level(wad, map_, title, split))
+    return tuple(out)
+
+
+LEVELS: tuple[Level, ...] = _build()
+
+
+def get_level(name: str) -> Level:
+    """A level by name: ``freedoom2/MAP01``, or just ``MAP01`` / ``E1M1``."""
+    for level in LEVELS:
+        if name in (level.name, level.map):
+            return level
+    raise KeyError(f"unknown level {name!r}; known levels are e.g. {LEVELS[0].name}, {LEVELS[-1].name}")
+
+
+def levels_in_split(split: str) -> tuple[Level, ...]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return tuple(level for level in LEVELS if level.split == split)
