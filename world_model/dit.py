@@ -31,6 +31,7 @@ embedding is computed per frame ([B, T, ...]) and broadcast over the frame's tok
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -119,13 +120,19 @@ class _Attention(nn.Module):
 
 
 class SelfAttention(_Attention):
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [B, L, D] -> [B, L, D]; cos/sin [B, L, N, Dh/2] rotate q and k (fp32), attention in weight dtype."""
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: Callable[..., torch.Tensor] = attend
+    ) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]; cos/sin [B, L, N, Dh/2] rotate q and k (fp32), attention in weight dtype.
+
+        ``attention(q, k, v)`` ([B, L, N, Dh] each) is :func:`attend` unless sequence parallelism
+        (world_model.parallel) passes one that attends over the tokens of all ranks.
+        """
         x = x.to(self.q.weight.dtype)
         q = apply_rope(self._heads(self.norm_q(self.q(x))), cos, sin)  # [B, L, N, Dh] fp32
         k = apply_rope(self._heads(self.norm_k(self.k(x))), cos, sin)
         v = self._heads(self.v(x))
-        out = attend(q.to(v.dtype), k.to(v.dtype), v)  # [B, L, N, Dh]
+        out = attention(q.to(v.dtype), k.to(v.dtype), v)  # [B, L, N, Dh]
         return self.o(out.flatten(2))
 
 
@@ -173,13 +180,21 @@ class DiTBlock(nn.Module):
         mouse: torch.Tensor | None,
         keyboard: torch.Tensor | None,
         num_memory: int,
+        attention: Callable[..., torch.Tensor] = attend,
+        full_sequence: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x [B, L, D] (fp32 after the first block), e0 [B, T, 6, D] fp32 per-frame timestep
-        projection, context [B, Lt, D] embedded text, cam [B, L, D] embedded camera tokens."""
+        projection, context [B, Lt, D] embedded text, cam [B, L, D] embedded camera tokens.
+
+        Seams for sequence parallelism (world_model.parallel), where x, cam, cos/sin hold one rank's
+        tokens and e0 is given per run of tokens: ``attention`` replaces :func:`attend` in the
+        self-attention, and ``full_sequence(fn, x)`` runs the whole-sequence function ``fn`` (the
+        action module) on the tokens of all ranks and returns this rank's part.
+        """
         mod = self.modulation.float() + e0  # [B, T, 6, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
 
-        y = self.self_attn(_modulate(_layer_norm(x, self.eps), shift1, scale1), cos, sin)
+        y = self.self_attn(_modulate(_layer_norm(x, self.eps), shift1, scale1), cos, sin, attention)
         x = _gated_add(x, y, gate1)
 
         h = self.cam_injector_layer2(F.silu(self.cam_injector_layer1(cam))) + cam
@@ -191,8 +206,10 @@ class DiTBlock(nn.Module):
         else:  # standard Wan: x + CrossAttn(LN3(x))
             x = x + self.cross_attn(self._norm3(x), context)
 
-        if self.action_model is not None:
+        if self.action_model is not None and full_sequence is None:
             x = self.action_model(x, grid, mouse, keyboard, num_memory)
+        elif self.action_model is not None:  # sequence parallel: x holds this rank's tokens only
+            x = full_sequence(lambda tokens: self.action_model(tokens, grid, mouse, keyboard, num_memory), x)
 
         y = self.ffn(_modulate(_layer_norm(x, self.eps), shift2, scale2).to(self.ffn[0].weight.dtype))
         return _gated_add(x, y, gate2)
