@@ -74,7 +74,7 @@ class StreamState:
     so far plus the pose the next frame starts from. ``keyboard[i]`` [T_i, K] / ``mouse[i]``
     [T_i, 2]: the action of every frame so far. ``text``: [B, L, D] prompt embeddings.
     ``rngs[i]``: env i's noise generator. ``chunk[i]``: index of the next chunk (-1: not reset).
-    ``decode_caches[i]``: env i's VAE decode cache (None before its first decode).
+    ``decode_cache``: the VAE decoder's streaming cache of all B envs.
     ``memory_latents[i]``: the memory latent indices used by env i's last chunk.
     """
 
@@ -85,7 +85,7 @@ class StreamState:
     text: Tensor
     rngs: list[torch.Generator]
     chunk: list[int]
-    decode_caches: list[DecodeCache | None]
+    decode_cache: DecodeCache
     seeds: list[int] = field(default_factory=list)
     memory_latents: list[Tensor] = field(default_factory=list)
 
@@ -148,7 +148,7 @@ class StreamingGenerator:
             text=text,
             rngs=[torch.Generator(self.device) for _ in range(num_envs)],
             chunk=[-1] * num_envs,
-            decode_caches=[None] * num_envs,
+            decode_cache=self.model.vae.new_cache(num_envs),
             seeds=[0] * num_envs,
             memory_latents=[torch.zeros(0, dtype=torch.int64) for _ in range(num_envs)],
         )
@@ -182,6 +182,7 @@ class StreamingGenerator:
             raise ValueError(f"expected {n} seeds, got {len(seeds)}")
         if n == 0:
             return state
+        state.decode_cache.reset_(torch.as_tensor(list(mask), dtype=torch.bool))
         video = images.to(self.device, self.dtype)[:, :, None]  # [n, 3, T=1, H, W]
         z = self.model.vae.encode(video)  # [n, C, 1, h, w]
         lt = min(text.shape[1], self.cfg.text.text_len)
@@ -195,7 +196,6 @@ class StreamingGenerator:
             state.rngs[i] = torch.Generator(self.device).manual_seed(int(seeds[j]))
             state.seeds[i] = int(seeds[j])
             state.chunk[i] = 0
-            state.decode_caches[i] = None
             state.memory_latents[i] = torch.zeros(0, dtype=torch.int64)
         return state
 
@@ -325,13 +325,8 @@ class StreamingGenerator:
 
     def _decode(self, state: StreamState, idx: list[int], z: Tensor, first: bool) -> Tensor:
         """Decode new latents [n, C, F, h, w] with each env's decode cache (batched)."""
-        from world_model.vae import DecodeCache
-
-        caches = [state.decode_caches[i] for i in idx]
-        cache = None if first else DecodeCache.cat(caches)
-        video, cache = self.model.vae.decode(z, cache=cache, first_chunk=first)
-        for j, i in enumerate(idx):
-            state.decode_caches[i] = cache.index([j])
+        video, cache = self.model.vae.decode(z, cache=state.decode_cache.index(idx), first_chunk=first)
+        state.decode_cache.update_(idx, cache)
         return video
 
     def _negative(self, n: int) -> Tensor:

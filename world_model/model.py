@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from world_model.config import WorldModelConfig, mg3_5b, tiny
 from world_model.runtime import RuntimeOptions
 
-__all__ = ["WorldModel", "load_world_model", "MODEL_NAMES", "RELEASE_HUB_ID"]
+__all__ = ["WorldModel", "load_world_model", "random_world_model", "MODEL_NAMES", "RELEASE_HUB_ID"]
 
 RELEASE_HUB_ID = "Skywork/Matrix-Game-3.0"
 
@@ -102,6 +102,11 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
     vae = vae.to(runtime.device, runtime.dtype).eval()
     text = RandomTextEncoder(config.text, seed=seed, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
     return WorldModel(config, dit, vae, text, runtime, name, True, f"random init (seed {seed})")
+
+
+def random_world_model(config: WorldModelConfig, runtime: RuntimeOptions | None = None, *, seed: int = 0) -> WorldModel:
+    """A model of any config with random weights (name ``"<config.name>"``, flagged as random)."""
+    return _build_random(config, runtime or RuntimeOptions.for_device(), config.name, seed)
 
 
 def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distilled: bool) -> WorldModel:
