@@ -48,6 +48,7 @@ class ExplorerConfig:
             raise ValueError(f"stuck_frames must be >= 2, got {self.stuck_frames}")
 
 
+_MIN_ROTATION = 0.5  # degrees per frame; smaller rotations fall in the release's mouse deadzone (0.3 deg)
 _BEHAVIOURS = ("walk", "turn", "strafe", "look", "back", "pause", "turn_and_return", "walk_and_return")
 
 
@@ -109,7 +110,7 @@ class Explorer:
             plan.extend([Command(left=left, right=not left)] * int(rng.integers(8, 30)))
         elif b == "look":
             target = float(rng.uniform(-self.cfg.pitch_limit, self.cfg.pitch_limit))
-            n = max(1, int(round(abs(target - self._pitch) / self.cfg.pitch_rate)))
+            n = int(round(abs(target - self._pitch) / self.cfg.pitch_rate))
             plan.extend([Command(pitch=(target - self._pitch) / n)] * n)
             plan.extend([Command()] * int(rng.integers(0, 10)))
         elif b == "back":
@@ -146,4 +147,5 @@ class Explorer:
         new = min(max(self._pitch + cmd.pitch, -lim), lim)
         if new - self._pitch == cmd.pitch:
             return cmd
-        return Command(cmd.forward, cmd.back, cmd.left, cmd.right, cmd.yaw, new - self._pitch, cmd.use)
+        pitch = new - self._pitch if abs(new - self._pitch) >= _MIN_ROTATION else 0.0
+        return Command(cmd.forward, cmd.back, cmd.left, cmd.right, cmd.yaw, pitch, cmd.use)

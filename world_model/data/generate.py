@@ -62,13 +62,15 @@ def record_episode(
     explorer: ExplorerConfig | None = None,
     video: VideoEncoder | None = None,
     workdir: str | Path | None = None,
+    max_step: float = 64.0,
 ) -> RecordedEpisode:
     """Play ``num_frames`` frames of ``level`` with the exploring policy.
 
     Frames go to ``video`` when given (and are not kept), else into the result. The mouse action of
     a frame is the measured rotation to the next frame in release units, so the recorded actions and
     poses agree exactly with the package's integrator for rotations. The episode is shorter when the
-    level ends (an exit was used).
+    level ends (an exit was used) or when the camera jumps more than ``max_step`` map units in one
+    frame (a teleporter: no action explains it, so the episode stops before it).
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -83,7 +85,9 @@ def record_episode(
         for _ in range(num_frames):
             cmd: Command = policy.act(pose)
             next_frame, next_pose, finished = engine.step(cmd)
-            if finished:  # the level ended: this frame's action has no outcome, so it is not recorded
+            if not finished and np.linalg.norm(next_pose[:3] - pose[:3]) > max_step:
+                finished = True  # teleported
+            if finished:  # this frame's action has no usable outcome, so the frame is not recorded
                 break
             uses += cmd.use
             poses.append(pose)
@@ -379,5 +383,6 @@ def _info_extra(cfg: GenerateConfig, doom: DoomConfig, levels: tuple[Level, ...]
             "action.keyboard": "W S A D multi-hot, indices 4-5 unused; USE presses are not recorded",
             "tics_per_frame": cfg.tics_per_frame, "tic_rate": DOOM_TIC_RATE,
         },
+        "degrees_per_mouse_unit": DEGREES_PER_MOUSE_UNIT,
         "splits_by_level": {s: [lv.name for lv in levels if lv.split == s] for s in ("train", "validation", "test")},
     }  # fmt: skip
