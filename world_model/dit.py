@@ -64,7 +64,11 @@ def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) -> torch.Tensor:
-    """LayerNorm over the last dim in fp32 (affine when ``norm`` is given); returns x's dtype."""
+    """LayerNorm over the last dim in fp32 (affine when ``norm`` is given); returns x's dtype.
+
+    Like the release, the first block's input (the bf16 patch embedding) is normalised back to
+    bf16; later blocks see the fp32 residual stream.
+    """
     weight = bias = None
     if norm is not None:
         weight, bias = norm.weight.float(), norm.bias.float()
@@ -239,6 +243,8 @@ class MatrixGameDiT(nn.Module):
         d, patch = cfg.dim, tuple(cfg.patch_size)
         if patch[0] != 1:
             raise ValueError(f"expected a temporal patch size of 1 (one token frame per latent frame), got {patch}")
+        if tuple(cfg.window_size) != (-1, -1):
+            raise ValueError(f"expected window_size (-1, -1) (global attention, the release), got {cfg.window_size}")
         patch_volume = math.prod(patch)
         self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=patch, stride=patch)
         self.patch_embedding_wancamctrl = nn.Linear(cfg.plucker_channels * patch_volume, d)
