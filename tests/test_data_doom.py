@@ -1,0 +1,159 @@
+"""Data engine ground truth: recorded poses vs ViZDoom's readings, rotations vs the integrator,
+determinism, and resumable generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vizdoom")
+pytest.importorskip("av")
+
+from world_model.config import StreamConfig  # noqa: E402
+from world_model.data.doom import Command, DoomConfig, DoomEngine, doom_to_pose  # noqa: E402
+from world_model.data.explorer import ExplorerConfig  # noqa: E402
+from world_model.data.format import DatasetReader  # noqa: E402
+from world_model.data.generate import GenerateConfig, generate_dataset, record_episode  # noqa: E402
+from world_model.data.levels import LEVELS, get_level, levels_in_split  # noqa: E402
+from world_model.data.poses import c2w_from_poses, wrap_degrees  # noqa: E402
+
+CFG = DoomConfig(width=160, height=120)
+ROTATE_ONLY = ExplorerConfig(walk=0, strafe=0, back=0, walk_and_return=0, turn=1, look=1, pause=0.2, turn_and_return=1)
+
+
+def _reference_rotations(mouse: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Spec §5.1 rotation integration: 15 deg per unit, deadzone 0.02, yaw wrapped."""
+    cfg = StreamConfig()
+    pitch, yaw = float(start[0]), float(start[1])
+    out = [(pitch, yaw)]
+    for m_pitch, m_yaw in mouse.astype(np.float64):
+        if abs(m_pitch) >= cfg.mouse_deadzone:
+            pitch += cfg.degrees_per_mouse_unit * m_pitch
+        if abs(m_yaw) >= cfg.mouse_deadzone:
+            yaw = float(wrap_degrees(yaw + cfg.degrees_per_mouse_unit * m_yaw))
+        out.append((pitch, yaw))
+    return np.array(out)
+
+
+def test_known_actions_match_vizdoom_readings(tmp_path):
+    with DoomEngine(get_level("MAP01"), CFG, workdir=tmp_path) as engine:
+        frame, pose = engine.reset()
+        assert frame.shape == (120, 160, 3) and frame.dtype == np.uint8
+        start = engine.doom_readings()
+        script = [Command(yaw=3.0)] * 10 + [Command(pitch=2.0)] * 5 + [Command(pitch=-2.0)] * 5
+        script += [Command(forward=True)] * 25
+        for cmd in script:
+            frame, pose, done = engine.step(cmd)
+            assert not done
+            r = engine.doom_readings()
+            np.testing.assert_allclose(pose, doom_to_pose(r["x"], r["y"], r["z"], r["angle"], r["pitch"]))
+        r = engine.doom_readings()
+    # 10 frames of +3 deg/frame to the right: Doom's counter-clockwise ANGLE drops by 30, our yaw rises by 30
+    assert wrap_degrees(start["angle"] - r["angle"]) == pytest.approx(30.0, abs=0.05)
+    assert pose[4] == pytest.approx(float(wrap_degrees(-start["angle"] + 30.0)), abs=0.05)
+    assert r["pitch"] == pytest.approx(0.0, abs=0.2)  # down 10 deg and back up (Doom quantises per tic)
+    # Doom y is flipped, z is the eye height (view bob off)
+    assert pose[1] == pytest.approx(-r["y"]) and pose[2] == pytest.approx(r["z"])
+    assert r["z"] == pytest.approx(41.0)  # MAP01's start floor is at 0, eye height 41
+
+
+def test_optical_axis_is_the_walking_direction_and_pitch_looks_down(tmp_path):
+    with DoomEngine(get_level("MAP01"), CFG, workdir=tmp_path) as engine:
+        engine.reset()
+        for _ in range(10):
+            _, p0, _ = engine.step(Command(yaw=4.0))
+        for _ in range(12):
+            _, p1, _ = engine.step(Command(forward=True))
+        for _ in range(5):
+            _, p2, _ = engine.step(Command(pitch=3.0))
+    axis = c2w_from_poses(p0)[:3, 2]
+    move = (p1 - p0)[:3]
+    assert np.linalg.norm(move[:2]) > 50
+    cos = axis[:2] @ move[:2] / np.linalg.norm(axis[:2]) / np.linalg.norm(move[:2])
+    assert cos > 0.999
+    assert p2[3] == pytest.approx(15.0, abs=0.1)  # Doom PITCH > 0 is looking down ...
+    assert c2w_from_poses(p2)[2, 2] < -0.25  # ... and the package's optical axis points down (-Z)
+
+
+def test_rotations_agree_with_the_integrator(tmp_path):
+    ep = record_episode(get_level("E1M1"), 150, seed=4, doom=CFG, explorer=ROTATE_ONLY, workdir=tmp_path)
+    assert len(ep.poses) == 150 and not ep.finished_early
+    assert np.abs(ep.poses[:, :3] - ep.poses[0, :3]).max() == 0.0  # rotations only: the camera stays put
+    assert np.abs(ep.mouse[:, 1]).max() > 0.1 and np.abs(ep.mouse[:, 0]).max() > 0.05
+    ref = _reference_rotations(ep.mouse, ep.poses[0, 3:])
+    np.testing.assert_allclose(ref[:-1, 0], ep.poses[:, 3], atol=1e-3)
+    np.testing.assert_allclose(wrap_degrees(ref[:-1, 1] - ep.poses[:, 4]), 0.0, atol=1e-3)
+    camera = pytest.importorskip("world_model.camera")
+    import torch
+
+    poses = camera.integrate_poses(
+        torch.from_numpy(ep.keyboard[None].astype(np.float64)),
+        torch.from_numpy(ep.mouse[None].astype(np.float64)),
+        torch.from_numpy(ep.poses[:1]),
+        StreamConfig(),
+    )[0, :-1].numpy()
+    np.testing.assert_allclose(poses[:, 3], ep.poses[:, 3], atol=1e-3)
+    np.testing.assert_allclose(wrap_degrees(poses[:, 4] - ep.poses[:, 4]), 0.0, atol=1e-3)
+
+
+def test_record_episode_is_deterministic(tmp_path):
+    a = record_episode(get_level("MAP02"), 80, seed=11, doom=CFG, workdir=tmp_path)
+    b = record_episode(get_level("MAP02"), 80, seed=11, doom=CFG, workdir=tmp_path)
+    c = record_episode(get_level("MAP02"), 80, seed=12, doom=CFG, workdir=tmp_path)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.poses, b.poses)
+    np.testing.assert_array_equal(a.keyboard, b.keyboard)
+    assert a.prompt == b.prompt and "Filtration Tunnels (MAP02)" in a.prompt
+    assert not np.array_equal(a.keyboard, c.keyboard)
+    assert a.keyboard[:, 4:].max() == 0 and set(np.unique(a.keyboard)) <= {0.0, 1.0}
+    moved = np.linalg.norm(np.diff(a.poses[:, :2], axis=0), axis=1)
+    assert moved.max() < 64 and moved.sum() > 100  # the explorer walks
+
+
+def test_resolution_crop_and_intrinsics():
+    assert DoomConfig(160, 120).intrinsics() == (80.0, 80.0, 80.0, 60.0)
+    fx, fy, cx, cy = DoomConfig(128, 128).intrinsics()  # 200x150 render, 150x150 crop, resize
+    assert fx == pytest.approx(100 * 128 / 150) and fy == pytest.approx(fx) and (cx, cy) == (64, 64)
+    fx, fy, _, _ = DoomConfig(320, 180).intrinsics()  # 16:9 crop of 320x240 keeps 90 deg horizontally
+    assert fx == pytest.approx(160.0)
+    with pytest.raises(ValueError, match="even"):
+        DoomConfig(161, 120)
+
+
+def test_levels_split_by_level():
+    names = {s: {lv.name for lv in levels_in_split(s)} for s in ("train", "validation", "test")}
+    assert sum(len(v) for v in names.values()) == len(LEVELS) == 68
+    assert not (names["train"] & names["validation"]) and not (names["train"] & names["test"])
+    assert len(names["validation"]) == 6 and len(names["test"]) == 6
+
+
+def test_generate_is_resumable_and_deterministic(tmp_path):
+    cfg = GenerateConfig(
+        frames=150, width=64, height=48, workers=1, seed=5, episode_frames=60, levels=("MAP01", "E1M1")
+    )
+    first = generate_dataset(tmp_path / "a", cfg, progress=False)
+    assert len(first) == 3 and first.num_frames == 180  # whole episodes
+    assert {e.level for e in first.episodes} == {"freedoom2/MAP01", "freedoom1/E1M1"}
+    assert {e.split for e in first.episodes} == {"train"}
+    assert first.meta["camera"]["fx"] == pytest.approx(32.0)
+    # a stale temporary file from a crash is cleaned; a second run with more frames continues
+    (tmp_path / "a/.staging/plan-0000009.mp4.tmp-1").write_bytes(b"junk")
+    more = generate_dataset(tmp_path / "a", _more(cfg), progress=False)
+    assert len(more) == 5 and not list((tmp_path / "a").rglob("*.tmp-*"))
+    assert [e.extra["plan"] for e in more.episodes] == [0, 1, 2, 3, 4]
+    fresh = generate_dataset(tmp_path / "b", _more(cfg), progress=False)
+    for i in range(5):
+        x, y = more.load_episode(i), fresh.load_episode(i)
+        assert x.info.level == y.info.level and x.info.seed == y.info.seed
+        np.testing.assert_array_equal(x.poses, y.poses)
+        np.testing.assert_array_equal(x.mouse, y.mouse)
+        np.testing.assert_array_equal(x.frames, y.frames)
+    with pytest.raises(ValueError, match="other settings"):
+        generate_dataset(tmp_path / "a", GenerateConfig(frames=10, width=64, height=48, seed=6), progress=False)
+    assert len(DatasetReader(tmp_path / "a")) == 5
+
+
+def _more(cfg: GenerateConfig) -> GenerateConfig:
+    from dataclasses import replace
+
+    return replace(cfg, frames=250)
