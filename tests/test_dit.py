@@ -227,8 +227,13 @@ def test_memory_changes_output_with_actions():
         no_mem = model(
             **{**inp, "memory": None, "plucker": inp["plucker"][:, :, 2:], "positions": inp["positions"][:, 2:]}
         )
+        empty = inp["memory"][:, :, :0]  # M = 0 memory frames: the same as no memory
+        empty_mem = model(
+            **{**inp, "memory": empty, "plucker": inp["plucker"][:, :, 2:], "positions": inp["positions"][:, 2:]}
+        )
     assert out.shape == other.shape == no_mem.shape == inp["x"].shape
     assert (out - other).abs().max() > 1e-2 and (out - no_mem).abs().max() > 1e-2
+    torch.testing.assert_close(empty_mem, no_mem)
 
 
 def test_conditioning_inputs_all_matter():
