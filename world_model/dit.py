@@ -348,9 +348,13 @@ class MatrixGameDiT(nn.Module):
             x = block(x, e0, cos, sin, context, cam, grid, mouse, keyboard, M)
 
         out = self.head(x, e)  # [B, L, ph * pw * out_dim] fp32
+        return self.unpatchify(out, grid)[:, :, M:]
+
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Head output tokens [B, L, ph * pw * out_dim] of the token grid (T, h', w') -> [B, out_dim, T, h, w]."""
+        _, ph, pw = self.cfg.patch_size
         T, h, w = grid
-        out = rearrange(out, "b (t h w) (ph pw c) -> b c t (h ph) (w pw)", t=T, h=h, w=w, ph=ph, pw=pw)
-        return out[:, :, M:]
+        return rearrange(tokens, "b (t h w) (ph pw c) -> b c t (h ph) (w pw)", t=T, h=h, w=w, ph=ph, pw=pw)
 
     def _time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame timesteps t [B, T] -> e [B, T, D] and e0 [B, T, 6, D], all in fp32."""
