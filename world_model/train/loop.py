@@ -118,7 +118,7 @@ def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, 
                 saved_at = step
         if step != saved_at or ckpt is None:
             checkpoint(step)
-        ev = _evaluate(stage) if final_state == "done" else {}
+        ev = _evaluate(stage)
         if ev:
             status.log(step, "eval", ev)
         status.update(state=final_state, step=step, metrics=smoothed, eval=ev or status.data["eval"])

@@ -1,0 +1,190 @@
+"""Training code: checkpoints, error buffer, clip geometry, loop resume, the whole pipeline on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from world_model.config import embedded, tiny
+from world_model.train.checkpoints import latest_checkpoint, load_sharded, save_checkpoint, save_sharded
+from world_model.train.clips import ClipSampler, LatentStore
+from world_model.train.error_buffer import ErrorBuffer, ErrorBufferOptions
+from world_model.train.frames import FrameStore, segment_starts, synthetic_store
+from world_model.train.loop import LoopOptions, run_loop
+
+
+def test_sharded_round_trip_splits_big_tensors_and_keeps_nesting(tmp_path):
+    big = torch.arange(3000, dtype=torch.float32).reshape(30, 100)  # 12000 bytes > 4096 limit
+    state = {"model": {"w": big, "b": torch.ones(3, dtype=torch.bfloat16)}, "opt": [{"step": 7, "lr": 1e-3}], 3: None}
+    paths = save_sharded(state, tmp_path / "c", max_shard_bytes=4096)
+    assert len(paths) >= 3 and all(p.stat().st_size <= 4096 + 1024 for p in paths)  # + safetensors header
+    back = load_sharded(tmp_path / "c")
+    assert torch.equal(back["model"]["w"], big) and back["model"]["b"].dtype == torch.bfloat16
+    assert back["opt"] == [{"step": 7, "lr": 1e-3}] and back[3] is None
+
+
+def test_checkpoints_keep_newest_and_ignore_partial(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint({"x": torch.tensor([step])}, tmp_path, step, keep=2)
+    done = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert done == ["step-000000002", "step-000000003"]
+    (tmp_path / "checkpoints" / ".tmp-step-000000004-1").mkdir()  # a crashed save
+    assert latest_checkpoint(tmp_path).name == "step-000000003"
+    assert int(load_sharded(latest_checkpoint(tmp_path))["x"]) == 3
+
+
+def test_error_buffer_stores_low_sigma_residuals_and_perturbs_context():
+    buf = ErrorBuffer(ErrorBufferOptions(size=8, sigma_max=0.5, prob=1.0, min_fill=1, gamma_history=2.0))
+    res = torch.ones(2, 3, 4, 2, 2)  # [B, C, F, h, w]
+    assert buf.push(res, torch.tensor([0.9, 0.1])) == 4  # only the second sample (4 frames) qualifies
+    assert buf.push(3 * res, torch.tensor([0.2, 0.3])) == 8 and len(buf) == 8  # ring buffer wraps
+    x = torch.zeros(1, 3, 2, 2, 2)
+    y = buf.perturb(x, 2.0, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(y, torch.full_like(y, 6.0))  # gamma * delta, all residuals now 3
+    state = buf.state_dict()
+    other = ErrorBuffer(buf.opts)
+    other.load_state_dict(state)
+    assert len(other) == 8 and torch.equal(other.data, buf.data)
+
+
+def _store(cfg, episodes=2, frames=100, fs=25):
+    fr = synthetic_store(episodes, frames, (cfg.stream.height, cfg.stream.width))
+    starts = torch.as_tensor(segment_starts(fr, 1 + 4 * (fs - 1)))
+    c, (h, w) = cfg.vae.z_dim, cfg.latent_hw
+    lat = torch.randn(len(starts), fs, c, h, w)
+    text = torch.randn(1, cfg.text.text_len, cfg.text.dim)
+    t = lambda a: torch.as_tensor(a)  # noqa: E731
+    return fr, LatentStore(
+        lat, starts, t(fr.mouse), t(fr.keyboard), t(fr.poses), text, torch.zeros(len(starts), dtype=torch.long)
+    )
+
+
+def test_clip_geometry_matches_the_streaming_loop():
+    cfg = tiny(32, 32)
+    fr, st = _store(cfg)
+    clips = ClipSampler(st, cfg, 2, use_memory=True)
+    assert clips.k_max == 1  # 25 latents: chunk 0 (0..14) and chunk 1 (11..24)
+    b0 = clips.sample(chunk=0)
+    assert b0.num_context == 1 and b0.memory is None and b0.latents.shape[2] == 15 and b0.mouse.shape[1] == 57
+    assert b0.positions[0].tolist() == list(range(15))
+    b1 = clips.sample(chunk=1, segments=torch.tensor([1, 0]))
+    assert b1.num_context == 4 and b1.latents.shape[2] == 14 and b1.mouse.shape[1] == 56
+    assert b1.memory.shape[2] == 5 and b1.plucker.shape[2] == 19
+    assert b1.positions[0, 5:].tolist() == list(range(11, 25)) and int(b1.positions[0, 4]) == 1  # sink slot
+    assert bool((b1.positions[:, :5] <= 10).all())  # memory only from latents before the window
+    # window latents are exactly the stored ones, actions are the frames [41, 97) of the segment
+    assert torch.equal(b1.latents[0], st.latents[1, 11:25].transpose(0, 1))
+    assert torch.equal(b1.mouse[0], st.mouse[int(st.seg_start[1]) + 41 : int(st.seg_start[1]) + 97])
+
+
+def test_frame_store_reads_the_dataset_format(tmp_path):
+    from world_model.data.format import DatasetWriter
+
+    fr = synthetic_store(2, 9, (16, 16), levels=["MAP01", "MAP02"])
+    with DatasetWriter(tmp_path / "ds", fps=16, height=16, width=16) as w:
+        for e in range(2):
+            sl = fr.episode(e)
+            w.add_episode(fr.frames[sl], fr.keyboard[sl], fr.mouse[sl], fr.poses[sl], fr.prompts[e], level=fr.levels[e])
+    back = FrameStore.from_dataset(tmp_path / "ds")
+    assert back.starts.tolist() == [0, 9, 18] and back.levels == ["MAP01", "MAP02"]
+    assert np.allclose(back.poses, fr.poses, atol=1e-4) and np.array_equal(back.keyboard, fr.keyboard)
+    assert np.abs(back.frames.astype(int) - fr.frames.astype(int)).mean() < 40  # lossy H.264
+    back.save(tmp_path / "fs")
+    again = FrameStore.load(tmp_path / "fs")
+    assert np.array_equal(again.frames, back.frames) and again.prompts == back.prompts
+
+
+class _Counter:
+    name = "counter"
+
+    def __init__(self, fail_at: int | None = None):
+        self.w = torch.zeros(1)
+        self.fail_at = fail_at
+
+    def train_step(self, step):
+        if step == self.fail_at:
+            raise RuntimeError("boom")
+        self.w += 1
+        return {"loss": float(self.w)}
+
+    def state_dict(self):
+        return {"w": self.w.clone()}
+
+    def load_state_dict(self, state):
+        self.w = state["w"].clone()
+
+
+def test_loop_resumes_after_a_crash_and_records_status(tmp_path):
+    with pytest.raises(RuntimeError):
+        run_loop(_Counter(fail_at=5), tmp_path, LoopOptions(steps=10, checkpoint_every=2, progress=False))
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "failed"
+    stage = _Counter()
+    out = run_loop(stage, tmp_path, LoopOptions(steps=10, checkpoint_every=2, progress=False))
+    assert out["state"] == "done" and out["step"] == 10
+    assert float(stage.w) == 10  # resumed from step 4 (w = 4), then 6 more steps
+    stopped = run_loop(_Counter(), tmp_path / "b", LoopOptions(steps=10, deadline=0.0, progress=False))
+    assert stopped["state"] == "stopped" and stopped["step"] == 0
+
+
+def test_embedded_preset_fits_the_size_bar():
+    from world_model.dit import MatrixGameDiT
+    from world_model.vae import WanVAE
+
+    cfg = embedded()
+    assert cfg.name == "mg3-embedded" and cfg.vae.spatial_stride == 8 and cfg.latent_hw == (16, 16)
+    with torch.device("meta"):
+        dit, vae = MatrixGameDiT(cfg.dit), WanVAE(cfg.vae)
+    n = sum(p.numel() for p in dit.parameters()) + sum(p.numel() for p in vae.parameters())
+    assert n > 10e6 and 2 * n <= 40e6, f"{n / 1e6:.1f}M parameters: {2 * n / 1e6:.1f} MB in bf16"
+
+
+def test_flow_stage_learns_and_fills_the_error_buffer(tmp_path):
+    from world_model.dit import MatrixGameDiT
+    from world_model.train.flow import FlowOptions, FlowStage
+
+    torch.manual_seed(0)
+    cfg = tiny(32, 32)
+    _, st = _store(cfg)
+    opts = FlowOptions(batch_size=2, lr=3e-3, warmup_steps=1, use_memory=True, error=ErrorBufferOptions(sigma_max=1.0))
+    stage = FlowStage(MatrixGameDiT(cfg.dit), ClipSampler(st, cfg, 2, use_memory=True), opts, name="memory")
+    losses = [stage.train_step(i)["loss"] for i in range(8)]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])  # zero-init head: v = 0 at start, loss falls
+    assert len(stage.buffer) > 0
+    ema_before = [p.clone() for p in stage.ema.model.parameters()]
+    stage.load_state_dict(load_sharded(save_sharded(stage.state_dict(), tmp_path / "s")[0].parent))
+    assert all(torch.equal(a, b) for a, b in zip(ema_before, stage.ema.model.parameters()))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from world_model.train.pipeline import PipelineOptions, run_pipeline
+
+    run = tmp_path_factory.mktemp("run")
+    return run, run_pipeline(run, PipelineOptions.smoke())
+
+
+def test_pipeline_end_to_end_exports_a_loadable_model(smoke_run):
+    from world_model.train.export import read_exported
+
+    run, status = smoke_run
+    assert status["state"] == "done"
+    assert all(v == "done" for v in status["stages"].values()), status["stages"]
+    for stage in ("vae", "decoder", "base", "memory", "dmd"):
+        assert list((run / stage / "checkpoints").glob("step-*/shard-*.safetensors")), stage
+    stats = json.loads((run / "latents" / "stats.json").read_text())
+    cfg, dit, vae = read_exported(run / "export")
+    assert cfg.vae.latent_std == tuple(stats["std"]) and cfg.vae.pruning_rate == 0.5
+    assert (run / "export" / "README.md").read_text().startswith("# tiny-random")
+    ev = json.loads((run / "dmd" / "status.json").read_text())["eval"]
+    assert {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db"} <= set(ev) and np.isfinite(ev["psnr_model"])
+
+
+def test_pipeline_rerun_skips_finished_stages(smoke_run):
+    from world_model.train.pipeline import run_pipeline
+
+    run, _ = smoke_run
+    again = run_pipeline(run)
+    assert again["stages"]["base"] == "done (skipped)" and again["stages"]["export"] == "done"

@@ -1,0 +1,73 @@
+"""Command line: ``python -m world_model.train <stage|all|status> --run DIR [options]``.
+
+Examples::
+
+    python -m world_model.train all --run runs/embedded --budget-minutes 240
+    python -m world_model.train base --run runs/embedded          # one stage (resumes)
+    python -m world_model.train status --run runs/embedded        # poll a detached run
+    setsid python -m world_model.train all --run runs/e > runs/e.log 2>&1 &   # detached
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from world_model.train.pipeline import STAGES, PipelineOptions, run_pipeline, run_stage
+from world_model.train.status import read_status
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m world_model.train", description=__doc__.split("\n")[0])
+    p.add_argument("command", choices=(*STAGES, "all", "status"))
+    p.add_argument("--run", required=True, type=Path, help="run folder (created if missing)")
+    p.add_argument("--budget-minutes", type=float, default=None, help="time budget of 'all'")
+    p.add_argument("--skip", default="", help="comma-separated stages that 'all' skips")
+    p.add_argument("--smoke", action="store_true", help="tiny config, synthetic data, a few steps (CPU test)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for f in dataclasses.fields(PipelineOptions):
+        if f.type in ("int", "float", "str", "bool") and f.name not in ("progress",):
+            kind = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}[f.type]
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, dest=f"opt_{f.name}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run: Path = args.run
+    if args.command == "status":
+        out = {"pipeline": read_status(run)}
+        for stage in STAGES:
+            st = read_status(run / ("latents" if stage == "encode" else stage))
+            if st is not None:
+                out[stage] = {
+                    k: st.get(k) for k in ("state", "step", "total_steps", "eta_s", "metrics", "eval", "error")
+                }
+        print(json.dumps(out, indent=1, default=float))
+        return 0
+    if args.smoke:
+        opts = PipelineOptions.smoke()
+    elif (run / "pipeline.json").exists():
+        opts = PipelineOptions.load(run)
+    else:
+        opts = PipelineOptions()
+    changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+    opts = dataclasses.replace(opts, **changes, progress=not args.no_progress and opts.progress)
+    if args.command == "all":
+        skip = tuple(s for s in args.skip.split(",") if s)
+        result = run_pipeline(run, opts, budget_minutes=args.budget_minutes, skip=skip)
+    else:
+        result = run_stage(run, args.command, opts)
+    print(
+        json.dumps({k: result.get(k) for k in ("stage", "state", "step", "metrics", "eval", "stages")}, default=float)
+    )
+    return 0 if result.get("state") in ("done", "stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

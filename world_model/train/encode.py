@@ -1,0 +1,90 @@
+"""Pre-encode latents once: latent statistics, then every segment through the frozen VAE encoder.
+
+Segments are ``1 + r*(Fs - 1)`` frames of one episode (see :mod:`world_model.train.clips`).
+Per-channel mean/std of the raw latents are measured on a sample of segments and become the VAE
+config's ``latent_mean``/``latent_std`` (the DiT then sees roughly unit-variance latents); prompts
+are embedded once with the model's text encoder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from world_model.config import VAEConfig
+from world_model.train.clips import LatentStore
+from world_model.train.frames import FrameStore, segment_starts
+
+__all__ = ["segment_video", "latent_statistics", "encode_store"]
+
+
+def segment_video(store: FrameStore, starts: np.ndarray, frames: int, device: torch.device) -> torch.Tensor:
+    """Video [B, 3, T, H, W] in [-1, 1] of the segments starting at ``starts``."""
+    idx = (starts[:, None] + np.arange(frames)).reshape(-1)
+    x = torch.from_numpy(np.ascontiguousarray(store.frames[idx])).to(device)  # [B*T, H, W, 3]
+    x = x.view(len(starts), frames, *x.shape[1:]).permute(0, 4, 1, 2, 3)
+    return x.float().div_(127.5).sub_(1.0)
+
+
+@torch.no_grad()
+def latent_statistics(
+    vae: nn.Module, store: FrameStore, segment_frames: int, *, max_segments: int = 64, batch_size: int = 4
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of the raw encoder means over up to ``max_segments`` segments."""
+    device = next(vae.parameters()).device
+    starts = segment_starts(store, segment_frames)
+    if len(starts) == 0:
+        raise ValueError(f"no episode holds a segment of {segment_frames} frames")
+    pick = starts[np.linspace(0, len(starts) - 1, min(max_segments, len(starts))).astype(np.int64)]
+    s1 = s2 = n = 0
+    for i in range(0, len(pick), batch_size):
+        mu, _ = vae.encode_moments(segment_video(store, pick[i : i + batch_size], segment_frames, device))
+        mu = mu.double().transpose(0, 1).flatten(1)  # [C, N]
+        s1, s2, n = s1 + mu.sum(1), s2 + mu.pow(2).sum(1), n + mu.shape[1]
+    mean = s1 / n
+    std = (s2 / n - mean.pow(2)).clamp_min(1e-8).sqrt()
+    return tuple(mean.tolist()), tuple(std.clamp_min(1e-3).tolist())
+
+
+@torch.no_grad()
+def encode_store(
+    vae: nn.Module,
+    store: FrameStore,
+    segment_latents: int,
+    text_encoder,
+    *,
+    batch_size: int = 4,
+    stride_latents: int | None = None,
+    progress: bool = True,
+) -> LatentStore:
+    """Encode every segment of ``store`` with ``vae`` (its config's statistics) into a LatentStore.
+
+    ``stride_latents``: segment start spacing in latents (default: disjoint segments).
+    """
+    from tqdm.auto import tqdm
+
+    cfg: VAEConfig = vae.cfg
+    r = cfg.temporal_stride
+    frames = 1 + r * (segment_latents - 1)
+    starts = segment_starts(store, frames, r * stride_latents if stride_latents else frames)
+    if len(starts) == 0:
+        raise ValueError(f"no episode holds a segment of {frames} frames ({segment_latents} latents)")
+    device = next(vae.parameters()).device
+    prompts = sorted(set(store.prompts))
+    text = torch.cat([text_encoder.encode(prompts[i : i + 64]).float().cpu() for i in range(0, len(prompts), 64)])
+    episode_of = np.searchsorted(store.starts, starts, side="right") - 1
+    seg_prompt = torch.tensor([prompts.index(store.prompts[e]) for e in episode_of], dtype=torch.int64)
+    out = []
+    for i in tqdm(range(0, len(starts), batch_size), desc="encode", disable=not progress):
+        z = vae.encode(segment_video(store, starts[i : i + batch_size], frames, device))  # [b, C, Fs, h, w]
+        out.append(z.transpose(1, 2).to(torch.bfloat16).cpu())
+    return LatentStore(
+        latents=torch.cat(out),
+        seg_start=torch.as_tensor(starts),
+        mouse=torch.as_tensor(np.asarray(store.mouse, np.float32)),
+        keyboard=torch.as_tensor(np.asarray(store.keyboard, np.float32)),
+        poses=torch.as_tensor(np.asarray(store.poses, np.float32)),
+        text=text,
+        seg_prompt=seg_prompt,
+    )

@@ -1,0 +1,472 @@
+"""The whole training pipeline in one run folder, stage by stage, each skippable and resumable.
+
+Stages (in order): ``data`` -> ``vae`` -> ``decoder`` -> ``encode`` -> ``base`` -> ``memory`` ->
+``dmd`` -> ``export``. Run folder layout::
+
+    <run>/pipeline.json            the options of the run (config preset, steps, ...)
+    <run>/status.json              pipeline status (current stage, per-stage states, budget)
+    <run>/data/{dataset,train,held_out}   engine dataset (LeRobot layout) and decoded FrameStores
+    <run>/<stage>/{status.json,metrics.jsonl,checkpoints/}   one folder per training stage
+    <run>/latents/{train,held_out,stats.json}
+    <run>/export/                  the shipped model folder (world_model.train.export)
+
+A stage whose status says ``done`` is skipped; ``stopped`` (its share of the time budget ran out)
+or ``failed`` ones resume from their last checkpoint when run again. Later stages accept a
+``stopped`` predecessor (they use its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from world_model.config import WorldModelConfig, embedded, tiny
+from world_model.train.status import StatusFile, read_status
+
+__all__ = ["STAGES", "PipelineOptions", "run_config", "run_stage", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("data", "vae", "decoder", "encode", "base", "memory", "dmd", "export")
+# share of the pipeline's time budget per stage
+BUDGET_SHARE = {
+    "data": 0.04,
+    "vae": 0.12,
+    "decoder": 0.06,
+    "encode": 0.04,
+    "base": 0.36,
+    "memory": 0.22,
+    "dmd": 0.15,
+    "export": 0.01,
+}
+
+
+def _tiny32() -> WorldModelConfig:
+    """tiny() at 32x32 with a half-width (pruned) decoder: exercises every stage in seconds."""
+    cfg = tiny(32, 32)
+    return cfg.replace(vae=cfg.vae.replace(pruning_rate=0.5))
+
+
+PRESETS = {"embedded": embedded, "tiny": tiny, "tiny32": _tiny32}
+
+
+@dataclass
+class PipelineOptions:
+    """Everything a run needs; saved as ``<run>/pipeline.json`` on the first call."""
+
+    config: str = "embedded"
+    fake_data: bool = False  # synthetic frames instead of the ViZDoom engine (tests)
+    frames: int = 400_000  # frames to generate
+    episode_frames: int = 1000
+    workers: int = 16
+    seed: int = 0
+    segment_latents: int = 65  # latents per pre-encoded segment (chunks 0..5)
+    vae_steps: int = 20_000
+    vae_batch: int = 16
+    decoder_steps: int = 8_000
+    base_steps: int = 60_000
+    base_batch: int = 32
+    base_lr: float = 2e-4
+    memory_steps: int = 30_000
+    memory_batch: int = 24
+    memory_lr: float = 1e-4
+    dmd_steps: int = 6_000
+    dmd_batch: int = 8
+    dmd_cold_start: int = 600
+    checkpoint_every: int = 1000
+    eval_every: int = 2000
+    eval_segments: int = 16
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def smoke(cls) -> PipelineOptions:
+        """Seconds on a CPU: tiny config, synthetic data, a few steps per stage."""
+        return cls(
+            config="tiny32",
+            fake_data=True,
+            frames=200,
+            episode_frames=100,
+            segment_latents=25,
+            vae_steps=2,
+            vae_batch=2,
+            decoder_steps=2,
+            base_steps=3,
+            base_batch=2,
+            memory_steps=3,
+            memory_batch=2,
+            dmd_steps=3,
+            dmd_batch=1,
+            dmd_cold_start=1,
+            checkpoint_every=2,
+            eval_every=0,
+            eval_segments=1,
+            progress=False,
+        )
+
+    def save(self, run: Path) -> None:
+        (run / "pipeline.json").write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, run: Path) -> PipelineOptions:
+        data = json.loads((run / "pipeline.json").read_text())
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_config(run: Path, opts: PipelineOptions) -> WorldModelConfig:
+    """The preset with the measured latent statistics (once the ``encode`` stage has run)."""
+    cfg = PRESETS[opts.config]()
+    stats = run / "latents" / "stats.json"
+    if stats.exists():
+        s = json.loads(stats.read_text())
+        cfg = cfg.replace(vae=cfg.vae.replace(latent_mean=tuple(s["mean"]), latent_std=tuple(s["std"])))
+    return cfg
+
+
+def _folder(stage: str) -> str:
+    return "latents" if stage == "encode" else stage
+
+
+def _stage_state(run: Path, stage: str) -> str | None:
+    st = read_status(run / _folder(stage))
+    return None if st is None else st.get("state")
+
+
+def _stage_done(run: Path, stage: str) -> bool:
+    return _stage_state(run, stage) == "done"
+
+
+def _need(run: Path, stage: str, *, for_stage: str) -> None:
+    """``stage`` must be done, or stopped at its deadline with a checkpoint (good enough to go on)."""
+    if _stage_state(run, stage) not in ("done", "stopped"):
+        raise RuntimeError(f"stage {for_stage!r} needs stage {stage!r} first (see {run / _folder(stage)}/status.json)")
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------------
+
+
+def _stage_data(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
+    from world_model.train.frames import FrameStore, synthetic_store
+
+    cfg = run_config(run, opts)
+    h, w = cfg.stream.height, cfg.stream.width
+    out = run / "data"
+    status = StatusFile(out, "data")
+    status.update(state="running")
+    if opts.fake_data:
+        n_ep = max(2, opts.frames // opts.episode_frames)
+        store = synthetic_store(
+            n_ep + 1, opts.episode_frames, (h, w), seed=opts.seed, levels=["train"] * n_ep + ["held"]
+        )
+        train, held = store.split({"held"})
+    else:
+        from world_model.data.generate import GenerateConfig, generate_dataset
+
+        gen = GenerateConfig(
+            frames=opts.frames,
+            width=w,
+            height=h,
+            workers=opts.workers,
+            seed=opts.seed,
+            episode_frames=opts.episode_frames,
+        )
+        reader = generate_dataset(out / "dataset", gen, progress=opts.progress)
+        train = FrameStore.from_dataset(out / "dataset", episodes=reader.split_indices("train"))
+        held = FrameStore.from_dataset(out / "dataset", episodes=reader.split_indices("validation"))
+    if held.num_episodes == 0:
+        raise RuntimeError("no held-out (validation-level) episodes were generated; generate more frames")
+    train.save(out / "train")
+    held.save(out / "held_out")
+    summary = {"train_frames": len(train.frames), "held_out_frames": len(held.frames), "episodes": train.num_episodes}
+    status.update(state="done", metrics=summary)
+    return dict(status.data)
+
+
+def _frames(run: Path):
+    from world_model.train.frames import FrameStore
+
+    return FrameStore.load(run / "data" / "train"), FrameStore.load(run / "data" / "held_out")
+
+
+def _vae_opts(opts: PipelineOptions):
+    from world_model.train.autoencoder import VAEOptions
+
+    return VAEOptions(batch_size=opts.vae_batch, seed=opts.seed, eval_clips=max(2, opts.eval_segments))
+
+
+def _loop_opts(opts: PipelineOptions, steps: int, deadline: float | None):
+    from world_model.train.loop import LoopOptions
+
+    return LoopOptions(
+        steps=steps,
+        checkpoint_every=opts.checkpoint_every,
+        eval_every=opts.eval_every,
+        deadline=deadline,
+        progress=opts.progress,
+        log_every=1 if steps < 100 else 10,
+        reserve_s=0.0 if steps < 100 else 60.0,
+    )
+
+
+def _teacher_vae(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device) -> torch.nn.Module:
+    """The trained full VAE (from the ``vae`` stage's last checkpoint), with ``cfg``'s statistics."""
+    from world_model.train.autoencoder import load_weights
+    from world_model.train.checkpoints import load_latest
+    from world_model.vae import WanVAE
+
+    vae = WanVAE(cfg.vae.replace(pruning_rate=0.0)).to(device)
+    state = load_latest(run / "vae")
+    if state is None:
+        raise RuntimeError(f"no VAE checkpoint in {run / 'vae'}")
+    load_weights(vae, state["stage"]["vae"])
+    return vae.eval()
+
+
+def _shipped_vae(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device) -> torch.nn.Module:
+    """The shipped VAE (encoder + pruned decoder) from the ``decoder`` stage, with ``cfg``'s statistics."""
+    from world_model.train.autoencoder import load_weights
+    from world_model.train.checkpoints import load_latest
+    from world_model.vae import WanVAE
+
+    vae = WanVAE(cfg.vae).to(device)
+    state = load_latest(run / "decoder")
+    if state is None:
+        raise RuntimeError(f"no decoder checkpoint in {run / 'decoder'}")
+    load_weights(vae, state["stage"]["student"])
+    return vae.eval()
+
+
+def _stage_vae(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
+    from world_model.train.autoencoder import ClipFrames, VAEStage, identity_stats
+    from world_model.train.loop import run_loop
+    from world_model.vae import WanVAE
+
+    _need(run, "data", for_stage="vae")
+    cfg, dev = run_config(run, opts), _device()
+    vopts = _vae_opts(opts)
+    train, held = _frames(run)
+    torch.manual_seed(opts.seed)
+    vae = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0)).to(dev)
+    stage = VAEStage(
+        vae, ClipFrames(train, vopts.clip_frames, dev, opts.seed), ClipFrames(held, vopts.clip_frames, dev), vopts
+    )
+    return run_loop(stage, run / "vae", _loop_opts(opts, opts.vae_steps, deadline))
+
+
+def _stage_decoder(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
+    from world_model.train.autoencoder import ClipFrames, DecoderStage, identity_stats
+    from world_model.train.loop import run_loop
+    from world_model.vae import WanVAE
+
+    _need(run, "vae", for_stage="decoder")
+    cfg, dev = run_config(run, opts), _device()
+    cfg = cfg.replace(vae=identity_stats(cfg.vae))
+    vopts = _vae_opts(opts)
+    train, held = _frames(run)
+    teacher = _teacher_vae(run, opts, cfg, dev)
+    torch.manual_seed(opts.seed + 1)
+    student = WanVAE(cfg.vae).to(dev)
+    stage = DecoderStage(
+        teacher,
+        student,
+        ClipFrames(train, vopts.clip_frames, dev, opts.seed + 1),
+        ClipFrames(held, vopts.clip_frames, dev),
+        vopts,
+    )
+    return run_loop(stage, run / "decoder", _loop_opts(opts, opts.decoder_steps, deadline))
+
+
+def _stage_encode(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
+    from world_model.text import make_text_encoder
+    from world_model.train.autoencoder import identity_stats
+    from world_model.train.encode import encode_store, latent_statistics
+
+    _need(run, "vae", for_stage="encode")
+    base_cfg, dev = PRESETS[opts.config](), _device()
+    status = StatusFile(run / "latents", "encode")
+    status.update(state="running")
+    train, held = _frames(run)
+    r = base_cfg.vae.temporal_stride
+    raw = _teacher_vae(run, opts, base_cfg.replace(vae=identity_stats(base_cfg.vae)), dev)
+    mean, std = latent_statistics(raw, train, 1 + r * (opts.segment_latents - 1))
+    (run / "latents" / "stats.json").write_text(json.dumps({"mean": mean, "std": std}) + "\n")
+    cfg = run_config(run, opts)
+    vae = _teacher_vae(run, opts, cfg, dev)
+    text = make_text_encoder(cfg.text, device=dev)
+    for name, store in (("train", train), ("held_out", held)):
+        enc = encode_store(vae, store, opts.segment_latents, text, progress=opts.progress)
+        enc.save(run / "latents" / name)
+        status.update(**{f"{name}_segments": enc.num_segments})
+    status.update(state="done")
+    return dict(status.data)
+
+
+def _latents(run: Path, dev):
+    from world_model.train.clips import LatentStore
+
+    return LatentStore.load(run / "latents" / "train").to(dev), LatentStore.load(run / "latents" / "held_out").to(dev)
+
+
+def _evaluator(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, held_lat, dev):
+    from world_model.train.clips import ClipSampler
+    from world_model.train.evaluate import FirstChunkEval
+
+    if not _stage_done(run, "decoder"):
+        return None
+    _, held = _frames(run)
+    clips = ClipSampler(held_lat, cfg, 1, p_continue=0.0)
+    return FirstChunkEval(clips, held, _shipped_vae(run, opts, cfg, dev), cfg.sampler, num_segments=opts.eval_segments)
+
+
+def _dit_from(run: Path, stage: str, cfg: WorldModelConfig, dev, key: str = "ema") -> torch.nn.Module:
+    from world_model.dit import MatrixGameDiT
+    from world_model.train.checkpoints import load_latest
+
+    model = MatrixGameDiT(cfg.dit).to(dev)
+    state = load_latest(run / stage)
+    if state is None:
+        raise RuntimeError(f"no checkpoint in {run / stage}")
+    model.load_state_dict(state["stage"][key]["model"] if key == "ema" else state["stage"][key])
+    return model
+
+
+def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, memory: bool) -> dict:
+    from world_model.dit import MatrixGameDiT
+    from world_model.train.clips import ClipSampler
+    from world_model.train.flow import FlowOptions, FlowStage
+    from world_model.train.loop import run_loop
+
+    name = "memory" if memory else "base"
+    _need(run, "encode", for_stage=name)
+    cfg, dev = run_config(run, opts), _device()
+    train_lat, held_lat = _latents(run, dev)
+    if memory:
+        _need(run, "base", for_stage=name)
+        model = _dit_from(run, "base", cfg, dev)
+    else:
+        torch.manual_seed(opts.seed)
+        model = MatrixGameDiT(cfg.dit).to(dev)
+    batch = opts.memory_batch if memory else opts.base_batch
+    fopts = FlowOptions(
+        batch_size=batch, lr=opts.memory_lr if memory else opts.base_lr, use_memory=memory, seed=opts.seed
+    )
+    clips = ClipSampler(train_lat, cfg, batch, p_continue=fopts.p_continue, use_memory=memory, seed=opts.seed)
+    stage = FlowStage(model, clips, fopts, name=name, evaluator=_evaluator(run, opts, cfg, held_lat, dev))
+    return run_loop(stage, run / name, _loop_opts(opts, opts.memory_steps if memory else opts.base_steps, deadline))
+
+
+def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
+    from world_model.train.clips import ClipSampler
+    from world_model.train.dmd import DMDOptions, DMDStage
+    from world_model.train.loop import run_loop
+
+    _need(run, "memory", for_stage="dmd")
+    cfg, dev = run_config(run, opts), _device()
+    train_lat, held_lat = _latents(run, dev)
+    model = _dit_from(run, "memory", cfg, dev)
+    dopts = DMDOptions(batch_size=opts.dmd_batch, cold_start_steps=opts.dmd_cold_start, seed=opts.seed)
+    clips = ClipSampler(train_lat, cfg, opts.dmd_batch, use_memory=True, seed=opts.seed)
+    stage = DMDStage(model, clips, cfg.sampler, dopts, evaluator=_evaluator(run, opts, cfg, held_lat, dev))
+    return run_loop(stage, run / "dmd", _loop_opts(opts, opts.dmd_steps, deadline))
+
+
+def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
+    from world_model.train.export import export_model, exported_size_bytes
+
+    cfg, dev = run_config(run, opts), torch.device("cpu")
+    source = "dmd" if _stage_done(run, "dmd") or (run / "dmd" / "checkpoints").exists() else "memory"
+    dit = _dit_from(run, source, cfg, dev)
+    vae = _shipped_vae(run, opts, cfg, dev)
+    metrics = {s: (read_status(run / s) or {}).get("eval", {}) for s in ("vae", "decoder", "base", "memory", "dmd")}
+    metrics["dit_source"] = source
+    folder = export_model(run / "export", cfg, dit, vae, metrics=metrics)
+    status = StatusFile(run / "export", "export")
+    status.update(state="done", metrics={"bytes": exported_size_bytes(folder), "dit_source": source})
+    return dict(status.data)
+
+
+_RUNNERS = {
+    "data": _stage_data,
+    "vae": _stage_vae,
+    "decoder": _stage_decoder,
+    "encode": _stage_encode,
+    "base": lambda r, o, d: _stage_flow(r, o, d, memory=False),
+    "memory": lambda r, o, d: _stage_flow(r, o, d, memory=True),
+    "dmd": _stage_dmd,
+    "export": _stage_export,
+}
+
+
+def _options(run: Path, opts: PipelineOptions | None) -> PipelineOptions:
+    run.mkdir(parents=True, exist_ok=True)
+    if opts is not None:
+        opts.save(run)
+        return opts
+    if (run / "pipeline.json").exists():
+        return PipelineOptions.load(run)
+    opts = PipelineOptions()
+    opts.save(run)
+    return opts
+
+
+def run_stage(
+    run: str | Path, stage: str, opts: PipelineOptions | None = None, *, deadline: float | None = None
+) -> dict:
+    """Run one stage in ``run`` (options from ``pipeline.json`` unless given). Returns its status."""
+    if stage not in _RUNNERS:
+        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    run = Path(run)
+    return _RUNNERS[stage](run, _options(run, opts), deadline)
+
+
+def run_pipeline(
+    run: str | Path,
+    opts: PipelineOptions | None = None,
+    *,
+    budget_minutes: float | None = None,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+) -> dict:
+    """Run all stages in order within ``budget_minutes`` (shares in BUDGET_SHARE; a stage's unused
+    time passes on to the next). Done stages are skipped; returns the pipeline status."""
+    run = Path(run)
+    opts = _options(run, opts)
+    status = StatusFile(run, "pipeline")
+    t0 = time.time()
+    end = None if budget_minutes is None else t0 + 60.0 * budget_minutes
+    todo = [s for s in STAGES if s not in skip and (only is None or s in only)]
+    states: dict[str, str] = {}
+    status.update(state="running", stages=states, budget_minutes=budget_minutes)
+    for i, stage in enumerate(todo):
+        if stage != "export" and _stage_done(run, stage):
+            states[stage] = "done (skipped)"
+            continue
+        deadline = None
+        if end is not None:
+            left = end - time.time()
+            share = BUDGET_SHARE[stage] / sum(BUDGET_SHARE[s] for s in todo[i:])
+            deadline = time.time() + max(0.0, left * share)
+        status.update(stage=stage, stages=states, stage_deadline=deadline)
+        try:
+            result = run_stage(run, stage, opts, deadline=deadline)
+        except BaseException as e:
+            states[stage] = "failed"
+            status.update(state="failed", stages=states, error=f"{stage}: {type(e).__name__}: {e}")
+            raise
+        states[stage] = str(result.get("state"))  # "stopped" (its share of the budget ran out) goes on
+        status.update(stages=states)
+    status.update(state="done", stages=states, elapsed_s=time.time() - t0)
+    return dict(status.data)
