@@ -105,11 +105,18 @@ def _conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride=(1, 1, 1), pa
 
     (For batch 1 torch's dispatch picks its reference kernel, 10-15x slower on small 3-D inputs.)
     """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    cpu_fp32 = x.device.type == "cpu" and x.dtype == torch.float32
+    if cpu_fp32 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
         return torch.ops.aten.mkldnn_convolution(
             x.contiguous(memory_format=_CL3D), weight, bias, list(padding), list(stride), [1, 1, 1], 1
         )
     return F.conv3d(x, weight, bias, stride, padding)
+
+
+def _prepend(prev: Tensor, x: Tensor) -> Tensor:
+    """cat([prev, x]) along time, in x's dtype and memory format (a mixed cat drops channels-last)."""
+    fmt = _CL3D if x.is_contiguous(memory_format=_CL3D) and not x.is_contiguous() else torch.contiguous_format
+    return torch.cat([prev.to(dtype=x.dtype, memory_format=fmt), x], dim=2)
 
 
 class RMSNorm(nn.Module):
@@ -141,7 +148,7 @@ class CausalConv3d(nn.Conv3d):
         k = self.cache_frames
         if k > 0:
             prev = None if states is None else states[self.slot]
-            x = F.pad(x, (0, 0, 0, 0, k, 0)) if prev is None else torch.cat([prev.to(x.dtype), x], dim=2)
+            x = F.pad(x, (0, 0, 0, 0, k, 0)) if prev is None else _prepend(prev, x)
             if states is not None:
                 states[self.slot] = x[:, :, -k:].clone()
         return _conv3d(x, self.weight, self.bias, self.stride, self.padding)
@@ -164,7 +171,7 @@ class CausalTimeDown(nn.Conv3d):
         if states is not None:
             states[self.slot] = x[:, :, -1:].clone()
         if prev is not None:
-            return _conv3d(torch.cat([prev.to(x.dtype), x], dim=2), self.weight, self.bias, self.stride)
+            return _conv3d(_prepend(prev, x), self.weight, self.bias, self.stride)
         if x.shape[2] == 1:
             return x
         return torch.cat([x[:, :, :1], _conv3d(x, self.weight, self.bias, self.stride)], dim=2)
