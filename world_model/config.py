@@ -556,6 +556,8 @@ def embedded() -> WorldModelConfig:
         action_config=action,
     )
     text = TextConfig(kind="minilm", text_len=32, dim=384)
-    stream = StreamConfig(height=128, width=128, fov_deg=90.0)
+    # ViZDoom renders 90 degrees horizontally at 4:3; the square 128x128 frame is a centre crop of the
+    # 320x240 mode, so fx = fy = 160 * 128 / 240 = 85.33 px: 2 atan(64 / 85.33) = 73.74 degrees.
+    stream = StreamConfig(height=128, width=128, fov_deg=73.74)
     sampler = SamplerConfig(num_steps=3, shift=5.0, guidance_scale=1.0)
     return WorldModelConfig(name="mg3-embedded", dit=dit, vae=vae, text=text, sampler=sampler, stream=stream)
