@@ -98,7 +98,7 @@ class MatrixGameEnv(gymnasium.Env):
 
 
 def _unbatch(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v[0, ...] for k, v in obs.items()}  # [0, ...] keeps 0-d entries as arrays
+    return {k: v[0] for k, v in obs.items()}
 
 
 def _unbatch_info(info: dict[str, Any]) -> dict[str, Any]:

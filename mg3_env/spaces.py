@@ -57,13 +57,15 @@ def make_action_space(keyboard_dim: int = 6, mouse_dim: int = 2) -> spaces.Dict:
 
 
 def make_observation_space(num_frames: int, height: int, width: int) -> spaces.Dict:
-    """Frames uint8 [T, H, W, 3], camera-to-world [T, 4, 4], pose (x, y, z, pitch, yaw) [T, 5], chunk index."""
+    """Frames uint8 [T, H, W, 3], camera-to-world [T, 4, 4], pose (x, y, z, pitch, yaw) [T, 5], chunk index [1].
+
+    The chunk index has shape (1,) rather than () so that Stable-Baselines3 accepts the space."""
     return spaces.Dict(
         {
             "frames": spaces.Box(0, 255, (num_frames, height, width, 3), np.uint8),
             "c2w": spaces.Box(-np.inf, np.inf, (num_frames, 4, 4), np.float32),
             "pose": spaces.Box(-np.inf, np.inf, (num_frames, 5), np.float32),
-            "chunk_index": spaces.Box(0, MAX_CHUNK_INDEX, (), np.int64),
+            "chunk_index": spaces.Box(0, MAX_CHUNK_INDEX, (1,), np.int64),
         }
     )
 

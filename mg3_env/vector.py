@@ -266,7 +266,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             "frames": out.frames[-t:].numpy(),
             "c2w": out.c2w[-t:].numpy().astype(np.float32),
             "pose": out.poses[-t:].numpy().astype(np.float32),
-            "chunk_index": np.asarray(out.chunk_index, dtype=np.int64),
+            "chunk_index": np.array([out.chunk_index], dtype=np.int64),
         }
 
     def _chunk_info(self, i: int, out: ChunkOutput) -> dict[str, Any]:
