@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from world_model.dit import MatrixGameDiT
 from world_model.parallel import SequenceParallelDiT, SequenceShard
 
 WORLD = 2
+ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------
 # Shard arithmetic (pure)
@@ -175,6 +180,21 @@ def test_case_geometry_exercises_padding():
     assert geoms["odd_heads_tokens"][:2] == (1, 1)
     assert geoms["odd_memory"][:2] == (1, 1)
     assert geoms["one_token"][2] == 0
+
+
+def test_bench_script_runs_under_torchrun(tmp_path):
+    """bench/multigpu.py --tiny: 2 gloo ranks via torchrun, JSON with the agreement fields."""
+    out = tmp_path / "mg.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD)]
+    cmd += [str(ROOT / "bench" / "multigpu.py"), "--tiny", "--iters", "1", "--warmup", "0", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["world_size"] == WORLD and r["tokens"] == 19 * 16
+    assert r["ranks_agree"] is True
+    assert r["max_abs_diff"] < 1e-5 and all(d["ref_max_abs"] > 1e-2 for d in r["vs_single_gpu"])
+    assert r["seconds_per_chunk"] > 0 and r["single_gpu_seconds_per_chunk"] > 0
 
 
 @pytest.mark.multigpu
