@@ -427,7 +427,7 @@ def _as_index(idx: Tensor | Sequence[int] | Sequence[bool], batch: int) -> Tenso
     return t
 
 
-@dataclass
+@dataclass(eq=False)
 class DecodeCache:
     """Streaming state of the decoder for a batch of streams (one per env).
 
@@ -650,9 +650,11 @@ class WanVAE(nn.Module):
 
 def channels_last_(module: nn.Module) -> nn.Module:
     """Put 5-D (Conv3d) weights in channels_last_3d and 4-D (Conv2d) weights in channels_last, in place."""
-    for p in module.parameters():
+    for name, p in module.named_parameters():
+        if not name.endswith("weight"):
+            continue
         if p.ndim == 5:
-            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+            p.data = p.data.contiguous(memory_format=_CL3D)
         elif p.ndim == 4:
             p.data = p.data.contiguous(memory_format=torch.channels_last)
     return module
