@@ -5,7 +5,8 @@
 - ``MG-LightVAE.pth`` / ``MG-LightVAE_v2.pth``: ``{"state_dict": {"gen_model": ...}}`` with
   diffusers-style names, a student encoder and decoder pruned by 0.5 / 0.75, and the training-only
   ``dynamic_feature_projection_heads.*`` tensors.
-Load them with ``load_vae(folder, vae_type, cfg=<the returned config>)``.
+Load them with ``load_vae(folder, vae_type, cfg=small_vae_config())`` (the config it returns). The
+release-folder fixture calls it as ``write_vae_files(root)``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from world_model.config import VAEConfig, tiny
 from world_model.vae import VAE_FILES, WAN_VAE_FILE, WanVAE
 
-__all__ = ["small_vae_config", "randomize_", "to_diffusers_names", "write_vae_checkpoints"]
+__all__ = ["small_vae_config", "randomize_", "to_diffusers_names", "write_vae_checkpoints", "write_vae_files"]
 
 
 def small_vae_config() -> VAEConfig:
@@ -91,3 +92,7 @@ def write_vae_checkpoints(folder: str | Path, cfg: VAEConfig | None = None, *, s
         state["dynamic_feature_projection_heads.up_block_1.bias"] = torch.zeros(width)
         torch.save({"state_dict": {"gen_model": state}, "epoch": 7}, folder / fname)
     return cfg
+
+
+# The name the release-folder fixture uses for its VAE writer: write_release_folder(root, extra_writers=[write_vae_files]).
+write_vae_files = write_vae_checkpoints
