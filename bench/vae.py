@@ -70,7 +70,7 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype, small: bool) -> d
     t = statistics.median(_timed(lambda: a @ b, device, 3 if small else 10, 1 if small else 3))
     out["matmul_tflops"] = 2 * n**3 / t / 1e12
     # (channels, frames, height, width) of the decoder's heaviest layers at 704x1280
-    shapes = [(16, 4, 16, 16)] if small else [(1024, 10, 88, 160), (512, 16, 352, 640), (256, 16, 352, 640)]
+    shapes = [(16, 4, 16, 16)] if small else [(1024, 20, 88, 160), (512, 16, 176, 320), (256, 16, 352, 640)]
     best = 0.0
     for c, f, h, w in shapes:
         conv = torch.nn.Conv3d(c, c, 3, padding=(0, 1, 1), device=device, dtype=dtype)
