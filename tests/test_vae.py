@@ -156,6 +156,21 @@ def test_streaming_decode_equals_whole_decode(vae):
     assert whole.abs().max() > 0.5  # not a degenerate all-zero decoder
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_generic_conv_path_matches_cpu_fast_path(vae):
+    # the oneDNN channels-last path (CPU fp32) and F.conv3d (used on GPU) compute the same decoder
+    z = _latents(1, 6, vae.cfg, seed=7)
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        fast, fast_cache = vae.decode(z, clamp=False)
+        fast_z = vae.encode(video)
+        with torch.backends.mkldnn.flags(enabled=False):
+            ref, ref_cache = vae.decode(z, clamp=False)
+            ref_z = vae.encode(video)
+    assert (fast - ref).abs().max() <= 1e-5 and (fast_z - ref_z).abs().max() <= 1e-5
+    assert all((a - b).abs().max() <= 1e-5 for a, b in zip(fast_cache.states, ref_cache.states))
+
+
 def test_first_chunk_frame_counts_and_causality(vae):
     z = _latents(1, 15, vae.cfg, seed=2)
     with torch.no_grad():
