@@ -157,3 +157,27 @@ def _more(cfg: GenerateConfig) -> GenerateConfig:
     from dataclasses import replace
 
     return replace(cfg, frames=250)
+
+
+def test_explorer_fuzz_limits_and_deadzone():
+    from world_model.data.explorer import Explorer
+
+    cfg = ExplorerConfig()
+    moving = 0
+    for seed in range(40):
+        policy, pose = Explorer(seed, cfg), np.zeros(5)
+        for i in range(300):
+            cmd = policy.act(pose)
+            for rot in (cmd.pitch, cmd.yaw):
+                assert rot == 0 or abs(rot) >= 0.5  # never inside the release's 0.3 deg mouse deadzone
+            step = 10.0 if (cmd.forward or cmd.back or cmd.left or cmd.right) and i % 100 < 70 else 0.0
+            pose = pose + np.array([step, 0, 0, cmd.pitch, cmd.yaw])  # walls block 30% of the time
+            assert abs(pose[3]) <= cfg.pitch_limit + 1e-9
+            moving += cmd.forward
+    assert moving > 0.2 * 40 * 300  # walking forward is the main behaviour
+    # a blocked walker is detected as stuck and recovers (USE, back up, turn)
+    policy, pose = Explorer(0, cfg), np.zeros(5)
+    for _ in range(200):
+        cmd = policy.act(pose)
+        pose = pose + np.array([0, 0, 0, cmd.pitch, cmd.yaw])
+    assert policy.num_stuck > 0

@@ -111,7 +111,8 @@ class Explorer:
         elif b == "look":
             target = float(rng.uniform(-self.cfg.pitch_limit, self.cfg.pitch_limit))
             n = int(round(abs(target - self._pitch) / self.cfg.pitch_rate))
-            plan.extend([Command(pitch=(target - self._pitch) / n)] * n)
+            if n > 0:
+                plan.extend([Command(pitch=(target - self._pitch) / n)] * n)
             plan.extend([Command()] * int(rng.integers(0, 10)))
         elif b == "back":
             plan.extend([Command(back=True)] * int(rng.integers(5, 15)))
