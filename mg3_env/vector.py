@@ -225,7 +225,9 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             zeros_kb = np.zeros((b, first_frames, self.keyboard_dim), np.float32)
             zeros_ms = np.zeros((b, first_frames, 2), np.float32)
             self._reset_envs(done, images, prompts, self._seeds(None, done), zeros_kb, zeros_ms)
-            infos["final_obs"] = np.array([final_obs[i] if done[i] else None for i in range(b)], dtype=object)
+            infos["final_obs"] = np.empty(b, dtype=object)
+            for i in np.flatnonzero(done):
+                infos["final_obs"][i] = final_obs[i]
             infos["_final_obs"] = done
             infos["final_info"] = final_infos
             infos["_final_info"] = done

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import VectorActionWrapper, VectorEnv, VectorObservationWrapper
+from gymnasium.vector import VectorActionWrapper, VectorEnv, VectorWrapper
 from gymnasium.vector.utils import batch_space
 
 __all__ = ["LatestFrame", "DiscreteActions", "ACTION_VOCABULARY"]
@@ -33,8 +33,8 @@ ACTION_VOCABULARY: dict[str, tuple[tuple[int, ...], tuple[float, float]]] = {
 }
 
 
-class LatestFrame(VectorObservationWrapper):
-    """Observation = each env's latest frame, uint8 [B, H, W, 3]."""
+class LatestFrame(VectorWrapper):
+    """Observation = each env's latest frame, uint8 [B, H, W, 3] (every autoreset mode)."""
 
     def __init__(self, env: VectorEnv) -> None:
         super().__init__(env)
@@ -42,17 +42,19 @@ class LatestFrame(VectorObservationWrapper):
         self.single_observation_space = spaces.Box(0, 255, frames.shape[1:], np.uint8)
         self.observation_space = batch_space(self.single_observation_space, env.num_envs)
 
-    def observations(self, observations: dict[str, np.ndarray]) -> np.ndarray:
-        return observations["frames"][:, -1]
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None):
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return obs["frames"][:, -1], infos
 
     def step(self, actions: Any):
-        obs, rewards, terminated, truncated, infos = super().step(actions)
+        obs, rewards, terminated, truncated, infos = self.env.step(actions)
         if "final_obs" in infos:
             infos = dict(infos)
-            infos["final_obs"] = np.array(
-                [None if o is None else o["frames"][-1] for o in infos["final_obs"]], dtype=object
-            )
-        return obs, rewards, terminated, truncated, infos
+            final = np.empty(self.num_envs, dtype=object)  # one entry per env (None if not done)
+            for i, o in enumerate(infos["final_obs"]):
+                final[i] = None if o is None else o["frames"][-1]
+            infos["final_obs"] = final
+        return obs["frames"][:, -1], rewards, terminated, truncated, infos
 
 
 class DiscreteActions(VectorActionWrapper):
