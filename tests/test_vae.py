@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -275,15 +276,17 @@ def test_encode_shapes_causality_and_segments(vae):
 
 
 def test_encode_decode_roundtrip_shapes_and_range(vae):
-    video = torch.rand(1, 3, 5, 16, 24) * 2 - 1
+    video = torch.rand(1, 3, 5, 16, 24, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    shifted = copy.deepcopy(vae)
     with torch.no_grad():
+        shifted.decoder.head["2"].bias += 1.5  # push the output past 1 so that the clamp matters
         out = vae(video)
-        z = vae.encode(video) * 5.0  # far outside the training range: the output overshoots
-        clamped, _ = vae.decode(z)
-        raw, _ = vae.decode(z, clamp=False)
+        z = vae.encode(video)
+        clamped, _ = shifted.decode(z)
+        raw, _ = shifted.decode(z, clamp=False)
     assert out.shape == video.shape and out.dtype == torch.float32
     assert out.min() >= -1.0 and out.max() <= 1.0
-    assert raw.abs().max() > 1.0
+    assert raw.max() > 1.0
     torch.testing.assert_close(clamped, raw.clamp(-1, 1))
 
 
