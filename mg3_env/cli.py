@@ -1,0 +1,110 @@
+"""The ``mg3`` command: ``mg3 demo`` (scripted exploration -> mp4 + dataset), ``mg3 data ...``.
+
+``mg3 demo --model tiny-random --chunks 8 --out demo_out`` runs the go-and-return explorer in a
+recorded env and writes ``demo_out/demo.mp4`` plus a dataset in ``demo_out/dataset``.
+``mg3 data ...`` is the data engine's command line (:mod:`world_model.data.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main", "demo"]
+
+log = logging.getLogger("mg3")
+
+
+def demo(
+    model: str = "tiny-random",
+    chunks: int = 8,
+    out: str | Path = "mg3_demo",
+    *,
+    device: str | None = None,
+    seed: int = 0,
+    image: str | None = None,
+    prompt: str | None = None,
+) -> dict[str, Path]:
+    """Run the scripted explorer for ``chunks`` steps; returns the paths written."""
+    import numpy as np
+
+    from agents.explorer import Explorer
+    from mg3_env.env import MatrixGameEnv
+    from mg3_env.wrappers.record import RecordEpisodes
+    from world_model.data.video import VideoEncoder
+    from world_model.model import load_world_model
+    from world_model.runtime import RuntimeOptions
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wm = load_world_model(model, RuntimeOptions.for_device(device))
+    env = RecordEpisodes(
+        MatrixGameEnv(model=wm, image=image, prompt=prompt, max_chunks=chunks, render_mode="rgb_array"),
+        out / "dataset",
+    )
+    explorer = Explorer(frames_per_chunk=env.unwrapped.vector_env.frames_per_chunk)
+    s = wm.config.stream
+    video_path = out / "demo.mp4"
+    video = VideoEncoder(video_path, fps=s.fps, height=s.height, width=s.width)
+    try:
+        obs, info = env.reset(seed=seed)
+        video.write(info["first_chunk_frames"])
+        log.info(
+            "model %s (random weights: %s), chunk 0: %d frames",
+            wm.name,
+            wm.random_weights,
+            len(info["first_chunk_frames"]),
+        )
+        for k in range(chunks):
+            obs, _, _, truncated, info = env.step(explorer.act(obs))
+            video.write(obs["frames"])
+            x, y, _, pitch, yaw = np.round(obs["pose"][-1], 1)
+            log.info("chunk %d: pose x=%s y=%s pitch=%s yaw=%s", k + 1, x, y, pitch, yaw)
+            if truncated:
+                break
+    finally:
+        video.close()
+        env.close()
+    return {"video": video_path, "dataset": out / "dataset"}
+
+
+def _demo_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="mg3 demo", description="Scripted exploration: writes an mp4 and a dataset.")
+    p.add_argument("--model", default="tiny-random", help="registry name or release folder (default tiny-random)")
+    p.add_argument("--chunks", type=int, default=8, help="chunks to generate after the first (default 8)")
+    p.add_argument("--out", default="mg3_demo", help="output folder")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image", default=None, help="first frame (PNG/JPEG); default: the packaged street scene")
+    p.add_argument("--prompt", default=None)
+    args = p.parse_args(argv)
+    paths = demo(
+        args.model, args.chunks, args.out, device=args.device, seed=args.seed, image=args.image, prompt=args.prompt
+    )
+    print(f"video:   {paths['video']}")
+    print(f"dataset: {paths['dataset']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    usage = "usage: mg3 {demo,data} ...\n  demo  scripted exploration -> mp4 + dataset\n  data  data engine commands"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        return _demo_main(rest)
+    if command == "data":
+        from world_model.data.cli import main as data_main
+
+        return int(data_main(rest) or 0)
+    print(f"mg3: unknown command {command!r}\n{usage}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The mg3 command: demo writes an mp4 and a dataset; data dispatches to the data engine CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from mg3_env.cli import main
+from world_model.data.format import DatasetReader
+from world_model.data.video import decode_video
+
+
+def test_demo_writes_video_and_dataset(tmp_path, capsys):
+    assert main(["demo", "--model", "tiny-random", "--chunks", "2", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "demo.mp4") in out and str(tmp_path / "dataset") in out
+    frames = decode_video(tmp_path / "demo.mp4")
+    assert frames.shape == (57 + 2 * 40, 64, 64, 3)
+    reader = DatasetReader(tmp_path / "dataset")
+    assert len(reader) == 1 and len(reader.load_episode(0, frames=False)) == 57 + 2 * 40
+
+
+def test_data_dispatch_and_unknown_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "--help"])
+    assert e.value.code == 0
+    assert main(["fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
