@@ -416,7 +416,7 @@ class Decoder(nn.Module):
 
 def _as_index(idx: Tensor | Sequence[int] | Sequence[bool], batch: int) -> Tensor:
     """A boolean mask [B] or integer indices -> CPU int64 indices, checked against ``batch``."""
-    t = torch.as_tensor(idx).cpu()
+    t = torch.as_tensor(idx, device="cpu")
     if t.dtype == torch.bool:
         if t.shape != (batch,):
             raise ValueError(f"expected a boolean mask of shape ({batch},), got shape {tuple(t.shape)}")
@@ -442,7 +442,7 @@ class DecodeCache:
     @classmethod
     def new(cls, batch_size: int) -> DecodeCache:
         """A cache for ``batch_size`` fresh streams."""
-        return cls(fresh=torch.ones(batch_size, dtype=torch.bool))
+        return cls(fresh=torch.ones(batch_size, dtype=torch.bool, device="cpu"))
 
     @property
     def batch_size(self) -> int:
@@ -450,7 +450,7 @@ class DecodeCache:
 
     def reset_(self, mask: Tensor | Sequence[bool]) -> DecodeCache:
         """Restart the streams where ``mask`` [B] is True: zero their state; next decode is a first chunk."""
-        ix = _as_index(torch.as_tensor(mask, dtype=torch.bool), self.batch_size)
+        ix = _as_index(torch.as_tensor(mask, dtype=torch.bool, device="cpu"), self.batch_size)
         self.fresh[ix] = True
         if self.states is not None and ix.numel():
             for s in self.states:
