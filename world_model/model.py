@@ -117,8 +117,8 @@ def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distille
 
     variant = "distilled" if distilled else "base"
     dit = load_dit(root, variant=variant, device=runtime.device, dtype=runtime.dtype).eval()
-    config = mg3_5b(distilled=distilled).replace(dit=dit.cfg) if hasattr(dit, "cfg") else mg3_5b(distilled)
     vae = load_vae(root, device=runtime.device, dtype=runtime.dtype).eval()
+    config = mg3_5b(distilled=distilled).replace(dit=dit.cfg, vae=getattr(vae, "cfg", mg3_5b().vae))
     text = make_text_encoder(config.text, root, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
     return WorldModel(config, dit, vae, text, runtime, name, False, str(root))
 
