@@ -140,7 +140,7 @@ class VAEStage(_Base):
         with self._autocast():
             z = self.vae.encode(x)  # [B, C, F, h, w]
             zn = z + self.opts.latent_noise * torch.randn(z.shape, device=z.device, generator=self.generator)
-            xr, _ = self.vae.decode(zn, first_chunk=True)
+            xr, _ = self.vae.decode(zn, first_chunk=True, clamp=False)
         xr, z = xr.float(), z.float()
         rec = F.l1_loss(xr, x) + self.opts.mse_weight * F.mse_loss(xr, x)
         loss = rec + self.opts.latent_l2 * z.pow(2).mean()
@@ -194,9 +194,9 @@ class DecoderStage(_Base):
         x = self.train.sample(self.opts.batch_size)
         with torch.no_grad(), self._autocast():
             z = self.teacher.encode(x)
-            target, _ = self.teacher.decode(z, first_chunk=True)
+            target, _ = self.teacher.decode(z, first_chunk=True, clamp=False)
         with self._autocast():
-            out, _ = self.student.decode(z, first_chunk=True)
+            out, _ = self.student.decode(z, first_chunk=True, clamp=False)
         out, target = out.float(), target.float()
         distil = F.l1_loss(out, target)
         pixel = F.l1_loss(out, x)
