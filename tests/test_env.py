@@ -292,7 +292,8 @@ def test_vector_bad_action_and_seed(model):
 
 def test_first_chunk_action_option(ready_env):
     _, info = ready_env.reset(seed=0, options={"action": FWD})
-    assert info["first_chunk_pose"][-1, 0] > 50 * 12.0  # walked forward through the 57 frames
+    steps = np.linalg.norm(np.diff(info["first_chunk_pose"][:, :2], axis=0), axis=1)
+    assert steps == pytest.approx(12.35, abs=1e-3)  # walked through all 57 frames
     np.testing.assert_array_equal(info["first_chunk_keyboard"][:, 0], np.ones(57))
     with pytest.raises(ValueError, match=r"\(57, 6\)"):
         ready_env.reset(seed=0, options={"action": {"keyboard": np.zeros((40, 6)), "mouse": np.zeros(2)}})
