@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Print the training pipeline's status and the tail of its log.
+source bench/gpu/setup.sh
+python3 -m world_model.train status --run runs/embedded 2>&1 | tail -5
+for s in data vae decoder encode base memory dmd export; do
+  f=runs/embedded/$s/status.json; [ -f "$f" ] && python3 -c "import json,sys;d=json.load(open('$f'));print('$s', d.get('state'), d.get('step'), {k:round(v,4) if isinstance(v,float) else v for k,v in (d.get('metrics') or {}).items()}, d.get('eval'), d.get('steps_per_s'))"
+done
+tail -5 runs/embedded.log; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
