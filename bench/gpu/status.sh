@@ -7,7 +7,7 @@ for s in data vae decoder encode base memory dmd export; do
 done
 tail -5 runs/embedded.log; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 # Once the pipeline has exported the student, also export the many-step teacher (memory-stage EMA)
-# into export/teacher so the distillation comparison can run after the machine is gone.
-if grep -q '"done"' runs/embedded/export/status.json 2>/dev/null && [ ! -d runs/embedded/export/teacher ]; then
+# into export/base_model so the distillation comparison can run after the machine is gone.
+if grep -q '"done"' runs/embedded/export/status.json 2>/dev/null && [ ! -d runs/embedded/export/base_model ]; then
   python3 -m world_model.train.teacher --run runs/embedded && echo "teacher exported"
 fi
