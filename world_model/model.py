@@ -9,7 +9,13 @@
 - ``"mg3-5b-random"``: the 5B architecture at 704x1280 with random weights and a random text
   encoder of the right shape, for speed measurements only.
 - a path to a local folder in the release layout (``base_distilled_model/``, VAE and T5 files).
-- ``"default"``: our trained embedded model, not available yet (a clear error says so).
+- ``"default"``: our trained embedded model, shipped inside the package
+  (``world_model/assets/embedded/``); runs on a CPU.
+- a path to a folder exported by our training pipeline (``config.json`` + ``vae.safetensors`` +
+  ``base_distilled_model/``; optionally the many-step teacher in ``base_model/``).
+
+``variant="base"`` loads the many-step base model of a folder (release: 50 steps with guidance;
+ours: the memory model before distillation) instead of the few-step distilled one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from torch import Tensor, nn
 from world_model.config import WorldModelConfig, mg3_5b, tiny
 from world_model.runtime import RuntimeOptions
 
-__all__ = ["WorldModel", "load_world_model", "random_world_model", "MODEL_NAMES", "RELEASE_HUB_ID"]
+__all__ = [
+    "WorldModel",
+    "load_world_model",
+    "random_world_model",
+    "is_exported_folder",
+    "MODEL_NAMES",
+    "RELEASE_HUB_ID",
+    "EMBEDDED_DIR",
+]
 
 RELEASE_HUB_ID = "Skywork/Matrix-Game-3.0"
 
@@ -123,11 +137,42 @@ def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distille
     return WorldModel(config, dit, vae, text, runtime, name, False, str(root))
 
 
-def _default(runtime: RuntimeOptions, seed: int) -> WorldModel:
-    raise ValueError(
-        "the embedded default model is not trained yet; use 'tiny-random' (random weights, CPU) or "
-        "'mg3-5b' (the released checkpoint, GPU)"
-    )
+EMBEDDED_DIR = Path(__file__).parent / "assets" / "embedded"
+TEACHER_STEPS = 20  # sampling steps of our many-step teacher (no guidance: trained without action dropout)
+
+
+def is_exported_folder(path: Path) -> bool:
+    """A folder written by :func:`world_model.train.export.export_model`."""
+    return (path / "config.json").is_file() and (path / "vae.safetensors").is_file()
+
+
+def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: bool) -> WorldModel:
+    """A model exported by our training pipeline (the embedded default, or any run's export/)."""
+    from world_model.checkpoint import read_safetensors
+    from world_model.text import make_text_encoder
+    from world_model.vae import WanVAE
+    from world_model.weights import load_dit
+
+    config = WorldModelConfig.load(folder / "config.json")
+    dit = load_dit(folder, "distilled" if distilled else "base", device=runtime.device, dtype=runtime.dtype).eval()
+    vae = WanVAE(config.vae)
+    vae.load_state_dict(read_safetensors(folder / "vae.safetensors"))
+    vae = vae.to(runtime.device, runtime.dtype).eval()
+    if not distilled:
+        config = config.replace(
+            name=config.name + "-teacher", sampler=config.sampler.replace(num_steps=TEACHER_STEPS, guidance_scale=1.0)
+        )
+    text = make_text_encoder(config.text, None, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
+    return WorldModel(config, dit, vae, text, runtime, name, False, str(folder))
+
+
+def _default(runtime: RuntimeOptions, seed: int, distilled: bool = True) -> WorldModel:
+    if not is_exported_folder(EMBEDDED_DIR):
+        raise ValueError(
+            f"the embedded default model's weights are missing from {EMBEDDED_DIR}; reinstall the package, "
+            "or use 'tiny-random' (random weights, CPU) or 'mg3-5b' (the released checkpoint, GPU)"
+        )
+    return _load_exported(EMBEDDED_DIR, runtime, "default" if distilled else "default-teacher", distilled)
 
 
 _REGISTRY: dict[str, Callable[[RuntimeOptions, int], WorldModel]] = {
@@ -138,18 +183,26 @@ _REGISTRY: dict[str, Callable[[RuntimeOptions, int], WorldModel]] = {
         mg3_5b().replace(name="mg3-5b-random", text=mg3_5b().text.replace(kind="random")), rt, "mg3-5b-random", seed
     ),
     "default": _default,
+    "default-teacher": lambda rt, seed: _default(rt, seed, distilled=False),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def load_world_model(
-    name_or_path: str | Path = "tiny-random", runtime: RuntimeOptions | None = None, *, seed: int = 0
+    name_or_path: str | Path = "tiny-random",
+    runtime: RuntimeOptions | None = None,
+    *,
+    seed: int = 0,
+    variant: str = "distilled",
 ) -> WorldModel:
     """Load a model by registry name (:data:`MODEL_NAMES`) or from a release-layout folder.
 
     ``seed`` fixes the weights of the random models; ``runtime`` defaults to
-    :meth:`RuntimeOptions.for_device` (bf16 on CUDA, fp32 on CPU).
+    :meth:`RuntimeOptions.for_device` (bf16 on CUDA, fp32 on CPU); ``variant`` (``"distilled"`` or
+    ``"base"``) picks the few-step or the many-step model of a folder.
     """
+    if variant not in ("distilled", "base"):
+        raise ValueError(f"variant must be 'distilled' or 'base', got {variant!r}")
     runtime = runtime or RuntimeOptions.for_device()
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"model must be a name or a path, got {type(name_or_path).__name__}")
@@ -158,7 +211,9 @@ def load_world_model(
         return _REGISTRY[key](runtime, seed)
     path = Path(key).expanduser()
     if path.is_dir():
-        return _load_release(path, runtime, str(path), distilled=True)
+        if is_exported_folder(path):
+            return _load_exported(path, runtime, str(path), distilled=variant == "distilled")
+        return _load_release(path, runtime, str(path), distilled=variant == "distilled")
     raise ValueError(
         f"unknown model {key!r}: expected one of {list(MODEL_NAMES)} or a folder in the release layout "
         f"(with base_distilled_model/ and the VAE/T5 files)"
