@@ -175,8 +175,6 @@ def test_step_before_reset_and_after_close(model):
 def test_unknown_model_and_bad_construction(model):
     with pytest.raises(ValueError, match="unknown model 'nope'.*tiny-random"):
         load_world_model("nope")
-    with pytest.raises(ValueError, match="not trained yet"):
-        load_world_model("default")
     with pytest.raises(ValueError, match="max_chunks"):
         MatrixGameEnv(model=model, max_chunks=10_000)
     with pytest.raises(ValueError, match="render_mode"):
