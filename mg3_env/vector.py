@@ -1,4 +1,4 @@
-"""MatrixGameVectorEnv: B world-model rollouts stepped together on one device.
+"""MatrixGameVectorEnv: B world-model rollouts stepped together, on one device or several.
 
 Gymnasium 1.x vector semantics: batched observations, ``info`` as a dict of arrays with ``_key``
 masks, autoreset mode declared in ``metadata["autoreset_mode"]`` (``NEXT_STEP`` by default;
@@ -11,13 +11,24 @@ action (or ``options["action"]``); the observation holds its last 40 frames and 
 them (``first_chunk_frames``, ``first_chunk_pose``, ``first_chunk_c2w``, ``first_chunk_keyboard``,
 ``first_chunk_mouse``). Episodes never terminate; they are truncated after ``max_chunks`` steps.
 Poses are commanded (integrated from the actions), not estimated from the video.
+
+``devices=["cuda:0", "cuda:1", ...]`` spreads the envs over devices: env i belongs to one
+contiguous group per device (sizes as even as possible, the first groups take the remainder),
+each group a batch with its own stream state, on a copy of the model's weights on that device
+(loaded once, copied device to device; groups on one device share it). Groups step concurrently,
+one thread each (GPU kernels release the GIL). Each env draws its noise from its own seeded
+generator, so the frames are those of one device up to the rounding of batched kernels. A device
+may repeat (``["cpu", "cpu"]``: two groups on the CPU, correct but not faster).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import gymnasium
 import numpy as np
@@ -33,19 +44,79 @@ from mg3_env.spaces import (
     validate_batched_action,
     validate_prompt,
 )
-from world_model.generator import ChunkActions, ChunkOutput, StreamingGenerator
+from world_model.generator import ChunkActions, ChunkOutput, StreamingGenerator, StreamState
 from world_model.model import WorldModel, load_world_model
 from world_model.runtime import RuntimeOptions
 
-__all__ = ["MatrixGameVectorEnv", "DEFAULT_PROMPT", "default_image_path"]
+__all__ = ["MatrixGameVectorEnv", "DEFAULT_PROMPT", "default_image_path", "resolve_devices", "split_envs"]
 
 DEFAULT_PROMPT = "A sunny suburban street with colourful houses and trees, seen in first person."
 _RESET_OPTIONS = ("image", "prompt", "action", "reset_mask")
+_R = TypeVar("_R")
 
 
 def default_image_path() -> str:
     """The packaged default first frame (a procedurally drawn street scene)."""
     return str(resources.files("world_model") / "assets" / "default_image.png")
+
+
+def resolve_devices(devices: Any, num_envs: int) -> tuple[torch.device, ...]:
+    """Check a list of device names (repeats allowed) for ``num_envs`` envs; ``"cuda"`` -> ``cuda:<current>``.
+
+    Raises ValueError for an empty or non-list value, an unknown device, a CUDA device this machine
+    lacks, and more devices than envs (every device group needs at least one env).
+    """
+    if isinstance(devices, (str, torch.device)):
+        devices = [devices]
+    if not isinstance(devices, Sequence) or len(devices) == 0:
+        raise ValueError(
+            f"devices must be a non-empty list like ['cuda:0', 'cuda:1'] (repeats allowed), got {devices!r}"
+        )
+    out = [_device(d) for d in devices]
+    if len(out) > num_envs:
+        raise ValueError(
+            f"{len(out)} devices for {num_envs} envs: every device needs at least one env; "
+            f"use num_envs >= {len(out)} or fewer devices"
+        )
+    return tuple(out)
+
+
+def _device(name: Any) -> torch.device:
+    """One checked device: ``cpu`` or ``cuda:N`` with N an existing GPU (``cuda`` -> the current one)."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ValueError(f"device {name!r}: expected 'cpu', 'cuda' or 'cuda:N', got device type {dev.type!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine; use 'cpu'")
+    count = torch.cuda.device_count()
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= count:
+        raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
+def split_envs(num_envs: int, num_groups: int) -> tuple[range, ...]:
+    """Contiguous env ranges, sizes as even as possible, the first groups one larger (5, 2 -> [0, 3), [3, 5))."""
+    size, extra = divmod(num_envs, num_groups)
+    bounds = [0]
+    for g in range(num_groups):
+        bounds.append(bounds[-1] + size + (g < extra))
+    return tuple(range(a, b) for a, b in zip(bounds[:-1], bounds[1:]))
+
+
+@dataclass
+class _DeviceGroup:
+    """Envs ``envs`` of the vector env: one batch on ``device`` with its own generator and state."""
+
+    device: torch.device
+    envs: range
+    generator: StreamingGenerator
+    state: StreamState | None
 
 
 class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
@@ -55,7 +126,10 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         num_envs: envs in the batch.
         model: a registry name or path (see :func:`world_model.model.load_world_model`) or a
             loaded :class:`~world_model.model.WorldModel` (share one between envs).
-        runtime: device/dtype options when ``model`` is a name.
+        runtime: device/dtype options when ``model`` is a name (``devices`` overrides its device).
+        devices: None (one batch on the model's device) or a list of devices, e.g.
+            ``["cuda:0", "cuda:1"]`` (repeats allowed): the envs are split into one contiguous group
+            per entry (see :func:`split_envs`), each stepped on its device, concurrently.
         image, prompt: the default first frame and prompt (used when ``reset`` gets none, and by
             autoreset); image as an H x W x 3 uint8 array, a PIL image or a path.
         reward_fn: ``reward_fn(obs, action, info) -> float`` per env and step (default 0).
@@ -72,6 +146,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         *,
         model: str | WorldModel = "tiny-random",
         runtime: RuntimeOptions | None = None,
+        devices: Sequence[str | torch.device] | None = None,
         image: Any = None,
         prompt: str | None = None,
         reward_fn: RewardFn = zero_reward,
@@ -83,8 +158,12 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.model = model if isinstance(model, WorldModel) else load_world_model(model, runtime)
-        self.generator = StreamingGenerator(self.model)
+        self._groups = self._build_groups(int(num_envs), model, runtime, devices)
+        self._pool = (
+            ThreadPoolExecutor(len(self._groups), thread_name_prefix="mg3-device") if len(self._groups) > 1 else None
+        )
+        self.generator = self._groups[0].generator  # geometry; the same for every group
+        self.model = self.generator.model  # text encoding and metadata
         cfg = self.model.config
         capacity = (cfg.dit.rope_max_len - cfg.stream.first_latents) // cfg.stream.new_latents
         if not isinstance(max_chunks, (int, np.integer)) or not 1 <= max_chunks <= capacity:
@@ -111,7 +190,6 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         self.default_image = load_image(default_image_path() if image is None else image, s.height, s.width)
         self.default_prompt = validate_prompt(DEFAULT_PROMPT if prompt is None else prompt, cfg.text.max_prompt_chars)
 
-        self._state = self.generator.init_state(self.num_envs)
         self._obs: list[dict[str, np.ndarray] | None] = [None] * self.num_envs
         self._prompts = [self.default_prompt] * self.num_envs
         self._done = np.zeros(self.num_envs, dtype=bool)  # episode ended at the last step
@@ -173,8 +251,34 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         return tuple(obs["frames"][-1] for obs in self._obs)  # type: ignore[index]
 
     def close_extras(self, **kwargs: Any) -> None:
-        self._state = None  # type: ignore[assignment]
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for g in self._groups:
+            g.state = None
         self._obs = [None] * self.num_envs
+
+    @property
+    def devices(self) -> tuple[torch.device, ...]:
+        """The device of each env group, in env order."""
+        return tuple(g.device for g in self._groups)
+
+    @property
+    def env_groups(self) -> tuple[range, ...]:
+        """The envs of each device group (contiguous ranges, in env order)."""
+        return tuple(g.envs for g in self._groups)
+
+    @property
+    def stream_states(self) -> tuple[StreamState, ...]:
+        """The streaming state of each device group (env ``g.envs[j]`` is entry j of group g's state)."""
+        return tuple(g.state for g in self._groups)  # type: ignore[misc]
+
+    @property
+    def _state(self) -> StreamState:
+        """The stream state of a single-group env (its envs in order)."""
+        if len(self._groups) != 1:
+            raise AttributeError(f"this env has {len(self._groups)} device groups; use stream_states")
+        return self._groups[0].state  # type: ignore[return-value]
 
     # ---- internals ---------------------------------------------------------------------------
 
@@ -204,7 +308,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         chunk_actions = [
             None if autoreset[i] else ChunkActions(torch.from_numpy(kb[i]), torch.from_numpy(ms[i])) for i in range(b)
         ]
-        outputs, self._state = self.generator.step(self._state, chunk_actions)
+        outputs = self._generate(chunk_actions)
         for i, out in enumerate(outputs):
             if out is None:
                 continue
@@ -249,18 +353,82 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             return [None] * self.num_envs
         pix = np.stack([images[i] for i in idx])  # [n, H, W, 3] uint8
         video = torch.from_numpy(pix).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [n, 3, H, W] in [-1, 1]
-        text = self.model.encode_prompts([prompts[i] for i in idx])
-        self.generator.reset_(self._state, mask.tolist(), video, text, [seeds[i] for i in idx])
+        text = self.model.encode_prompts([prompts[i] for i in idx])  # [n, L, D], here: one encoder for all
+        row = {i: j for j, i in enumerate(idx)}
         for i in idx:
             self._prompts[i] = prompts[i]
         actions = [
             ChunkActions(torch.from_numpy(kb[i]), torch.from_numpy(ms[i])) if mask[i] else None
             for i in range(self.num_envs)
         ]
-        outputs, self._state = self.generator.step(self._state, actions)
+
+        def reset_group(g: _DeviceGroup) -> None:
+            rows = [row[i] for i in g.envs if mask[i]]
+            if rows:
+                g.generator.reset_(
+                    g.state,
+                    mask[g.envs.start : g.envs.stop].tolist(),
+                    video[rows],
+                    text[rows],
+                    [seeds[i] for i in g.envs if mask[i]],
+                )
+
+        outputs = self._generate(actions, before=reset_group)
         for i in idx:
             self._obs[i] = self._chunk_obs(outputs[i])
         return outputs
+
+    @staticmethod
+    def _build_groups(
+        num_envs: int, model: str | WorldModel, runtime: RuntimeOptions | None, devices: Any
+    ) -> list[_DeviceGroup]:
+        """Load the model once (on the first device), copy it to each other device, one group per entry."""
+        if devices is None:
+            if not isinstance(model, WorldModel):
+                model = load_world_model(model, runtime)
+            devs: tuple[torch.device, ...] = (torch.device(model.runtime.device),)
+        else:
+            devs = resolve_devices(devices, num_envs)
+            if not isinstance(model, WorldModel):
+                runtime = RuntimeOptions.for_device(str(devs[0])) if runtime is None else runtime
+                model = load_world_model(model, replace(runtime, device=str(devs[0])))
+        replicas: dict[torch.device, WorldModel] = {}
+        groups = []
+        for dev, envs in zip(devs, split_envs(num_envs, len(devs))):
+            if dev not in replicas:
+                replicas[dev] = model if _is_on(model, dev) else model.replicate(dev)
+                if model.config.sampler.guidance_scale > 1.0:  # the generator's negative prompt, encoded
+                    replicas[dev].encode_prompts([model.config.sampler.negative_prompt])  # here, not in threads
+            gen = StreamingGenerator(replicas[dev])
+            groups.append(_DeviceGroup(dev, envs, gen, gen.init_state(len(envs))))
+        return groups
+
+    def _generate(
+        self, actions: list[ChunkActions | None], before: Callable[[_DeviceGroup], None] | None = None
+    ) -> list[ChunkOutput | None]:
+        """Advance the envs that have an action by one chunk (after ``before(group)``, e.g. a reset),
+        each device group in its own thread; outputs in env order."""
+
+        def run(g: _DeviceGroup) -> list[ChunkOutput | None]:
+            if before is not None:
+                before(g)
+            outputs, g.state = g.generator.step(g.state, actions[g.envs.start : g.envs.stop])  # type: ignore[arg-type]
+            return outputs
+
+        busy = [g for g in self._groups if any(actions[i] is not None for i in g.envs)]
+        outputs: list[ChunkOutput | None] = [None] * self.num_envs
+        for g, outs in zip(busy, self._map_groups(run, busy)):
+            outputs[g.envs.start : g.envs.stop] = outs
+        return outputs
+
+    def _map_groups(self, fn: Callable[[_DeviceGroup], _R], groups: list[_DeviceGroup]) -> list[_R]:
+        """``fn(g)`` for each group, concurrently when there are several; the first error is raised
+        after every group has finished (so no state is still being written)."""
+        if self._pool is None or len(groups) < 2:
+            return [_on_device(g.device, fn, g) for g in groups]
+        futures = [self._pool.submit(_on_device, g.device, fn, g) for g in groups]
+        wait(futures)
+        return [f.result() for f in futures]
 
     def _chunk_obs(self, out: ChunkOutput) -> dict[str, np.ndarray]:
         t = self.frames_per_chunk  # the first chunk is longer: keep its last t frames
@@ -281,10 +449,14 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             "memory_latents": mem,
             "pose_source": "commanded",
             "prompt": self._prompts[i],
-            "seed": int(self._state.seeds[i]),
+            "seed": int(self._seed_of(i)),
             "model": self.model.name,
             "random_weights": bool(self.model.random_weights),
         }
+
+    def _seed_of(self, i: int) -> int:
+        g = next(g for g in self._groups if i in g.envs)
+        return g.state.seeds[i - g.envs.start]  # type: ignore[union-attr]
 
     def _reset_info(self, i: int, out: ChunkOutput, kb: np.ndarray, ms: np.ndarray) -> dict[str, Any]:
         info = self._chunk_info(i, out)
@@ -351,4 +523,18 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             raise RuntimeError("call reset() before step() or render()")
 
     def __repr__(self) -> str:
-        return f"MatrixGameVectorEnv(model={self.model.name!r}, num_envs={self.num_envs})"
+        devices = [str(d) for d in self.devices]
+        return f"MatrixGameVectorEnv(model={self.model.name!r}, num_envs={self.num_envs}, devices={devices})"
+
+
+def _is_on(model: WorldModel, device: torch.device) -> bool:
+    own = torch.device(model.runtime.device)
+    if own.type == "cuda" and own.index is None:
+        own = torch.device("cuda", torch.cuda.current_device())
+    return own == device
+
+
+def _on_device(device: torch.device, fn: Callable[[_DeviceGroup], _R], group: _DeviceGroup) -> _R:
+    """``fn(group)`` with ``device`` as the current CUDA device (kernels without an explicit device go there)."""
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        return fn(group)

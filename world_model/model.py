@@ -20,8 +20,10 @@ ours: the memory model before distillation) instead of the few-step distilled on
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -73,6 +75,19 @@ class WorldModel:
                 self._prompt_cache.pop(next(iter(self._prompt_cache)))
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
+    def replicate(self, device: str | torch.device) -> WorldModel:
+        """This model with its DiT and VAE weights copied to ``device`` (one copy per call, made from
+        the weights' current device, never via the CPU). The text encoder is shared, not copied:
+        prompt embeddings are moved to the replica's device by :meth:`encode_prompts`."""
+        device = torch.device(device)
+        return replace(
+            self,
+            dit=_copy_module(self.dit, device),
+            vae=_copy_module(self.vae, device),
+            runtime=replace(self.runtime, device=str(device)),
+            _prompt_cache={},
+        )
+
     def describe(self) -> dict[str, object]:
         """Facts for ``info`` and dataset metadata."""
         s = self.config.stream
@@ -83,6 +98,16 @@ class WorldModel:
             "weights_source": self.source,
             "resolution": (s.height, s.width),
         }
+
+
+@torch.no_grad()
+def _copy_module(module: nn.Module, device: torch.device) -> nn.Module:
+    """A deep copy of ``module`` whose parameters and buffers are copied straight to ``device``."""
+    memo: dict[int, object] = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        moved = t.detach().to(device, copy=True)
+        memo[id(t)] = nn.Parameter(moved, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else moved
+    return copy.deepcopy(module, memo).to(device)
 
 
 @torch.no_grad()
