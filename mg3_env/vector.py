@@ -120,7 +120,7 @@ class _DeviceGroup:
 
 
 class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
-    """``num_envs`` Matrix-Game rollouts generated as one batch.
+    """``num_envs`` Matrix-Game rollouts generated as one batch per device group.
 
     Args:
         num_envs: envs in the batch.
