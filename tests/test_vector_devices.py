@@ -166,3 +166,36 @@ def test_bad_device_lists(model, devices, num_envs, match):
         resolve_devices(devices, num_envs)
     with pytest.raises(ValueError, match=match):
         MatrixGameVectorEnv(num_envs, model=model, devices=devices)
+
+
+def _groups_vs_alone(model, devices, steps=2):
+    """One env per device group against each env alone on the first device (same seeds, actions)."""
+    n = len(devices)
+    seeds = [50 + i for i in range(n)]
+    v = MatrixGameVectorEnv(n, model=model, devices=devices, max_chunks=steps)
+    together = [v.reset(seed=seeds)[0]] + [v.step(_action(n, 0.2))[0] for _ in range(steps)]
+    for k, g in enumerate(v._groups):
+        assert v.stream_states[k].latents[0].device == torch.device(devices[k]) == g.generator.device
+    v.close()
+    alone_model = model.replicate(devices[0])
+    for i, seed in enumerate(seeds):
+        e = MatrixGameVectorEnv(1, model=alone_model, max_chunks=steps)
+        act = {key: x[i : i + 1] for key, x in _action(n, 0.2).items()}
+        alone = [e.reset(seed=seed)[0]] + [e.step(act)[0] for _ in range(steps)]
+        e.close()
+        for a, b in zip(alone, together):
+            diff = np.abs(a["frames"][0].astype(int) - b["frames"][i].astype(int))
+            assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+            np.testing.assert_array_equal(a["pose"][0], b["pose"][i])
+
+
+@pytest.mark.gpu
+def test_cuda_groups_equal_one_device(model):
+    """A CPU model copied to two groups on cuda:0 (fp32) equals each env alone there."""
+    _groups_vs_alone(model, ["cuda:0", "cuda:0"])
+
+
+@pytest.mark.gpu
+@pytest.mark.multigpu
+def test_every_gpu_equals_one_gpu(model):
+    _groups_vs_alone(model, [f"cuda:{i}" for i in range(torch.cuda.device_count())])
