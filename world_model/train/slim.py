@@ -1,0 +1,99 @@
+"""Pack a run's trained weights, without optimizer state, so that another machine can go on from them.
+
+A training machine is lent for a limited time and what comes back from it is small. This writes the
+weights the later stages read (the ``vae`` stage's VAE, the ``decoder`` stage's student, a DiT
+stage's EMA) as one-checkpoint stage folders marked ``done``, plus the latent statistics. Put the
+folder's contents into a new run folder with the same ``pipeline.json``; ``all`` then regenerates
+the data (deterministic for the seed), re-encodes it and trains the stages that are not there.
+
+``--as memory=base`` stores the memory model's EMA as the ``base`` stage, so that the next run's
+``memory`` stage starts from it (a fresh optimizer, the same weights): training continues.
+
+    python -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,memory \\
+        --as memory=base --dit-dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from world_model.train.checkpoints import load_latest, save_checkpoint
+from world_model.train.status import StatusFile, read_status
+
+__all__ = ["slim_run", "KEEP"]
+
+# what each stage's successors read from its checkpoint (a path into the checkpoint's state)
+KEEP: dict[str, tuple[str, ...]] = {
+    "vae": ("stage", "vae"),
+    "decoder": ("stage", "student"),
+    "base": ("stage", "ema", "model"),
+    "memory": ("stage", "ema", "model"),
+    "dmd": ("stage", "ema", "model"),
+}
+_DIT_STAGES = ("base", "memory", "dmd")
+
+
+def _nest(path: tuple[str, ...], value):
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def slim_run(
+    run: str | Path,
+    out: str | Path,
+    stages: list[str],
+    *,
+    rename: dict[str, str] | None = None,
+    dit_dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``stages`` of ``run`` (weights only) into ``out``; returns ``out``."""
+    run, out = Path(run), Path(out)
+    rename = rename or {}
+    for stage in stages:
+        if stage not in KEEP:
+            raise ValueError(f"cannot slim stage {stage!r}; stages with weights are {sorted(KEEP)}")
+        state = load_latest(run / stage)
+        if state is None:
+            raise FileNotFoundError(f"no checkpoint in {run / stage}")
+        sub = state
+        for key in KEEP[stage]:
+            sub = sub[key]
+        if dit_dtype is not None and stage in _DIT_STAGES:
+            sub = {k: v.to(dit_dtype) if v.is_floating_point() else v for k, v in sub.items()}
+        target = rename.get(stage, stage)
+        dest = out / target
+        shutil.rmtree(dest, ignore_errors=True)
+        step = int((read_status(run / stage) or {}).get("step", 0))
+        save_checkpoint(_nest(KEEP[target], sub), dest, step, keep=1, max_shard_bytes=15 * 2**20)
+        StatusFile(dest, target).update(state="done", step=step, slimmed_from=str(run / stage))
+    stats = run / "latents" / "stats.json"
+    if stats.exists():
+        (out / "latents").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(stats, out / "latents" / "stats.json")
+    if (run / "pipeline.json").exists():
+        shutil.copy2(run / "pipeline.json", out / "pipeline.json")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--stages", default="vae,decoder,memory")
+    p.add_argument("--as", dest="rename", default="", help="e.g. memory=base")
+    p.add_argument("--dit-dtype", default=None, choices=(None, "bfloat16", "float16", "float32"))
+    args = p.parse_args(argv)
+    rename = dict(kv.split("=", 1) for kv in args.rename.split(",") if kv)
+    dtype = getattr(torch, args.dit_dtype) if args.dit_dtype else None
+    out = slim_run(args.run, args.out, [s for s in args.stages.split(",") if s], rename=rename, dit_dtype=dtype)
+    print(json.dumps({"out": str(out), "mib": round(sum(f.stat().st_size for f in out.rglob("*")) / 2**20, 1)}))
+
+
+if __name__ == "__main__":
+    main()
