@@ -324,7 +324,7 @@ def _evaluator(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, held_lat
     from world_model.train.clips import ClipSampler
     from world_model.train.evaluate import FirstChunkEval
 
-    if not _stage_done(run, "decoder"):
+    if _stage_state(run, "decoder") not in ("done", "stopped"):
         return None
     _, held = _frames(run)
     clips = ClipSampler(held_lat, cfg, 1, p_continue=0.0)

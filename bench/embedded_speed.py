@@ -1,0 +1,101 @@
+"""Generated frames/s of a model through the env API, for several batch sizes (default: the embedded model).
+
+Each row: ``MatrixGameVectorEnv(batch)`` on one device; reset (text + image encoding + the first
+57-frame chunk) timed once, then ``--chunks`` steps of 40 frames with the scripted explorer's
+actions, frames copied to the host as an env user gets them; the median step gives frames/s.
+
+    python bench/embedded_speed.py --device cpu --batches 1 --json bench/results/embedded_cpu.json
+    python bench/embedded_speed.py --device cuda --batches 1 8 64 --json bench/results/embedded_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from agents.explorer import Explorer
+from mg3_env.vector import MatrixGameVectorEnv
+from world_model.model import load_world_model
+from world_model.runtime import RuntimeOptions
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(model, batch: int, chunks: int, device: str) -> dict:
+    env = MatrixGameVectorEnv(batch, model=model, max_chunks=chunks + 1)
+    explorer = Explorer(frames_per_chunk=env.frames_per_chunk)
+    try:
+        t0 = time.perf_counter()
+        env.reset(seed=0)
+        _sync(device)
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(chunks):
+            a = explorer.act()
+            actions = {k: np.broadcast_to(v, (batch, *v.shape)).copy() for k, v in a.items()}
+            t0 = time.perf_counter()
+            env.step(actions)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    finally:
+        env.close()
+    step = statistics.median(times)
+    return {
+        "batch": batch,
+        "seconds_reset": first,
+        "seconds_per_chunk": step,
+        "frames_per_chunk": env.frames_per_chunk,
+        "frames_per_s": batch * env.frames_per_chunk / step,
+        "frames_per_s_per_env": env.frames_per_chunk / step,
+        "chunk_seconds": times,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default", help="registry name or model folder")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=[1])
+    p.add_argument("--chunks", type=int, default=5, help="timed steps per batch size")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default="bench_embedded_speed.json")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_world_model(args.model, RuntimeOptions.for_device(args.device))
+    # one untimed warm-up (allocator, kernels, cuDNN autotuning)
+    measure(model, args.batches[0], 1, args.device)
+    rows = [measure(model, b, args.chunks, args.device) for b in args.batches]
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    print(f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}")
+    print(f"{'envs':>5} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
+    for r in rows:
+        print(
+            f"{r['batch']:>5} {r['seconds_reset']:>8.3f} {r['seconds_per_chunk']:>8.3f} "
+            f"{r['frames_per_s']:>9.1f} {r['frames_per_s_per_env']:>8.1f}"
+        )
+    out = {
+        "model": args.model,
+        "device": args.device,
+        "device_name": name,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
