@@ -34,7 +34,7 @@ def make_sb3_env(model: str | WorldModel, num_envs: int, max_chunks: int = 8, re
 
 
 def train(
-    model: str | WorldModel = "tiny-random",
+    model: str | WorldModel = "default",
     *,
     num_envs: int = 4,
     steps: int = 256,
@@ -66,7 +66,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny-random")
+    p.add_argument("--model", default="default")
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--save", default=None, help="where to save the policy (.zip)")

@@ -13,7 +13,7 @@ from mg3_env.cli import demo
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny-random")
+    p.add_argument("--model", default="default")
     p.add_argument("--chunks", type=int, default=8)
     p.add_argument("--out", default="explore_out")
     p.add_argument("--device", default=None)

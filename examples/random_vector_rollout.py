@@ -17,7 +17,7 @@ from agents.random_agent import RandomAgent
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny-random")
+    p.add_argument("--model", default="default")
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--chunks", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)

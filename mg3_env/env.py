@@ -35,7 +35,7 @@ class MatrixGameEnv(gymnasium.Env):
     def __init__(
         self,
         *,
-        model: str | WorldModel = "tiny-random",
+        model: str | WorldModel = "default",
         runtime: RuntimeOptions | None = None,
         image: Any = None,
         prompt: str | None = None,

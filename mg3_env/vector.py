@@ -144,7 +144,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         self,
         num_envs: int = 1,
         *,
-        model: str | WorldModel = "tiny-random",
+        model: str | WorldModel = "default",
         runtime: RuntimeOptions | None = None,
         devices: Sequence[str | torch.device] | None = None,
         image: Any = None,
@@ -187,8 +187,12 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
 
-        self.default_image = load_image(default_image_path() if image is None else image, s.height, s.width)
-        self.default_prompt = validate_prompt(DEFAULT_PROMPT if prompt is None else prompt, cfg.text.max_prompt_chars)
+        if image is None:
+            image = self.model.default_image or default_image_path()
+        if prompt is None:
+            prompt = self.model.default_prompt or DEFAULT_PROMPT
+        self.default_image = load_image(image, s.height, s.width)
+        self.default_prompt = validate_prompt(prompt, cfg.text.max_prompt_chars)
 
         self._obs: list[dict[str, np.ndarray] | None] = [None] * self.num_envs
         self._prompts = [self.default_prompt] * self.num_envs

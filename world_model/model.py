@@ -61,6 +61,8 @@ class WorldModel:
     name: str
     random_weights: bool
     source: str
+    default_image: str | None = None  # a first frame that suits the model (path), else the package's
+    default_prompt: str | None = None  # a prompt that suits the model, else the package's
     _prompt_cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def encode_prompts(self, prompts: list[str]) -> Tensor:
@@ -188,7 +190,20 @@ def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: 
             name=config.name + "-teacher", sampler=config.sampler.replace(num_steps=TEACHER_STEPS, guidance_scale=1.0)
         )
     text = make_text_encoder(config.text, None, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
-    return WorldModel(config, dit, vae, text, runtime, name, False, str(folder))
+    image = folder / "default_image.png"
+    prompt = folder / "default_prompt.txt"
+    return WorldModel(
+        config,
+        dit,
+        vae,
+        text,
+        runtime,
+        name,
+        False,
+        str(folder),
+        default_image=str(image) if image.is_file() else None,
+        default_prompt=prompt.read_text().strip() if prompt.is_file() else None,
+    )
 
 
 def _default(runtime: RuntimeOptions, seed: int, distilled: bool = True) -> WorldModel:
@@ -196,6 +211,12 @@ def _default(runtime: RuntimeOptions, seed: int, distilled: bool = True) -> Worl
         raise ValueError(
             f"the embedded default model's weights are missing from {EMBEDDED_DIR}; reinstall the package, "
             "or use 'tiny-random' (random weights, CPU) or 'mg3-5b' (the released checkpoint, GPU)"
+        )
+    if not distilled and not (EMBEDDED_DIR / "base_model").is_dir():
+        raise ValueError(
+            "the embedded model's many-step teacher is not shipped (it would double the package size); "
+            "load it from the training run's export folder instead: "
+            "load_world_model('runs/embedded/export', variant='base')"
         )
     return _load_exported(EMBEDDED_DIR, runtime, "default" if distilled else "default-teacher", distilled)
 
