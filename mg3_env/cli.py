@@ -18,7 +18,7 @@ log = logging.getLogger("mg3")
 
 
 def demo(
-    model: str = "tiny-random",
+    model: str = "default",
     chunks: int = 8,
     out: str | Path = "mg3_demo",
     *,
@@ -29,6 +29,7 @@ def demo(
 ) -> dict[str, Path]:
     """Run the scripted explorer for ``chunks`` steps; returns the paths written."""
     import numpy as np
+    from PIL import Image
 
     from agents.explorer import Explorer
     from mg3_env.env import MatrixGameEnv
@@ -48,9 +49,11 @@ def demo(
     s = wm.config.stream
     video_path = out / "demo.mp4"
     video = VideoEncoder(video_path, fps=s.fps, height=s.height, width=s.width)
+    shown: list[np.ndarray] = []  # one frame per chunk for the strip
     try:
         obs, info = env.reset(seed=seed)
         video.write(info["first_chunk_frames"])
+        shown.append(info["first_chunk_frames"][0])
         log.info(
             "model %s (random weights: %s), chunk 0: %d frames",
             wm.name,
@@ -60,6 +63,7 @@ def demo(
         for k in range(chunks):
             obs, _, _, truncated, info = env.step(explorer.act(obs))
             video.write(obs["frames"])
+            shown.append(obs["frames"][-1])
             x, y, _, pitch, yaw = np.round(obs["pose"][-1], 1)
             log.info("chunk %d: pose x=%s y=%s pitch=%s yaw=%s", k + 1, x, y, pitch, yaw)
             if truncated:
@@ -67,17 +71,19 @@ def demo(
     finally:
         video.close()
         env.close()
-    return {"video": video_path, "dataset": out / "dataset"}
+    strip_path = out / "strip.png"
+    Image.fromarray(np.concatenate(shown, axis=1)).save(strip_path)
+    return {"video": video_path, "dataset": out / "dataset", "strip": strip_path}
 
 
 def _demo_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mg3 demo", description="Scripted exploration: writes an mp4 and a dataset.")
-    p.add_argument("--model", default="tiny-random", help="registry name or release folder (default tiny-random)")
+    p.add_argument("--model", default="default", help="registry name or model folder (default: the embedded model)")
     p.add_argument("--chunks", type=int, default=8, help="chunks to generate after the first (default 8)")
     p.add_argument("--out", default="mg3_demo", help="output folder")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image", default=None, help="first frame (PNG/JPEG); default: the packaged street scene")
+    p.add_argument("--image", default=None, help="first frame (PNG/JPEG); default: the model's own")
     p.add_argument("--prompt", default=None)
     args = p.parse_args(argv)
     paths = demo(
@@ -85,13 +91,17 @@ def _demo_main(argv: list[str]) -> int:
     )
     print(f"video:   {paths['video']}")
     print(f"dataset: {paths['dataset']}")
+    print(f"strip:   {paths['strip']} (first frame, then the last frame of every chunk)")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    usage = "usage: mg3 {demo,data} ...\n  demo  scripted exploration -> mp4 + dataset\n  data  data engine commands"
+    usage = (
+        "usage: mg3 {demo,data,eval} ...\n  demo  scripted exploration -> mp4 + dataset\n  data  data engine commands\n"
+        "  eval  evaluation against the simulator on held-out levels"
+    )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0
@@ -102,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         from world_model.data.cli import main as data_main
 
         return int(data_main(rest) or 0)
+    if command == "eval":
+        from mg3_env.eval_cli import main as eval_main
+
+        return eval_main(rest)
     print(f"mg3: unknown command {command!r}\n{usage}", file=sys.stderr)
     return 2
 

@@ -1,0 +1,308 @@
+"""Evaluation metrics and protocols (mg3_env.evaluation) on cases with known answers, and one
+end-to-end ``mg3 eval`` on the smoke export of the training pipeline."""
+
+from __future__ import annotations
+
+import json
+from unittest.mock import ANY
+
+import numpy as np
+import pytest
+import torch
+
+from mg3_env.evaluation import (
+    KEYBOARD_CLASSES,
+    MOUSE_CLASSES,
+    PARTS,
+    PSNR_CAP_DB,
+    TARGETS,
+    IDMData,
+    SimEpisode,
+    chunk_slices,
+    command_actions,
+    fidelity,
+    frame_stats,
+    go_and_return_actions,
+    idm_predict,
+    motion_labels,
+    psnr,
+    relative_change,
+    repeat_first_psnr,
+    train_idm,
+)
+from world_model.camera import integrate_poses
+from world_model.config import StreamConfig
+from world_model.data.levels import levels_in_split
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models here are tiny: threads gain nothing, and with the cores shared OpenMP's waiting
+    makes such small ops 10-50x slower. One thread keeps the file under 20 s on a busy machine too."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _poses(keyboard: np.ndarray, mouse: np.ndarray) -> np.ndarray:
+    """The package's integrator: per-frame actions [T, .] -> poses [T + 1, 5] from the origin."""
+    p = integrate_poses(
+        torch.from_numpy(keyboard)[None],
+        torch.from_numpy(mouse)[None],
+        torch.zeros(1, 5, dtype=torch.float64),
+        StreamConfig(),
+    )
+    return p[0].numpy()
+
+
+# ---- frame metrics ---------------------------------------------------------------------------------
+
+
+def test_psnr_known_values_and_identical_frames():
+    a = np.full((3, 8, 8, 3), 100, np.uint8)
+    assert np.all(psnr(a, a) == PSNR_CAP_DB)
+    b = a + 10  # mse 100 -> 10 log10(255^2 / 100)
+    np.testing.assert_allclose(psnr(a, b), 10 * np.log10(255**2 / 100), rtol=1e-12)
+    # broadcasting of the leading axes: [2, 1] x [1, 3] -> [2, 3]
+    assert psnr(a[:2, None], b[None]).shape == (2, 3)
+    with pytest.raises(ValueError, match="one size"):
+        psnr(a, np.zeros((3, 4, 4, 3), np.uint8))
+
+
+def test_repeat_first_baseline():
+    rng = np.random.default_rng(0)
+    static = np.repeat(rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8), 5, 0)
+    assert np.all(repeat_first_psnr(static) == PSNR_CAP_DB)
+    moving = static.copy()
+    moving[3:] = 255 - moving[3:]
+    r = repeat_first_psnr(moving)
+    assert np.all(r[:3] == PSNR_CAP_DB) and np.all(r[3:] < 20)
+
+
+def test_frame_stats_on_synthetic_frames():
+    flat = np.full((2, 16, 16, 3), 80, np.uint8)
+    s = frame_stats(flat)
+    np.testing.assert_allclose(s["brightness"], 80.0)
+    np.testing.assert_allclose(s["contrast"], 0.0, atol=1e-9)
+    np.testing.assert_allclose(s["sharpness"], 0.0, atol=1e-9)
+    checker = ((np.indices((16, 16)).sum(0) % 2) * 200 + 20).astype(np.uint8)
+    sharp = np.repeat(checker[None, :, :, None], 3, -1)
+    blurred = (
+        (sharp.astype(np.float64) + np.roll(sharp, 1, 1) + np.roll(sharp, 1, 2) + np.roll(sharp, (1, 1), (1, 2))) / 4
+    ).astype(np.uint8)
+    ss, sb = frame_stats(sharp), frame_stats(blurred)
+    assert ss["sharpness"][0] > 10 * max(sb["sharpness"][0], 1e-9)
+    assert ss["contrast"][0] == pytest.approx(100.0)
+    brighter = frame_stats((flat.astype(np.float64) * 1.1).astype(np.uint8))
+    assert relative_change(s["brightness"].mean(), brighter["brightness"].mean()) == pytest.approx(0.1)
+    assert relative_change(2.0, 2.0) == 0.0 and relative_change(0.0, 1.0) == float("inf")
+
+
+# ---- control labels ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", range(len(KEYBOARD_CLASSES)))
+@pytest.mark.parametrize("m", range(len(MOUSE_CLASSES)))
+def test_commanded_actions_are_labelled_as_commanded(k, m):
+    """Integrated with the package's integrator, every commanded (keyboard, yaw) class is measured
+    back as that class in every window (including the turns while moving)."""
+    kb, ms = command_actions(k, m, 30, yaw_step=0.15)
+    assert kb.shape == (30, 6) and ms.shape == (30, 2)
+    lk, lm = motion_labels(_poses(kb, ms), window=5)
+    assert len(lk) == 31 - 5 + 1
+    assert np.all(lk == k) and np.all(lm == m)
+
+
+def test_motion_labels_mark_ambiguous_windows():
+    # forward, then a sudden switch to right strafe: windows spanning the switch are ambiguous
+    kb = np.zeros((20, 6), np.float32)
+    kb[:10, 0] = 1
+    kb[10:, 3] = 1
+    ms = np.zeros((20, 2), np.float32)
+    ms[:10, 1] = 0.2  # yaw right, then still: windows across the change are ambiguous too
+    lk, lm = motion_labels(_poses(kb, ms), window=5)
+    assert lk[0] == 1 and lk[-1] == 4 and lm[0] == 2 and lm[-1] == 0
+    assert lm[8] == -1  # frames 8..12: yaw changes 8, 9 then 0, 0
+    assert (lk == -1).any() or (lk[6:10] != lk[0]).any()
+
+
+# ---- the inverse-dynamics model ----------------------------------------------------------------------
+
+
+# (dy, dx) crop shift per frame of the lower half ("floor") for each keyboard class: walking forward
+# brings the floor towards the camera (the view window moves up the texture), strafing right moves
+# the view window right; the upper half ("far wall") shifts horizontally with the yaw class.
+_FLOOR_SHIFT = {0: (0, 0), 1: (-2, 0), 2: (2, 0), 3: (0, -2), 4: (0, 2)}
+_WALL_SHIFT = (0, -2, 2)  # none, yaw left, yaw right
+
+
+def _doom_like_clips(n_clips: int, seed: int, length: int = 10, size: int = 24, window: int = 5):
+    """Clips of two smooth random textures moving rigidly, with the symmetry of a first-person view:
+    the lower half moves with the keyboard class, the upper half with the yaw class (clip c has
+    keyboard class c % 5 and yaw class (c // 5) % 3). A horizontal mirror swaps left/right of both,
+    as the IDM's mirror augmentation assumes."""
+    rng = np.random.default_rng(seed)
+    half = size // 2
+    clips = []
+    for c in range(n_clips):
+        k, m = c % len(KEYBOARD_CLASSES), (c // len(KEYBOARD_CLASSES)) % len(MOUSE_CLASSES)
+        tex = rng.integers(0, 256, (2, size + 40, size + 40)).astype(np.float64)
+        tex = (tex + np.roll(tex, 1, 1) + np.roll(tex, 1, 2) + np.roll(tex, (1, 1), (1, 2))) / 4
+        (ky, kx), mx = _FLOOR_SHIFT[k], _WALL_SHIFT[m]
+        frames = [
+            np.concatenate(
+                [
+                    tex[0, 20 : 20 + half, 20 + mx * t : 20 + mx * t + size],
+                    tex[1, 20 + ky * t : 20 + ky * t + size - half, 20 + kx * t : 20 + kx * t + size],
+                ]
+            )
+            for t in range(length)
+        ]
+        n = length - window + 1
+        clips.append((np.stack(frames).round().astype(np.uint8), np.full(n, k), np.full(n, m)))
+    return clips
+
+
+def test_idm_learns_a_synthetic_easy_task():
+    """Every keyboard and yaw class is recovered from held-out clips. The mirror augmentation must
+    swap the labels as the image swaps (with the wrong swap, accuracy falls to about 0.75)."""
+    train = IDMData.build(_doom_like_clips(150, seed=0), window=5)
+    test = IDMData.build(_doom_like_clips(30, seed=1), window=5)
+    assert len(train) == 150 * 6 and train.stacks(np.array([0, 7])).shape == (2, 5, 24, 24)
+    net = train_idm(train, epochs=12, batch_size=32, lr=3e-3, width=16, size=24)
+    pk, pm = idm_predict(net, test)
+    assert set(test.keyboard) == set(range(len(KEYBOARD_CLASSES))) and set(test.mouse) == set(range(len(MOUSE_CLASSES)))
+    assert (pk == test.keyboard).mean() >= 0.9, (pk, test.keyboard)
+    assert (pm == test.mouse).mean() >= 0.9, (pm, test.mouse)
+
+
+def test_idm_data_windows_stay_inside_clips():
+    clips = [(np.full((7, 4, 4), i, np.uint8), np.array([0, -1, 1]), np.array([0, 0, -1])) for i in range(3)]
+    data = IDMData.build(clips, window=5)
+    assert len(data) == 9
+    stacks = data.stacks(np.arange(9)).numpy()
+    assert all(len(np.unique(s)) == 1 for s in stacks)  # no window mixes two clips
+    kept = data.labelled()
+    assert len(kept) == 3 and np.all(kept.keyboard >= 0) and np.all(kept.mouse >= 0)
+
+
+# ---- memory protocol -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("away,walk", [(3, 0), (4, 1), (6, 2)])
+def test_go_and_return_returns_to_the_start_pose(away, walk):
+    kb, ms, chunks = go_and_return_actions(57, 40, away_chunks=away, walk_chunks=walk)
+    assert chunks == away + 2 and len(kb) == len(ms) == 57 + (chunks - 1) * 40
+    poses = _poses(kb, ms)
+    # actions are float32 (as the env takes them): the rounded turn rate leaves ~1e-5 degrees after a
+    # full turn, and walking back along that heading ~1e-4 map units (of > 100 walked)
+    tol = np.array([1e-3, 1e-3, 1e-9, 1e-9, 1e-4])  # x, y, z, pitch, yaw
+    first, last = chunk_slices(57, 40, chunks)[0], chunk_slices(57, 40, chunks)[-1]
+    assert np.all(np.abs(poses[first.stop - 1]) < 1e-9)  # standing still at the start in chunk 0 ...
+    assert np.all(np.abs(poses[last.start :]) < tol), poses[-1]  # ... and back there in the last chunk
+    half = poses[57 + away * 40 // 2]
+    far = abs(abs(half[4]) - 180) < 1 if walk == 0 else np.hypot(*half[:2]) > 100
+    assert far, half  # the trajectory really goes away
+    with pytest.raises(ValueError):
+        go_and_return_actions(57, 40, away_chunks=3, walk_chunks=1)
+
+
+# ---- protocols on the smoke export ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_export(tmp_path_factory):
+    from world_model.train.pipeline import PipelineOptions, run_pipeline
+    from world_model.train.teacher import export_teacher
+
+    run = tmp_path_factory.mktemp("eval_run")
+    run_pipeline(run, PipelineOptions.smoke())
+    export_teacher(run)
+    return run / "export"
+
+
+def test_fidelity_of_a_static_scene(smoke_export):
+    """A scene that never changes: repeat-first is perfect; the model's curve has one value per chunk."""
+    from world_model.model import load_world_model
+
+    wm = load_world_model(smoke_export)
+    s = wm.config.stream
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (1, s.height, s.width, 3), dtype=np.uint8)
+    t = 57 + 40
+    ep = SimEpisode(
+        "none",
+        0,
+        "a static scene",
+        np.repeat(frame, t, 0),
+        np.zeros((t, 6), np.float32),
+        np.zeros((t, 2), np.float32),
+        np.zeros((t, 5)),
+    )
+    r = fidelity(wm, [ep], num_chunks=2)
+    assert r["psnr_repeat"] == [PSNR_CAP_DB, PSNR_CAP_DB]
+    assert len(r["psnr_model"]) == 2 and all(0 < x < PSNR_CAP_DB for x in r["psnr_model"])
+    assert r["chunk0"]["gain_db"] == pytest.approx(r["chunk0"]["psnr_model"] - PSNR_CAP_DB)
+    assert r["finite"] and r["seconds_first_chunk"] > 0
+    with pytest.raises(ValueError, match="episodes need"):
+        fidelity(wm, [ep], num_chunks=3)
+
+
+def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
+    """Every part on an exported folder (with its many-step teacher in base_model/), reduced sizes;
+    then control and distillation again with the IDM of the first run and an explicit teacher."""
+    from mg3_env.cli import main
+
+    out = tmp_path / "eval"
+    sizes = {"--episodes": 1, "--fidelity-chunks": 2, "--control-chunks": 2, "--idm-train-frames": 300}
+    sizes |= {"--idm-held-out-frames": 120, "--idm-epochs": 1, "--memory-away-chunks": 1, "--stability-chunks": 3}
+    sizes |= {"--stability-edge-chunks": 1, "--speed-chunks": 1}
+    small = [str(x) for kv in sizes.items() for x in kv]
+    assert main(["eval", "--model", str(smoke_export), "--out", str(out), *small]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"fidelity", "distillation", "control", "memory", "stability", "speed", "targets"} <= set(m)
+    assert m["model"]["resolution"] == [32, 32] and m["model"]["model"] == str(smoke_export)
+    assert len(m["fidelity"]["psnr_model"]) == 2 and m["fidelity"]["levels"][0].startswith("freedoom")
+    assert m["fidelity"]["levels"][0] in {lv.name for lv in levels_in_split("test")}
+    assert m["distillation"]["teacher"]["steps"] > m["distillation"]["student"]["steps"]
+    assert 0 <= m["control"]["model"]["keyboard_accuracy"] <= 1 and m["control"]["idm"]["held_out_windows"] > 0
+    assert m["targets"]["control_mouse"]["reference"] == m["control"]["sim"]["mouse_accuracy"]
+    assert np.isfinite(m["memory"]["psnr_return_memory_on"]) and np.isfinite(m["memory"]["psnr_return_memory_off"])
+    assert m["stability"]["finite"] is True and len(m["stability"]["per_chunk"]["sharpness"]) == 3
+    assert m["speed"]["frames_per_s"] > 0
+    assert set(m["targets"]) == set(TARGETS) and all(t["value"] is not None for t in m["targets"].values())
+    for png in ("fidelity_psnr.png", "fidelity_strip.png", "stability.png", "stability_frames.png"):
+        assert (out / png).stat().st_size > 1000, png
+    table = capsys.readouterr().out
+    assert "fidelity_psnr" in table and "target" in table
+
+    again = tmp_path / "again"
+    args = ["--parts", "control,distillation", "--idm", str(out / "idm.safetensors"), "--teacher", str(smoke_export)]
+    assert main(["eval", "--model", str(smoke_export), "--out", str(again), *small, *args]) == 0
+    m2 = json.loads((again / "metrics.json").read_text())
+    assert set(m2) & set(PARTS) == {"control", "distillation"} and not (again / "idm.safetensors").exists()
+    assert m2["distillation"]["teacher"] == m["distillation"]["teacher"] | {"seconds_first_chunk": ANY}
+    assert m2["control"]["idm"]["loaded_from"] == str(out / "idm.safetensors")
+    for k in ("held_out_keyboard_accuracy", "held_out_mouse_accuracy"):
+        assert m2["control"]["idm"][k] == m["control"]["idm"][k], k
+
+
+def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch, capsys):
+    """No traceback: a missing embedded model or folder is exit code 2 with the reason, and a bad
+    option is a usage error; nothing is written."""
+    import world_model.model
+    from mg3_env.cli import main
+
+    out = tmp_path / "eval"
+    monkeypatch.setattr(world_model.model, "EMBEDDED_DIR", tmp_path / "no-embedded-model")
+    assert main(["eval", "--out", str(out)]) == 2  # --model default
+    assert "embedded default model's weights are missing" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "cannot load model" in capsys.readouterr().err
+    bad_options = (["--parts", "fidelity,colour"], ["--episodes", "0"], ["--stability-chunks", "4"], ["--idm", "x.st"])
+    for bad in (*bad_options, ["--teacher", str(tmp_path)], ["--split", "all"]):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--model", "tiny-random", "--out", str(out), *bad])
+        assert e.value.code == 2, bad
+    assert "colour" not in capsys.readouterr().out and not out.exists()
