@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mg3_env.evaluation import EvalOptions, format_table, run_evaluation
+    from world_model.checkpoint import CheckpointError
     from world_model.model import load_world_model
     from world_model.runtime import RuntimeOptions
 
@@ -135,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # unknown name, missing or incomplete folder, embedded weights absent
         print(f"mg3 eval: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2
-    metrics = run_evaluation(wm, args.out, opts, runtime=runtime)
+    try:
+        metrics = run_evaluation(wm, args.out, opts, runtime=runtime)
+    except CheckpointError as e:  # e.g. a --teacher folder without its config.json or VAE
+        print(f"mg3 eval: cannot load a model the evaluation needs: {e}", file=sys.stderr)
+        return 2
     print(f"model: {metrics['model']['model']} ({metrics['model']['model_config']}), out: {args.out}")
     print(format_table(metrics))
     print("reference: a perfect model with the same instrument (VAE reconstruction; IDM on the simulator's video)")

@@ -306,3 +306,9 @@ def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch
             main(["eval", "--model", "tiny-random", "--out", str(out), *bad])
         assert e.value.code == 2, bad
     assert "colour" not in capsys.readouterr().out and not out.exists()
+    teacher = tmp_path / "teacher"  # base_model/ but no config.json or VAE beside it
+    (teacher / "base_model").mkdir(parents=True)
+    args = ["--parts", "distillation", "--episodes", "1", "--teacher", str(teacher)]
+    assert main(["eval", "--model", "tiny-random", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load a model the evaluation needs" in err and str(teacher) in err
