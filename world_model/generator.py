@@ -41,6 +41,13 @@ if TYPE_CHECKING:
 __all__ = ["ChunkActions", "ChunkOutput", "StreamState", "StreamingGenerator"]
 
 
+def _explicit(device: torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:<current>``: the device that tensors made on ``device`` report."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class ChunkActions(NamedTuple):
     """One env's actions for one chunk, one row per pixel frame: keyboard [T, K], mouse [T, 2]."""
 
@@ -110,7 +117,7 @@ class StreamingGenerator:
         self.stride = cfg.vae.spatial_stride
         self.latent_hw = cfg.latent_hw
         self.sampler = FlowUniPCSampler.from_config(cfg.sampler)
-        self.device = torch.device(model.runtime.device)
+        self.device = _explicit(torch.device(model.runtime.device))
         self.dtype = model.runtime.dtype
         self._negative_text: Tensor | None = None
 
