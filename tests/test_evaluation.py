@@ -312,3 +312,21 @@ def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch
     assert main(["eval", "--model", "tiny-random", "--out", str(out), *args]) == 2
     err = capsys.readouterr().err
     assert "cannot load a model the evaluation needs" in err and str(teacher) in err
+
+
+def test_yaw_bench_shift_recovers_a_known_pan():
+    """bench/embedded_yaw.py's shift measure: a view panned by d pixels (content moving left) reads
+    d, also after a blur that defeats phase correlation's sharp peak."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "embedded_yaw.py"
+    spec = importlib.util.spec_from_file_location("embedded_yaw", path)
+    yaw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(yaw)
+    rng = np.random.default_rng(0)
+    world = rng.uniform(0, 255, (64, 400))
+    world = (world + np.roll(world, 1, 1) + np.roll(world, 2, 1) + np.roll(world, 1, 0)) / 4  # blur
+    for d in (-5, 0, 3, 8):
+        a, b = world[:, 100:228], world[:, 100 + d : 228 + d]
+        assert yaw.horizontal_shift(a, b) == d
