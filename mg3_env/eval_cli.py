@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     count(g, "--idm-held-out-frames", "simulator frames (evaluated levels) to score the inverse-dynamics model on")
     count(g, "--idm-epochs", "training epochs of the inverse-dynamics model")
     g.add_argument("--idm", default=None, help="reuse a trained IDM (idm.safetensors of an earlier run)")
+    g.add_argument(
+        "--idm-vae",
+        action="store_true",
+        help="train and score the IDM on simulator video passed through the model's VAE (the decoder's blur "
+        "without the model's dynamics); the default scores it on the simulator's own frames",
+    )
     g = p.add_argument_group("memory")
     count(g, "--memory-episodes", "go-and-return episodes", episodes=True)
     count(g, "--memory-away-chunks", "chunks away from the start (a full turn in place)")
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             idm_held_out_frames=args.idm_held_out_frames,
             idm_epochs=args.idm_epochs,
             idm_path=args.idm,
+            idm_vae=args.idm_vae,
             memory_episodes=episodes(args.memory_episodes, d.memory_episodes),
             memory_away_chunks=args.memory_away_chunks,
             stability_chunks=args.stability_chunks,

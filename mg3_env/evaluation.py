@@ -68,6 +68,7 @@ __all__ = [
     "IDMData",
     "idm_frames",
     "collect_idm_data",
+    "vae_roundtrip",
     "train_idm",
     "idm_predict",
     "control",
@@ -412,6 +413,22 @@ def _vae_psnr(wm: WorldModel, frames: np.ndarray) -> np.ndarray:
     return psnr(rec, frames)
 
 
+@torch.no_grad()
+def vae_roundtrip(wm: WorldModel, frames: np.ndarray) -> np.ndarray:
+    """Frames uint8 [T, H, W, 3] encoded and decoded by the model's VAE (T = 1 + r*k, the first
+    frame alone as in a first chunk): the simulator's video with the blur of the model's decoder
+    and none of its dynamics."""
+    dev, dtype = torch.device(wm.runtime.device), wm.runtime.dtype
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].to(dev, dtype) / 127.5 - 1.0
+    rec, _ = wm.vae.decode(wm.vae.encode(x), first_chunk=True)
+    return ((rec[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _vae_length(n: int, r: int) -> int:
+    """The longest 1 + r*k <= n."""
+    return 1 + r * ((n - 1) // r) if n >= 1 else 0
+
+
 def fidelity(
     wm: WorldModel, episodes: Sequence[SimEpisode], *, num_chunks: int = 10, seed: int = 0, batch_size: int = 8
 ) -> dict[str, Any]:
@@ -653,9 +670,12 @@ def collect_idm_data(
     episode_frames: int = 400,
     window: int = 5,
     size: int = 64,
+    vae_of: WorldModel | None = None,
 ) -> IDMData:
     """Simulator frames of ``split`` levels played with blocks of constant commands (every keyboard
-    class x yaw class, random yaw rates and lengths), labelled by the measured motion."""
+    class x yaw class, random yaw rates and lengths), labelled by the measured motion. With
+    ``vae_of``, each episode is cut to 1 + r*k frames and passed through that model's VAE
+    (:func:`vae_roundtrip`)."""
     from world_model.data.doom import Command, DoomEngine
     from world_model.data.levels import levels_in_split
 
@@ -693,11 +713,16 @@ def collect_idm_data(
         e += 1
         if len(frames) < window:
             continue
-        poses_arr = np.stack(poses)
+        poses_arr, frames_arr = np.stack(poses), np.stack(frames)
         if (np.linalg.norm(np.diff(poses_arr[:, :3], axis=0), axis=1) > 64).any():  # teleported: drop
             continue
+        if vae_of is not None:
+            n = _vae_length(len(frames_arr), vae_of.config.vae.temporal_stride)
+            if n < window:
+                continue
+            frames_arr, poses_arr = vae_roundtrip(vae_of, frames_arr[:n]), poses_arr[:n]
         kb_l, ms_l = motion_labels(poses_arr, window)
-        clips.append((idm_frames(np.stack(frames), size), kb_l, ms_l))
+        clips.append((idm_frames(frames_arr, size), kb_l, ms_l))
         total += len(frames)
     return IDMData.build(clips, window).labelled()
 
@@ -792,10 +817,11 @@ def control(
     stride: int = 4,
     seed: int = 0,
     batch_size: int = 8,
+    sim_through_vae: bool = False,
 ) -> dict[str, Any]:
     """Generate video from commanded actions (one random keyboard class and yaw class held per
     chunk) and label it with the IDM; the same commands are played in the simulator from the same
-    start. Scores (``model``, ``sim``): IDM accuracy against the commanded classes on the model's
+    start (``sim_through_vae``: its video passed through the model's VAE, for an IDM trained so). Scores (``model``, ``sim``): IDM accuracy against the commanded classes on the model's
     video and on the simulator's (the simulator's is the ceiling the IDM allows), and the same
     restricted to the windows where the simulator moved as commanded (``feasible``: walls stop the
     player, and a model that learned that is not wrong)."""
@@ -825,6 +851,10 @@ def control(
         for j, i in enumerate(idx):
             classes, kb, ms = commands[i]
             sim_frames, sim_poses = play_commands(starts[i], doom, kb, ms)
+            if sim_through_vae:
+                sim_frames = vae_roundtrip(
+                    wm, sim_frames[: _vae_length(len(sim_frames), wm.config.vae.temporal_stride)]
+                )
             lab_kb = np.array([classes[k][0] for k, _ in scored])
             lab_ms = np.array([classes[k][1] for k, _ in scored])
             labels_kb.append(lab_kb)
@@ -1120,6 +1150,7 @@ class EvalOptions:
     idm_held_out_frames: int = 4_000
     idm_epochs: int = 10  # held-out simulator accuracy ~0.93 keyboard, ~0.85 yaw (4 epochs: 0.83, 0.75)
     idm_path: str | None = None  # reuse a trained IDM (safetensors) instead of training one
+    idm_vae: bool = False  # IDM trained and scored on simulator video passed through the model's VAE
     memory_episodes: int = 12
     memory_away_chunks: int = 3
     stability_chunks: int = 121  # chunk 0 + 120 chunks: ~5 minutes of video at 16 frames/s
@@ -1336,14 +1367,15 @@ def _control_part(wm: WorldModel, opts: EvalOptions, out: Path) -> dict[str, Any
 
     cfg = wm.config
     t0 = time.perf_counter()
-    held = collect_idm_data(cfg, opts.idm_held_out_frames, split=opts.split, seed=opts.seed + 7)
+    vae_of = wm if opts.idm_vae else None
+    held = collect_idm_data(cfg, opts.idm_held_out_frames, split=opts.split, seed=opts.seed + 7, vae_of=vae_of)
     if opts.idm_path:
         net = InverseDynamics()
         net.load_state_dict(load_file(opts.idm_path))
         net.eval()
         idm_info: dict[str, Any] = {"loaded_from": opts.idm_path}
     else:
-        train = collect_idm_data(cfg, opts.idm_train_frames, split="train", seed=opts.seed)
+        train = collect_idm_data(cfg, opts.idm_train_frames, split="train", seed=opts.seed, vae_of=vae_of)
         t1 = time.perf_counter()
         net = train_idm(train, epochs=opts.idm_epochs, seed=opts.seed)
         save_file(net.state_dict(), str(out / "idm.safetensors"))
@@ -1356,6 +1388,7 @@ def _control_part(wm: WorldModel, opts: EvalOptions, out: Path) -> dict[str, Any
         }
     pk, pm = idm_predict(net, held)
     idm_info.update(
+        view="simulator video through the model's VAE" if opts.idm_vae else "simulator video",
         held_out_windows=len(held),
         held_out_levels=f"{opts.split} split",
         held_out_keyboard_accuracy=_accuracy(pk, held.keyboard),
@@ -1365,7 +1398,15 @@ def _control_part(wm: WorldModel, opts: EvalOptions, out: Path) -> dict[str, Any
         seconds=time.perf_counter() - t0,
     )
     starts = rest_starts(cfg, opts.control_episodes, split=opts.split, seed=opts.seed + 2)
-    res = control(wm, net, starts, num_chunks=opts.control_chunks, seed=opts.seed, batch_size=opts.batch_size)
+    res = control(
+        wm,
+        net,
+        starts,
+        num_chunks=opts.control_chunks,
+        seed=opts.seed,
+        batch_size=opts.batch_size,
+        sim_through_vae=opts.idm_vae,
+    )
     return {"idm": idm_info, **res}
 
 

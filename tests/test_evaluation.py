@@ -286,6 +286,33 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     assert m2["control"]["idm"]["loaded_from"] == str(out / "idm.safetensors")
     for k in ("held_out_keyboard_accuracy", "held_out_mouse_accuracy"):
         assert m2["control"]["idm"][k] == m["control"]["idm"][k], k
+    assert m["control"]["idm"]["view"] == "simulator video"
+
+    vae_view = tmp_path / "vae_view"  # the IDM trained and scored on simulator video through the VAE
+    assert (
+        main(["eval", "--model", str(smoke_export), "--out", str(vae_view), *small, "--parts", "control", "--idm-vae"])
+        == 0
+    )
+    m3 = json.loads((vae_view / "metrics.json").read_text())
+    assert m3["control"]["idm"]["view"] == "simulator video through the model's VAE"
+    assert m3["control"]["idm"]["held_out_windows"] > 0 and 0 <= m3["control"]["sim"]["mouse_accuracy"] <= 1
+
+
+def test_vae_roundtrip_keeps_shape_and_is_the_vae_reconstruction():
+    from mg3_env.evaluation import _vae_length, vae_roundtrip
+    from world_model.model import load_world_model
+
+    wm = load_world_model("tiny-random")
+    s = wm.config.stream
+    frames = np.random.default_rng(0).integers(0, 256, (9, s.height, s.width, 3), dtype=np.uint8)
+    out = vae_roundtrip(wm, frames)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        rec, _ = wm.vae.decode(wm.vae.encode(x), first_chunk=True)
+    expect = ((rec[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    np.testing.assert_array_equal(out, expect)
+    assert [_vae_length(n, 4) for n in (0, 1, 4, 5, 8, 9, 178)] == [0, 1, 1, 5, 5, 9, 177]
 
 
 def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch, capsys):
