@@ -14,50 +14,25 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 
-import numpy as np
 import torch
 
-from agents.explorer import Explorer
-from mg3_env.vector import MatrixGameVectorEnv
+from mg3_env.evaluation import env_speed
 from world_model.model import load_world_model
 from world_model.runtime import RuntimeOptions
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def measure(model, batch: int, chunks: int, device: str) -> dict:
-    env = MatrixGameVectorEnv(batch, model=model, max_chunks=chunks + 1)
-    explorer = Explorer(frames_per_chunk=env.frames_per_chunk)
-    try:
-        t0 = time.perf_counter()
-        env.reset(seed=0)
-        _sync(device)
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(chunks):
-            a = explorer.act()
-            actions = {k: np.broadcast_to(v, (batch, *v.shape)).copy() for k, v in a.items()}
-            t0 = time.perf_counter()
-            env.step(actions)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    finally:
-        env.close()
-    step = statistics.median(times)
+def measure(model, batch: int, chunks: int) -> dict:
+    """One row: :func:`mg3_env.evaluation.env_speed` (the same measurement as ``mg3 eval``'s speed part)."""
+    r = env_speed(model, batch=batch, chunks=chunks)
     return {
         "batch": batch,
-        "seconds_reset": first,
-        "seconds_per_chunk": step,
-        "frames_per_chunk": env.frames_per_chunk,
-        "frames_per_s": batch * env.frames_per_chunk / step,
-        "frames_per_s_per_env": env.frames_per_chunk / step,
-        "chunk_seconds": times,
+        "seconds_reset": r["seconds_first_chunk"],
+        "seconds_per_chunk": r["seconds_per_chunk"],
+        "frames_per_chunk": r["frames_per_chunk"],
+        "frames_per_s": r["frames_per_s"],
+        "frames_per_s_per_env": r["frames_per_s_per_env"],
+        "chunk_seconds": r["chunk_seconds"],
     }
 
 
@@ -74,8 +49,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model = load_world_model(args.model, RuntimeOptions.for_device(args.device))
     # one untimed warm-up (allocator, kernels, cuDNN autotuning)
-    measure(model, args.batches[0], 1, args.device)
-    rows = [measure(model, b, args.chunks, args.device) for b in args.batches]
+    measure(model, args.batches[0], 1)
+    rows = [measure(model, b, args.chunks) for b in args.batches]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}")
     print(f"{'envs':>5} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
