@@ -19,16 +19,12 @@ import platform
 import numpy as np
 import torch
 
-from mg3_env.evaluation import doom_config_for, generate_videos, play_commands, rest_starts
+from mg3_env.evaluation import doom_config_for, generate_videos, luma, play_commands, rest_starts
 from world_model.generator import StreamingGenerator
 from world_model.model import load_world_model
 from world_model.runtime import RuntimeOptions
 
 MAX_SHIFT = 12  # pixels; the simulator moves ~8 px per frame at yaw 0.35 (128 px, 74 degree FOV)
-
-
-def luma(frames: np.ndarray) -> np.ndarray:
-    return frames[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
 
 def horizontal_shift(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> int:

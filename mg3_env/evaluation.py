@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from world_model.config import StreamConfig, WorldModelConfig
 from world_model.generator import ChunkActions, StreamingGenerator
 from world_model.model import WorldModel
+from world_model.vae import to_uint8_frames
 
 __all__ = [
     "PSNR_CAP_DB",
@@ -49,6 +50,7 @@ __all__ = [
     "MOUSE_CLASSES",
     "psnr",
     "repeat_first_psnr",
+    "luma",
     "frame_stats",
     "relative_change",
     "SimStart",
@@ -121,7 +123,7 @@ def repeat_first_psnr(frames: np.ndarray, first: np.ndarray | None = None) -> np
     return psnr(first, frames)
 
 
-def _luma(frames: np.ndarray) -> np.ndarray:
+def luma(frames: np.ndarray) -> np.ndarray:
     """uint8 [..., H, W, 3] -> float64 luma [..., H, W] in [0, 255] (BT.601 weights)."""
     return frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
@@ -132,7 +134,7 @@ def frame_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     ``brightness``: mean luma; ``contrast``: standard deviation of luma; ``sharpness``: mean
     absolute 4-neighbour Laplacian of luma (inner pixels), which falls when frames blur.
     """
-    y = _luma(frames)
+    y = luma(frames)
     lap = 4 * y[..., 1:-1, 1:-1] - y[..., :-2, 1:-1] - y[..., 2:, 1:-1] - y[..., 1:-1, :-2] - y[..., 1:-1, 2:]
     return {
         "brightness": y.mean(axis=(-2, -1)),
@@ -404,24 +406,16 @@ def _batched(n: int, size: int) -> list[range]:
 
 
 @torch.no_grad()
-def _vae_psnr(wm: WorldModel, frames: np.ndarray) -> np.ndarray:
-    """PSNR of the VAE's reconstruction of first-chunk frames [B, T, H, W, 3] -> [B, T]."""
-    dev, dtype = torch.device(wm.runtime.device), wm.runtime.dtype
-    x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).to(dev, dtype) / 127.5 - 1.0  # [B, 3, T, H, W]
-    rec, _ = wm.vae.decode(wm.vae.encode(x), first_chunk=True)
-    rec = ((rec.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
-    return psnr(rec, frames)
-
-
-@torch.no_grad()
 def vae_roundtrip(wm: WorldModel, frames: np.ndarray) -> np.ndarray:
-    """Frames uint8 [T, H, W, 3] encoded and decoded by the model's VAE (T = 1 + r*k, the first
-    frame alone as in a first chunk): the simulator's video with the blur of the model's decoder
-    and none of its dynamics."""
-    dev, dtype = torch.device(wm.runtime.device), wm.runtime.dtype
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].to(dev, dtype) / 127.5 - 1.0
+    """Frames uint8 [T, H, W, 3] or [B, T, H, W, 3] encoded and decoded by the model's VAE
+    (T = 1 + r*k, the first frame alone as in a first chunk): the simulator's video with the blur
+    of the model's decoder and none of its dynamics. Its PSNR is what a perfect model scores."""
+    single = frames.ndim == 4
+    clips = np.ascontiguousarray(frames[None] if single else frames)
+    x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).to(wm.runtime.device, wm.runtime.dtype) / 127.5 - 1.0
     rec, _ = wm.vae.decode(wm.vae.encode(x), first_chunk=True)
-    return ((rec[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+    out = to_uint8_frames(rec).numpy()
+    return out[0] if single else out
 
 
 def _vae_length(n: int, r: int) -> int:
@@ -468,7 +462,7 @@ def fidelity(
             for k, sl in enumerate(slices):
                 model_db[i, k] = psnr(g.frames[j, sl], truth[j, sl]).mean()
                 repeat_db[i, k] = repeat_first_psnr(truth[j, sl], truth[j, 0]).mean()
-        vae_db[list(idx)] = _vae_psnr(wm, truth[:, :first])[:, 1:].mean(1)
+        vae_db[list(idx)] = psnr(vae_roundtrip(wm, truth[:, :first]), truth[:, :first])[:, 1:].mean(1)
     chunk0 = {
         "psnr_model": float(model_db[:, 0].mean()),
         "psnr_repeat": float(repeat_db[:, 0].mean()),
@@ -561,7 +555,7 @@ def command_actions(
 def idm_frames(frames: np.ndarray, size: int = 64) -> np.ndarray:
     """The IDM's view of uint8 frames [T, H, W, 3]: luma, area-downsampled so that neither side
     exceeds ``size`` -> uint8 [T, h, w]."""
-    y = torch.from_numpy(_luma(frames)).float()[:, None]  # [T, 1, H, W]
+    y = torch.from_numpy(luma(frames)).float()[:, None]  # [T, 1, H, W]
     h, w = frames.shape[1:3]
     scale = max(h, w) / size
     if scale > 1:

@@ -33,6 +33,7 @@ from world_model.action import NULL_KEYBOARD, NULL_MOUSE
 from world_model.camera import c2w_from_poses, integrate_poses, window_bounds, window_plucker, window_pose_frames
 from world_model.memory import memory_plucker, select_memory
 from world_model.sampler import FlowUniPCSampler, cfg_combine
+from world_model.vae import to_uint8_frames
 
 if TYPE_CHECKING:
     from world_model.model import WorldModel
@@ -318,7 +319,7 @@ class StreamingGenerator:
             state.chunk[i] += 1
             state.memory_latents[i] = mem_lat[j].cpu()
         video = self._decode(state, idx, new, first)  # [n, 3, T, H, W]
-        frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
+        frames = to_uint8_frames(video)
 
         outputs = []
         t_new = frames.shape[1]

@@ -41,6 +41,7 @@ __all__ = [
     "encoder_widths",
     "patchify",
     "unpatchify",
+    "to_uint8_frames",
     "channels_last_",
     "VAE_FILES",
     "WAN_VAE_FILE",
@@ -61,6 +62,11 @@ VAE_FILES: dict[str, tuple[str, float]] = {
 # --------------------------------------------------------------------------------------------
 # Pixel (un)shuffle and widths
 # --------------------------------------------------------------------------------------------
+
+
+def to_uint8_frames(video: Tensor) -> Tensor:
+    """Decoded video [B, 3, T, H, W] in [-1, 1] -> uint8 frames [B, T, H, W, 3] on the CPU."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
 
 
 def patchify(video: Tensor, p: int) -> Tensor:
