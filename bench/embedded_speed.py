@@ -17,13 +17,13 @@ import platform
 
 import torch
 
-from mg3_env.evaluation import env_speed
+from mg3_eval.protocols.speed import env_speed
 from world_model.model import load_world_model
 from world_model.runtime import RuntimeOptions
 
 
 def measure(model, batch: int, chunks: int) -> dict:
-    """One row: :func:`mg3_env.evaluation.env_speed` (the same measurement as ``mg3 eval``'s speed part)."""
+    """One row: :func:`mg3_eval.protocols.speed.env_speed` (the same measurement as ``mg3 eval``'s speed part)."""
     r = env_speed(model, batch=batch, chunks=chunks)
     return {
         "batch": batch,

@@ -19,7 +19,9 @@ import platform
 import numpy as np
 import torch
 
-from mg3_env.evaluation import doom_config_for, generate_videos, luma, play_commands, rest_starts
+from mg3_eval.metrics import luma
+from mg3_eval.rollout import generate_videos
+from mg3_eval.simulator import doom_config_for, play_commands, rest_starts
 from world_model.generator import StreamingGenerator
 from world_model.model import load_world_model
 from world_model.runtime import RuntimeOptions

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(data_main(rest) or 0)
     if command == "eval":
-        from mg3_env.eval_cli import main as eval_main
+        from mg3_eval.cli import main as eval_main
 
         return eval_main(rest)
     print(f"mg3: unknown command {command!r}\n{usage}", file=sys.stderr)

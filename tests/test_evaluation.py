@@ -1,4 +1,4 @@
-"""Evaluation metrics and protocols (mg3_env.evaluation) on cases with known answers, and one
+"""Evaluation metrics and protocols (mg3_eval) on cases with known answers, and one
 end-to-end ``mg3 eval`` on the smoke export of the training pipeline."""
 
 from __future__ import annotations
@@ -10,26 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from mg3_env.evaluation import (
+from mg3_eval.idm import (
     KEYBOARD_CLASSES,
     MOUSE_CLASSES,
-    PARTS,
-    PSNR_CAP_DB,
-    TARGETS,
     IDMData,
-    SimEpisode,
-    chunk_slices,
     command_actions,
-    fidelity,
-    frame_stats,
-    go_and_return_actions,
     idm_predict,
     motion_labels,
-    psnr,
-    relative_change,
-    repeat_first_psnr,
     train_idm,
 )
+from mg3_eval.metrics import PSNR_CAP_DB, frame_stats, psnr, relative_change, repeat_first_psnr
+from mg3_eval.protocols.fidelity import fidelity
+from mg3_eval.protocols.memory import go_and_return_actions
+from mg3_eval.report import TARGETS
+from mg3_eval.rollout import chunk_slices
+from mg3_eval.run import PARTS
+from mg3_eval.simulator import SimEpisode
 from world_model.camera import integrate_poses
 from world_model.config import StreamConfig
 from world_model.data.levels import levels_in_split
@@ -299,7 +295,7 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
 
 
 def test_vae_roundtrip_keeps_shape_and_is_the_vae_reconstruction():
-    from mg3_env.evaluation import _vae_length, vae_roundtrip
+    from mg3_eval.rollout import vae_length, vae_roundtrip
     from world_model.model import load_world_model
 
     wm = load_world_model("tiny-random")
@@ -312,7 +308,7 @@ def test_vae_roundtrip_keeps_shape_and_is_the_vae_reconstruction():
         rec, _ = wm.vae.decode(wm.vae.encode(x), first_chunk=True)
     expect = ((rec[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
     np.testing.assert_array_equal(out, expect)
-    assert [_vae_length(n, 4) for n in (0, 1, 4, 5, 8, 9, 178)] == [0, 1, 1, 5, 5, 9, 177]
+    assert [vae_length(n, 4) for n in (0, 1, 4, 5, 8, 9, 178)] == [0, 1, 1, 5, 5, 9, 177]
 
 
 def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch, capsys):

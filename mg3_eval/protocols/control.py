@@ -1,0 +1,188 @@
+"""Control: video generated from commanded actions (one keyboard class and one yaw class held per
+chunk), labelled by an inverse-dynamics model trained on simulator frames of training levels; the
+same commands played in the simulator give the ceiling the IDM allows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mg3_eval.idm import (
+    KEYBOARD_CLASSES,
+    MOUSE_CLASSES,
+    InverseDynamics,
+    accuracy,
+    collect_idm_data,
+    command_actions,
+    confusion,
+    idm_predict,
+    motion_labels,
+    train_idm,
+)
+from mg3_eval.rollout import batched, chunk_slices, generate_videos, vae_length, vae_roundtrip
+from mg3_eval.simulator import SimStart, doom_config_for, play_commands, rest_starts
+from world_model.generator import StreamingGenerator
+from world_model.model import WorldModel
+
+__all__ = ["control", "evaluate_control"]
+
+
+def _commanded_windows(slices: Sequence[slice], window: int, settle: int, stride: int) -> list[tuple[int, int]]:
+    """(chunk, window start) of the windows scored in each chunk: after ``settle`` frames (Doom's
+    momentum needs about 10 frames to build up or die out), every ``stride`` frames."""
+    out = []
+    for k, sl in enumerate(slices):
+        for t in range(sl.start + settle, sl.stop - window + 1, stride):
+            out.append((k, t))
+    return out
+
+
+def control(
+    wm: WorldModel,
+    idm: InverseDynamics,
+    starts: Sequence[SimStart],
+    *,
+    num_chunks: int = 4,
+    yaw_step: float = 0.15,
+    settle: int = 12,
+    stride: int = 4,
+    seed: int = 0,
+    batch_size: int = 8,
+    sim_through_vae: bool = False,
+) -> dict[str, Any]:
+    """Generate video from commanded actions (one random keyboard class and yaw class held per
+    chunk) and label it with the IDM; the same commands are played in the simulator from the same
+    start (``sim_through_vae``: its video passed through the model's VAE, for an IDM trained so). Scores (``model``, ``sim``): IDM accuracy against the commanded classes on the model's
+    video and on the simulator's (the simulator's is the ceiling the IDM allows), and the same
+    restricted to the windows where the simulator moved as commanded (``feasible``: walls stop the
+    player, and a model that learned that is not wrong)."""
+    gen = StreamingGenerator(wm)
+    first, rest = gen.first_chunk_frames, gen.chunk_frames
+    slices = chunk_slices(first, rest, num_chunks)
+    rng = np.random.default_rng([seed, 23])
+    doom = doom_config_for(wm.config)
+    w = idm.window
+    scored = _commanded_windows(slices, w, settle, stride)
+    res = {"model": ([], []), "sim": ([], []), "feasible": []}  # per episode: predicted keyboard, yaw
+    labels_kb, labels_ms = [], []
+    commands = []
+    for _ in starts:
+        classes = [(int(rng.integers(0, 5)), int(rng.integers(0, 3))) for _ in range(num_chunks)]
+        acts = [command_actions(k, m, sl.stop - sl.start, yaw_step) for (k, m), sl in zip(classes, slices)]
+        commands.append((classes, np.concatenate([a[0] for a in acts]), np.concatenate([a[1] for a in acts])))
+    for idx in batched(len(starts), batch_size):
+        g = generate_videos(
+            wm,
+            np.stack([starts[i].frame for i in idx]),
+            [starts[i].prompt for i in idx],
+            np.stack([commands[i][1] for i in idx]),
+            np.stack([commands[i][2] for i in idx]),
+            seeds=[seed + i for i in idx],
+        )
+        for j, i in enumerate(idx):
+            classes, kb, ms = commands[i]
+            sim_frames, sim_poses = play_commands(starts[i], doom, kb, ms)
+            if sim_through_vae:
+                sim_frames = vae_roundtrip(wm, sim_frames[: vae_length(len(sim_frames), wm.config.vae.temporal_stride)])
+            lab_kb = np.array([classes[k][0] for k, _ in scored])
+            lab_ms = np.array([classes[k][1] for k, _ in scored])
+            labels_kb.append(lab_kb)
+            labels_ms.append(lab_ms)
+            for name, frames in (("model", g.frames[j]), ("sim", sim_frames)):
+                ok = [s for _, s in scored if s + w <= len(frames)]
+                pk, pm = idm.predict(frames, ok)
+                full_k, full_m = np.full(len(scored), -1), np.full(len(scored), -1)
+                full_k[: len(ok)], full_m[: len(ok)] = pk, pm  # windows past a level end stay -1 (wrong)
+                res[name][0].append(full_k)
+                res[name][1].append(full_m)
+            mk, mm = motion_labels(sim_poses, w)
+            feas = np.array([s < len(mk) and mk[s] == classes[k][0] and mm[s] == classes[k][1] for k, s in scored])
+            res["feasible"].append(feas)
+    lk, lm = np.concatenate(labels_kb), np.concatenate(labels_ms)
+    feasible = np.concatenate(res["feasible"])
+    out: dict[str, Any] = {"episodes": len(starts), "chunks": num_chunks, "windows": int(len(lk)), "yaw_step": yaw_step}
+    for name in ("model", "sim"):
+        pk, pm = np.concatenate(res[name][0]), np.concatenate(res[name][1])
+        out[name] = {
+            "keyboard_accuracy": accuracy(pk, lk),
+            "mouse_accuracy": accuracy(pm, lm),
+            "keyboard_confusion": confusion(pk, lk, len(KEYBOARD_CLASSES)),
+            "mouse_confusion": confusion(pm, lm, len(MOUSE_CLASSES)),
+            "feasible": {
+                "keyboard_accuracy": accuracy(pk, lk, feasible),
+                "mouse_accuracy": accuracy(pm, lm, feasible),
+            },
+        }
+    out["feasible_windows"] = int(feasible.sum())
+    out["feasible_fraction"] = float(feasible.mean()) if len(feasible) else None
+    return out
+
+
+def evaluate_control(
+    wm: WorldModel,
+    out: Path,
+    *,
+    split: str = "test",
+    episodes: int = 12,
+    chunks: int = 4,
+    idm_train_frames: int = 24_000,
+    idm_held_out_frames: int = 4_000,
+    idm_epochs: int = 10,
+    idm_path: str | None = None,
+    idm_vae: bool = False,
+    seed: int = 0,
+    batch_size: int = 6,
+) -> dict[str, Any]:
+    """The control part of ``mg3 eval``: train the IDM on simulator frames of training levels (or
+    load ``idm_path``), save it as ``out/idm.safetensors``, score it on held-out simulator frames of
+    ``split``, then run :func:`control` from rest starts of ``split``. ``idm_vae``: the IDM trains
+    and scores on simulator video passed through the model's VAE."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = wm.config
+    t0 = time.perf_counter()
+    vae_of = wm if idm_vae else None
+    held = collect_idm_data(cfg, idm_held_out_frames, split=split, seed=seed + 7, vae_of=vae_of)
+    if idm_path:
+        net = InverseDynamics()
+        net.load_state_dict(load_file(idm_path))
+        net.eval()
+        idm_info: dict[str, Any] = {"loaded_from": idm_path}
+    else:
+        train = collect_idm_data(cfg, idm_train_frames, split="train", seed=seed, vae_of=vae_of)
+        t1 = time.perf_counter()
+        net = train_idm(train, epochs=idm_epochs, seed=seed)
+        save_file(net.state_dict(), str(out / "idm.safetensors"))
+        idm_info = {
+            "train_windows": len(train),
+            "train_levels": "train split",
+            "train_seconds": time.perf_counter() - t1,
+            "train_keyboard_classes": np.bincount(train.keyboard, minlength=len(KEYBOARD_CLASSES)).tolist(),
+            "train_mouse_classes": np.bincount(train.mouse, minlength=len(MOUSE_CLASSES)).tolist(),
+        }
+    pk, pm = idm_predict(net, held)
+    idm_info.update(
+        view="simulator video through the model's VAE" if idm_vae else "simulator video",
+        held_out_windows=len(held),
+        held_out_levels=f"{split} split",
+        held_out_keyboard_accuracy=accuracy(pk, held.keyboard),
+        held_out_mouse_accuracy=accuracy(pm, held.mouse),
+        held_out_keyboard_confusion=confusion(pk, held.keyboard, len(KEYBOARD_CLASSES)),
+        held_out_mouse_confusion=confusion(pm, held.mouse, len(MOUSE_CLASSES)),
+        seconds=time.perf_counter() - t0,
+    )
+    starts = rest_starts(cfg, episodes, split=split, seed=seed + 2)
+    res = control(
+        wm,
+        net,
+        starts,
+        num_chunks=chunks,
+        seed=seed,
+        batch_size=batch_size,
+        sim_through_vae=idm_vae,
+    )
+    return {"idm": idm_info, **res}

@@ -1,0 +1,139 @@
+"""Rolling out a world model from first frames with per-frame actions, and its VAE's round trip.
+
+:func:`generate_videos` is the one way the protocols make video: B envs batched, first chunk then
+steady chunks, frames as uint8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from world_model.generator import ChunkActions, StreamingGenerator
+from world_model.model import WorldModel
+from world_model.vae import to_uint8_frames
+
+__all__ = [
+    "Generated",
+    "generate_videos",
+    "without_memory",
+    "chunk_slices",
+    "batched",
+    "sync",
+    "vae_roundtrip",
+    "vae_length",
+]
+
+
+class Generated(NamedTuple):
+    """Generated video: ``frames`` uint8 [B, T, H, W, 3]; ``chunk_seconds`` wall time of each
+    chunk (all B envs together); ``finite``: every latent stayed finite."""
+
+    frames: np.ndarray
+    chunk_seconds: list[float]
+    finite: bool
+
+
+def without_memory(wm: WorldModel) -> WorldModel:
+    """The same model with memory off: chunks k >= 1 see no memory latents (only the past ones)."""
+    stream = wm.config.stream.replace(num_memory=0)
+    return dataclasses.replace(wm, config=wm.config.replace(stream=stream))
+
+
+def chunk_slices(first_frames: int, chunk_frames: int, num_chunks: int) -> list[slice]:
+    """Frame ranges of chunks 0..num_chunks-1 of a rollout."""
+    out = [slice(0, first_frames)]
+    for k in range(1, num_chunks):
+        a = first_frames + (k - 1) * chunk_frames
+        out.append(slice(a, a + chunk_frames))
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate_videos(
+    wm: WorldModel,
+    images: np.ndarray,
+    prompts: Sequence[str],
+    keyboard: np.ndarray,
+    mouse: np.ndarray,
+    *,
+    seeds: Sequence[int],
+    use_memory: bool = True,
+    on_chunk: Callable[[int, np.ndarray], None] | None = None,
+    keep_frames: bool = True,
+) -> Generated:
+    """Roll out B envs from first frames with per-frame actions, batched.
+
+    Args:
+        images: uint8 [B, H, W, 3] at the model's resolution.
+        keyboard: [B, T, K], mouse: [B, T, 2]; T = first chunk frames + k * chunk frames.
+        on_chunk: called with (chunk index, frames uint8 [B, t, H, W, 3]) after every chunk.
+        keep_frames: False returns frames [B, 0, H, W, 3] (long rollouts; use ``on_chunk``).
+    """
+    model = wm if use_memory else without_memory(wm)
+    gen = StreamingGenerator(model)
+    s = model.config.stream
+    b = len(images)
+    if images.shape[1:] != (s.height, s.width, 3) or images.dtype != np.uint8:
+        raise ValueError(f"expected images uint8 [B, {s.height}, {s.width}, 3], got {images.dtype} {images.shape}")
+    if keyboard.shape[0] != b or mouse.shape[:2] != keyboard.shape[:2] or len(prompts) != b or len(seeds) != b:
+        raise ValueError(
+            f"expected {b} prompts, seeds, keyboard [B, T, K] and mouse [B, T, 2], got {len(prompts)}, "
+            f"{len(seeds)}, {keyboard.shape}, {mouse.shape}"
+        )
+    t = keyboard.shape[1]
+    first, rest = gen.first_chunk_frames, gen.chunk_frames
+    if t < first or (t - first) % rest:
+        raise ValueError(f"expected {first} + k * {rest} frames of actions, got {t}")
+    num_chunks = 1 + (t - first) // rest
+    state = gen.init_state(b)
+    # torch.tensor copies: the simulator's frames may be read-only
+    video = torch.tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W] in [-1, 1]
+    gen.reset_(state, [True] * b, video, model.encode_prompts(list(prompts)), [int(x) for x in seeds])
+    kb, ms = torch.tensor(keyboard, dtype=torch.float32), torch.tensor(mouse, dtype=torch.float32)
+    frames, seconds = [], []
+    for k, sl in enumerate(chunk_slices(first, rest, num_chunks)):
+        t0 = time.perf_counter()
+        outs, state = gen.step(state, [ChunkActions(kb[i, sl], ms[i, sl]) for i in range(b)])
+        sync(gen.device)
+        seconds.append(time.perf_counter() - t0)
+        chunk = np.stack([o.frames.numpy() for o in outs])  # [B, t, H, W, 3]
+        if on_chunk is not None:
+            on_chunk(k, chunk)
+        if keep_frames:
+            frames.append(chunk)
+    finite = all(bool(torch.isfinite(z).all()) for z in state.latents if z is not None)
+    out = np.concatenate(frames, 1) if frames else np.zeros((b, 0, s.height, s.width, 3), np.uint8)
+    return Generated(out, seconds, finite)
+
+
+def batched(n: int, size: int) -> list[range]:
+    return [range(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+@torch.no_grad()
+def vae_roundtrip(wm: WorldModel, frames: np.ndarray) -> np.ndarray:
+    """Frames uint8 [T, H, W, 3] or [B, T, H, W, 3] encoded and decoded by the model's VAE
+    (T = 1 + r*k, the first frame alone as in a first chunk): the simulator's video with the blur
+    of the model's decoder and none of its dynamics. Its PSNR is what a perfect model scores."""
+    single = frames.ndim == 4
+    clips = np.ascontiguousarray(frames[None] if single else frames)
+    x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).to(wm.runtime.device, wm.runtime.dtype) / 127.5 - 1.0
+    rec, _ = wm.vae.decode(wm.vae.encode(x), first_chunk=True)
+    out = to_uint8_frames(rec).numpy()
+    return out[0] if single else out
+
+
+def vae_length(n: int, r: int) -> int:
+    """The longest 1 + r*k <= n."""
+    return 1 + r * ((n - 1) // r) if n >= 1 else 0

@@ -1,0 +1,215 @@
+"""The whole evaluation: :class:`EvalOptions` (which parts, how many episodes) and
+:func:`run_evaluation`, which runs the parts, writes ``metrics.json`` and the plots, and puts the
+values next to :data:`~mg3_eval.report.TARGETS` without asserting them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mg3_eval.protocols.control import evaluate_control
+from mg3_eval.protocols.distillation import distillation, teacher_for
+from mg3_eval.protocols.fidelity import fidelity, save_fidelity_strip
+from mg3_eval.protocols.memory import memory
+from mg3_eval.protocols.speed import env_speed
+from mg3_eval.protocols.stability import stability
+from mg3_eval.report import json_default, line_plot, save_strip, targets_table
+from mg3_eval.simulator import record_test_episodes, rest_starts
+from world_model.generator import StreamingGenerator
+from world_model.model import WorldModel
+
+__all__ = ["PARTS", "EvalOptions", "run_evaluation"]
+
+log = logging.getLogger(__name__)
+
+
+PARTS = ("fidelity", "distillation", "control", "memory", "stability", "speed")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What :func:`run_evaluation` does. The defaults are the full evaluation of the embedded model:
+    every protocol covers the six test levels (control and memory: from the spawn and from a second
+    point of each level). Episode counts trade time for confidence; at 128x128 on a 2-core CPU a
+    chunk of the embedded model takes ~1.4 s per episode."""
+
+    parts: tuple[str, ...] = PARTS
+    split: str = "test"
+    fidelity_episodes: int = 6
+    fidelity_chunks: int = 10
+    teacher_episodes: int = 6
+    teacher: str | None = None  # the many-step teacher (registry name or folder); None: the model's own
+    control_episodes: int = 12
+    control_chunks: int = 4
+    idm_train_frames: int = 24_000
+    idm_held_out_frames: int = 4_000
+    idm_epochs: int = 10  # held-out simulator accuracy ~0.93 keyboard, ~0.85 yaw (4 epochs: 0.83, 0.75)
+    idm_path: str | None = None  # reuse a trained IDM (safetensors) instead of training one
+    idm_vae: bool = False  # IDM trained and scored on simulator video passed through the model's VAE
+    memory_episodes: int = 12
+    memory_away_chunks: int = 3
+    stability_chunks: int = 121  # chunk 0 + 120 chunks: ~5 minutes of video at 16 frames/s
+    stability_edge_chunks: int = 5  # chunks averaged at the start (1..n) and at the end (last n)
+    speed_chunks: int = 5
+    seed: int = 0
+    batch_size: int = 6
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.parts) - set(PARTS))
+        if not self.parts or bad:
+            raise ValueError(f"unknown evaluation parts {bad or '(none)'}; expected some of {list(PARTS)}")
+        if self.split not in ("train", "validation", "test"):
+            raise ValueError(f"split must be train, validation or test, got {self.split!r}")
+        positive = (
+            "fidelity_episodes", "fidelity_chunks", "teacher_episodes", "control_episodes", "control_chunks",
+            "idm_train_frames", "idm_held_out_frames", "idm_epochs", "memory_episodes", "memory_away_chunks",
+            "stability_edge_chunks", "speed_chunks", "batch_size",
+        )  # fmt: skip
+        small = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
+        if small:
+            raise ValueError(f"expected counts >= 1, got {', '.join(small)}")
+        if self.stability_chunks < 2 * self.stability_edge_chunks + 1:
+            raise ValueError(
+                f"stability_chunks ({self.stability_chunks}) must be at least 2 * stability_edge_chunks + 1 "
+                f"({2 * self.stability_edge_chunks + 1})"
+            )
+        if self.idm_path is not None and not Path(self.idm_path).is_file():
+            raise ValueError(f"no IDM weights at {self.idm_path}")
+        if self.teacher is not None:
+            from world_model.model import MODEL_NAMES
+
+            if self.teacher not in MODEL_NAMES and not (Path(self.teacher).expanduser() / "base_model").is_dir():
+                raise ValueError(f"teacher must be a registry name or a folder with base_model/, got {self.teacher!r}")
+
+
+def run_evaluation(
+    model: str | Path | WorldModel, out: str | Path, opts: EvalOptions = EvalOptions(), *, runtime=None
+) -> dict[str, Any]:
+    """Run the parts of ``opts`` on ``model`` (a loaded model, a registry name or a model folder) at
+    its own resolution; writes ``out/metrics.json`` and PNG plots; returns the metrics (with
+    ``targets``: each target, its value and whether it is met). The distillation part compares with
+    the model's many-step teacher (``default-teacher`` for ``default``, ``base_model/`` of a folder)
+    and is skipped where there is none."""
+    from world_model.model import load_world_model
+    from world_model.runtime import RuntimeOptions
+
+    runtime = runtime or (model.runtime if isinstance(model, WorldModel) else RuntimeOptions.for_device())
+    wm = model if isinstance(model, WorldModel) else load_world_model(model, runtime)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = wm.config
+    metrics: dict[str, Any] = {
+        "model": {**wm.describe(), "sampler_steps": cfg.sampler.num_steps},
+        "options": dataclasses.asdict(opts),
+        "torch_threads": torch.get_num_threads(),
+    }
+    seconds: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def timed(part: str, fn: Callable[[], Any]) -> Any:
+        log.info("evaluation: %s ...", part)
+        t0 = time.perf_counter()
+        r = fn()
+        seconds[part] = time.perf_counter() - t0
+        log.info("evaluation: %s done in %.1f s", part, seconds[part])
+        return r
+
+    gen = StreamingGenerator(wm)
+    parts = set(opts.parts)
+    if parts & {"fidelity", "distillation"}:
+        n_ep = max(
+            opts.fidelity_episodes if "fidelity" in parts else 0,
+            opts.teacher_episodes if "distillation" in parts else 0,
+        )
+        frames = gen.first_chunk_frames + (opts.fidelity_chunks - 1) * gen.chunk_frames
+        episodes = timed("record", lambda: record_test_episodes(cfg, n_ep, frames, split=opts.split, seed=opts.seed))
+    if "fidelity" in parts:
+        fid = timed(
+            "fidelity",
+            lambda: fidelity(
+                wm,
+                episodes[: opts.fidelity_episodes],
+                num_chunks=opts.fidelity_chunks,
+                seed=opts.seed,
+                batch_size=opts.batch_size,
+            ),
+        )
+        metrics["fidelity"] = fid
+        line_plot(
+            out / "fidelity_psnr.png",
+            {"model": fid["psnr_model"], "repeat first frame": fid["psnr_repeat"]},
+            title=f"PSNR against the simulator ({fid['episodes']} episodes, {opts.split} levels)",
+            xlabel="chunk",
+            ylabel="PSNR (dB)",
+        )
+        save_fidelity_strip(wm, episodes[0], out / "fidelity_strip.png", opts.seed)
+    if "distillation" in parts:
+        teacher = teacher_for(wm, runtime, opts.teacher)
+        if teacher is None:
+            metrics["distillation"] = {"skipped": f"no many-step teacher (base_model/) for model {wm.name!r}"}
+        else:
+            eps = episodes[: opts.teacher_episodes]
+            metrics["distillation"] = timed(
+                "distillation",
+                lambda: distillation(wm, teacher, eps, seed=opts.seed, batch_size=opts.batch_size),
+            )
+            del teacher
+    if "control" in parts:
+        metrics["control"] = timed(
+            "control",
+            lambda: evaluate_control(
+                wm,
+                out,
+                split=opts.split,
+                episodes=opts.control_episodes,
+                chunks=opts.control_chunks,
+                idm_train_frames=opts.idm_train_frames,
+                idm_held_out_frames=opts.idm_held_out_frames,
+                idm_epochs=opts.idm_epochs,
+                idm_path=opts.idm_path,
+                idm_vae=opts.idm_vae,
+                seed=opts.seed,
+                batch_size=opts.batch_size,
+            ),
+        )
+    if "memory" in parts:
+        starts = rest_starts(cfg, opts.memory_episodes, split=opts.split, seed=opts.seed + 1)
+        metrics["memory"] = timed(
+            "memory",
+            lambda: memory(wm, starts, away_chunks=opts.memory_away_chunks, seed=opts.seed, batch_size=opts.batch_size),
+        )
+    if "stability" in parts:
+        start = rest_starts(cfg, 1, split=opts.split, seed=opts.seed)[0]
+        st = timed(
+            "stability",
+            lambda: stability(
+                wm, start, num_chunks=opts.stability_chunks, edge_chunks=opts.stability_edge_chunks, seed=opts.seed
+            ),
+        )
+        save_strip(
+            out / "stability_frames.png", list(st.pop("thumbnails")), [f"chunk {k}" for k in st["thumbnail_chunks"]]
+        )
+        metrics["stability"] = st
+        pc = st["per_chunk"]
+        line_plot(
+            out / "stability.png",
+            {k: [x / max(st["start"][k], 1e-9) for x in v] for k, v in pc.items()},
+            title=f"Stability over {st['chunks']} chunks (relative to the first {opts.stability_edge_chunks} after chunk 0)",
+            xlabel="chunk",
+            ylabel="value / start",
+            hlines=[0.85, 1.15],
+        )
+    if "speed" in parts:
+        metrics["speed"] = timed("speed", lambda: env_speed(wm, batch=1, chunks=opts.speed_chunks, seed=opts.seed))
+    metrics["seconds"] = {**seconds, "total": time.perf_counter() - t_all}
+    metrics["targets"] = targets_table(metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=json_default) + "\n")
+    return metrics
