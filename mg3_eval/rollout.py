@@ -1,7 +1,7 @@
 """Rolling out a world model from first frames with per-frame actions, and its VAE's round trip.
 
-:func:`generate_videos` is the one way the protocols make video: B envs batched, first chunk then
-steady chunks, frames as uint8.
+:func:`generate_videos` is the one way the protocols make video: B envs of the vector env (the
+path users run), reset with the first chunk's actions, then stepped chunk by chunk; frames as uint8.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from world_model.generator import ChunkActions, StreamingGenerator
+from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
 from world_model.vae import to_uint8_frames
 
@@ -72,19 +72,26 @@ def generate_videos(
     on_chunk: Callable[[int, np.ndarray], None] | None = None,
     keep_frames: bool = True,
 ) -> Generated:
-    """Roll out B envs from first frames with per-frame actions, batched.
+    """Roll out B envs of :class:`~mg3_env.vector.MatrixGameVectorEnv` (the path users run) from
+    first frames with per-frame actions: ``reset`` with each env's image, prompt, seed and the
+    first chunk's actions, then one ``step`` per further chunk.
 
     Args:
         images: uint8 [B, H, W, 3] at the model's resolution.
         keyboard: [B, T, K], mouse: [B, T, 2]; T = first chunk frames + k * chunk frames.
         on_chunk: called with (chunk index, frames uint8 [B, t, H, W, 3]) after every chunk.
         keep_frames: False returns frames [B, 0, H, W, 3] (long rollouts; use ``on_chunk``).
+
+    ``chunk_seconds``: the wall time of the reset (text and image encoding, chunk 0) and of each step.
     """
+    from gymnasium.vector import AutoresetMode
+
+    from mg3_env.vector import MatrixGameVectorEnv
+
     model = wm if use_memory else without_memory(wm)
-    gen = StreamingGenerator(model)
     s = model.config.stream
     b = len(images)
-    if images.shape[1:] != (s.height, s.width, 3) or images.dtype != np.uint8:
+    if images.ndim != 4 or images.shape[1:] != (s.height, s.width, 3) or images.dtype != np.uint8:
         raise ValueError(f"expected images uint8 [B, {s.height}, {s.width}, 3], got {images.dtype} {images.shape}")
     if keyboard.shape[0] != b or mouse.shape[:2] != keyboard.shape[:2] or len(prompts) != b or len(seeds) != b:
         raise ValueError(
@@ -92,27 +99,34 @@ def generate_videos(
             f"{len(seeds)}, {keyboard.shape}, {mouse.shape}"
         )
     t = keyboard.shape[1]
+    gen = StreamingGenerator(model)
     first, rest = gen.first_chunk_frames, gen.chunk_frames
     if t < first or (t - first) % rest:
         raise ValueError(f"expected {first} + k * {rest} frames of actions, got {t}")
     num_chunks = 1 + (t - first) // rest
-    state = gen.init_state(b)
-    # torch.tensor copies: the simulator's frames may be read-only
-    video = torch.tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W] in [-1, 1]
-    gen.reset_(state, [True] * b, video, model.encode_prompts(list(prompts)), [int(x) for x in seeds])
-    kb, ms = torch.tensor(keyboard, dtype=torch.float32), torch.tensor(mouse, dtype=torch.float32)
+    kb, ms = np.asarray(keyboard, np.float32), np.asarray(mouse, np.float32)
+    env = MatrixGameVectorEnv(b, model=model, max_chunks=max(1, num_chunks - 1), autoreset_mode=AutoresetMode.DISABLED)
+    dev = torch.device(model.runtime.device)
     frames, seconds = [], []
-    for k, sl in enumerate(chunk_slices(first, rest, num_chunks)):
-        t0 = time.perf_counter()
-        outs, state = gen.step(state, [ChunkActions(kb[i, sl], ms[i, sl]) for i in range(b)])
-        sync(gen.device)
-        seconds.append(time.perf_counter() - t0)
-        chunk = np.stack([o.frames.numpy() for o in outs])  # [B, t, H, W, 3]
-        if on_chunk is not None:
-            on_chunk(k, chunk)
-        if keep_frames:
-            frames.append(chunk)
-    finite = all(bool(torch.isfinite(z).all()) for z in state.latents if z is not None)
+    try:
+        for k, sl in enumerate(chunk_slices(first, rest, num_chunks)):
+            action = {"keyboard": kb[:, sl], "mouse": ms[:, sl]}
+            t0 = time.perf_counter()
+            if k == 0:
+                options = {"image": list(images), "prompt": list(prompts), "action": action}
+                _, info = env.reset(seed=[int(x) for x in seeds], options=options)
+                chunk = info["first_chunk_frames"]  # [B, first, H, W, 3]
+            else:
+                chunk = env.step(action)[0]["frames"]  # [B, rest, H, W, 3]
+            sync(dev)
+            seconds.append(time.perf_counter() - t0)
+            if on_chunk is not None:
+                on_chunk(k, chunk)
+            if keep_frames:
+                frames.append(chunk)
+        finite = all(bool(torch.isfinite(z).all()) for st in env.stream_states for z in st.latents if z is not None)
+    finally:
+        env.close()
     out = np.concatenate(frames, 1) if frames else np.zeros((b, 0, s.height, s.width, 3), np.uint8)
     return Generated(out, seconds, finite)
 
