@@ -18,7 +18,10 @@ from world_model.data.levels import LEVELS, get_level, levels_in_split  # noqa: 
 from world_model.data.poses import c2w_from_poses, wrap_degrees  # noqa: E402
 
 CFG = DoomConfig(width=160, height=120)
-ROTATE_ONLY = ExplorerConfig(walk=0, strafe=0, back=0, walk_and_return=0, turn=1, look=1, pause=0.2, turn_and_return=1)
+ROTATE_ONLY = ExplorerConfig(
+    walk=0, walk_turn=0, strafe=0, back=0, walk_and_return=0, turn=1, look=1, pause=0.2, turn_and_return=1,
+    look_while_moving=0.0,
+)  # fmt: skip
 
 
 def _reference_rotations(mouse: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -136,6 +139,19 @@ def test_generate_is_resumable_and_deterministic(tmp_path):
     assert {e.level for e in first.episodes} == {"freedoom2/MAP01", "freedoom1/E1M1"}
     assert {e.split for e in first.episodes} == {"train"}
     assert first.meta["camera"]["fx"] == pytest.approx(32.0)
+    # the stated frame rate is the one the engine produces: 35 tics/s / 2 tics per frame
+    assert first.fps == DoomConfig(64, 48).fps == 17.5 and first.info["fps"] == 17.5
+    import av
+
+    with av.open(str(next((tmp_path / "a/videos").rglob("*.mp4")))) as container:
+        assert float(container.streams.video[0].average_rate) == pytest.approx(17.5)
+    from world_model.data.summary import ACTION_CLASSES, summarize
+
+    s = summarize(tmp_path / "a")
+    assert s["fps"] == 17.5 and s["hours"] == pytest.approx(180 / 17.5 / 3600)
+    h = s["action_histogram"]
+    assert h["frames"] == 180 and set(ACTION_CLASSES) <= set(h["classes"])
+    assert sum(h["classes"].values()) == pytest.approx(1.0)
     # a stale temporary file from a crash is cleaned; a second run with more frames continues
     (tmp_path / "a/.staging/plan-0000009.mp4.tmp-1").write_bytes(b"junk")
     more = generate_dataset(tmp_path / "a", _more(cfg), progress=False)
@@ -181,3 +197,61 @@ def test_explorer_fuzz_limits_and_deadzone():
         cmd = policy.act(pose)
         pose = pose + np.array([0, 0, 0, cmd.pitch, cmd.yaw])
     assert policy.num_stuck > 0
+
+
+def _synthetic_run(seed: int, frames: int, cfg: ExplorerConfig | None = None):
+    """The explorer against a simple world: translation moves 10 units except 15% of the time (walls)."""
+    from world_model.data.explorer import Explorer
+
+    policy, pose = Explorer(seed, cfg or ExplorerConfig()), np.zeros(5)
+    mouse, keys, poses = [], [], []
+    for i in range(frames):
+        cmd = policy.act(pose)
+        step = 10.0 if (cmd.forward or cmd.back or cmd.left or cmd.right) and i % 100 < 85 else 0.0
+        poses.append(pose)
+        pose = pose + np.array([step, 0, 0, cmd.pitch, cmd.yaw])
+        mouse.append((cmd.pitch / 15.0, cmd.yaw / 15.0))
+        keys.append(cmd.keyboard())
+    return np.array(mouse), np.array(keys), np.array(poses)
+
+
+# floors (fraction of frames) that every balanced dataset must reach; "turn >=8" is not a goal
+ACTION_FLOORS = {
+    "still": 0.03, "forward": 0.06, "back": 0.02, "strafe": 0.03, "turn 0.3-2": 0.05, "turn 2-4": 0.05,
+    "turn 4-8": 0.05, "pitch up": 0.02, "pitch down": 0.02, "forward+turn": 0.05, "back+turn": 0.003,
+    "strafe+turn": 0.02, "move+pitch": 0.05,
+}  # fmt: skip
+
+
+def test_explorer_teaches_every_action():
+    from world_model.data.summary import ACTION_CLASSES, action_histogram
+
+    runs = [_synthetic_run(seed, 1000) for seed in range(12)]
+    h = action_histogram(*(np.concatenate(x) for x in zip(*runs)))
+    assert set(ACTION_FLOORS) | {"turn >=8"} == set(ACTION_CLASSES) and "other" not in h["classes"]
+    low = {k: v for k, v in h["classes"].items() if v < ACTION_FLOORS.get(k, 0.0)}
+    assert not low, f"classes under their floor: {low}"
+    assert h["pitch"]["any"] >= 0.15 and min(h["pitch"]["up"], h["pitch"]["down"]) >= 0.06
+    assert h["pitch"]["while moving"] >= 0.05 and h["pitch"]["pose |pitch| >= 1 deg"] >= 0.15
+    assert min(h["yaw_rate"][b] for b in ("0.3-2", "2-4", "4-8")) >= 0.08
+    # look = 0 keeps the camera level
+    mouse, _, poses = _synthetic_run(0, 1000, ExplorerConfig(look=0.0))
+    assert np.abs(mouse[:, 0]).max() == 0 and np.abs(poses[:, 3]).max() == 0
+
+
+def test_explorer_is_deterministic_for_a_seed():
+    a, b, c = _synthetic_run(3, 600), _synthetic_run(3, 600), _synthetic_run(4, 600)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_explorer_pitches_both_ways_in_vizdoom(tmp_path):
+    from world_model.data.summary import action_histogram
+
+    ep = record_episode(get_level("MAP01"), 800, seed=1, doom=DoomConfig(64, 48), workdir=tmp_path)
+    h = action_histogram(ep.mouse, ep.keyboard, ep.poses)
+    assert h["pitch"]["any"] >= 0.12 and min(h["pitch"]["up"], h["pitch"]["down"]) >= 0.04, h["pitch"]
+    assert np.abs(ep.poses[:, 3]).max() <= ExplorerConfig().pitch_limit + 0.1
+    for k in ("still", "forward", "strafe", "turn 0.3-2", "turn 2-4", "turn 4-8", "forward+turn", "move+pitch"):
+        assert h["classes"][k] > 0.01, (k, h["classes"])

@@ -382,6 +382,7 @@ def _info_extra(cfg: GenerateConfig, doom: DoomConfig, levels: tuple[Level, ...]
             "action.mouse": f"(pitch, yaw) change to the next frame / {DEGREES_PER_MOUSE_UNIT} deg",
             "action.keyboard": "W S A D multi-hot, indices 4-5 unused; USE presses are not recorded",
             "tics_per_frame": cfg.tics_per_frame, "tic_rate": DOOM_TIC_RATE,
+            "fps": f"tic_rate / tics_per_frame = {doom.fps:g} frames/s (the top-level fps)",
         },
         "degrees_per_mouse_unit": DEGREES_PER_MOUSE_UNIT,
         "splits_by_level": {s: [lv.name for lv in levels if lv.split == s] for s in ("train", "validation", "test")},

@@ -1,4 +1,9 @@
-"""A dataset's summary: frames, hours, levels, splits, action histograms, move speed, pose coverage plot."""
+"""A dataset's summary: frames, hours, levels, splits, action histograms, move speed, pose coverage plot.
+
+:func:`action_histogram` sorts every frame into one action class (still, forward, back, strafe, turn
+at several rates, pitch up/down, and the combinations of moving with turning or pitching) from the
+recorded keyboard and the measured mouse, so that a dataset shows whether it teaches every action.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,109 @@ import numpy as np
 
 from world_model.data.format import KEYBOARD_NAMES, DatasetReader
 
-__all__ = ["summarize", "plot_pose_coverage", "format_summary"]
+__all__ = [
+    "summarize",
+    "plot_pose_coverage",
+    "format_summary",
+    "action_histogram",
+    "format_action_histogram",
+    "ACTION_CLASSES",
+]
 
 _YAW_BINS = np.array([-np.inf, -6, -3, -1.5, -0.3, 0.3, 1.5, 3, 6, np.inf])  # degrees per frame
+
+DEAD_DEG = 0.3  # the release's mouse deadzone: 0.02 units x 15 deg per unit
+TURN_RATE_BINS = (DEAD_DEG, 2.0, 4.0, 8.0)  # deg/frame: turns of 0.3-2, 2-4, 4-8 and >= 8
+# one class per frame (they partition the frames); "rotation" = |yaw| or |pitch| >= DEAD_DEG
+ACTION_CLASSES = (
+    "still",  # no key, no rotation
+    "forward",  # W (alone or with A/D: diagonal), no rotation
+    "back",  # S, no rotation
+    "strafe",  # A or D without W/S, no rotation
+    "turn 0.3-2",  # no key, yaw only, |yaw| in deg/frame
+    "turn 2-4",
+    "turn 4-8",
+    "turn >=8",
+    "pitch up",  # no key, pitch change < 0 (+ maybe yaw)
+    "pitch down",  # no key, pitch change > 0 (+ maybe yaw)
+    "forward+turn",  # W + yaw (no pitch)
+    "back+turn",  # S + yaw (no pitch)
+    "strafe+turn",  # A/D without W/S + yaw (no pitch)
+    "move+pitch",  # any key + pitch change
+)
+
+
+def action_histogram(
+    mouse: np.ndarray, keyboard: np.ndarray, poses: np.ndarray | None = None, *, degrees_per_unit: float = 15.0
+) -> dict[str, Any]:
+    """Per-frame action classes of recorded actions.
+
+    ``mouse`` [T, 2] (pitch, yaw) in release units, ``keyboard`` [T, >=4] W S A D multi-hot, ``poses``
+    [T, 5] optional (for the fraction of frames whose camera is pitched). Returns fractions of T:
+    ``classes`` (the :data:`ACTION_CLASSES` partition), ``yaw_rate`` (|yaw| bins over all frames,
+    ``dead`` = under the deadzone), ``pitch`` (frames with pitch motion up / down / any, any of them
+    while a key is held, and ``pose |pitch| >= 1 deg``) and ``frames``.
+    """
+    deg = np.asarray(mouse, np.float64).reshape(-1, 2) * degrees_per_unit
+    kb = np.asarray(keyboard).reshape(len(deg), -1)[:, :4] > 0.5
+    t = len(deg)
+    pitch, yaw = deg[:, 0], np.abs(deg[:, 1])
+    fwd, back = kb[:, 0] & ~kb[:, 1], kb[:, 1] & ~kb[:, 0]
+    strafe = (kb[:, 2] ^ kb[:, 3]) & ~fwd & ~back
+    key = kb.any(1)
+    p_live, y_live = np.abs(pitch) >= DEAD_DEG, yaw >= DEAD_DEG
+    rot = p_live | y_live
+    lo, b2, b4, b8 = TURN_RATE_BINS
+    turn = ~key & y_live & ~p_live
+    masks = {
+        "still": ~key & ~rot,
+        "forward": fwd & ~rot,
+        "back": back & ~rot,
+        "strafe": strafe & ~rot,
+        "turn 0.3-2": turn & (yaw < b2),
+        "turn 2-4": turn & (yaw >= b2) & (yaw < b4),
+        "turn 4-8": turn & (yaw >= b4) & (yaw < b8),
+        "turn >=8": turn & (yaw >= b8),
+        "pitch up": ~key & p_live & (pitch < 0),
+        "pitch down": ~key & p_live & (pitch > 0),
+        "forward+turn": fwd & y_live & ~p_live,
+        "back+turn": back & y_live & ~p_live,
+        "strafe+turn": strafe & y_live & ~p_live,
+        "move+pitch": key & p_live,
+    }
+    counted = np.zeros(t, np.int64)
+    for m in masks.values():
+        counted += m
+    other = counted == 0  # e.g. W+S together, or A+D without W/S: never made by the explorer
+    n = max(t, 1)
+    classes = {k: float(m.sum() / n) for k, m in masks.items()}
+    if other.any():
+        classes["other"] = float(other.sum() / n)
+    yaw_rate = {
+        "dead": float((yaw < lo).sum() / n),
+        "0.3-2": float(((yaw >= lo) & (yaw < b2)).sum() / n),
+        "2-4": float(((yaw >= b2) & (yaw < b4)).sum() / n),
+        "4-8": float(((yaw >= b4) & (yaw < b8)).sum() / n),
+        ">=8": float((yaw >= b8).sum() / n),
+    }
+    pitch_stats = {
+        "up": float((p_live & (pitch < 0)).sum() / n),
+        "down": float((p_live & (pitch > 0)).sum() / n),
+        "any": float(p_live.sum() / n),
+        "while moving": float((p_live & key).sum() / n),
+    }
+    if poses is not None:
+        pitch_stats["pose |pitch| >= 1 deg"] = float((np.abs(np.asarray(poses)[:, 3]) >= 1.0).sum() / n)
+    return {"frames": t, "classes": classes, "yaw_rate": yaw_rate, "pitch": pitch_stats}
+
+
+def format_action_histogram(h: dict[str, Any]) -> str:
+    """A plain-text table of :func:`action_histogram` (percent of frames)."""
+    lines = [f"action classes ({h['frames']} frames, % of frames; rotations under {DEAD_DEG} deg/frame count as none)"]
+    lines += [f"  {k:<14s} {100 * v:5.1f}" for k, v in h["classes"].items()]
+    lines.append("  |yaw| deg/frame: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in h["yaw_rate"].items()))
+    lines.append("  pitch motion: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in h["pitch"].items()))
+    return "\n".join(lines)
 
 
 def _steady_speed(poses: np.ndarray, keyboard: np.ndarray, key: int, warmup: int = 10) -> list[float]:
@@ -35,7 +140,11 @@ def summarize(root: str | Path) -> dict[str, Any]:
     per_level: dict[str, int] = {}
     per_split: dict[str, int] = {}
     fwd, side = [], []
+    all_mouse, all_keys, all_poses = [], [], []
     for ep in reader.iter_episodes(frames=False):
+        all_mouse.append(ep.mouse)
+        all_keys.append(ep.keyboard)
+        all_poses.append(ep.poses)
         keys += ep.keyboard.sum(0)
         deg = ep.mouse * float(reader.meta.get("degrees_per_mouse_unit", 15.0))
         yaw_hist += np.histogram(deg[:, 1], _YAW_BINS)[0]
@@ -48,6 +157,13 @@ def summarize(root: str | Path) -> dict[str, Any]:
     size = sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file() and ".staging" not in p.parts)
     hours = frames / reader.fps / 3600
     bins = [f"[{a:g}, {b:g})" for a, b in zip(_YAW_BINS[:-1], _YAW_BINS[1:])]
+    if all_mouse:
+        actions = action_histogram(
+            np.concatenate(all_mouse), np.concatenate(all_keys), np.concatenate(all_poses),
+            degrees_per_unit=float(reader.meta.get("degrees_per_mouse_unit", 15.0)),
+        )  # fmt: skip
+    else:
+        actions = action_histogram(np.zeros((0, 2)), np.zeros((0, 6)), np.zeros((0, 5)))
     return {
         "episodes": len(reader),
         "frames": frames,
@@ -63,6 +179,7 @@ def summarize(root: str | Path) -> dict[str, Any]:
         "pitch_deg_per_frame_histogram": dict(zip(bins, pitch_hist.tolist())),
         "move_speed_forward": float(np.median(fwd)) if fwd else math.nan,
         "move_speed_strafe": float(np.median(side)) if side else math.nan,
+        "action_histogram": actions,
     }
 
 
@@ -77,6 +194,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"steady move speed (map units / frame): forward {s['move_speed_forward']:.2f}, "
         f"strafe {s['move_speed_strafe']:.2f}",
     ]
+    if "action_histogram" in s:
+        lines.append(format_action_histogram(s["action_histogram"]))
     return "\n".join(lines)
 
 
