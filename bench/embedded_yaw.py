@@ -2,10 +2,11 @@
 
 From rest starts on held-out levels, the first chunk is played with no keys and a constant yaw
 command, once in the simulator and once by the model (the same start frame, prompt and actions).
-For each pair of consecutive frames the horizontal shift (pixels) is the integer shift that
-minimises the mean squared difference of the luma over the central columns. Unlike phase
-correlation this survives blurry frames. The table gives the mean shift per frame for each
-command, for the simulator and for the model.
+For each pair of consecutive frames the horizontal shift (pixels) is the pan of
+:func:`mg3_eval.metrics.image_shift` (the shift that minimises the mean squared difference of the
+luma over the central part). Unlike phase correlation this survives blurry frames. The table gives
+the mean shift per frame for each command, for the simulator and for the model. ``mg3 eval --parts
+motion`` measures the same at two yaw rates beside pitch, forward and strafe.
 
     python bench/embedded_yaw.py --model default --device cpu --starts 6 --json bench/results/embedded_yaw.json
 """
@@ -19,28 +20,18 @@ import platform
 import numpy as np
 import torch
 
-from mg3_eval.metrics import luma
+from mg3_eval.metrics import image_shift, luma
 from mg3_eval.rollout import generate_videos
 from mg3_eval.simulator import doom_config_for, play_commands, rest_starts
 from world_model.generator import StreamingGenerator
 from world_model.model import load_world_model
 from world_model.runtime import RuntimeOptions
 
-MAX_SHIFT = 12  # pixels; the simulator moves ~8 px per frame at yaw 0.35 (128 px, 74 degree FOV)
-
-
-def horizontal_shift(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> int:
-    """The integer d minimising mean (a[:, x + d] - b[:, x])^2 over the central columns: content
-    that moved d pixels to the left from a to b."""
-    w = a.shape[1]
-    lo, hi = max_shift, w - max_shift
-    errs = [np.mean((a[:, lo + d : hi + d] - b[:, lo:hi]) ** 2) for d in range(-max_shift, max_shift + 1)]
-    return int(np.argmin(errs)) - max_shift
-
 
 def mean_shift(frames: np.ndarray) -> float:
+    """Mean pan per frame (pixels, content moving left) of uint8 frames [T, H, W, 3]."""
     y = luma(frames)
-    return float(np.mean([horizontal_shift(y[t], y[t + 1]) for t in range(len(y) - 1)]))
+    return float(image_shift(y[:-1], y[1:])[:, 0].mean())
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from mg3_eval.simulator import SimEpisode
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
 from world_model.vae import to_uint8_frames
@@ -21,6 +22,7 @@ from world_model.vae import to_uint8_frames
 __all__ = [
     "Generated",
     "generate_videos",
+    "rollout_episodes",
     "without_memory",
     "chunk_slices",
     "batched",
@@ -129,6 +131,44 @@ def generate_videos(
         env.close()
     out = np.concatenate(frames, 1) if frames else np.zeros((b, 0, s.height, s.width, 3), np.uint8)
     return Generated(out, seconds, finite)
+
+
+def rollout_episodes(
+    wm: WorldModel,
+    episodes: Sequence[SimEpisode],
+    num_frames: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 8,
+    keyboard: np.ndarray | None = None,
+    mouse: np.ndarray | None = None,
+) -> Generated:
+    """Simulator episodes rolled out by the model from their first frames with their prompts and
+    their own first ``num_frames`` actions (or ``keyboard`` [N, T, K] and ``mouse`` [N, T, 2] in
+    their place), episode i with seed ``seed + i``, ``batch_size`` envs at a time.
+
+    ``frames``: uint8 [N, T, H, W, 3]; ``chunk_seconds``: each batch's chunk times divided by its
+    size, batch after batch; ``finite``: every batch's latents stayed finite.
+    """
+    short = [e.level for e in episodes if len(e.frames) < num_frames]
+    if short:
+        raise ValueError(f"episodes need {num_frames} frames; shorter ones: {short}")
+    kb = np.stack([e.keyboard[:num_frames] for e in episodes]) if keyboard is None else keyboard
+    ms = np.stack([e.mouse[:num_frames] for e in episodes]) if mouse is None else mouse
+    frames, seconds, finite = [], [], True
+    for idx in batched(len(episodes), batch_size):
+        g = generate_videos(
+            wm,
+            np.stack([episodes[i].frames[0] for i in idx]),
+            [episodes[i].prompt for i in idx],
+            kb[idx.start : idx.stop],
+            ms[idx.start : idx.stop],
+            seeds=[seed + i for i in idx],
+        )
+        frames.append(g.frames)
+        seconds += [x / len(idx) for x in g.chunk_seconds]
+        finite &= g.finite
+    return Generated(np.concatenate(frames), seconds, finite)
 
 
 def batched(n: int, size: int) -> list[range]:

@@ -15,7 +15,15 @@ import numpy as np
 
 from world_model.config import StreamConfig, WorldModelConfig
 
-__all__ = ["SimEpisode", "SimStart", "doom_config_for", "record_test_episodes", "rest_starts", "play_commands"]
+__all__ = [
+    "SimEpisode",
+    "SimStart",
+    "doom_config_for",
+    "record_test_episodes",
+    "rest_starts",
+    "play_commands",
+    "play_command_sets",
+]
 
 
 def doom_config_for(cfg: WorldModelConfig):
@@ -145,23 +153,34 @@ def play_commands(start: SimStart, doom, keyboard: np.ndarray, mouse: np.ndarray
     """Play per-frame actions (keyboard [T, 6], mouse [T, 2] release units) in the simulator from
     ``start``; returns frames uint8 [T', H, W, 3] and poses [T', 5] with T' = T + 1 (frame 0 is
     the start), fewer when the level ended on the way."""
+    return play_command_sets(start, doom, [(keyboard, mouse)])[0]
+
+
+def play_command_sets(
+    start: SimStart, doom, actions: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`play_commands` for several action sets from one start, in one engine (the start is
+    replayed before each)."""
     from world_model.data.doom import Command, DoomEngine
     from world_model.data.levels import get_level
 
     unit = StreamConfig().degrees_per_mouse_unit
+    out = []
     with DoomEngine(get_level(start.level), doom, seed=start.seed) as engine:
-        frame, pose, finished = _replay_start(engine, start)
-        if finished or not np.array_equal(frame, start.frame):
-            raise RuntimeError(f"replaying the start on {start.level} (seed {start.seed}) did not reach its frame")
-        frames, poses = [frame], [pose]
-        for k, m in zip(keyboard, mouse):
-            cmd = Command(
-                forward=bool(k[0] > 0.5), back=bool(k[1] > 0.5), left=bool(k[2] > 0.5), right=bool(k[3] > 0.5),
-                yaw=float(m[1]) * unit, pitch=float(m[0]) * unit,
-            )  # fmt: skip
-            frame, pose, finished = engine.step(cmd)
-            if finished:
-                break
-            frames.append(frame)
-            poses.append(pose)
-    return np.stack(frames), np.stack(poses)
+        for keyboard, mouse in actions:
+            frame, pose, finished = _replay_start(engine, start)
+            if finished or not np.array_equal(frame, start.frame):
+                raise RuntimeError(f"replaying the start on {start.level} (seed {start.seed}) did not reach its frame")
+            frames, poses = [frame], [pose]
+            for k, m in zip(keyboard, mouse):
+                cmd = Command(
+                    forward=bool(k[0] > 0.5), back=bool(k[1] > 0.5), left=bool(k[2] > 0.5), right=bool(k[3] > 0.5),
+                    yaw=float(m[1]) * unit, pitch=float(m[0]) * unit,
+                )  # fmt: skip
+                frame, pose, finished = engine.step(cmd)
+                if finished:
+                    break
+                frames.append(frame)
+                poses.append(pose)
+            out.append((np.stack(frames), np.stack(poses)))
+    return out

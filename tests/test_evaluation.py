@@ -19,7 +19,18 @@ from mg3_eval.idm import (
     motion_labels,
     train_idm,
 )
-from mg3_eval.metrics import PSNR_CAP_DB, frame_stats, psnr, relative_change, repeat_first_psnr
+from mg3_eval.metrics import (
+    PSNR_CAP_DB,
+    frame_stats,
+    image_scale,
+    image_shift,
+    motion_measures,
+    psnr,
+    relative_change,
+    repeat_first_psnr,
+    sharpness,
+    sharpness_ratio,
+)
 from mg3_eval.protocols.fidelity import fidelity
 from mg3_eval.protocols.memory import go_and_return_actions
 from mg3_eval.report import TARGETS
@@ -337,19 +348,81 @@ def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch
     assert "cannot load a model the evaluation needs" in err and str(teacher) in err
 
 
-def test_yaw_bench_shift_recovers_a_known_pan():
-    """bench/embedded_yaw.py's shift measure: a view panned by d pixels (content moving left) reads
-    d, also after a blur that defeats phase correlation's sharp peak."""
-    import importlib.util
-    from pathlib import Path
+# ---- sharpness, image motion ---------------------------------------------------------------------------
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "embedded_yaw.py"
-    spec = importlib.util.spec_from_file_location("embedded_yaw", path)
-    yaw = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(yaw)
-    rng = np.random.default_rng(0)
-    world = rng.uniform(0, 255, (64, 400))
-    world = (world + np.roll(world, 1, 1) + np.roll(world, 2, 1) + np.roll(world, 1, 0)) / 4  # blur
-    for d in (-5, 0, 3, 8):
-        a, b = world[:, 100:228], world[:, 100 + d : 228 + d]
-        assert yaw.horizontal_shift(a, b) == d
+
+def _smooth_world(shape=(200, 400), seed=0, passes=2) -> np.ndarray:
+    """A smooth random luma texture (float, 0-255), larger than the views cut from it."""
+    w = np.random.default_rng(seed).uniform(0, 255, shape)
+    for _ in range(passes):
+        w = (w + np.roll(w, 1, 0) + np.roll(w, 1, 1) + np.roll(w, (1, 1), (0, 1))) / 4
+    return w
+
+
+def _rgb(y: np.ndarray) -> np.ndarray:
+    """Luma [..., H, W] -> grey uint8 frames [..., H, W, 3]."""
+    return np.repeat(np.clip(np.round(y), 0, 255).astype(np.uint8)[..., None], 3, -1)
+
+
+def test_sharpness_falls_with_blur_and_is_zero_when_flat():
+    sharp = _rgb(_smooth_world(passes=1)[None, :64, :64])
+    y = sharp[..., 0].astype(np.float64)
+    blurred = _rgb(sum(np.roll(y, (dy, dx), (1, 2)) for dy in range(-2, 3) for dx in range(-2, 3)) / 25)
+    assert sharpness_ratio(sharp, sharp) == pytest.approx(1.0)
+    assert 0 < sharpness_ratio(blurred, sharp) < 0.6  # a 5x5 box blur
+    assert sharpness_ratio(sharp, blurred) > 1.6
+    flat = np.full((2, 16, 16, 3), 90, np.uint8)
+    assert np.all(sharpness(flat) == 0) and sharpness_ratio(sharp, flat) is None
+    # a vertical edge of height 50: every row of the 15 (of W - 1 = 15) columns ... one column of 50
+    edge = np.zeros((1, 16, 16, 3), np.uint8)
+    edge[:, :, 8:] = 50
+    assert sharpness(edge)[0] == pytest.approx(50 / 15)
+
+
+@pytest.mark.parametrize("dx,dy", [(-6, 0), (0, 0), (2, 0), (0, 5), (0, -3), (4, -7)])
+def test_image_shift_recovers_a_known_pan_and_tilt_with_the_sign(dx, dy):
+    """A view moved dx pixels right and dy down (content moving left and up) reads (+dx, +dy); a pan
+    does not leak into the tilt or the other way round."""
+    w = _smooth_world()
+    a = w[50:114, 100:164]
+    np.testing.assert_allclose(image_shift(a, w[50 + dy : 114 + dy, 100 + dx : 164 + dx]), [dx, dy], atol=0.05)
+
+
+def test_image_shift_is_subpixel_and_batched():
+    w = _smooth_world(passes=3)
+    a = w[50:114, 100:164]
+    half = 0.5 * (w[50:114, 102:166] + w[50:114, 103:167])  # content 2.5 px to the left
+    np.testing.assert_allclose(image_shift(a, half), [2.5, 0], atol=0.15)
+    got = image_shift(np.stack([a, a]), np.stack([w[50:114, 103:167], w[49:113, 97:161]]))
+    assert got.shape == (2, 2)
+    np.testing.assert_allclose(got, [[3, 0], [-3, -1]], atol=0.05)
+    with pytest.raises(ValueError, match="max_shift"):
+        image_shift(a, a, max_shift=40)
+
+
+def _zoom(y: np.ndarray, s: float) -> np.ndarray:
+    """Luma [H, W] magnified s times about its centre (bilinear)."""
+    h, w = y.shape
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, w), torch.linspace(-1, 1, h), indexing="xy"), -1)
+    src = torch.from_numpy(y).float()[None, None]
+    return torch.nn.functional.grid_sample(src, grid[None] / s, align_corners=True)[0, 0].double().numpy()
+
+
+def test_image_scale_recovers_a_known_zoom():
+    y = _smooth_world(passes=3)[:96, :96]
+    for s in (1.0, 1.06, 0.93):
+        assert image_scale(y, _zoom(y, s)) == pytest.approx(s, abs=0.004), s
+    w = _smooth_world(passes=3)
+    a, panned = w[50:146, 100:196], w[52:148, 105:201]  # content 5 px left, 2 px up: no zoom
+    shift = image_shift(a, panned)
+    assert image_scale(a, panned, shift) == pytest.approx(1.0, abs=0.004)
+
+
+def test_motion_measures_of_a_panning_world():
+    """A world panning 3 px per frame for 6 frames, then still: pan 3 per moving frame."""
+    w = _smooth_world()
+    x = [100 + 3 * min(t, 6) for t in range(12)]
+    sim = _rgb(np.stack([w[50:114, c : c + 64] for c in x]))
+    m = motion_measures(sim, moving_pairs=6)
+    assert m["pan"] == pytest.approx(3.0, abs=0.1) and abs(m["tilt"]) < 0.1 and abs(m["expansion"]) < 0.01
+    assert m["change"] > 1.0 and motion_measures(sim[:1].repeat(5, 0))["change"] == 0.0

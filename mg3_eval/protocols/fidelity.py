@@ -12,7 +12,7 @@ import numpy as np
 
 from mg3_eval.metrics import psnr, repeat_first_psnr
 from mg3_eval.report import save_strip
-from mg3_eval.rollout import batched, chunk_slices, generate_videos, vae_roundtrip
+from mg3_eval.rollout import batched, chunk_slices, generate_videos, rollout_episodes, vae_roundtrip
 from mg3_eval.simulator import SimEpisode
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
@@ -37,29 +37,21 @@ def fidelity(
         raise ValueError(f"episodes need {t} frames for {num_chunks} chunks; shorter ones: {short}")
     slices = chunk_slices(first, rest, num_chunks)
     slices[0] = slice(1, first)
+    truth = np.stack([e.frames[:t] for e in episodes])  # [N, T, H, W, 3]
+    g = rollout_episodes(wm, episodes, t, seed=seed, batch_size=batch_size)
     model_db = np.zeros((len(episodes), num_chunks))
     repeat_db = np.zeros_like(model_db)
-    vae_db = np.zeros(len(episodes))
-    seconds: list[float] = []
-    finite = True
-    for idx in batched(len(episodes), batch_size):
-        eps = [episodes[i] for i in idx]
-        truth = np.stack([e.frames[:t] for e in eps])  # [b, T, H, W, 3]
-        g = generate_videos(
-            wm,
-            truth[:, 0],
-            [e.prompt for e in eps],
-            np.stack([e.keyboard[:t] for e in eps]),
-            np.stack([e.mouse[:t] for e in eps]),
-            seeds=[seed + i for i in idx],
-        )
-        finite &= g.finite
-        seconds += [s / len(eps) for s in g.chunk_seconds]
-        for j, i in enumerate(idx):
-            for k, sl in enumerate(slices):
-                model_db[i, k] = psnr(g.frames[j, sl], truth[j, sl]).mean()
-                repeat_db[i, k] = repeat_first_psnr(truth[j, sl], truth[j, 0]).mean()
-        vae_db[list(idx)] = psnr(vae_roundtrip(wm, truth[:, :first]), truth[:, :first])[:, 1:].mean(1)
+    for i in range(len(episodes)):
+        for k, sl in enumerate(slices):
+            model_db[i, k] = psnr(g.frames[i, sl], truth[i, sl]).mean()
+            repeat_db[i, k] = repeat_first_psnr(truth[i, sl], truth[i, 0]).mean()
+    vae_db = np.concatenate(
+        [
+            psnr(vae_roundtrip(wm, truth[idx, :first]), truth[idx, :first])[:, 1:].mean(1)
+            for idx in batched(len(truth), batch_size)
+        ]
+    )
+    seconds, finite = g.chunk_seconds, g.finite
     chunk0 = {
         "psnr_model": float(model_db[:, 0].mean()),
         "psnr_repeat": float(repeat_db[:, 0].mean()),
