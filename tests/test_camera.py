@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,6 +117,90 @@ def test_average_of_wrapped_yaw_at_the_seam():
     # 179.25 -> 180.75 wraps to -179.25; the release averages the wrapped values: 0 -> moves along +x
     p = _integrate([0], (0.0, 0.1), 1, start=(0, 0, 0, 0, 179.25))
     torch.testing.assert_close(p[1], torch.tensor([12.35, 0.0, 0.0, 0.0, -179.25], dtype=F64))
+
+
+def _release_rule(keys, mouse, start=(0.0, 0.0, 0.0, 0.0, 0.0), real=np.float32):
+    """The release's per-frame pose rule (spec §5.1, §15.1-2), written out independently with numpy
+    scalars of type ``real`` for the stored pose and the actions (float32 in the release) and Python
+    floats for the trigonometry. ``keys`` [T, 4] (W, S, A, D) bools, ``mouse`` [T, 2]. -> [T + 1, 5]."""
+    x, y, z, pitch, yaw = (real(v) for v in start)
+    rows = [(x, y, z, pitch, yaw)]
+    threshold, per_unit = real(0.02), real(15.0)
+    for (w, s, a, d), (m_pitch, m_yaw) in zip(keys, mouse):
+        m_pitch, m_yaw = real(m_pitch), real(m_yaw)
+        d_pitch = per_unit * m_pitch if abs(m_pitch) >= threshold else real(0.0)
+        d_yaw = per_unit * m_yaw if abs(m_yaw) >= threshold else real(0.0)
+        new_pitch, new_yaw = real(pitch + d_pitch), real(yaw + d_yaw)
+        while new_yaw > 180:
+            new_yaw = real(new_yaw - real(360))
+        while new_yaw < -180:
+            new_yaw = real(new_yaw + real(360))
+        forward = 12.35 if (w and not s) else (-12.35 if (s and not w) else 0.0)
+        right = 12.35 if (d and not a) else (-12.35 if (a and not d) else 0.0)
+        if forward and right:
+            forward, right = math.copysign(8.73, forward), math.copysign(8.73, right)
+        mean = math.radians(float(real(yaw + new_yaw) / real(2)))
+        x = real(float(x) + (math.cos(mean) * forward - math.sin(mean) * right))
+        y = real(float(y) + (math.sin(mean) * forward + math.cos(mean) * right))
+        pitch, yaw = new_pitch, new_yaw
+        rows.append((x, y, z, pitch, yaw))
+    return np.array([[float(v) for v in row] for row in rows])
+
+
+def test_float32_recurrence_at_the_seam_matches_the_release_rule():
+    """W + yaw 0.1 for 217 frames: 15 x float32(0.1) is exactly 1.5 degrees, so frame 120 lands on
+    +180.0 and stays there (spec §15.1). A float64 recurrence overshoots to 180.0000027, wraps to
+    -179.9999973 and sends the seam frame the other way: 24.7 units apart at frame 120, 0.65 after."""
+    n = 217
+    keys = np.zeros((n, 4), dtype=bool)
+    keys[:, 0] = True
+    mouse = np.zeros((n, 2), dtype=np.float32)
+    mouse[:, 1] = 0.1
+    expected = _release_rule(keys, mouse)
+    kb = torch.zeros(1, n, 6)
+    kb[..., 0] = 1.0
+    p = integrate_poses(kb, torch.from_numpy(mouse)[None], torch.zeros(1, 5, dtype=F64), CFG)[0]
+    assert p.dtype == F64
+    np.testing.assert_array_equal(p.numpy(), expected)
+    assert p[120, 4] == 180.0 and p[121, 4] == -178.5
+    assert p[119, 4] == 178.5 and p[217, 4] == -34.5
+    # the float64 recurrence (the previous behaviour) differs exactly where the issue says
+    widened = _release_rule(keys, mouse.astype(np.float64), real=np.float64)
+    assert widened[120, 4] == pytest.approx(-179.9999973, abs=1e-6)
+    gap = np.linalg.norm(expected[:, :2] - widened[:, :2], axis=1)
+    assert gap[:120].max() < 1e-3
+    assert gap[120] == pytest.approx(24.7, abs=0.05)
+    np.testing.assert_allclose(gap[121:], 0.6466, atol=2e-3)
+
+
+def test_dead_zone_edge_is_compared_in_float32():
+    """+-0.02 as float32 equals the float32 threshold: it turns 0.3 degrees per frame (spec §15.2)."""
+    n = 4
+    kb = torch.zeros(1, n, 6)
+    for value in (0.02, -0.02):
+        for mouse in (torch.full((1, n, 2), value), torch.full((1, n, 2), value, dtype=F64)):
+            p = integrate_poses(kb, mouse, torch.zeros(1, 5, dtype=F64), CFG)[0]
+            expected = _release_rule(np.zeros((n, 4), dtype=bool), np.full((n, 2), value, dtype=np.float32))
+            np.testing.assert_array_equal(p.numpy(), expected)
+            assert p[1, 3] == float(np.float32(15.0) * np.float32(value))  # 0.3 in float32
+            assert p[-1, 3] == pytest.approx(n * 0.3 * np.sign(value), rel=1e-6)
+    below = integrate_poses(kb, torch.full((1, n, 2), 0.0199), torch.zeros(1, 5, dtype=F64), CFG)
+    assert (below == 0).all()
+
+
+def test_random_actions_match_the_release_rule_exactly():
+    """Random keys, mouse values around the dead zone and large turns, starts near the seam."""
+    rng = np.random.default_rng(0)
+    b, n = 6, 120
+    keys = rng.random((b, n, 4)) > 0.6
+    mouse = rng.choice(np.float32([0.0, 0.02, -0.02, 0.0199, 0.1, -0.1, 0.35, -1.7, 30.0]), size=(b, n, 2))
+    starts = np.array([[0, 0, 0, 0, 179.0], [5.5, -3.25, 1.0, 10.0, -179.5], *rng.normal(0, 50, (b - 2, 5))])
+    starts = starts.astype(np.float32).astype(np.float64)
+    kb = torch.from_numpy(keys.astype(np.float32))
+    kb = torch.cat([kb, torch.zeros(b, n, 2)], dim=-1)
+    p = integrate_poses(kb, torch.from_numpy(mouse), torch.from_numpy(starts), CFG)
+    for i in range(b):
+        np.testing.assert_array_equal(p[i].numpy(), _release_rule(keys[i], mouse[i], tuple(starts[i])))
 
 
 def test_integration_is_batched():
@@ -254,8 +339,9 @@ def test_window_deltas_straight_walk():
     eye = torch.eye(4, dtype=F64)
     torch.testing.assert_close(d[0, 0], eye)
     torch.testing.assert_close(d[0, 1:, :3, :3], eye[:3, :3].expand(14, 3, 3))
-    # constant speed: every delta is one unit along the camera's optical axis (+z)
-    torch.testing.assert_close(d[0, 1:, :3, 3], torch.tensor([0, 0, 1.0], dtype=F64).expand(14, 3))
+    # constant speed: every delta is one unit along the camera's optical axis (+z), up to the float32
+    # rounding of the positions (the release stores poses in float32, spec §15.1)
+    torch.testing.assert_close(d[0, 1:, :3, 3], torch.tensor([0, 0, 1.0], dtype=F64).expand(14, 3), rtol=0, atol=1e-5)
 
 
 def test_window_deltas_turn_and_normalisation():
@@ -296,3 +382,13 @@ def test_ray_embedding_output_dtype():
     emb = window_plucker(c2w, 16, 16, stride=8, dtype=torch.float32)
     assert emb.dtype == torch.float32
     torch.testing.assert_close(emb, window_plucker(c2w, 16, 16, stride=8).float())
+
+
+def test_integration_rejects_values_it_cannot_wrap():
+    kb = torch.zeros(1, 2, 6)
+    with pytest.raises(ValueError, match="finite"):
+        integrate_poses(kb, torch.tensor([[[0.0, float("inf")], [0.0, 0.0]]]), torch.zeros(1, 5, dtype=F64), CFG)
+    with pytest.raises(ValueError, match="too large to wrap"):
+        integrate_poses(kb, torch.tensor([[[0.0, 1e12], [0.0, 0.0]]]), torch.zeros(1, 5, dtype=F64), CFG)
+    p = integrate_poses(kb, torch.tensor([[[0.0, 100.0], [0.0, -100.0]]]), torch.zeros(1, 5, dtype=F64), CFG)
+    assert p[0, :, 4].tolist() == [0.0, 60.0, 0.0]  # +-1500 degrees a frame: wrapped by four turns

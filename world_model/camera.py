@@ -1,7 +1,8 @@
 """Camera poses from actions, camera-to-world matrices and [origin, direction] ray embeddings.
 
 Pure, batched torch functions (spec §5.1-5.3, §6); they run on the device and in the float dtype of
-their inputs (use float64 for poses of long rollouts).
+their inputs (use float64 for poses of long rollouts), except :func:`integrate_poses`, which runs the
+release's float32 recurrence and returns its values in the start pose's dtype.
 
 Conventions of the release:
 
@@ -67,6 +68,20 @@ def wrap_degrees(angle: torch.Tensor) -> torch.Tensor:
     return torch.where(angle < -180.0, angle + 360.0 * below, angle)
 
 
+def _wrap_float32(angle: torch.Tensor) -> torch.Tensor:
+    """The release's yaw wrap on float32 values: subtract (add) 360 while above 180 (below -180).
+
+    Each subtraction is one float32 operation, as in the release's ``while`` loops.
+    """
+    for sign in (1.0, -1.0):
+        while bool((sign * angle > 180.0).any()):
+            wrapped = torch.where(sign * angle > 180.0, angle - sign * 360.0, angle)
+            if torch.equal(wrapped, angle):  # |angle| so large that float32 cannot step it by 360
+                raise ValueError(f"yaw {float(angle.abs().max()):g} degrees is too large to wrap in float32")
+            angle = wrapped
+    return angle
+
+
 def integrate_poses(
     keyboard: torch.Tensor, mouse: torch.Tensor, start: torch.Tensor, cfg: StreamConfig
 ) -> torch.Tensor:
@@ -83,12 +98,26 @@ def integrate_poses(
             each axis when both are active.
 
     Returns:
-        [B, T + 1, 5] poses; ``[:, 0]`` is ``start``.
+        [B, T + 1, 5] poses in ``start``'s dtype; ``[:, 0]`` is ``start`` rounded to float32.
 
-    Yaw is wrapped with :func:`wrap_degrees` after every frame, pitch is neither wrapped nor
-    clamped, z never changes. The planar step is rotated by the average of the old and new
-    *wrapped* yaw, as the release does: across the +-180 seam this average points the opposite way
-    (179.25 -> -179.25 averages to 0, so "forward" moves along +x for that one frame).
+    The recurrence is the release's, rounding included (spec §5.1, §15.1-2): the release keeps its
+    pose array and its actions in float32, so
+
+    - the mouse value is taken as float32 and compared with the dead zone in float32 (so +-0.02
+      turns: float32(0.02) equals the float32 threshold), and the angle step is the float32
+      product ``float32(v) * 15``;
+    - pitch and yaw are updated in float32; yaw is wrapped into [-180, 180] by subtracting or
+      adding 360 while it is outside (float32), so an exact +180 (e.g. 120 x 1.5 degrees) stays
+      +180; pitch is neither wrapped nor clamped, z never changes;
+    - the planar step is rotated by the average of the old and new *wrapped* yaw, summed in
+      float32 and halved, then widened to float64 for the trigonometry; the step itself
+      (``cos * forward - sin * right``) and the new position ``x + dx`` are float64, and the
+      position is stored rounded to float32.
+
+    The returned values are those float32 numbers widened to ``start``'s dtype (float64 in the
+    generator). Across the +-180 seam the average yaw points the opposite way
+    (179.25 -> -179.25 averages to 0, so "forward" moves along +x for that one frame), as in the
+    release; the float32 arithmetic decides on which frame that happens.
     """
     if start.ndim != 2 or start.shape[-1] != 5:
         raise ValueError(f"expected start pose [B, 5] (x, y, z, pitch, yaw), got {tuple(start.shape)}")
@@ -100,33 +129,35 @@ def integrate_poses(
     t = keyboard.shape[1]
     if tuple(mouse.shape) != (b, t, 2):
         raise ValueError(f"expected mouse [B={b}, T={t}, 2] to match keyboard, got {tuple(mouse.shape)}")
+    if not (torch.isfinite(mouse).all() and torch.isfinite(start).all()):
+        raise ValueError("expected finite mouse values and start pose, got NaN or infinity")
+    f32, f64 = torch.float32, torch.float64
     dtype, device = start.dtype, start.device
-    keys = (keyboard[..., :4] > 0.5).to(device=device, dtype=dtype)  # [B, T, 4]
+    keys = (keyboard[..., :4] > 0.5).to(device=device, dtype=f64)  # [B, T, 4]
     fwd = keys[..., 0] - keys[..., 1]  # +1 W only, -1 S only, 0 neither or both
     right = keys[..., 3] - keys[..., 2]
     both = (fwd != 0) & (right != 0)
     speed = torch.where(both, torch.full_like(fwd, cfg.move_speed_diag), torch.full_like(fwd, cfg.move_speed))  # [B, T]
-    fwd, right = fwd * speed, right * speed
+    fwd, right = fwd * speed, right * speed  # float64, like the release's Python floats
 
-    m = mouse.to(device=device, dtype=dtype)
-    m = torch.where(m.abs() >= cfg.mouse_deadzone, m, torch.zeros_like(m)) * cfg.degrees_per_mouse_unit
-    pitch = torch.cumsum(torch.cat([start[:, 3:4], m[..., 0]], dim=1), dim=1)  # [B, T+1]
+    m = mouse.to(device=device, dtype=f32)
+    threshold = torch.tensor(cfg.mouse_deadzone, dtype=f32, device=device)
+    per_unit = torch.tensor(cfg.degrees_per_mouse_unit, dtype=f32, device=device)
+    turn = torch.where(m.abs() >= threshold, m * per_unit, torch.zeros_like(m))  # [B, T, 2] float32 degrees
 
-    # Yaw is a recurrence (wrap after every step); looping over T keeps the release's rounding and
-    # its behaviour at exactly +-180, which depends on the side the seam is approached from.
-    yaws = [start[:, 4]]
+    pose = start.to(f32)  # [B, 5]
+    poses = [pose]
     for i in range(t):
-        yaws.append(wrap_degrees(yaws[-1] + m[:, i, 1]))
-    yaw = torch.stack(yaws, dim=1)  # [B, T+1]
-
-    mean_yaw = torch.deg2rad((yaw[:, :-1] + yaw[:, 1:]) / 2)  # [B, T]
-    cos, sin = torch.cos(mean_yaw), torch.sin(mean_yaw)
-    dx = cos * fwd - sin * right
-    dy = sin * fwd + cos * right
-    x = torch.cumsum(torch.cat([start[:, 0:1], dx], dim=1), dim=1)
-    y = torch.cumsum(torch.cat([start[:, 1:2], dy], dim=1), dim=1)
-    z = start[:, 2:3].expand(b, t + 1)
-    return torch.stack([x, y, z, pitch, yaw], dim=-1)
+        x, y, z, pitch, yaw = pose.unbind(-1)
+        new_pitch = pitch + turn[:, i, 0]
+        new_yaw = _wrap_float32(yaw + turn[:, i, 1])
+        mean_yaw = torch.deg2rad(((yaw + new_yaw) / 2).to(f64))  # [B]
+        cos, sin = torch.cos(mean_yaw), torch.sin(mean_yaw)
+        new_x = (x.to(f64) + (cos * fwd[:, i] - sin * right[:, i])).to(f32)
+        new_y = (y.to(f64) + (sin * fwd[:, i] + cos * right[:, i])).to(f32)
+        pose = torch.stack([new_x, new_y, z, new_pitch, new_yaw], dim=-1)
+        poses.append(pose)
+    return torch.stack(poses, dim=1).to(dtype)
 
 
 # --------------------------------------------------------------------------------------------
