@@ -13,12 +13,18 @@ attention throughput) with the measured/floor ratio.
     PYTHONPATH=. python bench/dit_5b.py [--out bench/results/dit_5b.json] [--attention auto|sdpa|cudnn|flash|efficient]
     PYTHONPATH=. python bench/dit_5b.py --tiny          # CPU smoke test with the tiny config
 
+``--self-attn-projections fp32`` times the release's precision (the self-attention q/k/v/o linears as
+fp32 GEMMs, spec §15.6) instead of the bf16 default (``dtype``). ``--agreement`` also compares one
+forward of each choice (bf16 weights) with an fp32 forward of the same weights (TF32 off) and reports
+the relative L2 error and the cosine similarity.
+
 Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -148,6 +154,33 @@ def make_inputs(cfg: DiTConfig, M: int, past: int, new: int, h: int, w: int, dev
     }
 
 
+def _agreement_one(model: MatrixGameDiT, reference: MatrixGameDiT, inputs: dict, t: torch.Tensor) -> dict:
+    with torch.inference_mode():
+        out = model(t=t, **inputs).double()
+        ref = reference(t=t, **inputs).double()
+    rel = float((out - ref).norm() / ref.norm())
+    cosine = float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
+    return {"relative_l2": rel, "cosine": cosine}
+
+
+def agreement(model: MatrixGameDiT, inputs: dict, t: torch.Tensor) -> dict:
+    """One forward with bf16 weights, for each self-attention projection choice, against an fp32
+    forward of the same (bf16-rounded) weights with TF32 off: {"dtype": {...}, "fp32": {...}}."""
+    low = model if model.patch_embedding.weight.dtype == torch.bfloat16 else copy.deepcopy(model).to(torch.bfloat16)
+    reference = copy.deepcopy(low).float()
+    reference.set_self_attn_projection_dtype(None)
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        result = {}
+        for choice, dtype in (("dtype", None), ("fp32", torch.float32)):
+            low.set_self_attn_projection_dtype(dtype)
+            result[choice] = _agreement_one(low, reference, inputs, t)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results/dit_5b.json")
@@ -155,6 +188,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iters", type=int, default=5, help="timed chunks (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed chunks first")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test with the tiny config")
+    parser.add_argument(
+        "--self-attn-projections",
+        choices=("dtype", "fp32"),
+        default="dtype",
+        help="self-attention q/k/v/o GEMMs in the model dtype (bf16, default) or in fp32 like the release",
+    )
+    parser.add_argument(
+        "--agreement", action="store_true", help="also compare one forward of each choice with an fp32 forward"
+    )
     args = parser.parse_args(argv)
 
     if args.tiny:
@@ -173,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         torch.manual_seed(0)
         model = build_model(cfg, device, dtype)
+        model.set_self_attn_projection_dtype(torch.float32 if args.self_attn_projections == "fp32" else None)
         inputs = make_inputs(cfg, M, past, new, h, w, device, dtype)
         t_steps = [torch.tensor([[0.0] * past + [s] * new], device=device) for s in STEP_TIMESTEPS]  # [1, F] per step
 
@@ -189,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         out = chunk()
         finite = bool(torch.isfinite(out).all())
+        agree = agreement(model, inputs, t_steps[0]) if args.agreement else None
 
         L = (M + F) * (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
         ceiling = matmul_ceiling(device, dtype, n, timer)
@@ -213,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": "tiny" if args.tiny else "mg3-5b",
         "dtype": str(dtype).removeprefix("torch."),
         "attention_backend": args.attention,
+        "self_attn_projections": args.self_attn_projections,
         "tokens": L,
         "forwards_per_chunk": len(STEP_TIMESTEPS),
         "seconds_per_chunk": sec,
@@ -226,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
         "measured_over_floor": None if floor is None else sec / floor,
         "peak_memory_gib": peak_gib,
         "output_finite": finite,
+        "agreement_with_fp32": agree,
     }
     _print_table(result)
     out_path = Path(args.out)
@@ -239,6 +285,7 @@ def _print_table(r: dict) -> None:
     rows = [
         ("device", r["device"]),
         ("config / dtype / attention", f"{r['config']} / {r['dtype']} / {r['attention_backend']}"),
+        ("self-attention projections", r["self_attn_projections"]),
         ("tokens per forward", f"{r['tokens']:,}"),
         (
             "TFLOP per forward (linear + attention)",
@@ -256,6 +303,10 @@ def _print_table(r: dict) -> None:
         ("measured / floor", "n/a" if r["measured_over_floor"] is None else f"{r['measured_over_floor']:.2f}"),
         ("peak GPU memory GiB", "n/a" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}"),
         ("output finite", str(r["output_finite"])),
+        *(
+            (f"vs fp32, {choice} projections (rel. L2 / cosine)", f"{a['relative_l2']:.2e} / {a['cosine']:.6f}")
+            for choice, a in (r["agreement_with_fp32"] or {}).items()
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -55,3 +55,51 @@ def test_stream_geometry():
     assert cfg.dit.plucker_channels == 1536
     t = tiny()
     assert t.vae.spatial_stride == 8 and t.latent_hw == (8, 8)
+
+
+def test_negative_prompt_is_the_release_string():
+    """Word for word the release's (spec §15.3), the default of the base model's guidance."""
+    release = (
+        "Vibrant colors, overexposure, static, blurred details, subtitles, style, artwork, painting, still image, "
+        "overall grayness, worst quality, low quality, JPEG compression residue, ugly, mutilated, extra fingers, "
+        "poorly drawn hands, poorly drawn faces, deformed, disfigured, malformed limbs, fused fingers, still image, "
+        "cluttered background, three legs, crowded background, walking backwards"
+    )
+    assert mg3_5b(distilled=False).sampler.negative_prompt == release
+    assert mg3_5b(distilled=False).sampler.guidance_scale == 5.0
+
+
+_RELEASE_5B_KEYS = {
+    "dim": 3072, "num_heads": 24, "num_layers": 30, "ffn_dim": 14336, "in_dim": 48, "out_dim": 48,
+    "action_config": {"blocks": list(range(15))},
+}  # fmt: skip
+
+
+def test_release_config_sigma_theta_defaults_to_plain_rope():
+    """Absent: the release's constructor default 0.0 (spec §15.4); present: the file's value."""
+    assert DiTConfig.from_release(dict(_RELEASE_5B_KEYS)).sigma_theta == 0.0
+    for value in (0.0, 0.8, 0.5):
+        assert DiTConfig.from_release({**_RELEASE_5B_KEYS, "sigma_theta": value}).sigma_theta == value
+
+
+def test_release_config_defaults_of_the_other_keys():
+    cfg = DiTConfig.from_release(dict(_RELEASE_5B_KEYS))
+    # absent from the release's file: the umt5-xxl width; memory on, so the 2048-entry RoPE table
+    assert cfg.text_dim == 4096 and cfg.text_len == 512 and cfg.use_memory is True and cfg.rope_max_len == 2048
+    assert (cfg.freq_dim, cfg.eps, cfg.qk_norm, cfg.cross_attn_norm) == (256, 1e-6, True, True)
+    assert cfg.patch_size == (1, 2, 2) and cfg.window_size == (-1, -1) and cfg.vae_spatial_stride == 16
+    assert cfg.action_config == ActionConfig()  # missing action keys take the 5B's values
+    no_memory = DiTConfig.from_release({**_RELEASE_5B_KEYS, "use_memory": False})
+    assert no_memory.use_memory is False and no_memory.rope_max_len == 1024  # plain Wan's table
+    assert DiTConfig.from_release({**_RELEASE_5B_KEYS, "rope_max_len": 4096}).rope_max_len == 4096
+    # no action_config: no action module; no sizes: Wan's constructor sizes, which the 5B weights do not fit
+    bare = DiTConfig.from_release({"_class_name": "WanModel"})
+    assert bare.action_config is None
+    assert (bare.dim, bare.num_layers, bare.num_heads, bare.ffn_dim, bare.in_dim, bare.out_dim) == (
+        2048,
+        32,
+        16,
+        8192,
+        16,
+        16,
+    )

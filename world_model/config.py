@@ -23,10 +23,14 @@ __all__ = [
     "TextConfig",
     "SamplerConfig",
     "StreamConfig",
+    "MoEConfig",
     "WorldModelConfig",
+    "NEGATIVE_PROMPT",
+    "RELEASE_DIT_DEFAULTS",
     "WAN22_LATENT_MEAN",
     "WAN22_LATENT_STD",
     "mg3_5b",
+    "mg3_28b_moe",
     "tiny",
     "embedded",
 ]
@@ -205,8 +209,60 @@ class DiTConfig(_Config):
 
     @classmethod
     def from_release(cls, data: dict[str, Any]) -> DiTConfig:
-        """Read a release ``config.json`` dict (extra keys such as ``_class_name`` are ignored)."""
-        return cls.from_dict(data, strict=False)
+        """Read a release ``config.json`` dict the way the release's model constructor does.
+
+        The release builds its DiT with ``WanModel.from_pretrained(dir, **config)``, so every key the
+        file holds is used as given and every key it lacks takes the constructor's default, listed in
+        :data:`RELEASE_DIT_DEFAULTS` (spec §1.1, §1.2, §15.4):
+
+        - Wan2.2's constructor keys: ``patch_size`` (1, 2, 2), ``text_len`` 512, ``in_dim`` 16,
+          ``dim`` 2048, ``ffn_dim`` 8192, ``freq_dim`` 256, ``text_dim`` 4096 (absent from the
+          release's file: the 4096 of umt5-xxl), ``out_dim`` 16, ``num_heads`` 16, ``num_layers`` 32,
+          ``window_size`` (-1, -1), ``qk_norm`` True, ``cross_attn_norm`` True, ``eps`` 1e-6. The
+          size keys are Wan's generic ones, not the 5B's: a file without them builds a model that
+          the 5B weights do not fit, and loading stops with a key/shape error, as in the release.
+        - ``model_type``: Wan's default is ``t2v``; the forward treats ``t2v`` and ``ti2v`` alike
+          (only ``i2v`` takes an extra input), so an absent key reads as ``ti2v`` (spec §1.1), the
+          same computation.
+        - MG3's additions: ``use_memory`` True (the norm3 residual quirk and the 2048-entry RoPE
+          table), ``sigma_theta`` **0.0** (plain Wan RoPE, base 10000; spec §15.4: the 0.8 of
+          :class:`DiTConfig` and ``mg3_5b`` is the third-party ports' value, used only when the
+          file says so), ``action_config`` absent -> no action module [INF: the release builds
+          action blocks only from the config it is given]. Keys missing inside a given
+          ``action_config`` take :class:`ActionConfig`'s values (the 5B's, spec §1.1).
+        - Not release keys, derived as the release fixes them: ``rope_max_len`` 2048 with memory,
+          1024 without (spec §1.2); ``vae_spatial_stride`` 16 (1536 Plücker channels).
+
+        Extra keys (``_class_name``, ``is_action_model``, ``use_text_crossattn``, ...) are ignored.
+        """
+        values = {**RELEASE_DIT_DEFAULTS, **data}
+        if "rope_max_len" not in data:
+            values["rope_max_len"] = 2048 if values["use_memory"] else 1024
+        return cls.from_dict(values, strict=False)
+
+
+# What the release's DiT constructor uses for a key its config.json lacks (see DiTConfig.from_release).
+RELEASE_DIT_DEFAULTS: dict[str, Any] = {
+    "model_type": "ti2v",
+    "patch_size": (1, 2, 2),
+    "text_len": 512,
+    "in_dim": 16,
+    "dim": 2048,
+    "ffn_dim": 8192,
+    "freq_dim": 256,
+    "text_dim": 4096,
+    "out_dim": 16,
+    "num_heads": 16,
+    "num_layers": 32,
+    "window_size": (-1, -1),
+    "qk_norm": True,
+    "cross_attn_norm": True,
+    "eps": 1e-6,
+    "use_memory": True,
+    "sigma_theta": 0.0,
+    "action_config": None,
+    "vae_spatial_stride": 16,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,11 +365,12 @@ class TextConfig(_Config):
         _check(self.text_len > 0 and self.dim > 0, "text_len and dim must be positive")
 
 
+# The release's negative prompt for base-model CFG, word for word (its wan/configs/config.py; spec §15.3).
 NEGATIVE_PROMPT = (
-    "Vibrant colors, overexposure, static, blurred details, subtitles, style, artwork, painting, picture, "
-    "still, overall grayish, worst quality, low quality, JPEG compression artifacts, ugly, incomplete, "
-    "extra fingers, poorly drawn hands, poorly drawn face, deformed, disfigured, malformed limbs, fused "
-    "fingers, still frame, cluttered background, three legs, many people in the background, walking backwards"
+    "Vibrant colors, overexposure, static, blurred details, subtitles, style, artwork, painting, still image, "
+    "overall grayness, worst quality, low quality, JPEG compression residue, ugly, mutilated, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, malformed limbs, fused fingers, still image, "
+    "cluttered background, three legs, crowded background, walking backwards"
 )
 
 
@@ -378,6 +435,25 @@ class StreamConfig(_Config):
 
 
 @dataclass(frozen=True)
+class MoEConfig(_Config):
+    """Two DiT experts switched by timestep, Wan2.2-A14B style (spec §1.3): a high-noise expert for the
+    early steps and a low-noise expert for the late ones.
+
+    In a :class:`WorldModelConfig` with ``moe`` set, ``dit`` is the high-noise expert (it carries the
+    action module, so it defines the action space) and ``low_noise`` the low-noise expert. A sampling
+    step runs the high-noise expert when its timestep (as the model sees it, bf16-rounded, spec §13.3)
+    is >= ``boundary * num_train_timesteps``, else the low-noise expert. Wan2.2 uses 0.900 for I2V
+    and 0.875 for T2V.
+    """
+
+    low_noise: DiTConfig = field(default_factory=DiTConfig)
+    boundary: float = 0.9
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.boundary < 1.0, f"moe boundary ({self.boundary}) must be in (0, 1)")
+
+
+@dataclass(frozen=True)
 class WorldModelConfig(_Config):
     """A whole world model: DiT + VAE + text + sampler + stream geometry."""
 
@@ -387,8 +463,25 @@ class WorldModelConfig(_Config):
     text: TextConfig = field(default_factory=TextConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    moe: MoEConfig | None = None  # two experts (mg3-28b-moe); None: one DiT
 
     def __post_init__(self) -> None:
+        if self.moe is not None:
+            low, high = self.moe.low_noise, self.dit
+            for name in (
+                "in_dim",
+                "out_dim",
+                "patch_size",
+                "text_len",
+                "text_dim",
+                "vae_spatial_stride",
+                "rope_max_len",
+            ):
+                _check(
+                    getattr(low, name) == getattr(high, name),
+                    f"moe.low_noise.{name} ({getattr(low, name)}) must equal dit.{name} ({getattr(high, name)}): "
+                    "both experts denoise the same latents with the same text and camera inputs",
+                )
         s = self.vae.spatial_stride
         _check(
             self.stream.height % (s * self.dit.patch_size[1]) == 0
@@ -436,6 +529,8 @@ _NESTED: dict[tuple[str, str], type] = {
     ("WorldModelConfig", "text"): TextConfig,
     ("WorldModelConfig", "sampler"): SamplerConfig,
     ("WorldModelConfig", "stream"): StreamConfig,
+    ("WorldModelConfig", "moe"): MoEConfig,
+    ("MoEConfig", "low_noise"): DiTConfig,
 }
 
 
@@ -448,6 +543,45 @@ def mg3_5b(distilled: bool = True) -> WorldModelConfig:
     """The released Matrix-Game 3.0 5B model (spec §1.1): 3-step distilled or the 50-step base."""
     sampler = SamplerConfig() if distilled else SamplerConfig(num_steps=50, guidance_scale=5.0)
     return WorldModelConfig(name="mg3-5b" if distilled else "mg3-5b-base", sampler=sampler)
+
+
+def mg3_28b_moe(distilled: bool = True, boundary: float = 0.9) -> WorldModelConfig:
+    """Matrix-Game 3.0 28B (2 x 14B MoE): a preset for a checkpoint that is NOT released yet (spec §1.3).
+
+    Every value here is assumed; nothing has been checked against real weights:
+
+    - expert sizes: dim 5120, 40 layers, 40 heads (head dim 128, so the 5B's RoPE layout), FFN 13824,
+      in/out 48 channels: the 14B-class sizes in the release's own ``wan/configs/config.py``
+      (spec §1.3, §15.5), on the Wan2.2 48-channel VAE at 704x1280 like the 5B;
+    - the high-noise expert carries the action module, in the first half of its blocks (0-19, as
+      the 5B has it in 0-14 of 30) with the 5B's action sizes; the low-noise expert has none (the
+      report: the low-noise model is trained without action modules); both keep the camera layers
+      and memory, and the 5B's ``sigma_theta`` 0.8;
+    - parameters: with the 5B's four d x d camera layers per block, the experts hold 19.14 B (high
+      noise) and 18.57 B (low noise), 37.7 B in all (75 GB in bf16); the name's "2 x 14B" suggests
+      the real experts count or build their camera layers differently, which is unknown;
+    - switch ``boundary`` 0.900 (Wan2.2-A14B I2V; T2V uses 0.875);
+    - text encoder, VAE, stream geometry and sampler as the 5B: 3 steps (``distilled``, no
+      guidance) or 50 steps with guidance 5.0 (base). With 3 steps the model sees timesteps
+      1000, 908, 712: two high-noise steps, then one low-noise step.
+    - weights folder: one subfolder per expert, ``high_noise_model/`` and ``low_noise_model/``
+      (Wan2.2-A14B's layout), each with ``config.json`` and safetensors (world_model.weights).
+    """
+    dim = 5120
+
+    def expert(action: ActionConfig | None) -> DiTConfig:
+        return DiTConfig(
+            dim=dim, num_layers=40, num_heads=40, ffn_dim=13824, in_dim=48, out_dim=48, action_config=action
+        )
+
+    high = expert(ActionConfig(blocks=tuple(range(20)), img_hidden_size=dim))
+    sampler = SamplerConfig() if distilled else SamplerConfig(num_steps=50, guidance_scale=5.0)
+    return WorldModelConfig(
+        name="mg3-28b-moe" if distilled else "mg3-28b-moe-base",
+        dit=high,
+        sampler=sampler,
+        moe=MoEConfig(low_noise=expert(None), boundary=boundary),
+    )
 
 
 def tiny(height: int = 64, width: int = 64) -> WorldModelConfig:

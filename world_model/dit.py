@@ -15,7 +15,10 @@ Parameter names are the checkpoint's keys (spec §2.2), so a release state dict 
 Dtypes follow the release (spec §3): with bf16 weights the linears run in bf16 and attention in
 bf16, while the timestep embedding, the modulation, the LayerNorms, the gated residual adds and the
 output head run in fp32 (the release wraps them in fp32 autocast regions). The residual stream is
-fp32 from the first gated add on. With fp32 weights everything is fp32.
+fp32 from the first gated add on. With fp32 weights everything is fp32. The release also runs each
+block's self-attention q/k/v/o projections as fp32 GEMMs (spec §15.6); here they run in the weights'
+dtype by default (faster), or in fp32 like the release after
+:meth:`MatrixGameDiT.set_self_attn_projection_dtype` (``RuntimeOptions.self_attn_projections``).
 
 Timesteps: the caller passes the values the model must see. The release fills its timestep map in
 bf16, so the 3-step schedule 999/908/713 reaches the model as 1000/908/712 (spec §13.3).
@@ -123,7 +126,23 @@ class _Attention(nn.Module):
         return x.unflatten(-1, (self.num_heads, -1))  # [B, L, D] -> [B, L, N, Dh]
 
 
+def _project(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``layer(x)`` in the weight dtype (``dtype`` None), else one GEMM in ``dtype`` on the weights cast to it."""
+    if dtype is None or dtype == layer.weight.dtype:
+        return layer(x.to(layer.weight.dtype))
+    bias = None if layer.bias is None else layer.bias.to(dtype)
+    return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
+
+
 class SelfAttention(_Attention):
+    """Self-attention. ``projection_dtype`` (None: the weights' dtype) is the dtype of the q/k/v/o
+    GEMMs; :meth:`MatrixGameDiT.set_self_attn_projection_dtype` sets it from the runtime options.
+    With bf16 weights, ``torch.float32`` computes them as the release's bf16 inference does (an fp32
+    autocast region around the self-attention, spec §15.6): fp32 GEMMs on the weights cast up, then
+    q/k/v cast back to bf16 for the attention kernel, and an fp32 output projection."""
+
+    projection_dtype: torch.dtype | None = None
+
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: Callable[..., torch.Tensor] = attend
     ) -> torch.Tensor:
@@ -132,12 +151,12 @@ class SelfAttention(_Attention):
         ``attention(q, k, v)`` ([B, L, N, Dh] each) is :func:`attend` unless sequence parallelism
         (world_model.parallel) passes one that attends over the tokens of all ranks.
         """
-        x = x.to(self.q.weight.dtype)
-        q = apply_rope(self._heads(self.norm_q(self.q(x))), cos, sin)  # [B, L, N, Dh] fp32
-        k = apply_rope(self._heads(self.norm_k(self.k(x))), cos, sin)
-        v = self._heads(self.v(x))
-        out = attention(q.to(v.dtype), k.to(v.dtype), v)  # [B, L, N, Dh]
-        return self.o(out.flatten(2))
+        dtype, kernel_dtype = self.projection_dtype, self.q.weight.dtype
+        q = apply_rope(self._heads(self.norm_q(_project(self.q, x, dtype))), cos, sin)  # [B, L, N, Dh] fp32
+        k = apply_rope(self._heads(self.norm_k(_project(self.k, x, dtype))), cos, sin)
+        v = self._heads(_project(self.v, x, dtype))
+        out = attention(q.to(kernel_dtype), k.to(kernel_dtype), v.to(kernel_dtype))  # [B, L, N, Dh]
+        return _project(self.o, out.flatten(2), dtype)
 
 
 class CrossAttention(_Attention):
@@ -291,6 +310,16 @@ class MatrixGameDiT(nn.Module):
                 nn.init.zeros_(layer.bias)
             if block.action_model is not None:
                 block.action_model.reset_parameters()
+
+    def set_self_attn_projection_dtype(self, dtype: torch.dtype | None) -> None:
+        """Compute every block's self-attention q/k/v/o projections in ``dtype`` (None: the weights'
+        dtype, the fast default). ``torch.float32`` on a bf16 model reproduces the release's bf16
+        numbers (spec §15.6); on an fp32 model it changes nothing. Set from
+        ``RuntimeOptions.self_attn_projections`` when a model is loaded."""
+        if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"expected None or a float dtype for the self-attention projections, got {dtype}")
+        for block in self.blocks:
+            block.self_attn.projection_dtype = dtype
 
     # ----------------------------------------------------------------------------------------
 

@@ -8,6 +8,10 @@
   50-step base with guidance), from the Hugging Face hub (``Skywork/Matrix-Game-3.0``). Needs a GPU.
 - ``"mg3-5b-random"``: the 5B architecture at 704x1280 with random weights and a random text
   encoder of the right shape, for speed measurements only.
+- ``"mg3-28b-moe"``: the 2 x 14B two-expert model (:func:`~world_model.config.mg3_28b_moe`), whose
+  checkpoint is not released: the name says so and asks for a local folder with
+  ``high_noise_model/`` and ``low_noise_model/``; ``"mg3-28b-moe-random"`` builds it with random
+  weights (37.7 B parameters, 75 GB in bf16) for speed measurements.
 - a path to a local folder in the release layout (``base_distilled_model/``, VAE and T5 files).
 - ``"default"``: our trained embedded model, shipped inside the package
   (``world_model/assets/embedded/``); runs on a CPU.
@@ -16,6 +20,9 @@
 
 ``variant="base"`` loads the many-step base model of a folder (release: 50 steps with guidance;
 ours: the memory model before distillation) instead of the few-step distilled one.
+
+``runtime.self_attn_projections`` is applied to the DiT once it is built (see
+:class:`~world_model.runtime.RuntimeOptions`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from world_model.config import WorldModelConfig, mg3_5b, tiny
+from world_model.config import WorldModelConfig, mg3_5b, mg3_28b_moe, tiny
 from world_model.runtime import RuntimeOptions
 
 __all__ = [
@@ -121,6 +128,27 @@ def _randomize_zero_layers(module: nn.Module, std: float) -> None:
             p.normal_(0.0, std)
 
 
+def _apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
+    """Runtime choices applied to a built DiT (one or two experts), once."""
+    dit.set_self_attn_projection_dtype(runtime.self_attn_projection_dtype)
+    return dit
+
+
+def _random_moe(config: WorldModelConfig, runtime: RuntimeOptions, big: bool) -> nn.Module:
+    """Both experts with training init: on the CPU when small; when big, made on the meta device and
+    materialised on the runtime device in the runtime dtype (two 14B experts never exist in fp32)."""
+    from world_model.moe import MoEDiT
+
+    if not big:
+        return MoEDiT.from_config(config)
+    with torch.device("meta"):
+        dit = MoEDiT.from_config(config)
+    dit = dit.to(runtime.dtype).to_empty(device=runtime.device)
+    dit.high_noise.init_weights()
+    dit.low_noise.init_weights()
+    return dit
+
+
 def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, seed: int) -> WorldModel:
     """Random weights from ``seed``: small models are drawn on the CPU (same weights on every machine)
     and moved; big ones are drawn on the device in the runtime dtype."""
@@ -131,7 +159,11 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
     big = config.dit.dim >= 1024
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if big:  # build directly on the device in the runtime dtype: a 5B model in fp32 on CPU is slow
+        if config.moe is not None:
+            dit = _random_moe(config, runtime, big)
+            with torch.device(runtime.device if big else "cpu"):
+                vae = WanVAE(config.vae).to(runtime.dtype if big else torch.float32)
+        elif big:  # build directly on the device in the runtime dtype: a 5B model in fp32 on CPU is slow
             with torch.device(runtime.device):
                 dit = MatrixGameDiT(config.dit).to(runtime.dtype)
                 vae = WanVAE(config.vae).to(runtime.dtype)
@@ -139,7 +171,7 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
             dit = MatrixGameDiT(config.dit)
             vae = WanVAE(config.vae)
         _randomize_zero_layers(dit, std=0.02)
-    dit = dit.to(runtime.device, runtime.dtype).eval()
+    dit = _apply_runtime(dit.to(runtime.device, runtime.dtype).eval(), runtime)
     vae = vae.to(runtime.device, runtime.dtype).eval()
     text = RandomTextEncoder(config.text, seed=seed, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
     return WorldModel(config, dit, vae, text, runtime, name, True, f"random init (seed {seed})")
@@ -151,13 +183,24 @@ def random_world_model(config: WorldModelConfig, runtime: RuntimeOptions | None 
 
 
 def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distilled: bool) -> WorldModel:
-    """The released 5B checkpoint from a local folder or the hub."""
+    """The released 5B checkpoint from a local folder or the hub, or a two-expert folder
+    (``high_noise_model/`` + ``low_noise_model/``, the assumed mg3-28b-moe layout)."""
+    from world_model.config import MoEConfig
     from world_model.text import make_text_encoder
     from world_model.vae import load_vae
-    from world_model.weights import load_dit
+    from world_model.weights import is_moe_folder, load_dit, load_moe_dit
 
+    if is_moe_folder(root):
+        preset = mg3_28b_moe(distilled=distilled)
+        boundary = preset.moe.boundary * preset.sampler.num_train_timesteps
+        dit = _apply_runtime(load_moe_dit(root, boundary, device=runtime.device, dtype=runtime.dtype), runtime)
+        vae = load_vae(root, device=runtime.device, dtype=runtime.dtype).eval()
+        moe = MoEConfig(low_noise=dit.low_noise.cfg, boundary=preset.moe.boundary)
+        config = preset.replace(dit=dit.cfg, moe=moe, vae=getattr(vae, "cfg", preset.vae))
+        text = make_text_encoder(config.text, root, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
+        return WorldModel(config, dit, vae, text, runtime, name, False, str(root))
     variant = "distilled" if distilled else "base"
-    dit = load_dit(root, variant=variant, device=runtime.device, dtype=runtime.dtype).eval()
+    dit = _apply_runtime(load_dit(root, variant=variant, device=runtime.device, dtype=runtime.dtype).eval(), runtime)
     vae = load_vae(root, device=runtime.device, dtype=runtime.dtype).eval()
     config = mg3_5b(distilled=distilled).replace(dit=dit.cfg, vae=getattr(vae, "cfg", mg3_5b().vae))
     text = make_text_encoder(config.text, root, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
@@ -182,6 +225,7 @@ def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: 
 
     config = WorldModelConfig.load(folder / "config.json")
     dit = load_dit(folder, "distilled" if distilled else "base", device=runtime.device, dtype=runtime.dtype).eval()
+    dit = _apply_runtime(dit, runtime)
     vae = WanVAE(config.vae)
     vae.load_state_dict(read_safetensors(folder / "vae.safetensors"))
     vae = vae.to(runtime.device, runtime.dtype).eval()
@@ -221,12 +265,28 @@ def _default(runtime: RuntimeOptions, seed: int, distilled: bool = True) -> Worl
     return _load_exported(EMBEDDED_DIR, runtime, "default" if distilled else "default-teacher", distilled)
 
 
+def _unreleased(name: str) -> WorldModel:
+    raise ValueError(
+        f"{name!r} is a preset for a checkpoint that is not released yet (world_model.config.mg3_28b_moe names "
+        "every assumed value); load a local folder with high_noise_model/ and low_noise_model/ (each with "
+        "config.json and diffusion_pytorch_model.safetensors) next to the VAE and T5 files, or use "
+        f"'{name}-random' (random weights, for speed measurements)"
+    )
+
+
 _REGISTRY: dict[str, Callable[[RuntimeOptions, int], WorldModel]] = {
     "tiny-random": lambda rt, seed: _build_random(tiny(), rt, "tiny-random", seed),
     "mg3-5b": lambda rt, seed: _load_release(RELEASE_HUB_ID, rt, "mg3-5b", distilled=True),
     "mg3-5b-base": lambda rt, seed: _load_release(RELEASE_HUB_ID, rt, "mg3-5b-base", distilled=False),
     "mg3-5b-random": lambda rt, seed: _build_random(
         mg3_5b().replace(name="mg3-5b-random", text=mg3_5b().text.replace(kind="random")), rt, "mg3-5b-random", seed
+    ),
+    "mg3-28b-moe": lambda rt, seed: _unreleased("mg3-28b-moe"),
+    "mg3-28b-moe-random": lambda rt, seed: _build_random(
+        mg3_28b_moe().replace(name="mg3-28b-moe-random", text=mg3_5b().text.replace(kind="random")),
+        rt,
+        "mg3-28b-moe-random",
+        seed,
     ),
     "default": _default,
     "default-teacher": lambda rt, seed: _default(rt, seed, distilled=False),

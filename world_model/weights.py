@@ -9,6 +9,10 @@ A release folder (local, or the hub repo ``Skywork/Matrix-Game-3.0``)::
       Wan2.2_VAE.pth, MG-LightVAE.pth, MG-LightVAE_v2.pth                         # VAEs
       models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/                          # text encoder
 
+The two-expert model (mg3-28b-moe, not released) is assumed to use Wan2.2-A14B's layout, one DiT
+folder per expert: ``<root>/high_noise_model/`` and ``<root>/low_noise_model/`` (see
+:func:`load_moe_dit`).
+
 The DiT weights may also be sharded (``diffusion_pytorch_model.safetensors.index.json`` with its
 shards). Every problem is reported as one :class:`~world_model.checkpoint.CheckpointError` that
 names the file and says what was expected.
@@ -29,21 +33,27 @@ from .config import ConfigError, DiTConfig
 
 if TYPE_CHECKING:
     from .dit import MatrixGameDiT
+    from .moe import MoEDiT
 
 __all__ = [
     "RELEASE_REPO_ID",
     "DIT_SUBFOLDERS",
+    "MOE_SUBFOLDERS",
     "DIT_WEIGHTS",
     "DIT_INDEX",
     "resolve_checkpoint",
     "dit_folder",
     "read_dit_config",
     "load_dit",
+    "load_dit_folder",
+    "is_moe_folder",
+    "load_moe_dit",
     "write_dit_folder",
 ]
 
 RELEASE_REPO_ID = "Skywork/Matrix-Game-3.0"
 DIT_SUBFOLDERS = {"distilled": "base_distilled_model", "base": "base_model"}
+MOE_SUBFOLDERS = {"high_noise": "high_noise_model", "low_noise": "low_noise_model"}  # assumed (Wan2.2-A14B)
 DIT_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIT_INDEX = DIT_WEIGHTS + ".index.json"
 CONFIG_NAME = "config.json"
@@ -197,13 +207,21 @@ def load_dit(
     before any tensor data is read, then the weights are read one tensor at a time, cast to
     ``dtype`` and assigned on ``device``.
     """
+    if variant not in DIT_SUBFOLDERS:
+        raise ValueError(f"variant must be one of {sorted(DIT_SUBFOLDERS)}, got {variant!r}")
+    folder = dit_folder(resolve_checkpoint(root, allow_patterns=[f"{DIT_SUBFOLDERS[variant]}/*"]), variant)
+    return load_dit_folder(folder, device=device, dtype=dtype)
+
+
+def load_dit_folder(
+    folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> MatrixGameDiT:
+    """Load one DiT folder (``config.json`` + safetensors, single file or sharded); see :func:`load_dit`."""
     from safetensors import safe_open
 
     from .dit import MatrixGameDiT
 
-    if variant not in DIT_SUBFOLDERS:
-        raise ValueError(f"variant must be one of {sorted(DIT_SUBFOLDERS)}, got {variant!r}")
-    folder = dit_folder(resolve_checkpoint(root, allow_patterns=[f"{DIT_SUBFOLDERS[variant]}/*"]), variant)
+    folder = Path(folder)
     cfg = read_dit_config(folder)
     with torch.device("meta"):
         model = MatrixGameDiT(cfg)
@@ -230,6 +248,39 @@ def load_dit(
     if left:
         raise RuntimeError(f"MatrixGameDiT kept tensors on the meta device after loading: {left[:8]}")
     return model.eval()
+
+
+def is_moe_folder(root: str | Path) -> bool:
+    """A local folder with one DiT subfolder per expert (``high_noise_model/``, ``low_noise_model/``)."""
+    root = Path(root)
+    return all((root / sub).is_dir() for sub in MOE_SUBFOLDERS.values())
+
+
+def load_moe_dit(
+    root: str | Path,
+    boundary_timestep: float,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MoEDiT:
+    """Load a two-expert DiT from ``<root>/high_noise_model/`` and ``<root>/low_noise_model/``.
+
+    Each expert folder is a DiT folder as :func:`load_dit_folder` reads it (its own ``config.json``).
+    ``boundary_timestep``: the high-noise expert runs at timesteps >= this (e.g. 900); it is not
+    part of the weights (Wan2.2 keeps it in code, not in the checkpoint).
+    """
+    from .moe import MoEDiT
+
+    root = resolve_checkpoint(root, allow_patterns=[f"{sub}/*" for sub in MOE_SUBFOLDERS.values()])
+    missing = [sub for sub in MOE_SUBFOLDERS.values() if not (root / sub).is_dir()]
+    if missing:
+        raise CheckpointError(
+            f"{root} is not a two-expert checkpoint folder: missing {', '.join(m + '/' for m in missing)} "
+            f"({_listing(root)}); the layout is <root>/{MOE_SUBFOLDERS['high_noise']}/ and "
+            f"<root>/{MOE_SUBFOLDERS['low_noise']}/, each with config.json and {DIT_WEIGHTS}"
+        )
+    high = load_dit_folder(root / MOE_SUBFOLDERS["high_noise"], device=device, dtype=dtype)
+    low = load_dit_folder(root / MOE_SUBFOLDERS["low_noise"], device=device, dtype=dtype)
+    return MoEDiT(high, low, boundary_timestep).eval()
 
 
 def write_dit_folder(model: torch.nn.Module, folder: str | Path, *, max_shard_bytes: int | None = None) -> Path:
