@@ -136,22 +136,25 @@ def select_memory(
         raise ValueError(f"expected c2w [B, N, 4, 4], got {tuple(c2w.shape)}")
     b, n = c2w.shape[:2]
     device = c2w.device
-    chunk = torch.as_tensor(chunk, dtype=torch.int64, device=device).expand(b)
+    # the window geometry is index arithmetic: done on the host (free when ``chunk`` is an int or a
+    # CPU tensor), so retrieval on a GPU never waits for the device
+    chunk = torch.as_tensor(chunk, dtype=torch.int64).cpu().expand(b)
     if (chunk < 1).any():
         raise ValueError(f"memory is retrieved from chunk 1 on; got chunk indices {chunk.tolist()}")
     start, end = window_bounds(chunk, cfg, temporal_stride)  # [B]
     if n < int(end.max()):
         raise ValueError(f"expected poses for at least {int(end.max())} frames (the window end), got {n}")
     m = cfg.num_memory
-    offsets = torch.tensor(cfg.memory_query_offsets[:m], dtype=torch.int64, device=device)
+    offsets = torch.tensor(cfg.memory_query_offsets[:m], dtype=torch.int64)
     query_frames = end[:, None] - offsets  # [B, M]
     if (query_frames < start[:, None]).any():
         raise ValueError(f"memory_query_offsets {cfg.memory_query_offsets[:m]} reach before the window start")
     if m == 0:
-        empty = query_frames.new_empty(b, 0)
+        empty = query_frames.new_empty(b, 0).to(device)
         return MemorySelection(empty, empty, empty)
 
     num_cand = int(start.max())  # candidates are frames 1 ... start-1, per sample
+    query_frames, start = query_frames.to(device, non_blocking=True), start.to(device, non_blocking=True)
     counts = frustum_overlap(_take(c2w, query_frames), c2w[:, :num_cand], cfg, max_elements=max_elements)
     frame = torch.arange(num_cand, device=device)
     valid = (frame >= 1) & (frame < start[:, None])  # [B, N_cand]

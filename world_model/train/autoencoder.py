@@ -24,7 +24,18 @@ from torch import Tensor, nn
 from world_model.config import VAEConfig
 from world_model.train.frames import FrameStore
 
-__all__ = ["VAEOptions", "ClipFrames", "identity_stats", "psnr", "load_weights", "VAEStage", "DecoderStage"]
+__all__ = [
+    "VAEOptions",
+    "ClipFrames",
+    "PatchDiscriminator",
+    "identity_stats",
+    "psnr",
+    "ssim",
+    "sharpness",
+    "load_weights",
+    "VAEStage",
+    "DecoderStage",
+]
 
 
 @dataclass(frozen=True)
@@ -37,10 +48,19 @@ class VAEOptions:
     latent_noise: float = 0.1
     latent_l2: float = 1e-3
     mse_weight: float = 0.5
+    ssim_weight: float = 0.5  # weight of (1 - SSIM): the structural term that keeps edges
     pixel_weight: float = 0.5  # decoder stage: weight of the true-frame term
+    gan_start: int = -1  # step from which the patch discriminator trains and the decoder fools it (-1: never)
+    gan_weight: float = 0.05
+    disc_width: int = 64
+    disc_lr: float = 2e-4
     eval_clips: int = 16
     amp: bool = True
     seed: int = 0
+
+    @property
+    def uses_gan(self) -> bool:
+        return self.gan_start >= 0
 
 
 def identity_stats(cfg: VAEConfig) -> VAEConfig:
@@ -70,39 +90,139 @@ def load_weights(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
 
 
 class ClipFrames:
-    """Random clips [B, 3, T, H, W] in [-1, 1] from a :class:`FrameStore` (within single episodes)."""
+    """Random clips [B, 3, T, H, W] in [-1, 1] from episodes of frames held on ``device``.
 
-    def __init__(self, store: FrameStore, clip_frames: int, device: torch.device, seed: int = 0) -> None:
+    The uint8 frames of every episode live in one device tensor; clip indices, the random draws and
+    the conversion to [-1, 1] all run there, so a batch costs no host work and no synchronisation.
+    ``extend`` appends the episodes of another store (shards recorded while training runs).
+    Episodes are drawn in proportion to the clips they hold.
+    """
+
+    def __init__(self, store: FrameStore, clip_frames: int, device: torch.device | str, seed: int = 0) -> None:
+        self.t, self.device = clip_frames, torch.device(device)
+        self.frames = torch.empty((0, *store.frames.shape[1:]), dtype=torch.uint8, device=self.device)
+        self.first = torch.empty(0, dtype=torch.int64, device=self.device)  # [E] first frame per episode
+        self.room = torch.empty(0, dtype=torch.int64, device=self.device)  # [E] clip start positions
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.extend(store)
+        if len(self.first) == 0:
+            lens = np.diff(store.starts)
+            raise ValueError(f"no episode holds {clip_frames} frames (longest: {int(lens.max()) if len(lens) else 0})")
+
+    def extend(self, store: FrameStore) -> None:
         lens = np.diff(store.starts)
-        self.episodes = np.flatnonzero(lens >= clip_frames)
-        if len(self.episodes) == 0:
-            raise ValueError(f"no episode holds {clip_frames} frames (longest: {int(lens.max())})")
-        self.store, self.t, self.device = store, clip_frames, device
-        self.rng = np.random.default_rng(seed)
+        keep = np.flatnonzero(lens >= self.t)
+        offset = len(self.frames)
+        frames = torch.from_numpy(np.ascontiguousarray(store.frames)).to(self.device)
+        self.frames = torch.cat([self.frames, frames]) if offset else frames
+        first = torch.as_tensor(store.starts[keep] + offset, dtype=torch.int64, device=self.device)
+        room = torch.as_tensor(lens[keep] - self.t + 1, dtype=torch.int64, device=self.device)
+        self.first, self.room = torch.cat([self.first, first]), torch.cat([self.room, room])
+        self._cum = torch.cumsum(self.room, 0)  # clip starts are drawn uniformly over all of them
 
-    def get(self, episodes: np.ndarray, offsets: np.ndarray) -> Tensor:
-        st = self.store
-        first = st.starts[episodes] + offsets  # [B]
-        idx = first[:, None] + np.arange(self.t)  # [B, T]
-        frames = torch.from_numpy(np.ascontiguousarray(st.frames[idx.reshape(-1)]))  # [B*T, H, W, 3]
-        frames = frames.to(self.device, non_blocking=True).view(len(first), self.t, *frames.shape[1:])
-        return frames.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)  # [B, 3, T, H, W]
+    @property
+    def num_clips(self) -> int:
+        return int(self._cum[-1]) if len(self._cum) else 0
+
+    def get(self, first: Tensor) -> Tensor:
+        """Clips starting at absolute frames ``first`` [B] (device) -> [B, 3, T, H, W] in [-1, 1]."""
+        idx = first[:, None] + torch.arange(self.t, device=self.device)  # [B, T]
+        x = self.frames[idx]  # [B, T, H, W, 3] uint8
+        return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
 
     def sample(self, b: int) -> Tensor:
-        eps = self.rng.choice(self.episodes, size=b)
-        room = np.diff(self.store.starts)[eps] - self.t
-        return self.get(eps, (self.rng.random(b) * (room + 1)).astype(np.int64))
+        total = self._cum[-1]
+        u = (torch.rand(b, device=self.device, generator=self.generator, dtype=torch.float64) * total).long()
+        ep = torch.searchsorted(self._cum, u, right=True)  # [B]
+        start = u - (self._cum[ep] - self.room[ep])
+        return self.get(self.first[ep] + start)
 
     def fixed(self, n: int) -> Tensor:
         """n deterministic clips (first frames of the first episodes, cycling) for evaluation."""
-        eps = self.episodes[np.arange(n) % len(self.episodes)]
-        return self.get(eps, np.zeros(n, np.int64))
+        ep = torch.arange(n, device=self.device) % len(self.first)
+        return self.get(self.first[ep])
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
+        return {"rng": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
+        rng = state["rng"]
+        if isinstance(rng, Tensor) and rng.dtype == torch.uint8:
+            self.generator.set_state(rng.cpu())
+
+
+def ssim(a: Tensor, b: Tensor, window: int = 7) -> Tensor:
+    """Mean structural similarity of images in [-1, 1], a/b [N, C, H, W] (uniform window, per channel)."""
+    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2  # (k L)^2 for the dynamic range L = 2
+    pool = lambda x: F.avg_pool2d(x, window, stride=1)  # noqa: E731
+    mu_a, mu_b = pool(a), pool(b)
+    var_a = pool(a * a) - mu_a.pow(2)
+    var_b = pool(b * b) - mu_b.pow(2)
+    cov = pool(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.pow(2) + mu_b.pow(2) + c1) * (var_a + var_b + c2))
+    return s.mean()
+
+
+def frames_2d(video: Tensor) -> Tensor:
+    """[B, C, T, H, W] -> [B*T, C, H, W]."""
+    return video.transpose(1, 2).flatten(0, 1)
+
+
+class PatchDiscriminator(nn.Module):
+    """A PatchGAN on single frames: [N, 3, H, W] in [-1, 1] -> realness logits [N, 1, H/8, W/8]."""
+
+    def __init__(self, width: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        mods: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        c = width
+        for i in range(1, layers):
+            nxt = width * min(2**i, 8)
+            mods += [nn.Conv2d(c, nxt, 4, 2, 1), nn.GroupNorm(8, nxt), nn.LeakyReLU(0.2)]
+            c = nxt
+        mods += [nn.Conv2d(c, c, 3, 1, 1), nn.GroupNorm(8, c), nn.LeakyReLU(0.2), nn.Conv2d(c, 1, 3, 1, 1)]
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def sharpness(video: Tensor) -> Tensor:
+    """Mean luma gradient magnitude of frames in [-1, 1], [B, 3, ...] -> scalar (a blur detector)."""
+    y = 0.299 * video[:, 0] + 0.587 * video[:, 1] + 0.114 * video[:, 2]
+    return (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., :, 1:] - y[..., :, :-1]).abs().mean()
+
+
+class _Adversary:
+    """The patch discriminator and its optimiser, with the hinge losses (used once reconstruction
+    has converged: ``VAEOptions.gan_start``)."""
+
+    def __init__(self, opts: VAEOptions, device: torch.device) -> None:
+        self.disc = PatchDiscriminator(opts.disc_width).to(device)
+        self.optim = torch.optim.AdamW(self.disc.parameters(), lr=opts.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
+        self.opts = opts
+
+    def generator_loss(self, fake: Tensor) -> Tensor:
+        self.disc.requires_grad_(False)
+        loss = -self.disc(frames_2d(fake)).float().mean()
+        self.disc.requires_grad_(True)
+        return loss
+
+    def train_step(self, real: Tensor, fake: Tensor, autocast) -> Tensor:
+        with autocast():
+            lr = self.disc(frames_2d(real)).float()
+            lf = self.disc(frames_2d(fake.detach())).float()
+        loss = F.relu(1 - lr).mean() + F.relu(1 + lf).mean()
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        return {"disc": self.disc.state_dict(), "optim": self.optim.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.disc.load_state_dict(state["disc"])
+        self.optim.load_state_dict(state["optim"])
 
 
 class _Base:
@@ -111,18 +231,47 @@ class _Base:
         self.optim = torch.optim.AdamW(trainable, lr=opts.lr, betas=(0.9, 0.99), weight_decay=0.0)
         self.params = trainable
         self.generator = torch.Generator(device).manual_seed(opts.seed)
+        self.adversary = _Adversary(opts, device) if opts.uses_gan else None
 
     def _autocast(self):
         return torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.opts.amp and self.device.type == "cuda"
         )
 
-    def _step(self, step: int, loss: Tensor) -> float:
+    def _step(self, step: int, loss: Tensor) -> Tensor:
         for g in self.optim.param_groups:
             g["lr"] = self.opts.lr * min(1.0, (step + 1) / max(1, self.opts.warmup_steps))
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
-        return float(torch.nn.utils.clip_grad_norm_(self.params, self.opts.grad_clip))
+        return torch.nn.utils.clip_grad_norm_(self.params, self.opts.grad_clip)
+
+    def _gan_on(self, step: int) -> bool:
+        return self.adversary is not None and step >= self.opts.gan_start
+
+    def _image_losses(self, out: Tensor, x: Tensor, step: int) -> dict[str, Tensor]:
+        """Structural term and (once on) the adversarial term of decoded clips ``out`` vs frames ``x``."""
+        terms = {"ssim": ssim(frames_2d(out.float()), frames_2d(x))}
+        if self._gan_on(step):
+            with self._autocast():
+                terms["gan_g"] = self.adversary.generator_loss(out)
+        return terms
+
+    def _weighted(self, terms: dict[str, Tensor]) -> Tensor:
+        loss = self.opts.ssim_weight * (1 - terms["ssim"])
+        if "gan_g" in terms:
+            loss = loss + self.opts.gan_weight * terms["gan_g"]
+        return loss
+
+    def _adversary_step(self, step: int, x: Tensor, out: Tensor, metrics: dict[str, Tensor]) -> None:
+        if self._gan_on(step):
+            metrics["gan_d"] = self.adversary.train_step(x, out, self._autocast)
+
+    def _base_state(self) -> dict:
+        return {"adversary": self.adversary.state_dict()} if self.adversary is not None else {}
+
+    def _load_base_state(self, state: dict) -> None:
+        if self.adversary is not None and "adversary" in state:
+            self.adversary.load_state_dict(state["adversary"])
 
 
 class VAEStage(_Base):
@@ -130,23 +279,41 @@ class VAEStage(_Base):
 
     name = "vae"
 
-    def __init__(self, vae: nn.Module, train: ClipFrames, held_out: ClipFrames | None, opts: VAEOptions) -> None:
-        self.vae, self.train, self.held_out = vae, train, held_out
+    feed_every = 100  # steps between looks for newly recorded shards
+
+    def __init__(
+        self, vae: nn.Module, train: ClipFrames, held_out: ClipFrames | None, opts: VAEOptions, *, feed=None
+    ) -> None:
+        """``feed``: a :class:`world_model.train.engine_frames.ShardFeed` whose new shards join ``train``
+        while a recorder is still writing them."""
+        self.vae, self.train, self.held_out, self.feed = vae, train, held_out, feed
         super().__init__([p for p in vae.parameters() if p.requires_grad], opts, next(vae.parameters()).device)
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def _take_new_shards(self) -> None:
+        finished = self.feed.finished  # read before the shards: none written before "done" is missed
+        for store in self.feed.new():
+            self.train.extend(store)
+        if finished:
+            self.feed = None
+
+    def train_step(self, step: int) -> dict[str, Tensor]:
+        if self.feed is not None and step % self.feed_every == 0:
+            self._take_new_shards()
         self.vae.train()
         x = self.train.sample(self.opts.batch_size)
         with self._autocast():
             z = self.vae.encode(x)  # [B, C, F, h, w]
             zn = z + self.opts.latent_noise * torch.randn(z.shape, device=z.device, generator=self.generator)
             xr, _ = self.vae.decode(zn, first_chunk=True, clamp=False)
+            terms = self._image_losses(xr, x, step)
         xr, z = xr.float(), z.float()
         rec = F.l1_loss(xr, x) + self.opts.mse_weight * F.mse_loss(xr, x)
-        loss = rec + self.opts.latent_l2 * z.pow(2).mean()
+        loss = rec + self.opts.latent_l2 * z.pow(2).mean() + self._weighted(terms)
         gnorm = self._step(step, loss)
         self.optim.step()
-        return {"loss": loss.item(), "rec": rec.item(), "z_rms": z.pow(2).mean().sqrt().item(), "grad_norm": gnorm}
+        metrics = {"loss": loss, "rec": rec, "z_rms": z.pow(2).mean().sqrt(), "grad_norm": gnorm, **terms}
+        self._adversary_step(step, x, xr, metrics)
+        return {k: v.detach() for k, v in metrics.items()}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -154,20 +321,28 @@ class VAEStage(_Base):
             return {}
         self.vae.eval()
         x = self.held_out.fixed(self.opts.eval_clips)
-        vals = []
+        vals, sharp = [], []
         for xb in x.split(self.opts.batch_size):
             with self._autocast():
                 xr, _ = self.vae.decode(self.vae.encode(xb), first_chunk=True)
-            vals.append(psnr(xr.clamp(-1, 1), xb))
-        return {"psnr": torch.cat(vals).mean().item()}
+            xr = xr.float().clamp(-1, 1)
+            vals.append(psnr(xr, xb))
+            sharp.append(sharpness(xr) / sharpness(xb))
+        return {"psnr": torch.cat(vals).mean().item(), "sharpness_ratio": torch.stack(sharp).mean().item()}
 
     def state_dict(self) -> dict:
-        return {"vae": self.vae.state_dict(), "optim": self.optim.state_dict(), "data": self.train.state_dict()}
+        return {
+            "vae": self.vae.state_dict(),
+            "optim": self.optim.state_dict(),
+            "data": self.train.state_dict(),
+            **self._base_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.vae.load_state_dict(state["vae"])
         self.optim.load_state_dict(state["optim"])
         self.train.load_state_dict(state["data"])
+        self._load_base_state(state)
 
 
 class DecoderStage(_Base):
@@ -189,7 +364,7 @@ class DecoderStage(_Base):
             raise ValueError("the student VAE has no trainable decoder parameters")
         super().__init__(trainable, opts, next(student.parameters()).device)
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, Tensor]:
         self.student.train()
         x = self.train.sample(self.opts.batch_size)
         with torch.no_grad(), self._autocast():
@@ -197,13 +372,16 @@ class DecoderStage(_Base):
             target, _ = self.teacher.decode(z, first_chunk=True, clamp=False)
         with self._autocast():
             out, _ = self.student.decode(z, first_chunk=True, clamp=False)
+            terms = self._image_losses(out, x, step)
         out, target = out.float(), target.float()
         distil = F.l1_loss(out, target)
         pixel = F.l1_loss(out, x)
-        loss = distil + self.opts.pixel_weight * pixel
+        loss = distil + self.opts.pixel_weight * pixel + self._weighted(terms)
         gnorm = self._step(step, loss)
         self.optim.step()
-        return {"loss": loss.item(), "distil": distil.item(), "pixel": pixel.item(), "grad_norm": gnorm}
+        metrics = {"loss": loss, "distil": distil, "pixel": pixel, "grad_norm": gnorm, **terms}
+        self._adversary_step(step, x, out, metrics)
+        return {k: v.detach() for k, v in metrics.items()}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -211,19 +389,32 @@ class DecoderStage(_Base):
             return {}
         self.student.eval()
         x = self.held_out.fixed(self.opts.eval_clips)
-        full, pruned = [], []
+        full, pruned, sharp = [], [], []
         for xb in x.split(self.opts.batch_size):
             with self._autocast():
                 z = self.teacher.encode(xb)
-                full.append(psnr(self.teacher.decode(z, first_chunk=True)[0].clamp(-1, 1), xb))
-                pruned.append(psnr(self.student.decode(z, first_chunk=True)[0].clamp(-1, 1), xb))
+                full.append(psnr(self.teacher.decode(z, first_chunk=True)[0].float().clamp(-1, 1), xb))
+                out = self.student.decode(z, first_chunk=True)[0].float().clamp(-1, 1)
+            pruned.append(psnr(out, xb))
+            sharp.append(sharpness(out) / sharpness(xb))
         f, p = torch.cat(full).mean().item(), torch.cat(pruned).mean().item()
-        return {"psnr_full": f, "psnr_pruned": p, "psnr_gap": f - p if math.isfinite(f - p) else float("nan")}
+        return {
+            "psnr_full": f,
+            "psnr_pruned": p,
+            "psnr_gap": f - p if math.isfinite(f - p) else float("nan"),
+            "sharpness_ratio": torch.stack(sharp).mean().item(),
+        }
 
     def state_dict(self) -> dict:
-        return {"student": self.student.state_dict(), "optim": self.optim.state_dict(), "data": self.train.state_dict()}
+        return {
+            "student": self.student.state_dict(),
+            "optim": self.optim.state_dict(),
+            "data": self.train.state_dict(),
+            **self._base_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
         self.optim.load_state_dict(state["optim"])
         self.train.load_state_dict(state["data"])
+        self._load_base_state(state)

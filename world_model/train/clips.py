@@ -90,7 +90,7 @@ class ClipBatch:
     ``latents`` [B, C, F, h, w] clean window latents, the first ``num_context`` of them clean
     context (1 image latent for chunk 0, 4 past latents later); ``memory`` [B, C, M, h, w] or None;
     ``plucker`` [B, 6 s^2, M+F, h, w]; ``mouse`` [B, Nf, 2]; ``keyboard`` [B, Nf, 6]; ``positions``
-    [B, M+F] int64; ``context`` [B, Lt, D]; ``chunk`` [B] chunk index; ``frames`` [B, Nf] absolute
+    [B, M+F] int64; ``context`` [B, Lt, D]; ``chunk`` [B] chunk index (on the host); ``frames`` [B, Nf] absolute
     frame indices of the window (for pixel-space evaluation).
     """
 
@@ -139,6 +139,13 @@ class ClipSampler:
                 f"segments of {fs} latents hold no continuation chunk; use at least {s.first_latents + s.new_latents}"
             )
         self.generator = torch.Generator().manual_seed(seed)
+        # index arithmetic runs on the host; only the gathers run where the store lives
+        self.seg_start_host = store.seg_start.cpu()
+        self.device = store.latents.device
+        self.max_elements = 1 << 27 if self.device.type == "cuda" else 1 << 24  # memory retrieval block size
+
+    def _to_device(self, t: Tensor) -> Tensor:
+        return t.to(self.device, non_blocking=True)
 
     def _last_latent(self, k: int) -> int:
         _, end = window_bounds(k, self.cfg.stream, self.r)
@@ -170,36 +177,36 @@ class ClipSampler:
         generated history); actions, poses and prompts still come from the store.
         """
         st, cfg, r = self.store, self.cfg, self.r
-        dev = st.latents.device
+        segments, chunks = segments.cpu(), chunks.cpu()  # host index arithmetic: no device syncs
         first = bool((chunks == 0).all())
         if not first and bool((chunks == 0).any()):
             raise ValueError(f"chunk 0 and later chunks have different shapes; got {chunks.tolist()}")
         start, end = window_bounds(chunks, cfg.stream, r)  # [B] pixel frames, relative to the segment
         nf = int((end - start)[0])
-        frames = start[:, None] + torch.arange(nf)  # [B, Nf] relative
-        abs_frames = st.seg_start.cpu()[segments][:, None] + frames  # [B, Nf]
+        seg_first = self.seg_start_host[segments]  # [B]
+        abs_frames = seg_first[:, None] + start[:, None] + torch.arange(nf)  # [B, Nf]
         pose_frames = window_pose_frames(chunks, cfg.stream, r)  # [B, F] relative
         lat_idx = torch.where(pose_frames == 0, 0, (pose_frames - 1) // r + 1)  # [B, F]
         num_context = 1 if first else cfg.stream.past_latents
-        seg_d, lat_d = segments.to(dev), lat_idx.to(dev)
+        seg_d, lat_d, pose_d = (self._to_device(t) for t in (segments, lat_idx, pose_frames))
         src = st.latents[seg_d] if latents is None else latents  # [B, Fs, C, h, w]
-        bidx = torch.arange(len(segments), device=dev)[:, None]
+        bidx = torch.arange(len(segments), device=self.device)[:, None]
         latents = src[bidx, lat_d].transpose(1, 2).float()  # [B, C, F, h, w]
         # poses of all frames from the segment start to the window end
         n_all = int(end.max())
-        all_frames = st.seg_start.cpu()[segments][:, None] + torch.arange(n_all)  # [B, N]
-        c2w = c2w_from_poses(st.poses[all_frames.to(dev)].double()).float()  # [B, N, 4, 4]
+        all_frames = self._to_device(seg_first[:, None] + torch.arange(n_all))  # [B, N]
+        c2w = c2w_from_poses(st.poses[all_frames].double()).float()  # [B, N, 4, 4]
         h, w = cfg.stream.height, cfg.stream.width
         stride, fov = cfg.vae.spatial_stride, cfg.stream.fov_deg
-        plucker = window_plucker(c2w[bidx, pose_frames.to(dev)], h, w, stride, fov)  # [B, 6s^2, F, h, w]
+        plucker = window_plucker(c2w[bidx, pose_d], h, w, stride, fov)  # [B, 6s^2, F, h, w]
         positions = lat_d
         memory = None
         if self.use_memory and not first and cfg.stream.num_memory > 0:
-            sel = select_memory(c2w, chunks.to(dev), cfg.stream, r)
+            sel = select_memory(c2w, chunks, cfg.stream, r, max_elements=self.max_elements)
             memory = src[bidx, sel.latents].transpose(1, 2).float()  # [B, C, M, h, w]
             plucker = torch.cat([memory_plucker(c2w, sel, h, w, stride, fov, r), plucker], dim=2)
             positions = torch.cat([sel.latents, lat_d], dim=1)
-        af = abs_frames.to(dev)
+        af = self._to_device(abs_frames)
         return ClipBatch(
             latents=latents,
             num_context=num_context,
@@ -207,8 +214,8 @@ class ClipSampler:
             plucker=plucker,
             mouse=st.mouse[af],
             keyboard=st.keyboard[af],
-            positions=positions.to(dev),
+            positions=positions,
             context=st.text[st.seg_prompt[seg_d]],
-            chunk=chunks.to(dev),
+            chunk=chunks,
             frames=af,
         )

@@ -69,7 +69,8 @@ class DMDStage:
         self.opt_student = torch.optim.AdamW(self.student.parameters(), lr=opts.lr_student, betas=opts.betas)
         self.opt_critic = torch.optim.AdamW(self.critic.parameters(), lr=opts.lr_critic, betas=opts.betas)
         self.ema = EMA(self.student, opts.ema_decay)
-        self.generator = torch.Generator().manual_seed(opts.seed)
+        self.generator = torch.Generator().manual_seed(opts.seed)  # host draws: choices, σ, timesteps
+        self.noise_generator = torch.Generator(self.device).manual_seed(opts.seed + 2)  # noise, on the device
         self.flow_opts = FlowOptions(logit_mean=0.0, logit_std=1.0, shift=1.0)
 
     def _autocast(self):
@@ -96,22 +97,22 @@ class DMDStage:
         return clips.build(segments, torch.full((b,), k, dtype=torch.int64), latents=lat)
 
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=self.generator).to(like.device)
+        return torch.randn(like.shape, generator=self.noise_generator, device=self.device)
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
         o = self.opts
         batch = self._batch(step)
         c = batch.num_context
         noise = self._noise(batch.latents[:, :, c:])
         update_student = step % o.critic_steps == 0
-        metrics: dict[str, float] = {}
+        metrics: dict[str, torch.Tensor] = {}  # device tensors, read back at the loop's log steps
         if update_student:
             self.student.train()
             exit_step = int(torch.randint(0, self.sampler.num_steps, (), generator=self.generator))
             with self._autocast():
                 x = sample_chunk(self.student, batch, noise, self.sampler, grad_step=exit_step).float()
             sigma = (o.sigma_min + (o.sigma_max - o.sigma_min) * torch.rand(len(x), generator=self.generator)).to(
-                x.device
+                x.device, non_blocking=True
             )
             xt = add_noise(x.detach(), self._noise(x), sigma)
             window = torch.cat([batch.latents[:, :, :c], xt], dim=2)
@@ -128,7 +129,7 @@ class DMDStage:
             self.opt_student.step()
             self.ema.update(self.student)
             sample = x.detach()
-            metrics.update(dmd=loss.item(), student_grad=float(gn))
+            metrics.update(dmd=loss.detach(), student_grad=gn.detach())
         else:
             self.student.eval()
             with self._autocast():
@@ -143,7 +144,7 @@ class DMDStage:
         closs.backward()
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), o.grad_clip)
         self.opt_critic.step()
-        metrics["critic"] = closs.item()
+        metrics["critic"] = closs.detach()
         return metrics
 
     def evaluate(self) -> dict[str, float]:

@@ -30,8 +30,10 @@ class EMA:
         self.num_updates += 1
         d = min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
         src = dict(model.named_parameters())
-        for name, p in self.model.named_parameters():
-            p.lerp_(src[name].detach().float(), 1.0 - d)
+        names = [name for name, _ in self.model.named_parameters()]
+        mine = [p for _, p in self.model.named_parameters()]
+        theirs = [src[name].detach().float() for name in names]
+        torch._foreach_lerp_(mine, theirs, 1.0 - d)  # one fused launch per dtype/device group
         bufs = dict(model.named_buffers())
         for name, b in self.model.named_buffers():
             b.copy_(bufs[name])

@@ -56,10 +56,14 @@ class ErrorBuffer:
 
     @torch.no_grad()
     def push(self, residual: Tensor, sigma: Tensor) -> int:
-        """Store residual frames. residual [B, C, F, h, w], sigma [B]; returns how many were stored."""
+        """Store residual frames. residual [B, C, F, h, w], sigma [B]; returns how many were stored.
+
+        The selection by σ runs where ``sigma`` is: pass it on the host to keep a GPU run sync-free.
+        """
         if residual.ndim != 5 or sigma.shape != residual.shape[:1]:
             raise ValueError(f"expected residual [B, C, F, h, w] and sigma [B], got {residual.shape}, {sigma.shape}")
-        keep = residual[sigma <= self.opts.sigma_max]  # [b, C, F, h, w]
+        keep_idx = torch.nonzero(sigma <= self.opts.sigma_max).view(-1)  # host-side when sigma is
+        keep = residual[keep_idx.to(residual.device, non_blocking=True)]  # [b, C, F, h, w]
         frames = keep.transpose(1, 2).flatten(0, 1).float()  # [b*F, C, h, w]
         if frames.numel() == 0:
             return 0
@@ -68,8 +72,8 @@ class ErrorBuffer:
         if frames.shape[1:] != self.data.shape[1:]:
             raise ValueError(f"residual frame shape {tuple(frames.shape[1:])} != buffer {tuple(self.data.shape[1:])}")
         frames = frames[-self.opts.size :]
-        idx = (self.pos + torch.arange(len(frames), device=frames.device)) % self.opts.size
-        self.data[idx.to(self.data.device)] = frames.to(self.data.device)
+        idx = (self.pos + torch.arange(len(frames))) % self.opts.size
+        self.data[idx.to(self.data.device, non_blocking=True)] = frames.to(self.data.device)
         self.pos = (self.pos + len(frames)) % self.opts.size
         self.count += len(frames)
         return len(frames)

@@ -42,6 +42,7 @@ class FlowOptions:
     num_train_timesteps: int = 1000
     error: ErrorBufferOptions = field(default_factory=ErrorBufferOptions)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the trained model's forward (the EMA copy stays eager)
     seed: int = 0
 
 
@@ -119,8 +120,13 @@ class FlowStage:
         )
         self.ema = EMA(model, opts.ema_decay)
         self.buffer = ErrorBuffer(opts.error)
+        # σ is drawn on the host (B numbers: the error buffer selects by σ without a device sync),
+        # the noise where the model is
         self.generator = torch.Generator().manual_seed(opts.seed)
+        self.noise_generator = torch.Generator(self.device).manual_seed(opts.seed + 2)
         self.buffer_generator = torch.Generator(self.device).manual_seed(opts.seed + 1)
+        if opts.compile:
+            self.model.compile(dynamic=False)
 
     def _lr(self, step: int) -> float:
         return self.opts.lr * min(1.0, (step + 1) / max(1, self.opts.warmup_steps))
@@ -149,9 +155,10 @@ class FlowStage:
             group["lr"] = self._lr(step)
         batch = self.perturb(self.sampler.sample())
         b = batch.latents.shape[0]
-        sigma = sample_sigmas(b, self.opts, self.generator).to(self.device)
+        sigma_host = sample_sigmas(b, self.opts, self.generator)  # [B] on the host
+        sigma = sigma_host.to(self.device, non_blocking=True)
         x0 = batch.latents[:, :, batch.num_context :]
-        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        noise = torch.randn(x0.shape, generator=self.noise_generator, device=self.device)
         with self._autocast():
             loss, residual = flow_loss(self.model, batch, sigma, noise, self.opts.num_train_timesteps)
         self.optim.zero_grad(set_to_none=True)
@@ -159,13 +166,14 @@ class FlowStage:
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opts.grad_clip)
         self.optim.step()
         self.ema.update(self.model)
-        self.buffer.push(residual, sigma)
+        self.buffer.push(residual, sigma_host)
+        # device tensors: the loop reads them back only at its log steps
         return {
-            "loss": loss.item(),
-            "grad_norm": float(gnorm),
+            "loss": loss.detach(),
+            "grad_norm": gnorm.detach(),
             "lr": self._lr(step),
             "buffer": float(len(self.buffer)),
-            "residual_rms": residual.pow(2).mean().sqrt().item(),
+            "residual_rms": residual.pow(2).mean().sqrt(),
         }
 
     def evaluate(self) -> dict[str, float]:
@@ -179,6 +187,7 @@ class FlowStage:
             "buffer": self.buffer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": self.generator.get_state(),
+            "noise_rng": self.noise_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -188,3 +197,5 @@ class FlowStage:
         self.buffer.load_state_dict(state["buffer"], device=self.device)
         self.sampler.load_state_dict(state["sampler"])
         self.generator.set_state(state["rng"])
+        if "noise_rng" in state:
+            self.noise_generator.set_state(state["noise_rng"].cpu())

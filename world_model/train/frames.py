@@ -79,6 +79,24 @@ class FrameStore:
             fps=self.fps,
         )
 
+    @classmethod
+    def concat(cls, stores: list[FrameStore]) -> FrameStore:
+        """One store holding the episodes of ``stores`` in order (copies the arrays)."""
+        if not stores:
+            raise ValueError("no stores to concatenate")
+        lens = np.concatenate([np.diff(s.starts) for s in stores])
+        cat = lambda name: np.concatenate([getattr(s, name) for s in stores])  # noqa: E731
+        return cls(
+            frames=cat("frames"),
+            mouse=cat("mouse"),
+            keyboard=cat("keyboard"),
+            poses=cat("poses"),
+            starts=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+            prompts=[p for s in stores for p in s.prompts],
+            levels=[lv for s in stores for lv in s.levels],
+            fps=stores[0].fps,
+        )
+
     def split(self, held_out_levels: set[str]) -> tuple[FrameStore, FrameStore]:
         """(train, held-out) by level id."""
         held = [e for e in range(self.num_episodes) if self.levels[e] in held_out_levels]

@@ -1,7 +1,12 @@
 """The one training loop every stage uses: resume, steps, progress bar, status, checkpoints, deadline.
 
 A stage is any object with ``name``, ``state_dict()``, ``load_state_dict(state)``,
-``train_step(step) -> dict[str, float]`` and optionally ``evaluate() -> dict[str, float]``.
+``train_step(step) -> dict[str, float | Tensor]`` and optionally ``evaluate() -> dict[str, float]``.
+
+A step's metrics may be device tensors: the loop reads them back only every ``log_every`` steps
+(averaged over those steps on the device), so the host never waits for the GPU between steps and
+queues the next step's work while the current one runs. A non-finite metric stops the run at the
+next log step.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ class Stage(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
-    def train_step(self, step: int) -> dict[str, float]: ...
+    def train_step(self, step: int) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, 
         status.update(checkpoint=str(path))
 
     smoothed: dict[str, float] = {}
+    window: dict[str, Any] = {}  # metric sums since the last log step (tensors stay on the device)
+    counts: dict[str, int] = {}
     t0, s0 = time.time(), step
     saved_at = step
     final_state = "done"
@@ -97,11 +104,15 @@ def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, 
             step += 1
             bar.update(1)
             for k, v in metrics.items():
-                v = float(v)
-                if not math.isfinite(v):
-                    raise FloatingPointError(f"{stage.name}: {k} is {v} at step {step}")
-                smoothed[k] = v if k not in smoothed else 0.95 * smoothed[k] + 0.05 * v
+                window[k] = window[k] + v if k in window else v
+                counts[k] = counts.get(k, 0) + 1
             if step % opts.log_every == 0 or step == opts.steps:
+                metrics = {k: float(v) / counts[k] for k, v in window.items()}  # the one sync per log step
+                window, counts = {}, {}
+                for k, v in metrics.items():
+                    if not math.isfinite(v):
+                        raise FloatingPointError(f"{stage.name}: {k} is {v} at step {step}")
+                    smoothed[k] = v if k not in smoothed else 0.7 * smoothed[k] + 0.3 * v
                 rate = (step - s0) / max(time.time() - t0, 1e-9)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in smoothed.items()})
                 status.log(step, "train", metrics)

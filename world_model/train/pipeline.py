@@ -62,13 +62,20 @@ class PipelineOptions:
 
     config: str = "embedded"
     fake_data: bool = False  # synthetic frames instead of the ViZDoom engine (tests)
-    frames: int = 400_000  # frames to generate
+    engine_frames: bool = True  # raw uint8 shards recorded beside training (False: H.264 dataset, decoded once)
+    frames: int = 400_000  # frames to generate (train frames when engine_frames)
+    vae_start_frames: int = 50_000  # engine_frames: the VAE starts once this many train frames exist
     episode_frames: int = 1000
     workers: int = 16
     seed: int = 0
     segment_latents: int = 65  # latents per pre-encoded segment (chunks 0..5)
     vae_steps: int = 20_000
     vae_batch: int = 16
+    vae_lr: float = 3e-4
+    vae_ssim: float = 0.5  # weight of (1 - SSIM)
+    vae_gan_start: int = -1  # step of the vae stage from which the patch discriminator is on (-1: off)
+    decoder_gan_start: int = -1  # the same for the decoder stage
+    gan_weight: float = 0.05
     decoder_steps: int = 8_000
     base_steps: int = 60_000
     base_batch: int = 32
@@ -79,6 +86,8 @@ class PipelineOptions:
     dmd_steps: int = 6_000
     dmd_batch: int = 8
     dmd_cold_start: int = 600
+    compile: bool = False  # torch.compile the DiT in the flow stages
+    shares: str = ""  # budget shares overriding BUDGET_SHARE, e.g. "vae=0.3,base=0.4"
     checkpoint_every: int = 1000
     eval_every: int = 2000
     eval_segments: int = 16
@@ -91,6 +100,7 @@ class PipelineOptions:
         return cls(
             config="tiny32",
             fake_data=True,
+            engine_frames=False,
             frames=200,
             episode_frames=100,
             segment_latents=25,
@@ -148,8 +158,10 @@ def _stage_done(run: Path, stage: str) -> bool:
 
 
 def _need(run: Path, stage: str, *, for_stage: str) -> None:
-    """``stage`` must be done, or stopped at its deadline with a checkpoint (good enough to go on)."""
-    if _stage_state(run, stage) not in ("done", "stopped"):
+    """``stage`` must be done, or stopped at its deadline with a checkpoint (good enough to go on);
+    data that is still being recorded (``growing``) is good enough for the VAE."""
+    ok = ("done", "stopped", "growing") if (stage, for_stage) == ("data", "vae") else ("done", "stopped")
+    if _stage_state(run, stage) not in ok:
         raise RuntimeError(f"stage {for_stage!r} needs stage {stage!r} first (see {run / _folder(stage)}/status.json)")
 
 
@@ -165,6 +177,8 @@ def _stage_data(run: Path, opts: PipelineOptions, deadline: float | None) -> dic
     h, w = cfg.stream.height, cfg.stream.width
     out = run / "data"
     status = StatusFile(out, "data")
+    if opts.engine_frames and not opts.fake_data:
+        return _start_engine_frames(run, opts, status)
     status.update(state="running")
     if opts.fake_data:
         n_ep = max(2, opts.frames // opts.episode_frames)
@@ -195,16 +209,110 @@ def _stage_data(run: Path, opts: PipelineOptions, deadline: float | None) -> dic
     return dict(status.data)
 
 
+def _start_engine_frames(run: Path, opts: PipelineOptions, status: StatusFile) -> dict:
+    """Start the raw-frame recorder (:mod:`world_model.train.engine_frames`) as a process of its own
+    and return once the VAE can start (``vae_start_frames`` train frames and a held-out shard): the
+    data stage is then ``growing``, and the VAE stage takes later shards as they land."""
+    import subprocess
+    import sys
+
+    from world_model.train.engine_frames import DONE, shard_folders
+
+    cfg = run_config(run, opts)
+    frames = run / "data" / "frames"
+    if (frames / DONE).exists():
+        status.update(state="done", metrics=json.loads((frames / DONE).read_text()))
+        return dict(status.data)
+    if status.data.get("state") != "growing" or not _alive(status.data.get("pid")):
+        if frames.exists():
+            import shutil
+
+            shutil.rmtree(frames)  # an unfinished recording is redone (it is deterministic)
+        frames.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "world_model.train.engine_frames", "--out", str(frames),
+            "--frames", str(opts.frames), "--size", str(cfg.stream.height), str(cfg.stream.width),
+            "--workers", str(opts.workers), "--seed", str(opts.seed), "--no-progress",
+            "--episode-frames", str(opts.episode_frames),
+            "--shard-frames", str(max(opts.episode_frames, min(50_000, opts.frames // 10))),
+        ]  # fmt: skip
+        log_file = open(run / "data" / "engine_frames.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        status.update(state="growing", pid=proc.pid)
+    t0 = time.time()
+    while True:
+        n_train = sum(_frames_in(p) for p in shard_folders(frames / "train"))
+        if (frames / DONE).exists() or (n_train >= opts.vae_start_frames and shard_folders(frames / "held_out")):
+            break
+        if not _alive(status.data.get("pid")) and not (frames / DONE).exists():
+            raise RuntimeError(f"the frame recorder stopped; see {run / 'data' / 'engine_frames.log'}")
+        if time.time() - t0 > 3600:
+            raise TimeoutError("the frame recorder produced too little in an hour")
+        time.sleep(2.0)
+    if (frames / DONE).exists():
+        status.update(state="done", metrics=json.loads((frames / DONE).read_text()))
+    return dict(status.data)
+
+
+def _frames_in(shard: Path) -> int:
+    import numpy as np
+
+    return int(np.load(shard / "starts.npy")[-1])
+
+
+def _alive(pid: int | None) -> bool:
+    import os
+
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except OSError:
+        return False
+    try:  # a finished child that nobody reaped is a zombie, not alive
+        return os.waitpid(int(pid), os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True  # not our child (another process started it): it exists
+
+
+def _wait_for_frames(run: Path) -> None:
+    """Block until the raw-frame recorder has finished (engine_frames runs)."""
+    from world_model.train.engine_frames import DONE
+
+    frames = run / "data" / "frames"
+    status = StatusFile(run / "data", "data")
+    while not (frames / DONE).exists():
+        if not _alive(status.data.get("pid")):
+            raise RuntimeError(f"the frame recorder stopped early; see {run / 'data' / 'engine_frames.log'}")
+        time.sleep(2.0)
+    status.update(state="done", metrics=json.loads((frames / DONE).read_text()))
+
+
 def _frames(run: Path):
+    """(train, held-out) FrameStores of the run (the raw shards concatenated, once recorded)."""
     from world_model.train.frames import FrameStore
 
+    frames = run / "data" / "frames"
+    if frames.exists():
+        from world_model.train.engine_frames import load_shards
+
+        _wait_for_frames(run)
+        return tuple(FrameStore.concat(load_shards(frames / split)) for split in ("train", "held_out"))
     return FrameStore.load(run / "data" / "train"), FrameStore.load(run / "data" / "held_out")
 
 
-def _vae_opts(opts: PipelineOptions):
+def _vae_opts(opts: PipelineOptions, gan_start: int = -1):
     from world_model.train.autoencoder import VAEOptions
 
-    return VAEOptions(batch_size=opts.vae_batch, seed=opts.seed, eval_clips=max(2, opts.eval_segments))
+    return VAEOptions(
+        batch_size=opts.vae_batch,
+        lr=opts.vae_lr,
+        ssim_weight=opts.vae_ssim,
+        gan_start=gan_start,
+        gan_weight=opts.gan_weight,
+        seed=opts.seed,
+        eval_clips=max(2, opts.eval_segments),
+    )
 
 
 def _loop_opts(opts: PipelineOptions, steps: int, deadline: float | None):
@@ -256,12 +364,26 @@ def _stage_vae(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
 
     _need(run, "data", for_stage="vae")
     cfg, dev = run_config(run, opts), _device()
-    vopts = _vae_opts(opts)
-    train, held = _frames(run)
+    vopts = _vae_opts(opts, opts.vae_gan_start)
+    frames = run / "data" / "frames"
+    feed = None
+    if frames.exists():  # raw shards, maybe still being recorded: start on those there, take the rest later
+        from world_model.train.engine_frames import ShardFeed
+        from world_model.train.frames import FrameStore
+
+        feed = ShardFeed(frames / "train")
+        train = FrameStore.concat(feed.new())
+        held = FrameStore.concat(ShardFeed(frames / "held_out").new()[:2])
+    else:
+        train, held = _frames(run)
     torch.manual_seed(opts.seed)
     vae = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0)).to(dev)
     stage = VAEStage(
-        vae, ClipFrames(train, vopts.clip_frames, dev, opts.seed), ClipFrames(held, vopts.clip_frames, dev), vopts
+        vae,
+        ClipFrames(train, vopts.clip_frames, dev, opts.seed),
+        ClipFrames(held, vopts.clip_frames, dev),
+        vopts,
+        feed=feed,
     )
     return run_loop(stage, run / "vae", _loop_opts(opts, opts.vae_steps, deadline))
 
@@ -274,7 +396,7 @@ def _stage_decoder(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     _need(run, "vae", for_stage="decoder")
     cfg, dev = run_config(run, opts), _device()
     cfg = cfg.replace(vae=identity_stats(cfg.vae))
-    vopts = _vae_opts(opts)
+    vopts = _vae_opts(opts, opts.decoder_gan_start)
     train, held = _frames(run)
     teacher = _teacher_vae(run, opts, cfg, dev)
     torch.manual_seed(opts.seed + 1)
@@ -307,7 +429,8 @@ def _stage_encode(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     vae = _teacher_vae(run, opts, cfg, dev)
     text = make_text_encoder(cfg.text, device=dev)
     for name, store in (("train", train), ("held_out", held)):
-        enc = encode_store(vae, store, opts.segment_latents, text, progress=opts.progress)
+        batch = 32 if dev.type == "cuda" else 4  # segments per encoder call
+        enc = encode_store(vae, store, opts.segment_latents, text, batch_size=batch, progress=opts.progress)
         enc.save(run / "latents" / name)
         status.update(**{f"{name}_segments": enc.num_segments})
     status.update(state="done")
@@ -361,7 +484,11 @@ def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, mem
         model = MatrixGameDiT(cfg.dit).to(dev)
     batch = opts.memory_batch if memory else opts.base_batch
     fopts = FlowOptions(
-        batch_size=batch, lr=opts.memory_lr if memory else opts.base_lr, use_memory=memory, seed=opts.seed
+        batch_size=batch,
+        lr=opts.memory_lr if memory else opts.base_lr,
+        use_memory=memory,
+        compile=opts.compile,
+        seed=opts.seed,
     )
     clips = ClipSampler(train_lat, cfg, batch, p_continue=fopts.p_continue, use_memory=memory, seed=opts.seed)
     stage = FlowStage(model, clips, fopts, name=name, evaluator=_evaluator(run, opts, cfg, held_lat, dev))
@@ -396,6 +523,22 @@ def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     status = StatusFile(run / "export", "export")
     status.update(state="done", metrics={"bytes": exported_size_bytes(folder), "dit_source": source})
     return dict(status.data)
+
+
+def _shares(spec: str) -> dict[str, float]:
+    """BUDGET_SHARE with the overrides of ``spec`` ("vae=0.3,base=0.4")."""
+    shares = dict(BUDGET_SHARE)
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, value = item.partition("=")
+        if name not in shares:
+            raise ValueError(f"unknown stage {name!r} in shares {spec!r}; stages are {STAGES}")
+        try:
+            shares[name] = float(value)
+        except ValueError:
+            raise ValueError(f"share of {name!r} must be a number, got {value!r}") from None
+        if shares[name] < 0:
+            raise ValueError(f"share of {name!r} must be >= 0, got {value}")
+    return shares
 
 
 _RUNNERS = {
@@ -448,6 +591,7 @@ def run_pipeline(
     t0 = time.time()
     end = None if budget_minutes is None else t0 + 60.0 * budget_minutes
     todo = [s for s in STAGES if s not in skip and (only is None or s in only)]
+    shares = _shares(opts.shares)
     states: dict[str, str] = {}
     status.update(state="running", stages=states, budget_minutes=budget_minutes)
     for i, stage in enumerate(todo):
@@ -457,7 +601,7 @@ def run_pipeline(
         deadline = None
         if end is not None:
             left = end - time.time()
-            share = BUDGET_SHARE[stage] / sum(BUDGET_SHARE[s] for s in todo[i:])
+            share = shares[stage] / max(1e-9, sum(shares[s] for s in todo[i:]))
             deadline = time.time() + max(0.0, left * share)
         status.update(stage=stage, stages=states, stage_deadline=deadline)
         try:

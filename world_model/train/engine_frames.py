@@ -1,0 +1,239 @@
+"""Training frames straight from the engine: episodes recorded in parallel into FrameStore shards.
+
+The dataset path (:func:`world_model.data.generate.generate_dataset`) writes H.264 video that a
+person can watch and LeRobot can read; for training that costs an encode, a decode and the codec's
+loss of detail (CRF 20 at 128 px smears exactly the texture a sharp VAE must learn). This module
+keeps the raw uint8 frames instead: worker processes play the episodes of the same deterministic
+plan (level and seed per plan index), the main process commits them in plan order into shards of
+about ``shard_frames`` frames, each a :class:`FrameStore` folder that a trainer can load while
+later shards are still being written::
+
+    <out>/train/part-0000/  <out>/train/part-0001/ ...   episodes of the train levels
+    <out>/held_out/part-0000/ ...                         episodes of the validation levels
+    <out>/done.json                                       written last (frames per split)
+
+Test levels are never played here. A failed episode is retried once, then left out (logged). An\nunfinished output folder is refused: recording is deterministic, so it is simply deleted and redone.
+
+    python -m world_model.train.engine_frames --out runs/frames --frames 1000000 --workers 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from world_model.train.frames import FrameStore
+
+__all__ = ["EngineFramesConfig", "record_frames", "load_shards", "shard_folders", "ShardFeed", "DONE"]
+
+log = logging.getLogger(__name__)
+
+DONE = "done.json"
+
+
+@dataclass(frozen=True)
+class EngineFramesConfig:
+    frames: int  # train frames to record (held-out episodes come on top, one per held_out_every)
+    width: int = 128
+    height: int = 128
+    workers: int = 8
+    seed: int = 0
+    episode_frames: int = 1000
+    held_out_every: int = 10  # every n-th episode plays a validation level
+    shard_frames: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.episode_frames < 1 or self.workers < 1 or self.shard_frames < 1:
+            raise ValueError(f"frames, episode_frames, workers and shard_frames must be >= 1, got {self}")
+        if self.held_out_every < 2:
+            raise ValueError(f"held_out_every must be >= 2, got {self.held_out_every}")
+
+
+def _plan(cfg: EngineFramesConfig, p: int) -> tuple[str, str, int]:
+    """(split, level name, episode seed) of plan index p: deterministic for cfg.seed."""
+    from world_model.data.generate import _plan_level, _plan_seed
+    from world_model.data.levels import levels_in_split
+
+    split = "held_out" if p % cfg.held_out_every == cfg.held_out_every - 1 else "train"
+    levels = levels_in_split("validation" if split == "held_out" else "train")
+    return split, _plan_level(cfg.seed, p, levels).name, _plan_seed(cfg.seed, p)
+
+
+def _record(args: tuple[str, int, int, int, int]) -> dict:
+    """Worker: one episode -> arrays (frames uint8 [T, H, W, 3], actions, poses, prompt)."""
+    from world_model.data.doom import DoomConfig
+    from world_model.data.generate import record_episode
+    from world_model.data.levels import get_level
+
+    level, seed, length, width, height = args
+    ep = record_episode(get_level(level), length, seed=seed, doom=DoomConfig(width, height))
+    return {
+        "frames": ep.frames,
+        "mouse": ep.mouse,
+        "keyboard": ep.keyboard,
+        "poses": ep.poses.astype(np.float32),
+        "prompt": ep.prompt,
+        "level": level,
+        "fps": DoomConfig(width, height).fps,
+    }
+
+
+class _ShardWriter:
+    def __init__(self, folder: Path, shard_frames: int) -> None:
+        self.folder, self.shard_frames = folder, shard_frames
+        self.episodes: list[dict] = []
+        self.parts = len(shard_folders(folder)) if folder.exists() else 0
+        self.frames = 0  # committed frames
+
+    def add(self, ep: dict) -> None:
+        self.episodes.append(ep)
+        if sum(len(e["frames"]) for e in self.episodes) >= self.shard_frames:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.episodes:
+            return
+        eps, self.episodes = self.episodes, []
+        lens = [len(e["frames"]) for e in eps]
+        store = FrameStore(
+            frames=np.concatenate([e["frames"] for e in eps]),
+            mouse=np.concatenate([e["mouse"] for e in eps]),
+            keyboard=np.concatenate([e["keyboard"] for e in eps]),
+            poses=np.concatenate([e["poses"] for e in eps]),
+            starts=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+            prompts=[e["prompt"] for e in eps],
+            levels=[e["level"] for e in eps],
+            fps=eps[0]["fps"],
+        )
+        tmp = self.folder / f".part-{self.parts:04d}.tmp"
+        store.save(tmp)
+        tmp.rename(self.folder / f"part-{self.parts:04d}")  # a shard appears whole or not at all
+        self.parts += 1
+        self.frames += sum(lens)
+
+
+def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = True) -> dict[str, int]:
+    """Record episodes until the train split holds ``cfg.frames`` frames; returns frames per split."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if (out / DONE).exists():
+        return json.loads((out / DONE).read_text())
+    writers = {
+        "train": _ShardWriter(out / "train", cfg.shard_frames),
+        "held_out": _ShardWriter(out / "held_out", max(1, cfg.shard_frames // cfg.held_out_every)),
+    }
+    if any(w.parts or any(w.folder.glob(".part-*")) for w in writers.values() if w.folder.exists()):
+        raise FileExistsError(f"{out} holds shards of an unfinished run; delete it (recording is deterministic)")
+    for w in writers.values():
+        w.folder.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=cfg.frames, unit="frame", disable=not progress)
+    ready: dict[int, dict | None] = {}
+    next_commit = next_plan = 0
+    attempts: dict[int, int] = {}
+    running: dict[Future, int] = {}
+
+    def submit(pool: ProcessPoolExecutor, p: int) -> None:
+        _, level, seed = _plan(cfg, p)
+        running[pool.submit(_record, (level, seed, cfg.episode_frames, cfg.width, cfg.height))] = p
+
+    def planned_train() -> int:  # train frames committed or in flight (upper bound per episode)
+        in_flight = sum(1 for p in [*running.values(), *ready] if _plan(cfg, p)[0] == "train")
+        return writers["train"].frames + sum(len(e["frames"]) for e in writers["train"].episodes) + (
+            in_flight * cfg.episode_frames
+        )
+
+    with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+        while True:
+            while len(running) < 2 * cfg.workers and planned_train() < cfg.frames:
+                submit(pool, next_plan)
+                next_plan += 1
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                p = running.pop(fut)
+                try:
+                    ready[p] = fut.result()
+                except Exception as e:  # noqa: BLE001 - an engine crash costs one episode, not the run
+                    attempts[p] = attempts.get(p, 0) + 1
+                    log.warning("plan %d failed (attempt %d): %s", p, attempts[p], e)
+                    if attempts[p] < 2:
+                        submit(pool, p)
+                    else:
+                        ready[p] = None
+            while next_commit in ready:
+                ep = ready.pop(next_commit)
+                if ep is not None:
+                    split = _plan(cfg, next_commit)[0]
+                    writers[split].add(ep)
+                    if split == "train":
+                        bar.update(len(ep["frames"]))
+                next_commit += 1
+    for w in writers.values():
+        w.flush()
+    bar.close()
+    result = {s: w.frames for s, w in writers.items()}
+    (out / DONE).write_text(json.dumps(result) + "\n")
+    return result
+
+
+def shard_folders(folder: str | Path) -> list[Path]:
+    """The complete shards of one split, in order."""
+    return sorted(p for p in Path(folder).glob("part-*") if p.is_dir())
+
+
+def load_shards(folder: str | Path, *, skip: int = 0) -> list[FrameStore]:
+    """The shards of one split (after the first ``skip``), memory-mapped."""
+    return [FrameStore.load(p) for p in shard_folders(folder)[skip:]]
+
+
+class ShardFeed:
+    """The shards of one split that a trainer has not taken yet, while a recorder may still write."""
+
+    def __init__(self, folder: str | Path, *, taken: int = 0) -> None:
+        self.folder, self.taken = Path(folder), taken
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder.parent / DONE).exists()
+
+    def new(self) -> list[FrameStore]:
+        stores = load_shards(self.folder, skip=self.taken)
+        self.taken += len(stores)
+        return stores
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Record raw training frames from ViZDoom into FrameStore shards.")
+    p.add_argument("--out", required=True)
+    p.add_argument("--frames", type=int, required=True)
+    p.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-frames", type=int, default=50_000)
+    p.add_argument("--episode-frames", type=int, default=1000)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = EngineFramesConfig(
+        a.frames,
+        width=a.size[1],
+        height=a.size[0],
+        workers=a.workers,
+        seed=a.seed,
+        episode_frames=a.episode_frames,
+        shard_frames=a.shard_frames,
+    )
+    print(json.dumps(record_frames(a.out, cfg, progress=not a.no_progress)))
+
+
+if __name__ == "__main__":
+    main()
