@@ -19,7 +19,9 @@ The simulator renders at the model's own resolution (128x128 for the embedded mo
 crop of the training data. Smoke run of every part on random weights (~10 s):
   mg3 eval --model tiny-random --out /tmp/eval --episodes 1 --fidelity-chunks 2 --control-chunks 2 \\
     --idm-train-frames 300 --idm-held-out-frames 120 --idm-epochs 1 --memory-away-chunks 1 \\
-    --stability-chunks 3 --stability-edge-chunks 1 --speed-chunks 1
+    --stability-chunks 3 --stability-edge-chunks 1 --speed-chunks 1 --sharpness-chunks 1 \\
+    --controllability-chunks 1
+(--episodes 1 gives controllability 2 episodes: it shuffles actions across clips.)
 """
 
 
@@ -52,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=d.batch_size, help=f"episodes generated together (default: {d.batch_size})"
     )
     p.add_argument(
-        "--episodes", type=int, default=None, help="episodes of every protocol (overrides the defaults below)"
+        "--episodes",
+        type=int,
+        default=None,
+        help="episodes of every protocol (overrides the defaults below; controllability takes at least 2)",
     )
 
     def count(group, flag: str, help: str, *, episodes: bool = False) -> None:
@@ -60,6 +65,29 @@ def _parser() -> argparse.ArgumentParser:
         default = getattr(d, flag.removeprefix("--").replace("-", "_"))
         group.add_argument(flag, type=int, default=None if episodes else default, help=f"{help} (default: {default})")
 
+    def rates(text: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.1,0.25, got {text!r}") from None
+
+    g = p.add_argument_group("reset and sharpness")
+    count(g, "--reset-episodes", "rest starts reset from (frame 0 against the input image)", episodes=True)
+    count(g, "--sharpness-episodes", "episodes from the simulator's first frame with its actions", episodes=True)
+    count(g, "--sharpness-chunks", "chunks per episode")
+    g = p.add_argument_group("controllability (true vs shuffled actions)")
+    count(g, "--controllability-episodes", "episodes (>= 2: actions are shuffled across them)", episodes=True)
+    count(g, "--controllability-chunks", "chunks per episode")
+    g = p.add_argument_group("motion (per-action breakdown of pan, tilt, expansion and change)")
+    count(g, "--motion-episodes", "rest starts (12 first chunks each)", episodes=True)
+    for kind in ("yaw", "pitch"):
+        default = getattr(d, f"motion_{kind}_rates")
+        g.add_argument(
+            f"--motion-{kind}-rates",
+            type=rates,
+            default=default,
+            help=f"two {kind} rates, release units per frame (default: {','.join(map(str, default))})",
+        )
     g = p.add_argument_group("fidelity and distillation")
     count(g, "--fidelity-episodes", "episodes from the simulator's first frame with its actions", episodes=True)
     count(g, "--fidelity-chunks", "chunks per episode (the PSNR curve)")
@@ -114,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         opts = EvalOptions(
             parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
             split=args.split,
+            reset_episodes=episodes(args.reset_episodes, d.reset_episodes),
+            sharpness_episodes=episodes(args.sharpness_episodes, d.sharpness_episodes),
+            sharpness_chunks=args.sharpness_chunks,
+            controllability_episodes=args.controllability_episodes
+            if args.controllability_episodes is not None
+            else max(2, episodes(None, d.controllability_episodes)),
+            controllability_chunks=args.controllability_chunks,
+            motion_episodes=episodes(args.motion_episodes, d.motion_episodes),
+            motion_yaw_rates=args.motion_yaw_rates,
+            motion_pitch_rates=args.motion_pitch_rates,
             fidelity_episodes=episodes(args.fidelity_episodes, d.fidelity_episodes),
             fidelity_chunks=args.fidelity_chunks,
             teacher_episodes=episodes(args.teacher_episodes, d.teacher_episodes),

@@ -13,9 +13,22 @@ import numpy as np
 __all__ = ["TARGETS", "REFERENCES", "targets_table", "format_table", "json_default", "line_plot", "save_strip"]
 
 
+# The targets of the evaluation: name -> (metric path, target); reported next to the values, never
+# asserted. A target is ">= X ...", "<= X ...", "within A-B ...", "true", or "-" (reported, no target).
 TARGETS: dict[str, tuple[str, str]] = {
+    "reset_psnr": ("reset.psnr_reset_frame", ">= 27 dB against the input image"),
+    "reset_sharpness": ("reset.sharpness_reset_frame", "-"),
+    "sharpness": ("sharpness.ratio", ">= 0.6 of the simulator's"),
     "fidelity_psnr": ("fidelity.chunk0.psnr_model", ">= 20 dB"),
     "fidelity_gain": ("fidelity.chunk0.gain_db", ">= 2 dB over repeat-first"),
+    "controllability": ("controllability.delta_db", ">= 1 dB over shuffled actions"),
+    "motion_yaw_slow": ("motion.actions.yaw_slow.ratio.pan", "within 0.8-1.2 of the simulator's pan"),
+    "motion_yaw_fast": ("motion.actions.yaw_fast.ratio.pan", "within 0.8-1.2 of the simulator's pan"),
+    "motion_pitch_slow": ("motion.actions.pitch_slow.ratio.tilt", "within 0.8-1.2 of the simulator's tilt"),
+    "motion_pitch_fast": ("motion.actions.pitch_fast.ratio.tilt", "within 0.8-1.2 of the simulator's tilt"),
+    "motion_forward_change": ("motion.actions.forward.ratio.change", ">= 0.6 of the simulator's change"),
+    "motion_forward_expansion": ("motion.actions.forward.ratio.expansion", "-"),
+    "motion_strafe_pan": ("motion.actions.strafe.ratio.pan", "-"),
     "control_keyboard": ("control.model.keyboard_accuracy", ">= 0.9"),
     "control_mouse": ("control.model.mouse_accuracy", ">= 0.9"),
     "memory_psnr": ("memory.psnr_return_memory_on", ">= 20 dB"),
@@ -27,9 +40,12 @@ TARGETS: dict[str, tuple[str, str]] = {
     "speed": ("speed.frames_per_s", ">= 16 frames/s (CPU, 2 cores)"),
     "distillation_gap": ("distillation.psnr_gap_db", "<= 1 dB below the teacher"),
 }
-# What a perfect model would score with the same instrument: the VAE's reconstruction for PSNR, the
-# IDM on the simulator's own video of the commanded actions for control.
+# What a perfect model would score with the same instrument: the VAE's reconstruction for PSNR and
+# sharpness, the IDM on the simulator's own video of the commanded actions for control.
 REFERENCES: dict[str, str] = {
+    "reset_psnr": "reset.psnr_vae",
+    "reset_sharpness": "reset.sharpness_vae",
+    "sharpness": "sharpness.ratio_vae",
     "fidelity_psnr": "fidelity.chunk0.psnr_vae",
     "control_keyboard": "control.sim.keyboard_accuracy",
     "control_mouse": "control.sim.mouse_accuracy",
@@ -37,13 +53,19 @@ REFERENCES: dict[str, str] = {
 
 
 def _met(value: Any, target: str) -> bool | None:
-    if value is None:
+    """Whether ``value`` meets ``target`` (a form of :data:`TARGETS`); None without a value or target."""
+    if value is None or target == "-":
         return None
     if target == "true":
         return bool(value)
     op, num = target.split()[:2]
-    v, n = float(value), float(num)
-    return v >= n if op == ">=" else v <= n
+    v = float(value)
+    if op == "within":
+        lo, hi = (float(x) for x in num.split("-"))
+        return lo <= v <= hi
+    if op not in (">=", "<="):
+        raise ValueError(f"unknown target form {target!r}")
+    return v >= float(num) if op == ">=" else v <= float(num)
 
 
 def _get(d: dict, dotted: str) -> Any:

@@ -16,9 +16,13 @@ from typing import Any
 import torch
 
 from mg3_eval.protocols.control import evaluate_control
+from mg3_eval.protocols.controllability import controllability
 from mg3_eval.protocols.distillation import distillation, teacher_for
 from mg3_eval.protocols.fidelity import fidelity, save_fidelity_strip
 from mg3_eval.protocols.memory import memory
+from mg3_eval.protocols.motion import motion
+from mg3_eval.protocols.reset import reset_frames
+from mg3_eval.protocols.sharpness import generated_sharpness
 from mg3_eval.protocols.speed import env_speed
 from mg3_eval.protocols.stability import stability
 from mg3_eval.report import json_default, line_plot, save_strip, targets_table
@@ -31,7 +35,18 @@ __all__ = ["PARTS", "EvalOptions", "run_evaluation"]
 log = logging.getLogger(__name__)
 
 
-PARTS = ("fidelity", "distillation", "control", "memory", "stability", "speed")
+PARTS = (
+    "reset",
+    "sharpness",
+    "fidelity",
+    "controllability",
+    "motion",
+    "distillation",
+    "control",
+    "memory",
+    "stability",
+    "speed",
+)
 
 
 @dataclass(frozen=True)
@@ -43,10 +58,18 @@ class EvalOptions:
 
     parts: tuple[str, ...] = PARTS
     split: str = "test"
+    reset_episodes: int = 6
+    sharpness_episodes: int = 6
+    sharpness_chunks: int = 3
     fidelity_episodes: int = 6
     fidelity_chunks: int = 10
     teacher_episodes: int = 6
     teacher: str | None = None  # the many-step teacher (registry name or folder); None: the model's own
+    controllability_episodes: int = 6  # >= 2: the actions are shuffled across them
+    controllability_chunks: int = 2
+    motion_episodes: int = 6  # rest starts; 12 first chunks each (still, 2 x 2 yaw, 2 x 2 pitch, forward, 2 strafe)
+    motion_yaw_rates: tuple[float, float] = (0.1, 0.25)  # release units per frame (1 unit = 15 degrees)
+    motion_pitch_rates: tuple[float, float] = (0.05, 0.1)
     control_episodes: int = 12
     control_chunks: int = 4
     idm_train_frames: int = 24_000
@@ -69,6 +92,7 @@ class EvalOptions:
         if self.split not in ("train", "validation", "test"):
             raise ValueError(f"split must be train, validation or test, got {self.split!r}")
         positive = (
+            "reset_episodes", "sharpness_episodes", "sharpness_chunks", "controllability_chunks", "motion_episodes",
             "fidelity_episodes", "fidelity_chunks", "teacher_episodes", "control_episodes", "control_chunks",
             "idm_train_frames", "idm_held_out_frames", "idm_epochs", "memory_episodes", "memory_away_chunks",
             "stability_edge_chunks", "speed_chunks", "batch_size",
@@ -76,6 +100,15 @@ class EvalOptions:
         small = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         if small:
             raise ValueError(f"expected counts >= 1, got {', '.join(small)}")
+        if self.controllability_episodes < 2:
+            raise ValueError(
+                f"controllability_episodes must be >= 2 (actions are shuffled across clips), "
+                f"got {self.controllability_episodes}"
+            )
+        for name in ("motion_yaw_rates", "motion_pitch_rates"):
+            rates = getattr(self, name)
+            if len(rates) != 2 or not all(0 < r <= 1 for r in rates) or rates[0] == rates[1]:
+                raise ValueError(f"{name} must be two different rates in (0, 1] (release units), got {rates}")
         if self.stability_chunks < 2 * self.stability_edge_chunks + 1:
             raise ValueError(
                 f"stability_chunks ({self.stability_chunks}) must be at least 2 * stability_edge_chunks + 1 "
@@ -122,26 +155,36 @@ def run_evaluation(
         log.info("evaluation: %s done in %.1f s", part, seconds[part])
         return r
 
+    counts = {  # the parts on recorded episodes: (episodes, chunks)
+        "sharpness": (opts.sharpness_episodes, opts.sharpness_chunks),
+        "fidelity": (opts.fidelity_episodes, opts.fidelity_chunks),
+        "controllability": (opts.controllability_episodes, opts.controllability_chunks),
+        "distillation": (opts.teacher_episodes, 1),
+    }
+
+    def on_episodes(part: str, fn: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+        """A protocol on the first recorded episodes, as many episodes and chunks as ``counts`` says."""
+        n, chunks = counts[part]
+        return timed(part, lambda: fn(wm, episodes[:n], num_chunks=chunks, seed=opts.seed, batch_size=opts.batch_size))
+
     gen = StreamingGenerator(wm)
     parts = set(opts.parts)
-    if parts & {"fidelity", "distillation"}:
-        n_ep = max(
-            opts.fidelity_episodes if "fidelity" in parts else 0,
-            opts.teacher_episodes if "distillation" in parts else 0,
-        )
-        frames = gen.first_chunk_frames + (opts.fidelity_chunks - 1) * gen.chunk_frames
+    if parts & set(counts):
+        n_ep = max(counts[p][0] for p in parts & set(counts))
+        chunks = max(counts[p][1] for p in parts & set(counts))
+        frames = gen.first_chunk_frames + (chunks - 1) * gen.chunk_frames
         episodes = timed("record", lambda: record_test_episodes(cfg, n_ep, frames, split=opts.split, seed=opts.seed))
+    if "reset" in parts:
+        starts = rest_starts(cfg, opts.reset_episodes, split=opts.split, seed=opts.seed)
+        r = timed("reset", lambda: reset_frames(wm, starts, seed=opts.seed, batch_size=opts.batch_size))
+        thumbs, n = r.pop("thumbnails"), r["starts"]
+        labels = [f"input {i}" for i in range(n)] + [f"reset frame {i}" for i in range(n)]
+        save_strip(out / "reset_frames.png", list(thumbs), labels + [f"still, last {i}" for i in range(n)], rows=3)
+        metrics["reset"] = r
+    if "sharpness" in parts:
+        metrics["sharpness"] = on_episodes("sharpness", generated_sharpness)
     if "fidelity" in parts:
-        fid = timed(
-            "fidelity",
-            lambda: fidelity(
-                wm,
-                episodes[: opts.fidelity_episodes],
-                num_chunks=opts.fidelity_chunks,
-                seed=opts.seed,
-                batch_size=opts.batch_size,
-            ),
-        )
+        fid = on_episodes("fidelity", fidelity)
         metrics["fidelity"] = fid
         line_plot(
             out / "fidelity_psnr.png",
@@ -151,6 +194,23 @@ def run_evaluation(
             ylabel="PSNR (dB)",
         )
         save_fidelity_strip(wm, episodes[0], out / "fidelity_strip.png", opts.seed)
+    if "controllability" in parts:
+        metrics["controllability"] = on_episodes("controllability", controllability)
+    if "motion" in parts:
+        starts = rest_starts(cfg, opts.motion_episodes, split=opts.split, seed=opts.seed + 3)
+        mo = timed(
+            "motion",
+            lambda: motion(
+                wm,
+                starts,
+                yaw_rates=opts.motion_yaw_rates,
+                pitch_rates=opts.motion_pitch_rates,
+                seed=opts.seed,
+                batch_size=opts.batch_size,
+            ),
+        )
+        save_strip(out / "motion_frames.png", list(mo.pop("thumbnails")), mo.pop("thumbnail_labels"), rows=2)
+        metrics["motion"] = mo
     if "distillation" in parts:
         teacher = teacher_for(wm, runtime, opts.teacher)
         if teacher is None:

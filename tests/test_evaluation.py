@@ -31,8 +31,10 @@ from mg3_eval.metrics import (
     sharpness,
     sharpness_ratio,
 )
+from mg3_eval.protocols.controllability import delta_psnr, shuffled_actions
 from mg3_eval.protocols.fidelity import fidelity
 from mg3_eval.protocols.memory import go_and_return_actions
+from mg3_eval.protocols.motion import motion_ratios
 from mg3_eval.report import TARGETS
 from mg3_eval.rollout import chunk_slices
 from mg3_eval.run import PARTS
@@ -256,9 +258,12 @@ def test_fidelity_of_a_static_scene(smoke_export):
         fidelity(wm, [ep], num_chunks=3)
 
 
+_FIRST_PARTS = ("fidelity", "distillation", "control", "memory", "stability", "speed")  # the rest: test_new_parts_smoke
+
+
 def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
-    """Every part on an exported folder (with its many-step teacher in base_model/), reduced sizes;
-    then control and distillation again with the IDM of the first run and an explicit teacher."""
+    """The first six parts on an exported folder (with its many-step teacher in base_model/), reduced
+    sizes; then control and distillation again with the IDM of the first run and an explicit teacher."""
     from mg3_env.cli import main
 
     out = tmp_path / "eval"
@@ -266,7 +271,8 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     sizes |= {"--idm-held-out-frames": 120, "--idm-epochs": 1, "--memory-away-chunks": 1, "--stability-chunks": 3}
     sizes |= {"--stability-edge-chunks": 1, "--speed-chunks": 1}
     small = [str(x) for kv in sizes.items() for x in kv]
-    assert main(["eval", "--model", str(smoke_export), "--out", str(out), *small]) == 0
+    parts = ["--parts", ",".join(_FIRST_PARTS)]
+    assert main(["eval", "--model", str(smoke_export), "--out", str(out), *small, *parts]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert {"fidelity", "distillation", "control", "memory", "stability", "speed", "targets"} <= set(m)
     assert m["model"]["resolution"] == [32, 32] and m["model"]["model"] == str(smoke_export)
@@ -278,7 +284,8 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     assert np.isfinite(m["memory"]["psnr_return_memory_on"]) and np.isfinite(m["memory"]["psnr_return_memory_off"])
     assert m["stability"]["finite"] is True and len(m["stability"]["per_chunk"]["sharpness"]) == 3
     assert m["speed"]["frames_per_s"] > 0
-    assert set(m["targets"]) == set(TARGETS) and all(t["value"] is not None for t in m["targets"].values())
+    ours = {k for k, (path, _) in TARGETS.items() if path.split(".")[0] in _FIRST_PARTS}
+    assert set(m["targets"]) == ours and all(t["value"] is not None for t in m["targets"].values())
     for png in ("fidelity_psnr.png", "fidelity_strip.png", "stability.png", "stability_frames.png"):
         assert (out / png).stat().st_size > 1000, png
     table = capsys.readouterr().out
@@ -418,11 +425,118 @@ def test_image_scale_recovers_a_known_zoom():
     assert image_scale(a, panned, shift) == pytest.approx(1.0, abs=0.004)
 
 
-def test_motion_measures_of_a_panning_world():
-    """A world panning 3 px per frame for 6 frames, then still: pan 3 per moving frame."""
+def test_motion_measures_of_a_panning_world_and_the_ratios():
+    """A world panning 3 px per frame for 6 frames, then still: pan 3 per moving frame whether all
+    pairs or only the moving ones are given; a model panning half as fast has ratio 0.5."""
     w = _smooth_world()
     x = [100 + 3 * min(t, 6) for t in range(12)]
     sim = _rgb(np.stack([w[50:114, c : c + 64] for c in x]))
     m = motion_measures(sim, moving_pairs=6)
     assert m["pan"] == pytest.approx(3.0, abs=0.1) and abs(m["tilt"]) < 0.1 and abs(m["expansion"]) < 0.01
     assert m["change"] > 1.0 and motion_measures(sim[:1].repeat(5, 0))["change"] == 0.0
+    half = _rgb(np.stack([w[50:114, 100 + (c - 100) // 2 : 164 + (c - 100) // 2] for c in x]))
+    r = motion_ratios(m, motion_measures(half, moving_pairs=6))
+    assert r["pan"] == pytest.approx(0.5, abs=0.05)
+    assert r["tilt"] is None and r["expansion"] is None  # nothing to divide by
+
+
+def test_motions_cover_every_kind_and_pitch_stops_in_range():
+    from mg3_eval.protocols.motion import PITCH_SPAN_DEGREES, motion_actions, motions
+
+    plan = motions((0.1, 0.25), (0.05, 0.1))
+    groups = {m.group for m in plan}
+    assert groups == {"still", "yaw_slow", "yaw_fast", "pitch_slow", "pitch_fast", "forward", "strafe"}
+    assert len(plan) == 12 and {m.sign for m in plan if m.group == "pitch_fast"} == {1.0, -1.0}
+    unit = StreamConfig().degrees_per_mouse_unit
+    for m in plan:
+        kb, ms, moving = motion_actions(m, 57, unit)
+        assert kb.shape == (57, 6) and ms.shape == (57, 2)
+        if m.kind == "pitch":
+            assert abs(ms[:, 0].sum()) * unit == pytest.approx(PITCH_SPAN_DEGREES, rel=0.1) and moving < 57
+            assert np.all(ms[moving:] == 0) and np.sign(ms[0, 0]) == m.sign
+        else:
+            assert moving == 57
+        if m.kind == "yaw":
+            assert np.all(np.sign(ms[:, 1]) == m.sign)
+    with pytest.raises(ValueError, match="two yaw rates"):
+        motions((0.1,), (0.05, 0.1))
+
+
+# ---- controllability ---------------------------------------------------------------------------------
+
+
+def _pan_world(yaw: np.ndarray, seed: int, noise: float = 6.0) -> np.ndarray:
+    """A synthetic world: clip i pans a texture by yaw[i, t] pixels per frame (integers), with
+    per-frame noise. yaw [N, T] -> frames uint8 [N, T, 32, 32, 3]."""
+    w = _smooth_world((64, 600), seed=7)
+    rng = np.random.default_rng(seed)
+    x = 250 + np.concatenate([np.zeros((len(yaw), 1), int), np.cumsum(yaw[:, :-1], 1)], 1)
+    y = np.stack([np.stack([w[16:48, c : c + 32] for c in row]) for row in x])
+    return _rgb(y + rng.normal(0, noise, y.shape))
+
+
+def test_controllability_delta_psnr_rewards_following_the_actions():
+    """Clips with true vs shuffled actions: a world that follows its actions scores a clear ΔPSNR,
+    one that ignores them 0 (it makes the same video either way)."""
+    rng = np.random.default_rng(0)
+    yaw = np.repeat(rng.integers(-3, 4, (5, 4)), 8, axis=1)  # 5 clips, 4 blocks of 8 frames
+    kb, ms = np.zeros((5, 32, 6), np.float32), np.zeros((5, 32, 2), np.float32)
+    ms[..., 1] = yaw
+    kb_s, ms_s = shuffled_actions(kb, ms)
+    assert not any(np.array_equal(ms[i], ms_s[i]) for i in range(5))  # no clip keeps its own actions
+    assert sorted(map(tuple, ms_s[..., 1])) == sorted(map(tuple, ms[..., 1]))  # the same actions, moved
+    truth = _pan_world(yaw, seed=0)
+    slices = [slice(1, 16), slice(16, 32)]
+    following = delta_psnr(
+        truth, _pan_world(ms[..., 1].astype(int), 1), _pan_world(ms_s[..., 1].astype(int), 1), slices
+    )
+    assert following["delta_db"] > 3 and following["psnr_true"] > following["psnr_shuffled"]
+    assert len(following["delta_db_per_chunk"]) == 2 and len(following["delta_db_per_clip"]) == 5
+    still = np.zeros((5, 32), int)
+    ignoring = delta_psnr(truth, _pan_world(still, 1), _pan_world(still, 1), slices)
+    assert ignoring["delta_db"] == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="N >= 2"):
+        shuffled_actions(kb[:1], ms[:1])
+
+
+def test_target_forms():
+    from mg3_eval.report import _met
+
+    assert _met(0.9, "within 0.8-1.2 of the simulator's") and not _met(1.3, "within 0.8-1.2 x")
+    assert _met(27.5, ">= 27 dB") and not _met(0.2, "<= 0.15") and _met(True, "true")
+    assert _met(5.0, "-") is None and _met(None, ">= 1 dB") is None
+
+
+# ---- the new parts end to end ------------------------------------------------------------------------
+
+
+def test_new_parts_smoke(tmp_path, capsys):
+    """reset, sharpness, controllability and motion on the tiny random model through ``mg3 eval``
+    (simulator frames of the test levels at 64x64); they are part of the default set."""
+    from mg3_env.cli import main
+
+    new = ("reset", "sharpness", "controllability", "motion")
+    assert set(new) <= set(PARTS) and not set(new) & set(_FIRST_PARTS)
+    out = tmp_path / "eval"
+    args = ["--parts", ",".join(new), "--episodes", "1", "--sharpness-chunks", "1", "--controllability-chunks", "1"]
+    assert main(["eval", "--model", "tiny-random", "--out", str(out), *args]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m) & set(PARTS) == set(new)
+    r = m["reset"]
+    assert r["starts"] == 1 and 0 < r["psnr_reset_frame"] < PSNR_CAP_DB and r["sharpness_reset_frame"] > 0
+    assert r["psnr_vae"] > 0 and r["sharpness_vae"] > 0
+    assert m["sharpness"]["ratio"] > 0 and m["sharpness"]["sim"] > 0 and len(m["sharpness"]["ratio_per_chunk"]) == 1
+    c = m["controllability"]
+    assert c["episodes"] == 2 and c["finite"] and np.isfinite(c["delta_db"])  # --episodes 1: two for the shuffle
+    assert c["delta_db"] == pytest.approx(c["psnr_true"] - c["psnr_shuffled"])
+    mo = m["motion"]["actions"]
+    assert set(mo) == {"still", "yaw_slow", "yaw_fast", "pitch_slow", "pitch_fast", "forward", "strafe"}
+    # the simulator's own motion, measured: turning right pans, looking down tilts, walking expands
+    assert mo["yaw_fast"]["sim"]["pan"] > mo["yaw_slow"]["sim"]["pan"] > 0.5
+    assert mo["pitch_fast"]["sim"]["tilt"] > mo["pitch_slow"]["sim"]["tilt"] > 0.3
+    assert mo["forward"]["sim"]["expansion"] > 0.01 and mo["forward"]["sim"]["change"] > mo["still"]["sim"]["change"]
+    expected = {k for k, (path, _) in TARGETS.items() if path.split(".")[0] in new}
+    assert set(m["targets"]) == expected and m["targets"]["reset_psnr"]["reference"] == r["psnr_vae"]
+    for png in ("reset_frames.png", "motion_frames.png"):
+        assert (out / png).stat().st_size > 1000, png
+    assert "controllability" in capsys.readouterr().out
