@@ -640,15 +640,15 @@ def embedded() -> WorldModelConfig:
     Size (parameters): per DiT block 12 d^2 (self q/k/v/o, cross q/k/v/o, 4 camera layers) +
     2 d ffn = 1.229M + 0.655M = 1.88M at d = 320, ffn 1024; 8 blocks = 15.1M; action module in
     blocks 0-3 (hidden 128) ~0.33M each = 1.3M; embeddings/head ~1.8M. Total ~18.2M parameters,
-    ~36.5 MB in bf16, plus the VAE (encoder widths 32/64/64, decoder pruned to 48/48/48/24, 1.97M,
-    3.9 MB): 38.6 MiB in all, under the 40 MiB bar of the package.
+    ~36.5 MB in bf16, plus the VAE (encoder widths 32/64/64, decoder pruned to 40/40/40/20, 1.69M,
+    3.4 MB): 39.9 MB in all, under the 40 MB bar of the package.
 
     CPU speed (2 cores, fp32 GEMM ~150 GFLOP/s measured at these shapes, bf16 ~400): one DiT
     forward per token per block = 2 (10 d^2 + 2 d ffn) = 3.36 MFLOP of projections + 4 L d = 1.56
     MFLOP of attention -> 4.92 MFLOP x 1216 tokens x 8 blocks = 47.8 GFLOP, plus action module
     (2.3 GFLOP), camera and time embeddings (3.2 GFLOP): ~53 GFLOP. Three sampler steps ~160
-    GFLOP ~ 1.1 s. The pruned decoder (widths 48/48/48/24, half the trained full decoder's 96/96/96/
-    48) decoding 10 latents -> 40 frames is ~60 GFLOP of 3x3x3 convolutions, ~0.4 s. Chunk ~1.5 s
+    GFLOP ~ 1.1 s. The pruned decoder (widths 40/40/40/20, half the trained full decoder's 80/80/80/
+    40) decoding 10 latents -> 40 frames is ~42 GFLOP of 3x3x3 convolutions, ~0.3 s. Chunk ~1.4 s
     < 2.3 s, i.e. >= 17.5 frames/s of 40. (The first embedded model's decoder, 32/32/32/16, was
     trained for 632 steps only, and every frame was a blur.)
 
@@ -658,7 +658,7 @@ def embedded() -> WorldModelConfig:
     vae = VAEConfig(
         z_dim=z,
         encoder_dim=32,
-        decoder_dim=48,  # the trained full decoder; the shipped one is pruned to half (48/48/48/24)
+        decoder_dim=40,  # full decoder 80/80/80/40; the shipped one is pruned to half, 40/40/40/20
         dim_mult=(1, 2, 2),
         num_res_blocks=1,
         temporal_downsample=(True, True),
