@@ -146,8 +146,10 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
 
     def planned_train() -> int:  # train frames committed or in flight (upper bound per episode)
         in_flight = sum(1 for p in [*running.values(), *ready] if _plan(cfg, p)[0] == "train")
-        return writers["train"].frames + sum(len(e["frames"]) for e in writers["train"].episodes) + (
-            in_flight * cfg.episode_frames
+        return (
+            writers["train"].frames
+            + sum(len(e["frames"]) for e in writers["train"].episodes)
+            + (in_flight * cfg.episode_frames)
         )
 
     with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
