@@ -194,23 +194,29 @@ def sharpness(video: Tensor) -> Tensor:
 
 class _Adversary:
     """The patch discriminator and its optimiser, with the hinge losses (used once reconstruction
-    has converged: ``VAEOptions.gan_start``)."""
+    has converged: ``VAEOptions.gan_start``). It judges every ``frame_stride``-th frame of a clip:
+    neighbouring frames add little, and the discriminator would otherwise cost more than the VAE."""
+
+    frame_stride = 4
 
     def __init__(self, opts: VAEOptions, device: torch.device) -> None:
         self.disc = PatchDiscriminator(opts.disc_width).to(device)
         self.optim = torch.optim.AdamW(self.disc.parameters(), lr=opts.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.opts = opts
 
+    def _frames(self, video: Tensor) -> Tensor:
+        return frames_2d(video[:, :, :: self.frame_stride])
+
     def generator_loss(self, fake: Tensor) -> Tensor:
         self.disc.requires_grad_(False)
-        loss = -self.disc(frames_2d(fake)).float().mean()
+        loss = -self.disc(self._frames(fake)).float().mean()
         self.disc.requires_grad_(True)
         return loss
 
     def train_step(self, real: Tensor, fake: Tensor, autocast) -> Tensor:
         with autocast():
-            lr = self.disc(frames_2d(real)).float()
-            lf = self.disc(frames_2d(fake.detach())).float()
+            lr = self.disc(self._frames(real)).float()
+            lf = self.disc(self._frames(fake.detach())).float()
         loss = F.relu(1 - lr).mean() + F.relu(1 + lf).mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()

