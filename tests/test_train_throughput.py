@@ -1,0 +1,173 @@
+"""The device-resident training data, the VAE's structural and adversarial terms, the loop's
+deferred metrics and the raw-frame recorder (world_model.train: autoencoder, loop, engine_frames)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from world_model.config import tiny
+from world_model.train.autoencoder import ClipFrames, PatchDiscriminator, VAEOptions, VAEStage, sharpness, ssim
+from world_model.train.frames import FrameStore, synthetic_store
+from world_model.train.loop import LoopOptions, run_loop
+
+
+def _labelled_store(lengths: list[int], offset: int = 0) -> FrameStore:
+    """Frames whose pixel value is the episode id (+ offset) and whose green is the frame's index in it."""
+    frames = []
+    for e, n in enumerate(lengths):
+        f = np.zeros((n, 4, 4, 3), np.uint8)
+        f[..., 0] = e + offset
+        f[..., 1] = np.arange(n)[:, None, None]
+        frames.append(f)
+    n = sum(lengths)
+    z = lambda k: np.zeros((n, k), np.float32)  # noqa: E731
+    return FrameStore(
+        np.concatenate(frames), z(2), z(6), z(5), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    )
+
+
+def _decode(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(episode id, in-episode index) per frame of clips [B, 3, T, H, W] in [-1, 1]."""
+    u8 = ((clips[:, :, :, 0, 0] + 1) * 127.5).round().long()  # [B, 3, T]
+    return u8[:, 0], u8[:, 1]
+
+
+def test_clips_stay_inside_one_episode_and_cover_every_start():
+    store = _labelled_store([5, 9, 3, 12])  # the 3-frame episode holds no 5-frame clip
+    clips = ClipFrames(store, 5, "cpu", seed=1)
+    assert clips.num_clips == 1 + 5 + 8
+    seen = set()
+    for _ in range(40):
+        ep, idx = _decode(clips.sample(16))
+        assert bool((ep == ep[:, :1]).all()), "a clip crossed an episode boundary"
+        assert bool((idx[:, 1:] - idx[:, :-1] == 1).all()), "a clip is not consecutive frames"
+        seen |= {(int(e), int(i)) for e, i in zip(ep[:, 0], idx[:, 0])}
+    assert 2 not in {e for e, _ in seen}
+    assert seen == {(0, 0)} | {(1, i) for i in range(5)} | {(3, i) for i in range(8)}  # uniform over starts
+
+
+def test_clips_extend_with_new_shards_and_resume_their_draws():
+    clips = ClipFrames(_labelled_store([6]), 4, "cpu", seed=0)
+    clips.extend(_labelled_store([7, 2], offset=10))
+    assert clips.num_clips == 3 + 4
+    ep, _ = _decode(torch.cat([clips.sample(64) for _ in range(4)]))
+    assert set(ep[:, 0].tolist()) == {0, 10}
+    state = clips.state_dict()
+    a = clips.sample(8)
+    clips.load_state_dict(state)
+    assert torch.equal(clips.sample(8), a)
+    with pytest.raises(ValueError, match="no episode holds 9 frames"):
+        ClipFrames(_labelled_store([5, 8]), 9, "cpu")
+
+
+def test_ssim_and_sharpness_see_blur():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    blurred = F.avg_pool2d(x, 3, stride=1, padding=1)
+    assert float(ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
+    assert float(ssim(x, blurred)) < 0.8
+    assert float(ssim(x, blurred)) > float(ssim(x, torch.zeros_like(x)))
+    video = lambda img: img[:, :, None].expand(-1, -1, 3, -1, -1)  # noqa: E731 - [B, 3, T, H, W]
+    assert float(sharpness(video(blurred))) < 0.6 * float(sharpness(video(x)))
+
+
+def test_patch_discriminator_shapes_and_vae_stage_runs_its_adversary():
+    d = PatchDiscriminator(16, layers=3)
+    assert d(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 4, 4)
+    cfg = tiny(32, 32)
+    from world_model.train.autoencoder import identity_stats
+    from world_model.vae import WanVAE
+
+    torch.manual_seed(0)
+    vae = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0))
+    store = synthetic_store(2, 20, (32, 32))
+    opts = VAEOptions(batch_size=2, clip_frames=5, gan_start=1, disc_width=16)
+    stage = VAEStage(vae, ClipFrames(store, 5, "cpu"), ClipFrames(store, 5, "cpu"), opts)
+    before = [p.detach().clone() for p in stage.adversary.disc.parameters()]
+    m0 = stage.train_step(0)
+    assert "gan_g" not in m0 and "gan_d" not in m0  # before gan_start: reconstruction only
+    assert all(torch.equal(a, b) for a, b in zip(before, stage.adversary.disc.parameters()))
+    m1 = stage.train_step(1)
+    assert {"gan_g", "gan_d", "ssim"} <= set(m1) and all(torch.isfinite(v) for v in m1.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, stage.adversary.disc.parameters()))
+    assert set(stage.state_dict()) >= {"vae", "optim", "data", "adversary"}
+    ev = stage.evaluate()
+    assert np.isfinite(ev["psnr"]) and ev["sharpness_ratio"] > 0
+
+
+class _TensorMetrics:
+    name = "tensors"
+
+    def __init__(self, nan_at: int | None = None):
+        self.nan_at, self.w = nan_at, torch.zeros(1)
+
+    def train_step(self, step):
+        self.w += 1
+        v = torch.tensor(float("nan") if step == self.nan_at else float(step))
+        return {"loss": v, "every_other": torch.tensor(1.0)} if step % 2 else {"loss": v}
+
+    def state_dict(self):
+        return {"w": self.w.clone()}
+
+    def load_state_dict(self, state):
+        self.w = state["w"].clone()
+
+
+def test_loop_averages_tensor_metrics_between_log_steps_and_stops_on_nan(tmp_path):
+    run_loop(_TensorMetrics(), tmp_path / "a", LoopOptions(steps=8, log_every=4, progress=False))
+    lines = [json.loads(s) for s in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    train = [ln for ln in lines if ln["kind"] == "train"]
+    assert [ln["step"] for ln in train] == [4, 8]
+    assert [ln["loss"] for ln in train] == [pytest.approx(1.5), pytest.approx(5.5)]  # means of steps 0-3, 4-7
+    assert [ln["every_other"] for ln in train] == [1.0, 1.0]  # averaged over the steps that reported it
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        run_loop(_TensorMetrics(nan_at=5), tmp_path / "b", LoopOptions(steps=8, log_every=4, progress=False))
+
+
+def test_frame_store_concat_keeps_episodes():
+    a, b = _labelled_store([3, 4]), _labelled_store([5], offset=7)
+    c = FrameStore.concat([a, b])
+    assert c.starts.tolist() == [0, 3, 7, 12] and c.num_episodes == 3
+    assert np.array_equal(c.frames[7:], b.frames)
+    with pytest.raises(ValueError):
+        FrameStore.concat([])
+
+
+def test_budget_shares_parse_and_refuse_bad_input():
+    from world_model.train.pipeline import BUDGET_SHARE, _shares
+
+    s = _shares("vae=0.5, base=0")
+    assert s["vae"] == 0.5 and s["base"] == 0.0 and s["dmd"] == BUDGET_SHARE["dmd"]
+    for bad in ("vea=0.1", "vae=x", "vae=-1"):
+        with pytest.raises(ValueError):
+            _shares(bad)
+
+
+def test_engine_frames_records_shards_of_both_splits(tmp_path):
+    pytest.importorskip("vizdoom")
+    from world_model.data.levels import get_level
+    from world_model.train.engine_frames import EngineFramesConfig, ShardFeed, record_frames, shard_folders
+
+    cfg = EngineFramesConfig(
+        frames=250, width=64, height=48, workers=2, episode_frames=60, held_out_every=2, shard_frames=120
+    )
+    out = record_frames(tmp_path / "f", cfg, progress=False)
+    assert out["train"] >= 250 and out["held_out"] > 0
+    train = ShardFeed(tmp_path / "f" / "train")
+    assert train.finished
+    stores = train.new()
+    assert len(stores) == len(shard_folders(tmp_path / "f" / "train")) >= 2 and train.new() == []
+    st = FrameStore.concat(stores)
+    assert st.frames.shape[1:] == (48, 64, 3) and st.frames.dtype == np.uint8 and st.fps == 17.5
+    assert len(st.frames) == out["train"] and all(get_level(lv).split == "train" for lv in st.levels)
+    held = FrameStore.concat(ShardFeed(tmp_path / "f" / "held_out").new())
+    assert all(get_level(lv).split == "validation" for lv in held.levels)
+    assert record_frames(tmp_path / "f", cfg, progress=False) == out  # finished: nothing redone
+    (tmp_path / "g" / "train" / "part-0000").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="unfinished"):
+        record_frames(tmp_path / "g", cfg, progress=False)
