@@ -4,7 +4,7 @@
 # export (weights) and the evaluation into runs/pack/ (files < 16 MiB, for $OUT).
 # Usage: bash bench/gpu/eval_export.sh [MODEL_FOLDER] [OUT]   (defaults: runs/embedded/export runs/eval)
 set -u
-source bench/gpu/setup.sh
+source bench/gpu/parts.sh
 MODEL=${1:-runs/embedded/export}
 EVAL=${2:-runs/eval}
 mkdir -p runs/pack
