@@ -10,7 +10,7 @@ EVAL=${2:-runs/eval}
 mkdir -p runs/pack
 tar -cf - "$MODEL" | split -b 15M - runs/pack/export.tar.  # the weights first: kept if the hold ends
 for part in fidelity,distillation control memory stability; do
-  python3 -m mg3_env.eval_cli --model "$MODEL" --device cuda --batch-size 12 --parts "$part" \
+  python3 -m mg3_eval --model "$MODEL" --device cuda --batch-size 12 --parts "$part" \
     --out "$EVAL/${part%%,*}" > "$EVAL.${part%%,*}.log" 2>&1 || echo "part $part failed (rc $?)"
 done
 tar -czf runs/pack/eval.tgz "$EVAL" "$EVAL".*.log
