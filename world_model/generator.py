@@ -17,7 +17,8 @@ the pose of frame i moved by action i (commanded poses, not estimated from the v
 The model sees bf16-rounded timesteps (1000, 908, 712 for the 3-step schedule); context and
 memory frames have timestep 0 and are written back after every sampler step. With
 ``guidance_scale > 1`` (the base model) a second call per step uses the negative prompt, the null
-actions and no memory (spec §6 step 4).
+actions and no memory (spec §6 step 4). The window's conditioning (camera code, memory,
+positions) and the sampling loop are :mod:`world_model.window`'s, the ones training calls.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import torch
 from torch import Tensor
 
 from world_model.action import NULL_KEYBOARD, NULL_MOUSE
-from world_model.camera import c2w_from_poses, integrate_poses, window_bounds, window_plucker, window_pose_frames
-from world_model.memory import memory_plucker, select_memory
+from world_model.camera import c2w_from_poses, integrate_poses
 from world_model.sampler import FlowUniPCSampler, cfg_combine
 from world_model.vae import to_uint8_frames
+from world_model.window import sample_window, window_conditioning
 
 if TYPE_CHECKING:
     from world_model.model import WorldModel
@@ -256,31 +257,20 @@ class StreamingGenerator:
             state.poses[i] = torch.cat([state.poses[i], new_poses[j, 1:]])
         total = max(state.num_frames(i) for i in idx)
         poses = torch.stack([_pad_rows(state.poses[i][:total], total) for i in idx])  # [n, N, 5]
-        c2w_all = c2w_from_poses(poses).to(self.device)  # [n, N, 4, 4] float64
 
-        # window: actions, camera code, latent positions
-        start, end = window_bounds(chunks, s, self.r)  # [n] each
-        win_kb = torch.stack([state.keyboard[i][a:b] for i, a, b in zip(idx, start.tolist(), end.tolist())])
-        win_ms = torch.stack([state.mouse[i][a:b] for i, a, b in zip(idx, start.tolist(), end.tolist())])
-        pose_frames = window_pose_frames(chunks, s, self.r).to(self.device)  # [n, F]
-        win_c2w = torch.gather(c2w_all, 1, pose_frames[..., None, None].expand(-1, -1, 4, 4))
-        plucker = window_plucker(win_c2w, s.height, s.width, self.stride, s.fov_deg)  # [n, 6s², F, h, w]
-        num_lat = pose_frames.shape[1]  # F
-        lat_start = torch.div(pose_frames[:, 0], self.r, rounding_mode="floor")  # [n]: first window latent
-        positions = lat_start[:, None] + torch.arange(num_lat, device=self.device)  # [n, F]
-        num_cond = 1 if first else s.past_latents
+        # window conditioning: bounds, camera code, memory (chunks >= 1), latent positions
+        win = window_conditioning(poses, chunks, cfg, memory=s.num_memory > 0, device=self.device, dtype=self.dtype)
+        start, end = win.start.tolist(), win.end.tolist()
+        win_kb = torch.stack([state.keyboard[i][a:b] for i, a, b in zip(idx, start, end)])  # [n, Nf, K]
+        win_ms = torch.stack([state.mouse[i][a:b] for i, a, b in zip(idx, start, end)])  # [n, Nf, 2]
+        num_lat, num_cond = win.latents.shape[1], win.num_context  # F, clean context latents
         cond = torch.stack([state.latents[i][:, -num_cond:] for i in idx])  # [n, C, num_cond, h, w]
-
-        # memory (chunks >= 1): retrieval on the model's device, batched
-        memory, mem_lat = None, torch.zeros(n, 0, dtype=torch.int64, device=self.device)
-        mem_plucker = None
-        if not first and s.num_memory > 0:
-            sel = select_memory(c2w_all, chunks.to(self.device), s, self.r)
-            mem_lat = sel.latents  # [n, M]
-            mem_plucker = memory_plucker(c2w_all, sel, s.height, s.width, self.stride, s.fov_deg, self.r)
+        mem_lat = win.memory_latents  # [n, M]
+        memory = None
+        if win.memory is not None:
             memory = torch.stack([state.latents[i][:, mem_lat[j]] for j, i in enumerate(idx)])  # [n, C, M, h, w]
 
-        # sampling
+        # sampling; each env's noise covers the whole window (the context part is overwritten)
         noise = torch.cat(
             [
                 torch.randn(
@@ -289,33 +279,28 @@ class StreamingGenerator:
                 for i in idx
             ]
         )  # [n, C, F, h, w]
-        x = noise
-        x[:, :, :num_cond] = cond
         text = state.text[idx]
-        dit_dtype = self.dtype
-        win_plucker = plucker.to(dit_dtype)
-        full_plucker = win_plucker if mem_plucker is None else torch.cat([mem_plucker.to(dit_dtype), win_plucker], 2)
-        full_pos = positions if memory is None else torch.cat([mem_lat, positions], 1)
-        kb_dev, ms_dev = win_kb.to(self.device, dit_dtype), win_ms.to(self.device, dit_dtype)
+        plucker, positions = win.plucker, win.positions
+        kb_dev, ms_dev = win_kb.to(self.device, self.dtype), win_ms.to(self.device, self.dtype)
         guided = cfg.sampler.guidance_scale > 1.0
         if guided:
             neg = self._negative(n)
             null_kb, null_ms = torch.full_like(kb_dev, NULL_KEYBOARD), torch.full_like(ms_dev, NULL_MOUSE)
-        sampler_state = self.sampler.init_state()
-        for t in self.sampler.model_timesteps():
-            t_map = torch.full((n, num_lat), float(t), device=self.device)
-            t_map[:, :num_cond] = 0.0
-            v = self.model.dit(x, t_map, text, full_plucker, ms_dev, kb_dev, full_pos, memory)
+
+        def velocity(x: Tensor, t_map: Tensor) -> Tensor:
+            v = self.model.dit(x, t_map, text, plucker, ms_dev, kb_dev, positions, memory)
             if guided:
-                v_null = self.model.dit(x, t_map, neg, win_plucker, null_ms, null_kb, positions, None)
+                # the null branch: negative prompt, null actions, no memory
+                v_null = self.model.dit(x, t_map, neg, win.window_plucker, null_ms, null_kb, win.latents, None)
                 v = cfg_combine(v, v_null, cfg.sampler.guidance_scale)
-            x, sampler_state = self.sampler.step(x, v, sampler_state)
-            x[:, :, :num_cond] = cond
+            return v
+
+        x = sample_window(velocity, cond, noise[:, :, num_cond:], self.sampler)  # [n, C, F - num_cond, h, w]
 
         # history and decode
-        new = x if first else x[:, :, -s.new_latents :]
+        new = torch.cat([cond, x], dim=2) if first else x[:, :, -s.new_latents :]  # chunk 0: with the image latent
         for j, i in enumerate(idx):
-            state.latents[i] = torch.cat([state.latents[i], new[j]], dim=1) if not first else x[j].clone()
+            state.latents[i] = torch.cat([state.latents[i], new[j]], dim=1) if not first else new[j].clone()
             state.chunk[i] += 1
             state.memory_latents[i] = mem_lat[j].cpu()
         video = self._decode(state, idx, new, first)  # [n, 3, T, H, W]

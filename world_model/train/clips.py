@@ -10,7 +10,9 @@ so its windows are the streaming loop's chunks (spec §6, :mod:`world_model.came
   (memory model) 5 memory latents retrieved by camera overlap from frames 1 .. 40k (the sink slot
   fixed to latent 1), with their relative ray embeddings and absolute latent indices for RoPE.
 
-:class:`ClipBatch` holds exactly the tensors :class:`world_model.dit.MatrixGameDiT` takes.
+:class:`ClipBatch` holds exactly the tensors :class:`world_model.dit.MatrixGameDiT` takes; the window's
+conditioning (camera code, memory selection, positions) comes from
+:func:`world_model.window.window_conditioning`, the function the streaming generator calls.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from world_model.camera import c2w_from_poses, window_bounds, window_plucker, window_pose_frames
+from world_model.camera import window_bounds
 from world_model.config import WorldModelConfig
-from world_model.memory import memory_plucker, select_memory
 from world_model.train.checkpoints import load_sharded, save_sharded
+from world_model.window import frame_latents, window_conditioning
 
 __all__ = ["LatentStore", "ClipBatch", "ClipSampler"]
 
@@ -149,7 +151,7 @@ class ClipSampler:
 
     def _last_latent(self, k: int) -> int:
         _, end = window_bounds(k, self.cfg.stream, self.r)
-        return (int(end) - 1 - 1) // self.r + 1
+        return int(frame_latents(end - 1, self.r))
 
     def state_dict(self) -> dict:
         return {"rng": self.generator.get_state()}
@@ -176,45 +178,36 @@ class ClipSampler:
         ``latents`` [B, Fs, C, h, w] replaces the stored latents of these segments (a self-rollout's
         generated history); actions, poses and prompts still come from the store.
         """
-        st, cfg, r = self.store, self.cfg, self.r
+        st, cfg = self.store, self.cfg
         segments, chunks = segments.cpu(), chunks.cpu()  # host index arithmetic: no device syncs
-        first = bool((chunks == 0).all())
-        if not first and bool((chunks == 0).any()):
-            raise ValueError(f"chunk 0 and later chunks have different shapes; got {chunks.tolist()}")
-        start, end = window_bounds(chunks, cfg.stream, r)  # [B] pixel frames, relative to the segment
-        nf = int((end - start)[0])
+        _, end = window_bounds(chunks, cfg.stream, self.r)  # [B] pixel frames, relative to the segment
         seg_first = self.seg_start_host[segments]  # [B]
-        abs_frames = seg_first[:, None] + start[:, None] + torch.arange(nf)  # [B, Nf]
-        pose_frames = window_pose_frames(chunks, cfg.stream, r)  # [B, F] relative
-        lat_idx = torch.where(pose_frames == 0, 0, (pose_frames - 1) // r + 1)  # [B, F]
-        num_context = 1 if first else cfg.stream.past_latents
-        seg_d, lat_d, pose_d = (self._to_device(t) for t in (segments, lat_idx, pose_frames))
-        src = st.latents[seg_d] if latents is None else latents  # [B, Fs, C, h, w]
+        # poses of all frames from the segment start to the window end -> the window's conditioning,
+        # computed by the function the streaming generator calls
+        all_frames = self._to_device(seg_first[:, None] + torch.arange(int(end.max())))  # [B, N]
+        win = window_conditioning(
+            st.poses[all_frames],
+            chunks,
+            cfg,
+            memory=self.use_memory,
+            device=self.device,
+            dtype=torch.float32,
+            max_elements=self.max_elements,
+        )
+        seg_d = self._to_device(segments)
         bidx = torch.arange(len(segments), device=self.device)[:, None]
-        latents = src[bidx, lat_d].transpose(1, 2).float()  # [B, C, F, h, w]
-        # poses of all frames from the segment start to the window end
-        n_all = int(end.max())
-        all_frames = self._to_device(seg_first[:, None] + torch.arange(n_all))  # [B, N]
-        c2w = c2w_from_poses(st.poses[all_frames].double()).float()  # [B, N, 4, 4]
-        h, w = cfg.stream.height, cfg.stream.width
-        stride, fov = cfg.vae.spatial_stride, cfg.stream.fov_deg
-        plucker = window_plucker(c2w[bidx, pose_d], h, w, stride, fov)  # [B, 6s^2, F, h, w]
-        positions = lat_d
-        memory = None
-        if self.use_memory and not first and cfg.stream.num_memory > 0:
-            sel = select_memory(c2w, chunks, cfg.stream, r, max_elements=self.max_elements)
-            memory = src[bidx, sel.latents].transpose(1, 2).float()  # [B, C, M, h, w]
-            plucker = torch.cat([memory_plucker(c2w, sel, h, w, stride, fov, r), plucker], dim=2)
-            positions = torch.cat([sel.latents, lat_d], dim=1)
-        af = self._to_device(abs_frames)
+        src, rows = (st.latents, seg_d[:, None]) if latents is None else (latents, bidx)
+        window = src[rows, win.latents]  # [B, F, C, h, w]
+        memory = None if win.memory is None else src[rows, win.memory.latents]  # [B, M, C, h, w]
+        af = self._to_device(seg_first[:, None] + win.frames)  # [B, Nf] absolute frames of the window
         return ClipBatch(
-            latents=latents,
-            num_context=num_context,
-            memory=memory,
-            plucker=plucker,
+            latents=window.transpose(1, 2).float(),  # [B, C, F, h, w]
+            num_context=win.num_context,
+            memory=None if memory is None else memory.transpose(1, 2).float(),  # [B, C, M, h, w]
+            plucker=win.plucker,
             mouse=st.mouse[af],
             keyboard=st.keyboard[af],
-            positions=positions,
+            positions=win.positions,
             context=st.text[st.seg_prompt[seg_d]],
             chunk=chunks,
             frames=af,

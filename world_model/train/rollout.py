@@ -1,7 +1,8 @@
 """Few-step sampling of one chunk and multi-chunk self-rollouts on training segments.
 
-The same UniPC sampler as inference (:class:`world_model.sampler.FlowUniPCSampler`); context
-frames are re-written after every step, as the streaming loop does (spec §6).
+The sampling loop is the streaming generator's own (:func:`world_model.window.sample_window`: the
+same UniPC sampler, context latents written back at timestep 0 before every model call), and the
+windows come from :meth:`ClipSampler.build`, i.e. from the generator's window conditioning.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from world_model.sampler import FlowUniPCSampler
 from world_model.train.clips import ClipBatch, ClipSampler
 from world_model.train.flow import dit_forward
+from world_model.window import sample_window
 
 __all__ = ["sample_chunk", "self_rollout"]
 
@@ -30,18 +32,15 @@ def sample_chunk(
     x̂0 = x − σ_i·v of step i, with gradients (DMD's random exit step). None: all steps, no grad.
     """
     c = batch.num_context
-    ctx = batch.latents[:, :, :c]
-    x, state = noise, sampler.init_state()
-    timesteps = sampler.model_timesteps()
-    last = sampler.num_steps if grad_step is None else grad_step
-    with torch.no_grad():
-        for i in range(last):
-            v = dit_forward(model, batch, torch.cat([ctx, x], dim=2), timesteps[i].expand(len(x)))[:, :, c:]
-            x, state = sampler.step(x, v, state)
+
+    def velocity(window: Tensor, t: Tensor) -> Tensor:
+        return dit_forward(model, batch, window, t[:, c])  # t [B, F]: 0 on the context, t[:, c] after it
+
+    context = batch.latents[:, :, :c]
     if grad_step is None:
-        return x
-    v = dit_forward(model, batch, torch.cat([ctx, x], dim=2), timesteps[grad_step].expand(len(x)))[:, :, c:]
-    return x - float(sampler.sigmas[grad_step]) * v
+        with torch.no_grad():
+            return sample_window(velocity, context, noise, sampler)
+    return sample_window(velocity, context, noise, sampler, grad_step=grad_step)
 
 
 @torch.no_grad()
@@ -64,7 +63,7 @@ def self_rollout(
         batch = clips.build(segments, torch.full((len(segments),), k, dtype=torch.int64), latents=lat)
         c = batch.num_context
         shape = batch.latents[:, :, c:].shape
-        noise = torch.randn(shape, generator=generator).to(lat.device)
+        noise = torch.randn(shape, generator=generator).to(lat.device, non_blocking=True)
         x = sample_chunk(model, batch, noise, sampler)  # [B, C, Fn, h, w]
         idx = batch.positions[:, -x.shape[2] :]  # window latent indices of the new frames
         bidx = torch.arange(len(segments), device=lat.device)[:, None]
