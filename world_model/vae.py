@@ -133,7 +133,9 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *(1,) * spatial_dims))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.rms_norm(x.movedim(1, -1), (x.shape[1],), self.gamma.view(-1), RMS_EPS)
+        # gamma in the input's dtype: under autocast (training) an fp32 gamma with bf16 activations
+        # would leave the fused kernel; with matching dtypes (inference) this is a no-op
+        y = F.rms_norm(x.movedim(1, -1), (x.shape[1],), self.gamma.view(-1).to(x.dtype), RMS_EPS)
         return y.movedim(-1, 1)
 
 

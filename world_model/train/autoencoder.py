@@ -55,6 +55,9 @@ class VAEOptions:
     disc_width: int = 64
     disc_lr: float = 2e-4
     eval_clips: int = 16
+    whole_clip: bool = (
+        True  # encode/decode a training clip in one call per network (same result as streaming, fewer launches)
+    )
     amp: bool = True
     seed: int = 0
 
@@ -232,6 +235,14 @@ class _Adversary:
 
 
 class _Base:
+    def _encode(self, vae: nn.Module, x: Tensor) -> Tensor:
+        seg = x.shape[2] - 1 if self.opts.whole_clip and x.shape[2] > 1 else None
+        return vae.encode(x, segment_frames=seg)
+
+    def _decode(self, vae: nn.Module, z: Tensor, *, clamp: bool = False) -> Tensor:
+        seg = z.shape[2] if self.opts.whole_clip else 4
+        return vae.decode(z, first_chunk=True, clamp=clamp, segment=seg)[0]
+
     def __init__(self, trainable: list[nn.Parameter], opts: VAEOptions, device: torch.device) -> None:
         self.opts, self.device = opts, device
         self.optim = torch.optim.AdamW(trainable, lr=opts.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -308,9 +319,9 @@ class VAEStage(_Base):
         self.vae.train()
         x = self.train.sample(self.opts.batch_size)
         with self._autocast():
-            z = self.vae.encode(x)  # [B, C, F, h, w]
+            z = self._encode(self.vae, x)  # [B, C, F, h, w]
             zn = z + self.opts.latent_noise * torch.randn(z.shape, device=z.device, generator=self.generator)
-            xr, _ = self.vae.decode(zn, first_chunk=True, clamp=False)
+            xr = self._decode(self.vae, zn)
             terms = self._image_losses(xr, x, step)
         xr, z = xr.float(), z.float()
         rec = F.l1_loss(xr, x) + self.opts.mse_weight * F.mse_loss(xr, x)
@@ -374,10 +385,10 @@ class DecoderStage(_Base):
         self.student.train()
         x = self.train.sample(self.opts.batch_size)
         with torch.no_grad(), self._autocast():
-            z = self.teacher.encode(x)
-            target, _ = self.teacher.decode(z, first_chunk=True, clamp=False)
+            z = self._encode(self.teacher, x)
+            target = self._decode(self.teacher, z)
         with self._autocast():
-            out, _ = self.student.decode(z, first_chunk=True, clamp=False)
+            out = self._decode(self.student, z)
             terms = self._image_losses(out, x, step)
         out, target = out.float(), target.float()
         distil = F.l1_loss(out, target)
