@@ -16,7 +16,7 @@ import json
 import torch
 
 from world_model.action import ActionModule
-from world_model.attention import set_default_backend
+from world_model.attention import set_attention_backend
 from world_model.config import mg3_5b
 
 
@@ -42,10 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_action.py needs a CUDA GPU")
-    set_default_backend(args.backend)
     torch.manual_seed(0)
     cfg = mg3_5b().dit.action_config
     mod = ActionModule(cfg).to("cuda", torch.bfloat16)
+    set_attention_backend(mod, args.backend)
     with torch.no_grad():  # the zero-init projections would make the module an identity
         mod.proj_mouse.weight.normal_(std=0.02)
         mod.proj_keyboard.weight.normal_(std=0.02)

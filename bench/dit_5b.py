@@ -11,7 +11,14 @@ TFLOP/s, peak GPU memory and the floor time (matmul FLOPs / matmul ceiling + att
 attention throughput) with the measured/floor ratio.
 
     PYTHONPATH=. python bench/dit_5b.py [--out bench/results/dit_5b.json] [--attention auto|sdpa|cudnn|flash|efficient]
+    PYTHONPATH=. python bench/dit_5b.py --quantize fp8 --compile   # runtime options, applied by apply_runtime
     PYTHONPATH=. python bench/dit_5b.py --tiny          # CPU smoke test with the tiny config
+
+The runtime options (``--attention``, ``--quantize``, ``--compile``, ``--self-attn-projections``) are
+applied to the built model by ``world_model.runtime.apply_runtime``, as the model loader does; the
+JSON records the backend found on the model's attention modules and the number of FP8 layers.
+With ``--quantize`` or ``--compile``, one forward is also compared with the eager forward of
+the same weights (relative L2 error, cosine), and the first (compiling) chunk is timed apart.
 
 ``--self-attn-projections fp32`` times the release's precision (the self-attention q/k/v/o linears as
 fp32 GEMMs, spec §15.6) instead of the bf16 default (``dtype``). ``--agreement`` also compares one
@@ -33,9 +40,11 @@ from pathlib import Path
 
 import torch
 
-from world_model.attention import attend, default_backend, set_default_backend
+from world_model.attention import attend, attention_backends
 from world_model.config import DiTConfig, mg3_5b, tiny
 from world_model.dit import MatrixGameDiT
+from world_model.quant import Float8Linear
+from world_model.runtime import RuntimeOptions, apply_runtime
 
 FRAMES_PER_CHUNK = 40  # new pixel frames per later chunk (10 latents x 4)
 STEP_TIMESTEPS = (1000.0, 908.0, 712.0)  # the 3-step schedule as the model sees it (bf16-rounded)
@@ -197,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--agreement", action="store_true", help="also compare one forward of each choice with an fp32 forward"
     )
+    parser.add_argument("--quantize", choices=("fp8",), default=None, help="8-bit linears (RuntimeOptions.quantize)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block (RuntimeOptions.compile)")
     args = parser.parse_args(argv)
 
     if args.tiny:
@@ -210,39 +221,59 @@ def main(argv: list[str] | None = None) -> dict:
     M, past, new = 5, 4, 10
     F = past + new
     timer = _timer(device)
-    previous_backend = default_backend()
-    set_default_backend(args.attention)
-    try:
-        torch.manual_seed(0)
-        model = build_model(cfg, device, dtype)
-        model.set_self_attn_projection_dtype(torch.float32 if args.self_attn_projections == "fp32" else None)
-        inputs = make_inputs(cfg, M, past, new, h, w, device, dtype)
-        t_steps = [torch.tensor([[0.0] * past + [s] * new], device=device) for s in STEP_TIMESTEPS]  # [1, F] per step
+    runtime = RuntimeOptions(
+        device=str(device),
+        dtype=dtype,
+        attention=args.attention,
+        quantize=args.quantize,
+        compile=args.compile,
+        self_attn_projections=args.self_attn_projections,
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg, device, dtype)
+    inputs = make_inputs(cfg, M, past, new, h, w, device, dtype)
+    t_steps = [torch.tensor([[0.0] * past + [s] * new], device=device) for s in STEP_TIMESTEPS]  # [1, F] per step
+    eager_ref = None
+    if args.quantize or args.compile:  # the eager forward of the same weights, before the options change it
+        with torch.inference_mode():
+            eager_ref = model(t=t_steps[0], **inputs).double()
+    agree = agreement(model, inputs, t_steps[0]) if args.agreement and not args.quantize else None
+    apply_runtime(model, runtime)
+    backends = sorted(set(attention_backends(model).values()))
+    fp8_layers = sum(isinstance(m, Float8Linear) for m in model.modules())
 
-        def chunk() -> torch.Tensor:
-            with torch.inference_mode():
-                for t in t_steps:
-                    out = model(t=t, **inputs)
-            return out
+    def chunk() -> torch.Tensor:
+        with torch.inference_mode():
+            for t in t_steps:
+                out = model(t=t, **inputs)
+        return out
 
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        chunk_times = timer(chunk, args.warmup, args.iters)
-        peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-        out = chunk()
-        finite = bool(torch.isfinite(out).all())
-        agree = agreement(model, inputs, t_steps[0]) if args.agreement else None
-
-        L = (M + F) * (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
-        ceiling = matmul_ceiling(device, dtype, n, timer)
-        attn = {
-            b: attention_throughput(device, dtype, L, cfg.num_heads, cfg.head_dim, b, timer)
-            for b in (args.attention, "flash", "efficient", "cudnn", "math" if args.tiny else None)
-            if b is not None
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    first_chunk_s = None
+    if args.compile:  # compiles (cold, or from the inductor cache)
+        first_chunk_s = timer(chunk, 0, 1)[0]
+    chunk_times = timer(chunk, args.warmup, args.iters)
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    out = chunk()
+    finite = bool(torch.isfinite(out).all())
+    vs_eager = None
+    if eager_ref is not None:
+        with torch.inference_mode():
+            got = model(t=t_steps[0], **inputs).double()
+        vs_eager = {
+            "relative_l2": float((got - eager_ref).norm() / eager_ref.norm()),
+            "cosine": float(torch.nn.functional.cosine_similarity(got.flatten(), eager_ref.flatten(), dim=0)),
         }
-    finally:
-        set_default_backend(previous_backend)
+
+    L = (M + F) * (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
+    ceiling = matmul_ceiling(device, dtype, n, timer)
+    attn = {
+        b: attention_throughput(device, dtype, L, cfg.num_heads, cfg.head_dim, b, timer)
+        for b in (args.attention, "flash", "efficient", "cudnn", "math" if args.tiny else None)
+        if b is not None
+    }
 
     flops = count_flops(cfg, M, F, h, w)
     sec = statistics.median(chunk_times)
@@ -257,6 +288,11 @@ def main(argv: list[str] | None = None) -> dict:
         "config": "tiny" if args.tiny else "mg3-5b",
         "dtype": str(dtype).removeprefix("torch."),
         "attention_backend": args.attention,
+        "attention_backends_applied": backends,
+        "quantize": args.quantize,
+        "fp8_layers": fp8_layers,
+        "compile": args.compile,
+        "first_chunk_seconds": first_chunk_s,
         "self_attn_projections": args.self_attn_projections,
         "tokens": L,
         "forwards_per_chunk": len(STEP_TIMESTEPS),
@@ -272,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_memory_gib": peak_gib,
         "output_finite": finite,
         "agreement_with_fp32": agree,
+        "agreement_with_eager": vs_eager,
     }
     _print_table(result)
     out_path = Path(args.out)
@@ -286,6 +323,9 @@ def _print_table(r: dict) -> None:
         ("device", r["device"]),
         ("config / dtype / attention", f"{r['config']} / {r['dtype']} / {r['attention_backend']}"),
         ("self-attention projections", r["self_attn_projections"]),
+        ("attention backends on the model", ", ".join(r["attention_backends_applied"])),
+        ("quantize / FP8 layers", f"{r['quantize']} / {r['fp8_layers']}"),
+        ("compile (first chunk s)", f"{r['compile']} ({r['first_chunk_seconds'] or 0:.1f})"),
         ("tokens per forward", f"{r['tokens']:,}"),
         (
             "TFLOP per forward (linear + attention)",
@@ -306,6 +346,11 @@ def _print_table(r: dict) -> None:
         *(
             (f"vs fp32, {choice} projections (rel. L2 / cosine)", f"{a['relative_l2']:.2e} / {a['cosine']:.6f}")
             for choice, a in (r["agreement_with_fp32"] or {}).items()
+        ),
+        *(
+            [("vs eager, same weights (rel. L2 / cosine)", f"{a['relative_l2']:.2e} / {a['cosine']:.6f}")]
+            if (a := r["agreement_with_eager"])
+            else []
         ),
     ]
     width = max(len(k) for k, _ in rows)

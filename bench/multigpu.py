@@ -4,8 +4,9 @@ One steady-state chunk (spec §6): 5 memory + 4 past + 10 noisy latents at 704x1
 22x40, 19 x 880 = 16,720 tokens), 56 action frames, 512 text rows, 3 sampler steps = 3 DiT forwards
 (timesteps 1000/908/712, context frames 0); random bf16 weights (the same on every rank), batch 1.
 
-Every rank runs :class:`world_model.parallel.SequenceParallelDiT` on the same inputs; rank 0 also
-runs the unwrapped model alone on its GPU for the 1-GPU time and the reference output. Reported:
+Every rank runs the model with :func:`world_model.parallel.apply_sequence_parallel` applied, on the
+same inputs; rank 0 then removes it and runs the model alone on its GPU for the 1-GPU time and the
+reference output. Reported:
 seconds per chunk and frames/s (40 new frames per chunk) for N GPUs and for 1, speedup and
 efficiency, the max abs difference of the N-GPU output from the 1-GPU output in bf16 (per step), and
 peak memory per rank. Prints a table on rank 0 and writes JSON.
@@ -30,10 +31,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from world_model.attention import set_default_backend
+from world_model.attention import set_attention_backend
 from world_model.config import DiTConfig, mg3_5b, tiny
 from world_model.dit import MatrixGameDiT
-from world_model.parallel import SequenceParallelDiT
+from world_model.parallel import apply_sequence_parallel
 
 FRAMES_PER_CHUNK = 40  # new pixel frames per later chunk (10 latents x 4)
 STEP_TIMESTEPS = (1000.0, 908.0, 712.0)  # the 3-step schedule as the model sees it (bf16-rounded)
@@ -129,10 +130,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         cfg, h, w = mg3_5b().dit, 44, 80
     dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
     rank, world = dist.get_rank(), dist.get_world_size()
-    set_default_backend(args.attention)
     try:
         model = build_model(cfg, device, dtype)
-        sp = SequenceParallelDiT(model)
+        set_attention_backend(model, args.attention)
+        sp = apply_sequence_parallel(model)
         inputs = make_inputs(cfg, h, w, device, dtype)
         t_steps = [torch.tensor([[0.0] * PAST + [s] * NEW], device=device) for s in STEP_TIMESTEPS]  # [1, F]
 
@@ -145,14 +146,15 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        sp_times = time_chunks(chunk_with(sp), device, args.warmup, args.iters, sync_all=True)
-        sp_out = chunk_with(sp)()
+        sp_times = time_chunks(chunk_with(model), device, args.warmup, args.iters, sync_all=True)
+        sp_out = chunk_with(model)()
         peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
         peak = torch.tensor([peak_gib], device=device)
         peaks = [torch.zeros_like(peak) for _ in range(world)]
         dist.all_gather(peaks, peak)
 
         single_times, diffs = None, None
+        sp.remove()  # the plain model again
         if rank == 0 and not args.skip_single:
             single_times = time_chunks(chunk_with(model), device, args.warmup, args.iters, sync_all=False)
             ref = chunk_with(model)()

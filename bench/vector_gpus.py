@@ -36,15 +36,14 @@ import numpy as np
 import torch
 
 from mg3_env.vector import MatrixGameVectorEnv
-from world_model.attention import set_default_backend
 from world_model.config import VAEConfig, mg3_5b
 from world_model.model import WorldModel, load_world_model, random_world_model
 from world_model.runtime import RuntimeOptions
 
 
-def build_model(name: str, device: str, vae_pruning: float) -> WorldModel:
+def build_model(name: str, device: str, vae_pruning: float, attention: str = "auto") -> WorldModel:
     """The model on the first device: the random 5B with a pruned decoder, or a registry name/folder."""
-    runtime = RuntimeOptions.for_device(device)
+    runtime = RuntimeOptions.for_device(device, attention=attention)
     if name == "mg3-5b-random":
         base = mg3_5b()
         cfg = base.replace(
@@ -162,10 +161,8 @@ def main() -> None:
     counts = sorted(set(args.gpus or [1, available]))
     if counts[-1] > available:
         raise SystemExit(f"--gpus asks for {counts[-1]} GPUs; this host has {available}")
-    set_default_backend(args.attention)
-
     t = time.perf_counter()
-    model = build_model(args.model, names[0], args.vae_pruning)
+    model = build_model(args.model, names[0], args.vae_pruning, args.attention)
     build_s = time.perf_counter() - t
 
     rows = []

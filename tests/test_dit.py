@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from world_model.attention import default_backend, set_default_backend
+from world_model.attention import attention_backends, set_attention_backend
 from world_model.config import DiTConfig, mg3_5b, tiny
 from world_model.dit import MatrixGameDiT, timestep_sinusoid
 
@@ -180,18 +180,15 @@ def test_attention_backends_agree():
     cfg = tiny().dit
     model = _model(cfg)
     inp = _inputs(cfg, B=2)
-    previous = default_backend()
     outs = {}
-    try:
-        for backend in ("math", "sdpa", "flash", "efficient", "cudnn"):
-            set_default_backend(backend)
-            try:
-                with torch.no_grad():
-                    outs[backend] = model(**inp)
-            except RuntimeError:  # kernel not available on this machine
-                continue
-    finally:
-        set_default_backend(previous)
+    for backend in ("math", "sdpa", "flash", "efficient", "cudnn"):
+        set_attention_backend(model, backend)
+        assert set(attention_backends(model).values()) == {backend}
+        try:
+            with torch.no_grad():
+                outs[backend] = model(**inp)
+        except RuntimeError:  # kernel not available on this machine
+            continue
     assert "math" in outs and "sdpa" in outs
     for backend, out in outs.items():
         torch.testing.assert_close(out, outs["math"], atol=2e-5, rtol=2e-5, msg=f"backend {backend}")
@@ -496,11 +493,7 @@ def test_bench_flop_count_matches_torch_flop_counter():
     cfg = tiny().dit
     model = _model(cfg)
     inp = _inputs(cfg, B=1, M=2, F=3, h=4, w=6)
-    previous = default_backend()
-    set_default_backend("math")  # SDPA's math path is made of bmm calls the counter sees
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(**inp)
-    finally:
-        set_default_backend(previous)
+    set_attention_backend(model, "math")  # SDPA's math path is made of bmm calls the counter sees
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**inp)
     assert counter.get_total_flops() == bench.count_flops(cfg, 2, 3, 4, 6)["total"]

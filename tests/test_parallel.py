@@ -1,4 +1,5 @@
-"""Sequence parallelism (spec §8): the shard arithmetic, and SP output == single-process output (gloo, 2 ranks)."""
+"""Sequence parallelism (spec §8): the shard arithmetic, and SP output == single-process output (gloo, 2 ranks),
+applied directly and through RuntimeOptions(sequence_parallel=2)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from world_model.attention import AttentionKernel, attention_backends
 from world_model.config import DiTConfig, tiny
 from world_model.dit import MatrixGameDiT
-from world_model.parallel import SequenceParallelDiT, SequenceShard
+from world_model.parallel import SequenceShard, UlyssesAttention, apply_sequence_parallel
+from world_model.runtime import RuntimeOptions, apply_runtime
 
 WORLD = 2
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,13 +66,20 @@ def test_shard_rejects_bad_arguments():
         s.take(torch.zeros(1, 5, 3))
 
 
-def test_wrapper_needs_torch_distributed_and_a_dit():
+def test_sequence_parallel_needs_torch_distributed_and_a_dit():
     assert not dist.is_initialized()
     model = MatrixGameDiT(tiny().dit)
     with pytest.raises(RuntimeError, match="init_process_group"):
-        SequenceParallelDiT(model)
+        apply_sequence_parallel(model)
     with pytest.raises(TypeError, match="expected a MatrixGameDiT"):
-        SequenceParallelDiT(torch.nn.Linear(2, 2))
+        apply_sequence_parallel(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="torchrun --nproc_per_node 2"):
+        apply_runtime(model, RuntimeOptions(sequence_parallel=2))
+    with pytest.raises(ValueError, match="compile=True with sequence_parallel"):
+        RuntimeOptions(sequence_parallel=2, compile=True)
+    # Nothing was changed by the refusals.
+    assert all(type(m) is AttentionKernel for m in model.modules() if isinstance(m, AttentionKernel))
+    assert not any(block._forward_pre_hooks for block in model.blocks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,8 +144,18 @@ def _worker(rank: int, world: int, init_file: str, case_file: str, out_dir: str)
             model = MatrixGameDiT(cfg).eval()
             model.load_state_dict(state)
             with torch.no_grad():
-                outputs[name] = SequenceParallelDiT(model)(**inputs)
-                outputs[name + "/unwrapped"] = model(**inputs)  # the model itself is left untouched
+                sp = apply_sequence_parallel(model)
+                outputs[name] = model(**inputs)
+                sp.remove()
+                outputs[name + "/unwrapped"] = model(**inputs)  # removed: the model is itself again
+                assert not any(isinstance(m, UlyssesAttention) for m in model.modules())
+                # The same through the runtime options, with a pinned attention backend.
+                apply_runtime(model, RuntimeOptions(sequence_parallel=world, attention="math"))
+                outputs[name + "/runtime"] = model(**inputs)
+                kernels = {
+                    n: (type(m).__name__, m.backend) for n, m in model.named_modules() if n in attention_backends(model)
+                }
+                outputs[name + "/kernels"] = kernels
         torch.save(outputs, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -166,8 +186,15 @@ def test_sequence_parallel_equals_single_process(sp_run, name):
     for rank, out in enumerate(outs):
         assert out[name].shape == ref.shape, f"rank {rank}"
         torch.testing.assert_close(out[name], ref, rtol=0, atol=1e-5, msg=f"rank {rank}, case {name}")
-        # The wrapped model still runs on its own (1 thread per rank here: reductions may differ in the last bit).
+        torch.testing.assert_close(out[name + "/runtime"], ref, rtol=0, atol=1e-5, msg=f"rank {rank}, runtime")
+        # With SP removed the model runs on its own (1 thread per rank here: reductions may differ in the last bit).
         torch.testing.assert_close(out[name + "/unwrapped"], ref, rtol=0, atol=1e-6)
+        # RuntimeOptions put Ulysses kernels in every self-attention and the backend on every kernel.
+        kernels = out[name + "/kernels"]
+        self_attn = {n: k for n, k in kernels.items() if ".self_attn." in n}
+        assert len(self_attn) == next(c[1] for c in CASES if c[0] == name).num_layers
+        assert all(k == ("UlyssesAttention", "math") for k in self_attn.values())
+        assert all(backend == "math" for _, backend in kernels.values())
 
 
 def test_case_geometry_exercises_padding():
@@ -235,7 +262,9 @@ def _nccl_worker(rank: int, world: int, init_file: str, case_file: str, out_dir:
             model = model.to(f"cuda:{rank}", torch.bfloat16).eval()
             dev = {k: None if v is None else v.to(f"cuda:{rank}") for k, v in inputs.items()}
             with torch.no_grad():
-                outputs[name] = SequenceParallelDiT(model)(**dev).cpu()
+                sp = apply_sequence_parallel(model)
+                outputs[name] = model(**dev).cpu()
+                sp.remove()
                 outputs[name + "/unwrapped"] = model(**dev).cpu()
         torch.save(outputs, Path(out_dir) / f"rank{rank}.pt")
     finally:

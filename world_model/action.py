@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange, repeat
 
-from world_model.attention import attend
+from world_model.attention import AttentionKernel
 from world_model.config import ActionConfig
 
 __all__ = ["NULL_MOUSE", "NULL_KEYBOARD", "ActionModule", "num_action_latents", "group_frames"]
@@ -133,6 +133,7 @@ class ActionModule(nn.Module):
                 self.img_attn_q_norm = _HeadRMSNorm(dm, eps, c.apply_qk_norm_weight)
                 self.img_attn_k_norm = _HeadRMSNorm(dm, eps, c.apply_qk_norm_weight)
             self.proj_mouse = nn.Linear(c.mouse_hidden_dim, c.img_hidden_size, bias=bias)
+            self.mouse_attn = AttentionKernel()  # the attention operation (no parameters)
         if c.enable_keyboard:
             self._check_rope(c.rope_dim_list, c.keyboard_hidden_dim, "rope_dim_list", "keyboard_hidden_dim")
             self.keyboard_embed = nn.Sequential(
@@ -147,6 +148,7 @@ class ActionModule(nn.Module):
                 self.key_attn_q_norm = _HeadRMSNorm(dk, eps, c.apply_qk_norm_weight)
                 self.key_attn_k_norm = _HeadRMSNorm(dk, eps, c.apply_qk_norm_weight)
             self.proj_keyboard = nn.Linear(c.keyboard_hidden_dim, c.img_hidden_size, bias=bias)
+            self.keyboard_attn = AttentionKernel()  # the attention operation (no parameters)
         self.reset_parameters()
 
     def _check_rope(self, dims: tuple[int, ...], hidden: int, name: str, hidden_name: str) -> None:
@@ -271,7 +273,7 @@ class ActionModule(nn.Module):
         cos, sin = _rope_cos_sin(positions, c.mouse_qk_dim_list[0], c.rope_theta, _at_least_fp32(dtype))  # [T, r]
         cos, sin = cos[:, None], sin[:, None]  # [T, 1, r] against [B*S, T, N, Dh]
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-        out = attend(q, k, v)  # [B*S, T, N, Dh]
+        out = self.mouse_attn(q, k, v)  # [B*S, T, N, Dh]
         out = rearrange(out, "(b s) t n d -> b (t s) (n d)", s=S)
         return self.proj_mouse(out)
 
@@ -293,5 +295,5 @@ class ActionModule(nn.Module):
         # Every spatial location shares its batch item's T keyboard keys, so the S*T queries of one
         # item attend to that item's keys directly: the release's per-location tiling (correct for
         # B = 1 only, spec §13.11) without materialising B*S copies.
-        out = attend(q, k, v)  # [B, T*S, N, Dh]
+        out = self.keyboard_attn(q, k, v)  # [B, T*S, N, Dh]
         return self.proj_keyboard(rearrange(out, "b l n d -> b l (n d)"))

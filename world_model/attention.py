@@ -1,7 +1,13 @@
-"""One attention function for the whole package, with backend dispatch.
+"""One attention function for the whole package, and the module that carries each layer's backend.
 
 Layout everywhere: q [B, Lq, N, D], k/v [B, Lk, N, D] (B batch, L tokens, N heads, D head dim).
 ``k_lens`` ([B] ints) masks padded keys: key j of batch b is attended only when j < k_lens[b].
+
+Every attention layer of the models calls its own :class:`AttentionKernel` submodule (no
+parameters, so no checkpoint keys); the backend is recorded there, per module, and set from the
+runtime options by :func:`set_attention_backend` (``world_model.runtime.apply_runtime``). There is
+no module-global backend. Sequence parallelism replaces a layer's kernel module with one that
+attends over the tokens of all ranks (``world_model.parallel``).
 """
 
 from __future__ import annotations
@@ -11,9 +17,18 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["attend", "flash_attn_available", "set_default_backend", "default_backend"]
+__all__ = [
+    "BACKENDS",
+    "AttentionKernel",
+    "attend",
+    "attention_backends",
+    "check_attention_backend",
+    "flash_attn_available",
+    "set_attention_backend",
+]
 
 _SDPA_BACKENDS = {
     "math": SDPBackend.MATH,
@@ -21,20 +36,15 @@ _SDPA_BACKENDS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
-
-_default_backend = "auto"
-
-
-def set_default_backend(name: str) -> None:
-    """Set the backend used when ``attend`` is called without one (see RuntimeOptions.attention)."""
-    global _default_backend
-    if name not in ("auto", "sdpa", "flash_attn", *_SDPA_BACKENDS):
-        raise ValueError(f"unknown attention backend {name!r}")
-    _default_backend = name
+# auto: flash-attn when installed (CUDA, half precision, no key mask), else SDPA's own dispatch;
+# sdpa: SDPA's own dispatch; math/flash/efficient/cudnn: one SDPA backend pinned; flash_attn: the package.
+BACKENDS = ("auto", "sdpa", *_SDPA_BACKENDS, "flash_attn")
+_CUDA_ONLY = ("efficient", "cudnn", "flash_attn")  # SDPA on a CPU has the math and flash kernels only
 
 
-def default_backend() -> str:
-    return _default_backend
+def _check_name(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
 
 
 @functools.cache
@@ -44,6 +54,25 @@ def flash_attn_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def check_attention_backend(backend: str, device: str | torch.device, dtype: torch.dtype) -> None:
+    """Raise ValueError, saying what to do, when ``backend`` cannot run on ``device`` in ``dtype``."""
+    _check_name(backend)
+    device = torch.device(device)
+    if backend in _CUDA_ONLY and device.type != "cuda":
+        raise ValueError(
+            f"attention backend {backend!r} needs a CUDA device, got {device.type!r}; "
+            "on this device use 'auto', 'sdpa', 'math' or 'flash'"
+        )
+    if backend == "flash_attn":
+        if not flash_attn_available():
+            raise ValueError(
+                "attention backend 'flash_attn' needs the flash-attn package (pip install flash-attn); "
+                "or use 'auto' (torch SDPA picks its fastest kernel, cuDNN on Hopper)"
+            )
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"attention backend 'flash_attn' runs in float16 or bfloat16, got {dtype}; or use 'auto'")
 
 
 def _key_mask(k_lens: torch.Tensor, lk: int, device: torch.device) -> torch.Tensor:
@@ -58,16 +87,16 @@ def attend(
     v: torch.Tensor,
     *,
     k_lens: torch.Tensor | None = None,
-    backend: str | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Scaled dot-product attention (non-causal). Returns [B, Lq, N, D] in q's dtype."""
-    backend = backend or _default_backend
-    if (
-        backend in ("auto", "flash_attn")
-        and q.is_cuda
-        and k_lens is None
-        and q.dtype in (torch.float16, torch.bfloat16)
-    ):
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    if backend == "flash_attn" and not (q.is_cuda and half and k_lens is None):
+        raise ValueError(
+            "attention backend 'flash_attn' takes CUDA half-precision inputs without a key mask; "
+            f"got device {q.device.type}, {q.dtype}, key mask {k_lens is not None}: use 'auto' here"
+        )
+    if backend in ("auto", "flash_attn") and q.is_cuda and k_lens is None and half:
         if flash_attn_available():
             from flash_attn import flash_attn_func
 
@@ -80,3 +109,40 @@ def attend(
     with ctx:
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
     return out.transpose(1, 2)
+
+
+class AttentionKernel(nn.Module):
+    """The attention operation of one layer: :func:`attend` with this module's ``backend``.
+
+    ``forward(q, k, v, k_lens=None)`` with the layout of the module docstring. No parameters.
+    """
+
+    def __init__(self, backend: str = "auto") -> None:
+        super().__init__()
+        _check_name(backend)
+        self.backend = backend
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return attend(q, k, v, k_lens=k_lens, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}"
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> int:
+    """Record ``backend`` on every :class:`AttentionKernel` of ``model`` (subclasses included, such
+    as the sequence-parallel one); returns how many. Raises if ``model`` has none."""
+    _check_name(backend)
+    kernels = [m for m in model.modules() if isinstance(m, AttentionKernel)]
+    if not kernels:
+        raise ValueError(f"{type(model).__name__} has no attention modules to set a backend on")
+    for kernel in kernels:
+        kernel.backend = backend
+    return len(kernels)
+
+
+def attention_backends(model: nn.Module) -> dict[str, str]:
+    """{module name: backend} of every :class:`AttentionKernel` of ``model``."""
+    return {name: m.backend for name, m in model.named_modules() if isinstance(m, AttentionKernel)}

@@ -34,7 +34,6 @@ embedding is computed per frame ([B, T, ...]) and broadcast over the frame's tok
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from world_model.action import ActionModule
-from world_model.attention import attend
+from world_model.attention import AttentionKernel
 from world_model.config import DiTConfig
 from world_model.rope import apply_rope, rope_cos_sin
 
@@ -110,7 +109,8 @@ class RMSNorm(nn.Module):
 
 
 class _Attention(nn.Module):
-    """q, k, v, o projections with optional q/k RMSNorm over the full dim (names of spec §2.2)."""
+    """q, k, v, o projections with optional q/k RMSNorm over the full dim (names of spec §2.2), and
+    ``attn``, the attention operation (no parameters; its backend is set from the runtime options)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
@@ -121,6 +121,7 @@ class _Attention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.attn = AttentionKernel()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1))  # [B, L, D] -> [B, L, N, Dh]
@@ -143,19 +144,13 @@ class SelfAttention(_Attention):
 
     projection_dtype: torch.dtype | None = None
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: Callable[..., torch.Tensor] = attend
-    ) -> torch.Tensor:
-        """x [B, L, D] -> [B, L, D]; cos/sin [B, L, N, Dh/2] rotate q and k (fp32), attention in weight dtype.
-
-        ``attention(q, k, v)`` ([B, L, N, Dh] each) is :func:`attend` unless sequence parallelism
-        (world_model.parallel) passes one that attends over the tokens of all ranks.
-        """
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]; cos/sin [B, L, N, Dh/2] rotate q and k (fp32), attention in weight dtype."""
         dtype, kernel_dtype = self.projection_dtype, self.q.weight.dtype
         q = apply_rope(self._heads(self.norm_q(_project(self.q, x, dtype))), cos, sin)  # [B, L, N, Dh] fp32
         k = apply_rope(self._heads(self.norm_k(_project(self.k, x, dtype))), cos, sin)
         v = self._heads(_project(self.v, x, dtype))
-        out = attention(q.to(kernel_dtype), k.to(kernel_dtype), v.to(kernel_dtype))  # [B, L, N, Dh]
+        out = self.attn(q.to(kernel_dtype), k.to(kernel_dtype), v.to(kernel_dtype))  # [B, L, N, Dh]
         return _project(self.o, out.flatten(2), dtype)
 
 
@@ -166,7 +161,7 @@ class CrossAttention(_Attention):
         q = self._heads(self.norm_q(self.q(x)))  # [B, L, N, Dh]
         k = self._heads(self.norm_k(self.k(context)))  # [B, Lt, N, Dh]
         v = self._heads(self.v(context))
-        return self.o(attend(q, k, v).flatten(2))
+        return self.o(self.attn(q, k, v).flatten(2))
 
 
 class DiTBlock(nn.Module):
@@ -203,21 +198,18 @@ class DiTBlock(nn.Module):
         mouse: torch.Tensor | None,
         keyboard: torch.Tensor | None,
         num_memory: int,
-        attention: Callable[..., torch.Tensor] = attend,
-        full_sequence: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x [B, L, D] (fp32 after the first block), e0 [B, T, 6, D] fp32 per-frame timestep
         projection, context [B, Lt, D] embedded text, cam [B, L, D] embedded camera tokens.
 
-        Seams for sequence parallelism (world_model.parallel), where x, cam, cos/sin hold one rank's
-        tokens and e0 is given per run of tokens: ``attention`` replaces :func:`attend` in the
-        self-attention, and ``full_sequence(fn, x)`` runs the whole-sequence function ``fn`` (the
-        action module) on the tokens of all ranks and returns this rank's part.
+        e0 may also hold one row per run of consecutive tokens that share a timestep (runs of equal
+        length): sequence parallelism (world_model.parallel) hands a block one rank's tokens, and
+        e0 per run of them, through hooks.
         """
         mod = self.modulation.float() + e0  # [B, T, 6, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
 
-        y = self.self_attn(_modulate(_layer_norm(x, self.eps), shift1, scale1), cos, sin, attention)
+        y = self.self_attn(_modulate(_layer_norm(x, self.eps), shift1, scale1), cos, sin)
         x = _gated_add(x, y, gate1)
 
         h = self.cam_injector_layer2(F.silu(self.cam_injector_layer1(cam))) + cam
@@ -229,10 +221,8 @@ class DiTBlock(nn.Module):
         else:  # standard Wan: x + CrossAttn(LN3(x))
             x = x + self.cross_attn(self._norm3(x), context)
 
-        if self.action_model is not None and full_sequence is None:
+        if self.action_model is not None:
             x = self.action_model(x, grid, mouse, keyboard, num_memory)
-        elif self.action_model is not None:  # sequence parallel: x holds this rank's tokens only
-            x = full_sequence(lambda tokens: self.action_model(tokens, grid, mouse, keyboard, num_memory), x)
 
         y = self.ffn(_modulate(_layer_norm(x, self.eps), shift2, scale2).to(self.ffn[0].weight.dtype))
         return _gated_add(x, y, gate2)

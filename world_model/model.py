@@ -21,8 +21,9 @@
 ``variant="base"`` loads the many-step base model of a folder (release: 50 steps with guidance;
 ours: the memory model before distillation) instead of the few-step distilled one.
 
-``runtime.self_attn_projections`` is applied to the DiT once it is built (see
-:class:`~world_model.runtime.RuntimeOptions`).
+Every loader applies the runtime options (attention backend, self-attention projection precision,
+8-bit linears, sequence parallelism, compilation) to the DiT once it is built, through
+:func:`~world_model.runtime.apply_runtime` (see :class:`~world_model.runtime.RuntimeOptions`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from world_model.config import WorldModelConfig, mg3_5b, mg3_28b_moe, tiny
-from world_model.runtime import RuntimeOptions
+from world_model.runtime import RuntimeOptions, apply_runtime, check_runtime, compile_blocks
 
 __all__ = [
     "WorldModel",
@@ -89,9 +90,17 @@ class WorldModel:
         the weights' current device, never via the CPU). The text encoder is shared, not copied:
         prompt embeddings are moved to the replica's device by :meth:`encode_prompts`."""
         device = torch.device(device)
+        if self.runtime.sequence_parallel > 1:
+            raise ValueError(
+                "a sequence-parallel model spans the ranks of a process group and is not replicated; "
+                "load one per device with sequence_parallel=1 instead"
+            )
+        dit = _copy_module(self.dit, device)
+        if self.runtime.compile:  # a copy runs eagerly until compiled again (on its own weights)
+            compile_blocks(dit)
         return replace(
             self,
-            dit=_copy_module(self.dit, device),
+            dit=dit,
             vae=_copy_module(self.vae, device),
             runtime=replace(self.runtime, device=str(device)),
             _prompt_cache={},
@@ -129,9 +138,8 @@ def _randomize_zero_layers(module: nn.Module, std: float) -> None:
 
 
 def _apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
-    """Runtime choices applied to a built DiT (one or two experts), once."""
-    dit.set_self_attn_projection_dtype(runtime.self_attn_projection_dtype)
-    return dit
+    """Runtime choices applied to a built DiT (one or two experts), once: see :func:`apply_runtime`."""
+    return apply_runtime(dit, runtime)
 
 
 def _random_moe(config: WorldModelConfig, runtime: RuntimeOptions, big: bool) -> nn.Module:
@@ -179,7 +187,9 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
 
 def random_world_model(config: WorldModelConfig, runtime: RuntimeOptions | None = None, *, seed: int = 0) -> WorldModel:
     """A model of any config with random weights (name ``"<config.name>"``, flagged as random)."""
-    return _build_random(config, runtime or RuntimeOptions.for_device(), config.name, seed)
+    runtime = runtime or RuntimeOptions.for_device()
+    check_runtime(runtime)
+    return _build_random(config, runtime, config.name, seed)
 
 
 def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distilled: bool) -> WorldModel:
@@ -310,6 +320,7 @@ def load_world_model(
     if variant not in ("distilled", "base"):
         raise ValueError(f"variant must be 'distilled' or 'base', got {variant!r}")
     runtime = runtime or RuntimeOptions.for_device()
+    check_runtime(runtime)  # before any weights are read
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"model must be a name or a path, got {type(name_or_path).__name__}")
     key = str(name_or_path)

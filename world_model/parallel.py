@@ -1,46 +1,55 @@
-"""Sequence (context) parallelism of one DiT forward over the ranks of a process group (spec §8).
+"""Sequence (context) parallelism of the DiT over the ranks of a process group (spec §8), applied to a built model.
 
-:class:`SequenceParallelDiT` wraps a built :class:`~world_model.dit.MatrixGameDiT` and has the same
-``forward`` contract; every rank passes the same full inputs and gets the same full output. Inside,
-the L tokens are padded to a multiple of the P ranks and split into P contiguous chunks of
-Lc = ceil(L / P) tokens (rank r holds tokens [r*Lc, (r+1)*Lc)):
+:func:`apply_sequence_parallel` changes a built :class:`~world_model.dit.MatrixGameDiT` in place;
+the model keeps its one ``forward`` and its contract: every rank passes the same full inputs and
+gets the same full output. What changes is what a block sees: the L tokens are padded to a
+multiple of the P ranks and split into P contiguous chunks of Lc = ceil(L / P) tokens (rank r
+holds tokens [r*Lc, (r+1)*Lc)). Three kinds of change, no re-implemented forward:
 
-- patch tokens, camera tokens and RoPE tables are computed for the frames a rank's chunk touches
-  and sliced; the per-frame timestep embeddings are indexed per run of g = gcd(S, Lc) tokens
-  (S tokens per frame), so a chunk needs no per-token copy of the modulation;
-- self-attention is Ulysses: local q/k/v -> all-to-all (scatter heads, gather tokens) -> attention
-  over the L valid tokens (the padded keys are cut off) -> all-to-all back. Heads are zero-padded to
-  a multiple of P and trimmed after (24 heads on 7 ranks -> 28);
-- cross-attention, camera injection, FFN and the head are per token and stay local;
-- the action module sees the whole sequence: all-gather the tokens, run, keep this rank's chunk;
-- the head outputs are all-gathered at the end.
+- the self-attention's kernel module is swapped for :class:`UlyssesAttention`: local q/k/v ->
+  all-to-all (scatter heads, gather tokens) -> attention over the L valid tokens (the padded keys
+  are cut off) -> all-to-all back. Heads are zero-padded to a multiple of P and trimmed after
+  (24 heads on 7 ranks -> 28);
+- forward pre-hooks on the blocks hand each block this rank's chunk of the tokens, camera tokens
+  and RoPE tables, and the timestep projection per run of g = gcd(S, Lc) tokens (S tokens per
+  frame; a run never crosses a frame), so a chunk needs no per-token copy of the modulation; the
+  head's pre-hook does the same for its timestep embedding;
+- hooks around each action module all-gather the tokens before it (it mixes tokens of a frame
+  and across frames) and keep this rank's chunk after; a hook on the head all-gathers its output,
+  which the model unpatchifies as usual.
 
-The model itself is not modified: the wrapper drives its blocks through their ``attention`` and
-``full_sequence`` arguments, so the wrapped model keeps working on its own. Weights are
-replicated on every rank. Inference only: the collectives carry no gradients.
+Cross-attention, camera injection, FFN and the head are per token and run on the chunk. The
+patch, camera and RoPE embeddings are computed for all tokens on every rank (a few GEMMs of one
+block's size) before the first block takes its chunk. Weights are replicated on every rank.
+Inference only: the collectives carry no gradients. :meth:`SequenceParallel.remove` puts the
+model back as it was.
 
-Run under ``torch.distributed`` (NCCL on GPUs, gloo on CPU), e.g. ``torchrun --nproc_per_node N``.
+Run under ``torch.distributed`` (NCCL on GPUs, gloo on CPU), e.g. ``torchrun --nproc_per_node N``;
+``RuntimeOptions(sequence_parallel=N)`` applies it when a model is loaded.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.hooks import RemovableHandle
 
-from world_model.attention import attend
-from world_model.config import DiTConfig
+from world_model.attention import AttentionKernel, attend
 from world_model.dit import MatrixGameDiT
-from world_model.rope import rope_cos_sin
 
-__all__ = ["SequenceShard", "SequenceParallelDiT", "ulysses_attention", "gather_tokens"]
+__all__ = [
+    "SequenceShard",
+    "SequenceParallel",
+    "UlyssesAttention",
+    "apply_sequence_parallel",
+    "ulysses_attention",
+    "gather_tokens",
+]
 
 
 @dataclass(frozen=True)
@@ -195,98 +204,118 @@ def ulysses_attention(
     return rearrange(back, "p b l n d -> b l (p n) d")[:, :, :N]
 
 
-class SequenceParallelDiT(nn.Module):
-    """A :class:`MatrixGameDiT` forward split over the ranks of ``group`` (default: the world group).
+class _ForwardState:
+    """What the hooks of one model share during one forward (reset by the model's pre-hook)."""
 
-    Same ``forward`` arguments and result as the model; all ranks must pass identical inputs (e.g.
-    broadcast from rank 0 or drawn with one seed) and all get the full output.
-    """
+    def __init__(self) -> None:
+        self.shard: SequenceShard | None = None
+        self.runs: torch.Tensor | None = None  # [Lc / g] frame of each run of g tokens
+        self.block_inputs: tuple[torch.Tensor, ...] | None = None  # this rank's (e0, cos, sin, cam)
 
-    def __init__(self, model: MatrixGameDiT, group: dist.ProcessGroup | None = None, backend: str | None = None):
-        super().__init__()
-        if not isinstance(model, MatrixGameDiT):
-            raise TypeError(f"expected a MatrixGameDiT, got {type(model).__name__}")
-        self.model = model
+    def reset(self) -> None:
+        self.shard = self.runs = self.block_inputs = None
+
+    def current(self) -> SequenceShard:
+        if self.shard is None:
+            raise RuntimeError("sequence-parallel modules run inside the forward of the model they were applied to")
+        return self.shard
+
+
+class UlyssesAttention(AttentionKernel):
+    """The self-attention kernel under sequence parallelism: :func:`ulysses_attention` over the
+    ranks of ``group``, with the sequence length of the current forward. Its ``backend`` is the
+    kernel's backend between the two all-to-alls."""
+
+    def __init__(self, state: _ForwardState, group: dist.ProcessGroup | None, backend: str = "auto") -> None:
+        super().__init__(backend)
+        self._state = state
         self.group = group
-        self.backend = backend  # attention backend of the self-attention (None: the package default)
-        _world(group)
-
-    @property
-    def cfg(self) -> DiTConfig:
-        return self.model.cfg
 
     def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        context: torch.Tensor,
-        plucker: torch.Tensor,
-        mouse: torch.Tensor | None,
-        keyboard: torch.Tensor | None,
-        positions: torch.Tensor,
-        memory: torch.Tensor | None = None,
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lens: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Predict the flow of a window of latents; see :meth:`MatrixGameDiT.forward`.
+        if k_lens is not None:
+            raise ValueError("sequence-parallel attention takes no key mask (the padded keys are cut off inside)")
+        seq_len = self._state.current().length
+        return ulysses_attention(q, k, v, seq_len=seq_len, group=self.group, backend=self.backend)
 
-        Returns v [B, out_dim, F, h, w] fp32 on every rank.
-        """
-        model, cfg = self.model, self.model.cfg
-        rank, world = _world(self.group)
-        _, ph, pw = cfg.patch_size
-        model._check_inputs(x, t, context, plucker, positions, memory)
-        B, _, _, h, w = x.shape
-        M = 0 if memory is None else memory.shape[2]
-        if memory is not None:
-            x = torch.cat([memory.to(x.dtype), x], dim=2)  # [B, C, T, h, w], T = M + F
-            t = torch.cat([t.new_zeros(B, M), t], dim=1)  # [B, T]
-        grid = (x.shape[2], h // ph, w // pw)  # token grid (T, h', w')
-        shard = SequenceShard(math.prod(grid), grid[1] * grid[2], rank, world)
-        f0, f1 = shard.frame_range
 
-        wdtype = model.patch_embedding.weight.dtype
-        tokens = model.patch_embedding(x[:, :, f0:f1].to(wdtype)).flatten(2).transpose(1, 2)  # [B, (f1-f0)*S, D]
-        x_local = shard.take(tokens)  # [B, Lc, D]
-        cam = shard.take(model._camera_tokens(plucker[:, :, f0:f1]))  # [B, Lc, D]
-        cos, sin = rope_cos_sin(
-            positions[:, f0:f1],
-            grid[1:],
-            head_dim=cfg.head_dim,
-            num_heads=cfg.num_heads,
-            sigma_theta=cfg.sigma_theta,
-            max_len=cfg.rope_max_len,
-        )  # [B, (f1-f0)*S, N, Dh/2]
-        cos, sin = shard.take(cos), shard.take(sin)  # [B, Lc, N, Dh/2]
-        e, e0 = model._time_embedding(t)  # per frame: [B, T, D], [B, T, 6, D]
-        runs = shard.run_frames(e.device)  # [Lc / g]: the blocks see e0 per run of g tokens
-        e, e0 = e[:, runs], e0[:, runs]
-        context = F.pad(context.to(wdtype), (0, 0, 0, cfg.text_len - context.shape[1]))
-        context = model.text_embedding(context)  # [B, text_len, D], on every rank
+class SequenceParallel:
+    """The changes :func:`apply_sequence_parallel` made to one model; :meth:`remove` undoes them."""
 
-        attention = partial(ulysses_attention, seq_len=shard.length, group=self.group, backend=self.backend)
-        full_sequence = partial(self._full_sequence, shard=shard)
+    def __init__(self, model: MatrixGameDiT, group: dist.ProcessGroup | None) -> None:
+        self.model = model
+        self.group = group
+        self.rank, self.world = _world(group)
+        self._state = _ForwardState()
+        self._handles: list[RemovableHandle] = []
+        self._kernels: list[tuple[torch.nn.Module, AttentionKernel]] = []
+
+        hook = self._handles.append
+        hook(model.register_forward_pre_hook(lambda module, args: self._state.reset()))
         for block in model.blocks:
-            x_local = block(
-                x_local,
-                e0,
-                cos,
-                sin,
-                context,
-                cam,
-                grid,
-                mouse,
-                keyboard,
-                M,
-                attention=attention,
-                full_sequence=full_sequence,
-            )
+            attn = block.self_attn.attn
+            self._kernels.append((block.self_attn, attn))
+            block.self_attn.attn = UlyssesAttention(self._state, group, attn.backend)
+            hook(block.register_forward_pre_hook(self._block_inputs))
+            if block.action_model is not None:
+                hook(block.action_model.register_forward_pre_hook(self._gather_action_input))
+                hook(block.action_model.register_forward_hook(self._take_action_output))
+        hook(model.head.register_forward_pre_hook(self._head_input))
+        hook(model.head.register_forward_hook(self._gather_head_output))
 
-        out = model.head(x_local, e)  # [B, Lc, ph * pw * out_dim] fp32
-        out = gather_tokens(out, self.group)[:, : shard.length]  # [B, L, ph * pw * out_dim]
-        return model.unpatchify(out, grid)[:, :, M:]
+    def remove(self) -> None:
+        """Put the model back as it was: its own attention kernels, no hooks."""
+        for handle in self._handles:
+            handle.remove()
+        for attention, kernel in self._kernels:
+            kernel.backend = attention.attn.backend  # keep a backend set while applied
+            attention.attn = kernel
+        self._handles, self._kernels = [], []
+        self._state.reset()
 
-    def _full_sequence(
-        self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, shard: SequenceShard
-    ) -> torch.Tensor:
-        """Run fn on the valid tokens of all ranks ([B, L, D]) and keep this rank's chunk [B, Lc, D]."""
-        full = gather_tokens(x, self.group)[:, : shard.length]
-        return shard.take_full(fn(full))
+    # Hooks. The DiT calls its blocks as block(x, e0, cos, sin, context, cam, grid, mouse, keyboard,
+    # num_memory), its action modules as action_model(x, grid, ...) and its head as head(x, e).
+
+    def _block_inputs(self, block: torch.nn.Module, args: tuple) -> tuple:
+        assert len(args) == 10, "DiT blocks are called with positional arguments"
+        x, e0, cos, sin, context, cam, grid, *rest = args
+        state = self._state
+        if state.block_inputs is None:  # first block of this forward: take this rank's chunk
+            T, h, w = grid
+            shard = SequenceShard(T * h * w, h * w, self.rank, self.world)
+            state.shard, state.runs = shard, shard.run_frames(e0.device)
+            x = shard.take_full(x)  # [B, Lc, D]
+            state.block_inputs = (e0[:, state.runs], shard.take_full(cos), shard.take_full(sin), shard.take_full(cam))
+        e0, cos, sin, cam = state.block_inputs
+        return (x, e0, cos, sin, context, cam, grid, *rest)
+
+    def _gather_action_input(self, module: torch.nn.Module, args: tuple) -> tuple:
+        """The action module sees the valid tokens of all ranks: [B, L, D]."""
+        x, *rest = args
+        return (gather_tokens(x, self.group)[:, : self._state.current().length], *rest)
+
+    def _take_action_output(self, module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return self._state.current().take_full(out)  # [B, Lc, D]
+
+    def _head_input(self, module: torch.nn.Module, args: tuple) -> tuple:
+        x, e = args  # e [B, T, D] per frame -> per run of this rank's chunk
+        self._state.current()
+        return (x, e[:, self._state.runs])
+
+    def _gather_head_output(self, module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return gather_tokens(out, self.group)[:, : self._state.current().length]  # [B, L, C]
+
+
+def apply_sequence_parallel(model: MatrixGameDiT, group: dist.ProcessGroup | None = None) -> SequenceParallel:
+    """Run ``model``'s forward split over the ranks of ``group`` (default: the world group), in place.
+
+    All ranks must then call the model with identical inputs (e.g. broadcast from rank 0 or drawn
+    with one seed); all get the full output. Returns the handle whose ``remove()`` undoes it.
+    """
+    if not isinstance(model, MatrixGameDiT):
+        raise TypeError(f"expected a MatrixGameDiT, got {type(model).__name__}")
+    _world(group)
+    if any(isinstance(m, UlyssesAttention) for m in model.modules()):
+        raise ValueError("sequence parallelism is already applied to this model")
+    return SequenceParallel(model, group)

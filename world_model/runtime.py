@@ -1,25 +1,56 @@
-"""Runtime options: how to run a model, never saved with its weights."""
+"""Runtime options: how to run a model, never saved with its weights; and :func:`apply_runtime`, the
+one place where they are applied to a built DiT (called by the model loader).
+
+The order follows gpt-fast's ``_load_model``: precision of the self-attention projections and the
+attention backend of every attention module, then 8-bit linears, then sequence parallelism (a swap
+of the self-attention kernel plus hooks), then compilation of each block. The model files
+(``dit.py``, ``action.py``, ``moe.py``) hold none of this. Every option either takes effect or
+raises before the model is touched, saying what to do instead.
+"""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-__all__ = ["RuntimeOptions", "ATTENTION_BACKENDS", "SELF_ATTN_PROJECTIONS"]
+from world_model.attention import BACKENDS
 
-ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flash", "efficient", "cudnn", "flash_attn")
+__all__ = [
+    "RuntimeOptions",
+    "ATTENTION_BACKENDS",
+    "SELF_ATTN_PROJECTIONS",
+    "QUANTIZE",
+    "apply_runtime",
+    "check_runtime",
+    "compile_blocks",
+]
+
+ATTENTION_BACKENDS = BACKENDS
 SELF_ATTN_PROJECTIONS = ("dtype", "fp32")
+QUANTIZE = (None, "fp8")
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
     """Device, dtype and kernel choices for inference.
 
-    ``attention``: ``auto`` uses flash-attn when installed and on CUDA, else torch SDPA with its own
-    dispatch; ``sdpa`` lets torch choose; ``math``/``flash``/``efficient``/``cudnn`` pin one SDPA
-    backend; ``flash_attn`` requires the flash-attn package.
-    ``quantize``: ``None`` or ``"int8"`` (attention projections, spec §9), applied from outside.
+    ``attention``: the backend recorded on every attention module of the DiT (self-, cross- and
+    action attention). ``auto`` uses flash-attn when installed and on CUDA, else torch SDPA with
+    its own dispatch (cuDNN on Hopper); ``sdpa`` lets torch choose; ``math``/``flash``/``efficient``/
+    ``cudnn`` pin one SDPA backend (a CPU has ``math`` and ``flash``); ``flash_attn`` requires the
+    flash-attn package.
+    ``quantize``: ``None`` or ``"fp8"``: the DiT blocks' attention, FFN and camera linears as FP8
+    e4m3 GEMMs (row-wise scales, ``world_model.quant``); needs ``dtype=torch.bfloat16`` and a CUDA
+    GPU of compute capability >= 8.9 (Ada, Hopper). INT8 is not offered: on Hopper ``torch._int_mm``
+    measured no faster than bf16.
+    ``compile``: ``torch.compile`` each DiT block (regional compilation: the first forward of each
+    new input shape compiles, about a minute at 5B scale; later ones are fast).
+    ``sequence_parallel``: split each DiT forward over this many ranks (Ulysses, ``world_model.parallel``);
+    ``1`` is off. Needs ``torch.distributed`` initialised with exactly that many processes, every
+    rank calling the model with the same inputs; not combined with ``compile`` (yet).
     ``self_attn_projections``: the precision of each DiT block's self-attention q/k/v/o linears.
     ``"dtype"`` (default) runs them in ``dtype`` like every other linear: bf16 GEMMs on a GPU, the
     fast path. ``"fp32"`` runs them as full-fp32 GEMMs on the weights cast up, exactly as the
@@ -36,12 +67,18 @@ class RuntimeOptions:
     compile: bool = False
     text_device: str | None = None  # where the text encoder runs (None: same as device)
     self_attn_projections: str = "dtype"  # "dtype" (fast) or "fp32" (the release's numbers)
+    sequence_parallel: int = 1  # ranks one DiT forward is split over (1: off)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
-        if self.quantize not in (None, "int8"):
-            raise ValueError(f"quantize must be None or 'int8', got {self.quantize!r}")
+        if self.quantize == "int8":
+            raise ValueError(
+                "quantize='int8' is not offered: torch._int_mm measured no faster than bf16 on Hopper; "
+                "use quantize='fp8' (FP8 e4m3 GEMMs, GPUs of compute capability >= 8.9) or None"
+            )
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be None or 'fp8', got {self.quantize!r}")
         if self.self_attn_projections not in SELF_ATTN_PROJECTIONS:
             raise ValueError(
                 f"self_attn_projections must be one of {SELF_ATTN_PROJECTIONS} ('dtype': in the runtime dtype, "
@@ -49,6 +86,22 @@ class RuntimeOptions:
             )
         if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
+        if self.quantize == "fp8" and self.dtype != torch.bfloat16:
+            raise ValueError(f"quantize='fp8' computes in bfloat16: set dtype=torch.bfloat16 (got {self.dtype})")
+        if self.quantize == "fp8" and self.self_attn_projections == "fp32":
+            raise ValueError(
+                "quantize='fp8' and self_attn_projections='fp32' contradict each other (8-bit vs fp32 GEMMs "
+                "for the same layers): choose one"
+            )
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
+            raise ValueError(f"sequence_parallel must be an int >= 1 (1: off), got {self.sequence_parallel!r}")
+        if self.sequence_parallel > 1 and self.compile:
+            raise ValueError(
+                "compile=True with sequence_parallel > 1 is not supported yet (the collectives would break "
+                "the compiled graphs): choose one"
+            )
 
     @classmethod
     def for_device(cls, device: str | torch.device | None = None, **kw) -> RuntimeOptions:
@@ -63,3 +116,83 @@ class RuntimeOptions:
     def self_attn_projection_dtype(self) -> torch.dtype | None:
         """The dtype for ``MatrixGameDiT.set_self_attn_projection_dtype`` (None: the weights')."""
         return torch.float32 if self.self_attn_projections == "fp32" else None
+
+
+def _experts(dit: nn.Module) -> list[nn.Module]:
+    """The MatrixGameDiTs of a DiT: itself, or the two experts of a MoEDiT."""
+    from world_model.dit import MatrixGameDiT
+    from world_model.moe import MoEDiT
+
+    if isinstance(dit, MatrixGameDiT):
+        return [dit]
+    if isinstance(dit, MoEDiT):
+        return [dit.high_noise, dit.low_noise]
+    raise TypeError(f"expected a MatrixGameDiT or MoEDiT, got {type(dit).__name__}")
+
+
+def check_runtime(runtime: RuntimeOptions) -> None:
+    """Raise ValueError, saying what to do, when an option cannot work on the runtime's device or setup
+    (loaders call it before loading weights)."""
+    from world_model.attention import check_attention_backend
+    from world_model.quant import fp8_supported
+
+    device = torch.device(runtime.device)
+    check_attention_backend(runtime.attention, device, runtime.dtype)
+    if runtime.quantize == "fp8" and (reason := fp8_supported(device)):
+        raise ValueError(f"quantize='fp8': {reason}; use quantize=None on this device")
+    if runtime.compile:
+        if device.type == "cuda":
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                raise ValueError("compile=True on a GPU needs triton (pip install triton); or set compile=False")
+        elif not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            raise ValueError(
+                "compile=True on a CPU needs a C++ compiler for torch.compile (install g++); or set compile=False"
+            )
+    if runtime.sequence_parallel > 1:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                f"sequence_parallel={runtime.sequence_parallel} needs torch.distributed: launch "
+                f"{runtime.sequence_parallel} processes (torchrun --nproc_per_node {runtime.sequence_parallel}) and "
+                "call torch.distributed.init_process_group first; or set sequence_parallel=1"
+            )
+        if dist.get_world_size() != runtime.sequence_parallel:
+            raise ValueError(
+                f"sequence_parallel={runtime.sequence_parallel} splits over the world group, which has "
+                f"{dist.get_world_size()} processes: launch that many, or set sequence_parallel to the world size"
+            )
+
+
+def compile_blocks(dit: nn.Module) -> None:
+    """``torch.compile`` every block of the DiT in place (parameter names unchanged); compiling a
+    copy again rebinds it to the copy's own weights."""
+    for expert in _experts(dit):
+        for block in expert.blocks:
+            block.compile()
+
+
+def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
+    """Apply ``runtime`` to a built DiT (a MatrixGameDiT or a MoEDiT) in place, once; returns it.
+
+    Expects the DiT on ``runtime.device`` in ``runtime.dtype``. Checks every option first (see
+    :class:`RuntimeOptions`), so a refused option leaves the model untouched.
+    """
+    from world_model.attention import set_attention_backend
+    from world_model.parallel import apply_sequence_parallel
+    from world_model.quant import quantize_linears
+
+    experts = _experts(dit)
+    check_runtime(runtime)
+    for expert in experts:
+        expert.set_self_attn_projection_dtype(runtime.self_attn_projection_dtype)
+        set_attention_backend(expert, runtime.attention)
+        if runtime.quantize == "fp8":
+            quantize_linears(expert, "fp8")
+        if runtime.sequence_parallel > 1:
+            apply_sequence_parallel(expert)
+    if runtime.compile:
+        compile_blocks(dit)
+    return dit
