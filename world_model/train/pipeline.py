@@ -288,8 +288,8 @@ def _wait_for_frames(run: Path) -> None:
     status.update(state="done", metrics=json.loads((frames / DONE).read_text()))
 
 
-def _frames(run: Path):
-    """(train, held-out) FrameStores of the run (the raw shards concatenated, once recorded)."""
+def _frames(run: Path, split: str):
+    """The ``split`` ("train" or "held_out") FrameStore of the run (raw shards concatenated, once recorded)."""
     from world_model.train.frames import FrameStore
 
     frames = run / "data" / "frames"
@@ -297,8 +297,25 @@ def _frames(run: Path):
         from world_model.train.engine_frames import load_shards
 
         _wait_for_frames(run)
-        return tuple(FrameStore.concat(load_shards(frames / split)) for split in ("train", "held_out"))
-    return FrameStore.load(run / "data" / "train"), FrameStore.load(run / "data" / "held_out")
+        return FrameStore.concat(load_shards(frames / split))
+    return FrameStore.load(run / "data" / split)
+
+
+def _clip_frames(run: Path, split: str, clip_frames: int, dev, seed: int = 0):
+    """Device-resident clips of a split; raw shards go to the device one by one (no host-side copy of all)."""
+    from world_model.train.autoencoder import ClipFrames
+
+    frames = run / "data" / "frames"
+    if not frames.exists():
+        return ClipFrames(_frames(run, split), clip_frames, dev, seed)
+    from world_model.train.engine_frames import load_shards
+
+    _wait_for_frames(run)
+    shards = load_shards(frames / split)
+    clips = ClipFrames(shards[0], clip_frames, dev, seed)
+    for shard in shards[1:]:
+        clips.extend(shard)
+    return clips
 
 
 def _vae_opts(opts: PipelineOptions, gan_start: int = -1):
@@ -325,7 +342,7 @@ def _loop_opts(opts: PipelineOptions, steps: int, deadline: float | None):
         deadline=deadline,
         progress=opts.progress,
         log_every=1 if steps < 100 else 10,
-        reserve_s=0.0 if steps < 100 else 60.0,
+        reserve_s=0.0 if steps < 100 else 20.0,  # a checkpoint of these models takes about a second
     )
 
 
@@ -374,22 +391,19 @@ def _stage_vae(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
         feed = ShardFeed(frames / "train")
         train = FrameStore.concat(feed.new())
         held = FrameStore.concat(ShardFeed(frames / "held_out").new()[:2])
+        train_clips = ClipFrames(train, vopts.clip_frames, dev, opts.seed)
+        held_clips = ClipFrames(held, vopts.clip_frames, dev)
     else:
-        train, held = _frames(run)
+        train_clips = _clip_frames(run, "train", vopts.clip_frames, dev, opts.seed)
+        held_clips = _clip_frames(run, "held_out", vopts.clip_frames, dev)
     torch.manual_seed(opts.seed)
     vae = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0)).to(dev)
-    stage = VAEStage(
-        vae,
-        ClipFrames(train, vopts.clip_frames, dev, opts.seed),
-        ClipFrames(held, vopts.clip_frames, dev),
-        vopts,
-        feed=feed,
-    )
+    stage = VAEStage(vae, train_clips, held_clips, vopts, feed=feed)
     return run_loop(stage, run / "vae", _loop_opts(opts, opts.vae_steps, deadline))
 
 
 def _stage_decoder(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
-    from world_model.train.autoencoder import ClipFrames, DecoderStage, identity_stats
+    from world_model.train.autoencoder import DecoderStage, identity_stats
     from world_model.train.loop import run_loop
     from world_model.vae import WanVAE
 
@@ -397,15 +411,14 @@ def _stage_decoder(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     cfg, dev = run_config(run, opts), _device()
     cfg = cfg.replace(vae=identity_stats(cfg.vae))
     vopts = _vae_opts(opts, opts.decoder_gan_start)
-    train, held = _frames(run)
     teacher = _teacher_vae(run, opts, cfg, dev)
     torch.manual_seed(opts.seed + 1)
     student = WanVAE(cfg.vae).to(dev)
     stage = DecoderStage(
         teacher,
         student,
-        ClipFrames(train, vopts.clip_frames, dev, opts.seed + 1),
-        ClipFrames(held, vopts.clip_frames, dev),
+        _clip_frames(run, "train", vopts.clip_frames, dev, opts.seed + 1),
+        _clip_frames(run, "held_out", vopts.clip_frames, dev),
         vopts,
     )
     return run_loop(stage, run / "decoder", _loop_opts(opts, opts.decoder_steps, deadline))
@@ -420,7 +433,7 @@ def _stage_encode(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     base_cfg, dev = PRESETS[opts.config](), _device()
     status = StatusFile(run / "latents", "encode")
     status.update(state="running")
-    train, held = _frames(run)
+    train, held = _frames(run, "train"), _frames(run, "held_out")
     r = base_cfg.vae.temporal_stride
     raw = _teacher_vae(run, opts, base_cfg.replace(vae=identity_stats(base_cfg.vae)), dev)
     mean, std = latent_statistics(raw, train, 1 + r * (opts.segment_latents - 1))
@@ -449,7 +462,7 @@ def _evaluator(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, held_lat
 
     if _stage_state(run, "decoder") not in ("done", "stopped"):
         return None
-    _, held = _frames(run)
+    held = _frames(run, "held_out")
     clips = ClipSampler(held_lat, cfg, 1, p_continue=0.0)
     return FirstChunkEval(clips, held, _shipped_vae(run, opts, cfg, dev), cfg.sampler, num_segments=opts.eval_segments)
 
