@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     usage = (
-        "usage: mg3 {demo,data,eval} ...\n  demo  scripted exploration -> mp4 + dataset\n  data  data engine commands\n"
-        "  eval  evaluation against the simulator on held-out levels"
+        "usage: mg3 {demo,data,eval,play} ...\n  demo  scripted exploration -> mp4 + dataset\n  data  data engine commands\n"
+        "  eval  evaluation against the simulator on held-out levels\n"
+        "  play  walk through the world model in the browser (keyboard and mouse)"
     )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         from mg3_eval.cli import main as eval_main
 
         return eval_main(rest)
+    if command == "play":
+        from mg3_env.play.server import main as play_main
+
+        return play_main(rest)
     print(f"mg3: unknown command {command!r}\n{usage}", file=sys.stderr)
     return 2
 

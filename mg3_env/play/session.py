@@ -1,0 +1,237 @@
+"""One player's connection: a :class:`~mg3_env.env.MatrixGameEnv`, its input and its pacing.
+
+Two asyncio tasks share the session's state on the event loop: the receiver validates every
+message from the page and updates the input (:class:`~mg3_env.play.controls.Controls`), the
+pacing (:class:`~mg3_env.play.pacing.Pacer`) or the reset request; the generator resets and steps
+the env on the session's own worker thread (one thread, so the env is only ever touched by it),
+encodes each chunk once (one JPEG) and sends it. A bad message gets an ``error`` answer and the
+session goes on; an error inside the env ends the session (close code 1011), never the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mg3_env.play.controls import Controls
+from mg3_env.play.pacing import Pacer
+from mg3_env.play.protocol import (
+    InputMessage,
+    PlayedMessage,
+    ProtocolError,
+    ResetMessage,
+    decode_upload,
+    encode_frames,
+    pack_chunk,
+    parse_text,
+)
+
+if TYPE_CHECKING:
+    from mg3_env.play.server import PlayServer
+
+__all__ = ["Session"]
+
+log = logging.getLogger("mg3.play")
+
+
+class Session:
+    """The state of one connection; :meth:`run` lasts as long as the connection."""
+
+    def __init__(self, server: PlayServer, ws: Any, sid: int) -> None:
+        self.server = server
+        self.ws = ws
+        self.sid = sid
+        self.env: Any = None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"mg3-play-{sid}")
+        self.controls: Controls | None = None
+        self.pacer = Pacer()
+        self.episode = -1
+        self.next_chunk = 0
+        self.episode_over = True
+        self.reset_request: ResetMessage | None = None
+        self.image: Any = server.image_choices["start"][1]
+        self.prompt: str | None = server.prompt
+        self.uploaded: np.ndarray | None = None
+        self.wake = asyncio.Event()
+        self.rng = np.random.default_rng()
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.env = await loop.run_in_executor(self.pool, self.server.make_env)
+            v = self.env.unwrapped.vector_env
+            self.controls = Controls(v.keyboard_dim, v.frames_per_chunk)
+            await self._send_json(self.server.hello(self.sid))
+            await self._request_reset(ResetMessage(None, None, None))
+            generator = asyncio.create_task(self._generate())
+            receiver = asyncio.create_task(self._receive())
+            done, _ = await asyncio.wait({generator, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (generator, receiver):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if generator in done and generator.exception() is not None:
+                e = generator.exception()
+                log.error("session %d: generation failed: %s", self.sid, e, exc_info=e)
+                with contextlib.suppress(Exception):
+                    await self._send_json({"type": "error", "message": f"generation failed: {e}", "request": None})
+                    await self.ws.close(1011, "generation failed")
+        finally:
+            if self.env is not None:
+                await loop.run_in_executor(self.pool, self.env.close)  # publishes a recorded episode
+            self.pool.shutdown(wait=True)
+
+    async def _send_json(self, obj: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(obj))
+
+    # ------------------------------------------------------------------ page -> server
+
+    async def _receive(self) -> None:
+        names = (*self.server.image_choices, "upload")
+        async for message in self.ws:
+            try:
+                if isinstance(message, bytes):
+                    await self._upload(message)
+                    continue
+                msg = parse_text(message, self.controls.keyboard_dim, names, self.server.max_prompt_chars)
+                if isinstance(msg, InputMessage):
+                    self.controls.update(msg.seq, msg.keys, msg.look, msg.mouse)
+                elif isinstance(msg, PlayedMessage):
+                    if msg.episode == self.episode:
+                        self.pacer.note_played(msg.chunk, msg.buffered_s, time.monotonic())
+                        self.wake.set()
+                else:
+                    if msg.image == "upload" and self.uploaded is None:
+                        raise ProtocolError("no image has been uploaded yet; upload one first", "reset")
+                    await self._request_reset(msg)
+            except ProtocolError as e:
+                await self._send_json({"type": "error", "message": str(e), "request": e.request})
+
+    async def _upload(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        image = await loop.run_in_executor(None, decode_upload, data, self.server.max_upload_bytes)
+        self.uploaded = image
+        await self._send_json({"type": "uploaded", "height": int(image.shape[0]), "width": int(image.shape[1])})
+
+    async def _request_reset(self, msg: ResetMessage) -> None:
+        self.episode += 1
+        self.reset_request = msg
+        self.wake.set()
+        await self._send_json({"type": "status", "state": "resetting", "episode": self.episode})
+
+    # ------------------------------------------------------------------ generation
+
+    async def _generate(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.reset_request is not None:
+                msg, self.reset_request = self.reset_request, None
+                await self._reset(msg)
+                continue
+            now = time.monotonic()
+            start = None if self.episode_over else self.pacer.start_time(self.next_chunk, now)
+            if start is None or start > now:
+                self.wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), None if start is None else start - now)
+                continue
+            action, seq = self.controls.take_action()
+            episode, chunk = self.episode, self.next_chunk
+            t0 = time.monotonic()
+            message, truncated = await loop.run_in_executor(self.pool, self._step, action, seq, episode, chunk)
+            if self.reset_request is not None:  # a reset came during the step: drop the chunk
+                continue
+            self.pacer.note_step(time.monotonic() - t0)
+            await self.ws.send(message)
+            self.next_chunk += 1
+            if truncated:
+                self.episode_over = True
+                await self._send_json(
+                    {
+                        "type": "status",
+                        "state": "episode_end",
+                        "episode": self.episode,
+                        "message": f"the episode reached {self.server.max_chunks} chunks; a new one starts",
+                    }
+                )
+                await self._request_reset(ResetMessage(None, None, None))
+
+    async def _reset(self, msg: ResetMessage) -> None:
+        loop = asyncio.get_running_loop()
+        if msg.image == "upload":
+            self.image = self.uploaded
+        elif msg.image is not None:
+            self.image = self.server.image_choices[msg.image][1]
+        if msg.prompt is not None:
+            self.prompt = msg.prompt
+        seed = int(self.rng.integers(0, 2**32)) if msg.seed is None else msg.seed
+        self.controls.new_episode()
+        self.pacer.new_episode()
+        episode, seq = self.episode, self.controls.seq
+        t0 = time.monotonic()
+        try:
+            message, frames = await loop.run_in_executor(self.pool, self._first_chunk, seed, episode, seq)
+        except (ValueError, TypeError) as e:  # e.g. an image or prompt the env refuses
+            self.episode_over = True
+            await self._send_json({"type": "error", "message": f"reset failed: {e}", "request": "reset"})
+            return
+        if self.reset_request is not None:
+            return
+        if self.pacer.expected_step_s is None:  # a first estimate: the reset's time per frame
+            self.pacer.note_step((time.monotonic() - t0) * self.controls.frames / frames)
+        self.episode_over = False
+        self.next_chunk = 1
+        await self.ws.send(message)
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _first_chunk(self, seed: int, episode: int, seq: int) -> tuple[bytes, int]:
+        t0 = time.perf_counter()
+        options = {"image": self.image, "prompt": self.prompt}
+        _, info = self.env.reset(seed=seed, options={k: v for k, v in options.items() if v is not None})
+        frames = info["first_chunk_frames"]
+        step_s = time.perf_counter() - t0
+        header = self._header(episode, 0, seq, info["first_chunk_pose"], step_s, len(frames))
+        header.update(seed=seed, prompt=info["prompt"], image=self._image_label())
+        return self._encode(header, frames), len(frames)
+
+    def _step(self, action: dict[str, np.ndarray], seq: int, episode: int, chunk: int) -> tuple[bytes, bool]:
+        t0 = time.perf_counter()
+        obs, _, _, truncated, info = self.env.step(action)
+        step_s = time.perf_counter() - t0
+        header = self._header(episode, chunk, seq, obs["pose"], step_s, len(obs["frames"]))
+        header.update(keyboard=action["keyboard"][0].tolist(), mouse=np.round(action["mouse"].mean(0), 4).tolist())
+        return self._encode(header, obs["frames"]), bool(truncated)
+
+    def _header(self, episode: int, chunk: int, seq: int, poses: np.ndarray, step_s: float, n: int) -> dict:
+        return {
+            "type": "chunk",
+            "episode": episode,
+            "chunk": chunk,
+            "input_seq": seq,
+            "poses": np.round(np.asarray(poses, np.float64), 3).tolist(),
+            "step_ms": round(step_s * 1000, 1),
+            "gen_fps": round(n / step_s, 2),
+        }
+
+    def _encode(self, header: dict, frames: np.ndarray) -> bytes:
+        t0 = time.perf_counter()
+        jpeg, layout = encode_frames(frames, self.server.jpeg_quality)
+        header.update(layout, encode_ms=round((time.perf_counter() - t0) * 1000, 1))
+        return pack_chunk(header, jpeg)
+
+    def _image_label(self) -> str:
+        if isinstance(self.image, (str, os.PathLike)):
+            return Path(self.image).name
+        return "uploaded image" if self.image is not None else "model default"
