@@ -13,7 +13,7 @@ const S = {
   chunks: [], errors: [], statuses: [], latencies: [], pendingLatency: null,
   seq: 0, keys: [0, 0, 0, 0, 0, 0], lookKeys: {}, mouse: [0, 0], mouseTimer: null,
   pose: null, trace: [], genFps: null, decode: Promise.resolve(), closed: null, busy: null,
-  drag: null, shownTimes: [], uploaded: false,
+  drag: null, shownTimes: [], uploaded: false, shownChunk: null,
 };
 
 function send(obj) { if (S.ws && S.ws.readyState === 1) S.ws.send(JSON.stringify(obj)); }
@@ -69,6 +69,8 @@ function onText(msg) {
       S.playing = false;
       S.stalled = false;
       S.trace = [];
+      S.pose = null;
+      S.shownChunk = null;
       S.pendingLatency = null;
       setStatus(msg.message || `episode ${msg.episode}: generating the first chunk...`);
     } else if (msg.message) {
@@ -165,6 +167,7 @@ function tick(now) {
   if (S.shownTimes.length > 64) S.shownTimes.shift();
   S.nextDue = Math.max(S.nextDue + interval, now - interval);
   S.pose = f.header.poses[f.i];
+  S.shownChunk = f.header.chunk;
   S.trace.push([S.pose[0], S.pose[1]]);
   if (f.i === 0) onChunkStart(f.header, now);
   if (f.i === f.header.frames - 1) f.bitmap.close();
@@ -307,7 +310,7 @@ function stats() {
     episode: S.episode, chunks: S.chunks.slice(), framesShown: S.framesShown, framesReceived: S.framesReceived,
     pose: S.pose, latencies: S.latencies.slice(), stalls: S.stalls.slice(), stalledNow: S.stalled,
     errors: S.errors.slice(), statuses: S.statuses.slice(), genFps: S.genFps, rate: S.rate, fps: S.fps,
-    last, busy: S.busy, closed: S.closed, playing: S.playing, queued: S.queue.length,
+    last, busy: S.busy, closed: S.closed, playing: S.playing, queued: S.queue.length, shownChunk: S.shownChunk,
   };
 }
 
