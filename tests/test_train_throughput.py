@@ -171,3 +171,29 @@ def test_engine_frames_records_shards_of_both_splits(tmp_path):
     (tmp_path / "g" / "train" / "part-0000").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="unfinished"):
         record_frames(tmp_path / "g", cfg, progress=False)
+
+
+def test_a_slimmed_vae_continues_training_with_a_fresh_optimiser(tmp_path):
+    from world_model.train.autoencoder import identity_stats
+    from world_model.train.slim import slim_run
+    from world_model.train.status import StatusFile
+    from world_model.vae import WanVAE
+
+    cfg = tiny(32, 32)
+    store = synthetic_store(2, 20, (32, 32))
+
+    def stage():
+        torch.manual_seed(0)
+        vae = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0))
+        return VAEStage(vae, ClipFrames(store, 5, "cpu"), None, VAEOptions(batch_size=2, clip_frames=5))
+
+    first = stage()
+    run_loop(first, tmp_path / "run" / "vae", LoopOptions(steps=3, progress=False))
+    slim_run(tmp_path / "run", tmp_path / "slim", ["vae"])
+    assert json.loads((tmp_path / "slim" / "vae" / "status.json").read_text())["state"] == "done"
+    StatusFile(tmp_path / "slim" / "vae", "vae").update(state="stopped")  # what `all --reopen vae` does
+    again = stage()
+    out = run_loop(again, tmp_path / "slim" / "vae", LoopOptions(steps=5, progress=False))
+    assert out["state"] == "done" and out["step"] == 5
+    steps_taken = {int(v["step"]) for v in again.optim.state.values()}
+    assert steps_taken == {2}  # resumed at step 3 from the weights alone, with a fresh optimiser

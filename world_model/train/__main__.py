@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from world_model.train.pipeline import STAGES, PipelineOptions, run_pipeline, run_stage
-from world_model.train.status import read_status
+from world_model.train.status import StatusFile, read_status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run folder (created if missing)")
     p.add_argument("--budget-minutes", type=float, default=None, help="time budget of 'all'")
     p.add_argument("--skip", default="", help="comma-separated stages that 'all' skips")
+    p.add_argument(
+        "--reopen",
+        default="",
+        help="comma-separated finished stages that 'all' trains further (e.g. a slimmed vae: fresh optimiser)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny config, synthetic data, a few steps (CPU test)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for f in dataclasses.fields(PipelineOptions):
@@ -58,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         opts = PipelineOptions()
     changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
     opts = dataclasses.replace(opts, **changes, progress=not args.no_progress and opts.progress)
+    for stage in filter(None, args.reopen.split(",")):
+        if stage not in STAGES:
+            raise SystemExit(f"--reopen: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        folder = run / ("latents" if stage == "encode" else stage)
+        if read_status(folder) is not None:
+            StatusFile(folder, stage).update(state="stopped")
     if args.command == "all":
         skip = tuple(s for s in args.skip.split(",") if s)
         result = run_pipeline(run, opts, budget_minutes=args.budget_minutes, skip=skip)

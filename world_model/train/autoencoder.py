@@ -356,9 +356,12 @@ class VAEStage(_Base):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """A full checkpoint resumes exactly; a slimmed one (weights only, ``world_model.train.slim``)
+        continues training with a fresh optimiser and discriminator."""
         self.vae.load_state_dict(state["vae"])
-        self.optim.load_state_dict(state["optim"])
-        self.train.load_state_dict(state["data"])
+        if "optim" in state:
+            self.optim.load_state_dict(state["optim"])
+            self.train.load_state_dict(state["data"])
         self._load_base_state(state)
 
 
@@ -431,7 +434,9 @@ class DecoderStage(_Base):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """A full checkpoint resumes exactly; a slimmed one continues with a fresh optimiser."""
         self.student.load_state_dict(state["student"])
-        self.optim.load_state_dict(state["optim"])
-        self.train.load_state_dict(state["data"])
+        if "optim" in state:
+            self.optim.load_state_dict(state["optim"])
+            self.train.load_state_dict(state["data"])
         self._load_base_state(state)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from world_model.train.checkpoints import latest_checkpoint, load_sharded, save_checkpoint
-from world_model.train.status import StatusFile
+from world_model.train.status import StatusFile, read_status
 
 __all__ = ["Stage", "LoopOptions", "run_loop"]
 
@@ -74,13 +74,15 @@ def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, 
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
+    old_status = read_status(run_dir)  # read before the new status file replaces it
     status = StatusFile(run_dir, stage.name)
     step = 0
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         state = load_sharded(ckpt)
         stage.load_state_dict(state["stage"])
-        step = int(state["step"])
+        # a slimmed checkpoint (weights only) carries no step: its status file says where it stopped
+        step = int(state["step"]) if "step" in state else int((old_status or {}).get("step") or 0)
         log.info("%s: resumed from %s (step %d)", stage.name, ckpt, step)
     status.update(state="running", step=step, total_steps=opts.steps, checkpoint=str(ckpt) if ckpt else None)
 
