@@ -176,7 +176,7 @@ def test_engine_frames_records_shards_of_both_splits(tmp_path):
 def test_a_slimmed_vae_continues_training_with_a_fresh_optimiser(tmp_path):
     from world_model.train.autoencoder import identity_stats
     from world_model.train.slim import slim_run
-    from world_model.train.status import StatusFile
+    from world_model.train.status import reopen
     from world_model.vae import WanVAE
 
     cfg = tiny(32, 32)
@@ -191,7 +191,7 @@ def test_a_slimmed_vae_continues_training_with_a_fresh_optimiser(tmp_path):
     run_loop(first, tmp_path / "run" / "vae", LoopOptions(steps=3, progress=False))
     slim_run(tmp_path / "run", tmp_path / "slim", ["vae"])
     assert json.loads((tmp_path / "slim" / "vae" / "status.json").read_text())["state"] == "done"
-    StatusFile(tmp_path / "slim" / "vae", "vae").update(state="stopped")  # what `all --reopen vae` does
+    reopen(tmp_path / "slim" / "vae")  # what `all --reopen vae` does
     again = stage()
     out = run_loop(again, tmp_path / "slim" / "vae", LoopOptions(steps=5, progress=False))
     assert out["state"] == "done" and out["step"] == 5

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from world_model.train.pipeline import STAGES, PipelineOptions, run_pipeline, run_stage
-from world_model.train.status import StatusFile, read_status
+from world_model.train.status import read_status, reopen
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--reopen: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         folder = run / ("latents" if stage == "encode" else stage)
         if read_status(folder) is not None:
-            StatusFile(folder, stage).update(state="stopped")
+            reopen(folder)
     if args.command == "all":
         skip = tuple(s for s in args.skip.split(",") if s)
         result = run_pipeline(run, opts, budget_minutes=args.budget_minutes, skip=skip)

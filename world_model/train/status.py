@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StatusFile", "read_status"]
+__all__ = ["reopen", "StatusFile", "read_status"]
 
 
 class StatusFile:
@@ -45,6 +45,16 @@ class StatusFile:
         row = {"step": step, "kind": kind, "time": time.time(), **values}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row, default=float) + "\n")
+
+
+def reopen(run_dir: str | Path) -> None:
+    """Mark a finished stage ``stopped`` (keeping its step and metrics) so that the pipeline trains it further."""
+    data = read_status(run_dir)
+    if data is None:
+        raise FileNotFoundError(f"{run_dir} has no status.json: nothing to reopen")
+    st = StatusFile(run_dir, data.get("stage", Path(run_dir).name))
+    st.data = {**data}
+    st.update(state="stopped")
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
