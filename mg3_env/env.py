@@ -27,10 +27,13 @@ class MatrixGameEnv(gymnasium.Env):
 
     ``reset(seed=, options={"image": ..., "prompt": ..., "action": ...})`` primes the model and
     returns the first chunk; ``step(action)`` generates the next chunk. ``render()`` returns the
-    latest frame.
+    latest frame (``render_mode="rgb_array"``) or every frame generated since the last ``render()``
+    (``"rgb_array_list"``: 57 after ``reset``, 40 per step), at ``metadata["render_fps"]``, the
+    model's fps. Gymnasium's ``RecordVideo`` keeps one frame per step even from a list;
+    :class:`~mg3_env.wrappers.video.RecordChunkVideo` (same arguments) keeps them all.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 16}
+    metadata = {"render_modes": ["rgb_array", "rgb_array_list"], "render_fps": 16}
 
     def __init__(
         self,
@@ -88,7 +91,7 @@ class MatrixGameEnv(gymnasium.Env):
         obs, reward, terminated, truncated, info = v._step_arrays(kb[None], ms[None])
         return _unbatch(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), _unbatch_info(info)
 
-    def render(self) -> np.ndarray | None:
+    def render(self) -> np.ndarray | list[np.ndarray] | None:
         frames = self.vector_env.render()
         return None if frames is None else frames[0]
 

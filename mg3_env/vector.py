@@ -134,11 +134,18 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             autoreset); image as an H x W x 3 uint8 array, a PIL image or a path.
         reward_fn: ``reward_fn(obs, action, info) -> float`` per env and step (default 0).
         max_chunks: steps per episode before truncation.
-        render_mode: None or ``"rgb_array"`` (``render()`` gives each env's latest frame).
+        render_mode: None, ``"rgb_array"`` (``render()`` gives each env's latest frame) or
+            ``"rgb_array_list"`` (``render()`` gives each env's frames generated since the last
+            ``render()``: 57 after a reset, 40 per step; a video of them plays in real time at
+            ``metadata["render_fps"]``, the model's fps).
         autoreset_mode: a :class:`gymnasium.vector.AutoresetMode`.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 16}
+    metadata = {
+        "render_modes": ["rgb_array", "rgb_array_list"],
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+        "render_fps": 16,
+    }
 
     def __init__(
         self,
@@ -156,8 +163,8 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
     ) -> None:
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None, 'rgb_array' or 'rgb_array_list', got {render_mode!r}")
         self._groups = self._build_groups(int(num_envs), model, runtime, devices)
         self._pool = (
             ThreadPoolExecutor(len(self._groups), thread_name_prefix="mg3-device") if len(self._groups) > 1 else None
@@ -195,6 +202,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         self.default_prompt = validate_prompt(prompt, cfg.text.max_prompt_chars)
 
         self._obs: list[dict[str, np.ndarray] | None] = [None] * self.num_envs
+        self._unrendered: list[list[np.ndarray]] = [[] for _ in range(self.num_envs)]  # rgb_array_list
         self._prompts = [self.default_prompt] * self.num_envs
         self._done = np.zeros(self.num_envs, dtype=bool)  # episode ended at the last step
         self._started = False
@@ -246,12 +254,17 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         kb, ms = validate_batched_action(actions, self.num_envs, self.frames_per_chunk, self.keyboard_dim)
         return self._step_arrays(kb, ms)
 
-    def render(self) -> tuple[np.ndarray, ...] | None:
-        """Each env's latest frame (uint8 [H, W, 3]) in ``rgb_array`` mode, else None."""
+    def render(self) -> tuple[np.ndarray, ...] | tuple[list[np.ndarray], ...] | None:
+        """Per env: in ``rgb_array`` mode its latest frame (uint8 [H, W, 3]); in ``rgb_array_list``
+        mode the list of its frames generated since the last ``render()`` (every frame, in order,
+        across episode boundaries); else None."""
         if self.render_mode is None:
             gymnasium.logger.warn("render() called without render_mode='rgb_array'; returning None")
             return None
         self._check_started()
+        if self.render_mode == "rgb_array_list":
+            frames, self._unrendered = self._unrendered, [[] for _ in range(self.num_envs)]
+            return tuple(frames)
         return tuple(obs["frames"][-1] for obs in self._obs)  # type: ignore[index]
 
     def close_extras(self, **kwargs: Any) -> None:
@@ -261,6 +274,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         for g in self._groups:
             g.state = None
         self._obs = [None] * self.num_envs
+        self._unrendered = [[] for _ in range(self.num_envs)]
 
     @property
     def devices(self) -> tuple[torch.device, ...]:
@@ -316,8 +330,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         for i, out in enumerate(outputs):
             if out is None:
                 continue
-            obs = self._chunk_obs(out)
-            self._obs[i] = obs
+            obs = self._set_obs(i, out)
             info = self._chunk_info(i, out)
             info["keyboard"], info["mouse"] = kb[i], ms[i]
             rewards[i] = float(self.reward_fn(obs, {"keyboard": kb[i], "mouse": ms[i]}, info))
@@ -379,7 +392,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
 
         outputs = self._generate(actions, before=reset_group)
         for i in idx:
-            self._obs[i] = self._chunk_obs(outputs[i])
+            self._set_obs(i, outputs[i])
         return outputs
 
     @staticmethod
@@ -433,6 +446,13 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         futures = [self._pool.submit(_on_device, g.device, fn, g) for g in groups]
         wait(futures)
         return [f.result() for f in futures]
+
+    def _set_obs(self, i: int, out: ChunkOutput) -> dict[str, np.ndarray]:
+        """Env i's latest observation from its chunk; in ``rgb_array_list`` mode keep every frame."""
+        obs = self._obs[i] = self._chunk_obs(out)
+        if self.render_mode == "rgb_array_list":
+            self._unrendered[i].extend(out.frames.numpy())
+        return obs
 
     def _chunk_obs(self, out: ChunkOutput) -> dict[str, np.ndarray]:
         t = self.frames_per_chunk  # the first chunk is longer: keep its last t frames

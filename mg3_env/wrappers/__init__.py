@@ -2,5 +2,6 @@
 
 from mg3_env.wrappers.record import RecordEpisodes
 from mg3_env.wrappers.rl import DiscreteActions, LatestFrame
+from mg3_env.wrappers.video import RecordChunkVideo
 
-__all__ = ["RecordEpisodes", "DiscreteActions", "LatestFrame"]
+__all__ = ["RecordEpisodes", "RecordChunkVideo", "DiscreteActions", "LatestFrame"]
