@@ -1,7 +1,8 @@
 """MatrixGameEnv: one world-model rollout as a ``gymnasium.Env``.
 
 A batch-1 view of :class:`~mg3_env.vector.MatrixGameVectorEnv` (the same code path, not a second
-one): observations, actions, rewards and ``info`` are those of the vector env without the batch
+one: ``reset`` and ``step`` call the vector env's public ``reset`` and ``step`` with a batch of one,
+so they are all-or-nothing too): observations, actions, rewards and ``info`` are those of the vector env without the batch
 axis. See :mod:`mg3_env.spaces` for units and the observation layout.
 """
 
@@ -83,12 +84,12 @@ class MatrixGameEnv(gymnasium.Env):
 
     def step(self, action: Any):
         v = self.vector_env
-        v._check_open()
-        v._check_started()
+        if v.closed:
+            raise RuntimeError("this env is closed; create a new one")
         kb, ms = validate_action(action, v.frames_per_chunk, v.keyboard_dim)
-        if v._done[0]:
+        if v.needs_reset[0]:
             raise RuntimeError("the episode is over (truncated); call reset() before stepping again")
-        obs, reward, terminated, truncated, info = v._step_arrays(kb[None], ms[None])
+        obs, reward, terminated, truncated, info = v.step({"keyboard": kb[None], "mouse": ms[None]})
         return _unbatch(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), _unbatch_info(info)
 
     def render(self) -> np.ndarray | list[np.ndarray] | None:

@@ -19,12 +19,18 @@ each group a batch with its own stream state, on a copy of the model's weights o
 one thread each (GPU kernels release the GIL). Each env draws its noise from its own seeded
 generator, so the frames are those of one device up to the rounding of batched kernels. A device
 may repeat (``["cpu", "cpu"]``: two groups on the CPU, correct but not faster).
+
+Steps and resets are all-or-nothing: inputs and seeds are checked before any work, and if
+anything fails during the call (the reward function, one device group, building the info) every
+env is put back exactly as it was before the call (streaming states, noise generators, decode
+caches, observations, the seed RNG) and the error is raised; calling again repeats the same
+chunk. Device groups never continue out of step.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -50,6 +56,7 @@ from world_model.runtime import RuntimeOptions
 
 __all__ = ["MatrixGameVectorEnv", "DEFAULT_PROMPT", "default_image_path", "resolve_devices", "split_envs"]
 
+MAX_SEED = 2**63 - 1  # seeds are stored as int64 (info, datasets)
 DEFAULT_PROMPT = "A sunny suburban street with colourful houses and trees, seen in first person."
 _RESET_OPTIONS = ("image", "prompt", "action", "reset_mask")
 _R = TypeVar("_R")
@@ -221,7 +228,10 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         ``reset_mask`` ([B] bools).
         """
         self._check_open()
-        options = dict(options or {})
+        with self._all_or_nothing():
+            return self._reset(seed, dict(options or {}))
+
+    def _reset(self, seed: Any, options: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         unknown = sorted(set(options) - set(_RESET_OPTIONS))
         if unknown:
             raise ValueError(f"unknown reset options {unknown}; expected some of {list(_RESET_OPTIONS)}")
@@ -252,7 +262,18 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         self._check_open()
         self._check_started()
         kb, ms = validate_batched_action(actions, self.num_envs, self.frames_per_chunk, self.keyboard_dim)
-        return self._step_arrays(kb, ms)
+        if self.autoreset_mode == AutoresetMode.DISABLED and self._done.any():
+            raise RuntimeError(
+                f"envs {np.flatnonzero(self._done).tolist()} are done (autoreset disabled); reset them with "
+                "reset(options={'reset_mask': mask}) before stepping"
+            )
+        with self._all_or_nothing():
+            return self._step_arrays(kb, ms)
+
+    @property
+    def needs_reset(self) -> np.ndarray:
+        """[B] bools: the envs whose episode ended at the last step (reset next; a copy)."""
+        return self._done.copy()
 
     def render(self) -> tuple[np.ndarray, ...] | tuple[list[np.ndarray], ...] | None:
         """Per env: in ``rgb_array`` mode its latest frame (uint8 [H, W, 3]); in ``rgb_array_list``
@@ -308,21 +329,8 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         truncated = np.zeros(b, dtype=bool)
         infos: dict[str, Any] = {}
         autoreset = self._done.copy() if self.autoreset_mode == AutoresetMode.NEXT_STEP else np.zeros(b, bool)
-        if self.autoreset_mode == AutoresetMode.DISABLED and self._done.any():
-            raise RuntimeError(
-                f"envs {np.flatnonzero(self._done).tolist()} are done (autoreset disabled); reset them with "
-                "reset(options={'reset_mask': mask}) before stepping"
-            )
         if autoreset.any():  # NEXT_STEP: these envs reset now; their actions are ignored
-            first_frames = self.generator.first_chunk_frames
-            zeros_kb = np.zeros((b, first_frames, self.keyboard_dim), np.float32)
-            zeros_ms = np.zeros((b, first_frames, 2), np.float32)
-            images = [self.default_image] * b
-            prompts = [self.default_prompt] * b
-            seeds = self._seeds(None, autoreset)
-            for i, out in enumerate(self._reset_envs(autoreset, images, prompts, seeds, zeros_kb, zeros_ms)):
-                if out is not None:
-                    infos = self._add_info(infos, self._reset_info(i, out, zeros_kb[i], zeros_ms[i]), i)
+            infos = self._autoreset(autoreset, infos)
         chunk_actions = [
             None if autoreset[i] else ChunkActions(torch.from_numpy(kb[i]), torch.from_numpy(ms[i])) for i in range(b)
         ]
@@ -341,11 +349,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             final_obs = [self._obs[i] for i in range(b)]
             final_infos = dict(infos)
             done = self._done.copy()
-            images, prompts = [self.default_image] * b, [self.default_prompt] * b
-            first_frames = self.generator.first_chunk_frames
-            zeros_kb = np.zeros((b, first_frames, self.keyboard_dim), np.float32)
-            zeros_ms = np.zeros((b, first_frames, 2), np.float32)
-            self._reset_envs(done, images, prompts, self._seeds(None, done), zeros_kb, zeros_ms)
+            infos = self._autoreset(done, infos)  # the new episodes' reset info, as Gymnasium's SAME_STEP
             infos["final_obs"] = np.empty(b, dtype=object)
             for i in np.flatnonzero(done):
                 infos["final_obs"][i] = final_obs[i]
@@ -354,6 +358,48 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             infos["_final_info"] = done
             self._done[:] = False
         return self._batched_obs(), rewards, terminated, truncated, infos
+
+    def _autoreset(self, mask: np.ndarray, infos: dict[str, Any]) -> dict[str, Any]:
+        """The one autoreset path (NEXT_STEP before a step, SAME_STEP after it): reset the masked
+        envs with the default image and prompt, a seed from the env's RNG and the no-op action;
+        their reset info is added to ``infos``."""
+        b, first_frames = self.num_envs, self.generator.first_chunk_frames
+        zeros_kb = np.zeros((b, first_frames, self.keyboard_dim), np.float32)
+        zeros_ms = np.zeros((b, first_frames, 2), np.float32)
+        images, prompts = [self.default_image] * b, [self.default_prompt] * b
+        outputs = self._reset_envs(mask, images, prompts, self._seeds(None, mask), zeros_kb, zeros_ms)
+        for i, out in enumerate(outputs):
+            if out is not None:
+                infos = self._add_info(infos, self._reset_info(i, out, zeros_kb[i], zeros_ms[i]), i)
+        return infos
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Run a step or reset so that, if it raises, every env is exactly as before the call."""
+        groups = [(g, _snapshot(g.state)) for g in self._groups]
+        env_state = (
+            list(self._obs),
+            [list(f) for f in self._unrendered],
+            list(self._prompts),
+            self._done.copy(),
+            self._started,
+            self._np_random,
+            None if self._np_random is None else self._np_random.bit_generator.state,
+            self._np_random_seed,
+        )
+        try:
+            yield
+        except BaseException as e:
+            for g, snap in groups:
+                g.state = _restore(snap)
+            (self._obs, self._unrendered, self._prompts, self._done, self._started) = env_state[:5]
+            rng, rng_state, self._np_random_seed = env_state[5:]
+            if rng is not None:
+                rng.bit_generator.state = rng_state
+            self._np_random = rng
+            if hasattr(e, "add_note"):
+                e.add_note("mg3: the call was undone; every env is as it was before it (calling again repeats it)")
+            raise
 
     def _reset_envs(
         self,
@@ -515,16 +561,25 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
                 self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(None)
             return [int(s) for s in self._np_random.integers(0, 2**31 - 1, self.num_envs)]
         if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(int(seed))
-            return [int(seed) + i for i in range(self.num_envs)]
-        if (
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        elif (
             isinstance(seed, Sequence)
             and len(seed) == self.num_envs
-            and all(isinstance(s, (int, np.integer)) for s in seed)
+            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seed)
         ):
-            self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(int(seed[0]))
-            return [int(s) for s in seed]
-        raise ValueError(f"seed must be None, an int or a list of {self.num_envs} ints, got {seed!r}")
+            seeds = [int(s) for s in seed]
+        else:
+            raise ValueError(f"seed must be None, an int or a list of {self.num_envs} ints, got {seed!r}")
+        bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+        if bad:
+            what = (
+                f"seed {int(seed)} gives env seeds seed + i up to {seeds[-1]}"
+                if not isinstance(seed, Sequence)
+                else f"seeds {bad}"
+            )
+            raise ValueError(f"{what}; seeds must lie in [0, 2**63 - 1] (stored as int64); nothing was reset")
+        self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(seeds[0])
+        return seeds
 
     def _per_env(self, value: Any, name: str, mask: np.ndarray, default: Any) -> list[Any]:
         """One value for all envs, or a list/tuple of one per env; None -> the default."""
@@ -562,3 +617,35 @@ def _on_device(device: torch.device, fn: Callable[[_DeviceGroup], _R], group: _D
     """``fn(group)`` with ``device`` as the current CUDA device (kernels without an explicit device go there)."""
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         return fn(group)
+
+
+def _snapshot(state: StreamState | None) -> tuple[StreamState | None, dict[str, Any]]:
+    """What a step or reset may change in ``state``: its lists (entries are replaced, never
+    written in place), the prompt embeddings and decode cache (written in place: copied) and the
+    noise generators' states."""
+    if state is None:
+        return None, {}
+    saved = {
+        "latents": list(state.latents),
+        "poses": list(state.poses),
+        "keyboard": list(state.keyboard),
+        "mouse": list(state.mouse),
+        "text": state.text.clone(),
+        "rngs": list(state.rngs),
+        "chunk": list(state.chunk),
+        "decode_cache": state.decode_cache.clone(),
+        "seeds": list(state.seeds),
+        "memory_latents": list(state.memory_latents),
+    }
+    return state, {"fields": saved, "rng_states": [g.get_state() for g in state.rngs]}
+
+
+def _restore(snapshot: tuple[StreamState | None, dict[str, Any]]) -> StreamState | None:
+    state, saved = snapshot
+    if state is None:
+        return None
+    for name, value in saved["fields"].items():
+        setattr(state, name, value)
+    for g, rng_state in zip(state.rngs, saved["rng_states"]):
+        g.set_state(rng_state)
+    return state

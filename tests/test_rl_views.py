@@ -43,7 +43,7 @@ def test_one_definition_wraps_a_single_env_and_a_vector_env(model):
     ov, _ = vector.reset(seed=[3, 4])
     assert o1.shape == (16, 16, 3) and ov.shape == (2, 16, 16, 3)
     forward = list(ACTION_VOCABULARY).index("forward")
-    o1, *_ , info1 = single.step(forward)
+    o1, *_, info1 = single.step(forward)
     ov, *_, infov = vector.step(np.array([forward, forward]))
     np.testing.assert_array_equal(info1["keyboard"][0], [1, 0, 0, 0, 0, 0])
     assert np.abs(o1.astype(int) - ov[0].astype(int)).max() <= 1  # same seed, same chunk
