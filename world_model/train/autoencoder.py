@@ -235,13 +235,7 @@ class _Adversary:
 
 
 class _Base:
-    def _encode(self, vae: nn.Module, x: Tensor) -> Tensor:
-        seg = x.shape[2] - 1 if self.opts.whole_clip and x.shape[2] > 1 else None
-        return vae.encode(x, segment_frames=seg)
-
-    def _decode(self, vae: nn.Module, z: Tensor, *, clamp: bool = False) -> Tensor:
-        seg = z.shape[2] if self.opts.whole_clip else 4
-        return vae.decode(z, first_chunk=True, clamp=clamp, segment=seg)[0]
+    """What the VAE and decoder stages share: optimiser, warm-up, losses, the adversary."""
 
     def __init__(self, trainable: list[nn.Parameter], opts: VAEOptions, device: torch.device) -> None:
         self.opts, self.device = opts, device
@@ -249,6 +243,14 @@ class _Base:
         self.params = trainable
         self.generator = torch.Generator(device).manual_seed(opts.seed)
         self.adversary = _Adversary(opts, device) if opts.uses_gan else None
+
+    def _encode(self, vae: nn.Module, x: Tensor) -> Tensor:
+        seg = x.shape[2] - 1 if self.opts.whole_clip and x.shape[2] > 1 else None
+        return vae.encode(x, segment_frames=seg)
+
+    def _decode(self, vae: nn.Module, z: Tensor, *, clamp: bool = False) -> Tensor:
+        seg = z.shape[2] if self.opts.whole_clip else 4
+        return vae.decode(z, first_chunk=True, clamp=clamp, segment=seg)[0]
 
     def _autocast(self):
         return torch.autocast(
