@@ -1,14 +1,20 @@
 """VAE training (full decoder) and the pruned decoder distilled from it (spec §7.3, §12).
 
 Stage ``vae``: the Wan-family causal VAE with the full decoder (``pruning_rate`` 0) learns to
-reconstruct clips of ``1 + 4k`` frames: L1 + MSE on pixels, Gaussian noise on the latents (the
-decoder must tolerate the DiT's imprecise latents) and a small L2 pull on the latents (keeps their
-scale bounded; no KL, no perceptual network — none ships offline). Latents are trained
-un-normalised (identity mean/std); the latent stage measures the statistics afterwards.
+reconstruct clips of ``1 + 4k`` frames: L1 + MSE + (1 - SSIM) on pixels, Gaussian noise on the
+latents (the decoder must tolerate the DiT's imprecise latents) and a small L2 pull on the latents
+(keeps their scale bounded; no KL, no perceptual network — none ships offline). Once
+reconstruction has converged (``VAEOptions.gan_start``) a patch discriminator joins with a hinge
+loss: PSNR alone rewards blur, the structural and adversarial terms are what keep edges and texture.
+Latents are trained un-normalised (identity mean/std); the latent stage measures the statistics
+afterwards.
 
 Stage ``decoder``: the shipped VAE (``cfg.vae``, ``pruning_rate`` p) copies the teacher's encoder
 (frozen) and trains its narrower decoder to match the frozen full decoder's outputs on the
-teacher's latents, plus a smaller pixel term towards the true frames.
+teacher's latents, plus smaller pixel and structural terms towards the true frames, and its own
+discriminator from its ``gan_start``.
+
+Clips come from :class:`ClipFrames`: uint8 frames resident on the training device.
 """
 
 from __future__ import annotations
