@@ -185,3 +185,21 @@ def test_errors_are_readable():
 def test_no_memory_slots():
     sel = select_memory(_walk(97), 1, StreamConfig(num_memory=0))
     assert all(t.shape == (1, 0) for t in sel)
+
+
+def test_rays_and_points_select_the_same_memory():
+    """The per-ray counting (default) selects what projecting every point selects, and counts the
+    same except where a frustum ray lies on a view boundary (cameras turned alike: rounding decides)."""
+    for seed, chunk in ((40, 1), (41, 3), (42, 7), (43, 12)):
+        c2w = _random_rollout(seed, int(window_bounds(chunk, CFG)[1]))
+        a = select_memory(c2w, chunk, CFG)
+        b = select_memory(c2w, chunk, CFG, method="points")
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        start = int(window_bounds(chunk, CFG)[0])
+        q = c2w[:, a.query_frames[0]]
+        rays = frustum_overlap(q, c2w[:, 1:start], CFG)
+        points = frustum_overlap(q, c2w[:, 1:start], CFG, method="points")
+        differ = rays != points
+        assert differ.float().mean() < 0.01 and (rays - points).abs().max() <= 3 * CFG.memory_grid
+    with pytest.raises(ValueError, match="rays"):
+        frustum_overlap(q, c2w[:, 1:start], CFG, method="grid")

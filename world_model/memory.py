@@ -16,6 +16,15 @@ Retrieval for chunk k >= 1 (window [start, end), see :func:`world_model.camera.w
 4. per query, the best candidate, the first (lowest frame) on ties; no de-duplication;
 5. the last slot is overridden by the sink latent (``cfg.sink_latent``, frame 4 -> latent 1);
 6. memory latent index = (frame - 1) // r + 1 (r = VAE temporal stride, 4).
+
+The score of step 3 is computed per ray rather than per point (``method="rays"``, the default):
+the frustum points lie on grid^2 rays from the query camera, p = z * (x, y, 1); in a candidate
+camera a ray is c + z * d, and every test of step 3 is linear in z (depth: near < Z < far; inside
+the view: -Z <= X <= Z and -Z <= Y <= Z, which is 0 <= u <= 1280 and 0 <= v <= 720 for the
+selection camera's fx = cx, fy = cy). Each ray's tests give one interval of z, and the count is
+the number of the grid's depths inside it: grid^2 interval computations instead of grid^3 point
+projections, the same counts (``method="points"`` projects every point, the reference; the two
+differ only for a point within rounding of a view boundary).
 """
 
 from __future__ import annotations
@@ -63,7 +72,12 @@ def frustum_points(
 
 
 def frustum_overlap(
-    c2w_query: torch.Tensor, c2w_cand: torch.Tensor, cfg: StreamConfig, *, max_elements: int = _MAX_ELEMENTS
+    c2w_query: torch.Tensor,
+    c2w_cand: torch.Tensor,
+    cfg: StreamConfig,
+    *,
+    max_elements: int = _MAX_ELEMENTS,
+    method: str = "rays",
 ) -> torch.Tensor:
     """Count the query-frustum points each candidate camera sees.
 
@@ -71,6 +85,8 @@ def frustum_overlap(
         c2w_query: [B, Q, 4, 4] query cameras.
         c2w_cand: [B, N, 4, 4] candidate cameras.
         cfg: ``memory_grid``, ``memory_near``, ``memory_far``.
+        method: ``"rays"`` (one depth interval per frustum ray; the default) or ``"points"``
+            (project every point; the reference).
 
     Returns:
         [B, Q, N] int64 counts out of ``memory_grid ** 3`` (the release's score is count / grid^3).
@@ -79,6 +95,10 @@ def frustum_overlap(
         raise ValueError(f"expected query c2w [B, Q, 4, 4], got {tuple(c2w_query.shape)}")
     if c2w_cand.ndim != 4 or c2w_cand.shape[-2:] != (4, 4) or c2w_cand.shape[0] != c2w_query.shape[0]:
         raise ValueError(f"expected candidate c2w [B={c2w_query.shape[0]}, N, 4, 4], got {tuple(c2w_cand.shape)}")
+    if method == "rays":
+        return _overlap_rays(c2w_query, c2w_cand, cfg, max_elements)
+    if method != "points":
+        raise ValueError(f"method must be 'rays' or 'points', got {method!r}")
     dtype, device = c2w_query.dtype, c2w_query.device
     b, q = c2w_query.shape[:2]
     n = c2w_cand.shape[1]
@@ -105,6 +125,66 @@ def frustum_overlap(
     return counts
 
 
+def _overlap_rays(
+    c2w_query: torch.Tensor, c2w_cand: torch.Tensor, cfg: StreamConfig, max_elements: int
+) -> torch.Tensor:
+    """:func:`frustum_overlap` by rays: per (query, candidate, ray) one interval of depths."""
+    dtype, device = c2w_query.dtype, c2w_query.device
+    b, q = c2w_query.shape[:2]
+    n = c2w_cand.shape[1]
+    grid, near, far = cfg.memory_grid, cfg.memory_near, cfg.memory_far
+    xy = torch.linspace(-1.0, 1.0, grid, dtype=torch.float32 if dtype == torch.float64 else dtype, device=device)
+    step = (far - near) / (grid - 1)
+    inf = torch.tensor(float("inf"), dtype=dtype, device=device)
+    w2c = rigid_inverse(c2w_cand.to(dtype))  # [B, N, 4, 4]
+    counts = torch.zeros(b, q, n, dtype=torch.int64, device=device)
+    block = max(1, max_elements // max(1, b * q * grid * grid * 6))
+    for lo in range(0, n, block):
+        # query camera -> candidate camera: cam = A p + c with p = z * (x, y, 1); [B, Q, n, 4, 4]
+        rel = w2c[:, None, lo : lo + block] @ c2w_query[:, :, None]
+        a, c = rel[..., :3, :3], rel[..., :3, 3]
+        # the query frustum's 8 corners in the candidate camera: if all fail one test, nothing is seen
+        corners = _frustum_corners(near, far, dtype, device)  # [8, 3]
+        cam = torch.einsum("bqnij,kj->bqnki", a, corners) + c[..., None, :]  # [B, Q, n, 8, 3]
+        x, y, z = cam.unbind(-1)
+        culled = ((z <= near).all(-1) | (z >= far).all(-1) | (x > z).all(-1) | (-x > z).all(-1) | (y > z).all(-1)) | (
+            -y > z
+        ).all(-1)
+        keep = (~culled).nonzero(as_tuple=True)
+        if keep[0].numel() == 0:
+            continue
+        # the interval arithmetic in float32 at most (roots need ~1e-6; the transforms stay exact)
+        work = torch.float32 if dtype == torch.float64 else dtype
+        a, c = a[keep].to(work), c[keep].to(work)  # [P, 3, 3], [P, 3]
+        # ray directions d = A (x, y, 1): [P, G(x) * G(y), 3]
+        d = (a[:, None, None, :, 0] * xy[:, None, None] + a[:, None, None, :, 1] * xy[None, :, None]).flatten(1, 2)
+        d = d + a[:, None, :, 2]
+        dx, dy, dz = d.unbind(-1)
+        cx, cy, cz = (v[:, None] for v in c.unbind(-1))
+        # each test s * z + t >= 0 bounds z from below (s > 0) or above (s < 0), or holds for all
+        # or no z (s = 0); tests: Z > near, Z < far, -Z <= X <= Z, -Z <= Y <= Z
+        slope = torch.stack([dz, -dz, dz - dx, dz + dx, dz - dy, dz + dy], dim=-1)  # [P, R, 6]
+        offset = torch.stack([cz - near, far - cz, cz - cx, cz + cx, cz - cy, cz + cy], dim=-1).expand_as(slope)
+        root = -offset / slope
+        low = torch.where(slope > 0, root, -inf.to(work)).amax(dim=-1)  # [P, R]
+        high = torch.where(slope < 0, root, inf.to(work)).amin(dim=-1)
+        never = ((slope == 0) & (offset < 0)).any(dim=-1)
+        # grid depths z_k = near + k * step strictly inside (low, high)
+        k_first = torch.floor((low - near) / step).clamp_(-1, grid - 1) + 1
+        k_last = torch.ceil((high - near) / step).clamp_(0, grid) - 1
+        per_ray = (k_last - k_first + 1).clamp_(min=0).masked_fill_(never, 0)
+        counts[keep[0], keep[1], keep[2] + lo] = per_ray.sum(dim=-1).to(torch.int64)
+    return counts
+
+
+def _frustum_corners(near: float, far: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The 8 corners of the query frustum (x, y in [-z, z], z in [near, far]): [8, 3]."""
+    z = torch.tensor([near] * 4 + [far] * 4, dtype=dtype, device=device)
+    sx = torch.tensor([-1.0, 1.0, -1.0, 1.0] * 2, dtype=dtype, device=device)
+    sy = torch.tensor([-1.0, -1.0, 1.0, 1.0] * 2, dtype=dtype, device=device)
+    return torch.stack([sx * z, sy * z, z], dim=-1)
+
+
 def _take(c2w: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """c2w [B, N, 4, 4] at frames [B, K] -> [B, K, 4, 4]."""
     batch = torch.arange(c2w.shape[0], device=c2w.device)[:, None]
@@ -118,6 +198,7 @@ def select_memory(
     temporal_stride: int = 4,
     *,
     max_elements: int = _MAX_ELEMENTS,
+    method: str = "rays",
 ) -> MemorySelection:
     """Pick ``cfg.num_memory`` memory latents per sample for chunk(s) ``chunk`` >= 1.
 
@@ -128,6 +209,7 @@ def select_memory(
         chunk: chunk index, an int or [B] int64 (samples may be at different chunks).
         cfg: stream geometry and retrieval constants.
         temporal_stride: pixel frames per latent (the VAE's, 4).
+        method: how the scores are counted (see :func:`frustum_overlap`).
 
     Returns:
         :class:`MemorySelection` with [B, M] query frames, selected frames and latent indices.
@@ -155,7 +237,7 @@ def select_memory(
 
     num_cand = int(start.max())  # candidates are frames 1 ... start-1, per sample
     query_frames, start = query_frames.to(device, non_blocking=True), start.to(device, non_blocking=True)
-    counts = frustum_overlap(_take(c2w, query_frames), c2w[:, :num_cand], cfg, max_elements=max_elements)
+    counts = frustum_overlap(_take(c2w, query_frames), c2w[:, :num_cand], cfg, max_elements=max_elements, method=method)
     frame = torch.arange(num_cand, device=device)
     valid = (frame >= 1) & (frame < start[:, None])  # [B, N_cand]
     counts = counts.masked_fill(~valid[:, None, :], -1)
