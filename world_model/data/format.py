@@ -3,7 +3,8 @@
 Layout (one data file and one video file per episode; ``info.json``'s templates say so)::
 
     meta/info.json                                  codebase_version "v3.0", fps, features, splits, ...
-    meta/tasks.parquet                              prompts: columns task_index, task
+    meta/tasks.parquet                              prompts: index task (the prompt), column task_index
+    meta/stats.json                                 per feature mean/std/min/max/count (videos per channel)
     meta/episodes/chunk-000/file-000.parquet        per-episode rows (1000 episodes per file)
     data/chunk-000/file-000.parquet                 per-frame rows of episode 0
     videos/observation.images.rgb/chunk-000/file-000.mp4   H.264 yuv420p video of episode 0
@@ -13,6 +14,12 @@ Per-frame columns: episode_index, frame_index, index, timestamp, task_index, ``a
 ``StreamConfig.degrees_per_mouse_unit`` degrees per frame), ``observation.state`` [5] (x, y, z, pitch,
 yaw) and ``observation.c2w`` [16] (row-major 4x4, see :mod:`world_model.data.poses`).
 The action of frame i moves the camera from pose i to pose i + 1 (spec §5.1).
+
+LeRobot's own reader (``lerobot.datasets.LeRobotDataset``) reads these files as they are:
+``tasks.parquet`` carries pandas' index metadata, so ``pd.read_parquet`` gives the prompt as the
+index (``item["task"]`` is the prompt), and ``stats.json`` holds what its policies normalise with:
+for each numeric per-frame feature, per dimension over every frame; for the video, per channel
+([3, 1, 1], pixel values / 255) over every frame; ``count`` = frames. Both are updated on append.
 
 Crash safety: an episode's files are written under temporary names, fsynced and renamed; the
 episodes table is the source of truth and is replaced atomically after them; tasks and info.json
@@ -54,6 +61,7 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 TASKS_PATH = "meta/tasks.parquet"
+STATS_PATH = "meta/stats.json"
 INFO_PATH = "meta/info.json"
 TMP_MARK = ".tmp"
 
@@ -154,6 +162,84 @@ def _write_table_atomic(path: Path, table) -> None:
     tmp = _tmp_name(path)
     pq.write_table(table, tmp)
     _publish(tmp, path)
+
+
+def _tasks_table(tasks: list[str]):
+    """tasks.parquet as pandas (and so LeRobot's ``load_tasks``) reads it: the task string is the
+    index (named ``task``), ``task_index`` the one column."""
+    pa, _ = _pa()
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [
+            {"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object", "metadata": {"encoding": "UTF-8"}}
+        ],
+        "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
+    }  # fmt: skip
+    schema = pa.schema(
+        [("task_index", pa.int64()), ("task", pa.string())], metadata={"pandas": json.dumps(pandas_meta)}
+    )
+    return pa.table(
+        {"task_index": pa.array(range(len(tasks)), pa.int64()), "task": pa.array(tasks, pa.string())}, schema=schema
+    )
+
+
+def _frame_columns(
+    arrays: dict[str, np.ndarray], index: int, start: int, fps: float, task_index: int
+) -> dict[str, np.ndarray]:
+    """The per-frame columns of one episode's data file (numeric, [T] or [T, K])."""
+    t = len(arrays["poses"])
+    frame_index = np.arange(t, dtype=np.int64)
+    return {
+        "episode_index": np.full(t, index, np.int64),
+        "frame_index": frame_index,
+        "index": start + frame_index,
+        "timestamp": (frame_index / fps).astype(np.float32),
+        "task_index": np.full(t, task_index, np.int64),
+        "action.keyboard": np.asarray(arrays["keyboard"], np.float32),
+        "action.mouse": np.asarray(arrays["mouse"], np.float32),
+        "observation.state": np.asarray(arrays["poses"], np.float32),
+        "observation.c2w": np.asarray(arrays["c2w"], np.float32).reshape(t, 16),
+    }
+
+
+class _RunningStats:
+    """Per-dimension count, sum, sum of squares, min and max of a feature, merged episode by episode."""
+
+    def __init__(self, n: int = 0, s1=None, s2=None, lo=None, hi=None) -> None:
+        self.n, self.s1, self.s2, self.lo, self.hi = n, s1, s2, lo, hi
+
+    def add(self, values: np.ndarray, axis: tuple[int, ...]) -> None:
+        v = np.asarray(values, np.float64)
+        n = int(np.prod([v.shape[a] for a in axis]))
+        s1, s2 = v.sum(axis=axis), np.square(v).sum(axis=axis)
+        lo, hi = v.min(axis=axis), v.max(axis=axis)
+        if self.n == 0:
+            self.n, self.s1, self.s2, self.lo, self.hi = n, s1, s2, lo, hi
+        else:
+            self.n += n
+            self.s1, self.s2 = self.s1 + s1, self.s2 + s2
+            self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
+
+    def summary(self, frames: int, scale: float = 1.0, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+        mean = self.s1 / self.n
+        std = np.sqrt(np.maximum(self.s2 / self.n - mean**2, 0.0))
+        out = {"mean": mean / scale, "std": std / scale, "min": self.lo / scale, "max": self.hi / scale}
+        out = {k: (v.reshape(shape) if shape else np.atleast_1d(v)).tolist() for k, v in out.items()}
+        out["count"] = [int(frames)]
+        return out
+
+    @classmethod
+    def from_summary(cls, d: dict[str, Any], n: int, scale: float = 1.0) -> _RunningStats:
+        mean, std = np.asarray(d["mean"], np.float64).ravel() * scale, np.asarray(d["std"], np.float64).ravel() * scale
+        return cls(
+            n, mean * n, (std**2 + mean**2) * n, np.asarray(d["min"], np.float64).ravel() * scale,
+            np.asarray(d["max"], np.float64).ravel() * scale,
+        )  # fmt: skip
 
 
 def _vector_column(values: np.ndarray):
@@ -299,6 +385,7 @@ class DatasetWriter:
         self._info_extra = dict(info_extra or {})
         self._rows: list[dict[str, Any]] = []
         self._tasks: list[str] = []
+        self._stats: dict[str, _RunningStats] = {}
         self._open_existing()
         self._current: dict[str, Any] | None = None
 
@@ -327,8 +414,52 @@ class DatasetWriter:
                 index = int(path.parent.name[6:]) * CHUNK_SIZE + int(path.stem[5:])
                 if index >= n:
                     path.unlink()
+        self._load_stats()
         self._write_tasks()
+        self._write_stats()
         self._write_info()
+
+    def _load_stats(self) -> None:
+        """The running statistics of the episodes kept: from stats.json when it covers them, else
+        recomputed from the data files and videos (datasets written before stats.json existed)."""
+        frames = sum(r["length"] for r in self._rows)
+        path = self.root / STATS_PATH
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                saved = {}
+            if saved and all(v.get("count") == [frames] for v in saved.values()) and frames:
+                pixels = frames * self.height * self.width
+                self._stats = {
+                    k: _RunningStats.from_summary(
+                        v, pixels if k == VIDEO_KEY else frames, 255.0 if k == VIDEO_KEY else 1.0
+                    )
+                    for k, v in saved.items()
+                }
+                return
+        self._stats = {}
+        if not self._rows:
+            return
+        reader = DatasetReader.__new__(DatasetReader)
+        reader.root, reader.fps, reader.height, reader.width = self.root, self.fps, self.height, self.width
+        for row in self._rows:
+            info = _info_from_row(row)
+            data = reader._load_data(info)
+            self._add_stats(
+                _frame_columns(
+                    data, row["episode_index"], row["dataset_from_index"], self.fps, self._tasks.index(row["tasks"][0])
+                )
+            )
+            self._add_video_stats(reader._load_video(info))
+
+    def _add_stats(self, columns: dict[str, np.ndarray]) -> None:
+        for name, values in columns.items():
+            v = values.reshape(len(values), -1)
+            self._stats.setdefault(name, _RunningStats()).add(v, (0,))
+
+    def _add_video_stats(self, frames: np.ndarray) -> None:
+        self._stats.setdefault(VIDEO_KEY, _RunningStats()).add(frames, (0, 1, 2))  # [T, H, W, 3] -> [3]
 
     # ---------------------------------------------------------------- public API
     @property
@@ -400,6 +531,7 @@ class DatasetWriter:
             "extra": dict(extra_meta or {}),
             "encoder": encoder,
             "arrays": {"keyboard": [], "mouse": [], "poses": [], "c2w": []},
+            "video_stats": _RunningStats(),
         }
 
     def add_frames(
@@ -424,6 +556,7 @@ class DatasetWriter:
         poses = _check_array("poses", poses, (t, 5))
         c2w = c2w_from_poses(poses) if c2w is None else _check_array("c2w", c2w, (t, 4, 4))
         self._current["encoder"].write(frames)
+        self._current["video_stats"].add(frames, (0, 1, 2))
         arrays = self._current["arrays"]
         arrays["keyboard"].append(np.asarray(keyboard, np.float32))
         arrays["mouse"].append(np.asarray(mouse, np.float32))
@@ -449,6 +582,7 @@ class DatasetWriter:
             split=cur["split"],
             level=cur["level"],
             extra=cur["extra"],
+            video_stats=cur["video_stats"],
         )
 
     def discard_episode(self) -> None:
@@ -486,9 +620,14 @@ class DatasetWriter:
         arrays["c2w"] = (c2w_from_poses(poses) if c2w is None else _check_array("c2w", c2w, (t, 4, 4))).astype(
             np.float32
         )
+        video_stats = _RunningStats()
+        try:
+            video_stats.add(decode_video(Path(video_file)), (0, 1, 2))
+        except Exception as e:
+            raise DatasetError(f"video {video_file} cannot be decoded ({e})") from e
         return self._commit(
             Path(video_file), arrays, prompt, seed=-1 if seed is None else int(seed), split=split, level=level,
-            extra=dict(extra_meta or {}),
+            extra=dict(extra_meta or {}), video_stats=video_stats,
         )  # fmt: skip
 
     def close(self) -> None:
@@ -505,30 +644,26 @@ class DatasetWriter:
 
     # ---------------------------------------------------------------- internals
     def _commit(
-        self, video_tmp: Path, arrays: dict[str, np.ndarray], prompt: str, *, seed: int, split: str, level: str, extra
+        self,
+        video_tmp: Path,
+        arrays: dict[str, np.ndarray],
+        prompt: str,
+        *,
+        seed: int,
+        split: str,
+        level: str,
+        extra,
+        video_stats: _RunningStats,
     ) -> int:
         pa, _ = _pa()
         index = len(self._rows)
         t = len(arrays["poses"])
         start = self.num_frames
-        if prompt not in self._tasks:
-            self._tasks.append(prompt)
-        task_index = self._tasks.index(prompt)
+        tasks = self._tasks + ([prompt] if prompt not in self._tasks else [])
+        task_index = tasks.index(prompt)
         data_rel, video_rel, meta_rel = _episode_paths(index)
-        frame_index = np.arange(t, dtype=np.int64)
-        table = pa.table(
-            {
-                "episode_index": pa.array(np.full(t, index, np.int64)),
-                "frame_index": pa.array(frame_index),
-                "index": pa.array(start + frame_index),
-                "timestamp": pa.array((frame_index / self.fps).astype(np.float32)),
-                "task_index": pa.array(np.full(t, task_index, np.int64)),
-                "action.keyboard": _vector_column(arrays["keyboard"]),
-                "action.mouse": _vector_column(arrays["mouse"]),
-                "observation.state": _vector_column(arrays["poses"]),
-                "observation.c2w": _vector_column(arrays["c2w"].reshape(t, 16)),
-            }
-        )
+        columns = _frame_columns(arrays, index, start, self.fps, task_index)
+        table = pa.table({k: _vector_column(v) if v.ndim == 2 else pa.array(v) for k, v in columns.items()})
         _write_table_atomic(self.root / data_rel, table)
         video_path = self.root / video_rel
         video_path.parent.mkdir(parents=True, exist_ok=True)
@@ -554,17 +689,35 @@ class DatasetWriter:
             "source": self.source,
             "extra_meta": json.dumps(extra, sort_keys=True),
         }
-        self._rows.append(row)
         rows = [r for r in self._rows if r["episode_index"] // EPISODES_PER_META_FILE == meta_file]
-        _write_table_atomic(self.root / meta_rel, pa.Table.from_pylist(rows))
+        _write_table_atomic(self.root / meta_rel, pa.Table.from_pylist([*rows, row]))
+        self._rows.append(row)
+        self._tasks = tasks
+        self._add_stats(columns)
+        self._stats.setdefault(VIDEO_KEY, _RunningStats())
+        merged = self._stats[VIDEO_KEY]
+        if merged.n == 0:
+            self._stats[VIDEO_KEY] = video_stats
+        else:
+            merged.n += video_stats.n
+            merged.s1, merged.s2 = merged.s1 + video_stats.s1, merged.s2 + video_stats.s2
+            merged.lo, merged.hi = np.minimum(merged.lo, video_stats.lo), np.maximum(merged.hi, video_stats.hi)
         self._write_tasks()
+        self._write_stats()
         self._write_info()
         return index
 
     def _write_tasks(self) -> None:
-        pa, _ = _pa()
-        table = pa.table({"task_index": pa.array(range(len(self._tasks)), pa.int64()), "task": self._tasks})
-        _write_table_atomic(self.root / TASKS_PATH, table)
+        _write_table_atomic(self.root / TASKS_PATH, _tasks_table(self._tasks))
+
+    def _write_stats(self) -> None:
+        frames = self.num_frames
+        if not frames:
+            (self.root / STATS_PATH).unlink(missing_ok=True)
+            return
+        stats = {k: v.summary(frames) for k, v in self._stats.items() if k != VIDEO_KEY}
+        stats[VIDEO_KEY] = self._stats[VIDEO_KEY].summary(frames, 255.0, (3, 1, 1))
+        _write_json_atomic(self.root / STATS_PATH, stats)
 
     def _write_info(self) -> None:
         splits: dict[str, list[int]] = {}
