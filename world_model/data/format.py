@@ -22,8 +22,10 @@ for each numeric per-frame feature, per dimension over every frame; for the vide
 ([3, 1, 1], pixel values / 255) over every frame; ``count`` = frames. Both are updated on append.
 
 Crash safety: an episode's files are written under temporary names, fsynced and renamed; the
-episodes table is the source of truth and is replaced atomically after them; tasks and info.json
-are derived from it and rewritten last. Re-opening a dataset deletes temporary and orphan files
+episodes table is the source of truth and is replaced atomically after them; tasks, stats and
+info.json are derived from it and rewritten last. A reader trusts the table: killed between the
+table and info.json, the dataset reads as the table says (info.json's totals are taken from the
+table), so at every instant a reader sees a consistent dataset. Re-opening a dataset deletes temporary and orphan files
 and appends after the last complete episode.
 """
 
@@ -324,6 +326,20 @@ def _read_episode_rows(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_info(path: Path) -> dict[str, Any]:
+    """info.json, or a DatasetError naming it."""
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); the dataset's info file is damaged") from e
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path} holds a {type(info).__name__}, not an object; the dataset's info file is damaged")
+    missing = [k for k in ("codebase_version", "fps", "features", "total_episodes") if k not in info]
+    if missing:
+        raise DatasetError(f"{path} lacks {missing}; the dataset's info file is damaged")
+    return info
+
+
 def _info_from_row(row: dict[str, Any]) -> EpisodeInfo:
     tasks = row["tasks"]
     return EpisodeInfo(
@@ -386,7 +402,12 @@ class DatasetWriter:
         self._rows: list[dict[str, Any]] = []
         self._tasks: list[str] = []
         self._stats: dict[str, _RunningStats] = {}
-        self._open_existing()
+        try:
+            self._open_existing()
+        except BaseException:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)  # a failed open holds nothing
+            self._lock.close()
+            raise
         self._current: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- opening / recovery
@@ -395,7 +416,7 @@ class DatasetWriter:
         for tmp in self.root.rglob(f"*{TMP_MARK}-*"):
             tmp.unlink()
         if info_path.exists():
-            info = json.loads(info_path.read_text())
+            info = _read_info(info_path)
             old = (float(info["fps"]), *info["features"][VIDEO_KEY]["shape"][:2])
             if old != (self.fps, self.height, self.width):
                 raise DatasetError(
@@ -754,10 +775,7 @@ class DatasetReader:
         info_path = self.root / INFO_PATH
         if not info_path.exists():
             raise DatasetError(f"{self.root} is not a dataset: {INFO_PATH} is missing")
-        try:
-            self.info: dict[str, Any] = json.loads(info_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{info_path} is not valid JSON ({e})") from e
+        self.info: dict[str, Any] = _read_info(info_path)
         if self.info.get("codebase_version") != CODEBASE_VERSION:
             raise DatasetError(
                 f"{self.root}: expected codebase_version {CODEBASE_VERSION!r}, got {self.info.get('codebase_version')!r}"
@@ -765,11 +783,18 @@ class DatasetReader:
         self.fps = float(self.info["fps"])
         self.height, self.width = self.info["features"][VIDEO_KEY]["shape"][:2]
         self.episodes = [_info_from_row(r) for r in _read_episode_rows(self.root)]
-        if len(self.episodes) != self.info["total_episodes"]:
+        if len(self.episodes) < self.info["total_episodes"]:
             raise DatasetError(
                 f"{self.root}: info.json says {self.info['total_episodes']} episodes, "
-                f"the episodes table holds {len(self.episodes)}"
+                f"the episodes table holds only {len(self.episodes)} (episodes lost)"
             )
+        if len(self.episodes) > self.info["total_episodes"]:
+            # a writer stopped between publishing the table and info.json: the table is the truth
+            self.info = {
+                **self.info,
+                "total_episodes": len(self.episodes),
+                "total_frames": sum(e.length for e in self.episodes),
+            }
 
     @property
     def meta(self) -> dict[str, Any]:
