@@ -78,14 +78,18 @@ def noop_action(keyboard_dim: int = 6, mouse_dim: int = 2) -> dict[str, np.ndarr
 def _as_array(value: Any, key: str) -> np.ndarray:
     if isinstance(value, (str, bytes, Mapping)) or value is None:
         raise TypeError(f"action[{key!r}] must be an array of numbers, got {type(value).__name__}")
-    if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().numpy()
+    if hasattr(value, "detach"):  # torch tensor (bf16 has no numpy dtype: widen floats first)
+        value = value.detach().cpu()
+        if value.is_complex():
+            raise TypeError(f"action[{key!r}] must hold real numbers, got dtype {value.dtype}")
+        value = (value.double() if value.is_floating_point() else value).numpy()
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError) as e:
         raise TypeError(f"action[{key!r}] must be an array of numbers, got {type(value).__name__}") from e
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise TypeError(f"action[{key!r}] must hold numbers, got dtype {arr.dtype}")
+    real = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating) or arr.dtype == np.bool_
+    if arr.dtype == object or not real:
+        raise TypeError(f"action[{key!r}] must hold real numbers (bool, int or float), got dtype {arr.dtype}")
     return arr
 
 
@@ -160,19 +164,25 @@ def _image_array(image: Any) -> np.ndarray:
             raise FileNotFoundError(f"image path {str(path)!r} does not exist or is not a file")
         try:
             with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
+                im.load()
+                return _pil_rgb(im, repr(str(path)))
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"could not read image {str(path)!r} ({e}); expected a PNG/JPEG file") from e
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if hasattr(image, "detach"):  # torch tensor
-        image = image.detach().cpu().numpy()
+        return _pil_rgb(image, "the PIL image")
+    if hasattr(image, "detach"):  # torch tensor (bf16 has no numpy dtype: widen floats first)
+        image = image.detach().cpu()
+        image = (image.float() if image.is_floating_point() else image).numpy()
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be an H x W x 3 uint8 array, a PIL image or a path, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = _drop_opaque_alpha(image, "the image array", 65535 if image.dtype == np.uint16 else None)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image must have shape (H, W, 3) (RGB, channels last), got {image.shape}")
     if image.dtype == np.uint8:
         return image
+    if image.dtype == np.uint16:  # 16-bit: scaled to 8 bits, not clipped
+        return np.round(image / 257.0).astype(np.uint8)
     if np.issubdtype(image.dtype, np.integer):
         if image.min() < 0 or image.max() > 255:
             raise ValueError(f"integer image values must lie in [0, 255], got [{image.min()}, {image.max()}]")
@@ -187,6 +197,34 @@ def _image_array(image: Any) -> np.ndarray:
             )
         return np.round(image * 255.0).astype(np.uint8)
     raise TypeError(f"image dtype must be uint8 (or float in [0, 1]), got {image.dtype}")
+
+
+def _drop_opaque_alpha(rgba: np.ndarray, what: str, full: float | None = None) -> np.ndarray:
+    """H x W x 4 -> H x W x 3 when every pixel is opaque; else refused (its hidden RGB would show)."""
+    alpha = rgba[..., 3]
+    if full is None:
+        full = 1.0 if np.issubdtype(rgba.dtype, np.floating) else 255
+    if (alpha != full).any():
+        raise ValueError(
+            f"{what} has transparent pixels ({int((alpha != full).sum())} not opaque); composite it onto a "
+            "background first (e.g. PIL's Image.alpha_composite onto an opaque image) or pass RGB"
+        )
+    return rgba[..., :3]
+
+
+def _pil_rgb(im: Any, what: str) -> np.ndarray:
+    """A PIL image -> uint8 [H, W, 3]: 16-bit modes scaled (not clipped), alpha checked."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":  # 16-bit grey (PNG) opens as I;16 or I
+        grey = np.asarray(im, dtype=np.int64)
+        if grey.min() < 0 or grey.max() > 65535:
+            raise ValueError(f"{what}: 32-bit integer pixels in [{grey.min()}, {grey.max()}] are not supported")
+        return np.repeat(np.round(grey / 257.0).astype(np.uint8)[..., None], 3, axis=2)
+    if mode == "F":
+        raise ValueError(f"{what}: floating-point image files are not supported; pass an array in [0, 1]")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info) or "transparency" in im.info:
+        return _drop_opaque_alpha(np.asarray(im.convert("RGBA")), what)
+    return np.asarray(im.convert("RGB"))
 
 
 def load_image(image: Any, height: int, width: int) -> np.ndarray:

@@ -119,7 +119,8 @@ def test_image_and_prompt_options(env, tmp_path):
     ("options", "err", "match"),
     [
         ({"image": np.zeros((8, 8), np.uint8)}, ValueError, r"shape \(H, W, 3\)"),
-        ({"image": np.zeros((8, 8, 4), np.uint8)}, ValueError, r"shape \(H, W, 3\)"),
+        ({"image": np.zeros((8, 8, 4), np.uint8)}, ValueError, "transparent pixels"),
+        ({"image": np.zeros((8, 8, 2), np.uint8)}, ValueError, r"shape \(H, W, 3\)"),
         ({"image": np.full((8, 8, 3), 2.0, np.float32)}, ValueError, r"float images must lie in \[0, 1\]"),
         ({"image": np.full((8, 8, 3), 300, np.int32)}, ValueError, r"\[0, 255\]"),
         ({"image": np.zeros((8, 8, 3), np.complex64)}, TypeError, "dtype"),
