@@ -226,18 +226,69 @@ def is_exported_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "vae.safetensors").is_file()
 
 
+_EXPORTED_SECTIONS = ("dit", "vae", "text", "stream")  # config.json sections with no safe default
+
+
+def read_exported_config(path: Path) -> WorldModelConfig:
+    """An exported folder's top-level ``config.json``; every problem is a CheckpointError naming it
+    (a missing ``stream`` section would otherwise give the 5B's 704x1280 geometry)."""
+    import json
+
+    from world_model.checkpoint import CheckpointError
+    from world_model.config import ConfigError
+
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    missing = [k for k in _EXPORTED_SECTIONS if not isinstance(data.get(k), dict)]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks the sections {missing}; an exported model's config.json holds "
+            f"{list(_EXPORTED_SECTIONS)} (as world_model.train.export writes it)"
+        )
+    try:
+        return WorldModelConfig.from_dict(data)
+    except (ConfigError, TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} holds an invalid model config: {e}") from None
+
+
+def _check_finite(tensors: dict[str, Tensor] | nn.Module, source: str) -> None:
+    """Refuse NaN/inf weights (they load silently and give black frames); cheap at exported sizes."""
+    from world_model.checkpoint import CheckpointError
+
+    items = tensors.state_dict().items() if isinstance(tensors, nn.Module) else tensors.items()
+    bad = [k for k, v in items if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensors hold NaN or infinity, e.g. {bad[:4]}; the weights are damaged"
+        )
+
+
 def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: bool) -> WorldModel:
-    """A model exported by our training pipeline (the embedded default, or any run's export/)."""
-    from world_model.checkpoint import read_safetensors
+    """A model exported by our training pipeline (the embedded default, or any run's export/).
+
+    Every file is checked strictly: the config (its file named in every error, ``stream`` required),
+    the DiT and the VAE weights (keys and shapes, :func:`~world_model.checkpoint.check_state_dict`),
+    and every weight finite. The 5B release folders load through their own path, without the
+    finite check (it would read 20 GB once more)."""
+    from world_model.checkpoint import check_state_dict, read_safetensors
     from world_model.text import make_text_encoder
     from world_model.vae import WanVAE
     from world_model.weights import load_dit
 
-    config = WorldModelConfig.load(folder / "config.json")
+    config = read_exported_config(folder / "config.json")
     dit = load_dit(folder, "distilled" if distilled else "base", device=runtime.device, dtype=runtime.dtype).eval()
+    _check_finite(dit, f"{folder}/{'base' if not distilled else 'base_distilled'}_model weights")
     dit = _apply_runtime(dit, runtime)
     vae = WanVAE(config.vae)
-    vae.load_state_dict(read_safetensors(folder / "vae.safetensors"))
+    vae_path = folder / "vae.safetensors"
+    vae_sd = read_safetensors(vae_path)
+    check_state_dict({k: v.shape for k, v in vae.state_dict().items()}, vae_sd, vae_path)
+    _check_finite(vae_sd, str(vae_path))
+    vae.load_state_dict(vae_sd)
     vae = vae.to(runtime.device, runtime.dtype).eval()
     if not distilled:
         config = config.replace(
