@@ -95,11 +95,36 @@ def _demo_main(argv: list[str]) -> int:
     return 0
 
 
+def _rollouts_main(argv: list[str]) -> int:
+    from mg3_env.rollouts import rollouts
+
+    p = argparse.ArgumentParser(prog="mg3 rollouts", description="A dataset from batched world-model rollouts.")
+    p.add_argument("--model", default="default", help="registry name or model folder (default: the embedded model)")
+    p.add_argument("--num-envs", type=int, default=4, help="envs stepped as one batch")
+    p.add_argument("--episodes", type=int, default=8, help="episodes to write")
+    p.add_argument("--policy", default="random", help="random, explorer or module:callable (policy(obs) -> action)")
+    p.add_argument("--max-chunks", type=int, default=8, help="chunks per episode after the first")
+    p.add_argument("--out", required=True, help="dataset folder (appended to if present)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    r = rollouts(
+        args.model, num_envs=args.num_envs, episodes=args.episodes, policy=args.policy, out=args.out,
+        max_chunks=args.max_chunks, device=args.device, seed=args.seed,
+    )  # fmt: skip
+    print(
+        f"dataset: {r['dataset']}: {r['episodes']} episodes, {r['frames']} frames in {r['seconds']:.1f} s "
+        f"({r['frames_per_s']:.1f} frames/s written)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     usage = (
-        "usage: mg3 {demo,data,eval,play} ...\n  demo  scripted exploration -> mp4 + dataset\n  data  data engine commands\n"
+        "usage: mg3 {demo,rollouts,data,eval,play} ...\n  demo  scripted exploration -> mp4 + dataset\n"
+        "  rollouts  a dataset from batched world-model rollouts\n  data  data engine commands\n"
         "  eval  evaluation against the simulator on held-out levels\n"
         "  play  walk through the world model in the browser (keyboard and mouse)"
     )
@@ -109,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "demo":
         return _demo_main(rest)
+    if command == "rollouts":
+        return _rollouts_main(rest)
     if command == "data":
         from world_model.data.cli import main as data_main
 
