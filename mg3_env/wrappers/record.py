@@ -1,4 +1,5 @@
-"""Rollout recording: write each episode of a :class:`~mg3_env.env.MatrixGameEnv` as a dataset.
+"""Rollout recording: write each episode of a :class:`~mg3_env.env.MatrixGameEnv` (or of every env
+of a :class:`~mg3_env.vector.MatrixGameVectorEnv`) as a dataset.
 
 The dataset is the LeRobot v3 layout of :mod:`world_model.data.format` (the Video-Pose-Action-
 Prompt quadruplet): H.264 video, per-frame keyboard/mouse action and commanded pose, the prompt as
@@ -12,12 +13,14 @@ re-opening the folder appends after them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import gymnasium
+import numpy as np
 
-__all__ = ["RecordEpisodes"]
+__all__ = ["RecordEpisodes", "RecordVectorEpisodes"]
 
 
 class RecordEpisodes(gymnasium.Wrapper):
@@ -99,3 +102,145 @@ class RecordEpisodes(gymnasium.Wrapper):
         if self._recording:
             self._recording = False
             self.episodes_written.append(self.writer.end_episode())
+
+
+class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
+    """Record every env's episodes of a :class:`~mg3_env.vector.MatrixGameVectorEnv` into one dataset.
+
+    One writer for all envs: each env's episode in progress is encoded to its own temporary mp4 as
+    its chunks arrive (frames are not kept in memory) and published through the writer when the
+    episode ends (truncation, a reset of that env, or ``close``), with the policy's per-frame
+    actions, the commanded poses, the prompt and the seed. Crash-safe as the single-env recorder:
+    a crash loses only episodes in progress (their temporary files are removed when the folder is
+    re-opened). ``max_episodes`` stops publishing after that many (episodes in progress then are
+    dropped). Autoreset modes ``NEXT_STEP`` (the default) and ``DISABLED``.
+    """
+
+    def __init__(
+        self,
+        env: gymnasium.vector.VectorEnv,
+        root: str | Path,
+        *,
+        split: str = "train",
+        max_episodes: int | None = None,
+        crf: int = 20,
+        preset: str = "veryfast",
+    ) -> None:
+        super().__init__(env)
+        from gymnasium.vector import AutoresetMode
+
+        from world_model.data.format import DatasetWriter
+
+        base = env.unwrapped
+        model = getattr(base, "model", None)
+        if model is None or not hasattr(base, "stream_states"):
+            raise TypeError(f"RecordVectorEpisodes records MatrixGameVectorEnv rollouts, got {type(base).__name__}")
+        if base.autoreset_mode == AutoresetMode.SAME_STEP:
+            raise ValueError("RecordVectorEpisodes needs autoreset_mode NEXT_STEP or DISABLED, got SAME_STEP")
+        s = model.config.stream
+        self.model_meta = model.describe()
+        self.split, self.max_episodes = split, max_episodes
+        self.crf, self.preset = crf, preset
+        self.writer = DatasetWriter(
+            root,
+            fps=s.fps,
+            height=s.height,
+            width=s.width,
+            source=f"mg3_env:{model.name}",
+            info_extra={"model": model.name, "random_weights": model.random_weights},
+            crf=crf,
+            preset=preset,
+        )
+        self._open: list[dict[str, Any] | None] = [None] * self.num_envs
+        self.episodes_written: list[int] = []
+        self.episode_envs: list[int] = []  # the env each written episode came from
+
+    @property
+    def root(self) -> Path:
+        return self.writer.root
+
+    @property
+    def done(self) -> bool:
+        """Whether ``max_episodes`` episodes were written."""
+        return self.max_episodes is not None and len(self.episodes_written) >= self.max_episodes
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None):
+        obs, infos = self.env.reset(seed=seed, options=options)
+        self._begin_from(infos)
+        return obs, infos
+
+    def step(self, actions: Any):
+        obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        new = infos.get("_first_chunk_frames", np.zeros(self.num_envs, bool))
+        for i in range(self.num_envs):
+            if self._open[i] is not None and not new[i]:
+                self._add(
+                    i, obs["frames"][i], infos["keyboard"][i], infos["mouse"][i], obs["pose"][i], obs["c2w"][i]
+                )
+                if terminated[i] or truncated[i]:
+                    self._finish(i)
+        self._begin_from(infos)
+        return obs, rewards, terminated, truncated, infos
+
+    def close(self, **kwargs: Any) -> None:
+        """Publish the episodes in progress (up to ``max_episodes``), release the dataset, close the env."""
+        try:
+            for i in range(self.num_envs):
+                self._finish(i)
+        finally:
+            self.writer.close()
+            super().close(**kwargs)
+
+    def _begin_from(self, infos: dict[str, Any]) -> None:
+        from world_model.data.video import VideoEncoder
+
+        new = infos.get("_first_chunk_frames", np.zeros(self.num_envs, bool))
+        for i in np.flatnonzero(new):
+            self._finish(i)
+            tmp = self.writer.root / "videos" / f"pending-env{i}.mp4.tmp-{os.getpid()}"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            self._open[i] = {
+                "encoder": VideoEncoder(
+                    tmp, fps=self.writer.fps, height=self.writer.height, width=self.writer.width,
+                    crf=self.crf, preset=self.preset,
+                ),  # fmt: skip
+                "arrays": {"keyboard": [], "mouse": [], "poses": [], "c2w": []},
+                "prompt": str(infos["prompt"][i]),
+                "seed": int(infos["seed"][i]),
+            }
+            self._add(
+                i,
+                infos["first_chunk_frames"][i],
+                infos["first_chunk_keyboard"][i],
+                infos["first_chunk_mouse"][i],
+                infos["first_chunk_pose"][i],
+                infos["first_chunk_c2w"][i],
+            )
+
+    def _add(self, i: int, frames, keyboard, mouse, poses, c2w) -> None:
+        ep = self._open[i]
+        ep["encoder"].write(frames)  # type: ignore[index]
+        for key, value in (("keyboard", keyboard), ("mouse", mouse), ("poses", poses), ("c2w", c2w)):
+            ep["arrays"][key].append(np.asarray(value, np.float32))  # type: ignore[index]
+
+    def _finish(self, i: int) -> None:
+        ep, self._open[i] = self._open[i], None
+        if ep is None:
+            return
+        if self.done:
+            ep["encoder"].abort()
+            return
+        ep["encoder"].close()
+        arrays = {k: np.concatenate(v) for k, v in ep["arrays"].items()}
+        meta = {
+            "model": self.model_meta["model"],
+            "random_weights": self.model_meta["random_weights"],
+            "pose_source": "commanded",
+            "env": int(i),
+        }
+        index = self.writer.add_encoded_episode(
+            ep["encoder"].path, arrays["keyboard"], arrays["mouse"], arrays["poses"], ep["prompt"],
+            c2w=arrays["c2w"], seed=ep["seed"], split=self.split, extra_meta=meta,
+        )  # fmt: skip
+        self.episodes_written.append(index)
+        self.episode_envs.append(int(i))
