@@ -78,7 +78,7 @@ def test_tasks_and_stats_as_lerobot_reads_them(tmp_path):
     pixels = np.concatenate([e.frames for e in eps]).reshape(-1, 3) / 255.0
     np.testing.assert_allclose(np.asarray(v["mean"]).ravel(), pixels.mean(0), atol=0.02)  # H.264 is lossy
     np.testing.assert_allclose(np.asarray(v["std"]).ravel(), pixels.std(0), atol=0.03)
-    assert 0 <= min(np.asarray(v["min"]).ravel()) and max(np.asarray(v["max"]).ravel()) <= 1
+    assert min(np.asarray(v["min"]).ravel()) >= 0 and max(np.asarray(v["max"]).ravel()) <= 1
 
 
 def test_stats_recomputed_for_a_dataset_without_them(tmp_path):

@@ -174,9 +174,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         new = infos.get("_first_chunk_frames", np.zeros(self.num_envs, bool))
         for i in range(self.num_envs):
             if self._open[i] is not None and not new[i]:
-                self._add(
-                    i, obs["frames"][i], infos["keyboard"][i], infos["mouse"][i], obs["pose"][i], obs["c2w"][i]
-                )
+                self._add(i, obs["frames"][i], infos["keyboard"][i], infos["mouse"][i], obs["pose"][i], obs["c2w"][i])
                 if terminated[i] or truncated[i]:
                     self._finish(i)
         self._begin_from(infos)
@@ -201,8 +199,12 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
             tmp.parent.mkdir(parents=True, exist_ok=True)
             self._open[i] = {
                 "encoder": VideoEncoder(
-                    tmp, fps=self.writer.fps, height=self.writer.height, width=self.writer.width,
-                    crf=self.crf, preset=self.preset,
+                    tmp,
+                    fps=self.writer.fps,
+                    height=self.writer.height,
+                    width=self.writer.width,
+                    crf=self.crf,
+                    preset=self.preset,
                 ),  # fmt: skip
                 "arrays": {"keyboard": [], "mouse": [], "poses": [], "c2w": []},
                 "prompt": str(infos["prompt"][i]),
