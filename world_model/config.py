@@ -649,6 +649,8 @@ def embedded() -> WorldModelConfig:
     (2.3 GFLOP), camera and time embeddings (3.2 GFLOP): ~53 GFLOP. Three sampler steps ~160
     GFLOP ~ 1.1 s. The pruned decoder (widths 40/40/40/20, half the trained full decoder's 80/80/80/
     40) decoding 10 latents -> 40 frames is ~42 GFLOP of 3x3x3 convolutions, ~0.3 s. Chunk ~1.4 s
+    (measured on an idle 2-core EPYC: 1.66 s, 24.2 frames/s, `python bench/embedded_speed.py --model
+    EXPORT --device cpu`; the first embedded model's narrower decoder: 1.50 s, 26.6 frames/s)
     < 2.3 s, i.e. >= 17.5 frames/s of 40. (The first embedded model's decoder, 32/32/32/16, was
     trained for 632 steps only, and every frame was a blur.)
 
