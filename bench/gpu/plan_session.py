@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 # session 1 of the new recipe (2026-12-01) gave the DiT stages too little: compiling the whole model
 # took most of the memory stage; compilation is per block now, and the VAE (the blur) gets the most
@@ -29,7 +30,8 @@ def rate(rows: list[dict], **match) -> float | None:
 
 
 def main() -> None:
-    bench, budget = json.load(open(sys.argv[1])), float(sys.argv[2])
+    bench = json.loads(Path(sys.argv[1]).read_text())
+    budget = float(sys.argv[2])
     rows = bench["rows"]
     total = sum(SHARES.values())
     if len(sys.argv) > 3:  # the budget of the first call (VAE and decoder) or of the second (the rest)
