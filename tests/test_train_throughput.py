@@ -76,6 +76,18 @@ def test_ssim_and_sharpness_see_blur():
     assert float(sharpness(video(blurred))) < 0.6 * float(sharpness(video(x)))
 
 
+def test_training_sharpness_is_the_evaluation_measure():
+    from mg3_eval.metrics import sharpness_ratio
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 256, (2, 5, 16, 16, 3), generator=g, dtype=torch.uint8)  # [B, T, H, W, 3]
+    b = torch.from_numpy(F.avg_pool2d(a.permute(0, 1, 4, 2, 3).flatten(0, 1).float(), 3, 1, 1).round().byte().numpy())
+    b = b.view(2, 5, 3, 16, 16).permute(0, 1, 3, 4, 2)  # a blurred copy, uint8 [B, T, H, W, 3]
+    to_video = lambda u8: u8.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # noqa: E731 - [B, 3, T, H, W] in [-1, 1]
+    ours = float(sharpness(to_video(b)) / sharpness(to_video(a)))
+    assert ours == pytest.approx(sharpness_ratio(b.numpy(), a.numpy()), rel=1e-5) and ours < 0.8
+
+
 def test_patch_discriminator_shapes_and_vae_stage_runs_its_adversary():
     d = PatchDiscriminator(16, layers=3)
     assert d(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 4, 4)

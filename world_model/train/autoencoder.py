@@ -196,9 +196,13 @@ class PatchDiscriminator(nn.Module):
 
 
 def sharpness(video: Tensor) -> Tensor:
-    """Mean luma gradient magnitude of frames in [-1, 1], [B, 3, ...] -> scalar (a blur detector)."""
+    """Mean luma gradient magnitude of frames [B, 3, ...] -> scalar (a blur detector): the same measure
+    as :func:`mg3_eval.metrics.sharpness` (sqrt(dx^2 + dy^2) of forward luma differences, BT.601), here
+    on device tensors at any value scale, so that training and evaluation report comparable ratios."""
     y = 0.299 * video[:, 0] + 0.587 * video[:, 1] + 0.114 * video[:, 2]
-    return (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., :, 1:] - y[..., :, :-1]).abs().mean()
+    dx = y[..., :-1, 1:] - y[..., :-1, :-1]
+    dy = y[..., 1:, :-1] - y[..., :-1, :-1]
+    return (dx.pow(2) + dy.pow(2)).sqrt().mean()
 
 
 class _Adversary:
