@@ -66,57 +66,49 @@ def _plan(cfg: EngineFramesConfig, p: int) -> tuple[str, str, int]:
     return split, _plan_level(cfg.seed, p, levels).name, _plan_seed(cfg.seed, p)
 
 
-def _record(args: tuple[str, int, int, int, int]) -> dict:
-    """Worker: one episode -> arrays (frames uint8 [T, H, W, 3], actions, poses, prompt)."""
+def _record(args: tuple[str, int, int, int, int]) -> FrameStore:
+    """Worker: one episode -> a one-episode FrameStore (uint8 frames, actions, poses, prompt)."""
     from world_model.data.doom import DoomConfig
     from world_model.data.generate import record_episode
     from world_model.data.levels import get_level
 
     level, seed, length, width, height = args
-    ep = record_episode(get_level(level), length, seed=seed, doom=DoomConfig(width, height))
-    return {
-        "frames": ep.frames,
-        "mouse": ep.mouse,
-        "keyboard": ep.keyboard,
-        "poses": ep.poses.astype(np.float32),
-        "prompt": ep.prompt,
-        "level": level,
-        "fps": DoomConfig(width, height).fps,
-    }
+    doom = DoomConfig(width, height)
+    ep = record_episode(get_level(level), length, seed=seed, doom=doom)
+    return FrameStore(
+        frames=ep.frames,
+        mouse=ep.mouse,
+        keyboard=ep.keyboard,
+        poses=ep.poses.astype(np.float32),
+        starts=np.array([0, len(ep.poses)], np.int64),
+        prompts=[ep.prompt],
+        levels=[level],
+        fps=doom.fps,
+    )
 
 
 class _ShardWriter:
     def __init__(self, folder: Path, shard_frames: int) -> None:
         self.folder, self.shard_frames = folder, shard_frames
-        self.episodes: list[dict] = []
+        self.episodes: list[FrameStore] = []
         self.parts = len(shard_folders(folder)) if folder.exists() else 0
         self.frames = 0  # committed frames
 
-    def add(self, ep: dict) -> None:
+    def add(self, ep: FrameStore) -> None:
         self.episodes.append(ep)
-        if sum(len(e["frames"]) for e in self.episodes) >= self.shard_frames:
+        if sum(len(e.frames) for e in self.episodes) >= self.shard_frames:
             self.flush()
 
     def flush(self) -> None:
         if not self.episodes:
             return
         eps, self.episodes = self.episodes, []
-        lens = [len(e["frames"]) for e in eps]
-        store = FrameStore(
-            frames=np.concatenate([e["frames"] for e in eps]),
-            mouse=np.concatenate([e["mouse"] for e in eps]),
-            keyboard=np.concatenate([e["keyboard"] for e in eps]),
-            poses=np.concatenate([e["poses"] for e in eps]),
-            starts=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-            prompts=[e["prompt"] for e in eps],
-            levels=[e["level"] for e in eps],
-            fps=eps[0]["fps"],
-        )
+        store = FrameStore.concat(eps)
         tmp = self.folder / f".part-{self.parts:04d}.tmp"
         store.save(tmp)
         tmp.rename(self.folder / f"part-{self.parts:04d}")  # a shard appears whole or not at all
         self.parts += 1
-        self.frames += sum(lens)
+        self.frames += len(store.frames)
 
 
 def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = True) -> dict[str, int]:
@@ -135,7 +127,7 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
     for w in writers.values():
         w.folder.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=cfg.frames, unit="frame", disable=not progress)
-    ready: dict[int, dict | None] = {}
+    ready: dict[int, FrameStore | None] = {}
     next_commit = next_plan = 0
     attempts: dict[int, int] = {}
     running: dict[Future, int] = {}
@@ -148,7 +140,7 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
         in_flight = sum(1 for p in [*running.values(), *ready] if _plan(cfg, p)[0] == "train")
         return (
             writers["train"].frames
-            + sum(len(e["frames"]) for e in writers["train"].episodes)
+            + sum(len(e.frames) for e in writers["train"].episodes)
             + (in_flight * cfg.episode_frames)
         )
 
@@ -177,7 +169,7 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
                     split = _plan(cfg, next_commit)[0]
                     writers[split].add(ep)
                     if split == "train":
-                        bar.update(len(ep["frames"]))
+                        bar.update(len(ep.frames))
                 next_commit += 1
     for w in writers.values():
         w.flush()
