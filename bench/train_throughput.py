@@ -2,8 +2,8 @@
 
 Each row builds one stage exactly as ``world_model.train.pipeline`` does (the embedded config, the
 data resident on the device), on synthetic data of the real shapes: uint8 frames for the VAE and
-decoder stages, a latent store (segments of 65 latents, per-frame poses from integrated random
-actions, prompt embeddings) for the flow stages. It runs warm-up steps (compilation included),
+decoder stages, a latent store (segments of 65 latents with the actions and integrated poses of
+``world_model.train.frames.synthetic_store``, prompt embeddings) for the flow stages. It runs warm-up steps (compilation included),
 then times ``--steps`` steps between two device synchronisations. FLOPs per step are counted once
 by ``torch.utils.flop_counter`` on an eager step (matmuls, convolutions, attention; forward and
 backward); TFLOP/s = FLOPs per step x steps/s. The ceiling is a bf16 8192^3 matmul measured in the
@@ -30,7 +30,7 @@ from world_model.dit import MatrixGameDiT
 from world_model.train.autoencoder import ClipFrames, DecoderStage, VAEOptions, VAEStage, identity_stats
 from world_model.train.clips import ClipSampler, LatentStore
 from world_model.train.flow import FlowOptions, FlowStage
-from world_model.train.frames import FrameStore
+from world_model.train.frames import synthetic_store
 from world_model.vae import WanVAE
 
 DATASHEET_BF16 = 989e12
@@ -57,28 +57,10 @@ def matmul_ceiling(device: torch.device, n: int = 8192) -> float:
     return 10 * 2 * n**3 / (time.perf_counter() - t)
 
 
-def frame_store(n_episodes: int, frames: int, hw: tuple[int, int], seed: int = 0) -> FrameStore:
-    rng = np.random.default_rng(seed)
-    n = n_episodes * frames
-    mouse = rng.choice([-0.2, 0.0, 0.2], size=(n, 2)).astype(np.float32)
-    keyboard = (rng.random((n, 6)) < 0.3).astype(np.float32)
-    poses = np.zeros((n, 5), np.float32)
-    poses[:, 4] = np.cumsum(mouse[:, 1] * 15.0)  # yaw walk
-    poses[:, 0] = np.cumsum(np.cos(np.deg2rad(poses[:, 4])) * keyboard[:, 0] * 12.0)
-    poses[:, 1] = np.cumsum(np.sin(np.deg2rad(poses[:, 4])) * keyboard[:, 0] * 12.0)
-    return FrameStore(
-        frames=rng.integers(0, 256, size=(n, *hw, 3), dtype=np.uint8),
-        mouse=mouse,
-        keyboard=keyboard,
-        poses=poses,
-        starts=np.arange(n_episodes + 1, dtype=np.int64) * frames,
-    )
-
-
 def latent_store(cfg, segments: int, seg_latents: int, device: torch.device) -> LatentStore:
     r = cfg.vae.temporal_stride
     seg_frames = 1 + r * (seg_latents - 1)
-    fr = frame_store(segments, seg_frames, (1, 1))
+    fr = synthetic_store(segments, seg_frames, (1, 1))  # only its actions and poses are used
     h, w = cfg.latent_hw
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(segments, seg_latents, cfg.vae.z_dim, h, w, generator=g).to(torch.bfloat16)
@@ -120,7 +102,7 @@ def time_stage(stage, device: torch.device, warmup: int, steps: int) -> tuple[fl
 
 
 def vae_row(cfg, device, batch: int, decoder: bool, gan: bool, warmup: int, steps: int) -> dict:
-    store = frame_store(8, 300, (cfg.stream.height, cfg.stream.width))
+    store = synthetic_store(8, 300, (cfg.stream.height, cfg.stream.width))
     opts = VAEOptions(batch_size=batch, gan_start=0 if gan else -1)
     full = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0)).to(device)
     clips = ClipFrames(store, opts.clip_frames, device)
