@@ -8,12 +8,15 @@ at the measured rate, so that the discriminator comes in once reconstruction has
     python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES
     python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES first   # minutes of vae + decoder
     python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES rest    # minutes of the others
+    python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES --resume runs/embedded
+
+With ``--resume RUN`` the GAN start steps count from the step each stage resumes at (its status.json).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 # session 1 of the new recipe (2026-12-01) gave the DiT stages too little: compiling the whole model
@@ -29,14 +32,25 @@ def rate(rows: list[dict], **match) -> float | None:
     return None
 
 
+def resumed_step(run: Path | None, stage: str) -> int:
+    status = run / stage / "status.json" if run else None
+    return int(json.loads(status.read_text()).get("step", 0)) if status and status.exists() else 0
+
+
 def main() -> None:
-    bench = json.loads(Path(sys.argv[1]).read_text())
-    budget = float(sys.argv[2])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bench")
+    p.add_argument("budget", type=float)
+    p.add_argument("part", nargs="?", choices=("first", "rest"))
+    p.add_argument("--resume", type=Path, default=None)
+    args = p.parse_args()
+    bench = json.loads(Path(args.bench).read_text())
+    budget = args.budget
     rows = bench["rows"]
     total = sum(SHARES.values())
-    if len(sys.argv) > 3:  # the budget of the first call (VAE and decoder) or of the second (the rest)
+    if args.part:  # the budget of the first call (VAE and decoder) or of the second (the rest)
         first = budget * (SHARES["data"] + SHARES["vae"] + SHARES["decoder"]) / total
-        print(round(first if sys.argv[3] == "first" else budget - first, 2))
+        print(round(first if args.part == "first" else budget - first, 2))
         return
     seconds = {k: 60 * budget * v / total for k, v in SHARES.items()}
     vae = rate(rows, stage="vae", gan=False) or 5.0
@@ -51,8 +65,8 @@ def main() -> None:
     flags = {
         "shares": ",".join(f"{k}={v}" for k, v in SHARES.items()),
         "vae-batch": 32,
-        "vae-gan-start": int(0.45 * vae * seconds["vae"]),
-        "decoder-gan-start": int(0.30 * dec * seconds["decoder"]),
+        "vae-gan-start": resumed_step(args.resume, "vae") + int(0.45 * vae * seconds["vae"]),
+        "decoder-gan-start": resumed_step(args.resume, "decoder") + int(0.30 * dec * seconds["decoder"]),
         "base-batch": 128,
         "base-lr": 4e-4,
         "memory-batch": 128,

