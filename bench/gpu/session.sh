@@ -13,9 +13,9 @@ set -u
 budget=${1:-20}; shift || true
 rm -rf /tmp/mg3 && mkdir -p /tmp/mg3/runs
 cp -r world_model mg3_env mg3_eval agents bench pyproject.toml /tmp/mg3/ 2>/dev/null
-cd /tmp/mg3
 export MG3_ROOT=/tmp/mg3
-source bench/gpu/parts.sh
+source bench/gpu/parts.sh  # from the repository root: this call's .carry/<name> lands in /tmp/parts
+cd /tmp/mg3
 reopen=""
 if [ -f /tmp/parts/prev.tar ]; then
   mkdir -p runs/embedded && tar -xf /tmp/parts/prev.tar -C runs/embedded && reopen="--reopen vae,decoder"
