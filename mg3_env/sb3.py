@@ -10,6 +10,12 @@ gives SB3 its ``infos[i]["episode"]`` statistics without ``VecMonitor``.
 
 SB3 policies need simple spaces; wrap the env with :class:`~mg3_env.wrappers.rl.LatestFrame` and
 :class:`~mg3_env.wrappers.rl.DiscreteActions` first (see ``agents/ppo.py``).
+
+Videos: one SB3 step is one chunk (40 frames, 57 at reset), and SB3's ``VecVideoRecorder`` takes
+one image per step. Over a vector env made with ``render_mode="rgb_array_list"`` the adapter keeps
+every frame of the last step (SB3 sees ``render_mode == "rgb_array"``: ``render()`` gives the
+latest frames, tiled), and :class:`VecChunkVideoRecorder` -- ``VecVideoRecorder`` with the same
+arguments -- writes them all, at the model's fps: videos that play in real time.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 try:
-    from stable_baselines3.common.vec_env.base_vec_env import VecEnv
+    from stable_baselines3.common.vec_env import VecVideoRecorder
+    from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvWrapper, tile_images
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError("the SB3 adapter needs stable-baselines3: pip install 'mg3[rl]'") from e
 
-__all__ = ["SB3VecEnv", "per_env_infos"]
+__all__ = ["SB3VecEnv", "VecChunkVideoRecorder", "per_env_infos"]
 
 
 def per_env_infos(infos: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
@@ -61,12 +68,20 @@ class SB3VecEnv(VecEnv):
             )
         self.env = env
         super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
-        self.render_mode = env.render_mode
+        # every frame of the last step, per env (render_mode "rgb_array_list"; SB3 itself knows
+        # only "rgb_array", which render() still is: the latest frames)
+        self.keeps_chunks = env.render_mode == "rgb_array_list"
+        self.render_mode = "rgb_array" if self.keeps_chunks else env.render_mode
+        self.metadata = {"render_modes": [] if self.render_mode is None else [self.render_mode]}
+        if "render_fps" in env.metadata:
+            self.metadata["render_fps"] = env.metadata["render_fps"]
+        self._chunks: list[list[np.ndarray]] = [[] for _ in range(self.num_envs)]
         self._actions: Any = None
 
     def reset(self):
         seed = None if self._seeds[0] is None else [int(s) for s in self._seeds]
         obs, infos = self.env.reset(seed=seed)
+        self._keep_chunks()
         self.reset_infos = per_env_infos(infos, self.num_envs)
         self._reset_seeds()
         self._reset_options()
@@ -77,6 +92,7 @@ class SB3VecEnv(VecEnv):
 
     def step_wait(self):
         obs, rewards, terminated, truncated, infos = self.env.step(self._actions)
+        self._keep_chunks()
         dones = terminated | truncated
         out = per_env_infos(infos, self.num_envs)
         for i in range(self.num_envs):
@@ -91,8 +107,23 @@ class SB3VecEnv(VecEnv):
         self.env.close()
 
     def get_images(self) -> Sequence[np.ndarray | None]:
+        if self.keeps_chunks:
+            return [frames[-1] if frames else None for frames in self._chunks]
         frames = self.env.render()
         return [None] * self.num_envs if frames is None else list(frames)
+
+    def chunk_images(self) -> list[np.ndarray]:
+        """Every frame of the last step (or reset), the envs tiled as SB3's ``render()`` tiles them;
+        an env with fewer frames (they differ where an env autoreset: its last chunk plus the next
+        episode's first) holds its last frame. Needs a vector env made with ``render_mode="rgb_array_list"``."""
+        if not self.keeps_chunks:
+            raise ValueError("chunk_images() needs a vector env made with render_mode='rgb_array_list'")
+        n = max(len(frames) for frames in self._chunks)
+        return [tile_images([frames[min(t, len(frames) - 1)] for frames in self._chunks]) for t in range(n)]
+
+    def _keep_chunks(self) -> None:
+        if self.keeps_chunks:
+            self._chunks = [list(frames) for frames in self.env.render()]
 
     def get_attr(self, attr_name: str, indices=None) -> list[Any]:
         return [getattr(self.env, attr_name)] * len(self._get_indices(indices))
@@ -105,3 +136,28 @@ class SB3VecEnv(VecEnv):
 
     def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
         return [False] * len(self._get_indices(indices))
+
+
+class VecChunkVideoRecorder(VecVideoRecorder):
+    """SB3's ``VecVideoRecorder`` (same arguments) writing every frame of each step, not one: a
+    step's 40 frames (57 at reset) per env, tiled, at the model's fps. ``video_length`` counts
+    frames, as in ``VecVideoRecorder``. The env below the wrappers must be an :class:`SB3VecEnv`
+    over a vector env made with ``render_mode="rgb_array_list"``
+    (``agents.ppo.make_sb3_env(..., render_mode="rgb_array_list")``)."""
+
+    def __init__(self, venv: VecEnv, *args: Any, **kwargs: Any) -> None:
+        self.recorded_frames: list[np.ndarray] = []  # read by SB3's __del__, also when this raises
+        source = venv
+        while isinstance(source, VecEnvWrapper):
+            source = source.venv
+        if not (isinstance(source, SB3VecEnv) and source.keeps_chunks):
+            raise ValueError(
+                "VecChunkVideoRecorder needs an SB3VecEnv over a vector env made with render_mode='rgb_array_list' "
+                "(agents.ppo.make_sb3_env(..., render_mode='rgb_array_list'))"
+            )
+        super().__init__(venv, *args, **kwargs)
+        self._source = source
+
+    def _capture_frame(self) -> None:
+        assert self.recording, "Cannot capture a frame, recording wasn't started."
+        self.recorded_frames.extend(self._source.chunk_images())

@@ -130,3 +130,40 @@ def test_ppo_logs_progress(model, caplog):
     assert "8/16 steps" in lines[1] and "16/16 steps" in lines[-1]
     assert any("mean episode return" in ln and "over" in ln for ln in lines[2:])
     assert algo.num_timesteps == 16
+
+
+def test_sb3_vec_chunk_video_recorder_writes_every_frame(model, tmp_path):
+    from stable_baselines3.common.vec_env import VecVideoRecorder
+
+    from agents.ppo import make_sb3_env
+    from mg3_env.sb3 import VecChunkVideoRecorder
+
+    env = make_sb3_env(model, num_envs=2, max_chunks=3, render_mode="rgb_array_list")
+    assert env.render_mode == "rgb_array" and env.metadata["render_fps"] == model.config.stream.fps
+    rec = VecChunkVideoRecorder(env, str(tmp_path), record_video_trigger=lambda step: step == 0, video_length=57 + 40)
+    rec.reset()
+    assert rec.render().shape == (32, 16, 3)  # SB3's own render: the latest frames, tiled (2 rows)
+    rec.step(np.array([1, 1]))
+    rec.step(np.array([1, 1]))  # 57 + 80 frames > video_length: the video is written
+    (path,) = tmp_path.glob("*.mp4")
+    frames, fps = _video(path)
+    assert len(frames) == 57 + 80 and frames[0].shape == (32, 16, 3)
+    assert fps == pytest.approx(model.config.stream.fps)
+    rec.close()
+    # SB3's VecVideoRecorder on the same env keeps one frame per step (documented, not ours)
+    stock = VecVideoRecorder(
+        make_sb3_env(model, num_envs=2, max_chunks=3, render_mode="rgb_array_list"),
+        str(tmp_path / "stock"),
+        record_video_trigger=lambda step: step == 0,
+        video_length=2,
+    )
+    stock.reset()
+    stock.step(np.array([1, 1]))
+    stock.step(np.array([1, 1]))
+    (path,) = (tmp_path / "stock").glob("*.mp4")
+    assert len(_video(path)[0]) == 3
+    stock.close()
+    with pytest.raises(ValueError, match="rgb_array_list"):
+        VecChunkVideoRecorder(
+            make_sb3_env(model, num_envs=1, render_mode="rgb_array"), str(tmp_path / "x"), lambda s: True
+        )

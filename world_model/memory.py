@@ -49,8 +49,11 @@ __all__ = [
 # (height, width) of the camera model used for scoring; fx = width / 2, fy = height / 2 (spec §5.4).
 SELECTION_CAMERA_HW = (720, 1280)
 
-# Cap on the elements of one [B, Q, n, G, 3] block of transformed points (candidates go in blocks).
-_MAX_ELEMENTS = 1 << 24
+# Cap on the elements of one block of work: [B, Q, n, G, 3] transformed points (``method="points"``),
+# [pairs, 12, rays] bounds (``"rays"``; sized to stay in a CPU core's cache).
+_MAX_ELEMENTS = 1 << 19
+_TINY = 1e-30
+_MIN_OFFSET = 1e-9
 
 
 class MemorySelection(NamedTuple):
@@ -125,55 +128,91 @@ def frustum_overlap(
     return counts
 
 
+# The six view tests as rows over a candidate-camera point (X, Y, Z): Z > near, Z < far (offsets
+# -near and +far), -Z <= X <= Z, -Z <= Y <= Z; a test holds where row . (X, Y, Z) + offset >= 0.
+_TESTS = ((0, 0, 1), (0, 0, -1), (-1, 0, 1), (1, 0, 1), (0, -1, 1), (0, 1, 1))
+_NO_BOUND = 1e30  # a bound on 1 / depth that bounds nothing (finite: 0 * it stays 0)
+
+
 def _overlap_rays(
     c2w_query: torch.Tensor, c2w_cand: torch.Tensor, cfg: StreamConfig, max_elements: int
 ) -> torch.Tensor:
-    """:func:`frustum_overlap` by rays: per (query, candidate, ray) one interval of depths."""
+    """:func:`frustum_overlap` by rays: per (query, candidate, ray) one interval of depths.
+
+    A ray p = z (x, y, 1) of the query frustum is c + z d in a candidate camera, and each view test
+    is s z + t >= 0 with s linear in (x, y) and t fixed per (query, candidate) pair. In v = 1 / z
+    (z > 0) it reads t v >= -s: a lower bound on v where t > 0, an upper one where t < 0 -- which
+    side depends on the pair only, not on the ray, so every bound is one row of coefficients over
+    (x, y, 1), sorted into a lower and an upper set per pair, and the rays of a block of pairs are
+    a single matrix product followed by a max and a min (no per-ray branches, which cost more on a
+    CPU than the arithmetic). Pairs whose query frustum lies wholly outside one of the candidate's
+    planes (its 8 corners all fail one test) are skipped. The transforms are float64, the tests'
+    slopes, offsets and the per-ray arithmetic float32 at most (the bounds need ~1e-6).
+    """
     dtype, device = c2w_query.dtype, c2w_query.device
     b, q = c2w_query.shape[:2]
     n = c2w_cand.shape[1]
     grid, near, far = cfg.memory_grid, cfg.memory_near, cfg.memory_far
-    xy = torch.linspace(-1.0, 1.0, grid, dtype=torch.float32 if dtype == torch.float64 else dtype, device=device)
-    step = (far - near) / (grid - 1)
-    inf = torch.tensor(float("inf"), dtype=dtype, device=device)
-    w2c = rigid_inverse(c2w_cand.to(dtype))  # [B, N, 4, 4]
+    work = torch.float32 if dtype == torch.float64 else dtype
+    step = (far - near) / max(1, grid - 1)
+    xy = torch.linspace(-1.0, 1.0, grid, dtype=work, device=device)
+    ones = torch.ones(grid * grid, dtype=work, device=device)
+    rays = torch.stack([xy.repeat_interleave(grid), xy.repeat(grid), ones, ones])  # [4, R]: (x, y, 1, 1)
+    r = rays.shape[1]
+    tests = torch.tensor(_TESTS, dtype=dtype, device=device)  # [6, 3]
+    shift = torch.tensor([-near, far, 0.0, 0.0, 0.0, 0.0], dtype=dtype, device=device)
+    no_lower = torch.tensor([0.0, 0.0, 0.0, -_NO_BOUND], dtype=work, device=device)
+    no_upper = -no_lower
+
+    w2c = rigid_inverse(c2w_cand.to(dtype))[:, :, :3]  # [B, N, 3, 4]
+    cq = c2w_query.to(dtype)
+    # the query frustums' corners in world coordinates, homogeneous: [B, 4, Q * 8]
+    corners = cq[..., :3, :3] @ _frustum_corners(near, far, dtype, device).T + cq[..., :3, 3:]  # [B, Q, 3, 8]
+    corners = torch.cat([corners, torch.ones_like(corners[:, :, :1])], 2).transpose(1, 2).reshape(b, 4, q * 8)
+    # query camera -> candidate camera, p -> A p + c, as products of a per-candidate and a per-query factor
+    query_rot = cq[..., :3, :3].transpose(1, 2).reshape(b, 3, q * 3)  # [B, 3, Q * 3]
+    query_pos = cq[..., :3, 3].transpose(1, 2)  # [B, 3, Q]
+    tests_w = tests.to(work)
+    shift_w = shift.to(work)
+
     counts = torch.zeros(b, q, n, dtype=torch.int64, device=device)
-    block = max(1, max_elements // max(1, b * q * grid * grid * 6))
-    for lo in range(0, n, block):
-        # query camera -> candidate camera: cam = A p + c with p = z * (x, y, 1); [B, Q, n, 4, 4]
-        rel = w2c[:, None, lo : lo + block] @ c2w_query[:, :, None]
-        a, c = rel[..., :3, :3], rel[..., :3, 3]
-        # the query frustum's 8 corners in the candidate camera: if all fail one test, nothing is seen
-        corners = _frustum_corners(near, far, dtype, device)  # [8, 3]
-        cam = torch.einsum("bqnij,kj->bqnki", a, corners) + c[..., None, :]  # [B, Q, n, 8, 3]
-        x, y, z = cam.unbind(-1)
-        culled = ((z <= near).all(-1) | (z >= far).all(-1) | (x > z).all(-1) | (-x > z).all(-1) | (y > z).all(-1)) | (
-            -y > z
-        ).all(-1)
-        keep = (~culled).nonzero(as_tuple=True)
-        if keep[0].numel() == 0:
-            continue
-        # the interval arithmetic in float32 at most (roots need ~1e-6; the transforms stay exact)
-        work = torch.float32 if dtype == torch.float64 else dtype
-        a, c = a[keep].to(work), c[keep].to(work)  # [P, 3, 3], [P, 3]
-        # ray directions d = A (x, y, 1): [P, G(x) * G(y), 3]
-        d = (a[:, None, None, :, 0] * xy[:, None, None] + a[:, None, None, :, 1] * xy[None, :, None]).flatten(1, 2)
-        d = d + a[:, None, :, 2]
-        dx, dy, dz = d.unbind(-1)
-        cx, cy, cz = (v[:, None] for v in c.unbind(-1))
-        # each test s * z + t >= 0 bounds z from below (s > 0) or above (s < 0), or holds for all
-        # or no z (s = 0); tests: Z > near, Z < far, -Z <= X <= Z, -Z <= Y <= Z
-        slope = torch.stack([dz, -dz, dz - dx, dz + dx, dz - dy, dz + dy], dim=-1)  # [P, R, 6]
-        offset = torch.stack([cz - near, far - cz, cz - cx, cz + cx, cz - cy, cz + cy], dim=-1).expand_as(slope)
-        root = -offset / slope
-        low = torch.where(slope > 0, root, -inf.to(work)).amax(dim=-1)  # [P, R]
-        high = torch.where(slope < 0, root, inf.to(work)).amin(dim=-1)
-        never = ((slope == 0) & (offset < 0)).any(dim=-1)
-        # grid depths z_k = near + k * step strictly inside (low, high)
-        k_first = torch.floor((low - near) / step).clamp_(-1, grid - 1) + 1
-        k_last = torch.ceil((high - near) / step).clamp_(0, grid) - 1
-        per_ray = (k_last - k_first + 1).clamp_(min=0).masked_fill_(never, 0)
-        counts[keep[0], keep[1], keep[2] + lo] = per_ray.sum(dim=-1).to(torch.int64)
+    per_block = max(1, max_elements // (q * 24))  # candidates per block of pair geometry
+    pairs_per_block = max(1, max_elements // (12 * r))  # pairs per block of rays
+    for i in range(b):
+        for lo in range(0, n, per_block):
+            k = min(n, lo + per_block) - lo
+            # cull: the query frustum's 8 corners in each candidate camera, all outside one plane
+            x, y, z = (w2c[i, lo : lo + k].reshape(k * 3, 4) @ corners[i]).view(k, 3, q, 8).unbind(1)  # [k, Q, 8]
+            culled = (z.amax(-1) <= near) | (z.amin(-1) >= far)
+            for side in (x - z, -x - z, y - z, -y - z):
+                culled |= side.amin(-1) > 0
+            cand, query = (~culled).nonzero(as_tuple=True)
+            if cand.numel() == 0:
+                continue
+            rot = w2c[i, lo : lo + k, :, :3].reshape(k * 3, 3)
+            a = (rot @ query_rot[i]).view(k, 3, q, 3)[cand, :, query].to(work)  # [P, 3, 3]
+            c = ((rot @ query_pos[i]).view(k, 3, q) + w2c[i, lo : lo + k, :, 3:])[cand, :, query].to(work)  # [P, 3]
+            # each test: slope s = row . A (x, y, 1) along a ray, offset t = row . c + shift
+            slope = tests_w @ a  # [P, 6, 3]
+            offset = c @ tests_w.T + shift_w  # [P, 6]
+            # |t| < 1e-9 (a query camera on a candidate's plane: rounding decides): +-1e-9 keeping its
+            # sign, 0 -> +, so that 1 / t stays finite; the test then holds exactly where s >= 0
+            # (a zero slope with t < 0 kills the ray), as for s z + t >= 0 with both rounded to zero
+            offset = torch.where(offset.abs() < _MIN_OFFSET, torch.where(offset < 0, -_MIN_OFFSET, _MIN_OFFSET), offset)
+            bound = torch.cat([slope, torch.zeros_like(slope[..., :1])], -1) * (-1.0 / offset)[..., None]  # [P, 6, 4]
+            lower = torch.where(offset[..., None] > 0, bound, no_lower)
+            upper = torch.where(offset[..., None] < 0, bound, no_upper)
+            bounds = torch.cat([lower, upper], 1)  # [P, 12, 4]
+            found = torch.empty(bounds.shape[0], dtype=torch.int64, device=device)
+            for s0 in range(0, bounds.shape[0], pairs_per_block):
+                v = (bounds[s0 : s0 + pairs_per_block].reshape(-1, 4) @ rays).view(-1, 12, r)
+                # 1/z >= low and 1/z <= high: grid depths z_k = near + k step strictly inside (1/high, 1/low)
+                low = v[:, :6].amax(1).clamp_(min=_TINY)
+                high = v[:, 6:].amin(1).clamp_(min=_TINY)
+                k_last = low.reciprocal_().sub_(near).div_(step).ceil_().clamp_(0, grid)  # last k + 1
+                k_first = high.reciprocal_().sub_(near).div_(step).floor_().clamp_(-1, grid - 1)  # first k - 1
+                found[s0 : s0 + pairs_per_block] = (k_last - k_first - 1).clamp_(min=0).sum(-1)
+            counts[i, query, cand + lo] = found
     return counts
 
 
