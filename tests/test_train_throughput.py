@@ -209,3 +209,36 @@ def test_a_slimmed_vae_continues_training_with_a_fresh_optimiser(tmp_path):
     assert out["state"] == "done" and out["step"] == 5
     steps_taken = {int(v["step"]) for v in again.optim.state.values()}
     assert steps_taken == {2}  # resumed at step 3 from the weights alone, with a fresh optimiser
+
+
+def test_a_resumed_decoder_stage_keeps_the_teachers_current_encoder(tmp_path):
+    """The decoder stage continued over a VAE that trained on since its checkpoint (the next GPU
+    session) takes only the decoder side from the checkpoint: the shipped encoder is the teacher's,
+    the one that encoded the DiT's latents."""
+    from world_model.train.autoencoder import DecoderStage, identity_stats
+    from world_model.vae import WanVAE
+
+    cfg = tiny(32, 32)
+    store = synthetic_store(2, 20, (32, 32))
+    opts = VAEOptions(batch_size=2, clip_frames=5)
+
+    def teacher(seed):
+        torch.manual_seed(seed)
+        return WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0))
+
+    def stage(t):
+        torch.manual_seed(9)
+        return DecoderStage(t, WanVAE(identity_stats(cfg.vae)), ClipFrames(store, 5, "cpu"), None, opts)
+
+    first = stage(teacher(0))
+    run_loop(first, tmp_path / "decoder", LoopOptions(steps=2, progress=False))
+    trained_decoder = {k: v.clone() for k, v in first.student.state_dict().items() if k.startswith("decoder.")}
+    newer = teacher(1)  # the VAE stage went on: another encoder
+    again = stage(newer)
+    run_loop(again, tmp_path / "decoder", LoopOptions(steps=2, progress=False))  # resumes at step 2: no step
+    state = again.student.state_dict()
+    for k, v in newer.state_dict().items():
+        if k.startswith("encoder."):
+            torch.testing.assert_close(state[k], v)
+    for k, v in trained_decoder.items():
+        torch.testing.assert_close(state[k], v)

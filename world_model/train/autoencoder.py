@@ -377,6 +377,12 @@ class VAEStage(_Base):
         self._load_base_state(state)
 
 
+def _is_decoder_side(name: str) -> bool:
+    """Weights the decoder stage trains (the pruned decoder and the post-quant conv2); the rest of
+    the shipped VAE is the teacher's encoder."""
+    return name.startswith(("decoder.", "conv2."))
+
+
 class DecoderStage(_Base):
     """Distil the pruned decoder of ``student`` from the frozen full ``teacher`` (see module docstring)."""
 
@@ -390,7 +396,7 @@ class DecoderStage(_Base):
         load_weights(student, teacher.state_dict())
         # the encoder side (encoder.*, the pre-quant conv1) is the teacher's and stays frozen
         for name, p in student.named_parameters():
-            p.requires_grad_(name.startswith(("decoder.", "conv2.")))
+            p.requires_grad_(_is_decoder_side(name))
         trainable = [p for p in student.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("the student VAE has no trainable decoder parameters")
@@ -447,7 +453,13 @@ class DecoderStage(_Base):
 
     def load_state_dict(self, state: dict) -> None:
         """A full checkpoint resumes exactly; a slimmed one continues with a fresh optimiser."""
-        self.student.load_state_dict(state["student"])
+        # the decoder side only: the encoder stays the teacher's, which may have trained on since the
+        # checkpoint (a later session's VAE), and it is what encoded the DiT's latents
+        decoder = {k: v for k, v in state["student"].items() if _is_decoder_side(k)}
+        missing = [k for k in self.student.state_dict() if _is_decoder_side(k) and k not in decoder]
+        if missing:
+            raise KeyError(f"decoder checkpoint lacks {len(missing)} decoder weights, e.g. {missing[:3]}")
+        self.student.load_state_dict(decoder, strict=False)
         if "optim" in state:
             self.optim.load_state_dict(state["optim"])
             self.train.load_state_dict(state["data"])
