@@ -180,6 +180,12 @@ def test_pipeline_end_to_end_exports_a_loadable_model(smoke_run):
     assert (run / "export" / "README.md").read_text().startswith("# tiny-random")
     ev = json.loads((run / "dmd" / "status.json").read_text())["eval"]
     assert {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db"} <= set(ev) and np.isfinite(ev["psnr_model"])
+    # chunk 1 after the true chunk 0 and after the model's own (segments of 25 latents hold it)
+    for stage in ("base", "memory", "dmd"):
+        ev = json.loads((run / stage / "status.json").read_text())["eval"]
+        assert all(np.isfinite(ev[k]) for k in ("psnr_next", "psnr_next_rollout", "psnr_next_repeat")), stage
+        assert ev["gain_next_db"] == pytest.approx(ev["psnr_next"] - ev["psnr_next_repeat"])
+        assert ev["gain_next_rollout_db"] == pytest.approx(ev["psnr_next_rollout"] - ev["psnr_next_repeat"])
 
 
 def test_pipeline_rerun_skips_finished_stages(smoke_run):

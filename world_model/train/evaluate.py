@@ -1,15 +1,21 @@
-"""Evaluation against the simulator on held-out segments: PSNR of the first generated chunk.
+"""Evaluation against the simulator on held-out segments: PSNR of generated chunks.
 
 From the segment's true first frame (its image latent) and the true actions, the model samples
 chunk 0 (15 latents -> 57 frames); the decoded frames are compared with the simulator's frames
 (frames 1..56; frame 0 is given). Baselines: "repeat the first frame" and the VAE's own
 reconstruction (the ceiling for any latent model).
+
+Continuation (``continuation=True``, when the segments hold chunk 1): chunk 1 sampled twice, after
+the true chunk 0 (``psnr_next``: the window the model trains on) and after the chunk 0 the model
+generated itself (``psnr_next_rollout``: what a user gets), against the simulator's frames of the
+chunk; baseline: its last context frame repeated (``psnr_next_repeat``). A model that continues
+true context but not its own has the exposure gap ``psnr_next - psnr_next_rollout``.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from world_model.config import SamplerConfig
 from world_model.sampler import FlowUniPCSampler
@@ -17,13 +23,15 @@ from world_model.train.autoencoder import psnr
 from world_model.train.clips import ClipSampler
 from world_model.train.encode import segment_video
 from world_model.train.frames import FrameStore
-from world_model.train.rollout import sample_chunk
+from world_model.train.rollout import sample_chunk, self_rollout
 
 __all__ = ["FirstChunkEval"]
 
 
 class FirstChunkEval:
-    """Callable(model) -> {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db"} on fixed held-out segments."""
+    """Callable(model) -> {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db"} on fixed held-out
+    segments, plus {"psnr_next", "psnr_next_rollout", "psnr_next_repeat", "gain_next_db",
+    "gain_next_rollout_db"} with ``continuation`` (module docstring)."""
 
     def __init__(
         self,
@@ -35,8 +43,10 @@ class FirstChunkEval:
         num_segments: int = 8,
         batch_size: int = 4,
         seed: int = 1234,
+        continuation: bool = True,
     ) -> None:
         self.clips, self.frames, self.vae = clips, frames, vae
+        self.continuation = continuation and clips.k_max >= 1
         self.sampler = FlowUniPCSampler.from_config(sampler_cfg)
         n = min(num_segments, clips.store.num_segments)
         self.segments = torch.linspace(0, clips.store.num_segments - 1, n).round().long()
@@ -65,6 +75,38 @@ class FirstChunkEval:
             vals["psnr_vae"].append(psnr(rec[:, :, later].float(), truth[:, :, later]))
             repeat = truth[:, :, :1].expand_as(truth[:, :, later])
             vals["psnr_repeat"].append(psnr(repeat, truth[:, :, later]))
+            if self.continuation:
+                for key, value in self._next_chunk(model, segs, g, dev).items():
+                    vals.setdefault(key, []).append(value)
         out = {k: torch.cat(v).mean().item() for k, v in vals.items()}
         out["gain_db"] = out["psnr_model"] - out["psnr_repeat"]
+        if self.continuation:
+            out["gain_next_db"] = out["psnr_next"] - out["psnr_next_repeat"]
+            out["gain_next_rollout_db"] = out["psnr_next_rollout"] - out["psnr_next_repeat"]
+        return out
+
+    def _next_chunk(self, model: nn.Module, segs: Tensor, g: torch.Generator, dev) -> dict[str, Tensor]:
+        """Chunk 1 after the true chunk 0 and after the model's own (see the module docstring); each
+        history with its chunk 1 is decoded from latent 0, as the streaming decoder sees it."""
+        store = self.clips.store
+        n_new = self.clips.r * self.clips.cfg.stream.new_latents  # the chunk's new frames (40)
+        ones = torch.ones(len(segs), dtype=torch.int64)
+        bidx = torch.arange(len(segs), device=store.latents.device)[:, None]
+        starts = store.seg_start[segs.to(store.seg_start.device)].cpu().numpy()
+        out: dict[str, Tensor] = {}
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            rolled = self_rollout(model, self.clips, segs, 1, self.sampler, g)  # chunk 0 generated
+            true = store.latents[segs.to(store.latents.device)].float().clone()
+            for key, lat in (("psnr_next", true), ("psnr_next_rollout", rolled)):
+                batch = self.clips.build(segs, ones, latents=lat)
+                c = batch.num_context
+                noise = torch.randn(batch.latents[:, :, c:].shape, generator=g).to(dev)
+                x = sample_chunk(model, batch, noise, self.sampler)
+                idx = batch.positions[:, -x.shape[2] :]  # the new latents' indices in the segment
+                lat[bidx, idx] = x.transpose(1, 2).to(lat.dtype)
+                video, _ = self.vae.decode(lat[:, : int(idx.max()) + 1].transpose(1, 2).to(self.vae.dtype))
+                truth = segment_video(self.frames, starts, video.shape[2], dev)
+                out[key] = psnr(video[:, :, -n_new:].float().clamp(-1, 1), truth[:, :, -n_new:])
+        repeat = truth[:, :, -n_new - 1 : -n_new].expand_as(truth[:, :, -n_new:])
+        out["psnr_next_repeat"] = psnr(repeat, truth[:, :, -n_new:])
         return out

@@ -456,14 +456,15 @@ def _latents(run: Path, dev):
     return LatentStore.load(run / "latents" / "train").to(dev), LatentStore.load(run / "latents" / "held_out").to(dev)
 
 
-def _evaluator(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, held_lat, dev):
+def _evaluator(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, held_lat, dev, *, memory: bool):
+    """Held-out chunks 0 and 1 of the model in training (``memory``: chunk 1 with retrieved memory)."""
     from world_model.train.clips import ClipSampler
     from world_model.train.evaluate import FirstChunkEval
 
     if _stage_state(run, "decoder") not in ("done", "stopped"):
         return None
     held = _frames(run, "held_out")
-    clips = ClipSampler(held_lat, cfg, 1, p_continue=0.0)
+    clips = ClipSampler(held_lat, cfg, 1, p_continue=0.0, use_memory=memory)
     return FirstChunkEval(clips, held, _shipped_vae(run, opts, cfg, dev), cfg.sampler, num_segments=opts.eval_segments)
 
 
@@ -504,7 +505,9 @@ def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, mem
         seed=opts.seed,
     )
     clips = ClipSampler(train_lat, cfg, batch, p_continue=fopts.p_continue, use_memory=memory, seed=opts.seed)
-    stage = FlowStage(model, clips, fopts, name=name, evaluator=_evaluator(run, opts, cfg, held_lat, dev))
+    stage = FlowStage(
+        model, clips, fopts, name=name, evaluator=_evaluator(run, opts, cfg, held_lat, dev, memory=memory)
+    )
     return run_loop(stage, run / name, _loop_opts(opts, opts.memory_steps if memory else opts.base_steps, deadline))
 
 
@@ -519,7 +522,8 @@ def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
     model = _dit_from(run, "memory", cfg, dev)
     dopts = DMDOptions(batch_size=opts.dmd_batch, cold_start_steps=opts.dmd_cold_start, seed=opts.seed)
     clips = ClipSampler(train_lat, cfg, opts.dmd_batch, use_memory=True, seed=opts.seed)
-    stage = DMDStage(model, clips, cfg.sampler, dopts, evaluator=_evaluator(run, opts, cfg, held_lat, dev))
+    evaluator = _evaluator(run, opts, cfg, held_lat, dev, memory=True)
+    stage = DMDStage(model, clips, cfg.sampler, dopts, evaluator=evaluator)
     return run_loop(stage, run / "dmd", _loop_opts(opts, opts.dmd_steps, deadline))
 
 
