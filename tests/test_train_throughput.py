@@ -242,3 +242,17 @@ def test_a_resumed_decoder_stage_keeps_the_teachers_current_encoder(tmp_path):
             torch.testing.assert_close(state[k], v)
     for k, v in trained_decoder.items():
         torch.testing.assert_close(state[k], v)
+
+
+def test_compile_option_names_flow_stages():
+    from world_model.train.__main__ import _parser
+    from world_model.train.pipeline import PipelineOptions
+
+    assert PipelineOptions(compile=True).compile == "base,memory"  # a pipeline.json of before
+    assert PipelineOptions(compile="false").compile == PipelineOptions(compile="none").compile == ""
+    opts = PipelineOptions(compile="base")
+    assert opts.compiles("base") and not opts.compiles("memory")
+    with pytest.raises(ValueError, match="base and/or memory"):
+        PipelineOptions(compile="vae")
+    args = _parser().parse_args(["base", "--run", "r", "--compile", "memory"])
+    assert args.opt_compile == "memory"
