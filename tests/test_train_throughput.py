@@ -105,7 +105,8 @@ def test_patch_discriminator_shapes_and_vae_stage_runs_its_adversary():
     assert "gan_g" not in m0 and "gan_d" not in m0  # before gan_start: reconstruction only
     assert all(torch.equal(a, b) for a, b in zip(before, stage.adversary.disc.parameters()))
     m1 = stage.train_step(1)
-    assert {"gan_g", "gan_d", "ssim"} <= set(m1) and all(torch.isfinite(v) for v in m1.values())
+    assert {"gan_g", "gan_d", "ssim", "gan_lambda"} <= set(m1) and all(torch.isfinite(v) for v in m1.values())
+    assert m1["gan_lambda"] > 0  # reconstruction's gradient norm over the adversary's at the last layer
     assert any(not torch.equal(a, b) for a, b in zip(before, stage.adversary.disc.parameters()))
     assert set(stage.state_dict()) >= {"vae", "optim", "data", "adversary"}
     ev = stage.evaluate()
@@ -256,3 +257,28 @@ def test_compile_option_names_flow_stages():
         PipelineOptions(compile="vae")
     args = _parser().parse_args(["base", "--run", "r", "--compile", "memory"])
     assert args.opt_compile == "memory"
+
+
+def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_last_layer():
+    from world_model.train.autoencoder import _Base, _last_weight, identity_stats
+    from world_model.vae import WanVAE
+
+    cfg = tiny(32, 32)
+    torch.manual_seed(0)
+    vae = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0))
+    last = _last_weight(vae)
+    base = _Base(
+        list(vae.parameters()), VAEOptions(gan_start=0, gan_weight=0.3, disc_width=16), torch.device("cpu"), last
+    )
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    out = vae.decode(vae.encode(x), first_chunk=True, clamp=False)[0]
+    rec = F.l1_loss(out, x)
+    terms = {"ssim": ssim(out[:, :, 0], x[:, :, 0]), "gan_g": out.pow(2).mean()}
+    loss = base._weighted(terms, rec)
+    g_rec = torch.autograd.grad(rec + 0.5 * (1 - terms["ssim"]), last, retain_graph=True)[0].norm()
+    g_gan = torch.autograd.grad(terms["gan_g"], last, retain_graph=True)[0].norm()
+    torch.testing.assert_close(terms["gan_lambda"], (g_rec / (g_gan + 1e-4)).detach())
+    expected = rec + 0.5 * (1 - terms["ssim"]) + 0.3 * terms["gan_lambda"] * terms["gan_g"]
+    torch.testing.assert_close(loss, expected)
+    loss.backward()  # the graph is still whole
+    assert last.grad is not None and torch.isfinite(last.grad).all()
