@@ -3,6 +3,7 @@ deferred metrics and the raw-frame recorder (world_model.train: autoencoder, loo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -282,3 +283,23 @@ def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_last_layer():
     torch.testing.assert_close(loss, expected)
     loss.backward()  # the graph is still whole
     assert last.grad is not None and torch.isfinite(last.grad).all()
+
+
+def test_vae_stage_with_a_frozen_encoder_trains_the_decoder_only(tmp_path):
+    """vae_train_encoder=False: later sessions sharpen the decoder while the latents stay put."""
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.pipeline import PipelineOptions, run_stage
+    from world_model.train.status import reopen
+
+    opts = dataclasses.replace(PipelineOptions.smoke(), vae_train_encoder=False)
+    run = tmp_path / "run"
+    run_stage(run, "data", opts)
+    run_stage(run, "vae", dataclasses.replace(opts, vae_steps=1))
+    first = load_latest(run / "vae")["stage"]["vae"]
+    reopen(run / "vae")
+    run_stage(run, "vae", dataclasses.replace(opts, vae_steps=3))
+    after = load_latest(run / "vae")["stage"]["vae"]
+    enc = [k for k in first if k.startswith("encoder.")]
+    dec = [k for k in first if k.startswith("decoder.")]
+    assert enc and all(torch.equal(first[k], after[k]) for k in enc)
+    assert any(not torch.equal(first[k], after[k]) for k in dec)

@@ -47,6 +47,7 @@ __all__ = [
     "load_weights",
     "VAEStage",
     "DecoderStage",
+    "is_decoder_side",
 ]
 
 
@@ -407,7 +408,7 @@ def _last_weight(vae: nn.Module) -> nn.Parameter:
     return [p for name, p in vae.named_parameters() if name.startswith("decoder.head.") and p.ndim > 1][-1]
 
 
-def _is_decoder_side(name: str) -> bool:
+def is_decoder_side(name: str) -> bool:
     """Weights the decoder stage trains (the pruned decoder and the post-quant conv2); the rest of
     the shipped VAE is the teacher's encoder."""
     return name.startswith(("decoder.", "conv2."))
@@ -426,7 +427,7 @@ class DecoderStage(_Base):
         load_weights(student, teacher.state_dict())
         # the encoder side (encoder.*, the pre-quant conv1) is the teacher's and stays frozen
         for name, p in student.named_parameters():
-            p.requires_grad_(_is_decoder_side(name))
+            p.requires_grad_(is_decoder_side(name))
         trainable = [p for p in student.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("the student VAE has no trainable decoder parameters")
@@ -485,8 +486,8 @@ class DecoderStage(_Base):
         """A full checkpoint resumes exactly; a slimmed one continues with a fresh optimiser."""
         # the decoder side only: the encoder stays the teacher's, which may have trained on since the
         # checkpoint (a later session's VAE), and it is what encoded the DiT's latents
-        decoder = {k: v for k, v in state["student"].items() if _is_decoder_side(k)}
-        missing = [k for k in self.student.state_dict() if _is_decoder_side(k) and k not in decoder]
+        decoder = {k: v for k, v in state["student"].items() if is_decoder_side(k)}
+        missing = [k for k in self.student.state_dict() if is_decoder_side(k) and k not in decoder]
         if missing:
             raise KeyError(f"decoder checkpoint lacks {len(missing)} decoder weights, e.g. {missing[:3]}")
         self.student.load_state_dict(decoder, strict=False)

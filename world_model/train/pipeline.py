@@ -74,6 +74,9 @@ class PipelineOptions:
     vae_lr: float = 3e-4
     vae_ssim: float = 0.5  # weight of (1 - SSIM)
     vae_gan_start: int = -1  # step of the vae stage from which the patch discriminator is on (-1: off)
+    # False: the vae stage trains the decoder only, so the latents (and a DiT trained on them in an
+    # earlier session) stay valid while the decoder sharpens
+    vae_train_encoder: bool = True
     decoder_gan_start: int = -1  # the same for the decoder stage
     gan_weight: float = 0.05
     decoder_steps: int = 8_000
@@ -392,7 +395,7 @@ def _shipped_vae(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device
 
 
 def _stage_vae(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
-    from world_model.train.autoencoder import ClipFrames, VAEStage, identity_stats
+    from world_model.train.autoencoder import ClipFrames, VAEStage, identity_stats, is_decoder_side
     from world_model.train.loop import run_loop
     from world_model.vae import WanVAE
 
@@ -415,6 +418,9 @@ def _stage_vae(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
         held_clips = _clip_frames(run, "held_out", vopts.clip_frames, dev)
     torch.manual_seed(opts.seed)
     vae = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0)).to(dev)
+    if not opts.vae_train_encoder:
+        for name, p in vae.named_parameters():
+            p.requires_grad_(is_decoder_side(name))
     stage = VAEStage(vae, train_clips, held_clips, vopts, feed=feed)
     return run_loop(stage, run / "vae", _loop_opts(opts, opts.vae_steps, deadline))
 
