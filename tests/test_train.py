@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -194,3 +195,28 @@ def test_pipeline_rerun_skips_finished_stages(smoke_run):
     run, _ = smoke_run
     again = run_pipeline(run)
     assert again["stages"]["base"] == "done (skipped)" and again["stages"]["export"] == "done"
+
+
+def test_a_slimmed_dit_continues_as_the_next_sessions_base(smoke_run, tmp_path):
+    """The memory model's EMA slimmed as ``base`` (bf16, weights only) seeds the next run's base stage:
+    it resumes at the slimmed step from those weights, with a fresh optimiser."""
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.pipeline import PipelineOptions, run_stage
+    from world_model.train.slim import slim_run
+    from world_model.train.status import reopen
+
+    run, _ = smoke_run
+    slim_run(run, tmp_path / "slim", ["vae", "decoder", "memory"], rename={"memory": "base"}, dit_dtype=torch.bfloat16)
+    carried = load_latest(tmp_path / "slim" / "base")["stage"]["ema"]["model"]
+    step = json.loads((tmp_path / "slim" / "base" / "status.json").read_text())["step"]
+    opts = PipelineOptions.smoke()
+    for stage in ("data", "vae", "decoder", "encode"):  # what the next session redoes before the DiT
+        run_stage(tmp_path / "slim", stage, opts)
+    reopen(tmp_path / "slim" / "base")
+    out = run_stage(tmp_path / "slim", "base", dataclasses.replace(opts, base_steps=step + 2))
+    assert out["state"] == "done" and out["step"] == step + 2
+    state = load_latest(tmp_path / "slim" / "base")["stage"]
+    assert set(state) >= {"model", "ema", "optim"}  # a full checkpoint again
+    delta = sum((state["model"][k].float() - v.float()).pow(2).sum() for k, v in carried.items()).sqrt()
+    norm = sum(v.float().pow(2).sum() for v in carried.values()).sqrt()
+    assert 0 < delta < 0.05 * norm  # two steps on from the carried weights, not from a fresh init

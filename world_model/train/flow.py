@@ -195,6 +195,14 @@ class FlowStage:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """A full checkpoint resumes exactly; a slimmed one (the EMA's weights only, from another
+        session: :mod:`world_model.train.slim`) continues from those weights, the EMA at its full
+        decay, with a fresh optimiser, error buffer and data order."""
+        if "model" not in state:
+            weights = state["ema"]["model"]
+            self.model.load_state_dict(weights)  # cast to the model's dtype (slims are bf16)
+            self.ema.load_state_dict({"model": weights, "num_updates": state["ema"].get("num_updates", 10**6)})
+            return
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optim.load_state_dict(state["optim"])
