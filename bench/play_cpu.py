@@ -17,22 +17,13 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from mg3_env.play.browser import HEADLESS_CHROMIUM_ARGS, system_chromium
+
 # (keys held, arrow held, mouse drag in pixels per step) for each 2.5 s phase
 SCRIPT = [
     ("w", None, 0),
@@ -61,7 +52,7 @@ def main() -> int:
     p.add_argument("--out", default="bench/results/play_cpu.json")
     p.add_argument("--screenshot", default=None, help="save a screenshot of the page at the end (PNG)")
     args = p.parse_args()
-    chromium = shutil.which("chromium")
+    chromium = system_chromium()
     if chromium is None:
         sys.exit("needs Debian's chromium: apt-get install chromium")
     from playwright.sync_api import sync_playwright
@@ -83,7 +74,7 @@ def main() -> int:
             sys.exit("mg3 play did not print its URL")
         load0 = os.getloadavg()
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
+            browser = pw.chromium.launch(executable_path=chromium, args=list(HEADLESS_CHROMIUM_ARGS))
             page = browser.new_context(bypass_csp=True, viewport={"width": 900, "height": 560}).new_page()
             page.goto(url)
             page.wait_for_function("mg3Play.stats().framesShown > 0", timeout=300_000)

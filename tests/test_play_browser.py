@@ -6,21 +6,12 @@ browser here: it launches the system's ``/usr/bin/chromium``.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from mg3_env.play.browser import HEADLESS_CHROMIUM_ARGS, system_chromium
+
+CHROMIUM = system_chromium()
+CHROMIUM_ARGS = list(HEADLESS_CHROMIUM_ARGS)
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 
