@@ -303,3 +303,13 @@ def test_vae_stage_with_a_frozen_encoder_trains_the_decoder_only(tmp_path):
     dec = [k for k in first if k.startswith("decoder.")]
     assert enc and all(torch.equal(first[k], after[k]) for k in enc)
     assert any(not torch.equal(first[k], after[k]) for k in dec)
+
+
+def test_lowpass_l1_sees_colour_not_detail():
+    from world_model.train.autoencoder import lowpass_l1
+
+    x = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    shift = torch.tensor([0.0, 0.1, -0.08]).view(1, 3, 1, 1, 1)  # session 5's green cast
+    torch.testing.assert_close(lowpass_l1(x + shift, x), shift.abs().mean())
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 0.2 - 0.1  # zero mean per 8x8
+    assert lowpass_l1(x + checker, x) < 1e-6

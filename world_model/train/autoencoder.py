@@ -1,7 +1,8 @@
 """VAE training (full decoder) and the pruned decoder distilled from it (spec §7.3, §12).
 
 Stage ``vae``: the Wan-family causal VAE with the full decoder (``pruning_rate`` 0) learns to
-reconstruct clips of ``1 + 4k`` frames: L1 + MSE + (1 - SSIM) on pixels, Gaussian noise on the
+reconstruct clips of ``1 + 4k`` frames: L1 + MSE + (1 - SSIM) on pixels, L1 on 8x8-pooled frames
+(each region's colour), Gaussian noise on the
 latents (the decoder must tolerate the DiT's imprecise latents) and a small L2 pull on the latents
 (keeps their scale bounded; no KL, no perceptual network — none ships offline). Once
 reconstruction has converged (``VAEOptions.gan_start``) a patch discriminator joins with a hinge
@@ -44,6 +45,7 @@ __all__ = [
     "psnr",
     "ssim",
     "sharpness",
+    "lowpass_l1",
     "load_weights",
     "VAEStage",
     "DecoderStage",
@@ -62,6 +64,9 @@ class VAEOptions:
     latent_l2: float = 1e-3
     mse_weight: float = 0.5
     ssim_weight: float = 0.5  # weight of (1 - SSIM): the structural term that keeps edges
+    # weight of L1 between 8x8-average-pooled frames: anchors each region's colour, which the adversary
+    # can otherwise shift (session 5's pruned decoder: green +0.10, blue -0.08 on every frame after the first)
+    lowpass_weight: float = 1.0
     pixel_weight: float = 0.5  # decoder stage: weight of the true-frame term
     gan_start: int = -1  # step from which the patch discriminator trains and the decoder fools it (-1: never)
     gan_weight: float = 0.05
@@ -201,6 +206,12 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+def lowpass_l1(video: Tensor, target: Tensor, size: int = 8) -> Tensor:
+    """L1 between the ``size`` x ``size`` average-pooled frames of two videos [B, 3, T, H, W]: a
+    region's colour and brightness, blind to the detail the structural and adversarial terms shape."""
+    return F.l1_loss(F.avg_pool3d(video, (1, size, size)), F.avg_pool3d(target, (1, size, size)))
 
 
 def sharpness(video: Tensor) -> Tensor:
@@ -362,11 +373,13 @@ class VAEStage(_Base):
             xr = self._decode(self.vae, zn)
             terms = self._image_losses(xr, x, step)
         xr, z = xr.float(), z.float()
-        rec = F.l1_loss(xr, x) + self.opts.mse_weight * F.mse_loss(xr, x)
+        lowpass = lowpass_l1(xr, x)
+        rec = F.l1_loss(xr, x) + self.opts.mse_weight * F.mse_loss(xr, x) + self.opts.lowpass_weight * lowpass
         loss = self._weighted(terms, rec + self.opts.latent_l2 * z.pow(2).mean())
         gnorm = self._step(step, loss)
         self.optim.step()
-        metrics = {"loss": loss, "rec": rec, "z_rms": z.pow(2).mean().sqrt(), "grad_norm": gnorm, **terms}
+        metrics = {"loss": loss, "rec": rec, "lowpass": lowpass, "z_rms": z.pow(2).mean().sqrt(), "grad_norm": gnorm}
+        metrics.update(terms)
         self._adversary_step(step, x, xr, metrics)
         return {k: v.detach() for k, v in metrics.items()}
 
@@ -445,10 +458,11 @@ class DecoderStage(_Base):
         out, target = out.float(), target.float()
         distil = F.l1_loss(out, target)
         pixel = F.l1_loss(out, x)
-        loss = self._weighted(terms, distil + self.opts.pixel_weight * pixel)
+        lowpass = lowpass_l1(out, x)
+        loss = self._weighted(terms, distil + self.opts.pixel_weight * pixel + self.opts.lowpass_weight * lowpass)
         gnorm = self._step(step, loss)
         self.optim.step()
-        metrics = {"loss": loss, "distil": distil, "pixel": pixel, "grad_norm": gnorm, **terms}
+        metrics = {"loss": loss, "distil": distil, "pixel": pixel, "lowpass": lowpass, "grad_norm": gnorm, **terms}
         self._adversary_step(step, x, out, metrics)
         return {k: v.detach() for k, v in metrics.items()}
 
