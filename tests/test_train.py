@@ -225,3 +225,50 @@ def test_a_slimmed_dit_continues_as_the_next_sessions_base(smoke_run, tmp_path):
     (first, *_) = [r for r in rows if "lr" in r]
     warmup = FlowOptions().warmup_steps  # the fresh optimiser warms up again, counted from the resume
     assert first["lr"] == pytest.approx(opts.base_lr * (first["step"] - step) / warmup)
+
+
+def test_own_history_replaces_the_past_with_the_models_previous_chunk():
+    """with_own_history: chunk k's window conditions on chunk k-1 as the model generated it (from its
+    true context), every other latent and the targets stay the store's."""
+    from world_model.dit import MatrixGameDiT
+    from world_model.sampler import FlowUniPCSampler
+    from world_model.train.rollout import sample_chunk, with_own_history
+
+    torch.manual_seed(0)
+    cfg = tiny(32, 32)
+    _, st = _store(cfg)
+    clips = ClipSampler(st, cfg, 2, use_memory=True)
+    model = MatrixGameDiT(cfg.dit).eval()
+    for p in model.head.parameters():  # the zero-init head predicts v = 0: make the model say something
+        torch.nn.init.normal_(p, std=0.02)
+    sampler = FlowUniPCSampler.from_config(cfg.sampler)
+    segs = torch.tensor([1, 0])
+    true = clips.build(segs, torch.ones(2, dtype=torch.int64))
+    own = with_own_history(model, clips, true, sampler, torch.Generator().manual_seed(5))
+    # by hand: chunk 0 from the true image latent with the same noise, written into the history
+    first = clips.build(segs, torch.zeros(2, dtype=torch.int64))
+    noise = torch.randn(first.latents[:, :, 1:].shape, generator=torch.Generator().manual_seed(5))
+    x = sample_chunk(model, first, noise, sampler)  # chunk 0's latents 1..14
+    c = own.num_context  # chunk 1's past: latents 11..14, i.e. the last 4 generated
+    torch.testing.assert_close(own.latents[:, :, :c], x[:, :, -c:])
+    assert not torch.allclose(own.latents[:, :, :c], true.latents[:, :, :c])
+    torch.testing.assert_close(own.latents[:, :, c:], true.latents[:, :, c:])  # the targets
+    assert torch.equal(own.positions, true.positions) and torch.equal(own.segments, segs)
+    with pytest.raises(ValueError, match="continuation"):
+        with_own_history(model, clips, first, sampler, torch.Generator())
+
+
+def test_flow_stage_trains_on_its_own_history():
+    from world_model.dit import MatrixGameDiT
+    from world_model.train.flow import FlowOptions, FlowStage
+
+    torch.manual_seed(0)
+    cfg = tiny(32, 32)
+    _, st = _store(cfg)
+    opts = FlowOptions(batch_size=2, warmup_steps=1, p_continue=1.0, p_own_history=1.0)
+    stage = FlowStage(MatrixGameDiT(cfg.dit), ClipSampler(st, cfg, 2, p_continue=1.0), opts, name="base")
+    calls = []
+    real = stage._own_history
+    stage._own_history = lambda batch: calls.append(batch.chunk.tolist()) or real(batch)
+    out = [stage.train_step(i) for i in range(2)]
+    assert calls == [[1, 1], [1, 1]] and all(torch.isfinite(o["loss"]) for o in out)

@@ -93,7 +93,8 @@ class ClipBatch:
     context (1 image latent for chunk 0, 4 past latents later); ``memory`` [B, C, M, h, w] or None;
     ``plucker`` [B, 6 s^2, M+F, h, w]; ``mouse`` [B, Nf, 2]; ``keyboard`` [B, Nf, 6]; ``positions``
     [B, M+F] int64; ``context`` [B, Lt, D]; ``chunk`` [B] chunk index (on the host); ``frames`` [B, Nf] absolute
-    frame indices of the window (for pixel-space evaluation).
+    frame indices of the window (for pixel-space evaluation); ``segments`` [B] the store's segments
+    (on the host).
     """
 
     latents: Tensor
@@ -106,6 +107,7 @@ class ClipBatch:
     context: Tensor
     chunk: Tensor
     frames: Tensor
+    segments: Tensor | None = None
 
 
 class ClipSampler:
@@ -211,4 +213,5 @@ class ClipSampler:
             context=st.text[st.seg_prompt[seg_d]],
             chunk=chunks,
             frames=af,
+            segments=segments,
         )

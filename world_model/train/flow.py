@@ -43,6 +43,10 @@ class FlowOptions:
     error: ErrorBufferOptions = field(default_factory=ErrorBufferOptions)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile each transformer block of the trained model (the EMA copy stays eager)
+    # share of continuation batches whose past latents are the EMA model's own chunk k-1 (sampled
+    # from its true context with the shipped few-step sampler) instead of the stored ones: trains
+    # on the history it will see at inference (costs one sampling of the batch)
+    p_own_history: float = 0.0
     seed: int = 0
 
 
@@ -120,6 +124,7 @@ class FlowStage:
         )
         self.ema = EMA(model, opts.ema_decay)
         self._warmup_from: int | None = 0  # the learning rate warms up from this step
+        self._rollout_sampler = None  # the shipped few-step sampler, for p_own_history
         self.buffer = ErrorBuffer(opts.error)
         # σ is drawn on the host (B numbers: the error buffer selects by σ without a device sync),
         # the noise where the model is
@@ -156,11 +161,27 @@ class FlowStage:
             )
         return batch
 
+    def _own_history(self, batch: ClipBatch) -> ClipBatch:
+        from world_model.sampler import FlowUniPCSampler
+        from world_model.train.rollout import with_own_history
+
+        if self._rollout_sampler is None:
+            self._rollout_sampler = FlowUniPCSampler.from_config(self.sampler.cfg.sampler)
+        with self._autocast():
+            return with_own_history(self.ema.model, self.sampler, batch, self._rollout_sampler, self.generator)
+
     def train_step(self, step: int) -> dict[str, float]:
         self.model.train()
         for group in self.optim.param_groups:
             group["lr"] = self._lr(step)
-        batch = self.perturb(self.sampler.sample())
+        batch = self.sampler.sample()
+        if (
+            self.opts.p_own_history > 0
+            and bool(batch.chunk[0] > 0)
+            and float(torch.rand((), generator=self.generator)) < self.opts.p_own_history
+        ):
+            batch = self._own_history(batch)
+        batch = self.perturb(batch)
         b = batch.latents.shape[0]
         sigma_host = sample_sigmas(b, self.opts, self.generator)  # [B] on the host
         sigma = sigma_host.to(self.device, non_blocking=True)

@@ -93,6 +93,9 @@ class PipelineOptions:
     # (true/false: both/none). Per-block compilation took ~95 s cold on an H200 (2026-12-01) for a 2.2-2.4x faster
     # step, so it pays in a stage of more than ~3 minutes only
     compile: str = ""
+    # share of the flow stages' continuation batches conditioned on the model's own previous chunk
+    # (FlowOptions.p_own_history; closes the exposure gap the evaluation's psnr_next_rollout shows)
+    own_history: float = 0.0
     shares: str = ""  # budget shares overriding BUDGET_SHARE, e.g. "vae=0.3,base=0.4"
     checkpoint_every: int = 1000
     eval_every: int = 2000
@@ -525,6 +528,7 @@ def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, mem
         lr=opts.memory_lr if memory else opts.base_lr,
         use_memory=memory,
         compile=opts.compiles(name),
+        p_own_history=opts.own_history,
         seed=opts.seed,
     )
     clips = ClipSampler(train_lat, cfg, batch, p_continue=fopts.p_continue, use_memory=memory, seed=opts.seed)
