@@ -27,6 +27,7 @@ Clips come from :class:`ClipFrames`: uint8 frames resident on the training devic
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,7 +136,9 @@ class ClipFrames:
         lens = np.diff(store.starts)
         keep = np.flatnonzero(lens >= self.t)
         offset = len(self.frames)
-        frames = torch.from_numpy(np.ascontiguousarray(store.frames)).to(self.device)
+        with warnings.catch_warnings():  # a read-only (memory-mapped) store: the frames are only ever read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            frames = torch.from_numpy(np.ascontiguousarray(store.frames)).to(self.device)
         self.frames = torch.cat([self.frames, frames]) if offset else frames
         first = torch.as_tensor(store.starts[keep] + offset, dtype=torch.int64, device=self.device)
         room = torch.as_tensor(lens[keep] - self.t + 1, dtype=torch.int64, device=self.device)
