@@ -272,3 +272,33 @@ def test_flow_stage_trains_on_its_own_history():
     stage._own_history = lambda batch: calls.append(batch.chunk.tolist()) or real(batch)
     out = [stage.train_step(i) for i in range(2)]
     assert calls == [[1, 1], [1, 1]] and all(torch.isfinite(o["loss"]) for o in out)
+
+
+def test_ship_installs_an_export_and_keeps_the_card(smoke_run, tmp_path):
+    import shutil
+
+    from world_model.train.ship import ship
+
+    run, _ = smoke_run
+    target = tmp_path / "embedded"
+    shutil.copytree(run / "export", target)
+    (target / "README.md").write_text("# the model card\n")
+    (target / "default_prompt.txt").write_text("a prompt\n")
+    before = (target / "vae.safetensors").read_bytes()
+    bad = tmp_path / "bad"
+    shutil.copytree(run / "export", bad)
+    (bad / "vae.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="vae.safetensors"):
+        ship(bad, target)
+    cfg = json.loads((run / "export" / "config.json").read_text())
+    cfg["stream"]["fps"] = cfg["stream"]["fps"] + 1.5
+    other = tmp_path / "other"
+    shutil.copytree(run / "export", other)
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="geometry"):
+        ship(other, target)
+    assert (target / "vae.safetensors").read_bytes() == before  # refused: nothing changed
+    assert ship(other, target, new_geometry=True) == target
+    assert json.loads((target / "config.json").read_text())["stream"]["fps"] == cfg["stream"]["fps"]
+    assert (target / "README.md").read_text() == "# the model card\n" and (target / "default_prompt.txt").exists()
+    assert not (target / "status.json").exists() and not list(tmp_path.glob("embedded.*"))
