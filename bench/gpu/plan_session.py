@@ -26,9 +26,12 @@ from pathlib import Path
 # Session 2 (same day): DMD's 336 steps from a 129-step memory model made chunk 0 worse than the
 # memory model itself (held-out gain 0.58 vs 1.12 dB), so DMD waits (share 0: skipped) until the
 # base model continues its own chunks; the VAE trains its decoder only from now on
-# (--vae-train-encoder false) and the DiT carries on from the last session's weights
+# (--vae-train-encoder false) and the DiT carries on from the last session's weights. Its chunk 1
+# after its own chunk 0 was 2.4 dB worse than after the true one (4 held-out segments, CPU), so a
+# tenth of the continuation batches condition on the model's own previous chunk (OWN_HISTORY)
 SHARES = {"data": 0.0, "vae": 0.25, "decoder": 0.10, "encode": 0.04, "base": 0.45, "memory": 0.15, "dmd": 0.0,
           "export": 0.01}  # fmt: skip
+OWN_HISTORY = 0.1
 # stages that a share of 0 skips (the data stage's 0 only means it takes no time of its own)
 SKIPPABLE = ("memory", "dmd")
 # cold per-block compilation of a flow stage's DiT, measured on the H200 (2026-12-01: base 92 s, memory 96 s)
@@ -86,6 +89,7 @@ def main() -> None:
         "memory-batch": 128,
         "memory-lr": 2e-4,
         "compile": ",".join(compiled) or "none",
+        "own-history": OWN_HISTORY,
     }
     print(" ".join(f"--{k} {v}" for k, v in flags.items()))
 

@@ -43,9 +43,10 @@ class FlowOptions:
     error: ErrorBufferOptions = field(default_factory=ErrorBufferOptions)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile each transformer block of the trained model (the EMA copy stays eager)
-    # share of continuation batches whose past latents are the EMA model's own chunk k-1 (sampled
-    # from its true context with the shipped few-step sampler) instead of the stored ones: trains
-    # on the history it will see at inference (costs one sampling of the batch)
+    # share of continuation batches whose past latents are the model's own chunk k-1 (the model in
+    # training, compiled where it is, sampling from the true context with the shipped few-step
+    # sampler, no gradients) instead of the stored ones: it trains on the history it will see at
+    # inference (costs one sampling of the batch, about a training step)
     p_own_history: float = 0.0
     seed: int = 0
 
@@ -168,7 +169,7 @@ class FlowStage:
         if self._rollout_sampler is None:
             self._rollout_sampler = FlowUniPCSampler.from_config(self.sampler.cfg.sampler)
         with self._autocast():
-            return with_own_history(self.ema.model, self.sampler, batch, self._rollout_sampler, self.generator)
+            return with_own_history(self.model, self.sampler, batch, self._rollout_sampler, self.generator)
 
     def train_step(self, step: int) -> dict[str, float]:
         self.model.train()
