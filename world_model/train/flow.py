@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -138,6 +139,9 @@ class FlowStage:
             blocks = getattr(self.model, "blocks", None)
             for module in blocks if blocks is not None else [self.model]:
                 module.compile(dynamic=False)
+            # one graph per (block with or without an action module) x (chunk-0 or later window) x
+            # (training or sampling own history): more than dynamo's default 8 (session 5 hit it)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
 
     def _lr(self, step: int) -> float:
         if self._warmup_from is None:  # the first step after a slimmed checkpoint: warm up again
