@@ -9,6 +9,7 @@ missed target is not an error. See :mod:`mg3_eval`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -138,39 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     def episodes(specific: int | None, default: int) -> int:
         return specific if specific is not None else args.episodes if args.episodes is not None else default
 
+    # every EvalOptions field has a flag of its name (--idm for idm_path); an episode count the user
+    # leaves unset takes --episodes, then the default
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalOptions) if hasattr(args, f.name)}
+    for name in values:
+        if name.endswith("_episodes"):
+            values[name] = episodes(values[name], getattr(d, name))
+    if args.controllability_episodes is None:  # it shuffles actions across episodes: at least 2
+        values["controllability_episodes"] = max(2, values["controllability_episodes"])
+    values.update(parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()), idm_path=args.idm)
     try:
-        opts = EvalOptions(
-            parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
-            split=args.split,
-            reset_episodes=episodes(args.reset_episodes, d.reset_episodes),
-            sharpness_episodes=episodes(args.sharpness_episodes, d.sharpness_episodes),
-            sharpness_chunks=args.sharpness_chunks,
-            controllability_episodes=args.controllability_episodes
-            if args.controllability_episodes is not None
-            else max(2, episodes(None, d.controllability_episodes)),
-            controllability_chunks=args.controllability_chunks,
-            motion_episodes=episodes(args.motion_episodes, d.motion_episodes),
-            motion_yaw_rates=args.motion_yaw_rates,
-            motion_pitch_rates=args.motion_pitch_rates,
-            fidelity_episodes=episodes(args.fidelity_episodes, d.fidelity_episodes),
-            fidelity_chunks=args.fidelity_chunks,
-            teacher_episodes=episodes(args.teacher_episodes, d.teacher_episodes),
-            teacher=args.teacher,
-            control_episodes=episodes(args.control_episodes, d.control_episodes),
-            control_chunks=args.control_chunks,
-            idm_train_frames=args.idm_train_frames,
-            idm_held_out_frames=args.idm_held_out_frames,
-            idm_epochs=args.idm_epochs,
-            idm_path=args.idm,
-            idm_vae=args.idm_vae,
-            memory_episodes=episodes(args.memory_episodes, d.memory_episodes),
-            memory_away_chunks=args.memory_away_chunks,
-            stability_chunks=args.stability_chunks,
-            stability_edge_chunks=args.stability_edge_chunks,
-            speed_chunks=args.speed_chunks,
-            seed=args.seed,
-            batch_size=args.batch_size,
-        )
+        opts = EvalOptions(**values)
     except ValueError as e:
         parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
