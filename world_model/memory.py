@@ -176,43 +176,43 @@ def _overlap_rays(
     shift_w = shift.to(work)
 
     counts = torch.zeros(b, q, n, dtype=torch.int64, device=device)
-    per_block = max(1, max_elements // (q * 24))  # candidates per block of pair geometry
+    per_block = max(1, max_elements // (b * q * 24))  # candidates per block of pair geometry
     pairs_per_block = max(1, max_elements // (12 * r))  # pairs per block of rays
-    for i in range(b):
-        for lo in range(0, n, per_block):
-            k = min(n, lo + per_block) - lo
-            # cull: the query frustum's 8 corners in each candidate camera, all outside one plane
-            x, y, z = (w2c[i, lo : lo + k].reshape(k * 3, 4) @ corners[i]).view(k, 3, q, 8).unbind(1)  # [k, Q, 8]
-            culled = (z.amax(-1) <= near) | (z.amin(-1) >= far)
-            for side in (x - z, -x - z, y - z, -y - z):
-                culled |= side.amin(-1) > 0
-            cand, query = (~culled).nonzero(as_tuple=True)
-            if cand.numel() == 0:
-                continue
-            rot = w2c[i, lo : lo + k, :, :3].reshape(k * 3, 3)
-            a = (rot @ query_rot[i]).view(k, 3, q, 3)[cand, :, query].to(work)  # [P, 3, 3]
-            c = ((rot @ query_pos[i]).view(k, 3, q) + w2c[i, lo : lo + k, :, 3:])[cand, :, query].to(work)  # [P, 3]
-            # each test: slope s = row . A (x, y, 1) along a ray, offset t = row . c + shift
-            slope = tests_w @ a  # [P, 6, 3]
-            offset = c @ tests_w.T + shift_w  # [P, 6]
-            # |t| < 1e-9 (a query camera on a candidate's plane: rounding decides): +-1e-9 keeping its
-            # sign, 0 -> +, so that 1 / t stays finite; the test then holds exactly where s >= 0
-            # (a zero slope with t < 0 kills the ray), as for s z + t >= 0 with both rounded to zero
-            offset = torch.where(offset.abs() < _MIN_OFFSET, torch.where(offset < 0, -_MIN_OFFSET, _MIN_OFFSET), offset)
-            bound = torch.cat([slope, torch.zeros_like(slope[..., :1])], -1) * (-1.0 / offset)[..., None]  # [P, 6, 4]
-            lower = torch.where(offset[..., None] > 0, bound, no_lower)
-            upper = torch.where(offset[..., None] < 0, bound, no_upper)
-            bounds = torch.cat([lower, upper], 1)  # [P, 12, 4]
-            found = torch.empty(bounds.shape[0], dtype=torch.int64, device=device)
-            for s0 in range(0, bounds.shape[0], pairs_per_block):
-                v = (bounds[s0 : s0 + pairs_per_block].reshape(-1, 4) @ rays).view(-1, 12, r)
-                # 1/z >= low and 1/z <= high: grid depths z_k = near + k step strictly inside (1/high, 1/low)
-                low = v[:, :6].amax(1).clamp_(min=_TINY)
-                high = v[:, 6:].amin(1).clamp_(min=_TINY)
-                k_last = low.reciprocal_().sub_(near).div_(step).ceil_().clamp_(0, grid)  # last k + 1
-                k_first = high.reciprocal_().sub_(near).div_(step).floor_().clamp_(-1, grid - 1)  # first k - 1
-                found[s0 : s0 + pairs_per_block] = (k_last - k_first - 1).clamp_(min=0).sum(-1)
-            counts[i, query, cand + lo] = found
+    for lo in range(0, n, per_block):
+        k = min(n, lo + per_block) - lo
+        block = w2c[:, lo : lo + k]  # [B, k, 3, 4]
+        # cull: the query frustum's 8 corners in each candidate camera, all outside one plane
+        x, y, z = (block.reshape(b, k * 3, 4) @ corners).view(b, k, 3, q, 8).unbind(2)  # [B, k, Q, 8]
+        culled = (z.amax(-1) <= near) | (z.amin(-1) >= far)
+        for side in (x - z, -x - z, y - z, -y - z):
+            culled |= side.amin(-1) > 0  # all 8 corners beyond one side plane (X > Z, -X > Z, ...)
+        sample, cand, query = (~culled).nonzero(as_tuple=True)  # one sync per block
+        if cand.numel() == 0:
+            continue
+        rot = block[..., :3].reshape(b, k * 3, 3)
+        a = (rot @ query_rot).view(b, k, 3, q, 3)[sample, cand, :, query].to(work)  # [P, 3, 3]
+        c = ((rot @ query_pos).view(b, k, 3, q) + block[..., 3:])[sample, cand, :, query].to(work)  # [P, 3]
+        # each test: slope s = row . A (x, y, 1) along a ray, offset t = row . c + shift
+        slope = tests_w @ a  # [P, 6, 3]
+        offset = c @ tests_w.T + shift_w  # [P, 6]
+        # |t| < 1e-9 (a query camera on a candidate's plane: rounding decides): +-1e-9 keeping its
+        # sign, 0 -> +, so that 1 / t stays finite; the test then holds exactly where s >= 0
+        # (a zero slope with t < 0 kills the ray), as for s z + t >= 0 with both rounded to zero
+        offset = torch.where(offset.abs() < _MIN_OFFSET, torch.where(offset < 0, -_MIN_OFFSET, _MIN_OFFSET), offset)
+        bound = torch.cat([slope, torch.zeros_like(slope[..., :1])], -1) * (-1.0 / offset)[..., None]  # [P, 6, 4]
+        lower = torch.where(offset[..., None] > 0, bound, no_lower)
+        upper = torch.where(offset[..., None] < 0, bound, no_upper)
+        bounds = torch.cat([lower, upper], 1)  # [P, 12, 4]
+        found = torch.empty(bounds.shape[0], dtype=torch.int64, device=device)
+        for s0 in range(0, bounds.shape[0], pairs_per_block):
+            v = (bounds[s0 : s0 + pairs_per_block].reshape(-1, 4) @ rays).view(-1, 12, r)
+            # 1/z >= low and 1/z <= high: grid depths z_k = near + k step strictly inside (1/high, 1/low)
+            low = v[:, :6].amax(1).clamp_(min=_TINY)
+            high = v[:, 6:].amin(1).clamp_(min=_TINY)
+            k_last = low.reciprocal_().sub_(near).div_(step).ceil_().clamp_(0, grid)  # last k + 1
+            k_first = high.reciprocal_().sub_(near).div_(step).floor_().clamp_(-1, grid - 1)  # first k - 1
+            found[s0 : s0 + pairs_per_block] = (k_last - k_first - 1).clamp_(min=0).sum(-1)
+        counts[sample, query, cand + lo] = found
     return counts
 
 
