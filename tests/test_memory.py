@@ -203,3 +203,17 @@ def test_rays_and_points_select_the_same_memory():
         assert differ.float().mean() < 0.01 and (rays - points).abs().max() <= 3 * CFG.memory_grid
     with pytest.raises(ValueError, match="rays"):
         frustum_overlap(q, c2w[:, 1:start], CFG, method="grid")
+
+
+@pytest.mark.gpu
+def test_retrieval_on_the_gpu_selects_what_the_cpu_selects():
+    """One block, one device sync for the whole batch: the same memory on CUDA as on the CPU."""
+    chunk = 12
+    c2w = torch.cat([_random_rollout(seed, int(window_bounds(chunk, CFG)[1])) for seed in (50, 51, 52, 53)])
+    cpu = select_memory(c2w, chunk, CFG)
+    gpu = select_memory(c2w.cuda(), chunk, CFG, max_elements=1 << 27)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
+    start = int(window_bounds(chunk, CFG)[0])
+    q = c2w[:, cpu.query_frames[0]]
+    counts = frustum_overlap(q, c2w[:, 1:start], CFG)
+    assert (frustum_overlap(q.cuda(), c2w[:, 1:start].cuda(), CFG).cpu() != counts).float().mean() < 0.01
