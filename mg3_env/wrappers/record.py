@@ -23,6 +23,23 @@ import numpy as np
 __all__ = ["RecordEpisodes", "RecordVectorEpisodes"]
 
 
+def _model_writer(root, model, crf: int, preset: str):
+    """A dataset writer for ``model``'s rollouts: its geometry and frame rate, its name as the source."""
+    from world_model.data.format import DatasetWriter
+
+    s = model.config.stream
+    return DatasetWriter(
+        root,
+        fps=s.fps,
+        height=s.height,
+        width=s.width,
+        source=f"mg3_env:{model.name}",
+        info_extra={"model": model.name, "random_weights": model.random_weights},
+        crf=crf,
+        preset=preset,
+    )
+
+
 class RecordEpisodes(gymnasium.Wrapper):
     """Record every episode of a Matrix-Game env into the dataset folder ``root``.
 
@@ -37,25 +54,13 @@ class RecordEpisodes(gymnasium.Wrapper):
         self, env: gymnasium.Env, root: str | Path, *, split: str = "train", crf: int = 20, preset: str = "veryfast"
     ) -> None:
         super().__init__(env)
-        from world_model.data.format import DatasetWriter
-
         base = env.unwrapped
         model = getattr(base, "model", None)
         if model is None or not hasattr(base, "vector_env"):
             raise TypeError(f"RecordEpisodes records MatrixGameEnv rollouts, got {type(base).__name__}")
-        s = model.config.stream
         self.model_meta = model.describe()
         self.split = split
-        self.writer = DatasetWriter(
-            root,
-            fps=s.fps,
-            height=s.height,
-            width=s.width,
-            source=f"mg3_env:{model.name}",
-            info_extra={"model": model.name, "random_weights": model.random_weights},
-            crf=crf,
-            preset=preset,
-        )
+        self.writer = _model_writer(root, model, crf, preset)
         self._recording = False
         self.episodes_written: list[int] = []
 
@@ -129,28 +134,16 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         super().__init__(env)
         from gymnasium.vector import AutoresetMode
 
-        from world_model.data.format import DatasetWriter
-
         base = env.unwrapped
         model = getattr(base, "model", None)
         if model is None or not hasattr(base, "stream_states"):
             raise TypeError(f"RecordVectorEpisodes records MatrixGameVectorEnv rollouts, got {type(base).__name__}")
         if base.autoreset_mode == AutoresetMode.SAME_STEP:
             raise ValueError("RecordVectorEpisodes needs autoreset_mode NEXT_STEP or DISABLED, got SAME_STEP")
-        s = model.config.stream
         self.model_meta = model.describe()
         self.split, self.max_episodes = split, max_episodes
         self.crf, self.preset = crf, preset
-        self.writer = DatasetWriter(
-            root,
-            fps=s.fps,
-            height=s.height,
-            width=s.width,
-            source=f"mg3_env:{model.name}",
-            info_extra={"model": model.name, "random_weights": model.random_weights},
-            crf=crf,
-            preset=preset,
-        )
+        self.writer = _model_writer(root, model, crf, preset)
         self._open: list[dict[str, Any] | None] = [None] * self.num_envs
         self.episodes_written: list[int] = []
         self.episode_envs: list[int] = []  # the env each written episode came from
