@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from dit_fixture import dit_inputs, random_dit
 
 from world_model.attention import AttentionKernel, attention_backends
 from world_model.config import DiTConfig, tiny
@@ -94,34 +95,6 @@ def _three_head_config() -> DiTConfig:
     return dataclasses.replace(cfg, dim=48, num_heads=3, ffn_dim=96, action_config=action)
 
 
-def _model(cfg: DiTConfig, seed: int) -> MatrixGameDiT:
-    """Random weights everywhere (the training init zeroes the head and several projections)."""
-    torch.manual_seed(seed)
-    model = MatrixGameDiT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
-
-
-def _inputs(cfg: DiTConfig, B: int, M: int, F: int, h: int, w: int, first_chunk: bool, seed: int) -> dict:
-    """Window inputs: F latents of h x w, M memory latents, actions for 4(F-1)+1 or 4F pixel frames."""
-    g = torch.Generator().manual_seed(seed)
-    nf = 4 * (F - 1) + 1 if first_chunk else 4 * F
-    t = torch.rand(B, F, generator=g) * 1000
-    t[:, 0] = 0  # a clean context frame
-    return {
-        "x": torch.randn(B, cfg.in_dim, F, h, w, generator=g),
-        "t": t,
-        "context": torch.randn(B, 5, cfg.text_dim, generator=g),
-        "plucker": torch.randn(B, cfg.plucker_channels, M + F, h, w, generator=g),
-        "mouse": 0.1 * torch.randn(B, nf, 2, generator=g),
-        "keyboard": (torch.rand(B, nf, 6, generator=g) > 0.5).float(),
-        "positions": torch.stack([torch.randperm(40, generator=g)[: M + F] for _ in range(B)]),
-        "memory": torch.randn(B, cfg.in_dim, M, h, w, generator=g) if M else None,
-    }
-
-
 # (name, config, B, M, F, latent h, latent w, first chunk). Token grid = latent / 2.
 CASES = [
     # 4 heads, L = 4 frames x 4 tokens = 16: even split, runs of whole frames, memory.
@@ -167,8 +140,8 @@ def sp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sp")
     cases, refs = [], {}
     for i, (name, cfg, B, M, F, h, w, first) in enumerate(CASES):
-        model = _model(cfg, seed=i)
-        inputs = _inputs(cfg, B, M, F, h, w, first, seed=100 + i)
+        model = random_dit(cfg, seed=i)
+        inputs = dit_inputs(cfg, B, M, F, h, w, first_chunk=first, seed=100 + i)
         with torch.no_grad():
             refs[name] = model(**inputs)
         cases.append((name, model.state_dict(), cfg, inputs))
@@ -226,8 +199,8 @@ def test_bench_script_runs_under_torchrun(tmp_path):
 
 def _nccl_run(tmp_path: Path, world: int) -> list[dict]:
     cfg = _three_head_config()  # heads padded on 2 ranks; 5 x 3 x 3 = 45 tokens padded to 46
-    model = _model(cfg, seed=7)
-    inputs = _inputs(cfg, 2, 2, 3, 6, 6, False, seed=8)
+    model = random_dit(cfg, seed=7)
+    inputs = dit_inputs(cfg, 2, 2, 3, 6, 6, seed=8)
     torch.save([("bf16", model.state_dict(), cfg, inputs)], tmp_path / "cases.pt")
     args = (world, str(tmp_path / "init"), str(tmp_path / "cases.pt"), str(tmp_path))
     mp.spawn(_nccl_worker, args=args, nprocs=world)

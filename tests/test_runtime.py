@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from dit_fixture import dit_inputs, random_dit
 from torch import nn
 
 import world_model.attention as attention_mod
@@ -20,33 +21,14 @@ from world_model.runtime import RuntimeOptions, apply_runtime, compile_blocks
 
 
 def _model(cfg: DiTConfig | None = None, seed: int = 0) -> MatrixGameDiT:
-    """Random weights everywhere (the training init zeroes the head and several projections)."""
-    torch.manual_seed(seed)
-    model = MatrixGameDiT(cfg or tiny().dit)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return random_dit(cfg or tiny().dit, seed)
 
 
 def _inputs(cfg: DiTConfig, B: int = 1, M: int = 1, F: int = 3, h: int = 4, w: int = 4, device="cpu", dtype=None):
-    g = torch.Generator().manual_seed(1)
-    nf = 4 * F
-    t = torch.rand(B, F, generator=g) * 1000
-    t[:, 0] = 0
-    inp = {
-        "x": torch.randn(B, cfg.in_dim, F, h, w, generator=g),
-        "t": t,
-        "context": torch.randn(B, 5, cfg.text_dim, generator=g),
-        "plucker": torch.randn(B, cfg.plucker_channels, M + F, h, w, generator=g),
-        "mouse": 0.1 * torch.randn(B, nf, 2, generator=g),
-        "keyboard": (torch.rand(B, nf, 6, generator=g) > 0.5).float(),
-        "positions": torch.stack([torch.randperm(40, generator=g)[: M + F] for _ in range(B)]),
-        "memory": torch.randn(B, cfg.in_dim, M, h, w, generator=g) if M else None,
-    }
+    """dit_inputs (seed 1, a later chunk), the latents, text and camera code in ``dtype``, all on ``device``."""
     out = {}
-    for k, v in inp.items():
-        if v is not None and v.is_floating_point() and dtype is not None and k in ("x", "context", "plucker", "memory"):
+    for k, v in dit_inputs(cfg, B, M, F, h, w).items():
+        if v is not None and dtype is not None and k in ("x", "context", "plucker", "memory"):
             v = v.to(dtype)
         out[k] = None if v is None else v.to(device)
     return out
