@@ -13,7 +13,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "read_safetensors", "read_torch_file", "check_state_dict", "assign_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "read_json_object",
+    "read_safetensors",
+    "read_torch_file",
+    "check_state_dict",
+    "assign_state_dict",
+]
 
 _SHOW = 8  # how many keys an error lists
 
@@ -30,6 +37,20 @@ def _require_file(path: Path, what: str) -> None:
         raise CheckpointError(f"missing {what}: {path}{hint}")
     if not path.is_file():
         raise CheckpointError(f"{what} {path} is not a file")
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file holding one object (a config). Unreadable JSON or another type raises CheckpointError naming it."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def read_safetensors(path: str | Path, *, device: str = "cpu") -> dict[str, torch.Tensor]:

@@ -232,17 +232,10 @@ _EXPORTED_SECTIONS = ("dit", "vae", "text", "stream")  # config.json sections wi
 def read_exported_config(path: Path) -> WorldModelConfig:
     """An exported folder's top-level ``config.json``; every problem is a CheckpointError naming it
     (a missing ``stream`` section would otherwise give the 5B's 704x1280 geometry)."""
-    import json
-
-    from world_model.checkpoint import CheckpointError
+    from world_model.checkpoint import CheckpointError, read_json_object
     from world_model.config import ConfigError
 
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    data = read_json_object(path)
     missing = [k for k in _EXPORTED_SECTIONS if not isinstance(data.get(k), dict)]
     if missing:
         raise CheckpointError(

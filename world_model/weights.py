@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoint import CheckpointError, assign_state_dict, check_state_dict
+from .checkpoint import CheckpointError, assign_state_dict, check_state_dict, read_json_object
 from .config import ConfigError, DiTConfig
 
 if TYPE_CHECKING:
@@ -138,12 +138,7 @@ def read_dit_config(folder: str | Path) -> DiTConfig:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"missing {path} ({_listing(path.parent)}); {_RELEASE_LAYOUT}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    data = read_json_object(path)
     try:
         return DiTConfig.from_release(data)
     except (ConfigError, TypeError, ValueError) as e:
