@@ -23,7 +23,7 @@ from world_model.train.autoencoder import psnr
 from world_model.train.clips import ClipSampler
 from world_model.train.encode import segment_video
 from world_model.train.frames import FrameStore
-from world_model.train.rollout import sample_chunk, self_rollout
+from world_model.train.rollout import sample_chunk, sample_into, self_rollout, stored_latents
 
 __all__ = ["FirstChunkEval"]
 
@@ -91,19 +91,12 @@ class FirstChunkEval:
         store = self.clips.store
         n_new = self.clips.r * self.clips.cfg.stream.new_latents  # the chunk's new frames (40)
         ones = torch.ones(len(segs), dtype=torch.int64)
-        bidx = torch.arange(len(segs), device=store.latents.device)[:, None]
         starts = store.seg_start[segs.to(store.seg_start.device)].cpu().numpy()
         out: dict[str, Tensor] = {}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             rolled = self_rollout(model, self.clips, segs, 1, self.sampler, g)  # chunk 0 generated
-            true = store.latents[segs.to(store.latents.device)].float().clone()
-            for key, lat in (("psnr_next", true), ("psnr_next_rollout", rolled)):
-                batch = self.clips.build(segs, ones, latents=lat)
-                c = batch.num_context
-                noise = torch.randn(batch.latents[:, :, c:].shape, generator=g).to(dev)
-                x = sample_chunk(model, batch, noise, self.sampler)
-                idx = batch.positions[:, -x.shape[2] :]  # the new latents' indices in the segment
-                lat[bidx, idx] = x.transpose(1, 2).to(lat.dtype)
+            for key, lat in (("psnr_next", stored_latents(self.clips, segs)), ("psnr_next_rollout", rolled)):
+                idx = sample_into(model, self.clips, segs, ones, lat, self.sampler, g)
                 video, _ = self.vae.decode(lat[:, : int(idx.max()) + 1].transpose(1, 2).to(self.vae.dtype))
                 truth = segment_video(self.frames, starts, video.shape[2], dev)
                 out[key] = psnr(video[:, :, -n_new:].float().clamp(-1, 1), truth[:, :, -n_new:])

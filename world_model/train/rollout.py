@@ -15,7 +15,7 @@ from world_model.train.clips import ClipBatch, ClipSampler
 from world_model.train.flow import dit_forward
 from world_model.window import sample_window
 
-__all__ = ["sample_chunk", "self_rollout", "with_own_history"]
+__all__ = ["sample_chunk", "sample_into", "self_rollout", "stored_latents", "with_own_history"]
 
 
 def sample_chunk(
@@ -43,6 +43,34 @@ def sample_chunk(
     return sample_window(velocity, context, noise, sampler, grad_step=grad_step)
 
 
+def stored_latents(clips: ClipSampler, segments: Tensor) -> Tensor:
+    """A float32 copy of the stored latents of ``segments`` [B]: [B, Fs, C, h, w] (to write generated ones into)."""
+    store = clips.store
+    return store.latents[segments.to(store.latents.device)].float().clone()
+
+
+@torch.no_grad()
+def sample_into(
+    model: nn.Module,
+    clips: ClipSampler,
+    segments: Tensor,
+    chunks: Tensor,
+    latents: Tensor,
+    sampler: FlowUniPCSampler,
+    generator: torch.Generator,
+) -> Tensor:
+    """Generate chunks ``chunks`` [B] of ``segments`` from the history in ``latents`` [B, Fs, C, h, w]
+    and write the new latents there (in place); returns their indices in the segment [B, Fn]."""
+    batch = clips.build(segments, chunks, latents=latents)
+    c = batch.num_context
+    noise = torch.randn(batch.latents[:, :, c:].shape, generator=generator).to(latents.device, non_blocking=True)
+    x = sample_chunk(model, batch, noise, sampler)  # [B, C, Fn, h, w]
+    idx = batch.positions[:, -x.shape[2] :]  # window latent indices of the new frames
+    bidx = torch.arange(len(segments), device=latents.device)[:, None]
+    latents[bidx, idx] = x.transpose(1, 2).to(latents.dtype)
+    return idx
+
+
 @torch.no_grad()
 def self_rollout(
     model: nn.Module,
@@ -57,17 +85,9 @@ def self_rollout(
     Returns the segments' latents [B, Fs, C, h, w] with every generated latent replaced (latent 0
     stays the true image latent; latents after the last chunk keep their stored values, unused).
     """
-    store = clips.store
-    lat = store.latents[segments.to(store.latents.device)].float().clone()  # [B, Fs, C, h, w]
+    lat = stored_latents(clips, segments)
     for k in range(num_chunks):
-        batch = clips.build(segments, torch.full((len(segments),), k, dtype=torch.int64), latents=lat)
-        c = batch.num_context
-        shape = batch.latents[:, :, c:].shape
-        noise = torch.randn(shape, generator=generator).to(lat.device, non_blocking=True)
-        x = sample_chunk(model, batch, noise, sampler)  # [B, C, Fn, h, w]
-        idx = batch.positions[:, -x.shape[2] :]  # window latent indices of the new frames
-        bidx = torch.arange(len(segments), device=lat.device)[:, None]
-        lat[bidx, idx] = x.transpose(1, 2).to(lat.dtype)
+        sample_into(model, clips, segments, torch.full((len(segments),), k, dtype=torch.int64), lat, sampler, generator)
     return lat
 
 
@@ -80,13 +100,6 @@ def with_own_history(
     targets stay the simulator's (the exposure bias a model trained on true history alone has)."""
     if batch.segments is None or bool((batch.chunk < 1).any()):
         raise ValueError("with_own_history needs a continuation batch (chunks >= 1) built by ClipSampler.build")
-    segments = batch.segments
-    store = clips.store
-    latents = store.latents[segments.to(store.latents.device)].float().clone()  # [B, Fs, C, h, w]
-    previous = clips.build(segments, batch.chunk - 1, latents=latents)
-    c = previous.num_context
-    noise = torch.randn(previous.latents[:, :, c:].shape, generator=generator).to(latents.device, non_blocking=True)
-    x = sample_chunk(model, previous, noise, sampler)  # [B, C, Fn, h, w]
-    bidx = torch.arange(len(segments), device=latents.device)[:, None]
-    latents[bidx, previous.positions[:, -x.shape[2] :]] = x.transpose(1, 2).to(latents.dtype)
-    return clips.build(segments, batch.chunk, latents=latents)
+    latents = stored_latents(clips, batch.segments)
+    sample_into(model, clips, batch.segments, batch.chunk - 1, latents, sampler, generator)
+    return clips.build(batch.segments, batch.chunk, latents=latents)
