@@ -159,8 +159,8 @@ def _overlap_rays(
     ones = torch.ones(grid * grid, dtype=work, device=device)
     rays = torch.stack([xy.repeat_interleave(grid), xy.repeat(grid), ones, ones])  # [4, R]: (x, y, 1, 1)
     r = rays.shape[1]
-    tests = torch.tensor(_TESTS, dtype=dtype, device=device)  # [6, 3]
-    shift = torch.tensor([-near, far, 0.0, 0.0, 0.0, 0.0], dtype=dtype, device=device)
+    tests = torch.tensor(_TESTS, dtype=work, device=device)  # [6, 3]
+    shift = torch.tensor([-near, far, 0.0, 0.0, 0.0, 0.0], dtype=work, device=device)
     no_lower = torch.tensor([0.0, 0.0, 0.0, -_NO_BOUND], dtype=work, device=device)
     no_upper = -no_lower
 
@@ -172,8 +172,6 @@ def _overlap_rays(
     # query camera -> candidate camera, p -> A p + c, as products of a per-candidate and a per-query factor
     query_rot = cq[..., :3, :3].transpose(1, 2).reshape(b, 3, q * 3)  # [B, 3, Q * 3]
     query_pos = cq[..., :3, 3].transpose(1, 2)  # [B, 3, Q]
-    tests_w = tests.to(work)
-    shift_w = shift.to(work)
 
     counts = torch.zeros(b, q, n, dtype=torch.int64, device=device)
     per_block = max(1, max_elements // (b * q * 24))  # candidates per block of pair geometry
@@ -193,8 +191,8 @@ def _overlap_rays(
         a = (rot @ query_rot).view(b, k, 3, q, 3)[sample, cand, :, query].to(work)  # [P, 3, 3]
         c = ((rot @ query_pos).view(b, k, 3, q) + block[..., 3:])[sample, cand, :, query].to(work)  # [P, 3]
         # each test: slope s = row . A (x, y, 1) along a ray, offset t = row . c + shift
-        slope = tests_w @ a  # [P, 6, 3]
-        offset = c @ tests_w.T + shift_w  # [P, 6]
+        slope = tests @ a  # [P, 6, 3]
+        offset = c @ tests.T + shift  # [P, 6]
         # |t| < 1e-9 (a query camera on a candidate's plane: rounding decides): +-1e-9 keeping its
         # sign, 0 -> +, so that 1 / t stays finite; the test then holds exactly where s >= 0
         # (a zero slope with t < 0 kills the ray), as for s z + t >= 0 with both rounded to zero
