@@ -46,8 +46,10 @@ def rate(rows: list[dict], **match) -> float | None:
 
 
 def resumed_step(run: Path | None, stage: str) -> int:
-    status = run / stage / "status.json" if run else None
-    return int(json.loads(status.read_text()).get("step", 0)) if status and status.exists() else 0
+    from world_model.train.status import read_status
+
+    status = read_status(run / stage) if run else None
+    return int(status.get("step", 0)) if status else 0
 
 
 def main() -> None:
