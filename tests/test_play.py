@@ -207,6 +207,18 @@ async def _next(ws, want: str, timeout: float = 60.0):
                 return obj
 
 
+async def _hold(ws, seq: int, keys: list[int]) -> dict:
+    """Send input ``seq`` (``keys`` held), acknowledge every chunk played, and return the header of
+    the first chunk generated with that input."""
+    await ws.send(json.dumps({"type": "input", "seq": seq, "keys": keys, "look": [0, 0], "mouse": [0, 0]}))
+    await ws.send(json.dumps({"type": "played", "episode": 0, "chunk": 0, "buffered_ms": 0}))
+    while True:
+        header, _ = await _next(ws, "chunk")
+        await ws.send(json.dumps({"type": "played", "episode": 0, "chunk": header["chunk"], "buffered_ms": 0}))
+        if header["input_seq"] >= seq:
+            return header
+
+
 def test_server_session_busy_errors_upload_and_reset(model):
     from websockets.asyncio.client import connect
 
@@ -233,15 +245,7 @@ def test_server_session_busy_errors_upload_and_reset(model):
             await ws.send(json.dumps({"type": "reset", "image": "upload"}))
             assert "no image has been uploaded" in (await _next(ws, "error"))["message"]
             # W held: the pose moves along +x (yaw 0)
-            await ws.send(
-                json.dumps({"type": "input", "seq": 5, "keys": [1, 0, 0, 0, 0, 0], "look": [0, 0], "mouse": [0, 0]})
-            )
-            await ws.send(json.dumps({"type": "played", "episode": 0, "chunk": 0, "buffered_ms": 0}))
-            while True:
-                header, _ = await _next(ws, "chunk")
-                await ws.send(json.dumps({"type": "played", "episode": 0, "chunk": header["chunk"], "buffered_ms": 0}))
-                if header["input_seq"] >= 5:
-                    break
+            header = await _hold(ws, 5, [1, 0, 0, 0, 0, 0])
             poses = np.array(header["poses"])
             assert header["keyboard"][0] == 1 and poses[-1, 0] > poses[0, 0] and np.abs(poses[:, 1]).max() < 1e-3
             # upload an image and reset from it with a prompt and seed
@@ -291,15 +295,7 @@ def test_recording_writes_the_played_actions(model, tmp_path):
     async def play(url):
         async with connect(url.replace("http://", "ws://") + "ws") as ws:
             await _next(ws, "chunk")
-            await ws.send(
-                json.dumps({"type": "input", "seq": 1, "keys": [0, 0, 0, 1, 0, 0], "look": [0, 0], "mouse": [0, 0]})
-            )
-            await ws.send(json.dumps({"type": "played", "episode": 0, "chunk": 0, "buffered_ms": 0}))
-            while True:
-                header, _ = await _next(ws, "chunk")
-                await ws.send(json.dumps({"type": "played", "episode": 0, "chunk": header["chunk"], "buffered_ms": 0}))
-                if header["input_seq"] >= 1:
-                    return header["chunk"]
+            return (await _hold(ws, 1, [0, 0, 0, 1, 0, 0]))["chunk"]
 
     thread = _serve(model, record=tmp_path / "ds", max_chunks=8)
     with thread as url:
