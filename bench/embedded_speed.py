@@ -6,6 +6,11 @@ actions, frames copied to the host as an env user gets them; the median step giv
 
     python bench/embedded_speed.py --device cpu --batches 1 --json bench/results/embedded_cpu.json
     python bench/embedded_speed.py --device cuda --batches 1 8 64 --json bench/results/embedded_h100.json
+    python bench/embedded_speed.py --device cpu --camera-cache both --chunks 12 --json bench/results/embedded_cpu_camera_cache.json
+
+``--camera-cache both`` measures every batch size with the window's conditioning reused across sampler
+steps (``RuntimeOptions.camera_cache``) and without, alternating runs of 3 chunks so that a drift of
+the machine's speed hits both alike.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 
 import torch
 
@@ -36,6 +42,23 @@ def measure(model, batch: int, chunks: int) -> dict:
     }
 
 
+def _merge(runs: list[dict], **extra) -> dict:
+    """One row from several runs of one setting: every chunk time, their median, the median reset."""
+    chunk_s = [t for r in runs for t in r["chunk_seconds"]]
+    median = statistics.median(chunk_s)
+    first = runs[0]
+    return {
+        "batch": first["batch"],
+        "seconds_reset": statistics.median(r["seconds_reset"] for r in runs),
+        "seconds_per_chunk": median,
+        "frames_per_chunk": first["frames_per_chunk"],
+        "frames_per_s": first["frames_per_chunk"] * first["batch"] / median,
+        "frames_per_s_per_env": first["frames_per_chunk"] / median,
+        "chunk_seconds": chunk_s,
+        **extra,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default", help="registry name or model folder")
@@ -43,21 +66,38 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1])
     p.add_argument("--chunks", type=int, default=5, help="timed steps per batch size")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--camera-cache",
+        choices=("on", "off", "both"),
+        default="on",
+        help="RuntimeOptions.camera_cache; 'both' measures each batch size with and without (alternating)",
+    )
     p.add_argument("--json", default="bench_embedded_speed.json")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_world_model(args.model, RuntimeOptions.for_device(args.device))
+    settings = {"on": [True], "off": [False], "both": [True, False]}[args.camera_cache]
+    models = {c: load_world_model(args.model, RuntimeOptions.for_device(args.device, camera_cache=c)) for c in settings}
     # one untimed warm-up (allocator, kernels, cuDNN autotuning)
-    measure(model, args.batches[0], 1)
-    rows = [measure(model, b, args.chunks) for b in args.batches]
+    for model in models.values():
+        measure(model, args.batches[0], 1)
+    rows = []
+    for b in args.batches:
+        if len(settings) == 1:
+            rows.append({**measure(models[settings[0]], b, args.chunks), "camera_cache": settings[0]})
+            continue
+        parts: dict[bool, list[dict]] = {c: [] for c in settings}
+        for _ in range(max(1, args.chunks // 3)):  # alternate runs of 3 chunks
+            for c in settings:
+                parts[c].append(measure(models[c], b, 3))
+        rows += [_merge(parts[c], camera_cache=c) for c in settings]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}")
-    print(f"{'envs':>5} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
+    print(f"{'envs':>5} {'cam cache':>9} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
     for r in rows:
         print(
-            f"{r['batch']:>5} {r['seconds_reset']:>8.3f} {r['seconds_per_chunk']:>8.3f} "
-            f"{r['frames_per_s']:>9.1f} {r['frames_per_s_per_env']:>8.1f}"
+            f"{r['batch']:>5} {'on' if r['camera_cache'] else 'off':>9} {r['seconds_reset']:>8.3f} "
+            f"{r['seconds_per_chunk']:>8.3f} {r['frames_per_s']:>9.1f} {r['frames_per_s_per_env']:>8.1f}"
         )
     out = {
         "model": args.model,

@@ -47,6 +47,12 @@ def main() -> None:
     p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS)
     p.add_argument("--quantize", default=None, choices=("fp8",), help="8-bit linears in the DiT blocks")
     p.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
+    p.add_argument(
+        "--camera-cache",
+        choices=("on", "off"),
+        default="on",
+        help="reuse a chunk's text/camera/RoPE conditioning across sampler steps (RuntimeOptions.camera_cache)",
+    )
     p.add_argument("--json", default="bench_env_5b.json")
     args = p.parse_args()
 
@@ -57,7 +63,12 @@ def main() -> None:
         vae=VAEConfig(pruning_rate=args.vae_pruning),
     )
     runtime = RuntimeOptions(
-        device=args.device, dtype=torch.bfloat16, attention=args.attention, quantize=args.quantize, compile=args.compile
+        device=args.device,
+        dtype=torch.bfloat16,
+        attention=args.attention,
+        quantize=args.quantize,
+        compile=args.compile,
+        camera_cache=args.camera_cache == "on",
     )
     t0 = time.perf_counter()
     model = random_world_model(cfg, runtime)
@@ -66,6 +77,7 @@ def main() -> None:
     applied = {  # what the loader applied, read back from the model
         "attention_backends": sorted(set(attention_backends(model.dit).values())),
         "fp8_layers": sum(isinstance(m, Float8Linear) for m in model.dit.modules()),
+        "camera_cache": bool(model.dit.camera_cache),
         "compiled_blocks": sum(getattr(b, "_compiled_call_impl", None) is not None for b in model.dit.blocks),
     }
 

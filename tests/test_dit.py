@@ -497,3 +497,80 @@ def test_bench_flop_count_matches_torch_flop_counter():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(**inp)
     assert counter.get_total_flops() == bench.count_flops(cfg, 2, 3, 4, 6)["total"]
+
+
+# --------------------------------------------------------------------------------------------
+# Reusing a window's conditioning across sampler steps (world_model.dit.reuse_conditioning)
+# --------------------------------------------------------------------------------------------
+
+
+def _count_camera_branches(model: MatrixGameDiT) -> dict[str, int]:
+    """Forward hooks counting the camera-token embedding and every block's camera injector runs."""
+    counts = {"tokens": 0, "injector": 0}
+
+    def bump(key):
+        def hook(*_):
+            counts[key] += 1
+
+        return hook
+
+    model.patch_embedding_wancamctrl.register_forward_hook(bump("tokens"))
+    for block in model.blocks:
+        block.cam_injector_layer1.register_forward_hook(bump("injector"))
+    return counts
+
+
+def test_reused_conditioning_is_exact_and_computes_the_camera_branch_once():
+    from tests.dit_fixture import dit_inputs, random_dit
+    from world_model.dit import reuse_conditioning
+
+    cfg = tiny().dit
+    model = random_dit(cfg)
+    inp = dit_inputs(cfg, B=2, M=1, F=3, h=4, w=4)
+    with torch.no_grad():
+        ref = [model(**{**inp, "t": inp["t"] * s}) for s in (1.0, 0.9, 0.7)]  # three sampler steps
+    counts = _count_camera_branches(model)
+    with torch.no_grad(), reuse_conditioning(model):
+        out = [model(**{**inp, "t": inp["t"] * s}) for s in (1.0, 0.9, 0.7)]
+    for a, b in zip(out, ref):
+        assert torch.equal(a, b)  # the same operations on the same inputs: bit-identical
+    assert counts == {"tokens": 1, "injector": cfg.num_layers}  # once per window, not per step
+
+    # another camera (a new tensor, or the same one written in place) is computed anew
+    with torch.no_grad(), reuse_conditioning(model):
+        model(**inp)
+        other = {**inp, "plucker": inp["plucker"] + 1}
+        changed = model(**other)
+        inp["plucker"].add_(1.0)  # in place: same object, new version
+        in_place = model(**inp)
+    assert counts["tokens"] == 4 and counts["injector"] == 4 * cfg.num_layers
+    assert torch.equal(changed, in_place)
+    inp["plucker"].sub_(1.0)
+
+
+def test_conditioning_is_not_reused_with_gradients_off_switch_or_outside_a_scope():
+    from tests.dit_fixture import dit_inputs, random_dit
+    from world_model.dit import reuse_conditioning
+
+    cfg = tiny().dit
+    model = random_dit(cfg)
+    inp = dit_inputs(cfg, B=1, M=0, F=2, h=4, w=4, first_chunk=True)
+    counts = _count_camera_branches(model)
+    with reuse_conditioning(model):  # gradients on (training): every forward has its own graph
+        model(**inp).sum().backward()
+        model(**inp).sum().backward()
+    assert counts["tokens"] == 2
+    assert model.blocks[0].cam_scale_layer.weight.grad is not None
+    model.camera_cache = False
+    with torch.no_grad(), reuse_conditioning(model):
+        model(**inp)
+        model(**inp)
+    assert counts["tokens"] == 4
+    model.camera_cache = True
+    with torch.no_grad():
+        model(**inp)
+        model(**inp)
+    assert counts["tokens"] == 6
+    with reuse_conditioning(model), pytest.raises(RuntimeError, match="do not nest"), reuse_conditioning(model):
+        pass
+    assert model._conditioning_cache is None  # dropped on exit, also after an error

@@ -198,3 +198,26 @@ def test_guidance_path_runs_and_differs():
     b, _ = _run(StreamingGenerator(plain), plain, [1], [_image(0)], chunks=2)
     assert a[0][1].shape == b[0][1].shape == (40, H, W, 3)
     assert not torch.equal(a[0][1], b[0][1])
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_camera_cache_gives_identical_frames_with_one_camera_branch_per_chunk(guidance):
+    """RuntimeOptions.camera_cache: the same frames bit for bit; the camera branch once per chunk
+    (and per CFG branch) instead of once per sampler step."""
+    from world_model.runtime import RuntimeOptions
+
+    cfg = tiny(H, W)
+    cfg = cfg.replace(sampler=cfg.sampler.replace(guidance_scale=guidance))
+    runs, counts = {}, {}
+    for cache in (False, True):
+        model = random_world_model(cfg, RuntimeOptions(camera_cache=cache))
+        n = counts[cache] = [0]
+        model.dit.patch_embedding_wancamctrl.register_forward_hook(lambda *_, n=n: n.__setitem__(0, n[0] + 1))
+        runs[cache], _ = _run(StreamingGenerator(model), model, [3, 4], [_image(0), _image(1)], chunks=3)
+    for a, b in zip(runs[True], runs[False]):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    branches = 2 if guidance > 1 else 1
+    chunks, steps = 3, cfg.sampler.num_steps
+    assert counts[False][0] == chunks * steps * branches
+    assert counts[True][0] == chunks * branches

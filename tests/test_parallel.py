@@ -19,7 +19,7 @@ from dit_fixture import dit_inputs, random_dit
 
 from world_model.attention import AttentionKernel, attention_backends
 from world_model.config import DiTConfig, tiny
-from world_model.dit import MatrixGameDiT
+from world_model.dit import MatrixGameDiT, reuse_conditioning
 from world_model.parallel import SequenceShard, UlyssesAttention, apply_sequence_parallel
 from world_model.runtime import RuntimeOptions, apply_runtime
 
@@ -119,6 +119,9 @@ def _worker(rank: int, world: int, init_file: str, case_file: str, out_dir: str)
             with torch.no_grad():
                 sp = apply_sequence_parallel(model)
                 outputs[name] = model(**inputs)
+                with reuse_conditioning(model):  # cached per-block camera modulation, sharded per block
+                    model(**inputs)
+                    outputs[name + "/cached"] = model(**inputs)
                 sp.remove()
                 outputs[name + "/unwrapped"] = model(**inputs)  # removed: the model is itself again
                 assert not any(isinstance(m, UlyssesAttention) for m in model.modules())
@@ -160,6 +163,7 @@ def test_sequence_parallel_equals_single_process(sp_run, name):
         assert out[name].shape == ref.shape, f"rank {rank}"
         torch.testing.assert_close(out[name], ref, rtol=0, atol=1e-5, msg=f"rank {rank}, case {name}")
         torch.testing.assert_close(out[name + "/runtime"], ref, rtol=0, atol=1e-5, msg=f"rank {rank}, runtime")
+        torch.testing.assert_close(out[name + "/cached"], out[name], rtol=0, atol=0, msg=f"rank {rank}, cached")
         # With SP removed the model runs on its own (1 thread per rank here: reductions may differ in the last bit).
         torch.testing.assert_close(out[name + "/unwrapped"], ref, rtol=0, atol=1e-6)
         # RuntimeOptions put Ulysses kernels in every self-attention and the backend on every kernel.

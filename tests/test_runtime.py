@@ -58,6 +58,7 @@ def test_int8_is_refused_with_the_fp8_alternative():
         ({"sequence_parallel": 0}, "int >= 1"),
         ({"compile": "yes"}, "True or False"),
         ({"attention": "fast"}, "attention must be one of"),
+        ({"camera_cache": 1}, "None \\(auto\\), True or False"),
     ],
 )
 def test_contradictory_or_unknown_options_raise(kwargs, match):
@@ -331,3 +332,11 @@ def test_cuda_attention_backends_are_used_on_gpu():
     assert "math" in outs and len(outs) >= 2, sorted(outs)
     for backend, out in outs.items():
         assert _rel(out, outs["math"]) < 2e-2, backend
+
+
+def test_camera_cache_option_reaches_the_dit_and_defaults_off_under_sequence_parallelism():
+    assert RuntimeOptions().uses_camera_cache
+    assert not RuntimeOptions(sequence_parallel=2).uses_camera_cache  # auto: off where it costs
+    assert RuntimeOptions(sequence_parallel=2, camera_cache=True).uses_camera_cache
+    assert load_world_model("tiny-random", RuntimeOptions(camera_cache=False)).dit.camera_cache is False
+    assert load_world_model("tiny-random", RuntimeOptions()).dit.camera_cache is True

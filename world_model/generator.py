@@ -32,6 +32,7 @@ from torch import Tensor
 
 from world_model.action import NULL_KEYBOARD, NULL_MOUSE
 from world_model.camera import c2w_from_poses, integrate_poses
+from world_model.dit import reuse_conditioning
 from world_model.sampler import FlowUniPCSampler, cfg_combine
 from world_model.vae import to_uint8_frames
 from world_model.window import sample_window, window_conditioning
@@ -283,19 +284,20 @@ class StreamingGenerator:
         plucker, positions = win.plucker, win.positions
         kb_dev, ms_dev = win_kb.to(self.device, self.dtype), win_ms.to(self.device, self.dtype)
         guided = cfg.sampler.guidance_scale > 1.0
-        if guided:
-            neg = self._negative(n)
+        if guided:  # the null branch: negative prompt, null actions, no memory
+            neg, null_plucker, null_positions = self._negative(n), win.window_plucker, win.latents
             null_kb, null_ms = torch.full_like(kb_dev, NULL_KEYBOARD), torch.full_like(ms_dev, NULL_MOUSE)
 
         def velocity(x: Tensor, t_map: Tensor) -> Tensor:
             v = self.model.dit(x, t_map, text, plucker, ms_dev, kb_dev, positions, memory)
             if guided:
-                # the null branch: negative prompt, null actions, no memory
-                v_null = self.model.dit(x, t_map, neg, win.window_plucker, null_ms, null_kb, win.latents, None)
+                v_null = self.model.dit(x, t_map, neg, null_plucker, null_ms, null_kb, null_positions, None)
                 v = cfg_combine(v, v_null, cfg.sampler.guidance_scale)
             return v
 
-        x = sample_window(velocity, cond, noise[:, :, num_cond:], self.sampler)  # [n, C, F - num_cond, h, w]
+        # the same text, camera code and positions at every step: the DiT computes their part once
+        with reuse_conditioning(self.model.dit):
+            x = sample_window(velocity, cond, noise[:, :, num_cond:], self.sampler)  # [n, C, F - num_cond, h, w]
 
         # history and decode
         new = torch.cat([cond, x], dim=2) if first else x[:, :, -s.new_latents :]  # chunk 0: with the image latent

@@ -40,7 +40,7 @@ from einops import rearrange
 from torch.utils.hooks import RemovableHandle
 
 from world_model.attention import AttentionKernel, attend
-from world_model.dit import MatrixGameDiT
+from world_model.dit import CameraModulation, MatrixGameDiT
 
 __all__ = [
     "SequenceShard",
@@ -286,9 +286,14 @@ class SequenceParallel:
             shard = SequenceShard(T * h * w, h * w, self.rank, self.world)
             state.shard, state.runs = shard, shard.run_frames(e0.device)
             x = shard.take_full(x)  # [B, Lc, D]
-            state.block_inputs = (e0[:, state.runs], shard.take_full(cos), shard.take_full(sin), shard.take_full(cam))
-        e0, cos, sin, cam = state.block_inputs
-        return (x, e0, cos, sin, context, cam, grid, *rest)
+            state.block_inputs = (e0[:, state.runs], shard.take_full(cos), shard.take_full(sin), None)
+        e0, cos, sin, cam_shard = state.block_inputs
+        if isinstance(cam, CameraModulation):  # a cached per-block modulation: this block's own chunk of it
+            cam_shard = CameraModulation(*(state.shard.take_full(part) for part in cam))
+        elif cam_shard is None:  # camera tokens, the same for every block: shard them once per forward
+            cam_shard = state.shard.take_full(cam)
+            state.block_inputs = (e0, cos, sin, cam_shard)
+        return (x, e0, cos, sin, context, cam_shard, grid, *rest)
 
     def _gather_action_input(self, module: torch.nn.Module, args: tuple) -> tuple:
         """The action module sees the valid tokens of all ranks: [B, L, D]."""

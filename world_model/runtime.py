@@ -58,6 +58,13 @@ class RuntimeOptions:
     the release's speed (on one H200 at 5B shapes the release's fp32 GEMMs took 0.84 s of each
     4.74 s chunk). fp32 GEMMs follow torch's float32 matmul precision, "highest" (no TF32) unless
     the program changed it, as in the release. With ``dtype=float32`` both choices are the same.
+    ``camera_cache``: compute a window's conditioning (text embedding, camera tokens, RoPE and each
+    block's camera modulation, which depend on the camera and prompt alone) at its first sampler
+    step and reuse it for the others (exact, ``world_model.dit.reuse_conditioning``). It costs 2 x L
+    x D values per block while a chunk is sampled (about 6.2 GB at 5B shapes in bf16) and saves two
+    of the three camera branches per chunk. ``None`` (default): on, except under sequence parallelism
+    (there the cached modulation is computed on all tokens by every rank, slower than each rank's
+    share per step); ``True``/``False`` force it.
     """
 
     device: str = "cpu"
@@ -68,6 +75,7 @@ class RuntimeOptions:
     text_device: str | None = None  # where the text encoder runs (None: same as device)
     self_attn_projections: str = "dtype"  # "dtype" (fast) or "fp32" (the release's numbers)
     sequence_parallel: int = 1  # ranks one DiT forward is split over (1: off)
+    camera_cache: bool | None = None  # reuse a window's conditioning across sampler steps (None: auto)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
@@ -97,6 +105,8 @@ class RuntimeOptions:
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
             raise ValueError(f"sequence_parallel must be an int >= 1 (1: off), got {self.sequence_parallel!r}")
+        if self.camera_cache is not None and not isinstance(self.camera_cache, bool):
+            raise ValueError(f"camera_cache must be None (auto), True or False, got {self.camera_cache!r}")
         if self.sequence_parallel > 1 and self.compile:
             raise ValueError(
                 "compile=True with sequence_parallel > 1 is not supported yet (the collectives would break "
@@ -111,6 +121,11 @@ class RuntimeOptions:
         device = str(device)
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         return cls(device=device, dtype=kw.pop("dtype", dtype), **kw)
+
+    @property
+    def uses_camera_cache(self) -> bool:
+        """``camera_cache`` resolved: None means on unless sequence parallelism is."""
+        return self.sequence_parallel == 1 if self.camera_cache is None else self.camera_cache
 
     @property
     def self_attn_projection_dtype(self) -> torch.dtype | None:
@@ -188,6 +203,7 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
     check_runtime(runtime)
     for expert in experts:
         expert.set_self_attn_projection_dtype(runtime.self_attn_projection_dtype)
+        expert.camera_cache = runtime.uses_camera_cache
         set_attention_backend(expert, runtime.attention)
         if runtime.quantize == "fp8":
             quantize_linears(expert, "fp8")
