@@ -24,6 +24,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_multi)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_logs_in_a_temporary_folder(tmp_path_factory):
+    """Stable-Baselines3 makes a folder under /tmp for every learn() call unless $SB3_LOGDIR names one."""
+    os.environ.setdefault("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3_logs")))
+
+
 @pytest.fixture
 def seed():
     torch.manual_seed(0)
