@@ -39,17 +39,19 @@ def _require_file(path: Path, what: str) -> None:
         raise CheckpointError(f"{what} {path} is not a file")
 
 
-def read_json_object(path: str | Path) -> dict:
-    """A JSON file holding one object (a config). Unreadable JSON or another type raises CheckpointError naming it."""
+def read_json_object(path: str | Path, error: type[Exception] = CheckpointError, note: str = "") -> dict:
+    """A JSON file holding one object (a config, a dataset's info). Unreadable JSON or another type
+    raises ``error`` naming the file, with ``note`` (what that means for the user) appended."""
     import json
 
     path = Path(path)
+    tail = f"; {note}" if note else ""
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        raise error(f"{path} is not valid JSON ({e}){tail}") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        raise error(f"{path}: expected a JSON object, found {type(data).__name__}{tail}")
     return data
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from world_model.checkpoint import read_json_object
 from world_model.data.poses import c2w_from_poses
 from world_model.data.video import VideoEncoder, decode_video
 
@@ -328,12 +329,7 @@ def _read_episode_rows(root: Path) -> list[dict[str, Any]]:
 
 def _read_info(path: Path) -> dict[str, Any]:
     """info.json, or a DatasetError naming it."""
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({e}); the dataset's info file is damaged") from e
-    if not isinstance(info, dict):
-        raise DatasetError(f"{path} holds a {type(info).__name__}, not an object; the dataset's info file is damaged")
+    info = read_json_object(path, DatasetError, "the dataset's info file is damaged")
     missing = [k for k in ("codebase_version", "fps", "features", "total_episodes") if k not in info]
     if missing:
         raise DatasetError(f"{path} lacks {missing}; the dataset's info file is damaged")
