@@ -59,6 +59,9 @@ def test_int8_is_refused_with_the_fp8_alternative():
         ({"compile": "yes"}, "True or False"),
         ({"attention": "fast"}, "attention must be one of"),
         ({"camera_cache": 1}, "None \\(auto\\), True or False"),
+        ({"text_offload": True}, "runs on the CPU here already"),
+        ({"device": "cuda", "text_device": "cpu", "text_offload": True}, "runs on the CPU here already"),
+        ({"text_offload": "yes"}, "text_offload must be True or False"),
     ],
 )
 def test_contradictory_or_unknown_options_raise(kwargs, match):

