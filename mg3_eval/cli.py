@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=d.split, choices=("train", "validation", "test"), help="levels (default: test)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
     p.add_argument(
+        "--action-guidance",
+        type=float,
+        default=None,
+        metavar="S",
+        help="action guidance scale of the evaluated model (SamplerConfig.action_guidance): S > 1 adds a DiT call "
+        "per sampler step with null actions, v = v_null + S (v - v_null); for a model trained with action dropout "
+        "(default: the model's own, 1 = off; the distillation part's teacher stays unguided)",
+    )
+    p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=f"episodes generated together (default: {d.batch_size})"
     )
     p.add_argument(
@@ -126,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the evaluation, print the table; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.action_guidance is not None and not args.action_guidance >= 1.0:
+        parser.error(f"--action-guidance must be >= 1 (1: off), got {args.action_guidance}")
     import torch
 
     from mg3_eval.report import format_table
@@ -161,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # unknown name, missing or incomplete folder, embedded weights absent
         print(f"mg3 eval: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2
+    if args.action_guidance is not None:  # the generator reads the sampler config of the model it is given
+        try:
+            sampler = wm.config.sampler.replace(action_guidance=args.action_guidance)
+        except ValueError as e:  # the model guides with the release's CFG already (guidance_scale > 1)
+            print(f"mg3 eval: --action-guidance {args.action_guidance}: {e}", file=sys.stderr)
+            return 2
+        wm = dataclasses.replace(wm, config=wm.config.replace(sampler=sampler))
     try:
         metrics = run_evaluation(wm, args.out, opts, runtime=runtime)
     except CheckpointError as e:  # e.g. a --teacher folder without its config.json or VAE

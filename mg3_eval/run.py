@@ -140,7 +140,11 @@ def run_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     cfg = wm.config
     metrics: dict[str, Any] = {
-        "model": {**wm.describe(), "sampler_steps": cfg.sampler.num_steps},
+        "model": {
+            **wm.describe(),
+            "sampler_steps": cfg.sampler.num_steps,
+            "action_guidance": cfg.sampler.action_guidance,
+        },
         "options": dataclasses.asdict(opts),
         "torch_threads": torch.get_num_threads(),
     }

@@ -103,3 +103,22 @@ def test_release_config_defaults_of_the_other_keys():
         16,
         16,
     )
+
+
+def test_action_guidance_validates_and_round_trips(tmp_path):
+    from world_model.config import SamplerConfig
+
+    cfg = tiny()
+    guided = cfg.replace(sampler=cfg.sampler.replace(action_guidance=2.5))
+    guided.save(tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["sampler"]["action_guidance"] == 2.5
+    assert WorldModelConfig.load(tmp_path / "config.json") == guided
+    old = cfg.to_dict()
+    del old["sampler"]["action_guidance"]  # a config.json written before the key existed
+    assert WorldModelConfig.from_dict(old).sampler.action_guidance == 1.0
+    for bad in (0.5, 0.0, float("nan")):
+        with pytest.raises(ConfigError, match=r"action_guidance \(.*\) must be >= 1"):
+            SamplerConfig(action_guidance=bad)
+    with pytest.raises(ConfigError, match="choose one"):
+        SamplerConfig(guidance_scale=5.0, action_guidance=2.0)
+    assert SamplerConfig(guidance_scale=5.0, action_guidance=1.0).guidance_scale == 5.0  # one of them: fine

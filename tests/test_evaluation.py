@@ -540,3 +540,38 @@ def test_new_parts_smoke(tmp_path, capsys):
     for png in ("reset_frames.png", "motion_frames.png"):
         assert (out / png).stat().st_size > 1000, png
     assert "controllability" in capsys.readouterr().out
+
+
+def test_eval_action_guidance_flag_reaches_the_evaluated_model(monkeypatch, tmp_path, capsys):
+    """--action-guidance S: the evaluated model's sampler carries S (what the generator reads); < 1 is a
+    usage error before any model loads, and a model guided with the release's CFG refuses it."""
+    import dataclasses
+
+    import mg3_eval.run
+    import world_model.model
+    from mg3_eval.cli import main
+
+    class Evaluated(Exception):
+        pass
+
+    def fake_run(wm, out, opts, runtime=None):
+        raise Evaluated(wm)
+
+    monkeypatch.setattr(mg3_eval.run, "run_evaluation", fake_run)
+    out = str(tmp_path / "eval")
+    with pytest.raises(Evaluated) as e:
+        main(["--model", "tiny-random", "--out", out, "--action-guidance", "2.5"])
+    wm = e.value.args[0]
+    assert wm.config.sampler.action_guidance == 2.5 and wm.config.sampler.num_steps == 3
+    with pytest.raises(Evaluated) as e:
+        main(["--model", "tiny-random", "--out", out])
+    assert e.value.args[0].config.sampler.action_guidance == 1.0
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "tiny-random", "--out", out, "--action-guidance", "0.5"])
+    assert e.value.code == 2
+    cfg_guided = wm.config.sampler.replace(action_guidance=1.0, guidance_scale=5.0)  # the release's base model
+    base = dataclasses.replace(wm, config=wm.config.replace(sampler=cfg_guided))
+    monkeypatch.setattr(world_model.model, "load_world_model", lambda *a, **k: base)
+    capsys.readouterr()
+    assert main(["--model", "tiny-random", "--out", out, "--action-guidance", "2"]) == 2
+    assert "choose one" in capsys.readouterr().err

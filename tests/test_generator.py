@@ -221,3 +221,76 @@ def test_camera_cache_gives_identical_frames_with_one_camera_branch_per_chunk(gu
     chunks, steps = 3, cfg.sampler.num_steps
     assert counts[False][0] == chunks * steps * branches
     assert counts[True][0] == chunks * branches
+
+
+def _action_guided(model, scale: float):
+    """The same model (same weights) with ``action_guidance`` set, as ``mg3 eval --action-guidance`` makes it."""
+    import dataclasses
+
+    cfg = model.config
+    return dataclasses.replace(model, config=cfg.replace(sampler=cfg.sampler.replace(action_guidance=scale)))
+
+
+def test_action_guidance_two_dit_calls_per_step_with_only_the_actions_nulled(gen, model):
+    """action_guidance 1: one DiT call per sampler step, the frames of the unguided model bit for bit;
+    > 1: two per step, the second with the null actions and the very same prompt, camera code,
+    positions and memory tensors (so the per-window conditioning cache serves both)."""
+    from world_model.action import NULL_KEYBOARD, NULL_MOUSE
+
+    steps, chunks = model.config.sampler.num_steps, 2
+    plain, _ = _cached_run(gen, model, [5], [1], chunks=chunks)
+    calls = []  # the positional arguments of every DiT call: x, t, text, plucker, mouse, keyboard, positions, memory
+    hook = model.dit.register_forward_pre_hook(lambda _, args: calls.append(args))
+    try:
+        one = _action_guided(model, 1.0)
+        same, _ = _run(StreamingGenerator(one), one, [5], [_image(1)], chunks=chunks)
+        assert len(calls) == chunks * steps
+        calls.clear()
+        guided = _action_guided(model, 3.0)
+        frames, _ = _run(StreamingGenerator(guided), guided, [5], [_image(1)], chunks=chunks)
+    finally:
+        hook.remove()
+    assert all(torch.equal(a, b) for a, b in zip(same[0], plain[0]))
+    assert len(calls) == 2 * chunks * steps
+    for cond, null in zip(calls[::2], calls[1::2]):
+        x, t, text, plucker, mouse, keyboard, positions, memory = cond
+        assert null[0] is x and null[1] is t
+        assert null[2] is text and null[3] is plucker and null[6] is positions and null[7] is memory
+        assert not bool((keyboard == NULL_KEYBOARD).all()) and not bool((mouse == NULL_MOUSE).all())
+        assert bool((null[5] == NULL_KEYBOARD).all()) and bool((null[4] == NULL_MOUSE).all())
+        assert null[5].shape == keyboard.shape and null[4].shape == mouse.shape
+    assert calls[-1][7] is not None  # chunk 1: memory in both branches
+    assert not torch.equal(frames[0][1], plain[0][1])
+
+
+class _VelocityProbe(torch.nn.Module):
+    """A stand-in DiT with known velocities: ``cond(x)`` for real actions, ``null(x)`` for the null ones;
+    with ``combined`` it returns null + s·(cond − null) itself for the real actions."""
+
+    def __init__(self, combined: float | None = None) -> None:
+        super().__init__()
+        self.combined = combined
+
+    def forward(self, x, t, context, plucker, mouse, keyboard, positions, memory=None):
+        from world_model.action import NULL_KEYBOARD
+
+        cond, null = 0.3 * x + 0.1, -0.2 * x + 0.05 * context.mean()
+        if bool((keyboard == NULL_KEYBOARD).all()):
+            return null
+        return cond if self.combined is None else null + self.combined * (cond - null)
+
+
+def test_action_guidance_combines_the_two_velocities(model):
+    """The sampler sees v_null + s·(v − v_null): a guided run equals an unguided one whose DiT returns
+    that combination itself, bit for bit, and differs from the run on v alone."""
+    import dataclasses
+
+    def run(dit, scale):
+        m = _action_guided(dataclasses.replace(model, dit=dit), scale)
+        return _run(StreamingGenerator(m), m, [4], [_image(1)], chunks=2)[0][0]
+
+    guided = run(_VelocityProbe(), 2.5)
+    by_hand = run(_VelocityProbe(combined=2.5), 1.0)
+    cond_only = run(_VelocityProbe(), 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(guided, by_hand))
+    assert not torch.equal(guided[1], cond_only[1])

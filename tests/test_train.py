@@ -302,3 +302,101 @@ def test_ship_installs_an_export_and_keeps_the_card(smoke_run, tmp_path):
     assert json.loads((target / "config.json").read_text())["stream"]["fps"] == cfg["stream"]["fps"]
     assert (target / "README.md").read_text() == "# the model card\n" and (target / "default_prompt.txt").exists()
     assert not (target / "status.json").exists() and not list(tmp_path.glob("embedded.*"))
+
+
+def _action_batch(b: int, nf: int = 7):
+    """A ClipBatch with distinct, non-null actions (only keyboard and mouse matter to drop_actions)."""
+    from world_model.train.clips import ClipBatch
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.zeros(b, 1)
+    return ClipBatch(
+        latents=z, num_context=1, memory=None, plucker=z, mouse=torch.rand(b, nf, 2, generator=g) * 0.5 - 0.25,
+        keyboard=(torch.rand(b, nf, 6, generator=g) < 0.5).float(), positions=z, context=z,
+        chunk=torch.zeros(b, dtype=torch.int64), frames=z,
+    )  # fmt: skip
+
+
+def test_action_dropout_nulls_whole_samples_at_rate_p_deterministically():
+    from world_model.action import NULL_KEYBOARD, NULL_MOUSE
+    from world_model.train.flow import FlowOptions, drop_actions
+
+    batch = _action_batch(4)
+    kb, ms = batch.keyboard, batch.mouse
+    assert not drop_actions(batch, 0.0, torch.Generator().manual_seed(0)).any()
+    assert torch.equal(batch.keyboard, kb) and torch.equal(batch.mouse, ms)
+
+    n, p = 4000, 0.3
+    batch = _action_batch(n)
+    kb, ms = batch.keyboard.clone(), batch.mouse.clone()
+    drop = drop_actions(batch, p, torch.Generator().manual_seed(0))
+    assert drop.shape == (n,) and drop.dtype == torch.bool
+    assert abs(drop.float().mean().item() - p) < 0.03  # binomial sd 0.007
+    assert bool((batch.keyboard[drop] == NULL_KEYBOARD).all()) and bool((batch.mouse[drop] == NULL_MOUSE).all())
+    assert torch.equal(batch.keyboard[~drop], kb[~drop]) and torch.equal(batch.mouse[~drop], ms[~drop])
+    assert not (kb == NULL_KEYBOARD).all(dim=(1, 2)).any() and not (ms == NULL_MOUSE).all(dim=(1, 2)).any()
+    again = _action_batch(n)
+    assert torch.equal(drop_actions(again, p, torch.Generator().manual_seed(0)), drop)  # the generator decides
+    assert torch.equal(again.keyboard, batch.keyboard) and torch.equal(again.mouse, batch.mouse)
+    assert not torch.equal(drop_actions(_action_batch(n), p, torch.Generator().manual_seed(1)), drop)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="p_drop_actions"):
+            FlowOptions(p_drop_actions=bad)
+
+
+def test_flow_stage_feeds_the_dit_null_actions_for_the_dropped_samples():
+    """What the DiT sees in a training step: the dropped samples' keyboard and mouse are the null
+    values, the others the store's; the share is logged; p = 0 draws nothing and logs nothing."""
+    from world_model.action import NULL_KEYBOARD, NULL_MOUSE
+    from world_model.dit import MatrixGameDiT
+    from world_model.train.flow import FlowOptions, FlowStage
+
+    cfg, B = tiny(32, 32), 4
+    _, st = _store(cfg)
+
+    def step(p: float, seed: int = 0):
+        torch.manual_seed(0)
+        opts = FlowOptions(batch_size=B, warmup_steps=1, p_continue=0.0, p_drop_actions=p, seed=seed)
+        stage = FlowStage(MatrixGameDiT(cfg.dit), ClipSampler(st, cfg, B, p_continue=0.0, seed=seed), opts)
+        seen = []
+        stage.model.register_forward_pre_hook(lambda _, args: seen.append((args[4].clone(), args[5].clone())))
+        rng = stage.action_generator.get_state()
+        metrics = stage.train_step(0)
+        return metrics, seen[0], stage, rng
+
+    metrics, (ms, kb), stage, rng = step(0.0)
+    assert "actions_dropped" not in metrics and torch.equal(stage.action_generator.get_state(), rng)
+    true = ClipSampler(st, cfg, B, p_continue=0.0, seed=0).sample()  # the same draw: the stored actions
+    assert torch.equal(kb, true.keyboard) and torch.equal(ms, true.mouse)
+
+    metrics, (ms, kb), _, _ = step(0.5, seed=1)
+    true = ClipSampler(st, cfg, B, p_continue=0.0, seed=1).sample()
+    dropped = (kb == NULL_KEYBOARD).all(dim=(1, 2))
+    assert bool(((ms == NULL_MOUSE).all(dim=(1, 2)) == dropped).all())  # keyboard and mouse together
+    assert 0 < int(dropped.sum()) < B, f"seed 1 should drop some samples and keep some, dropped {dropped}"
+    assert torch.equal(kb[~dropped], true.keyboard[~dropped]) and torch.equal(ms[~dropped], true.mouse[~dropped])
+    assert float(metrics["actions_dropped"]) == dropped.float().mean().item()
+
+
+def test_pipeline_passes_action_dropout_to_both_flow_stages(monkeypatch, tmp_path):
+    """--action-dropout P reaches FlowOptions.p_drop_actions of the base and the memory stage."""
+    from world_model.dit import MatrixGameDiT
+    from world_model.train import loop, pipeline
+    from world_model.train.__main__ import _parser
+
+    assert _parser().parse_args(["base", "--run", "r", "--action-dropout", "0.25"]).opt_action_dropout == 0.25
+    with pytest.raises(ValueError, match="action_dropout"):
+        pipeline.PipelineOptions(action_dropout=1.0)
+    cfg = tiny(32, 32)
+    _, st = _store(cfg)
+    monkeypatch.setattr(pipeline, "_need", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "run_config", lambda run, opts: cfg)
+    monkeypatch.setattr(pipeline, "_latents", lambda run, dev: (st, st))
+    monkeypatch.setattr(pipeline, "_evaluator", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "_dit_from", lambda *a, **k: MatrixGameDiT(cfg.dit))
+    monkeypatch.setattr(
+        loop, "run_loop", lambda stage, folder, lopts: {"name": stage.name, "p": stage.opts.p_drop_actions}
+    )
+    opts = dataclasses.replace(pipeline.PipelineOptions.smoke(), action_dropout=0.25)
+    for name in ("base", "memory"):
+        assert pipeline.run_stage(tmp_path, name, opts) == {"name": name, "p": 0.25}

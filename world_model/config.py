@@ -384,11 +384,22 @@ class SamplerConfig(_Config):
     solver_order: int = 2
     guidance_scale: float = 1.0  # 5.0 with the base (non-distilled) model
     negative_prompt: str = NEGATIVE_PROMPT
+    # action guidance (ours, not the release's): > 1 adds a DiT call per sampler step with the same
+    # prompt, camera and memory but null actions, v = v_null + s·(v − v_null). It amplifies what the
+    # actions add; meaningful for a model trained with action dropout (FlowOptions.p_drop_actions)
+    action_guidance: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.num_steps >= 1, f"num_steps ({self.num_steps}) must be >= 1")
         _check(self.shift > 0, f"shift ({self.shift}) must be positive")
         _check(self.guidance_scale >= 1.0, f"guidance_scale ({self.guidance_scale}) must be >= 1")
+        _check(self.action_guidance >= 1.0, f"action_guidance ({self.action_guidance}) must be >= 1 (1: off)")
+        _check(
+            self.guidance_scale == 1.0 or self.action_guidance == 1.0,
+            f"guidance_scale ({self.guidance_scale}) and action_guidance ({self.action_guidance}) are both > 1; "
+            "combining the release's guidance (negative prompt, null actions, no memory) with action guidance "
+            "is not supported: choose one and set the other to 1",
+        )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ the pose of frame i moved by action i (commanded poses, not estimated from the v
 The model sees bf16-rounded timesteps (1000, 908, 712 for the 3-step schedule); context and
 memory frames have timestep 0 and are written back after every sampler step. With
 ``guidance_scale > 1`` (the base model) a second call per step uses the negative prompt, the null
-actions and no memory (spec §6 step 4). The window's conditioning (camera code, memory,
+actions and no memory (spec §6 step 4). With ``action_guidance > 1`` (ours; for a model trained
+with action dropout) the second call keeps the prompt, camera code and memory and nulls only the
+actions, so the guidance amplifies what the actions add. The window's conditioning (camera code, memory,
 positions) and the sampling loop are :mod:`world_model.window`'s, the ones training calls.
 """
 
@@ -284,15 +286,20 @@ class StreamingGenerator:
         plucker, positions = win.plucker, win.positions
         kb_dev, ms_dev = win_kb.to(self.device, self.dtype), win_ms.to(self.device, self.dtype)
         guided = cfg.sampler.guidance_scale > 1.0
+        action_guided = cfg.sampler.action_guidance > 1.0  # SamplerConfig allows one of the two
+        if guided or action_guided:
+            null_kb, null_ms = torch.full_like(kb_dev, NULL_KEYBOARD), torch.full_like(ms_dev, NULL_MOUSE)
         if guided:  # the null branch: negative prompt, null actions, no memory
             neg, null_plucker, null_positions = self._negative(n), win.window_plucker, win.latents
-            null_kb, null_ms = torch.full_like(kb_dev, NULL_KEYBOARD), torch.full_like(ms_dev, NULL_MOUSE)
 
         def velocity(x: Tensor, t_map: Tensor) -> Tensor:
             v = self.model.dit(x, t_map, text, plucker, ms_dev, kb_dev, positions, memory)
             if guided:
                 v_null = self.model.dit(x, t_map, neg, null_plucker, null_ms, null_kb, null_positions, None)
                 v = cfg_combine(v, v_null, cfg.sampler.guidance_scale)
+            elif action_guided:  # the same prompt, camera, positions and memory (one cached conditioning)
+                v_null = self.model.dit(x, t_map, text, plucker, null_ms, null_kb, positions, memory)
+                v = cfg_combine(v, v_null, cfg.sampler.action_guidance)
             return v
 
         # the same text, camera code and positions at every step: the DiT computes their part once

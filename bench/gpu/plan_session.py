@@ -32,6 +32,9 @@ from pathlib import Path
 SHARES = {"data": 0.0, "vae": 0.25, "decoder": 0.10, "encode": 0.04, "base": 0.45, "memory": 0.15, "dmd": 0.0,
           "export": 0.01}  # fmt: skip
 OWN_HISTORY = 0.1
+# share of the flow stages' samples trained with null actions (--action-dropout), which action guidance
+# at inference (SamplerConfig.action_guidance) needs; 0 keeps the recipe of the sessions so far (0.1 to try it)
+ACTION_DROPOUT = 0.0
 # stages that a share of 0 skips (the data stage's 0 only means it takes no time of its own)
 SKIPPABLE = ("memory", "dmd")
 # cold per-block compilation of a flow stage's DiT, measured on the H200 (2026-12-01: base 92 s, memory 96 s)
@@ -92,6 +95,7 @@ def main() -> None:
         "memory-lr": 2e-4,
         "compile": ",".join(compiled) or "none",
         "own-history": OWN_HISTORY,
+        "action-dropout": ACTION_DROPOUT,
     }
     print(" ".join(f"--{k} {v}" for k, v in flags.items()))
 

@@ -17,11 +17,12 @@ import torch._dynamo
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from world_model.action import NULL_KEYBOARD, NULL_MOUSE
 from world_model.train.clips import ClipBatch, ClipSampler
 from world_model.train.ema import EMA
 from world_model.train.error_buffer import ErrorBuffer, ErrorBufferOptions
 
-__all__ = ["FlowOptions", "sample_sigmas", "add_noise", "dit_forward", "flow_loss", "FlowStage"]
+__all__ = ["FlowOptions", "sample_sigmas", "add_noise", "drop_actions", "dit_forward", "flow_loss", "FlowStage"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,15 @@ class FlowOptions:
     # sampler, no gradients) instead of the stored ones: it trains on the history it will see at
     # inference (costs one sampling of the batch, about a training step)
     p_own_history: float = 0.0
+    # action dropout: each sample's window keyboard and mouse become the null actions (the values the
+    # release's guidance branch feeds) with this probability, so that the model also learns the
+    # action-free prediction that SamplerConfig.action_guidance contrasts with (0.1 is common)
+    p_drop_actions: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p_drop_actions < 1.0:
+            raise ValueError(f"p_drop_actions must be in [0, 1), got {self.p_drop_actions}")
 
 
 def sample_sigmas(n: int, opts: FlowOptions, generator: torch.Generator | None = None) -> Tensor:
@@ -63,6 +72,19 @@ def add_noise(x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
     """x_σ = (1 − σ)·x0 + σ·ε with σ [B] broadcast over [B, C, F, h, w]."""
     s = sigma.view(-1, *([1] * (x0.ndim - 1))).to(x0)
     return (1 - s) * x0 + s * noise
+
+
+def drop_actions(batch: ClipBatch, p: float, generator: torch.Generator) -> Tensor:
+    """Action dropout, in place: with probability ``p`` per sample, the sample's window keyboard
+    [Nf, K] and mouse [Nf, 2] become :data:`~world_model.action.NULL_KEYBOARD` /
+    :data:`~world_model.action.NULL_MOUSE` (both together). The mask is drawn from ``generator``
+    where the batch lives (no host sync). Returns the mask [B] bool of dropped samples."""
+    keyboard, mouse = batch.keyboard, batch.mouse
+    assert keyboard.is_floating_point() and mouse.is_floating_point(), "the null keyboard value is -1"
+    drop = torch.rand(keyboard.shape[0], generator=generator, device=keyboard.device) < p  # [B]
+    batch.keyboard = torch.where(drop[:, None, None], torch.full_like(keyboard, NULL_KEYBOARD), keyboard)
+    batch.mouse = torch.where(drop[:, None, None], torch.full_like(mouse, NULL_MOUSE), mouse)
+    return drop
 
 
 def dit_forward(model: nn.Module, batch: ClipBatch, window: Tensor, t_noisy: Tensor) -> Tensor:
@@ -133,6 +155,7 @@ class FlowStage:
         self.generator = torch.Generator().manual_seed(opts.seed)
         self.noise_generator = torch.Generator(self.device).manual_seed(opts.seed + 2)
         self.buffer_generator = torch.Generator(self.device).manual_seed(opts.seed + 1)
+        self.action_generator = torch.Generator(self.device).manual_seed(opts.seed + 3)  # action dropout
         if opts.compile:
             # regional: one compiled graph per block class, shared by all blocks (compiles in a
             # fraction of the whole model's time, which a short stage cannot afford)
@@ -187,6 +210,9 @@ class FlowStage:
         ):
             batch = self._own_history(batch)
         batch = self.perturb(batch)
+        dropped = None
+        if self.opts.p_drop_actions > 0:  # after the own history: chunk k-1 is sampled with its true actions
+            dropped = drop_actions(batch, self.opts.p_drop_actions, self.action_generator)
         b = batch.latents.shape[0]
         sigma_host = sample_sigmas(b, self.opts, self.generator)  # [B] on the host
         sigma = sigma_host.to(self.device, non_blocking=True)
@@ -201,13 +227,16 @@ class FlowStage:
         self.ema.update(self.model)
         self.buffer.push(residual, sigma_host)
         # device tensors: the loop reads them back only at its log steps
-        return {
+        metrics = {
             "loss": loss.detach(),
             "grad_norm": gnorm.detach(),
             "lr": self._lr(step),
             "buffer": float(len(self.buffer)),
             "residual_rms": residual.pow(2).mean().sqrt(),
         }
+        if dropped is not None:
+            metrics["actions_dropped"] = dropped.float().mean()  # share of the batch trained without actions
+        return metrics
 
     def evaluate(self) -> dict[str, float]:
         return dict(self.evaluator(self.ema.model)) if self.evaluator is not None else {}
@@ -221,6 +250,7 @@ class FlowStage:
             "sampler": self.sampler.state_dict(),
             "rng": self.generator.get_state(),
             "noise_rng": self.noise_generator.get_state(),
+            "action_rng": self.action_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -241,3 +271,5 @@ class FlowStage:
         self.generator.set_state(state["rng"])
         if "noise_rng" in state:
             self.noise_generator.set_state(state["noise_rng"].cpu())
+        if "action_rng" in state:  # checkpoints from before action dropout lack it
+            self.action_generator.set_state(state["action_rng"].cpu())

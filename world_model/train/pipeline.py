@@ -96,6 +96,10 @@ class PipelineOptions:
     # share of the flow stages' continuation batches conditioned on the model's own previous chunk
     # (FlowOptions.p_own_history; closes the exposure gap the evaluation's psnr_next_rollout shows)
     own_history: float = 0.0
+    # share of the flow stages' training samples whose actions are replaced by the null actions
+    # (FlowOptions.p_drop_actions): what SamplerConfig.action_guidance needs; 0.1 suggested, 0 (off) kept
+    # as the default so that runs continuing earlier sessions' weights keep their recipe
+    action_dropout: float = 0.0
     shares: str = ""  # budget shares overriding BUDGET_SHARE, e.g. "vae=0.3,base=0.4"
     checkpoint_every: int = 1000
     eval_every: int = 2000
@@ -133,6 +137,8 @@ class PipelineOptions:
         (run / "pipeline.json").write_text(json.dumps(asdict(self), indent=1) + "\n")
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.action_dropout < 1.0:
+            raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout}")
         value = self.compile
         if isinstance(value, bool) or str(value).lower() in ("true", "false", "none"):
             value = "base,memory" if str(value).lower() == "true" else ""
@@ -529,6 +535,7 @@ def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, mem
         use_memory=memory,
         compile=opts.compiles(name),
         p_own_history=opts.own_history,
+        p_drop_actions=opts.action_dropout,
         seed=opts.seed,
     )
     clips = ClipSampler(train_lat, cfg, batch, p_continue=fopts.p_continue, use_memory=memory, seed=opts.seed)
