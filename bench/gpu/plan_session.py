@@ -33,8 +33,8 @@ SHARES = {"data": 0.0, "vae": 0.25, "decoder": 0.10, "encode": 0.04, "base": 0.4
           "export": 0.01}  # fmt: skip
 OWN_HISTORY = 0.1
 # share of the flow stages' samples trained with null actions (--action-dropout), which action guidance
-# at inference (SamplerConfig.action_guidance) needs; 0 keeps the recipe of the sessions so far (0.1 to try it)
-ACTION_DROPOUT = 0.0
+# at inference (SamplerConfig.action_guidance) needs; from session 6 on (0 in sessions 1-5)
+ACTION_DROPOUT = 0.1
 # stages that a share of 0 skips (the data stage's 0 only means it takes no time of its own)
 SKIPPABLE = ("memory", "dmd")
 # cold per-block compilation of a flow stage's DiT, measured on the H200 (2026-12-01: base 92 s, memory 96 s)
