@@ -1,4 +1,6 @@
-"""Seconds per reset and per chunk of the 5B architecture through the env API (random bf16 weights).
+"""Seconds per reset and per chunk of the 5B architecture through the env API (random bf16 weights),
+split into DiT / decode / host, with peak memory, an ablation of the runtime options, each one's
+accuracy against the eager path, and the FLOP floor every part is measured against (issue 14).
 
 The released geometry (704x1280, 3-step sampler, 5 memory + 4 past + 10 new latents) with random
 weights and a random text encoder of umt5-xxl's shape, so no checkpoint is needed; the VAE decoder
@@ -6,44 +8,643 @@ is pruned as MG-LightVAE v2 (p = 0.75) by default. Reset = text + image encoding
 (57 frames); each step = one 40-frame chunk incl. memory retrieval and decoding; frames are
 copied to the host (as an env user gets them).
 
-    python bench/env_5b.py --chunks 3 --json bench_env_5b.json
+The GPU session's one command (issue 14's whole measurement, about 5 minutes on one H200):
+
+    python bench/env_5b.py --ablation --chunks 3 --json bench/results/env_5b_ablation_h200.json
+
+on the lent machine through ``bash bench/gpu/env_5b.sh`` (the same, with the gymnasium wheels carried
+in ``.carry/gym`` installed first, and the JSON and log written to $OUT). Other uses:
+
+    python bench/env_5b.py --chunks 3 --json bench_env_5b.json              # one configuration
     python bench/env_5b.py --chunks 3 --quantize fp8 --compile --attention cudnn
+    python bench/env_5b.py --config tiny --device cpu --ablation --chunks 1  # CPU smoke run (tests)
 
-``--attention``, ``--quantize`` and ``--compile`` are RuntimeOptions, applied to the model by the
-loader (``world_model.runtime.apply_runtime``); the JSON records what the model carries after
-loading (the backends of its attention modules, its FP8 layers, whether its blocks are compiled).
+What each chunk's row holds:
 
-Needs a CUDA GPU. The env API needs gymnasium (pure Python: carry its wheel plus
-farama-notifications and cloudpickle if the machine lacks them); without it the script measures
-the same loop one level down (the streaming generator) and says so in the JSON.
+- **parts**: DiT = every sampler-step forward of ``model.dit`` (forward hooks), decode = every
+  ``model.vae.decode`` call (the method wrapped on the model instance for the run), host = the
+  chunk's wall time minus both. On CUDA the parts are CUDA-event times (no synchronisation inside a
+  chunk; one after it); on a CPU, ``perf_counter``.
+- **ablation** (``--ablation``): each configuration on a freshly built model with the same random
+  weights (``random_world_model(..., seed=--seed)``; a checksum of the weights no option rewrites is
+  compared with the first configuration's), the same env seed and the same actions. The first
+  configuration (eager, camera cache off) is the reference: every other one reports the relative L2
+  error of each chunk's latents (what the DiT wrote, as the decoder gets them) and the PSNR of its
+  decoded uint8 frames against the reference's same chunk (the table: the worst of the warm reset's
+  chunk and every later one; the JSON: each). One warm-up chunk (compiles a compiled model's chunk shape) is excluded from the timings;
+  "cold s" = first reset + warm-up chunk (a compiled model's cold compile is in it). An option the
+  device cannot run (FP8 off Hopper/Ada, cuDNN attention off CUDA, compile off CUDA) is reported as
+  skipped with the reason, never measured as something else; one that fails is reported with its
+  error and the next configuration still runs. The JSON is rewritten after every configuration.
+- **floor**: the FLOPs of one steady chunk, counted by ``torch.utils.flop_counter.FlopCounterMode``
+  on the run's device during one extra, untimed chunk of the reference configuration (split into
+  DiT matmul, DiT attention and decode convolution FLOPs, by aten op), divided by measured ceilings
+  (``--matmul-tflops``, ``--fp8-tflops``, ``--attention-tflops``; defaults: the H200 measurements of
+  ../shared/reference/ecosystem.md, 5B shapes). FP8 configurations are held to the floor with every
+  DiT matmul at the FP8 ceiling. Only FLOPs are counted (no byte floor): the DiT's weights are read
+  in ~7 ms per chunk at 4.25 TB/s, and activation traffic is what the ratio above 1 shows.
+
+``--attention``, ``--quantize``, ``--compile`` and ``--camera-cache`` are RuntimeOptions, applied to
+the model by the loader (``world_model.runtime.apply_runtime``); the JSON records what each model
+carries after loading (the backends of its attention modules, its FP8 layers, its compiled blocks).
+
+The env API needs gymnasium (pure Python: carry its wheel plus farama-notifications and cloudpickle
+if the machine lacks them); without it the script measures the same loop one level down (the
+streaming generator) and says so in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import platform
 import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
-from world_model.attention import attention_backends
-from world_model.config import VAEConfig, mg3_5b
-from world_model.model import random_world_model
-from world_model.quant import Float8Linear
-from world_model.runtime import ATTENTION_BACKENDS, RuntimeOptions
+from world_model.attention import attention_backends, flash_attn_available
+from world_model.config import VAEConfig, WorldModelConfig, mg3_5b, tiny
+from world_model.model import WorldModel, random_world_model
+from world_model.quant import Float8Linear, default_fp8_layers
+from world_model.runtime import ATTENTION_BACKENDS, RuntimeOptions, check_runtime
+
+# Ceilings measured on one H200 with torch 2.11 (../shared/reference/ecosystem.md): bf16 GEMMs at the
+# 5B DiT's shapes 763-783 TFLOP/s, FP8 row-wise torch._scaled_mm 1,357-1,429, SDPA cuDNN attention 632.
+MATMUL_TFLOPS = 773.0
+FP8_TFLOPS = 1393.0
+ATTENTION_TFLOPS = 632.0
+PARTS = ("dit", "decode")
+FORWARD = {"keyboard": [1, 0, 0, 0, 0, 0], "mouse": [0.0, 0.1]}  # every chunk: walk forward, turn a little
 
 
-def _sync() -> None:
+@dataclass(frozen=True)
+class BenchConfig:
+    """One measured configuration: a label and the RuntimeOptions fields it sets."""
+
+    label: str
+    attention: str = "auto"
+    quantize: str | None = None
+    compile: bool = False
+    camera_cache: bool = True
+
+    def runtime(self, device: str, dtype: torch.dtype) -> RuntimeOptions:
+        """The options on ``device`` in ``dtype`` (FP8 computes in bf16 whatever the run's dtype)."""
+        return RuntimeOptions(
+            device=device,
+            dtype=torch.bfloat16 if self.quantize == "fp8" else dtype,
+            attention=self.attention,
+            quantize=self.quantize,
+            compile=self.compile,
+            camera_cache=self.camera_cache,
+        )
+
+
+def ablation_configs(auto_kernel: str) -> list[BenchConfig]:
+    """The ablation, reference first; eager ones before the compiled ones (their cold compiles are the
+    longest part of the run). cuDNN attention only when ``auto`` runs another kernel here."""
+    configs = [
+        BenchConfig("eager, camera cache off", camera_cache=False),
+        BenchConfig("+ camera cache"),
+    ]
+    if auto_kernel != "cudnn":
+        configs.append(BenchConfig(f"+ cache, cudnn attn (auto: {auto_kernel})", attention="cudnn"))
+    configs += [
+        BenchConfig("+ compile", compile=True),
+        BenchConfig("+ fp8 (compiled)", compile=True, quantize="fp8"),
+    ]
+    return configs
+
+
+def auto_attention_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """The kernel ``attention="auto"`` runs for unmasked self-attention here: ``flash_attn`` (package),
+    or the SDPA backend torch's dispatch picks (read from the aten op it calls)."""
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and flash_attn_available():
+        return "flash_attn"
+    q = torch.randn(1, 4, 256, head_dim, device=device, dtype=dtype)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        F.scaled_dot_product_attention(q, q, q)
+    ops = " ".join(e.key for e in prof.key_averages())
+    return next((k for k in ("cudnn", "flash", "efficient") if f"_scaled_dot_product_{k}_attention" in ops), "math")
+
+
+def skip_reason(runtime: RuntimeOptions) -> str | None:
+    """Why the device cannot run ``runtime`` (None: it can)."""
+    try:
+        check_runtime(runtime)
+    except ValueError as e:
+        return str(e)
+    if runtime.compile and torch.device(runtime.device).type != "cuda":
+        return "compile is measured on CUDA only (a CPU's cold inductor compile would take minutes)"
+    return None
+
+
+# ---- per-part timing, latents and FLOPs of the DiT forwards and the decodes ------------------------
+
+
+class PartProbe:
+    """Device time of each part (``begin``/``end`` around its calls), the latents every decode got,
+    and, while ``flops`` holds an active FlopCounterMode, each part's FLOPs per aten op."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.flops: FlopCounterMode | None = None
+        self.flops_by_part: dict[str, Counter] = {p: Counter() for p in PARTS}
+        self.clear()
+
+    def clear(self) -> None:
+        self._spans: dict[str, list[tuple]] = {p: [] for p in PARTS}
+        self._open: dict[str, tuple] = {}
+        self.latents: list[Tensor] = []  # on the device until read, so that capturing never synchronises
+
+    def _mark(self) -> object:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _op_flops(self) -> Counter:
+        return Counter({str(op): n for op, n in self.flops.get_flop_counts().get("Global", {}).items()})
+
+    def begin(self, part: str) -> None:
+        self._open[part] = (self._mark(), self._op_flops() if self.flops is not None else None)
+
+    def end(self, part: str) -> None:
+        start, flops0 = self._open.pop(part)
+        self._spans[part].append((start, self._mark()))
+        if flops0 is not None:
+            self.flops_by_part[part] += self._op_flops() - flops0
+
+    def seconds(self) -> dict[str, float]:
+        """Seconds per part since :meth:`clear` (call after synchronising)."""
+        if self.cuda:
+            return {p: sum(a.elapsed_time(b) for a, b in s) / 1e3 for p, s in self._spans.items()}
+        return {p: sum(b - a for a, b in s) for p, s in self._spans.items()}
+
+
+@contextmanager
+def probed(model: WorldModel, probe: PartProbe) -> Iterator[None]:
+    """Time ``model.dit``'s forwards (hooks) and ``model.vae.decode`` (wrapped on the instance) into
+    ``probe`` while inside; the model is as before afterwards."""
+    decode = model.vae.decode
+
+    def probed_decode(z: Tensor, *args, **kwargs):
+        probe.begin("decode")
+        out = decode(z, *args, **kwargs)
+        probe.end("decode")
+        probe.latents.append(z.detach().clone())
+        return out
+
+    hooks = [
+        model.dit.register_forward_pre_hook(lambda module, args: probe.begin("dit")),
+        model.dit.register_forward_hook(lambda module, args, out: probe.end("dit")),
+    ]
+    model.vae.decode = probed_decode
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        del model.vae.decode
+
+
+# ops torch's FLOP table lacks, counted as their CUDA counterparts: the CPU flash attention kernel, and
+# the oneDNN convolution world_model.vae calls directly for fp32 on a CPU
+_CPU_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: (
+        sdpa_flop_count(q, k, v)
+    ),
+    torch.ops.aten.mkldnn_convolution: lambda x, w, *a, out_shape=None, **kw: conv_flop_count(x, w, out_shape),
+}
+
+
+def count_flops(step: Callable[[], Tensor], probe: PartProbe) -> dict[str, dict[str, float]]:
+    """FLOPs of one ``step()`` per part, split into matmul/convolution and attention ops."""
+    with FlopCounterMode(display=False, custom_mapping=_CPU_FLOPS) as counter:
+        probe.flops = counter
+        try:
+            step()
+        finally:
+            probe.flops = None
+    out = {}
+    for part, ops in probe.flops_by_part.items():
+        attention = sum(n for op, n in ops.items() if "attention" in op)
+        out[part] = {"matmul": float(sum(ops.values()) - attention), "attention": float(attention)}
+    return out
+
+
+def floor_seconds(flops: dict[str, dict[str, float]], ceilings: dict[str, float], fp8: bool) -> dict[str, float]:
+    """Seconds per part at the ceilings (TFLOP/s); ``fp8``: DiT matmuls at the FP8 ceiling."""
+    dit_matmul = ceilings["fp8_tflops" if fp8 else "matmul_tflops"]
+    floor = {
+        "dit": flops["dit"]["matmul"] / dit_matmul + flops["dit"]["attention"] / ceilings["attention_tflops"],
+        "decode": flops["decode"]["matmul"] / ceilings["matmul_tflops"]
+        + flops["decode"]["attention"] / ceilings["attention_tflops"],
+    }
+    floor = {k: v / 1e12 for k, v in floor.items()}
+    floor["chunk"] = floor["dit"] + floor["decode"]
+    return floor
+
+
+# ---- rollouts --------------------------------------------------------------------------------------
+
+
+class EnvDriver:
+    """Resets and steps one ``MatrixGameEnv`` with the same seed and actions every time."""
+
+    api = "gymnasium MatrixGameEnv"
+
+    def __init__(self, model: WorldModel, max_chunks: int) -> None:
+        import numpy as np
+
+        from mg3_env.env import MatrixGameEnv
+
+        self.env = MatrixGameEnv(model=model, max_chunks=max_chunks)
+        self.action = {k: np.asarray(v, dtype=np.float32) for k, v in FORWARD.items()}
+        self.action["keyboard"] = self.action["keyboard"].astype(np.int8)
+
+    def reset(self) -> Tensor:
+        obs, _ = self.env.reset(seed=0)
+        return torch.as_tensor(obs["frames"])
+
+    def step(self) -> Tensor:
+        obs, *_ = self.env.step(self.action)
+        return torch.as_tensor(obs["frames"])
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class GeneratorDriver:
+    """The same loop one level down (the streaming generator), when gymnasium is not installed."""
+
+    api = "StreamingGenerator (gymnasium not installed)"
+
+    def __init__(self, model: WorldModel, max_chunks: int) -> None:
+        from world_model.generator import ChunkActions, StreamingGenerator
+
+        self.model, self.gen = model, StreamingGenerator(model)
+        self.state = self.gen.init_state(1)
+        self.first = ChunkActions(
+            torch.zeros(self.gen.first_chunk_frames, 6), torch.zeros(self.gen.first_chunk_frames, 2)
+        )
+        n = self.gen.chunk_frames
+        kb, ms = torch.tensor(FORWARD["keyboard"], dtype=torch.float32), torch.tensor(FORWARD["mouse"])
+        self.forward = ChunkActions(kb.repeat(n, 1), ms.repeat(n, 1))
+
+    def reset(self) -> Tensor:
+        s = self.model.config.stream
+        image = torch.zeros(1, 3, s.height, s.width)
+        self.gen.reset_(self.state, [True], image, self.model.encode_prompts(["a street"]), [0])
+        return self._step(self.first)
+
+    def step(self) -> Tensor:
+        return self._step(self.forward)
+
+    def _step(self, actions) -> Tensor:
+        outs, self.state = self.gen.step(self.state, [actions])
+        return outs[0].frames
+
+    def close(self) -> None:
+        pass
+
+
+def driver_class() -> type:
+    try:
+        import gymnasium  # noqa: F401
+    except ImportError:
+        return GeneratorDriver
+    return EnvDriver
+
+
+@dataclass
+class Rollout:
+    """What one configuration measured and produced (frames and latents on the CPU, chunk 0 = the
+    warm reset's chunk, then the warm-up chunks, then the timed ones)."""
+
+    reset_s: list[float] = field(default_factory=list)
+    warmup_chunk_s: list[float] = field(default_factory=list)
+    chunk_s: list[float] = field(default_factory=list)
+    parts_s: list[dict[str, float]] = field(default_factory=list)
+    frames: list[Tensor] = field(default_factory=list)
+    latents: list[Tensor] = field(default_factory=list)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float]:
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t
+
+
+def roll_out(driver, probe: PartProbe, device: torch.device, warmup: int, chunks: int) -> Rollout:
+    """Two resets (the first is the cold one), ``warmup`` untimed-in-the-mean chunks, ``chunks`` timed."""
+    r = Rollout()
+    for _ in range(2):
+        probe.clear()
+        frames, seconds = _timed(driver.reset, device)
+        r.reset_s.append(seconds)
+    r.frames.append(frames)
+    r.latents += probe.latents
+    for i in range(warmup + chunks):
+        probe.clear()
+        frames, seconds = _timed(driver.step, device)
+        r.frames.append(frames)
+        r.latents += probe.latents
+        if i < warmup:
+            r.warmup_chunk_s.append(seconds)
+            continue
+        parts = probe.seconds()
+        r.chunk_s.append(seconds)
+        r.parts_s.append({**parts, "host": seconds - sum(parts.values())})
+    r.latents = [z.float().cpu() for z in r.latents]
+    return r
+
+
+# ---- accuracy and bookkeeping ------------------------------------------------------------------------
+
+
+def rel_l2(x: Tensor, ref: Tensor) -> float:
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def psnr_db(frames: Tensor, ref: Tensor) -> float:
+    mse = float((frames.float() - ref.float()).square().mean())
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def accuracy(r: Rollout, ref: Rollout) -> dict[str, list[float]]:
+    """Per chunk (warm reset's chunk first): latent relative L2 error and frame PSNR against ``ref``."""
+    return {
+        "latent_rel_l2": [rel_l2(z, z0) for z, z0 in zip(r.latents, ref.latents)],
+        "psnr_db": [psnr_db(f, f0) for f, f0 in zip(r.frames, ref.frames)],
+    }
+
+
+@torch.no_grad()
+def weights_checksum(model: WorldModel) -> float:
+    """Sum of squares of the weights no runtime option rewrites (all but the linears FP8 may replace,
+    and the VAE's): equal across configurations built from one seed."""
+    total = 0.0
+    for name, module in model.dit.named_modules():
+        if isinstance(module, Float8Linear) or (type(module) is nn.Linear and default_fp8_layers(name, module)):
+            continue
+        total += sum(float(p.float().square().sum(dtype=torch.float64)) for p in module.parameters(recurse=False))
+    return total + sum(float(p.float().square().sum(dtype=torch.float64)) for p in model.vae.parameters())
+
+
+def applied_options(model: WorldModel) -> dict[str, object]:
+    """What the loader applied, read back from the model."""
+    return {
+        "attention_backends": sorted(set(attention_backends(model.dit).values())),
+        "fp8_layers": sum(isinstance(m, Float8Linear) for m in model.dit.modules()),
+        "camera_cache": bool(model.dit.camera_cache),
+        "compiled_blocks": sum(getattr(b, "_compiled_call_impl", None) is not None for b in model.dit.blocks),
+    }
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def summarize(r: Rollout, frames_per_chunk: int) -> dict[str, object]:
+    chunk = _mean(r.chunk_s)
+    return {
+        "reset_s": r.reset_s,
+        "reset_s_warm": r.reset_s[-1],
+        "warmup_chunk_s": r.warmup_chunk_s,
+        "cold_s": r.reset_s[0] + sum(r.warmup_chunk_s),
+        "chunk_s": r.chunk_s,
+        "chunk_s_mean": chunk,
+        "frames_per_chunk": frames_per_chunk,
+        "fps": frames_per_chunk / chunk,
+        "parts_s_per_chunk": r.parts_s,
+        "parts_s": {p: _mean([x[p] for x in r.parts_s]) for p in (*PARTS, "host")},
+    }
+
+
+def free_model(compiled: bool) -> None:
+    gc.collect()
+    if compiled:
+        torch._dynamo.reset()  # compiled graphs of a freed model: dropped before the next one compiles
     if torch.cuda.is_available():
-        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
-def main() -> None:
+# ---- one configuration -------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """Everything shared by the configurations of one run."""
+
+    cfg: WorldModelConfig
+    device: torch.device
+    dtype: torch.dtype
+    seed: int
+    warmup: int
+    chunks: int
+
+
+def measure(bench: BenchConfig, setup: Setup, ref: tuple[Rollout, float] | None) -> tuple[dict, Rollout | None]:
+    """Build and roll out one configuration; ``ref``: the reference's rollout and weight checksum (None:
+    this one is the reference, and its FLOPs are counted when it runs eagerly: FlopCounterMode counts
+    eager aten ops). Returns its JSON entry and its rollout (None when skipped)."""
+    entry: dict[str, object] = {"label": bench.label, "options": options(bench)}
+    runtime = bench.runtime(str(setup.device), setup.dtype)
+    if reason := skip_reason(runtime):
+        return {**entry, "skipped": reason}, None
+    cuda = setup.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(setup.device)
+    t0 = time.perf_counter()
+    model = random_world_model(setup.cfg, runtime, seed=setup.seed)
+    _sync(setup.device)
+    entry["build_s"] = time.perf_counter() - t0
+    entry["applied"] = applied_options(model)
+    entry["weights_checksum"] = checksum = weights_checksum(model)
+    probe = PartProbe(setup.device)
+    driver = driver_class()(model, max_chunks=setup.warmup + setup.chunks + 2)
+    entry["api"] = driver.api
+    try:
+        with probed(model, probe):
+            r = roll_out(driver, probe, setup.device, setup.warmup, setup.chunks)
+            entry.update(summarize(r, int(r.frames[-1].shape[0])))
+            entry["peak_gib"] = torch.cuda.max_memory_allocated(setup.device) / 2**30 if cuda else None
+            if ref is None and not (bench.compile or bench.quantize):
+                entry["flops"] = count_flops(driver.step, probe)
+    finally:
+        driver.close()
+    if ref is not None:
+        entry["same_weights_as_reference"] = checksum == ref[1]
+        entry["accuracy"] = accuracy(r, ref[0])
+    return entry, r
+
+
+def options(bench: BenchConfig) -> dict[str, object]:
+    return {k: v for k, v in asdict(bench).items() if k != "label"}
+
+
+def progress(e: dict) -> str:
+    parts = ", ".join(f"{p} {t:.3f}" for p, t in e["parts_s"].items())
+    return f"{e['chunk_s_mean']:.3f} s/chunk ({parts}), {e['fps']:.2f} frames/s, cold {e['cold_s']:.1f} s"
+
+
+def run_configs(configs: list[BenchConfig], setup: Setup, result: dict, path: str) -> None:
+    """Measure each configuration into ``result["configs"]`` (the first measured one is the reference),
+    rewriting the JSON after each; a failure is recorded and the next configuration runs."""
+    ref: tuple[Rollout, float] | None = None
+    for bench in configs:
+        print(f"--- {bench.label}", flush=True)
+        try:
+            entry, rollout = measure(bench, setup, ref)
+        except Exception as e:  # noqa: BLE001 - one failed configuration must not lose the others
+            traceback.print_exc()
+            entry, rollout = (
+                {"label": bench.label, "options": options(bench), "error": f"{type(e).__name__}: {e}"},
+                None,
+            )
+        free_model(bench.compile)  # after the except block: its traceback no longer holds the model
+        if "flops" in entry:
+            result["flops"] = entry.pop("flops")
+            result["flops_method"] = (
+                f"torch.utils.flop_counter.FlopCounterMode on {setup.device.type}, one extra steady chunk of "
+                f"'{bench.label}', not timed"
+            )
+        if ref is None and rollout is not None:
+            ref = (rollout, entry["weights_checksum"])
+            result["reference"] = bench.label
+        result["configs"].append(entry)
+        if "flops" in result:
+            add_floor(result)
+        result["api"] = entry.get("api", result.get("api"))
+        print(entry.get("skipped") or entry.get("error") or progress(entry), flush=True)
+        write_json(result, path)
+
+
+# ---- output ------------------------------------------------------------------------------------------
+
+
+def _fmt(x: object, spec: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return "inf" if x == math.inf else format(x, spec)
+
+
+COLUMNS = (  # header, width, value of a measured entry
+    ("config", 34, lambda e: e["label"]),
+    ("s/chunk", 8, lambda e: _fmt(e["chunk_s_mean"], ".3f")),
+    ("frames/s", 9, lambda e: _fmt(e["fps"], ".2f")),
+    ("DiT s", 7, lambda e: _fmt(e["parts_s"]["dit"], ".3f")),
+    ("decode s", 9, lambda e: _fmt(e["parts_s"]["decode"], ".3f")),
+    ("host s", 7, lambda e: _fmt(e["parts_s"]["host"], ".3f")),
+    ("peak GiB", 9, lambda e: _fmt(e["peak_gib"], ".1f")),
+    ("reset s", 8, lambda e: _fmt(e["reset_s_warm"], ".3f")),
+    ("cold s", 7, lambda e: _fmt(e["cold_s"], ".1f")),
+    ("lat err", 8, lambda e: _fmt(max(e["accuracy"]["latent_rel_l2"]), ".1e") if "accuracy" in e else "ref"),
+    ("PSNR dB", 8, lambda e: _fmt(min(e["accuracy"]["psnr_db"]), ".1f") if "accuracy" in e else "ref"),
+)
+
+
+def _row(cells: list[str]) -> str:
+    return "".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, (_, w, _)) in enumerate(zip(cells, COLUMNS)))
+
+
+def table(entries: list[dict]) -> str:
+    lines = [_row([h for h, _, _ in COLUMNS])]
+    for e in entries:
+        if "chunk_s_mean" in e:
+            lines.append(_row([value(e) for _, _, value in COLUMNS]))
+        else:
+            lines.append(
+                f"{e['label']:<34}{'skipped' if 'skipped' in e else 'FAILED'}: {e.get('skipped', e.get('error'))}"
+            )
+    return "\n".join(lines)
+
+
+def floor_table(result: dict) -> str:
+    """The FLOP count, the floor per part and each measured configuration's ratio to it."""
+    fl, ceil = result["flops"], result["ceilings_tflops"]
+    lines = [
+        f"FLOPs of one steady chunk ({result['flops_method']}):",
+        f"  DiT    {fl['dit']['matmul']:.3e} matmul @ {ceil['matmul_tflops']:.0f} TFLOP/s (fp8 {ceil['fp8_tflops']:.0f})"
+        f" + {fl['dit']['attention']:.3e} attention @ {ceil['attention_tflops']:.0f}",
+        f"  decode {fl['decode']['matmul']:.3e} conv/matmul @ {ceil['matmul_tflops']:.0f}",
+    ]
+    for kind, f in result["floor_s"].items():
+        lines.append(f"  floor {kind:<5} DiT {f['dit']:.3g} s + decode {f['decode']:.3g} s = {f['chunk']:.3g} s/chunk")
+    lines.append(f"{'measured / floor':<34}{'DiT':>10}{'decode':>10}{'chunk':>10}")
+    for e in result["configs"]:
+        if "ratio_to_floor" in e:
+            q = e["ratio_to_floor"]
+            lines.append(f"{e['label']:<34}{q['dit']:>10.3g}{q['decode']:>10.3g}{q['chunk']:>10.3g}")
+    return "\n".join(lines)
+
+
+def add_floor(result: dict) -> None:
+    """The floor of ``result["flops"]`` at ``result["ceilings_tflops"]`` (bf16 and FP8 DiT matmuls) and
+    each measured configuration's ratio to its floor."""
+    flops, ceilings = result["flops"], result["ceilings_tflops"]
+    result["floor_s"] = {kind: floor_seconds(flops, ceilings, fp8=kind == "fp8") for kind in ("bf16", "fp8")}
+    for e in result["configs"]:
+        if "chunk_s_mean" in e:
+            f = result["floor_s"]["fp8" if e["options"]["quantize"] == "fp8" else "bf16"]
+            measured = {**e["parts_s"], "chunk": e["chunk_s_mean"]}
+            e["ratio_to_floor"] = {k: measured[k] / f[k] if f[k] else None for k in ("dit", "decode", "chunk")}
+
+
+def _finite(x: object) -> object:
+    """JSON without Infinity/NaN (identical frames: PSNR null)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def write_json(result: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(_finite(result), f, indent=2)
+
+
+# ---- main --------------------------------------------------------------------------------------------
+
+
+def model_config(name: str, vae_pruning: float) -> WorldModelConfig:
+    if name == "tiny":
+        return tiny()
+    base = mg3_5b()
+    return base.replace(
+        name="mg3-5b-random", text=base.text.replace(kind="random"), vae=VAEConfig(pruning_rate=vae_pruning)
+    )
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--chunks", type=int, default=3)
+    p.add_argument("--config", choices=("5b", "tiny"), default="5b", help="tiny: world_model.config.tiny() (CPU smoke)")
+    p.add_argument("--chunks", type=int, default=3, help="timed chunks per configuration")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--vae-pruning", type=float, default=0.75, help="decoder pruning rate (0 = full Wan2.2 VAE)")
+    p.add_argument("--seed", type=int, default=0, help="random weights' seed (the same for every configuration)")
+    p.add_argument("--vae-pruning", type=float, default=0.75, help="5b: decoder pruning rate (0 = full Wan2.2 VAE)")
+    p.add_argument("--ablation", action="store_true", help="measure the list of configurations (ablation_configs)")
     p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS)
     p.add_argument("--quantize", default=None, choices=("fp8",), help="8-bit linears in the DiT blocks")
     p.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
@@ -53,124 +654,72 @@ def main() -> None:
         default="on",
         help="reuse a chunk's text/camera/RoPE conditioning across sampler steps (RuntimeOptions.camera_cache)",
     )
+    p.add_argument("--matmul-tflops", type=float, default=MATMUL_TFLOPS, help="bf16 GEMM ceiling (H200, 5B shapes)")
+    p.add_argument("--fp8-tflops", type=float, default=FP8_TFLOPS, help="FP8 row-wise GEMM ceiling (H200)")
+    p.add_argument("--attention-tflops", type=float, default=ATTENTION_TFLOPS, help="attention ceiling (H200 cuDNN)")
     p.add_argument("--json", default="bench_env_5b.json")
     args = p.parse_args()
+    if args.chunks < 1:
+        p.error(f"--chunks must be >= 1, got {args.chunks}")
+    return args
 
-    base = mg3_5b()
-    cfg = base.replace(
-        name="mg3-5b-random",
-        text=base.text.replace(kind="random"),
-        vae=VAEConfig(pruning_rate=args.vae_pruning),
+
+def report(result: dict, path: str) -> None:
+    print(
+        f"\n{result['model_config']} {result['resolution'][0]}x{result['resolution'][1]} {result['dtype']}, "
+        f"{result['device']}, {result.get('api')}, {result['chunks']} timed chunks after "
+        f"{result['warmup_chunks']} warm-up; reference: {result.get('reference')}"
     )
-    runtime = RuntimeOptions(
-        device=args.device,
-        dtype=torch.bfloat16,
-        attention=args.attention,
-        quantize=args.quantize,
-        compile=args.compile,
-        camera_cache=args.camera_cache == "on",
-    )
-    t0 = time.perf_counter()
-    model = random_world_model(cfg, runtime)
-    _sync()
-    build_s = time.perf_counter() - t0
-    applied = {  # what the loader applied, read back from the model
-        "attention_backends": sorted(set(attention_backends(model.dit).values())),
-        "fp8_layers": sum(isinstance(m, Float8Linear) for m in model.dit.modules()),
-        "camera_cache": bool(model.dit.camera_cache),
-        "compiled_blocks": sum(getattr(b, "_compiled_call_impl", None) is not None for b in model.dit.blocks),
-    }
-
-    try:
-        import numpy as np
-
-        from mg3_env.env import MatrixGameEnv
-
-        api = "gymnasium MatrixGameEnv"
-    except ImportError:
-        MatrixGameEnv = None  # noqa: N806
-        api = "StreamingGenerator (gymnasium not installed)"
-
-    forward = {"keyboard": [1, 0, 0, 0, 0, 0], "mouse": [0.0, 0.1]}
-    times: dict[str, list[float]] = {"reset": [], "warmup_chunk": [], "chunk": []}
-    warmup_chunks = 1 if args.compile else 0  # a later chunk's window shape compiles on its first step
-    if MatrixGameEnv is not None:
-        env = MatrixGameEnv(model=model, max_chunks=max(args.chunks + warmup_chunks, 1))
-        for _ in range(2):  # the first reset includes warm-up (kernel selection, allocator)
-            _sync()
-            t = time.perf_counter()
-            env.reset(seed=0)
-            _sync()
-            times["reset"].append(time.perf_counter() - t)
-        action = {k: np.asarray(v, dtype=np.float32) for k, v in forward.items()}
-        action["keyboard"] = action["keyboard"].astype(np.int8)
-        for i in range(warmup_chunks + args.chunks):
-            t = time.perf_counter()
-            obs, *_ = env.step(action)
-            _sync()
-            times["warmup_chunk" if i < warmup_chunks else "chunk"].append(time.perf_counter() - t)
-        frames_per_chunk = int(obs["frames"].shape[0])
-        env.close()
+    print(table(result["configs"]))
+    if "flops" in result:
+        print(floor_table(result))
     else:
-        from world_model.generator import ChunkActions, StreamingGenerator
+        print("floor: not counted (FlopCounterMode needs an eager reference configuration)")
+    bad = [e["label"] for e in result["configs"] if e.get("same_weights_as_reference") is False]
+    if bad:
+        print(f"WARNING: weights differ from the reference's in {bad}")
+    print(f"wrote {path}")
 
-        gen = StreamingGenerator(model)
-        s = cfg.stream
-        state = gen.init_state(1)
-        image = torch.zeros(1, 3, s.height, s.width)
-        for _ in range(2):
-            _sync()
-            t = time.perf_counter()
-            gen.reset_(state, [True], image, model.encode_prompts(["a street"]), [0])
-            kb, ms = torch.zeros(gen.first_chunk_frames, 6), torch.zeros(gen.first_chunk_frames, 2)
-            outs, state = gen.step(state, [ChunkActions(kb, ms)])
-            _sync()
-            times["reset"].append(time.perf_counter() - t)
-        kb = torch.tensor(forward["keyboard"], dtype=torch.float32).repeat(gen.chunk_frames, 1)
-        ms = torch.tensor(forward["mouse"]).repeat(gen.chunk_frames, 1)
-        for i in range(warmup_chunks + args.chunks):
-            t = time.perf_counter()
-            outs, state = gen.step(state, [ChunkActions(kb, ms)])
-            _sync()
-            times["warmup_chunk" if i < warmup_chunks else "chunk"].append(time.perf_counter() - t)
-        frames_per_chunk = int(outs[0].frames.shape[0])
 
-    chunk_mean = sum(times["chunk"]) / max(1, len(times["chunk"]))
-    result = {
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    cfg = model_config(args.config, args.vae_pruning)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # a CPU's bf16 kernels are slow
+    auto_kernel = auto_attention_kernel(device, dtype, cfg.dit.dim // cfg.dit.num_heads)
+    if args.ablation:
+        configs = ablation_configs(auto_kernel)
+    else:
+        label = f"attention {args.attention}, cache {args.camera_cache}"
+        label += (", compile" if args.compile else "") + (f", {args.quantize}" if args.quantize else "")
+        configs = [BenchConfig(label, args.attention, args.quantize, args.compile, args.camera_cache == "on")]
+    # one warm-up chunk everywhere in an ablation (chunks line up across configurations); alone, only
+    # a compiled model needs it (a later chunk's window shape compiles on its first step)
+    warmup = 1 if args.ablation or args.compile else 0
+    result: dict[str, object] = {
         "benchmark": "env_5b",
-        "api": api,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
+        "model_config": cfg.name,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "torch": torch.__version__,
         "resolution": [cfg.stream.height, cfg.stream.width],
         "sampler_steps": cfg.sampler.num_steps,
-        "vae_pruning_rate": args.vae_pruning,
-        "attention": args.attention,
-        "quantize": args.quantize,
-        "compile": args.compile,
-        "applied": applied,
-        "build_s": round(build_s, 3),
-        "reset_s": [round(x, 3) for x in times["reset"]],
-        "reset_s_warm": round(times["reset"][-1], 3),
-        "warmup_chunk_s": [round(x, 3) for x in times["warmup_chunk"]],
-        "chunk_s": [round(x, 3) for x in times["chunk"]],
-        "chunk_s_mean": round(chunk_mean, 3),
-        "frames_per_chunk": frames_per_chunk,
-        "fps": round(frames_per_chunk / chunk_mean, 2) if chunk_mean else None,
-        "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "vae_pruning_rate": cfg.vae.pruning_rate,
+        "dtype": str(dtype).removeprefix("torch."),
+        "auto_attention_kernel": auto_kernel,
+        "chunks": args.chunks,
+        "warmup_chunks": warmup,
+        "weights_seed": args.seed,
+        "env_seed": 0,
+        "actions": FORWARD,
+        "ceilings_tflops": {
+            "matmul_tflops": args.matmul_tflops,
+            "fp8_tflops": args.fp8_tflops,
+            "attention_tflops": args.attention_tflops,
+        },
+        "configs": [],
     }
-    print(f"{'what':<22}{'seconds':>10}")
-    print(f"{'build (random init)':<22}{build_s:>10.3f}")
-    print(f"applied: {applied}")
-    for i, x in enumerate(times["reset"]):
-        print(f"{'reset ' + str(i) + (' (warm-up)' if i == 0 else ''):<22}{x:>10.3f}")
-    for x in times["warmup_chunk"]:
-        print(f"{'chunk 0 (compiles)':<22}{x:>10.3f}")
-    for i, x in enumerate(times["chunk"]):
-        print(f"{'chunk ' + str(i + 1):<22}{x:>10.3f}")
-    print(f"mean chunk {chunk_mean:.3f} s -> {result['fps']} frames/s ({api})")
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.json}")
+    run_configs(configs, Setup(cfg, device, dtype, args.seed, warmup, args.chunks), result, args.json)
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -449,7 +449,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         if devices is None:
             if not isinstance(model, WorldModel):
                 model = load_world_model(model, runtime)
-            devs: tuple[torch.device, ...] = (torch.device(model.runtime.device),)
+            devs: tuple[torch.device, ...] = (_device(model.runtime.device),)  # "cuda" -> "cuda:<current>"
         else:
             devs = resolve_devices(devices, num_envs)
             if not isinstance(model, WorldModel):

@@ -19,6 +19,7 @@ import mg3_env
 from mg3_env.vector import MatrixGameVectorEnv, resolve_devices, split_envs
 from world_model.config import tiny
 from world_model.model import random_world_model
+from world_model.runtime import RuntimeOptions
 
 H = W = 16
 N = 4
@@ -187,6 +188,16 @@ def _groups_vs_alone(model, devices, steps=2):
             diff = np.abs(a["frames"][0].astype(int) - b["frames"][i].astype(int))
             assert diff.max() <= 1 and (diff == 0).mean() > 0.99
             np.testing.assert_array_equal(a["pose"][0], b["pose"][i])
+
+
+@pytest.mark.gpu
+def test_env_on_the_models_own_gpu_uses_the_model_itself():
+    """A model on "cuda" (no index) runs in the env as it is: no second copy of its weights on the
+    same GPU (it was copied, "cuda" != "cuda:0", doubling the 5B's GPU memory)."""
+    wm = random_world_model(tiny(H, W), RuntimeOptions(device="cuda"))
+    env = MatrixGameVectorEnv(1, model=wm)
+    assert env.model is wm
+    env.close()
 
 
 @pytest.mark.gpu

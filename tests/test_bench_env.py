@@ -1,0 +1,63 @@
+"""bench/env_5b.py: the whole ablation path on the CPU (tiny config) and the seed it relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from world_model.config import tiny
+from world_model.model import random_world_model
+from world_model.runtime import RuntimeOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_random_world_model_seed_gives_identical_weights():
+    """The ablation rebuilds the model per configuration and compares outputs: one seed, one set of
+    weights (DiT, VAE, text encoder); another seed, other weights."""
+    a, b, c = (random_world_model(tiny(), RuntimeOptions(), seed=s) for s in (3, 3, 4))
+    for part in ("dit", "vae"):
+        sa, sb, sc = (getattr(m, part).state_dict() for m in (a, b, c))
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert not all(torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point() and sa[k].any())
+    assert torch.equal(a.encode_prompts(["a street"]), b.encode_prompts(["a street"]))
+
+
+@pytest.mark.slow
+def test_env_bench_ablation_runs_on_cpu(tmp_path):
+    """--config tiny --ablation on the CPU: reference and camera-cache rows measured with their parts,
+    the options the CPU cannot run reported as skipped with a reason, accuracy and the FLOP floor."""
+    out = tmp_path / "env.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "env_5b.py"), "--config", "tiny", "--device", "cpu"]
+    cmd += ["--ablation", "--chunks", "1", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["model_config"] == "tiny-random" and r["api"] == "gymnasium MatrixGameEnv"
+    ref, cache, *rest = r["configs"]
+    assert r["reference"] == ref["label"] and "accuracy" not in ref
+    assert not ref["applied"]["camera_cache"] and cache["applied"]["camera_cache"]
+    for e in (ref, cache):
+        assert len(e["chunk_s"]) == 1 and len(e["warmup_chunk_s"]) == 1 and e["frames_per_chunk"] == 40
+        assert e["parts_s"]["dit"] > 0 and e["parts_s"]["decode"] > 0
+        assert sum(e["parts_s"].values()) == pytest.approx(e["chunk_s_mean"])
+        assert e["ratio_to_floor"]["dit"] > 1 and e["ratio_to_floor"]["decode"] > 1
+    # same weights, same seed and actions: the exact camera cache changes no latent and no frame
+    assert cache["same_weights_as_reference"] is True
+    assert cache["accuracy"]["latent_rel_l2"] == [0.0, 0.0, 0.0]  # warm reset's chunk, warm-up, timed
+    assert cache["accuracy"]["psnr_db"] == [None, None, None]  # identical frames (infinite PSNR)
+    # cudnn attention, compile and fp8 cannot run here: reported as skipped, never measured
+    assert [("skipped" in e, "chunk_s" in e) for e in rest] == [(True, False)] * 3
+    assert {e["options"]["attention"] for e in rest} >= {"cudnn"} and any(e["options"]["quantize"] for e in rest)
+    assert all("CUDA" in e["skipped"] for e in rest)
+    fl = r["flops"]
+    assert fl["dit"]["matmul"] > 0 and fl["dit"]["attention"] > 0 and fl["decode"]["matmul"] > 0
+    assert r["floor_s"]["fp8"]["dit"] < r["floor_s"]["bf16"]["dit"]
+    assert "skipped: " in proc.stdout and "measured / floor" in proc.stdout
