@@ -573,4 +573,38 @@ def test_conditioning_is_not_reused_with_gradients_off_switch_or_outside_a_scope
     assert counts["tokens"] == 6
     with reuse_conditioning(model), pytest.raises(RuntimeError, match="do not nest"), reuse_conditioning(model):
         pass
-    assert model._conditioning_cache is None  # dropped on exit, also after an error
+    with torch.no_grad():  # dropped on exit, also after an error
+        model(**inp)
+    assert counts["tokens"] == 7
+
+
+def test_conditioning_scopes_belong_to_their_thread():
+    """Two threads sampling with one model (device groups sharing it) keep separate caches."""
+    import threading
+
+    from tests.dit_fixture import dit_inputs, random_dit
+    from world_model.dit import reuse_conditioning
+
+    cfg = tiny().dit
+    model = random_dit(cfg)
+    inputs = [dit_inputs(cfg, B=1, M=1, F=2, h=4, w=4, seed=s) for s in (1, 2)]
+    with torch.no_grad():
+        refs = [model(**inp) for inp in inputs]
+    outs, errors, barrier = [None, None], [], threading.Barrier(2)
+
+    def sample(i):
+        try:
+            with torch.no_grad(), reuse_conditioning(model):
+                barrier.wait()  # both scopes open at once
+                outs[i] = [model(**inputs[i]) for _ in range(2)]
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=sample, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for out, ref in zip(outs, refs):
+        assert all(torch.equal(o, ref) for o in out)

@@ -41,6 +41,7 @@ same operations on the same inputs). At 5B shapes that saves two of three camera
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -299,7 +300,6 @@ class MatrixGameDiT(nn.Module):
     """
 
     camera_cache: bool = True
-    _conditioning_cache: list[_Conditioning] | None = None
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -417,7 +417,10 @@ class MatrixGameDiT(nn.Module):
     ) -> _Conditioning:
         """Text embedding, camera tokens and RoPE of one forward: the cached ones when this window
         computed them already (see :func:`reuse_conditioning`), else new ones (cached when a cache is open)."""
-        cache = self._conditioning_cache if self.camera_cache and not torch.is_grad_enabled() else None
+        caches = getattr(_scope, "caches", None)  # this thread's open reuse_conditioning scope
+        cache = (
+            caches.get(id(self)) if caches is not None and self.camera_cache and not torch.is_grad_enabled() else None
+        )
         key = (context, plucker, positions)
         if cache is not None:
             for entry in cache:
@@ -506,19 +509,21 @@ class MatrixGameDiT(nn.Module):
             )
 
 
+_scope = threading.local()  # per thread: {id(model): [_Conditioning]} of the open reuse_conditioning scope
+
+
 @contextmanager
 def reuse_conditioning(dit: nn.Module) -> Iterator[None]:
     """Scope of one window's sampling: inside it every :class:`MatrixGameDiT` in ``dit`` (itself, or
     the experts of a MoE) with ``camera_cache`` on computes the text embedding, camera tokens, RoPE
     and per-block camera modulation once per distinct (context, plucker, positions) tensors and
-    reuses them (exact), while gradients are off. Caches are dropped on exit; scopes do not nest."""
-    models = [m for m in dit.modules() if isinstance(m, MatrixGameDiT)]
-    if any(m._conditioning_cache is not None for m in models):
-        raise RuntimeError("reuse_conditioning scopes do not nest: one window at a time")
-    for m in models:
-        m._conditioning_cache = []
+    reuses them (exact), while gradients are off. Caches are dropped on exit. A scope belongs to its
+    thread (threads sharing a model, e.g. device groups of a vector env, each have their own); in
+    one thread scopes do not nest."""
+    if getattr(_scope, "caches", None) is not None:
+        raise RuntimeError("reuse_conditioning scopes do not nest: one window at a time per thread")
+    _scope.caches = {id(m): [] for m in dit.modules() if isinstance(m, MatrixGameDiT)}
     try:
         yield
     finally:
-        for m in models:
-            m._conditioning_cache = None
+        _scope.caches = None
