@@ -415,3 +415,13 @@ def test_bench_tiny_smoke(tmp_path):
     assert all(r["frames"] == 8 and r["seconds"] > 0 and r["decoder_gflop"] > 0 for r in rows.values())
     assert rows["full"]["decoder_gflop"] > rows["lightvae (p=0.5)"]["decoder_gflop"]
     assert rows["lightvae (p=0.5)"]["decoder_gflop"] > rows["lightvae_v2 (p=0.75)"]["decoder_gflop"]
+
+
+def test_uint8_frames_are_contiguous_channels_last_and_rounded():
+    """The transpose happens before the copy to the host, so the env's numpy frames need no gather."""
+    from world_model.vae import to_uint8_frames
+
+    video = torch.tensor([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0]).view(1, 3, 1, 1, 2)  # [B, 3, T, H, W]
+    frames = to_uint8_frames(video)
+    assert frames.shape == (1, 1, 1, 2, 3) and frames.dtype == torch.uint8 and frames.is_contiguous()
+    assert frames.flatten().tolist() == [0, 128, 255, 0, 255, 255]  # (R, G, B) of pixel 0, then pixel 1

@@ -65,8 +65,13 @@ VAE_FILES: dict[str, tuple[str, float]] = {
 
 
 def to_uint8_frames(video: Tensor) -> Tensor:
-    """Decoded video [B, 3, T, H, W] in [-1, 1] -> uint8 frames [B, T, H, W, 3] on the CPU."""
-    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
+    """Decoded video [B, 3, T, H, W] in [-1, 1] -> uint8 frames [B, T, H, W, 3] on the CPU, contiguous.
+
+    The channels-last transpose runs on the video's device before the copy: a host-side gather of a
+    permuted 704x1280 chunk (what numpy's stack of the env's observation would otherwise do) costs
+    ~180 ms of one CPU core, against 35 ms for the contiguous copy."""
+    frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(0, 2, 3, 4, 1).contiguous().cpu()
 
 
 def patchify(video: Tensor, p: int) -> Tensor:
