@@ -257,6 +257,20 @@ def test_own_history_replaces_the_past_with_the_models_previous_chunk():
     with pytest.raises(ValueError, match="continuation"):
         with_own_history(model, clips, first, sampler, torch.Generator())
 
+    # a batch of chunks 1 and 2 (chunk 0's window and a later one's differ): each row as if alone
+    _, st = _store(cfg, frames=160, fs=35)
+    clips = ClipSampler(st, cfg, 2, use_memory=True)
+    assert clips.k_max >= 2
+    mixed = clips.build(segs, torch.tensor([1, 2]))
+    both = with_own_history(model, clips, mixed, sampler, torch.Generator().manual_seed(5))
+    alone = [
+        with_own_history(model, clips, clips.build(segs[i : i + 1], mixed.chunk[i : i + 1]), sampler, g)
+        for i, g in ((0, torch.Generator().manual_seed(5)), (1, torch.Generator().manual_seed(5)))
+    ]
+    torch.testing.assert_close(both.latents[:1], alone[0].latents)
+    assert both.latents[1:].shape == alone[1].latents.shape
+    assert not torch.allclose(both.latents[1:, :, :c], mixed.latents[1:, :, :c])  # its past is the model's own
+
 
 def test_flow_stage_trains_on_its_own_history():
     from world_model.dit import MatrixGameDiT

@@ -101,5 +101,14 @@ def with_own_history(
     if batch.segments is None or bool((batch.chunk < 1).any()):
         raise ValueError("with_own_history needs a continuation batch (chunks >= 1) built by ClipSampler.build")
     latents = stored_latents(clips, batch.segments)
-    sample_into(model, clips, batch.segments, batch.chunk - 1, latents, sampler, generator)
+    previous = batch.chunk.cpu() - 1
+    first = previous == 0  # chunk 0's window differs from later ones': generate the two kinds apart
+    for rows in (first, ~first):
+        if bool(rows.all()):
+            sample_into(model, clips, batch.segments, previous, latents, sampler, generator)
+        elif bool(rows.any()):
+            index = rows.nonzero().squeeze(1)
+            part = latents[index.to(latents.device)]
+            sample_into(model, clips, batch.segments[index], previous[index], part, sampler, generator)
+            latents[index.to(latents.device)] = part
     return clips.build(batch.segments, batch.chunk, latents=latents)
