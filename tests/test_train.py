@@ -197,6 +197,28 @@ def test_pipeline_rerun_skips_finished_stages(smoke_run):
     assert again["stages"]["base"] == "done (skipped)" and again["stages"]["export"] == "done"
 
 
+def test_slim_takes_the_first_stage_with_a_checkpoint_and_checks_before_writing(smoke_run, tmp_path):
+    """``memory|base``: a run whose memory stage has no checkpoint hands on its base model; an entry
+    none of whose stages has one is refused before anything is written."""
+    import shutil
+
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.slim import slim_run
+
+    run, _ = smoke_run
+    partial = tmp_path / "run"
+    shutil.copytree(run, partial)
+    shutil.rmtree(partial / "memory")
+    shutil.rmtree(partial / "dmd")
+    slim_run(partial, tmp_path / "slim", ["vae", "memory|base"], rename={"memory": "base"})
+    base = load_latest(tmp_path / "slim" / "base")["stage"]["ema"]["model"]
+    ema = load_latest(run / "base")["stage"]["ema"]["model"]
+    assert all(torch.equal(base[k], v) for k, v in ema.items())  # the base stage's own EMA
+    with pytest.raises(FileNotFoundError, match="memory or"):
+        slim_run(partial, tmp_path / "none", ["vae", "memory|dmd"])
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_slimmed_dit_continues_as_the_next_sessions_base(smoke_run, tmp_path):
     """The memory model's EMA slimmed as ``base`` (bf16, weights only) seeds the next run's base stage:
     it resumes at the slimmed step from those weights, with a fresh optimiser."""

@@ -7,7 +7,14 @@ set -u
 cd /tmp/mg3/runs || exit 1
 what=${1:-export}
 src=$([ "$what" = slim ] && echo slim || echo embedded/export)
-tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-"
+status=0
+if [ -d "$src" ]; then
+  tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-" || status=1
+else
+  echo "pack: no $src in /tmp/mg3/runs (the session did not get that far; see session.log in logs.tar)" >&2
+  status=1
+fi
 tar -cf $OUT/logs.tar session.log bench.log train_throughput.json plan_flags.txt data_stage.log embedded/*/status.json \
   embedded/*/metrics.jsonl embedded/status.json embedded/pipeline.json embedded/data/engine_frames.log 2>/dev/null
 ls -la $OUT
+exit $status

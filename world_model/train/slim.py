@@ -8,8 +8,10 @@ the data (deterministic for the seed), re-encodes it and trains the stages that 
 
 ``--as memory=base`` stores the memory model's EMA as the ``base`` stage, so that the next run's
 ``memory`` stage starts from it (a fresh optimizer, the same weights): training continues.
+``memory|base`` takes the first of the two stages that has a checkpoint (a session whose memory
+stage did not run still hands on its base model).
 
-    python -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,memory \\
+    python -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,"memory|base" \\
         --as memory=base --dit-dtype bfloat16
 """
 
@@ -52,15 +54,21 @@ def slim_run(
     rename: dict[str, str] | None = None,
     dit_dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``stages`` of ``run`` (weights only) into ``out``; returns ``out``."""
+    """Write ``stages`` of ``run`` (weights only) into ``out``; returns ``out``. An entry ``a|b`` is the
+    first of its stages with a checkpoint. Every entry is checked before anything is written."""
     run, out = Path(run), Path(out)
     rename = rename or {}
-    for stage in stages:
-        if stage not in KEEP:
-            raise ValueError(f"cannot slim stage {stage!r}; stages with weights are {sorted(KEEP)}")
-        state = load_latest(run / stage)
-        if state is None:
-            raise FileNotFoundError(f"no checkpoint in {run / stage}")
+    chosen = []
+    for entry in stages:
+        options = entry.split("|")
+        for stage in options:
+            if stage not in KEEP:
+                raise ValueError(f"cannot slim stage {stage!r}; stages with weights are {sorted(KEEP)}")
+        found = next(((s, st) for s in options if (st := load_latest(run / s)) is not None), None)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint in {' or '.join(str(run / s) for s in options)}")
+        chosen.append(found)
+    for stage, state in chosen:
         sub = state
         for key in KEEP[stage]:
             sub = sub[key]
@@ -85,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--stages", default="vae,decoder,memory")
+    p.add_argument(
+        "--stages", default="vae,decoder,memory|base", help="comma-separated; a|b: the first with a checkpoint"
+    )
     p.add_argument("--as", dest="rename", default="", help="e.g. memory=base")
     p.add_argument("--dit-dtype", default=None, choices=(None, "bfloat16", "float16", "float32"))
     args = p.parse_args(argv)
