@@ -85,20 +85,32 @@ def relative_change(start: float, end: float) -> float:
     return abs(end - start) / abs(start)
 
 
-def sharpness(frames: np.ndarray) -> np.ndarray:
-    """Mean luma gradient magnitude of uint8 frames [..., H, W, 3] -> [...]: the mean over pixels of
-    sqrt(dx^2 + dy^2) with forward differences of luma (0-255). Blur lowers it; a flat frame has 0."""
-    y = luma(frames)
+def _gradient(y: np.ndarray) -> np.ndarray:
+    """Mean over pixels of sqrt(dx^2 + dy^2), forward differences of an image [..., H, W] -> [...]."""
     dx = y[..., :-1, 1:] - y[..., :-1, :-1]
     dy = y[..., 1:, :-1] - y[..., :-1, :-1]
     return np.sqrt(dx**2 + dy**2).mean(axis=(-2, -1))
 
 
-def sharpness_ratio(frames: np.ndarray, reference: np.ndarray) -> float | None:
+def sharpness(frames: np.ndarray, *, pooled: bool = False) -> np.ndarray:
+    """Mean luma gradient magnitude of uint8 frames [..., H, W, 3] -> [...]: the mean over pixels of
+    sqrt(dx^2 + dy^2) with forward differences of luma (0-255). Blur lowers it; a flat frame has 0.
+
+    ``pooled``: on the 2x2 mean of the luma (half resolution). A decoder's checkerboard or 2-pixel
+    grid, which the full-resolution gradient counts as sharpness, averages out there; edges and
+    texture coarser than 2 pixels remain."""
+    y = luma(frames)
+    if pooled:
+        h, w = y.shape[-2] // 2 * 2, y.shape[-1] // 2 * 2
+        y = y[..., :h, :w].reshape(*y.shape[:-2], h // 2, 2, w // 2, 2).mean(axis=(-3, -1))
+    return _gradient(y)
+
+
+def sharpness_ratio(frames: np.ndarray, reference: np.ndarray, *, pooled: bool = False) -> float | None:
     """Mean :func:`sharpness` of ``frames`` over that of ``reference`` (any numbers of uint8 frames
     [..., H, W, 3]); 1 for equally sharp frames, < 1 for blurrier ones; None for a flat reference."""
-    ref = float(sharpness(reference).mean())
-    return float(sharpness(frames).mean()) / ref if ref > 0 else None
+    ref = float(sharpness(reference, pooled=pooled).mean())
+    return float(sharpness(frames, pooled=pooled).mean()) / ref if ref > 0 else None
 
 
 def _refine(errs: np.ndarray) -> np.ndarray:

@@ -575,3 +575,18 @@ def test_eval_action_guidance_flag_reaches_the_evaluated_model(monkeypatch, tmp_
     capsys.readouterr()
     assert main(["--model", "tiny-random", "--out", out, "--action-guidance", "2"]) == 2
     assert "choose one" in capsys.readouterr().err
+
+
+def test_pooled_sharpness_ignores_a_pixel_grid_and_still_sees_blur():
+    """A 2-pixel checkerboard added to a blurred frame raises the full-resolution gradient (the
+    artefact counts as sharpness) but not the half-resolution one; a real blur lowers both."""
+    sharp = _rgb(_smooth_world(passes=1)[None, :64, :64])
+    y = sharp[..., 0].astype(np.float64)
+    blurred_y = sum(np.roll(y, (dy, dx), (1, 2)) for dy in range(-2, 3) for dx in range(-2, 3)) / 25
+    checker = 12.0 * ((np.indices((64, 64)).sum(0) % 2) * 2 - 1)  # +-12 luma, period 2
+    blurred, gridded = _rgb(blurred_y), _rgb(blurred_y + checker)
+    assert sharpness_ratio(gridded, sharp) > 1.5 * sharpness_ratio(blurred, sharp)
+    assert sharpness_ratio(gridded, sharp, pooled=True) == pytest.approx(
+        sharpness_ratio(blurred, sharp, pooled=True), rel=0.02
+    )
+    assert sharpness_ratio(blurred, sharp, pooled=True) < 0.8
