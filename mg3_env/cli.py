@@ -29,10 +29,10 @@ def demo(
 ) -> dict[str, Path]:
     """Run the scripted explorer for ``chunks`` steps; returns the paths written."""
     import numpy as np
-    from PIL import Image
 
     from agents.explorer import Explorer
     from mg3_env.env import MatrixGameEnv
+    from mg3_env.strip import save_strip
     from mg3_env.wrappers.record import RecordEpisodes
     from world_model.data.video import VideoEncoder
     from world_model.model import load_world_model
@@ -49,7 +49,9 @@ def demo(
     s = wm.config.stream
     video_path = out / "demo.mp4"
     video = VideoEncoder(video_path, fps=s.fps, height=s.height, width=s.width)
-    shown: list[np.ndarray] = []  # one frame per chunk for the strip
+    # the strip: the input image, the reset frame (its decoding), then the last frame of every chunk
+    shown = [env.unwrapped.vector_env.default_image]
+    labels = ["input image", "reset"]
     try:
         obs, info = env.reset(seed=seed)
         video.write(info["first_chunk_frames"])
@@ -64,6 +66,7 @@ def demo(
             obs, _, _, truncated, info = env.step(explorer.act(obs))
             video.write(obs["frames"])
             shown.append(obs["frames"][-1])
+            labels.append(f"chunk {k + 1}")
             x, y, _, pitch, yaw = np.round(obs["pose"][-1], 1)
             log.info("chunk %d: pose x=%s y=%s pitch=%s yaw=%s", k + 1, x, y, pitch, yaw)
             if truncated:
@@ -72,7 +75,7 @@ def demo(
         video.close()
         env.close()
     strip_path = out / "strip.png"
-    Image.fromarray(np.concatenate(shown, axis=1)).save(strip_path)
+    save_strip(strip_path, shown, labels)
     return {"video": video_path, "dataset": out / "dataset", "strip": strip_path}
 
 
@@ -91,7 +94,7 @@ def _demo_main(argv: list[str]) -> int:
     )
     print(f"video:   {paths['video']}")
     print(f"dataset: {paths['dataset']}")
-    print(f"strip:   {paths['strip']} (first frame, then the last frame of every chunk)")
+    print(f"strip:   {paths['strip']} (the input image, the reset frame, then the last frame of every chunk)")
     return 0
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from mg3_env.strip import save_strip  # re-exported: the evaluation writes strips too
+
 __all__ = ["TARGETS", "REFERENCES", "targets_table", "format_table", "json_default", "line_plot", "save_strip"]
 
 
@@ -160,23 +162,6 @@ def line_plot(
     d.text((left, 8), title, fill="black")
     d.text(((w - len(xlabel) * 6) / 2, h - 16), xlabel, fill="black")
     d.text((4, top - 16), ylabel, fill="black")
-    img.save(path)
-
-
-def save_strip(path: Path, frames: Sequence[np.ndarray], labels: Sequence[str], rows: int = 1) -> None:
-    """Frames uint8 [H, W, 3] side by side (``rows`` rows), each with a label above."""
-    from PIL import Image, ImageDraw
-
-    h, w = frames[0].shape[:2]
-    cols = math.ceil(len(frames) / rows)
-    scale = max(1, 128 // h)
-    img = Image.new("RGB", (cols * (w * scale + 4), rows * (h * scale + 16)), "white")
-    d = ImageDraw.Draw(img)
-    for i, (f, label) in enumerate(zip(frames, labels)):
-        r, c = divmod(i, cols)
-        x, y = c * (w * scale + 4), r * (h * scale + 16)
-        img.paste(Image.fromarray(f).resize((w * scale, h * scale), Image.NEAREST), (x, y + 14))
-        d.text((x + 2, y + 1), label, fill="black")
     img.save(path)
 
 

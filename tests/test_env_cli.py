@@ -17,6 +17,11 @@ def test_demo_writes_video_and_dataset(tmp_path, capsys):
     assert frames.shape == (57 + 2 * 40, 64, 64, 3)
     reader = DatasetReader(tmp_path / "dataset")
     assert len(reader) == 1 and len(reader.load_episode(0, frames=False)) == 57 + 2 * 40
+    # the strip: input image, reset frame, chunks 1 and 2, each 64 px (scaled x2) under a 14-px label
+    from PIL import Image
+
+    strip = Image.open(tmp_path / "strip.png")
+    assert strip.size == (4 * (128 + 4), 128 + 16)
 
 
 def test_data_dispatch_and_unknown_command(capsys):
