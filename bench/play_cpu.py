@@ -51,6 +51,7 @@ def main() -> int:
     p.add_argument("--phase", type=float, default=2.5, help="seconds between input changes")
     p.add_argument("--out", default="bench/results/play_cpu.json")
     p.add_argument("--screenshot", default=None, help="save a screenshot of the page at the end (PNG)")
+    p.add_argument("--steps", type=int, default=None, help="mg3 play --steps (default: the model's)")
     args = p.parse_args()
     chromium = system_chromium()
     if chromium is None:
@@ -58,7 +59,8 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "mg3_env.cli", "play", "--model", args.model, "--port", "0", "--device", "cpu"],
+        [sys.executable, "-m", "mg3_env.cli", "play", "--model", args.model, "--port", "0", "--device", "cpu"]
+        + ([] if args.steps is None else ["--steps", str(args.steps)]),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -174,11 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.action_guidance is not None:  # the generator reads the sampler config of the model it is given
         try:
-            sampler = wm.config.sampler.replace(action_guidance=args.action_guidance)
+            wm = wm.with_sampler(action_guidance=args.action_guidance)
         except ValueError as e:  # the model guides with the release's CFG already (guidance_scale > 1)
             print(f"mg3 eval: --action-guidance {args.action_guidance}: {e}", file=sys.stderr)
             return 2
-        wm = dataclasses.replace(wm, config=wm.config.replace(sampler=sampler))
     try:
         metrics = run_evaluation(wm, args.out, opts, runtime=runtime)
     except CheckpointError as e:  # e.g. a --teacher folder without its config.json or VAE

@@ -318,3 +318,20 @@ def test_play_cli_refuses_bad_options(capsys):
     assert "one session at a time" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["play", "--port", "70000"])
+    with pytest.raises(SystemExit):
+        main(["play", "--steps", "0"])
+
+
+def test_a_model_with_another_sampler_shares_its_weights():
+    """WorldModel.with_sampler (mg3 play --steps, mg3 eval --action-guidance): the same weights, another
+    sampler config; a bad value raises the config's error and leaves the model as it was."""
+    from world_model.config import ConfigError
+    from world_model.model import load_world_model
+
+    wm = load_world_model("tiny-random")
+    fast = wm.with_sampler(num_steps=2)
+    assert fast.config.sampler.num_steps == 2 and wm.config.sampler.num_steps != 2
+    assert fast.dit is wm.dit and fast.vae is wm.vae
+    with pytest.raises(ConfigError):
+        wm.with_sampler(num_steps=0)
+    assert wm.config.sampler.num_steps != 0

@@ -111,6 +111,11 @@ class WorldModel:
             _prompt_cache={},
         )
 
+    def with_sampler(self, **changes: object) -> WorldModel:
+        """This model (the same weights, not copied) sampling with ``changes`` to its sampler config
+        (e.g. ``num_steps=3``, ``action_guidance=2``); a bad value raises the config's error."""
+        return replace(self, config=self.config.replace(sampler=self.config.sampler.replace(**changes)))
+
     def describe(self) -> dict[str, object]:
         """Facts for ``info`` and dataset metadata."""
         s = self.config.stream

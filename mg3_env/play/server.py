@@ -282,7 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", default=None, metavar="DIR", help="write every played episode as a dataset in DIR")
     p.add_argument("--max-sessions", type=int, default=1, help="players at once (default 1); others get 'busy'")
     p.add_argument("--max-chunks", type=int, default=100, help="chunks per episode before a new one starts")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps per chunk (default: the model's; fewer are faster and blurrier, e.g. 3 for the "
+        "embedded model to keep real time on a 2-core CPU)",
+    )
     args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
     _import_websockets()
     if not 0 <= args.port <= 65535:
         p.error(f"--port must lie in [0, 65535], got {args.port}")
@@ -290,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     from world_model.runtime import RuntimeOptions
 
     model = load_world_model(args.model, RuntimeOptions.for_device(args.device))
+    if args.steps is not None:
+        model = model.with_sampler(num_steps=args.steps)
     try:
         server = PlayServer(
             model,
