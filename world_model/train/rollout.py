@@ -104,11 +104,9 @@ def with_own_history(
     previous = batch.chunk.cpu() - 1
     first = previous == 0  # chunk 0's window differs from later ones': generate the two kinds apart
     for rows in (first, ~first):
-        if bool(rows.all()):
-            sample_into(model, clips, batch.segments, previous, latents, sampler, generator)
-        elif bool(rows.any()):
+        if bool(rows.any()):
             index = rows.nonzero().squeeze(1)
-            part = latents[index.to(latents.device)]
+            part = latents[index.to(latents.device)]  # sample_into writes into its latents: a copy, then back
             sample_into(model, clips, batch.segments[index], previous[index], part, sampler, generator)
             latents[index.to(latents.device)] = part
     return clips.build(batch.segments, batch.chunk, latents=latents)
