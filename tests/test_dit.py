@@ -521,12 +521,11 @@ def _count_camera_branches(model: MatrixGameDiT) -> dict[str, int]:
 
 
 def test_reused_conditioning_is_exact_and_computes_the_camera_branch_once():
-    from tests.dit_fixture import dit_inputs, random_dit
     from world_model.dit import reuse_conditioning
 
     cfg = tiny().dit
-    model = random_dit(cfg)
-    inp = dit_inputs(cfg, B=2, M=1, F=3, h=4, w=4)
+    model = _model(cfg)
+    inp = _inputs(cfg, B=2, M=1, F=3, h=4, w=4)
     with torch.no_grad():
         ref = [model(**{**inp, "t": inp["t"] * s}) for s in (1.0, 0.9, 0.7)]  # three sampler steps
     counts = _count_camera_branches(model)
@@ -549,12 +548,11 @@ def test_reused_conditioning_is_exact_and_computes_the_camera_branch_once():
 
 
 def test_conditioning_is_not_reused_with_gradients_off_switch_or_outside_a_scope():
-    from tests.dit_fixture import dit_inputs, random_dit
     from world_model.dit import reuse_conditioning
 
     cfg = tiny().dit
-    model = random_dit(cfg)
-    inp = dit_inputs(cfg, B=1, M=0, F=2, h=4, w=4, first_chunk=True)
+    model = _model(cfg)
+    inp = _inputs(cfg, B=1, M=0, F=2, h=4, w=4)
     counts = _count_camera_branches(model)
     with reuse_conditioning(model):  # gradients on (training): every forward has its own graph
         model(**inp).sum().backward()
@@ -582,12 +580,11 @@ def test_conditioning_scopes_belong_to_their_thread():
     """Two threads sampling with one model (device groups sharing it) keep separate caches."""
     import threading
 
-    from tests.dit_fixture import dit_inputs, random_dit
     from world_model.dit import reuse_conditioning
 
     cfg = tiny().dit
-    model = random_dit(cfg)
-    inputs = [dit_inputs(cfg, B=1, M=1, F=2, h=4, w=4, seed=s) for s in (1, 2)]
+    model = _model(cfg)
+    inputs = [_inputs(cfg, B=1, M=1, F=2, h=4, w=4, seed=s) for s in (1, 2)]
     with torch.no_grad():
         refs = [model(**inp) for inp in inputs]
     outs, errors, barrier = [None, None], [], threading.Barrier(2)
