@@ -27,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mg3_env.play.compute import ComputeThread
+
 __all__ = ["PlayServer", "ServerThread", "main"]
 
 log = logging.getLogger("mg3.play")
@@ -54,6 +56,9 @@ class PlayServer:
         max_chunks: chunks per episode (then a new episode starts by itself).
         max_upload_bytes: largest accepted image upload.
         jpeg_quality: quality of the per-chunk JPEG.
+        compute: the thread that does all torch work (:class:`~mg3_env.play.compute.ComputeThread`);
+            pass the one the model was loaded on (see that module for why), else the server makes its
+            own. :meth:`close` ends it only if the server made it.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class PlayServer:
         max_chunks: int = 100,
         max_upload_bytes: int = 4 * 1024 * 1024,
         jpeg_quality: int = 90,
+        compute: ComputeThread | None = None,
     ) -> None:
         from mg3_env.spaces import load_image, validate_prompt
         from mg3_env.vector import default_image_path
@@ -101,7 +107,18 @@ class PlayServer:
             path: ((resources.files("mg3_env.play") / "static" / name).read_bytes(), ctype)
             for path, (name, ctype) in _STATIC.items()
         }
-        self.make_env().close()  # checks max_chunks against the model before anyone connects
+        self._own_compute = compute is None
+        self.compute = ComputeThread() if compute is None else compute
+        try:  # checks max_chunks against the model before anyone connects
+            self.compute.call(lambda: self.make_env().close())
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """End the compute thread if this server made it."""
+        if self._own_compute:
+            self.compute.close()
 
     def make_env(self):
         """A new env for one session (wrapped by the recorder with ``record``)."""
@@ -220,7 +237,8 @@ class PlayServer:
 class ServerThread:
     """A :class:`PlayServer` on its own event loop in a daemon thread (for tests and notebooks).
 
-    ``with ServerThread(server) as url: ...`` serves on 127.0.0.1 and a free port.
+    ``with ServerThread(server) as url: ...`` serves on 127.0.0.1 and a free port, and closes the
+    server (:meth:`PlayServer.close`) at the end.
     """
 
     def __init__(self, server: PlayServer, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -257,6 +275,7 @@ class ServerThread:
     def __exit__(self, *exc: Any) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=60)
+        self.server.close()
 
 
 def _is_loopback(host: str) -> bool:
@@ -298,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     from world_model.model import load_world_model
     from world_model.runtime import RuntimeOptions
 
-    model = load_world_model(args.model, RuntimeOptions.for_device(args.device))
+    compute = ComputeThread()  # the model is loaded on the thread that will step it (see mg3_env.play.compute)
+    model = compute.call(load_world_model, args.model, RuntimeOptions.for_device(args.device))
     if args.steps is not None:
         model = model.with_sampler(num_steps=args.steps)
     try:
@@ -309,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             max_sessions=args.max_sessions,
             record=args.record,
             max_chunks=args.max_chunks,
+            compute=compute,
         )
     except (ValueError, FileNotFoundError, TypeError) as e:
+        compute.close()
         print(f"mg3 play: {e}", file=sys.stderr)
         return 2
     if not _is_loopback(args.host):
@@ -329,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             await asyncio.Future()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    finally:
+        server.close()
+        compute.close()
     return 0

@@ -3,7 +3,7 @@
 Two asyncio tasks share the session's state on the event loop: the receiver validates every
 message from the page and updates the input (:class:`~mg3_env.play.controls.Controls`), the
 pacing (:class:`~mg3_env.play.pacing.Pacer`) or the reset request; the generator resets and steps
-the env on the session's own worker thread (one thread, so the env is only ever touched by it),
+the env on the server's compute thread (:mod:`mg3_env.play.compute`; one thread for all torch work),
 encodes each chunk once (one JPEG) and sends it. A bad message gets an ``error`` answer and the
 session goes on; an error inside the env ends the session (close code 1011), never the server.
 """
@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +50,6 @@ class Session:
         self.ws = ws
         self.sid = sid
         self.env: Any = None
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"mg3-play-{sid}")
         self.controls: Controls | None = None
         self.pacer = Pacer()
         self.episode = -1
@@ -67,9 +65,8 @@ class Session:
     # ------------------------------------------------------------------ lifetime
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            self.env = await loop.run_in_executor(self.pool, self.server.make_env)
+            self.env = await self.server.compute.run(self.server.make_env)
             v = self.env.unwrapped.vector_env
             self.controls = Controls(v.keyboard_dim, v.frames_per_chunk)
             await self._send_json(self.server.hello(self.sid))
@@ -89,8 +86,7 @@ class Session:
                     await self.ws.close(1011, "generation failed")
         finally:
             if self.env is not None:
-                await loop.run_in_executor(self.pool, self.env.close)  # publishes a recorded episode
-            self.pool.shutdown(wait=True)
+                await self.server.compute.run(self.env.close)  # publishes a recorded episode
 
     async def _send_json(self, obj: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(obj))
@@ -133,7 +129,6 @@ class Session:
     # ------------------------------------------------------------------ generation
 
     async def _generate(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if self.reset_request is not None:
                 msg, self.reset_request = self.reset_request, None
@@ -149,7 +144,7 @@ class Session:
             action, seq = self.controls.take_action()
             episode, chunk = self.episode, self.next_chunk
             t0 = time.monotonic()
-            message, truncated = await loop.run_in_executor(self.pool, self._step, action, seq, episode, chunk)
+            message, truncated = await self.server.compute.run(self._step, action, seq, episode, chunk)
             if self.reset_request is not None:  # a reset came during the step: drop the chunk
                 continue
             self.pacer.note_step(time.monotonic() - t0)
@@ -168,7 +163,6 @@ class Session:
                 await self._request_reset(ResetMessage(None, None, None))
 
     async def _reset(self, msg: ResetMessage) -> None:
-        loop = asyncio.get_running_loop()
         if msg.image == "upload":
             self.image = self.uploaded
         elif msg.image is not None:
@@ -181,7 +175,7 @@ class Session:
         episode, seq = self.episode, self.controls.seq
         t0 = time.monotonic()
         try:
-            message, frames = await loop.run_in_executor(self.pool, self._first_chunk, seed, episode, seq)
+            message, frames = await self.server.compute.run(self._first_chunk, seed, episode, seq)
         except (ValueError, TypeError) as e:  # e.g. an image or prompt the env refuses
             self.episode_over = True
             await self._send_json({"type": "error", "message": f"reset failed: {e}", "request": "reset"})
