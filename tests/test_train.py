@@ -436,26 +436,3 @@ def test_pipeline_passes_action_dropout_to_both_flow_stages(monkeypatch, tmp_pat
     opts = dataclasses.replace(pipeline.PipelineOptions.smoke(), action_dropout=0.25)
     for name in ("base", "memory"):
         assert pipeline.run_stage(tmp_path, name, opts) == {"name": name, "p": 0.25}
-
-
-def test_own_history_samples_at_three_batch_sizes_only():
-    """Any split of a batch into chunk-1 and later windows samples at batch/4, batch/2 or batch rows
-    (compiled blocks see three sizes, not one per split); the extra rows are repeats, thrown away."""
-    from world_model.dit import MatrixGameDiT
-    from world_model.sampler import FlowUniPCSampler
-    from world_model.train.rollout import own_history_rows, with_own_history
-
-    assert [own_history_rows(n, 8) for n in range(1, 9)] == [2, 2, 4, 4, 8, 8, 8, 8]
-    assert [own_history_rows(n, 2) for n in (1, 2)] == [1, 2]
-    cfg = tiny(32, 32)
-    _, st = _store(cfg, frames=160, fs=35)
-    clips = ClipSampler(st, cfg, 8, use_memory=True)
-    model = MatrixGameDiT(cfg.dit).eval()
-    sizes = []
-    model.register_forward_pre_hook(lambda m, args, kwargs: sizes.append(args[0].shape[0]), with_kwargs=True)
-    sampler = FlowUniPCSampler.from_config(cfg.sampler)
-    segs = torch.tensor([1, 0, 1, 0, 0, 1, 1, 0])
-    batch = clips.build(segs, torch.tensor([1, 2, 2, 2, 2, 2, 1, 1]))  # 3 chunk-1 rows, 5 later ones
-    own = with_own_history(model, clips, batch, sampler, torch.Generator().manual_seed(0))
-    assert set(sizes) == {4, 8}
-    assert own.latents.shape == batch.latents.shape and torch.equal(own.positions, batch.positions)

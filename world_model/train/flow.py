@@ -163,10 +163,8 @@ class FlowStage:
             for module in blocks if blocks is not None else [self.model]:
                 module.compile(dynamic=False)
             # one graph per (block with or without an action module) x (chunk-0 or later window) x
-            # (training, sampling own history at 3 batch sizes, evaluating) x (base, memory stage):
-            # more than dynamo's default 8 (session 5 hit it) and than 32 (session 7 hit it, before
-            # the own-history batch sizes were bucketed); past the limit a block runs eager
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 96)
+            # (training or sampling own history): more than dynamo's default 8 (session 5 hit it)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
 
     def _lr(self, step: int) -> float:
         if self._warmup_from is None:  # the first step after a slimmed checkpoint: warm up again

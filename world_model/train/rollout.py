@@ -15,7 +15,7 @@ from world_model.train.clips import ClipBatch, ClipSampler
 from world_model.train.flow import dit_forward
 from world_model.window import sample_window
 
-__all__ = ["own_history_rows", "sample_chunk", "sample_into", "self_rollout", "stored_latents", "with_own_history"]
+__all__ = ["sample_chunk", "sample_into", "self_rollout", "stored_latents", "with_own_history"]
 
 
 def sample_chunk(
@@ -104,18 +104,9 @@ def with_own_history(
     previous = batch.chunk.cpu() - 1
     first = previous == 0  # chunk 0's window differs from later ones': generate the two kinds apart
     for rows in (first, ~first):
-        n = int(rows.sum())
-        if n:
+        if bool(rows.any()):
             index = rows.nonzero().squeeze(1)
-            # rows repeated up to one of three sizes: compiled blocks (dynamic=False) would otherwise
-            # compile anew for every split of the batch, and past dynamo's recompile limit run eager
-            padded = index[torch.arange(own_history_rows(n, len(previous))) % n]
-            part = latents[padded.to(latents.device)]  # sample_into writes into its latents: a copy, then back
-            sample_into(model, clips, batch.segments[padded], previous[padded], part, sampler, generator)
-            latents[index.to(latents.device)] = part[:n]
+            part = latents[index.to(latents.device)]  # sample_into writes into its latents: a copy, then back
+            sample_into(model, clips, batch.segments[index], previous[index], part, sampler, generator)
+            latents[index.to(latents.device)] = part
     return clips.build(batch.segments, batch.chunk, latents=latents)
-
-
-def own_history_rows(n: int, batch: int) -> int:
-    """Rows sampled for ``n`` of a ``batch``'s windows: the smallest of batch/4, batch/2, batch that holds them."""
-    return next(s for s in (batch // 4, batch // 2, batch) if s >= n)
