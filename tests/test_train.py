@@ -436,3 +436,39 @@ def test_pipeline_passes_action_dropout_to_both_flow_stages(monkeypatch, tmp_pat
     opts = dataclasses.replace(pipeline.PipelineOptions.smoke(), action_dropout=0.25)
     for name in ("base", "memory"):
         assert pipeline.run_stage(tmp_path, name, opts) == {"name": name, "p": 0.25}
+
+
+def test_compiled_flow_stage_compiles_only_its_training_graphs(monkeypatch):
+    """Own-history sampling and evaluation run the compiled blocks eager: their varying batch sizes
+    and no-grad passes add no graph (each cost ~50 s on the H200, and past dynamo's recompile limit
+    the training graphs themselves ran eager)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from world_model.dit import MatrixGameDiT
+    from world_model.train.flow import FlowOptions, FlowStage, dit_forward
+
+    real_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: real_compile(self, backend="eager", **kw))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = tiny(32, 32)
+    _, st = _store(cfg)
+    opts = FlowOptions(batch_size=2, warmup_steps=1, p_continue=1.0, compile=True)
+    clips = ClipSampler(st, cfg, 2, p_continue=1.0)
+
+    def evaluator(ema):  # a no-grad pass at another batch size, as the held-out evaluation makes
+        b = clips.build(torch.tensor([0, 1, 0]), torch.zeros(3, dtype=torch.int64))
+        with torch.no_grad():
+            v = dit_forward(ema, b, b.latents, torch.full((3,), 500.0))
+        return {"ok": float(v.isfinite().all())}
+
+    stage = FlowStage(MatrixGameDiT(cfg.dit), clips, opts, name="base", evaluator=evaluator)
+    stage.train_step(0)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0  # the training step compiled its blocks
+    stage.opts = dataclasses.replace(stage.opts, p_own_history=1.0)
+    stage.train_step(1)  # samples chunk 0 of the batch with the model: no grad, eager
+    assert stage.evaluate() == {"ok": 1.0}
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch._dynamo.reset()

@@ -61,6 +61,12 @@ class FlowOptions:
             raise ValueError(f"p_drop_actions must be in [0, 1), got {self.p_drop_actions}")
 
 
+def _eager():
+    """Compiled blocks run eager inside: for the occasional no-grad passes (own-history sampling,
+    evaluation), whose batch sizes vary and whose graphs would each cost a compile."""
+    return torch.compiler.set_stance("force_eager")
+
+
 def sample_sigmas(n: int, opts: FlowOptions, generator: torch.Generator | None = None) -> Tensor:
     """[n] noise levels σ in (0, 1): shifted logit-normal."""
     u = torch.sigmoid(opts.logit_mean + opts.logit_std * torch.randn(n, generator=generator))
@@ -163,7 +169,10 @@ class FlowStage:
             for module in blocks if blocks is not None else [self.model]:
                 module.compile(dynamic=False)
             # one graph per (block with or without an action module) x (chunk-0 or later window) x
-            # (training or sampling own history): more than dynamo's default 8 (session 5 hit it)
+            # (base or memory stage): more than dynamo's default 8 (session 5 hit it). Sampling the
+            # own history and evaluating run eager (_eager): compiled, every batch size and the
+            # no-grad variant were graphs of their own, ~50 s of compiling each on the H200; session
+            # 7 hit the limit of 32 in the base stage and ran the memory stage eager
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
 
     def _lr(self, step: int) -> float:
@@ -195,7 +204,7 @@ class FlowStage:
 
         if self._rollout_sampler is None:
             self._rollout_sampler = FlowUniPCSampler.from_config(self.sampler.cfg.sampler)
-        with self._autocast():
+        with self._autocast(), _eager():
             return with_own_history(self.model, self.sampler, batch, self._rollout_sampler, self.generator)
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -239,7 +248,10 @@ class FlowStage:
         return metrics
 
     def evaluate(self) -> dict[str, float]:
-        return dict(self.evaluator(self.ema.model)) if self.evaluator is not None else {}
+        if self.evaluator is None:
+            return {}
+        with _eager():
+            return dict(self.evaluator(self.ema.model))
 
     def state_dict(self) -> dict:
         return {
