@@ -95,6 +95,22 @@ def test_pacer_generates_one_chunk_ahead_and_as_late_as_is_safe():
     assert p.start_time(1, now=20.0) is None
 
 
+def test_pacer_runs_a_slow_generator_back_to_back_at_most_two_chunks_ahead():
+    """Slower than playback: chunk k + 1 need not wait for chunk k to be encoded, sent and begin to
+    play (that would idle the generator), only for chunk k - 1, which bounds the page's buffer."""
+    p = Pacer(safety=1.5, margin_s=0.5, chunk_s=2.5)
+    p.note_step(1.0)  # 1.5 + 0.5 < 2.5: keeps ahead, the one-chunk rule
+    assert not p.behind and p.start_time(1, now=10.0) is None
+    p.note_step(3.0)  # now ~1.6 s expected: 1.5 x 1.6 + 0.5 >= 2.5
+    assert p.behind
+    assert p.start_time(1, now=10.0) == 10.0  # right after the reset's chunk, before it plays
+    assert p.start_time(2, now=10.0) is None  # chunk 0 has not begun to play
+    p.note_played(0, buffered_s=0.0, now=11.0)
+    assert p.start_time(2, now=11.5) == 11.5
+    assert p.start_time(3, now=11.5) is None
+    assert Pacer(chunk_s=None).behind is False  # without a chunk time never counted as behind
+
+
 # ------------------------------------------------------------------ protocol
 
 
@@ -387,3 +403,45 @@ def test_every_env_call_of_a_session_runs_on_the_servers_compute_thread(model, m
     assert len(seen["__init__"]) == len(seen["close"]) == 2  # the server's check at start, the session's env
     assert len(seen["reset"]) >= 1 and len(seen["step"]) >= 1
     assert {i for ids in seen.values() for i in ids} == {ident}, (seen, ident)
+
+
+def test_a_chunk_is_encoded_while_the_next_one_is_generated(model, monkeypatch):
+    """The generator hands each chunk's frames to the encoder thread and goes on (when it is behind
+    playback it need not wait for the chunk to play): the JPEG of chunk k is made while chunk k + 1
+    is generated, and the page still gets every chunk, in order."""
+    from websockets.asyncio.client import connect
+
+    from mg3_env.play.pacing import Pacer
+    from mg3_env.play.session import Session
+
+    events: list[tuple[str, int, float]] = []
+    encode, step = Session._encode, Session._step
+
+    def slow_encode(self, header, frames):
+        events.append(("encode", header["chunk"], time.monotonic()))
+        time.sleep(0.5)
+        out = encode(self, header, frames)
+        events.append(("encoded", header["chunk"], time.monotonic()))
+        return out
+
+    def timed_step(self, action, seq, episode, chunk):
+        events.append(("step", chunk, time.monotonic()))
+        return step(self, action, seq, episode, chunk)
+
+    monkeypatch.setattr(Session, "_encode", slow_encode)
+    monkeypatch.setattr(Session, "_step", timed_step)
+    monkeypatch.setattr(Pacer, "behind", property(lambda self: True))
+
+    async def play(url):
+        async with connect(url.replace("http://", "ws://") + "ws") as ws:
+            chunks = []
+            while len(chunks) < 4:
+                header, frames = await _next(ws, "chunk")
+                chunks.append(header["chunk"])
+                await ws.send(json.dumps({"type": "played", "episode": 0, "chunk": header["chunk"], "buffered_ms": 0}))
+            return chunks
+
+    with _serve(model, max_chunks=8) as url:
+        assert asyncio.run(play(url)) == [0, 1, 2, 3]
+    at = {(kind, chunk): t for kind, chunk, t in events}
+    assert at[("step", 2)] < at[("encoded", 1)]  # chunk 2 was being generated while chunk 1 was encoded

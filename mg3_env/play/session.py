@@ -1,11 +1,14 @@
 """One player's connection: a :class:`~mg3_env.env.MatrixGameEnv`, its input and its pacing.
 
-Two asyncio tasks share the session's state on the event loop: the receiver validates every
+Three asyncio tasks share the session's state on the event loop: the receiver validates every
 message from the page and updates the input (:class:`~mg3_env.play.controls.Controls`), the
 pacing (:class:`~mg3_env.play.pacing.Pacer`) or the reset request; the generator resets and steps
-the env on the server's compute thread (:mod:`mg3_env.play.compute`; one thread for all torch work),
-encodes each chunk once (one JPEG) and sends it. A bad message gets an ``error`` answer and the
-session goes on; an error inside the env ends the session (close code 1011), never the server.
+the env on the server's compute thread (:mod:`mg3_env.play.compute`; one thread for all torch work)
+and hands each chunk's frames to the session's encoder thread (one JPEG per chunk) without waiting
+for it, so that encoding chunk k overlaps generating chunk k + 1 (at 704x1280 a 40-frame JPEG takes
+~0.5-0.8 s of a CPU core); the sender sends everything in the order it was queued. A bad message
+gets an ``error`` answer and the session goes on; an error inside the env ends the session (close
+code 1011), never the server.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +65,9 @@ class Session:
         self.uploaded: np.ndarray | None = None
         self.wake = asyncio.Event()
         self.rng = np.random.default_rng()
+        # what goes to the page, in order: ready messages, or encodings still running on the encoder
+        self.outbox: asyncio.Queue[str | bytes | asyncio.Future] = asyncio.Queue()
+        self.encoder = ThreadPoolExecutor(1, thread_name_prefix=f"mg3-play-encode-{sid}")
 
     # ------------------------------------------------------------------ lifetime
 
@@ -69,27 +76,43 @@ class Session:
             self.env = await self.server.compute.run(self.server.make_env)
             v = self.env.unwrapped.vector_env
             self.controls = Controls(v.keyboard_dim, v.frames_per_chunk)
+            self.pacer.chunk_s = v.frames_per_chunk / float(self.server.model.config.stream.fps)
             await self._send_json(self.server.hello(self.sid))
             await self._request_reset(ResetMessage(None, None, None))
+            sender = asyncio.create_task(self._send_all())
             generator = asyncio.create_task(self._generate())
             receiver = asyncio.create_task(self._receive())
-            done, _ = await asyncio.wait({generator, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (generator, receiver):
+            tasks = (generator, receiver, sender)
+            done, _ = await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            if generator in done and generator.exception() is not None:
-                e = generator.exception()
+            failed = next((t for t in (generator, sender) if t in done and t.exception() is not None), None)
+            if failed is not None:
+                e = failed.exception()
                 log.error("session %d: generation failed: %s", self.sid, e, exc_info=e)
                 with contextlib.suppress(Exception):
-                    await self._send_json({"type": "error", "message": f"generation failed: {e}", "request": None})
+                    error = {"type": "error", "message": f"generation failed: {e}", "request": None}
+                    await self.ws.send(json.dumps(error))  # directly: the sender has stopped
                     await self.ws.close(1011, "generation failed")
         finally:
+            self.encoder.shutdown(wait=False, cancel_futures=True)
             if self.env is not None:
                 await self.server.compute.run(self.env.close)  # publishes a recorded episode
 
     async def _send_json(self, obj: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(obj))
+        """Queue ``obj`` for the page, after everything queued before it (chunks still encoding included)."""
+        self.outbox.put_nowait(json.dumps(obj))
+
+    def _send_chunk(self, header: dict[str, Any], frames: np.ndarray) -> None:
+        """Queue a chunk: its JPEG is encoded on the encoder thread while the generator goes on."""
+        self.outbox.put_nowait(asyncio.get_running_loop().run_in_executor(self.encoder, self._encode, header, frames))
+
+    async def _send_all(self) -> None:
+        while True:
+            item = await self.outbox.get()
+            await self.ws.send(await item if isinstance(item, asyncio.Future) else item)
 
     # ------------------------------------------------------------------ page -> server
 
@@ -144,11 +167,11 @@ class Session:
             action, seq = self.controls.take_action()
             episode, chunk = self.episode, self.next_chunk
             t0 = time.monotonic()
-            message, truncated = await self.server.compute.run(self._step, action, seq, episode, chunk)
+            header, frames, truncated = await self.server.compute.run(self._step, action, seq, episode, chunk)
             if self.reset_request is not None:  # a reset came during the step: drop the chunk
                 continue
             self.pacer.note_step(time.monotonic() - t0)
-            await self.ws.send(message)
+            self._send_chunk(header, frames)
             self.next_chunk += 1
             if truncated:
                 self.episode_over = True
@@ -175,7 +198,7 @@ class Session:
         episode, seq = self.episode, self.controls.seq
         t0 = time.monotonic()
         try:
-            message, frames = await self.server.compute.run(self._first_chunk, seed, episode, seq)
+            header, frames = await self.server.compute.run(self._first_chunk, seed, episode, seq)
         except (ValueError, TypeError) as e:  # e.g. an image or prompt the env refuses
             self.episode_over = True
             await self._send_json({"type": "error", "message": f"reset failed: {e}", "request": "reset"})
@@ -183,14 +206,14 @@ class Session:
         if self.reset_request is not None:
             return
         if self.pacer.expected_step_s is None:  # a first estimate: the reset's time per frame
-            self.pacer.note_step((time.monotonic() - t0) * self.controls.frames / frames)
+            self.pacer.note_step((time.monotonic() - t0) * self.controls.frames / len(frames))
         self.episode_over = False
         self.next_chunk = 1
-        await self.ws.send(message)
+        self._send_chunk(header, frames)
 
-    # ------------------------------------------------------------------ worker thread
+    # ------------------------------------------------------------------ compute thread
 
-    def _first_chunk(self, seed: int, episode: int, seq: int) -> tuple[bytes, int]:
+    def _first_chunk(self, seed: int, episode: int, seq: int) -> tuple[dict[str, Any], np.ndarray]:
         t0 = time.perf_counter()
         options = {"image": self.image, "prompt": self.prompt}
         _, info = self.env.reset(seed=seed, options={k: v for k, v in options.items() if v is not None})
@@ -198,15 +221,17 @@ class Session:
         step_s = time.perf_counter() - t0
         header = self._header(episode, 0, seq, info["first_chunk_pose"], step_s, len(frames))
         header.update(seed=seed, prompt=info["prompt"], image=self._image_label())
-        return self._encode(header, frames), len(frames)
+        return header, frames
 
-    def _step(self, action: dict[str, np.ndarray], seq: int, episode: int, chunk: int) -> tuple[bytes, bool]:
+    def _step(
+        self, action: dict[str, np.ndarray], seq: int, episode: int, chunk: int
+    ) -> tuple[dict[str, Any], np.ndarray, bool]:
         t0 = time.perf_counter()
         obs, _, _, truncated, info = self.env.step(action)
         step_s = time.perf_counter() - t0
         header = self._header(episode, chunk, seq, obs["pose"], step_s, len(obs["frames"]))
         header.update(keyboard=action["keyboard"][0].tolist(), mouse=np.round(action["mouse"].mean(0), 4).tolist())
-        return self._encode(header, obs["frames"]), bool(truncated)
+        return header, obs["frames"], bool(truncated)
 
     def _header(self, episode: int, chunk: int, seq: int, poses: np.ndarray, step_s: float, n: int) -> dict:
         return {
@@ -219,7 +244,7 @@ class Session:
             "gen_fps": round(n / step_s, 2),
         }
 
-    def _encode(self, header: dict, frames: np.ndarray) -> bytes:
+    def _encode(self, header: dict, frames: np.ndarray) -> bytes:  # on the encoder thread
         t0 = time.perf_counter()
         jpeg, layout = encode_frames(frames, self.server.jpeg_quality)
         header.update(layout, encode_ms=round((time.perf_counter() - t0) * 1000, 1))

@@ -106,7 +106,8 @@ function onChunk(buffer) {
     S.chunks.push(rest);
     S.framesReceived += header.frames;
     for (let i = 0; i < header.frames; i++) S.queue.push({ bitmap, i, header });
-    const g = header.frames / ((header.step_ms + header.encode_ms) / 1000);
+    // chunk k is encoded while chunk k + 1 is generated: the slower of the two sets the rate
+    const g = header.frames / (Math.max(header.step_ms, header.encode_ms) / 1000);
     S.genFps = S.genFps === null || header.chunk === 0 ? g : 0.7 * S.genFps + 0.3 * g;
     if (header.chunk === 0) {
       S.playing = true;
