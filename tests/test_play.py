@@ -99,9 +99,9 @@ def test_pacer_runs_a_slow_generator_back_to_back_at_most_two_chunks_ahead():
     """Slower than playback: chunk k + 1 need not wait for chunk k to be encoded, sent and begin to
     play (that would idle the generator), only for chunk k - 1, which bounds the page's buffer."""
     p = Pacer(safety=1.5, margin_s=0.5, chunk_s=2.5)
-    p.note_step(1.0)  # 1.5 + 0.5 < 2.5: keeps ahead, the one-chunk rule
+    p.note_step(2.4)  # keeps ahead (if only just): the one-chunk rule
     assert not p.behind and p.start_time(1, now=10.0) is None
-    p.note_step(3.0)  # now ~1.6 s expected: 1.5 x 1.6 + 0.5 >= 2.5
+    p.note_step(3.0)  # now 2.58 s expected per 2.5 s chunk
     assert p.behind
     assert p.start_time(1, now=10.0) == 10.0  # right after the reset's chunk, before it plays
     assert p.start_time(2, now=10.0) is None  # chunk 0 has not begun to play

@@ -7,8 +7,8 @@ still has to play (reported when chunk k starts) cover the expected generation t
 margin: ``start = report_time + buffered - (safety x expected_step + margin)``. The expected step
 is a running average of the measured steps; until one is measured, the start is immediate.
 
-When the generator cannot keep ahead of playback (``safety x expected_step + margin`` longer than a
-chunk's play time ``chunk_s``), waiting for chunk k to start playing would idle the generator while
+When the generator is slower than playback (the expected step longer than a chunk's play time
+``chunk_s``), waiting for chunk k to start playing would idle the generator while
 chunk k is encoded, sent and decoded; then chunk k + 1 starts at once as soon as chunk k - 1 has begun
 to play: generation runs back to back, at most two chunks ahead of what plays (so the page's buffer,
 and with it the latency of the input, stays bounded). Pure arithmetic; the caller owns the clock.
@@ -53,9 +53,9 @@ class Pacer:
 
     @property
     def behind(self) -> bool:
-        """Whether a generation (with the safety factor and margin) takes longer than a chunk plays."""
+        """Whether a generation is expected to take longer than its chunk plays."""
         e, c = self.expected_step_s, self.chunk_s
-        return e is not None and c is not None and self.safety * e + self.margin_s >= c
+        return e is not None and c is not None and e > c
 
     def start_time(self, next_chunk: int, now: float) -> float | None:
         """When to start generating ``next_chunk``: a time (<= now: at once), or None: wait for a play report."""
