@@ -445,3 +445,21 @@ def test_a_chunk_is_encoded_while_the_next_one_is_generated(model, monkeypatch):
         assert asyncio.run(play(url)) == [0, 1, 2, 3]
     at = {(kind, chunk): t for kind, chunk, t in events}
     assert at[("step", 2)] < at[("encoded", 1)]  # chunk 2 was being generated while chunk 1 was encoded
+
+
+def test_headless_page_plays_reports_and_measures(model):
+    """The browserless player (GPU benchmark) plays chunks at the model's rate, paces the server with
+    its reports and measures latency: holding W moves the pose along +x."""
+    from mg3_env.play.client import HeadlessPage, InputPhase
+
+    with _serve(model, max_chunks=50) as url:
+        page = HeadlessPage(url, script=(InputPhase(keys=(0,)),), phase_s=10.0)
+        start, end, wall = asyncio.run(page.play(6.0))
+    assert start["framesShown"] >= 1 and end["framesShown"] > start["framesShown"]
+    assert wall == pytest.approx(6.0, abs=1.0)
+    assert end["fps"] == model.config.stream.fps and end["errors"] == []
+    chunks = [c["chunk"] for c in end["chunks"]]
+    assert chunks[0] == 0 and chunks == sorted(chunks) and len(chunks) >= 2
+    assert all(c["decodeMs"] >= 0 and c["frames"] > 0 for c in end["chunks"])
+    assert end["latencies"] and all(x["ms"] > 0 for x in end["latencies"])
+    assert end["pose"][0] > 0  # W held: moved forward along +x

@@ -8,7 +8,7 @@
 - :mod:`~mg3_env.play.controls`: keys and mouse -> the next chunk's action;
 - :mod:`~mg3_env.play.pacing`: when to generate the next chunk;
 - :mod:`~mg3_env.play.protocol`: the messages, checked, and the per-chunk JPEG.
-- :mod:`~mg3_env.play.browser`: the system Chromium's headless flags (browser tests, ``bench/play_cpu.py``).
+- :mod:`~mg3_env.play.browser`: the system Chromium's headless flags (browser tests, ``bench/play.py``).
 
 Needs the ``play`` extra (``pip install 'mg3[play]'``: the ``websockets`` package).
 """

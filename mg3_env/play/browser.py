@@ -1,4 +1,4 @@
-"""Launching the system's headless Chromium for ``mg3 play`` (the browser tests and ``bench/play_cpu.py``).
+"""Launching the system's headless Chromium for ``mg3 play`` (the browser tests and ``bench/play.py``).
 
 Playwright drives Debian's ``chromium`` (``apt-get install chromium``); it never downloads a browser.
 The flags keep a headless run quiet and offline: no sandbox (containers), no GPU, no QUIC, no

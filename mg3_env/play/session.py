@@ -110,9 +110,14 @@ class Session:
         self.outbox.put_nowait(asyncio.get_running_loop().run_in_executor(self.encoder, self._encode, header, frames))
 
     async def _send_all(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         while True:
             item = await self.outbox.get()
-            await self.ws.send(await item if isinstance(item, asyncio.Future) else item)
+            try:
+                await self.ws.send(await item if isinstance(item, asyncio.Future) else item)
+            except ConnectionClosed:  # the page left: the session ends as the receiver sees it
+                return
 
     # ------------------------------------------------------------------ page -> server
 
