@@ -288,7 +288,7 @@ def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_last_layer():
 def test_vae_stage_with_a_frozen_encoder_trains_the_decoder_only(tmp_path):
     """vae_train_encoder=False: later sessions sharpen the decoder while the latents stay put."""
     from world_model.train.checkpoints import load_latest
-    from world_model.train.pipeline import PipelineOptions, run_stage
+    from world_model.train.pipeline import PipelineOptions, run_config, run_stage
     from world_model.train.status import reopen
 
     opts = dataclasses.replace(PipelineOptions.smoke(), vae_train_encoder=False)
@@ -303,6 +303,19 @@ def test_vae_stage_with_a_frozen_encoder_trains_the_decoder_only(tmp_path):
     dec = [k for k in first if k.startswith("decoder.")]
     assert enc and all(torch.equal(first[k], after[k]) for k in enc)
     assert any(not torch.equal(first[k], after[k]) for k in dec)
+
+    # the encode stage keeps a carried normalisation (the continued DiT was trained on it) ...
+    stats = run / "latents" / "stats.json"
+    stats.parent.mkdir(parents=True, exist_ok=True)
+    z = run_config(run, opts).vae.z_dim
+    carried = {"mean": [0.5] * z, "std": [2.0] * z}
+    stats.write_text(json.dumps(carried))
+    out = run_stage(run, "encode", opts)
+    assert out["stats"] == "kept" and json.loads(stats.read_text()) == carried
+    # ... and measures it again when the encoder trains
+    reopen(run / "latents")
+    out = run_stage(run, "encode", dataclasses.replace(opts, vae_train_encoder=True))
+    assert out["stats"] == "measured" and json.loads(stats.read_text()) != carried
 
 
 def test_lowpass_l1_sees_colour_not_detail():

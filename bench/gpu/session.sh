@@ -8,7 +8,8 @@
 # Without vizdoom and MiniLM installed yet (bench/gpu/parts.sh) it waits for them.
 # With prev.tar carried in the first call (stage folders of an earlier session's runs/slim: vae,
 # decoder, and the memory EMA as base, made with `slim --as memory=base`), those stages continue
-# from their weights instead of starting from scratch.
+# from their weights instead of starting from scratch; with its latents/stats.json the encode stage keeps
+# that normalisation (the encoder frozen: --vae-train-encoder false).
 # Usage: [BENCH=1] bash bench/gpu/session.sh BUDGET_MINUTES [pipeline flags]
 set -u
 budget=${1:-20}; shift || true

@@ -466,10 +466,18 @@ def _stage_encode(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     status = StatusFile(run / "latents", "encode")
     status.update(state="running")
     train, held = _frames(run, "train"), _frames(run, "held_out")
-    r = base_cfg.vae.temporal_stride
-    raw = _teacher_vae(run, opts, base_cfg.replace(vae=identity_stats(base_cfg.vae)), dev)
-    mean, std = latent_statistics(raw, train, 1 + r * (opts.segment_latents - 1))
-    (run / "latents" / "stats.json").write_text(json.dumps({"mean": mean, "std": std}) + "\n")
+    stats = run / "latents" / "stats.json"
+    if stats.exists() and not opts.vae_train_encoder:
+        # a frozen encoder and a carried (or earlier) normalisation: keep it, so that a continued DiT
+        # sees latents scaled as it was trained on (re-estimated from 64 segments of new data, session
+        # 7's std moved by ~10 % from session 5's with the very same encoder)
+        status.update(stats="kept")
+    else:
+        r = base_cfg.vae.temporal_stride
+        raw = _teacher_vae(run, opts, base_cfg.replace(vae=identity_stats(base_cfg.vae)), dev)
+        mean, std = latent_statistics(raw, train, 1 + r * (opts.segment_latents - 1))
+        stats.write_text(json.dumps({"mean": mean, "std": std}) + "\n")
+        status.update(stats="measured")
     cfg = run_config(run, opts)
     vae = _teacher_vae(run, opts, cfg, dev)
     text = make_text_encoder(cfg.text, device=dev)
