@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# On the lent GPU machine, after a training session: the GPU figures of issues 15, 16 and 17 in one
+# call (one H200, ~6-8 minutes; each step bounded, every result written to $OUT as it finishes):
+#   1. issue 15: the 5B DiT chunk with the self-attention projections in bf16 (default) and in fp32 as
+#      the release computes them, with the agreement of each with an fp32 forward (bench/dit_5b.py)
+#   2. issue 16: `mg3 rollouts` with 64 envs of the embedded model on the GPU (frames/s written)
+#   3. issue 17: one minute of `mg3 play` with the 5B architecture (random weights) through the
+#      browserless page (bench/play.py --client python)
+# Carry .carry/gym (gymnasium and websockets wheels). Usage, from the repository root (run tool:
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play]
+set -u -o pipefail
+source bench/gpu/parts.sh
+out=${OUT:-bench/results}
+steps=${*:-precision rollouts play}
+for step in $steps; do
+  case $step in
+    precision)
+      timeout 200 python3 bench/dit_5b.py --attention cudnn --agreement --out "$out/dit_5b_precision_bf16_h200.json" 2>&1 | grep -v '^USDT:' | tail -25
+      timeout 150 python3 bench/dit_5b.py --attention cudnn --self-attn-projections fp32 --out "$out/dit_5b_precision_fp32_h200.json" 2>&1 | grep -v '^USDT:' | tail -25
+      ;;
+    rollouts)
+      rm -rf /tmp/roll64
+      timeout 200 python3 -m mg3_env.cli rollouts --model default --num-envs 64 --episodes 64 --max-chunks 2 \
+        --policy random --device cuda --out /tmp/roll64 2>&1 | tr '\r' '\n' | grep -v '^USDT:' | tail -3 | tee "$out/rollouts_64_h200.log"
+      ;;
+    play)
+      timeout 240 python3 bench/play.py --model mg3-5b-random --device cuda --client python --seconds 60 \
+        --out "$out/play_5b_h200.json" 2>&1 | grep -v '^USDT:' | tail -12
+      ;;
+    *) echo "unknown step $step (precision, rollouts, play)" >&2; exit 2 ;;
+  esac
+done
