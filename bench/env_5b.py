@@ -59,6 +59,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import platform
 import time
 import traceback
@@ -66,6 +67,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -177,11 +179,14 @@ class PartProbe:
         return Counter({str(op): n for op, n in self.flops.get_flop_counts().get("Global", {}).items()})
 
     def begin(self, part: str) -> None:
-        self._open[part] = (self._mark(), self._op_flops() if self.flops is not None else None)
+        scope = torch.profiler.record_function(part)  # the part's range in a --profile trace
+        scope.__enter__()
+        self._open[part] = (self._mark(), self._op_flops() if self.flops is not None else None, scope)
 
     def end(self, part: str) -> None:
-        start, flops0 = self._open.pop(part)
+        start, flops0, scope = self._open.pop(part)
         self._spans[part].append((start, self._mark()))
+        scope.__exit__(None, None, None)
         if flops0 is not None:
             self.flops_by_part[part] += self._op_flops() - flops0
 
@@ -226,6 +231,88 @@ _CPU_FLOPS = {
     ),
     torch.ops.aten.mkldnn_convolution: lambda x, w, *a, out_shape=None, **kw: conv_flop_count(x, w, out_shape),
 }
+
+
+def profile_step(step: Callable[[], Tensor], device: torch.device, path: str, top: int = 25) -> dict[str, object]:
+    """One more ``step()`` under torch.profiler (CPU, and CUDA where there is one): where the host
+    time of a chunk goes. Writes the Chrome trace to ``path``.trace.json.gz and returns the step's wall
+    time, the host (CPU) time inside the DiT and decode ranges and outside them, the device's busy
+    time, the ops outside those ranges with the most self CPU time, and the ops with the most device
+    time."""
+    import gzip
+    import shutil
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    _sync(device)
+    with torch.profiler.profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        wall = time.perf_counter() - t0
+    trace = f"{path}.trace.json"
+    prof.export_chrome_trace(trace)
+    with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.remove(trace)
+    events = prof.key_averages()
+    ms = 1e-3  # the profiler counts microseconds
+    python_rows = _python_profile(step, device, top)
+
+    def device_us(e) -> float:
+        return float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+
+    parts = {p: next((e.cpu_time_total * ms for e in events if e.key == p), 0.0) for p in PARTS}
+    ops = [e for e in events if e.key not in PARTS]
+
+    def in_part(e) -> bool:
+        while e is not None:
+            if e.name in PARTS:
+                return True
+            e = e.cpu_parent
+        return False
+
+    outside: Counter = Counter()  # self CPU time of the ops outside the DiT and decode ranges
+    calls: Counter = Counter()
+    for e in prof.events():
+        if e.name not in PARTS and not in_part(e):
+            outside[e.name] += e.self_cpu_time_total
+            calls[e.name] += 1
+    by_cpu = outside.most_common(top)
+    by_device = sorted(ops, key=device_us, reverse=True)[:top]
+    return {
+        "step_s": wall,
+        "trace": trace + ".gz",
+        "host_ms_in_parts": parts,
+        "host_ms_outside_parts": wall * 1e3 - sum(parts.values()),
+        "device_busy_ms": sum(device_us(e) for e in ops) * ms,
+        "top_self_cpu_outside_parts": [{"op": k, "self_cpu_ms": v * ms, "calls": calls[k]} for k, v in by_cpu],
+        "top_python_self": python_rows,
+        "top_device": [
+            {"op": e.key, "device_ms": device_us(e) * ms, "calls": e.count} for e in by_device if device_us(e)
+        ],
+    }
+
+
+def _python_profile(step: Callable[[], Tensor], device: torch.device, top: int) -> list[dict[str, object]]:
+    """One more ``step()`` under cProfile: the Python functions with the most self time (what the
+    aten-op view cannot attribute: Python overhead, numpy, host copies outside torch)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    _sync(device)
+    prof.enable()
+    step()
+    _sync(device)
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+    rows = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    return [
+        {"function": f"{Path(f).name}:{line} {name}", "self_ms": tt * 1e3, "cum_ms": ct * 1e3, "calls": nc}
+        for (f, line, name), (_, nc, tt, ct, _) in rows
+    ]
 
 
 def count_flops(step: Callable[[], Tensor], probe: PartProbe) -> dict[str, dict[str, float]]:
@@ -460,6 +547,7 @@ class Setup:
     seed: int
     warmup: int
     chunks: int
+    profile: str | None = None  # path prefix: profile one more steady chunk of the first configuration
 
 
 def measure(bench: BenchConfig, setup: Setup, ref: tuple[Rollout, float] | None) -> tuple[dict, Rollout | None]:
@@ -480,7 +568,8 @@ def measure(bench: BenchConfig, setup: Setup, ref: tuple[Rollout, float] | None)
     entry["applied"] = applied_options(model)
     entry["weights_checksum"] = checksum = weights_checksum(model)
     probe = PartProbe(setup.device)
-    driver = driver_class()(model, max_chunks=setup.warmup + setup.chunks + 2)
+    extra = 2 + (2 if setup.profile else 0)  # the FLOP count's chunk (+1 spare), the two profiled ones
+    driver = driver_class()(model, max_chunks=setup.warmup + setup.chunks + extra)
     entry["api"] = driver.api
     try:
         with probed(model, probe):
@@ -489,6 +578,8 @@ def measure(bench: BenchConfig, setup: Setup, ref: tuple[Rollout, float] | None)
             entry["peak_gib"] = torch.cuda.max_memory_allocated(setup.device) / 2**30 if cuda else None
             if ref is None and not (bench.compile or bench.quantize):
                 entry["flops"] = count_flops(driver.step, probe)
+            if ref is None and setup.profile:
+                entry["profile"] = profile_step(driver.step, setup.device, setup.profile)
     finally:
         driver.close()
     if ref is not None:
@@ -658,6 +749,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fp8-tflops", type=float, default=FP8_TFLOPS, help="FP8 row-wise GEMM ceiling (H200)")
     p.add_argument("--attention-tflops", type=float, default=ATTENTION_TFLOPS, help="attention ceiling (H200 cuDNN)")
     p.add_argument("--json", default="bench_env_5b.json")
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="PREFIX",
+        help="profile one more steady chunk of the first configuration (torch.profiler): where its host "
+        "time goes, in the JSON and PREFIX.trace.json.gz",
+    )
     args = p.parse_args()
     if args.chunks < 1:
         p.error(f"--chunks must be >= 1, got {args.chunks}")
@@ -675,6 +773,20 @@ def report(result: dict, path: str) -> None:
         print(floor_table(result))
     else:
         print("floor: not counted (FlopCounterMode needs an eager reference configuration)")
+    for e in result["configs"]:
+        if "profile" in e:
+            pr = e["profile"]
+            inside = ", ".join(f"{k} {v:.0f}" for k, v in pr["host_ms_in_parts"].items())
+            print(
+                f"profile of one more chunk of '{e['label']}': {pr['step_s'] * 1e3:.0f} ms wall; host ms inside "
+                f"{inside}, outside {pr['host_ms_outside_parts']:.0f}; device busy {pr['device_busy_ms']:.0f} ms; "
+                f"trace {pr['trace']}"
+            )
+            for row in pr["top_self_cpu_outside_parts"][:12]:
+                print(f"  {row['self_cpu_ms']:9.2f} ms self CPU  {row['calls']:6d} calls  {row['op']}")
+            print("  Python functions with the most self time (cProfile, one more chunk):")
+            for row in pr["top_python_self"][:12]:
+                print(f"  {row['self_ms']:9.2f} ms self  {row['calls']:6d} calls  {row['function']}")
     bad = [e["label"] for e in result["configs"] if e.get("same_weights_as_reference") is False]
     if bad:
         print(f"WARNING: weights differ from the reference's in {bad}")
@@ -718,7 +830,7 @@ def main() -> None:
         },
         "configs": [],
     }
-    run_configs(configs, Setup(cfg, device, dtype, args.seed, warmup, args.chunks), result, args.json)
+    run_configs(configs, Setup(cfg, device, dtype, args.seed, warmup, args.chunks, args.profile), result, args.json)
     report(result, args.json)
 
 

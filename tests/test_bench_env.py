@@ -35,7 +35,7 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
     the options the CPU cannot run reported as skipped with a reason, accuracy and the FLOP floor."""
     out = tmp_path / "env.json"
     cmd = [sys.executable, str(ROOT / "bench" / "env_5b.py"), "--config", "tiny", "--device", "cpu"]
-    cmd += ["--ablation", "--chunks", "1", "--json", str(out)]
+    cmd += ["--ablation", "--chunks", "1", "--json", str(out), "--profile", str(tmp_path / "prof")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -61,3 +61,9 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
     assert fl["dit"]["matmul"] > 0 and fl["dit"]["attention"] > 0 and fl["decode"]["matmul"] > 0
     assert r["floor_s"]["fp8"]["dit"] < r["floor_s"]["bf16"]["dit"]
     assert "skipped: " in proc.stdout and "measured / floor" in proc.stdout
+    # --profile: one more chunk of the reference under torch.profiler and cProfile
+    pr = ref["profile"]
+    assert (tmp_path / "prof.trace.json.gz").exists() and pr["step_s"] > 0
+    assert pr["host_ms_in_parts"]["dit"] > 0 and pr["host_ms_in_parts"]["decode"] > 0
+    assert pr["top_self_cpu_outside_parts"] and pr["top_python_self"]
+    assert "profile of one more chunk" in proc.stdout

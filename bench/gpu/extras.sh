@@ -6,12 +6,14 @@
 #   2. issue 16: `mg3 rollouts` with 64 envs of the embedded model on the GPU (frames/s written)
 #   3. issue 17: one minute of `mg3 play` with the 5B architecture (random weights) through the
 #      browserless page (bench/play.py --client python)
+#   4. issue 14: where the 5B env's host time per chunk goes (bench/env_5b.py --profile: torch.profiler
+#      and cProfile of one steady chunk; the trace comes back gzipped)
 # Carry .carry/gym (gymnasium and websockets wheels). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [profile]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
-steps=${*:-precision rollouts play}
+steps=${*:-precision rollouts play profile}
 for step in $steps; do
   case $step in
     precision)
@@ -27,6 +29,10 @@ for step in $steps; do
       timeout 240 python3 bench/play.py --model mg3-5b-random --device cuda --client python --seconds 60 \
         --out "$out/play_5b_h200.json" 2>&1 | grep -v '^USDT:' | tail -12
       ;;
-    *) echo "unknown step $step (precision, rollouts, play)" >&2; exit 2 ;;
+    profile)
+      timeout 200 python3 bench/env_5b.py --chunks 2 --attention cudnn --profile "$out/env_5b_profile_h200" \
+        --json "$out/env_5b_profile_h200.json" 2>&1 | grep -v '^USDT:' | tail -40
+      ;;
+    *) echo "unknown step $step (precision, rollouts, play, profile)" >&2; exit 2 ;;
   esac
 done
