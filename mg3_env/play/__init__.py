@@ -4,10 +4,13 @@
 127.0.0.1; each connection gets its own :class:`~mg3_env.env.MatrixGameEnv`. Parts:
 
 - :mod:`~mg3_env.play.server`: the page, the WebSocket, the session bound, the command line;
-- :mod:`~mg3_env.play.session`: one connection (env on a worker thread, generation ahead of playback);
+- :mod:`~mg3_env.play.session`: one connection (generation ahead of playback, each chunk's JPEG
+  encoded while the next one is generated);
+- :mod:`~mg3_env.play.compute`: the one thread that loads the model and runs every env call;
 - :mod:`~mg3_env.play.controls`: keys and mouse -> the next chunk's action;
 - :mod:`~mg3_env.play.pacing`: when to generate the next chunk;
-- :mod:`~mg3_env.play.protocol`: the messages, checked, and the per-chunk JPEG.
+- :mod:`~mg3_env.play.protocol`: the messages, checked, and the per-chunk JPEG;
+- :mod:`~mg3_env.play.client`: a browserless page (playback, reports, measurements) for benchmarks;
 - :mod:`~mg3_env.play.browser`: the system Chromium's headless flags (browser tests, ``bench/play.py``).
 
 Needs the ``play`` extra (``pip install 'mg3[play]'``: the ``websockets`` package).
