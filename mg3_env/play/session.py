@@ -6,7 +6,7 @@ pacing (:class:`~mg3_env.play.pacing.Pacer`) or the reset request; the generator
 the env on the server's compute thread (:mod:`mg3_env.play.compute`; one thread for all torch work)
 and hands each chunk's frames to the session's encoder thread (one JPEG per chunk) without waiting
 for it, so that encoding chunk k overlaps generating chunk k + 1 (at 704x1280 a 40-frame JPEG takes
-~0.5-0.8 s of a CPU core); the sender sends everything in the order it was queued. A bad message
+~0.3 s of a core of the 2-core test machine); the sender sends everything in the order it was queued. A bad message
 gets an ``error`` answer and the session goes on; an error inside the env ends the session (close
 code 1011), never the server.
 """
