@@ -77,8 +77,8 @@ class Session:
             v = self.env.unwrapped.vector_env
             self.controls = Controls(v.keyboard_dim, v.frames_per_chunk)
             self.pacer.chunk_s = v.frames_per_chunk / float(self.server.model.config.stream.fps)
-            await self._send_json(self.server.hello(self.sid))
-            await self._request_reset(ResetMessage(None, None, None))
+            self._send_json(self.server.hello(self.sid))
+            self._request_reset(ResetMessage(None, None, None))
             sender = asyncio.create_task(self._send_all())
             generator = asyncio.create_task(self._generate())
             receiver = asyncio.create_task(self._receive())
@@ -101,7 +101,7 @@ class Session:
             if self.env is not None:
                 await self.server.compute.run(self.env.close)  # publishes a recorded episode
 
-    async def _send_json(self, obj: dict[str, Any]) -> None:
+    def _send_json(self, obj: dict[str, Any]) -> None:
         """Queue ``obj`` for the page, after everything queued before it (chunks still encoding included)."""
         self.outbox.put_nowait(json.dumps(obj))
 
@@ -138,21 +138,21 @@ class Session:
                 else:
                     if msg.image == "upload" and self.uploaded is None:
                         raise ProtocolError("no image has been uploaded yet; upload one first", "reset")
-                    await self._request_reset(msg)
+                    self._request_reset(msg)
             except ProtocolError as e:
-                await self._send_json({"type": "error", "message": str(e), "request": e.request})
+                self._send_json({"type": "error", "message": str(e), "request": e.request})
 
     async def _upload(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(None, decode_upload, data, self.server.max_upload_bytes)
         self.uploaded = image
-        await self._send_json({"type": "uploaded", "height": int(image.shape[0]), "width": int(image.shape[1])})
+        self._send_json({"type": "uploaded", "height": int(image.shape[0]), "width": int(image.shape[1])})
 
-    async def _request_reset(self, msg: ResetMessage) -> None:
+    def _request_reset(self, msg: ResetMessage) -> None:
         self.episode += 1
         self.reset_request = msg
         self.wake.set()
-        await self._send_json({"type": "status", "state": "resetting", "episode": self.episode})
+        self._send_json({"type": "status", "state": "resetting", "episode": self.episode})
 
     # ------------------------------------------------------------------ generation
 
@@ -180,7 +180,7 @@ class Session:
             self.next_chunk += 1
             if truncated:
                 self.episode_over = True
-                await self._send_json(
+                self._send_json(
                     {
                         "type": "status",
                         "state": "episode_end",
@@ -188,7 +188,7 @@ class Session:
                         "message": f"the episode reached {self.server.max_chunks} chunks; a new one starts",
                     }
                 )
-                await self._request_reset(ResetMessage(None, None, None))
+                self._request_reset(ResetMessage(None, None, None))
 
     async def _reset(self, msg: ResetMessage) -> None:
         if msg.image == "upload":
@@ -206,7 +206,7 @@ class Session:
             header, frames = await self.server.compute.run(self._first_chunk, seed, episode, seq)
         except (ValueError, TypeError) as e:  # e.g. an image or prompt the env refuses
             self.episode_over = True
-            await self._send_json({"type": "error", "message": f"reset failed: {e}", "request": "reset"})
+            self._send_json({"type": "error", "message": f"reset failed: {e}", "request": "reset"})
             return
         if self.reset_request is not None:
             return
