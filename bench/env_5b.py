@@ -247,10 +247,7 @@ def profile_step(step: Callable[[], Tensor], device: torch.device, path: str, to
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     _sync(device)
     with torch.profiler.profile(activities=activities) as prof:
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        wall = time.perf_counter() - t0
+        _, wall = _timed(step, device)
     trace = f"{path}.trace.json"
     prof.export_chrome_trace(trace)
     with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
