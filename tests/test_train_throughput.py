@@ -326,3 +326,32 @@ def test_lowpass_l1_sees_colour_not_detail():
     torch.testing.assert_close(lowpass_l1(x + shift, x), shift.abs().mean())
     checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 0.2 - 0.1  # zero mean per 8x8
     assert lowpass_l1(x + checker, x) < 1e-6
+
+
+def test_a_second_pipeline_call_adopts_the_running_frame_recorder(tmp_path):
+    """`train data` starts the recorder and returns; the GPU session's next `train all` must wait on
+    that recorder, not delete its shards and start a second one (the race that cost session 8 its
+    VAE and decoder stages)."""
+    import subprocess
+    import sys
+
+    from world_model.train.pipeline import PipelineOptions, run_stage
+    from world_model.train.status import StatusFile
+
+    run = tmp_path / "run"
+    frames = run / "data" / "frames"
+    for split, n in (("train", 64), ("held_out", 8)):
+        shard = frames / split / "part-0000"
+        shard.mkdir(parents=True)
+        np.save(shard / "starts.npy", np.array([0, n]))
+    recorder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        StatusFile(run / "data", "data").update(state="growing", pid=recorder.pid)
+        opts = PipelineOptions(vae_start_frames=50, fake_data=False)
+        out = run_stage(run, "data", opts)
+        assert out["state"] == "growing" and out["pid"] == recorder.pid
+        assert (frames / "train" / "part-0000" / "starts.npy").exists()  # its shards untouched
+        assert not (run / "data" / "engine_frames.log").exists()  # no second recorder started
+    finally:
+        recorder.kill()
+        recorder.wait()

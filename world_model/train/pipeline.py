@@ -252,6 +252,11 @@ def _start_engine_frames(run: Path, opts: PipelineOptions, status: StatusFile) -
     if (frames / DONE).exists():
         status.update(state="done", metrics=json.loads((frames / DONE).read_text()))
         return dict(status.data)
+    # a recorder that an earlier call started (`train data`, then `train all` in the GPU session) is
+    # adopted, not restarted: restarting deleted its shards under it and raced it for the folder
+    before = read_status(run / "data") or {}
+    if before.get("state") == "growing" and _alive(before.get("pid")):
+        status.data.update(state="growing", pid=before["pid"], started=before.get("started"))
     if status.data.get("state") != "growing" or not _alive(status.data.get("pid")):
         if frames.exists():
             import shutil
