@@ -8,7 +8,8 @@
 #      browserless page (bench/play.py --client python)
 #   4. issue 14: where the 5B env's host time per chunk goes (bench/env_5b.py --profile: torch.profiler
 #      and cProfile of one steady chunk; the trace comes back gzipped)
-# Carry .carry/gym (gymnasium and websockets wheels); rollouts needs PyAV, carried in the session (.carry/av). Usage, from the repository root (run tool:
+# Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
+# training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
 # carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [profile]
 set -u -o pipefail
 source bench/gpu/parts.sh
