@@ -472,3 +472,61 @@ def test_compiled_flow_stage_compiles_only_its_training_graphs(monkeypatch):
     assert stage.evaluate() == {"ok": 1.0}
     assert counters["stats"]["unique_graphs"] == graphs
     torch._dynamo.reset()
+
+
+def test_flow_stage_cools_the_learning_rate_down_before_its_deadline(monkeypatch):
+    """Warmup-stable-decay: full lr until cooldown_s before the deadline, then linear to the floor."""
+    from world_model.dit import MatrixGameDiT
+    from world_model.train import flow
+    from world_model.train.flow import FlowOptions, FlowStage
+
+    with pytest.raises(ValueError, match="deadline"):
+        FlowOptions(cooldown_s=10.0)
+    with pytest.raises(ValueError, match="cooldown"):
+        FlowOptions(deadline=1.0, cooldown_s=-1.0)
+    cfg = tiny(32, 32)
+    _, st = _store(cfg)
+    opts = FlowOptions(batch_size=2, lr=1e-3, warmup_steps=1, deadline=1000.0, cooldown_s=100.0)
+    stage = FlowStage(MatrixGameDiT(cfg.dit), ClipSampler(st, cfg, 2), opts, name="base")
+    clock = {"now": 0.0}
+    monkeypatch.setattr(flow.time, "time", lambda: clock["now"])
+    lrs = {}
+    for now in (500.0, 900.0, 950.0, 999.0, 1500.0):
+        clock["now"] = now
+        lrs[now] = stage._lr(10)
+    assert lrs[500.0] == lrs[900.0] == pytest.approx(1e-3)
+    assert lrs[950.0] == pytest.approx(0.5e-3)
+    assert lrs[999.0] == lrs[1500.0] == pytest.approx(0.05e-3)  # the floor
+    clock["now"] = 950.0
+    assert stage.train_step(10)["lr"] == pytest.approx(0.5e-3)
+    assert all(g["lr"] == pytest.approx(0.5e-3) for g in stage.optim.param_groups)
+
+
+def test_pipeline_gives_each_flow_stage_its_cooldown(monkeypatch, tmp_path):
+    """--memory-cooldown S: the memory stage's lr decays over the last S of its time budget; the base
+    stage (0) keeps a constant lr; a cooldown without a time budget is refused."""
+    import time
+
+    from world_model.dit import MatrixGameDiT
+    from world_model.train import loop, pipeline
+    from world_model.train.__main__ import _parser
+
+    assert _parser().parse_args(["all", "--run", "r", "--memory-cooldown", "0.3"]).opt_memory_cooldown == 0.3
+    cfg = tiny(32, 32)
+    _, st = _store(cfg)
+    monkeypatch.setattr(pipeline, "_need", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "run_config", lambda run, opts: cfg)
+    monkeypatch.setattr(pipeline, "_latents", lambda run, dev: (st, st))
+    monkeypatch.setattr(pipeline, "_evaluator", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "_dit_from", lambda *a, **k: MatrixGameDiT(cfg.dit))
+    monkeypatch.setattr(loop, "run_loop", lambda stage, folder, lopts: (stage.opts, lopts))
+    opts = dataclasses.replace(pipeline.PipelineOptions.smoke(), memory_cooldown=0.5)
+    deadline = time.time() + 100.0
+    fopts, lopts = pipeline.run_stage(tmp_path, "memory", opts, deadline=deadline)
+    assert fopts.deadline == deadline - lopts.reserve_s and 49.0 < fopts.cooldown_s <= 50.0
+    fopts, _ = pipeline.run_stage(tmp_path, "base", opts, deadline=deadline)
+    assert fopts.cooldown_s == 0.0 and fopts.deadline is None
+    with pytest.raises(ValueError, match="budget"):
+        pipeline.run_stage(tmp_path, "memory", opts)
+    with pytest.raises(ValueError, match="cooldown"):
+        pipeline.run_stage(tmp_path, "memory", dataclasses.replace(opts, memory_cooldown=1.0), deadline=deadline)

@@ -42,6 +42,10 @@ OWN_HISTORY = 0.1
 # share of the flow stages' samples trained with null actions (--action-dropout), which action guidance
 # at inference (SamplerConfig.action_guidance) needs; from session 6 on (0 in sessions 1-5)
 ACTION_DROPOUT = 0.1
+# Session 8: the base stage's held-out chunk-0 gain went 1.31 -> 1.43 -> 1.32 dB over steps 2,000-5,115
+# at a constant learning rate, the loss flat at ~0.48: the memory stage (whose EMA is exported) now ends
+# on a decayed learning rate, linear to 5 % over its last MEMORY_COOLDOWN of time (warmup-stable-decay)
+MEMORY_COOLDOWN = 0.3
 # stages that a share of 0 skips (the data stage's 0 only means it takes no time of its own)
 SKIPPABLE = ("memory", "dmd")
 # cold per-block compilation of a flow stage's DiT, measured on the H200 (2026-12-01: base 92 s, memory 96 s)
@@ -103,6 +107,7 @@ def main() -> None:
         "compile": ",".join(compiled) or "none",
         "own-history": OWN_HISTORY,
         "action-dropout": ACTION_DROPOUT,
+        "memory-cooldown": MEMORY_COOLDOWN,
     }
     print(" ".join(f"--{k} {v}" for k, v in flags.items()))
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import time
+
 import torch
 import torch._dynamo
 import torch.nn.functional as F
@@ -54,11 +56,23 @@ class FlowOptions:
     # release's guidance branch feeds) with this probability, so that the model also learns the
     # action-free prediction that SamplerConfig.action_guidance contrasts with (0.1 is common)
     p_drop_actions: float = 0.0
+    # the stage's end (a time.time() value, the loop's deadline) and the seconds before it over which
+    # the learning rate decays linearly to cooldown_floor x lr: the decay phase of a warmup-stable-decay
+    # schedule, time-based because a GPU session's stages end at deadlines, not step counts (0: off)
+    deadline: float | None = None
+    cooldown_s: float = 0.0
+    cooldown_floor: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_drop_actions < 1.0:
             raise ValueError(f"p_drop_actions must be in [0, 1), got {self.p_drop_actions}")
+        if self.cooldown_s < 0 or not 0.0 <= self.cooldown_floor <= 1.0:
+            raise ValueError(
+                f"cooldown_s must be >= 0 and cooldown_floor in [0, 1], got {self.cooldown_s}, {self.cooldown_floor}"
+            )
+        if self.cooldown_s > 0 and self.deadline is None:
+            raise ValueError("a cooldown needs the stage's deadline (the learning rate decays towards it)")
 
 
 def _eager():
@@ -178,7 +192,15 @@ class FlowStage:
     def _lr(self, step: int) -> float:
         if self._warmup_from is None:  # the first step after a slimmed checkpoint: warm up again
             self._warmup_from = step
-        return self.opts.lr * min(1.0, (step - self._warmup_from + 1) / max(1, self.opts.warmup_steps))
+        warm = min(1.0, (step - self._warmup_from + 1) / max(1, self.opts.warmup_steps))
+        return self.opts.lr * warm * self._cooldown()
+
+    def _cooldown(self) -> float:
+        """1 until the last ``cooldown_s`` seconds before the deadline, then linearly down to the floor."""
+        o = self.opts
+        if o.deadline is None or o.cooldown_s <= 0:
+            return 1.0
+        return min(1.0, max(o.cooldown_floor, (o.deadline - time.time()) / o.cooldown_s))
 
     def _autocast(self):
         enabled = self.opts.amp and self.device.type == "cuda"
@@ -209,8 +231,9 @@ class FlowStage:
 
     def train_step(self, step: int) -> dict[str, float]:
         self.model.train()
+        lr = self._lr(step)
         for group in self.optim.param_groups:
-            group["lr"] = self._lr(step)
+            group["lr"] = lr
         batch = self.sampler.sample()
         if (
             self.opts.p_own_history > 0
@@ -239,7 +262,7 @@ class FlowStage:
         metrics = {
             "loss": loss.detach(),
             "grad_norm": gnorm.detach(),
-            "lr": self._lr(step),
+            "lr": lr,
             "buffer": float(len(self.buffer)),
             "residual_rms": residual.pow(2).mean().sqrt(),
         }

@@ -100,6 +100,11 @@ class PipelineOptions:
     # (FlowOptions.p_drop_actions): what SamplerConfig.action_guidance needs; 0.1 suggested, 0 (off) kept
     # as the default so that runs continuing earlier sessions' weights keep their recipe
     action_dropout: float = 0.0
+    # share of a flow stage's time budget at its end over which the learning rate decays linearly to 5 %
+    # (FlowOptions.cooldown_s; the decay of a warmup-stable-decay schedule, so that the stage ends on
+    # annealed weights): the memory stage's weights are the ones exported; 0 (off) by default
+    base_cooldown: float = 0.0
+    memory_cooldown: float = 0.0
     shares: str = ""  # budget shares overriding BUDGET_SHARE, e.g. "vae=0.3,base=0.4"
     checkpoint_every: int = 1000
     eval_every: int = 2000
@@ -542,6 +547,13 @@ def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, mem
         torch.manual_seed(opts.seed)
         model = MatrixGameDiT(cfg.dit).to(dev)
     batch = opts.memory_batch if memory else opts.base_batch
+    loop_opts = _loop_opts(opts, opts.memory_steps if memory else opts.base_steps, deadline)
+    cooldown = opts.memory_cooldown if memory else opts.base_cooldown
+    end = None if deadline is None else deadline - loop_opts.reserve_s  # where the loop stops
+    if not 0.0 <= cooldown < 1.0:
+        raise ValueError(f"--{name}-cooldown must be in [0, 1), got {cooldown}")
+    if cooldown > 0 and end is None:
+        raise ValueError(f"--{name}-cooldown is a share of the stage's time budget: run it in 'all --budget-minutes'")
     fopts = FlowOptions(
         batch_size=batch,
         lr=opts.memory_lr if memory else opts.base_lr,
@@ -549,13 +561,15 @@ def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, mem
         compile=opts.compiles(name),
         p_own_history=opts.own_history,
         p_drop_actions=opts.action_dropout,
+        deadline=end if cooldown > 0 else None,
+        cooldown_s=cooldown * max(0.0, end - time.time()) if cooldown > 0 else 0.0,
         seed=opts.seed,
     )
     clips = ClipSampler(train_lat, cfg, batch, p_continue=fopts.p_continue, use_memory=memory, seed=opts.seed)
     stage = FlowStage(
         model, clips, fopts, name=name, evaluator=_evaluator(run, opts, cfg, held_lat, dev, memory=memory)
     )
-    return run_loop(stage, run / name, _loop_opts(opts, opts.memory_steps if memory else opts.base_steps, deadline))
+    return run_loop(stage, run / name, loop_opts)
 
 
 def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
