@@ -98,6 +98,7 @@ class BenchConfig:
     quantize: str | None = None
     compile: bool = False
     camera_cache: bool = True
+    decode_segment: int = 4
 
     def runtime(self, device: str, dtype: torch.dtype) -> RuntimeOptions:
         """The options on ``device`` in ``dtype`` (FP8 computes in bf16 whatever the run's dtype)."""
@@ -108,6 +109,7 @@ class BenchConfig:
             quantize=self.quantize,
             compile=self.compile,
             camera_cache=self.camera_cache,
+            decode_segment=self.decode_segment,
         )
 
 
@@ -500,6 +502,7 @@ def applied_options(model: WorldModel) -> dict[str, object]:
         "fp8_layers": sum(isinstance(m, Float8Linear) for m in model.dit.modules()),
         "camera_cache": bool(model.dit.camera_cache),
         "compiled_blocks": sum(getattr(b, "_compiled_call_impl", None) is not None for b in model.dit.blocks),
+        "decode_segment": model.runtime.decode_segment,
     }
 
 
@@ -742,6 +745,12 @@ def parse_args() -> argparse.Namespace:
         default="on",
         help="reuse a chunk's text/camera/RoPE conditioning across sampler steps (RuntimeOptions.camera_cache)",
     )
+    p.add_argument(
+        "--decode-segment",
+        type=int,
+        default=4,
+        help="latents per VAE decoder call (RuntimeOptions.decode_segment; 1: a lower peak)",
+    )
     p.add_argument("--matmul-tflops", type=float, default=MATMUL_TFLOPS, help="bf16 GEMM ceiling (H200, 5B shapes)")
     p.add_argument("--fp8-tflops", type=float, default=FP8_TFLOPS, help="FP8 row-wise GEMM ceiling (H200)")
     p.add_argument("--attention-tflops", type=float, default=ATTENTION_TFLOPS, help="attention ceiling (H200 cuDNN)")
@@ -801,7 +810,12 @@ def main() -> None:
     else:
         label = f"attention {args.attention}, cache {args.camera_cache}"
         label += (", compile" if args.compile else "") + (f", {args.quantize}" if args.quantize else "")
-        configs = [BenchConfig(label, args.attention, args.quantize, args.compile, args.camera_cache == "on")]
+        label += f", decode segment {args.decode_segment}" if args.decode_segment != 4 else ""
+        configs = [
+            BenchConfig(
+                label, args.attention, args.quantize, args.compile, args.camera_cache == "on", args.decode_segment
+            )
+        ]
     # one warm-up chunk everywhere in an ablation (chunks line up across configurations); alone, only
     # a compiled model needs it (a later chunk's window shape compiles on its first step)
     warmup = 1 if args.ablation or args.compile else 0

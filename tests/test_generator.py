@@ -223,6 +223,26 @@ def test_camera_cache_gives_identical_frames_with_one_camera_branch_per_chunk(gu
     assert counts[True][0] == chunks * branches
 
 
+def test_decode_segment_sets_the_latents_per_decoder_call_with_the_same_frames():
+    """RuntimeOptions.decode_segment: chunk 0 (6 latents with the image's) and a later chunk (4) decoded
+    one latent per decoder call instead of the release's 4, the frames equal up to rounding."""
+    from world_model.runtime import RuntimeOptions
+
+    cfg = tiny(H, W)
+    runs, calls = {}, {}
+    for segment in (4, 1):
+        model = random_world_model(cfg, RuntimeOptions(decode_segment=segment))
+        n = calls[segment] = [0]
+        model.vae.decoder.register_forward_hook(lambda *_, n=n: n.__setitem__(0, n[0] + 1))
+        runs[segment], _ = _run(StreamingGenerator(model), model, [3], [_image(0)], chunks=2)
+    s = cfg.stream
+    first, later = s.first_latents, s.new_latents
+    assert calls[4][0] == -(-first // 4) + -(-later // 4) and calls[1][0] == first + later
+    for a, b in zip(runs[4], runs[1]):
+        for x, y in zip(a, b):
+            assert (x.int() - y.int()).abs().max() <= 1  # uint8 frames: rounding at most
+
+
 def _action_guided(model, scale: float):
     """The same model (same weights) with ``action_guidance`` set, as ``mg3 eval --action-guidance`` makes it."""
     import dataclasses

@@ -62,6 +62,8 @@ def test_int8_is_refused_with_the_fp8_alternative():
         ({"text_offload": True}, "runs on the CPU here already"),
         ({"device": "cuda", "text_device": "cpu", "text_offload": True}, "runs on the CPU here already"),
         ({"text_offload": "yes"}, "text_offload must be True or False"),
+        ({"decode_segment": 0}, "decode_segment must be an int >= 1"),
+        ({"decode_segment": 2.0}, "decode_segment must be an int >= 1"),
     ],
 )
 def test_contradictory_or_unknown_options_raise(kwargs, match):

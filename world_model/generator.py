@@ -327,7 +327,9 @@ class StreamingGenerator:
 
     def _decode(self, state: StreamState, idx: list[int], z: Tensor, first: bool) -> Tensor:
         """Decode new latents [n, C, F, h, w] with each env's decode cache (batched)."""
-        video, cache = self.model.vae.decode(z, cache=state.decode_cache.index(idx), first_chunk=first)
+        video, cache = self.model.vae.decode(
+            z, cache=state.decode_cache.index(idx), first_chunk=first, segment=self.model.runtime.decode_segment
+        )
         state.decode_cache.update_(idx, cache)
         return video
 

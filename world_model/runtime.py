@@ -70,6 +70,11 @@ class RuntimeOptions:
     of the three camera branches per chunk. ``None`` (default): on, except under sequence parallelism
     (there the cached modulation is computed on all tokens by every rank, slower than each rank's
     share per step); ``True``/``False`` force it.
+    ``decode_segment``: latents per VAE decoder call when a chunk is decoded (the result is the same
+    up to rounding for any value). 4 is the release's (``WAN_VAE_SEGMENT_SIZE``); 1 holds the
+    decoder activations of one latent (4 frames) instead of four (16 frames) at a time, which at
+    704x1280 is what sets the env's peak memory (measured on the CPU at 176x320 with the 5B pruned
+    decoder: 876 MiB of fp32 working set above the weights with 4, 422 with 1).
     """
 
     device: str = "cpu"
@@ -82,6 +87,7 @@ class RuntimeOptions:
     sequence_parallel: int = 1  # ranks one DiT forward is split over (1: off)
     camera_cache: bool | None = None  # reuse a window's conditioning across sampler steps (None: auto)
     text_offload: bool = False  # text encoder weights in host memory between encodings
+    decode_segment: int = 4  # latents per VAE decoder call (the release's 4; 1: a lower peak)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
@@ -111,6 +117,10 @@ class RuntimeOptions:
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
             raise ValueError(f"sequence_parallel must be an int >= 1 (1: off), got {self.sequence_parallel!r}")
+        if isinstance(self.decode_segment, bool) or not isinstance(self.decode_segment, int) or self.decode_segment < 1:
+            raise ValueError(
+                f"decode_segment must be an int >= 1 (latents per decoder call), got {self.decode_segment!r}"
+            )
         if self.camera_cache is not None and not isinstance(self.camera_cache, bool):
             raise ValueError(f"camera_cache must be None (auto), True or False, got {self.camera_cache!r}")
         if not isinstance(self.text_offload, bool):

@@ -8,13 +8,15 @@
 #      browserless page (bench/play.py --client python)
 #   4. issue 14: where the 5B env's host time per chunk goes (bench/env_5b.py --profile: torch.profiler
 #      and cProfile of one steady chunk; the trace comes back gzipped)
+#   5. issue 14: peak memory and decode time with one latent per decoder call (RuntimeOptions.decode_segment
+#      1) against the release's 4, eager, 2 chunks each (step "decode")
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [profile]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [profile] [decode]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
-steps=${*:-precision rollouts play profile}
+steps=${*:-precision rollouts play profile decode}
 for step in $steps; do
   case $step in
     precision)
@@ -34,6 +36,12 @@ for step in $steps; do
       timeout 200 python3 bench/env_5b.py --chunks 2 --attention cudnn --profile "$out/env_5b_profile_h200" \
         --json "$out/env_5b_profile_h200.json" 2>&1 | grep -v '^USDT:' | tail -40
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, profile)" >&2; exit 2 ;;
+    decode)
+      for seg in 4 1; do
+        timeout 150 python3 bench/env_5b.py --chunks 2 --attention cudnn --decode-segment $seg \
+          --json "$out/env_5b_decode_segment_${seg}_h200.json" 2>&1 | grep -v '^USDT:' | tail -6
+      done
+      ;;
+    *) echo "unknown step $step (precision, rollouts, play, profile, decode)" >&2; exit 2 ;;
   esac
 done

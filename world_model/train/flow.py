@@ -10,9 +10,8 @@ base model's EMA weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch._dynamo
