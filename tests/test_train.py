@@ -414,15 +414,12 @@ def test_flow_stage_feeds_the_dit_null_actions_for_the_dropped_samples():
     assert float(metrics["actions_dropped"]) == dropped.float().mean().item()
 
 
-def test_pipeline_passes_action_dropout_to_both_flow_stages(monkeypatch, tmp_path):
-    """--action-dropout P reaches FlowOptions.p_drop_actions of the base and the memory stage."""
+def _flow_stages_without_data(monkeypatch, run_loop) -> None:
+    """``pipeline.run_stage`` of the flow stages on a tiny config with synthetic latents, no run folder
+    state and ``run_loop(stage, folder, loop_opts)`` in place of the training loop."""
     from world_model.dit import MatrixGameDiT
     from world_model.train import loop, pipeline
-    from world_model.train.__main__ import _parser
 
-    assert _parser().parse_args(["base", "--run", "r", "--action-dropout", "0.25"]).opt_action_dropout == 0.25
-    with pytest.raises(ValueError, match="action_dropout"):
-        pipeline.PipelineOptions(action_dropout=1.0)
     cfg = tiny(32, 32)
     _, st = _store(cfg)
     monkeypatch.setattr(pipeline, "_need", lambda *a, **k: None)
@@ -430,8 +427,19 @@ def test_pipeline_passes_action_dropout_to_both_flow_stages(monkeypatch, tmp_pat
     monkeypatch.setattr(pipeline, "_latents", lambda run, dev: (st, st))
     monkeypatch.setattr(pipeline, "_evaluator", lambda *a, **k: None)
     monkeypatch.setattr(pipeline, "_dit_from", lambda *a, **k: MatrixGameDiT(cfg.dit))
-    monkeypatch.setattr(
-        loop, "run_loop", lambda stage, folder, lopts: {"name": stage.name, "p": stage.opts.p_drop_actions}
+    monkeypatch.setattr(loop, "run_loop", run_loop)
+
+
+def test_pipeline_passes_action_dropout_to_both_flow_stages(monkeypatch, tmp_path):
+    """--action-dropout P reaches FlowOptions.p_drop_actions of the base and the memory stage."""
+    from world_model.train import pipeline
+    from world_model.train.__main__ import _parser
+
+    assert _parser().parse_args(["base", "--run", "r", "--action-dropout", "0.25"]).opt_action_dropout == 0.25
+    with pytest.raises(ValueError, match="action_dropout"):
+        pipeline.PipelineOptions(action_dropout=1.0)
+    _flow_stages_without_data(
+        monkeypatch, lambda stage, folder, lopts: {"name": stage.name, "p": stage.opts.p_drop_actions}
     )
     opts = dataclasses.replace(pipeline.PipelineOptions.smoke(), action_dropout=0.25)
     for name in ("base", "memory"):
@@ -507,19 +515,11 @@ def test_pipeline_gives_each_flow_stage_its_cooldown(monkeypatch, tmp_path):
     stage (0) keeps a constant lr; a cooldown without a time budget is refused."""
     import time
 
-    from world_model.dit import MatrixGameDiT
-    from world_model.train import loop, pipeline
+    from world_model.train import pipeline
     from world_model.train.__main__ import _parser
 
     assert _parser().parse_args(["all", "--run", "r", "--memory-cooldown", "0.3"]).opt_memory_cooldown == 0.3
-    cfg = tiny(32, 32)
-    _, st = _store(cfg)
-    monkeypatch.setattr(pipeline, "_need", lambda *a, **k: None)
-    monkeypatch.setattr(pipeline, "run_config", lambda run, opts: cfg)
-    monkeypatch.setattr(pipeline, "_latents", lambda run, dev: (st, st))
-    monkeypatch.setattr(pipeline, "_evaluator", lambda *a, **k: None)
-    monkeypatch.setattr(pipeline, "_dit_from", lambda *a, **k: MatrixGameDiT(cfg.dit))
-    monkeypatch.setattr(loop, "run_loop", lambda stage, folder, lopts: (stage.opts, lopts))
+    _flow_stages_without_data(monkeypatch, lambda stage, folder, lopts: (stage.opts, lopts))
     opts = dataclasses.replace(pipeline.PipelineOptions.smoke(), memory_cooldown=0.5)
     deadline = time.time() + 100.0
     fopts, lopts = pipeline.run_stage(tmp_path, "memory", opts, deadline=deadline)
