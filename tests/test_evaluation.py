@@ -253,6 +253,9 @@ def test_fidelity_of_a_static_scene(smoke_export):
     assert r["psnr_repeat"] == [PSNR_CAP_DB, PSNR_CAP_DB]
     assert len(r["psnr_model"]) == 2 and all(0 < x < PSNR_CAP_DB for x in r["psnr_model"])
     assert r["chunk0"]["gain_db"] == pytest.approx(r["chunk0"]["psnr_model"] - PSNR_CAP_DB)
+    per_latent = r["chunk0"]["per_latent"]  # 56 generated frames of chunk 0 = 14 latents of 4
+    assert len(per_latent["model"]) == len(per_latent["vae"]) == 14 and per_latent["repeat"] == [PSNR_CAP_DB] * 14
+    assert np.mean(per_latent["model"]) == pytest.approx(r["chunk0"]["psnr_model"])
     assert r["finite"] and r["seconds_first_chunk"] > 0
     with pytest.raises(ValueError, match="episodes need"):
         fidelity(wm, [ep], num_chunks=3)

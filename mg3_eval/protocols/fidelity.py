@@ -45,12 +45,13 @@ def fidelity(
         for k, sl in enumerate(slices):
             model_db[i, k] = psnr(g.frames[i, sl], truth[i, sl]).mean()
             repeat_db[i, k] = repeat_first_psnr(truth[i, sl], truth[i, 0]).mean()
-    vae_db = np.concatenate(
+    vae_frames = np.concatenate(  # [N, first - 1]: the VAE's round trip of chunk 0, per frame
         [
-            psnr(vae_roundtrip(wm, truth[idx, :first]), truth[idx, :first])[:, 1:].mean(1)
+            psnr(vae_roundtrip(wm, truth[idx, :first]), truth[idx, :first])[:, 1:]
             for idx in batched(len(truth), batch_size)
         ]
     )
+    vae_db = vae_frames.mean(1)
     seconds, finite = g.chunk_seconds, g.finite
     chunk0 = {
         "psnr_model": float(model_db[:, 0].mean()),
@@ -58,6 +59,14 @@ def fidelity(
         "gain_db": float((model_db[:, 0] - repeat_db[:, 0]).mean()),
         "psnr_vae": float(vae_db.mean()),
         "per_episode": [float(x) for x in model_db[:, 0]],
+        # chunk 0 per generated latent (the 4 frames each decodes: 1-4, 5-8, ...), mean over episodes:
+        # where the model falls from the VAE's ceiling towards repeat-first
+        "per_latent": _per_latent(
+            psnr(g.frames[:, 1:first], truth[:, 1:first]),
+            np.stack([repeat_first_psnr(truth[i, 1:first], truth[i, 0]) for i in range(len(truth))]),
+            vae_frames,
+            wm.config.vae.temporal_stride,
+        ),
     }
     return {
         "episodes": len(episodes),
@@ -72,6 +81,17 @@ def fidelity(
         else None,
         "finite": finite,
     }
+
+
+def _per_latent(model: np.ndarray, repeat: np.ndarray, vae: np.ndarray, r: int) -> dict[str, list[float]]:
+    """Per-frame PSNR [N, T] of chunk 0's generated frames -> the mean over episodes of each latent's
+    ``r`` frames, for the model, repeat-first and the VAE."""
+
+    def group(db: np.ndarray) -> list[float]:
+        t = db.shape[1] // r * r
+        return [float(x) for x in db[:, :t].reshape(len(db), -1, r).mean(axis=(0, 2))]
+
+    return {"model": group(model), "repeat": group(repeat), "vae": group(vae)}
 
 
 def save_fidelity_strip(wm: WorldModel, ep: SimEpisode, path: Path, seed: int) -> None:
