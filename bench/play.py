@@ -110,13 +110,15 @@ def main() -> int:
     )
     p.add_argument("--screenshot", default=None, help="save a screenshot of the page at the end (PNG)")
     p.add_argument("--steps", type=int, default=None, help="mg3 play --steps (default: the model's)")
+    p.add_argument("--compile", action="store_true", help="mg3 play --compile (the cold compile precedes the minute)")
     args = p.parse_args()
     chromium = system_chromium() if args.client == "chromium" else None
     if args.client == "chromium" and chromium is None:
         sys.exit("needs Debian's chromium (apt-get install chromium), or --client python")
     server = subprocess.Popen(
         [sys.executable, "-m", "mg3_env.cli", "play", "--model", args.model, "--port", "0", "--device", args.device]
-        + ([] if args.steps is None else ["--steps", str(args.steps)]),
+        + ([] if args.steps is None else ["--steps", str(args.steps)])
+        + (["--compile"] if args.compile else []),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -152,6 +154,8 @@ def main() -> int:
     result = {
         "model": args.model,
         "device": args.device,
+        "steps": args.steps,
+        "compile": args.compile,
         "client": args.client,
         "machine": {
             "cpus": os.cpu_count(),

@@ -336,6 +336,31 @@ def test_play_cli_refuses_bad_options(capsys):
         main(["play", "--port", "70000"])
     with pytest.raises(SystemExit):
         main(["play", "--steps", "0"])
+    # runtime options: checked before anything is served, with what to do instead
+    assert main(["play", "--model", "tiny-random", "--device", "cpu", "--quantize", "fp8"]) == 2
+    assert "use quantize=None" in capsys.readouterr().err
+    assert main(["play", "--model", "tiny-random", "--device", "cpu", "--attention", "fast"]) == 2
+    assert "attention must be one of" in capsys.readouterr().err
+
+
+def test_play_cli_passes_runtime_options_to_the_loader(monkeypatch):
+    """mg3 play --compile / --quantize / --attention reach RuntimeOptions of the loaded model."""
+    import torch
+
+    import world_model.model
+    from mg3_env.cli import main
+
+    seen = []
+
+    def fake_load(name, runtime):
+        seen.append(runtime)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(world_model.model, "load_world_model", fake_load)
+    assert main(["play", "--model", "tiny-random", "--device", "cpu", "--compile", "--attention", "math"]) == 2
+    assert seen[0].compile and seen[0].attention == "math" and seen[0].quantize is None
+    assert main(["play", "--model", "tiny-random", "--device", "cuda", "--quantize", "fp8"]) == 2
+    assert seen[1].quantize == "fp8" and seen[1].dtype == torch.bfloat16 and not seen[1].compile
 
 
 def test_a_model_with_another_sampler_shares_its_weights():
