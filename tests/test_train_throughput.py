@@ -355,3 +355,33 @@ def test_a_second_pipeline_call_adopts_the_running_frame_recorder(tmp_path):
     finally:
         recorder.kill()
         recorder.wait()
+
+
+def test_waiting_for_frames_notices_a_recorder_that_died(tmp_path):
+    """The stages that need every recorded frame wait for the recorder named in data/status.json and
+    raise when it is gone without finishing (before: they watched their own pid and waited forever)."""
+    import subprocess
+    import sys
+    import threading
+
+    from world_model.train.pipeline import _wait_for_frames
+    from world_model.train.status import StatusFile
+
+    run = tmp_path / "run"
+    (run / "data" / "frames" / "train").mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    StatusFile(run / "data", "data").update(state="growing", pid=dead.pid)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            _wait_for_frames(run)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            errors.append(e)
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "still waiting on a recorder that is gone"
+    assert len(errors) == 1 and "stopped early" in str(errors[0])

@@ -320,6 +320,7 @@ def _wait_for_frames(run: Path) -> None:
 
     frames = run / "data" / "frames"
     status = StatusFile(run / "data", "data")
+    status.data.update(read_status(run / "data") or {})  # the recorder's pid, as the data stage wrote it
     while not (frames / DONE).exists():
         if not _alive(status.data.get("pid")):
             raise RuntimeError(f"the frame recorder stopped early; see {run / 'data' / 'engine_frames.log'}")
