@@ -385,3 +385,50 @@ def test_waiting_for_frames_notices_a_recorder_that_died(tmp_path):
     t.join(timeout=20)
     assert not t.is_alive(), "still waiting on a recorder that is gone"
     assert len(errors) == 1 and "stopped early" in str(errors[0])
+
+
+def _encode_twice(device: str):
+    """A tiny VAE's encode_store of a synthetic store with amp off and on: (latents, autocast seen by the
+    encoder's convolutions, conv output dtypes) for each."""
+    from world_model.text import make_text_encoder
+    from world_model.train.autoencoder import identity_stats
+    from world_model.train.encode import encode_store
+    from world_model.vae import WanVAE
+
+    cfg = tiny(32, 32)
+    torch.manual_seed(0)
+    vae = WanVAE(identity_stats(cfg.vae)).to(device).eval()
+    store, text = synthetic_store(2, 40, (32, 32)), make_text_encoder(cfg.text)
+    convs = [m for m in vae.encoder.modules() if isinstance(m, torch.nn.Conv3d)]
+    seen: list[tuple[bool, torch.dtype]] = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled(device), o.dtype)))
+        for m in convs
+    ]
+    out = []
+    for amp in (False, True):
+        seen.clear()
+        enc = encode_store(vae, store, 5, text, progress=False, amp=amp)
+        out.append((enc, {a for a, _ in seen}, {d for _, d in seen}))
+    for h in hooks:
+        h.remove()
+    assert convs
+    return out
+
+
+def test_encode_store_amp_runs_the_encoder_under_autocast():
+    """encode_store(amp=True) encodes under bf16 autocast (as the VAE stage trains the encoder; on a GPU by
+    default); the latents are stored in bf16 either way and agree to bf16 rounding."""
+    (ref, ref_autocast, _), (low, low_autocast, _) = _encode_twice("cpu")
+    assert ref_autocast == {False} and low_autocast == {True}
+    assert ref.latents.dtype == low.latents.dtype == torch.bfloat16 and torch.equal(ref.seg_start, low.seg_start)
+    a, b = ref.latents.float(), low.latents.float()
+    assert a.shape == b.shape and float((a - b).norm() / a.norm()) < 3e-2
+
+
+@pytest.mark.gpu
+def test_encode_store_amp_on_a_gpu_computes_in_bf16_close_to_fp32():
+    (ref, _, ref_dtypes), (low, _, low_dtypes) = _encode_twice("cuda")
+    assert ref_dtypes == {torch.float32} and low_dtypes == {torch.bfloat16}
+    a, b = ref.latents.float(), low.latents.float()
+    assert float((a - b).norm() / a.norm()) < 3e-2
