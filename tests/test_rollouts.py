@@ -71,6 +71,45 @@ def test_vector_recording_equals_what_each_env_generated(model, tmp_path):
     assert stats["observation.state"]["count"] == [6 * 137]
 
 
+def test_vector_recording_encodes_the_envs_in_parallel_and_reports_a_failed_encoder(model, tmp_path, monkeypatch):
+    """Each step's chunks are encoded on the recorder's threads, one env per task; an encoder that fails
+    is raised after the others have finished their chunk, and every episode in progress keeps its video
+    and its table in step."""
+    import threading
+
+    threads: list[str] = []
+    fail = {"on": False}
+    write = VideoEncoder.write
+
+    def spy(self, frames):
+        threads.append(threading.current_thread().name)
+        if fail["on"] and len(threads) == 2:  # the second encoder of the step fails
+            raise OSError("disk full")
+        return write(self, frames)
+
+    monkeypatch.setattr(VideoEncoder, "write", spy)
+    auto = RecordVectorEpisodes(MatrixGameVectorEnv(3, model=model), tmp_path / "cpu")
+    assert auto._pool is None  # the model on the CPU: its threads hold the cores, encoding stays sequential
+    auto.close()
+    with pytest.raises(ValueError, match="encode_threads"):
+        RecordVectorEpisodes(MatrixGameVectorEnv(3, model=model), tmp_path / "bad", encode_threads=0)
+    rec = RecordVectorEpisodes(MatrixGameVectorEnv(3, model=model, max_chunks=3), tmp_path / "ds", encode_threads=3)
+    rec.reset(seed=[1, 2, 3])
+    assert len(threads) == 3 and all(t.startswith("mg3-record") for t in threads)
+    threads.clear()
+    fail["on"] = True
+    action = {"keyboard": np.zeros((3, 6)), "mouse": np.zeros((3, 2))}
+    with pytest.raises(OSError, match="disk full"):
+        rec.step(action)
+    assert len(threads) == 3  # every env's encoder ran its chunk before the error was raised
+    for (
+        ep
+    ) in rec._open:  # each episode in progress: its video and its table in step (the failed env: 57, the others 97)
+        assert ep["encoder"].num_frames == sum(len(a) for a in ep["arrays"]["keyboard"]) in (57, 97)
+    assert sorted(ep["encoder"].num_frames for ep in rec._open) == [57, 97, 97]
+    rec.close()
+
+
 def test_mg3_rollouts_command(tmp_path, capsys, monkeypatch):
     import world_model.model as wm
 

@@ -14,13 +14,24 @@ re-opening the folder appends after them.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import gymnasium
 import numpy as np
+import torch
 
 __all__ = ["RecordEpisodes", "RecordVectorEpisodes"]
+
+
+def _call(fn, *args) -> BaseException | None:
+    """``fn(*args)``; the exception it raised, or None."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - handed back to the caller, raised there
+        return e
+    return None
 
 
 def _model_writer(root, model, crf: int, preset: str):
@@ -119,6 +130,12 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
     a crash loses only episodes in progress (their temporary files are removed when the folder is
     re-opened). ``max_episodes`` stops publishing after that many (episodes in progress then are
     dropped). Autoreset modes ``NEXT_STEP`` (the default) and ``DISABLED``.
+
+    ``encode_threads``: threads that H.264-encode the envs' chunks of one step in parallel, one env
+    per task (None: the CPU count with the model on a GPU, where x264, which releases the GIL, would
+    otherwise bound the rollout: at 128x128 one core encodes ~1,300 frames/s and two ~2,600, while 64
+    envs of the embedded model on an H100 generate ~5,900; 1 with the model on the CPU, whose own
+    threads hold the cores: 2-core CPU, 4 envs, 24.2 frames/s written sequentially, 22.2 in parallel).
     """
 
     def __init__(
@@ -130,9 +147,13 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         max_episodes: int | None = None,
         crf: int = 20,
         preset: str = "veryfast",
+        encode_threads: int | None = None,
     ) -> None:
         super().__init__(env)
         from gymnasium.vector import AutoresetMode
+
+        if encode_threads is not None and (isinstance(encode_threads, bool) or encode_threads < 1):
+            raise ValueError(f"encode_threads must be None (auto) or an int >= 1, got {encode_threads!r}")
 
         base = env.unwrapped
         model = getattr(base, "model", None)
@@ -147,6 +168,11 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         self._open: list[dict[str, Any] | None] = [None] * self.num_envs
         self.episodes_written: list[int] = []
         self.episode_envs: list[int] = []  # the env each written episode came from
+        if encode_threads is None:
+            on_gpu = torch.device(model.runtime.device).type == "cuda"
+            encode_threads = min(self.num_envs, os.cpu_count() or 1) if on_gpu else 1
+        workers = min(self.num_envs, encode_threads)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mg3-record") if workers > 1 else None
 
     @property
     def root(self) -> Path:
@@ -165,11 +191,16 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
     def step(self, actions: Any):
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
         new = infos.get("_first_chunk_frames", np.zeros(self.num_envs, bool))
-        for i in range(self.num_envs):
-            if self._open[i] is not None and not new[i]:
-                self._add(i, obs["frames"][i], infos["keyboard"][i], infos["mouse"][i], obs["pose"][i], obs["c2w"][i])
-                if terminated[i] or truncated[i]:
-                    self._finish(i)
+        going = [i for i in range(self.num_envs) if self._open[i] is not None and not new[i]]
+        self._add_all(
+            [
+                (i, obs["frames"][i], infos["keyboard"][i], infos["mouse"][i], obs["pose"][i], obs["c2w"][i])
+                for i in going
+            ]
+        )
+        for i in going:
+            if terminated[i] or truncated[i]:
+                self._finish(i)
         self._begin_from(infos)
         return obs, rewards, terminated, truncated, infos
 
@@ -179,6 +210,8 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
             for i in range(self.num_envs):
                 self._finish(i)
         finally:
+            if self._pool is not None:
+                self._pool.shutdown()
             self.writer.close()
             super().close(**kwargs)
 
@@ -186,7 +219,8 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         from world_model.data.video import VideoEncoder
 
         new = infos.get("_first_chunk_frames", np.zeros(self.num_envs, bool))
-        for i in np.flatnonzero(new):
+        started = [int(i) for i in np.flatnonzero(new)]
+        for i in started:
             self._finish(i)
             tmp = self.writer.root / "videos" / f"pending-env{i}.mp4.tmp-{os.getpid()}"
             tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -203,20 +237,38 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
                 "prompt": str(infos["prompt"][i]),
                 "seed": int(infos["seed"][i]),
             }
-            self._add(
-                i,
-                infos["first_chunk_frames"][i],
-                infos["first_chunk_keyboard"][i],
-                infos["first_chunk_mouse"][i],
-                infos["first_chunk_pose"][i],
-                infos["first_chunk_c2w"][i],
-            )
+        self._add_all(
+            [
+                (
+                    i,
+                    infos["first_chunk_frames"][i],
+                    infos["first_chunk_keyboard"][i],
+                    infos["first_chunk_mouse"][i],
+                    infos["first_chunk_pose"][i],
+                    infos["first_chunk_c2w"][i],
+                )
+                for i in started
+            ]
+        )
 
-    def _add(self, i: int, frames, keyboard, mouse, poses, c2w) -> None:
-        ep = self._open[i]
-        ep["encoder"].write(frames)  # type: ignore[index]
-        for key, value in (("keyboard", keyboard), ("mouse", mouse), ("poses", poses), ("c2w", c2w)):
-            ep["arrays"][key].append(np.asarray(value, np.float32))  # type: ignore[index]
+    def _add_all(self, chunks: list[tuple]) -> None:
+        """Append ``(i, frames, keyboard, mouse, poses, c2w)`` to each env i's episode in progress: the
+        frames encoded in parallel (each env its own encoder, so order within an env is kept). An env
+        whose encoding failed gets neither the frames nor the arrays (its video and its table stay in
+        step); the first error is raised once every other env has its chunk."""
+        if self._pool is None or len(chunks) < 2:
+            errors = [_call(self._open[i]["encoder"].write, frames) for i, frames, *_ in chunks]  # type: ignore[index]
+        else:
+            futures = [self._pool.submit(_call, self._open[i]["encoder"].write, frames) for i, frames, *_ in chunks]  # type: ignore[index]
+            errors = [f.result() for f in futures]
+        for (i, _, keyboard, mouse, poses, c2w), error in zip(chunks, errors):
+            if error is None:
+                arrays = self._open[i]["arrays"]  # type: ignore[index]
+                for key, value in (("keyboard", keyboard), ("mouse", mouse), ("poses", poses), ("c2w", c2w)):
+                    arrays[key].append(np.asarray(value, np.float32))
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
 
     def _finish(self, i: int) -> None:
         ep, self._open[i] = self._open[i], None
