@@ -247,3 +247,52 @@ def test_c2w_matches_package_camera():
 def test_writer_lock(tmp_path):
     with DatasetWriter(tmp_path, fps=17.5, height=H, width=W), pytest.raises(DatasetError, match="another"):
         DatasetWriter(tmp_path, fps=17.5, height=H, width=W)
+
+
+def test_video_stats_from_histograms_equal_the_float_sums():
+    from world_model.data.format import VideoStats, _RunningStats
+
+    frames, *_ = _episode(30, 1)
+    fast = VideoStats()
+    fast.add_frames(frames[:0])  # no frames: nothing counted
+    fast.add_frames(frames[:11])
+    fast.add_frames(frames[11:])
+    ref = _RunningStats()
+    ref.add(frames, (0, 1, 2))
+    assert fast.n == ref.n == 30 * H * W
+    for k in ("s1", "s2", "lo", "hi"):
+        np.testing.assert_array_equal(getattr(fast, k), getattr(ref, k))
+    with pytest.raises(ValueError, match="uint8 frames"):
+        fast.add_frames(frames.astype(np.float32))
+
+
+def test_an_encoded_episode_with_its_stats_is_published_without_decoding_its_video(tmp_path, monkeypatch):
+    """add_encoded_episode(video_stats=...): the statistics gathered while encoding, no second decode;
+    a count that does not match the episode is refused before anything is published."""
+    import world_model.data.format as fmt
+    from world_model.data.format import VideoStats
+    from world_model.data.video import VideoEncoder
+
+    frames, keyboard, mouse, poses = _episode(12, 2)[:4]
+    with DatasetWriter(tmp_path / "a", fps=17.5, height=H, width=W) as w:
+        w.begin_episode("a prompt")
+        w.add_frames(frames, keyboard, mouse, poses)
+        w.end_episode()
+    expected = json.loads((tmp_path / "a" / "meta" / "stats.json").read_text())
+
+    stats = VideoStats()
+    stats.add_frames(frames)
+    monkeypatch.setattr(fmt, "decode_video", lambda *a, **k: pytest.fail("decoded again"))
+    with DatasetWriter(tmp_path / "b", fps=17.5, height=H, width=W) as w:
+        for name, s in (("bad.mp4", VideoStats()), ("good.mp4", stats)):
+            enc = VideoEncoder(tmp_path / "b" / name, fps=17.5, height=H, width=W)
+            enc.write(frames)
+            enc.close()
+            if name == "bad.mp4":
+                with pytest.raises(DatasetError, match="video_stats count 0 pixels"):
+                    w.add_encoded_episode(tmp_path / "b" / name, keyboard, mouse, poses, "a prompt", video_stats=s)
+                assert w.num_episodes == 0
+            else:
+                w.add_encoded_episode(tmp_path / "b" / name, keyboard, mouse, poses, "a prompt", video_stats=s)
+    got = json.loads((tmp_path / "b" / "meta" / "stats.json").read_text())
+    assert got["observation.images.rgb"] == expected["observation.images.rgb"]

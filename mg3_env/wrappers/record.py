@@ -25,6 +25,16 @@ import torch
 __all__ = ["RecordEpisodes", "RecordVectorEpisodes"]
 
 
+def _encode(episode: dict[str, Any], frames: np.ndarray) -> None:
+    """Encode a chunk of an episode in progress and count its frames' statistics (only once written)."""
+    from world_model.data.format import VideoStats
+
+    stats = VideoStats()
+    stats.add_frames(frames)
+    episode["encoder"].write(frames)
+    episode["stats"].merge(stats)
+
+
 def _call(fn, *args) -> BaseException | None:
     """``fn(*args)``; the exception it raised, or None."""
     try:
@@ -216,6 +226,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
             super().close(**kwargs)
 
     def _begin_from(self, infos: dict[str, Any]) -> None:
+        from world_model.data.format import VideoStats
         from world_model.data.video import VideoEncoder
 
         new = infos.get("_first_chunk_frames", np.zeros(self.num_envs, bool))
@@ -234,6 +245,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
                     preset=self.preset,
                 ),  # fmt: skip
                 "arrays": {"keyboard": [], "mouse": [], "poses": [], "c2w": []},
+                "stats": VideoStats(),  # the frames' statistics, gathered as they are encoded
                 "prompt": str(infos["prompt"][i]),
                 "seed": int(infos["seed"][i]),
             }
@@ -257,9 +269,9 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         whose encoding failed gets neither the frames nor the arrays (its video and its table stay in
         step); the first error is raised once every other env has its chunk."""
         if self._pool is None or len(chunks) < 2:
-            errors = [_call(self._open[i]["encoder"].write, frames) for i, frames, *_ in chunks]  # type: ignore[index]
+            errors = [_call(_encode, self._open[i], frames) for i, frames, *_ in chunks]
         else:
-            futures = [self._pool.submit(_call, self._open[i]["encoder"].write, frames) for i, frames, *_ in chunks]  # type: ignore[index]
+            futures = [self._pool.submit(_call, _encode, self._open[i], frames) for i, frames, *_ in chunks]
             errors = [f.result() for f in futures]
         for (i, _, keyboard, mouse, poses, c2w), error in zip(chunks, errors):
             if error is None:
@@ -287,7 +299,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         }
         index = self.writer.add_encoded_episode(
             ep["encoder"].path, arrays["keyboard"], arrays["mouse"], arrays["poses"], ep["prompt"],
-            c2w=arrays["c2w"], seed=ep["seed"], split=self.split, extra_meta=meta,
+            c2w=arrays["c2w"], seed=ep["seed"], split=self.split, extra_meta=meta, video_stats=ep["stats"],
         )  # fmt: skip
         self.episodes_written.append(index)
         self.episode_envs.append(int(i))

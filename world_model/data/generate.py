@@ -25,7 +25,7 @@ import numpy as np
 from world_model.config import StreamConfig
 from world_model.data.doom import DOOM_TIC_RATE, Command, DoomConfig, DoomEngine, describe_look
 from world_model.data.explorer import Explorer, ExplorerConfig
-from world_model.data.format import TMP_MARK, DatasetReader, DatasetWriter
+from world_model.data.format import TMP_MARK, DatasetReader, DatasetWriter, VideoStats
 from world_model.data.levels import LEVELS, Level, get_level
 from world_model.data.poses import wrap_degrees
 from world_model.data.video import VideoEncoder
@@ -178,9 +178,17 @@ def _run_job(job: _Job) -> dict[str, Any]:
     encoder = VideoEncoder(
         video_tmp, fps=job.doom.fps, height=job.doom.height, width=job.doom.width, crf=job.crf, preset=job.preset
     )
+    stats = VideoStats()  # counted here, in the worker, so that publishing need not decode the video again
+
+    class Counted:
+        def write(self, frames: np.ndarray) -> None:
+            frames = np.asarray(frames)
+            encoder.write(frames)
+            stats.add_frames(frames[None] if frames.ndim == 3 else frames)
+
     try:
         ep = record_episode(
-            get_level(job.level), job.length, seed=job.seed, doom=job.doom, explorer=job.explorer, video=encoder
+            get_level(job.level), job.length, seed=job.seed, doom=job.doom, explorer=job.explorer, video=Counted()
         )
         encoder.close()
     except BaseException:
@@ -193,7 +201,9 @@ def _run_job(job: _Job) -> dict[str, Any]:
     }  # fmt: skip
     os.replace(video_tmp, f"{stem}.mp4")
     with open(npz_tmp, "wb") as f:
-        np.savez(f, keyboard=ep.keyboard, mouse=ep.mouse, poses=ep.poses, meta=json.dumps(meta))
+        counted = {"video_n": stats.n, "video_s1": stats.s1, "video_s2": stats.s2, "video_lo": stats.lo}
+        counted = {**counted, "video_hi": stats.hi} if stats.n else {}
+        np.savez(f, keyboard=ep.keyboard, mouse=ep.mouse, poses=ep.poses, meta=json.dumps(meta), **counted)
         f.flush()
         os.fsync(f.fileno())
     os.replace(npz_tmp, f"{stem}.npz")  # the npz is the marker of a complete staged episode
@@ -354,11 +364,14 @@ def _commit_staged(writer: DatasetWriter, job: _Job, meta: dict[str, Any]) -> No
     stem = job.stem()
     with np.load(f"{stem}.npz") as z:
         keyboard, mouse, poses = z["keyboard"], z["mouse"], z["poses"]
+        stats = None  # staged before the workers counted them: publishing decodes the video
+        if "video_n" in z.files:
+            stats = VideoStats(int(z["video_n"]), z["video_s1"], z["video_s2"], z["video_lo"], z["video_hi"])
     level = get_level(job.level)
     extra = {k: meta[k] for k in ("plan", "finished_early", "num_stuck", "uses")}
     writer.add_encoded_episode(
         f"{stem}.mp4", keyboard, mouse, poses, meta["prompt"], seed=job.seed, split=level.split, level=level.name,
-        extra_meta=extra,
+        extra_meta=extra, video_stats=stats,
     )  # fmt: skip
     Path(f"{stem}.npz").unlink()
 
