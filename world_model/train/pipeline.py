@@ -210,9 +210,11 @@ def _stage_data(run: Path, opts: PipelineOptions, deadline: float | None) -> dic
     cfg = run_config(run, opts)
     h, w = cfg.stream.height, cfg.stream.width
     out = run / "data"
-    status = StatusFile(out, "data")
     if opts.engine_frames and not opts.fake_data:
-        return _start_engine_frames(run, opts, status)
+        # the status as an earlier call left it: a recorder it started is still recording (the GPU
+        # session runs `train data`, then `train all`; a fresh status restarted it under itself)
+        return _start_engine_frames(run, opts, StatusFile.existing(out, "data"))
+    status = StatusFile(out, "data")
     status.update(state="running")
     if opts.fake_data:
         n_ep = max(2, opts.frames // opts.episode_frames)
@@ -257,11 +259,6 @@ def _start_engine_frames(run: Path, opts: PipelineOptions, status: StatusFile) -
     if (frames / DONE).exists():
         status.update(state="done", metrics=json.loads((frames / DONE).read_text()))
         return dict(status.data)
-    # a recorder that an earlier call started (`train data`, then `train all` in the GPU session) is
-    # adopted, not restarted: restarting deleted its shards under it and raced it for the folder
-    before = read_status(run / "data") or {}
-    if before.get("state") == "growing" and _alive(before.get("pid")):
-        status.data.update(state="growing", pid=before["pid"], started=before.get("started"))
     if status.data.get("state") != "growing" or not _alive(status.data.get("pid")):
         if frames.exists():
             import shutil
@@ -319,8 +316,7 @@ def _wait_for_frames(run: Path) -> None:
     from world_model.train.engine_frames import DONE
 
     frames = run / "data" / "frames"
-    status = StatusFile(run / "data", "data")
-    status.data.update(read_status(run / "data") or {})  # the recorder's pid, as the data stage wrote it
+    status = StatusFile.existing(run / "data", "data")  # the recorder's pid, as the data stage wrote it
     while not (frames / DONE).exists():
         if not _alive(status.data.get("pid")):
             raise RuntimeError(f"the frame recorder stopped early; see {run / 'data' / 'engine_frames.log'}")

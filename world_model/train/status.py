@@ -33,6 +33,14 @@ class StatusFile:
             "eval": {},
         }
 
+    @classmethod
+    def existing(cls, run_dir: str | Path, stage: str) -> StatusFile:
+        """The status as ``status.json`` holds it (a fresh one when there is none), to write on: for a
+        process that continues what another one recorded there (e.g. the frame recorder's pid)."""
+        st = cls(run_dir, stage)
+        st.data.update(read_status(run_dir) or {})
+        return st
+
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
         self.data["updated"] = time.time()
@@ -52,9 +60,7 @@ def reopen(run_dir: str | Path) -> None:
     data = read_status(run_dir)
     if data is None:
         raise FileNotFoundError(f"{run_dir} has no status.json: nothing to reopen")
-    st = StatusFile(run_dir, data.get("stage", Path(run_dir).name))
-    st.data = {**data}
-    st.update(state="stopped")
+    StatusFile.existing(run_dir, data.get("stage", Path(run_dir).name)).update(state="stopped")
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
