@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     from world_model.model import load_world_model
     from world_model.runtime import RuntimeOptions
 
+    compute = ComputeThread()  # the model is loaded on the thread that will step it (see mg3_env.play.compute)
     try:
         runtime = RuntimeOptions.for_device(
             args.device,
@@ -335,13 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             attention=args.attention,
             **({"dtype": torch.bfloat16} if args.quantize else {}),  # FP8 computes in bf16 (on a GPU)
         )
-    except ValueError as e:
-        print(f"mg3 play: {e}", file=sys.stderr)
-        return 2
-    compute = ComputeThread()  # the model is loaded on the thread that will step it (see mg3_env.play.compute)
-    try:
         model = compute.call(load_world_model, args.model, runtime)
-    except ValueError as e:  # an option this device cannot run, a bad model folder: said before serving
+    except ValueError as e:  # a bad or unrunnable option, a bad model folder: said before serving
         compute.close()
         print(f"mg3 play: {e}", file=sys.stderr)
         return 2

@@ -26,13 +26,9 @@ __all__ = ["RecordEpisodes", "RecordVectorEpisodes"]
 
 
 def _encode(episode: dict[str, Any], frames: np.ndarray) -> None:
-    """Encode a chunk of an episode in progress and count its frames' statistics (only once written)."""
-    from world_model.data.format import VideoStats
-
-    stats = VideoStats()
-    stats.add_frames(frames)
+    """Encode a chunk of an episode in progress, then count its frames' statistics (not when the write fails)."""
     episode["encoder"].write(frames)
-    episode["stats"].merge(stats)
+    episode["stats"].add_frames(frames)
 
 
 def _call(fn, *args) -> BaseException | None:

@@ -222,12 +222,7 @@ class _RunningStats:
         n = int(np.prod([v.shape[a] for a in axis]))
         s1, s2 = v.sum(axis=axis), np.square(v).sum(axis=axis)
         lo, hi = v.min(axis=axis), v.max(axis=axis)
-        if self.n == 0:
-            self.n, self.s1, self.s2, self.lo, self.hi = n, s1, s2, lo, hi
-        else:
-            self.n += n
-            self.s1, self.s2 = self.s1 + s1, self.s2 + s2
-            self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
+        self.merge(_RunningStats(n, s1, s2, lo, hi))
 
     def merge(self, other: _RunningStats) -> None:
         """Add the values ``other`` counted."""

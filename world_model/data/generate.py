@@ -201,8 +201,8 @@ def _run_job(job: _Job) -> dict[str, Any]:
     }  # fmt: skip
     os.replace(video_tmp, f"{stem}.mp4")
     with open(npz_tmp, "wb") as f:
-        counted = {"video_n": stats.n, "video_s1": stats.s1, "video_s2": stats.s2, "video_lo": stats.lo}
-        counted = {**counted, "video_hi": stats.hi} if stats.n else {}
+        fields = ("n", "s1", "s2", "lo", "hi")
+        counted = {f"video_{k}": getattr(stats, k) for k in fields} if stats.n else {}
         np.savez(f, keyboard=ep.keyboard, mouse=ep.mouse, poses=ep.poses, meta=json.dumps(meta), **counted)
         f.flush()
         os.fsync(f.fileno())
