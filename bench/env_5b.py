@@ -99,6 +99,7 @@ class BenchConfig:
     compile: bool = False
     camera_cache: bool = True
     decode_segment: int = 4
+    text_offload: bool = False
 
     def runtime(self, device: str, dtype: torch.dtype) -> RuntimeOptions:
         """The options on ``device`` in ``dtype`` (FP8 computes in bf16 whatever the run's dtype)."""
@@ -110,6 +111,7 @@ class BenchConfig:
             compile=self.compile,
             camera_cache=self.camera_cache,
             decode_segment=self.decode_segment,
+            text_offload=self.text_offload,
         )
 
 
@@ -503,6 +505,7 @@ def applied_options(model: WorldModel) -> dict[str, object]:
         "camera_cache": bool(model.dit.camera_cache),
         "compiled_blocks": sum(getattr(b, "_compiled_call_impl", None) is not None for b in model.dit.blocks),
         "decode_segment": model.runtime.decode_segment,
+        "text_offload": model.runtime.text_offload,
     }
 
 
@@ -565,6 +568,8 @@ def measure(bench: BenchConfig, setup: Setup, ref: tuple[Rollout, float] | None)
     model = random_world_model(setup.cfg, runtime, seed=setup.seed)
     _sync(setup.device)
     entry["build_s"] = time.perf_counter() - t0
+    # what the built model holds on the device (weights, buffers) before any step: the peak's floor
+    entry["resident_gib"] = torch.cuda.memory_allocated(setup.device) / 2**30 if cuda else None
     entry["applied"] = applied_options(model)
     entry["weights_checksum"] = checksum = weights_checksum(model)
     probe = PartProbe(setup.device)
@@ -645,6 +650,7 @@ COLUMNS = (  # header, width, value of a measured entry
     ("DiT s", 7, lambda e: _fmt(e["parts_s"]["dit"], ".3f")),
     ("decode s", 9, lambda e: _fmt(e["parts_s"]["decode"], ".3f")),
     ("host s", 7, lambda e: _fmt(e["parts_s"]["host"], ".3f")),
+    ("held GiB", 9, lambda e: _fmt(e.get("resident_gib"), ".1f")),
     ("peak GiB", 9, lambda e: _fmt(e["peak_gib"], ".1f")),
     ("reset s", 8, lambda e: _fmt(e["reset_s_warm"], ".3f")),
     ("cold s", 7, lambda e: _fmt(e["cold_s"], ".1f")),
@@ -749,7 +755,12 @@ def parse_args() -> argparse.Namespace:
         "--decode-segment",
         type=int,
         default=4,
-        help="latents per VAE decoder call (RuntimeOptions.decode_segment; 1: a lower peak)",
+        help="latents per VAE decoder call (RuntimeOptions.decode_segment)",
+    )
+    p.add_argument(
+        "--text-offload",
+        action="store_true",
+        help="keep the text encoder's weights in host memory between encodings (RuntimeOptions.text_offload)",
     )
     p.add_argument("--matmul-tflops", type=float, default=MATMUL_TFLOPS, help="bf16 GEMM ceiling (H200, 5B shapes)")
     p.add_argument("--fp8-tflops", type=float, default=FP8_TFLOPS, help="FP8 row-wise GEMM ceiling (H200)")
@@ -765,6 +776,8 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.chunks < 1:
         p.error(f"--chunks must be >= 1, got {args.chunks}")
+    if args.text_offload and torch.device(args.device).type == "cpu":
+        p.error("--text-offload moves the text encoder between host and GPU: it needs a GPU --device")
     return args
 
 
@@ -811,9 +824,16 @@ def main() -> None:
         label = f"attention {args.attention}, cache {args.camera_cache}"
         label += (", compile" if args.compile else "") + (f", {args.quantize}" if args.quantize else "")
         label += f", decode segment {args.decode_segment}" if args.decode_segment != 4 else ""
+        label += ", text offload" if args.text_offload else ""
         configs = [
             BenchConfig(
-                label, args.attention, args.quantize, args.compile, args.camera_cache == "on", args.decode_segment
+                label,
+                args.attention,
+                args.quantize,
+                args.compile,
+                args.camera_cache == "on",
+                args.decode_segment,
+                args.text_offload,
             )
         ]
     # one warm-up chunk everywhere in an ablation (chunks line up across configurations); alone, only

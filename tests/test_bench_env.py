@@ -44,6 +44,7 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
     ref, cache, *rest = r["configs"]
     assert r["reference"] == ref["label"] and "accuracy" not in ref
     assert not ref["applied"]["camera_cache"] and cache["applied"]["camera_cache"]
+    assert ref["applied"]["text_offload"] is False and ref["resident_gib"] is None  # held memory: CUDA only
     for e in (ref, cache):
         assert len(e["chunk_s"]) == 1 and len(e["warmup_chunk_s"]) == 1 and e["frames_per_chunk"] == 40
         assert e["parts_s"]["dit"] > 0 and e["parts_s"]["decode"] > 0
@@ -67,3 +68,11 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
     assert pr["host_ms_in_parts"]["dit"] > 0 and pr["host_ms_in_parts"]["decode"] > 0
     assert pr["top_self_cpu_outside_parts"] and pr["top_python_self"]
     assert "profile of one more chunk" in proc.stdout
+
+
+def test_env_bench_refuses_text_offload_on_cpu(tmp_path):
+    """--text-offload moves the text encoder between host and GPU: refused up front on a CPU device."""
+    cmd = [sys.executable, str(ROOT / "bench" / "env_5b.py"), "--config", "tiny", "--device", "cpu", "--text-offload"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "needs a GPU --device" in proc.stderr

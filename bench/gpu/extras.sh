@@ -6,17 +6,20 @@
 #   2. issue 16: `mg3 rollouts` with 64 envs of the embedded model on the GPU (frames/s written)
 #   3. issue 17: one minute of `mg3 play` with the 5B architecture (random weights) through the
 #      browserless page (bench/play.py --client python)
+#      (play_compiled: the same with --compile; the cold compile, ~150 s, comes first)
 #   4. issue 14: where the 5B env's host time per chunk goes (bench/env_5b.py --profile: torch.profiler
 #      and cProfile of one steady chunk; the trace comes back gzipped)
 #   5. issue 14: peak memory and decode time with one latent per decoder call (RuntimeOptions.decode_segment
-#      1) against the release's 4, eager, 2 chunks each (step "decode")
+#      1; measured 2026-12-02: the same 24.1 GiB peak as the release's 4, step "decode")
+#   6. issue 14: peak memory with the text encoder's weights in host memory between encodings
+#      (RuntimeOptions.text_offload; the held memory before the first step in the table; step "offload")
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [profile] [decode]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [offload]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
-steps=${*:-precision rollouts play profile decode}
+steps=${*:-precision rollouts play profile decode offload}
 for step in $steps; do
   case $step in
     precision)
@@ -32,16 +35,22 @@ for step in $steps; do
       timeout 240 python3 bench/play.py --model mg3-5b-random --device cuda --client python --seconds 60 \
         --out "$out/play_5b_h200.json" 2>&1 | grep -v '^USDT:' | tail -12
       ;;
+    play_compiled)
+      timeout 400 python3 bench/play.py --model mg3-5b-random --device cuda --client python --seconds 60 --compile \
+        --out "$out/play_5b_compiled_h200.json" 2>&1 | grep -v '^USDT:' | tail -12
+      ;;
     profile)
       timeout 200 python3 bench/env_5b.py --chunks 2 --attention cudnn --profile "$out/env_5b_profile_h200" \
         --json "$out/env_5b_profile_h200.json" 2>&1 | grep -v '^USDT:' | tail -40
       ;;
     decode)
-      for seg in 4 1; do
-        timeout 150 python3 bench/env_5b.py --chunks 2 --attention cudnn --decode-segment $seg \
-          --json "$out/env_5b_decode_segment_${seg}_h200.json" 2>&1 | grep -v '^USDT:' | tail -6
-      done
+      timeout 150 python3 bench/env_5b.py --chunks 2 --attention cudnn --decode-segment 1 \
+        --json "$out/env_5b_decode_segment_1_h200.json" 2>&1 | grep -v '^USDT:' | tail -6
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, profile, decode)" >&2; exit 2 ;;
+    offload)
+      timeout 150 python3 bench/env_5b.py --chunks 2 --attention cudnn --text-offload \
+        --json "$out/env_5b_text_offload_h200.json" 2>&1 | grep -v '^USDT:' | tail -6
+      ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, offload)" >&2; exit 2 ;;
   esac
 done
