@@ -275,7 +275,7 @@ def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_last_layer():
     out = vae.decode(vae.encode(x), first_chunk=True, clamp=False)[0]
     rec = F.l1_loss(out, x)
     terms = {"ssim": ssim(out[:, :, 0], x[:, :, 0]), "gan_g": out.pow(2).mean()}
-    loss = base._weighted(terms, rec)
+    loss = base._weighted(terms, rec, 0)
     g_rec = torch.autograd.grad(rec + 0.5 * (1 - terms["ssim"]), last, retain_graph=True)[0].norm()
     g_gan = torch.autograd.grad(terms["gan_g"], last, retain_graph=True)[0].norm()
     torch.testing.assert_close(terms["gan_lambda"], (g_rec / (g_gan + 1e-4)).detach())
@@ -283,6 +283,23 @@ def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_last_layer():
     torch.testing.assert_close(loss, expected)
     loss.backward()  # the graph is still whole
     assert last.grad is not None and torch.isfinite(last.grad).all()
+
+
+def test_gan_ramp_phases_the_adversarial_term_in_from_its_start():
+    """gan_ramp=R: the decoder's adversarial term is 1/R of its weight at gan_start, all of it from
+    gan_start + R - 1 on; the reconstruction terms are untouched (a resumed stage's discriminator
+    starts untrained)."""
+    from world_model.train.autoencoder import _Base, _last_weight, identity_stats
+    from world_model.vae import WanVAE
+
+    torch.manual_seed(0)
+    vae = WanVAE(identity_stats(tiny(32, 32).vae).replace(pruning_rate=0.0))
+    last = _last_weight(vae)
+    opts = VAEOptions(gan_start=100, gan_weight=0.3, gan_ramp=4, gan_adaptive=False, disc_width=16)
+    base = _Base(list(vae.parameters()), opts, torch.device("cpu"), last)
+    rec, gan = torch.tensor(1.0), torch.tensor(2.0)
+    losses = [float(base._weighted({"ssim": torch.tensor(1.0), "gan_g": gan}, rec, s)) for s in (100, 101, 103, 500)]
+    assert losses == pytest.approx([1.0 + 0.3 * 2.0 * k for k in (0.25, 0.5, 1.0, 1.0)])
 
 
 def test_vae_stage_with_a_frozen_encoder_trains_the_decoder_only(tmp_path):

@@ -4,7 +4,8 @@ Prints ``--flag value`` pairs: the budget shares, the batch sizes, which flow st
 (where the bench's compiled row was >= 15 % faster and the stage is long enough to win back the
 cold compile), and the GAN
 start steps of the VAE and decoder stages (at 45 % and 30 % of the steps their budget share buys
-at the measured rate, so that the discriminator comes in once reconstruction has converged).
+at the measured rate, so that the discriminator comes in once reconstruction has converged; at once
+for a stage resumed past GAN_CONVERGED steps) and the adversarial term's weight.
 
     python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES
     python bench/gpu/plan_session.py runs/train_throughput.json BUDGET_MINUTES first   # minutes of vae + decoder
@@ -42,8 +43,22 @@ from pathlib import Path
 # rollout -0.35 -> -0.18) than in the base stage's last 3,000. From session 9 on, a continued session
 # trains what is shipped, the memory model, for all of the DiT's time (its windows mix chunk-0,
 # continuation and memory-conditioned samples as before); base's 0 skips it (needs a carried base).
-SHARES = {"data": 0.0, "vae": 0.07, "decoder": 0.04, "encode": 0.04, "base": 0.0, "memory": 0.84, "dmd": 0.0,
+# Session 9: the memory model's held-out chunk-0 gain went 2.75 -> 2.83 dB over its 4,265 steps (2,000-4,265
+# with the cooldown), flat; on the test levels (CPU) it was sharper and followed pitch, yaw and forward
+# motion better than session 7's, with chunk-0 PSNR the same. By eye the reset frame, the VAE's own
+# reconstruction of the input, has already lost every fine texture (docs/embedded: reset frames): the
+# decoders, with their encoder frozen since session 2 (the DiT's latents stay valid whatever they
+# learn), get more of the time from session 10 on, with the adversarial term on from their first step
+# (reconstruction converged long ago: GAN_CONVERGED), ramped in over GAN_RAMP steps (the slim carries no
+# discriminator: it starts untrained each session) and weighted 6x (GAN_WEIGHT: the decoder's adversarial
+# gradient at 30 % of the reconstruction gradient's norm instead of 5 %; the fixed weight that took over
+# on 2026-12-01 put it at ~2.6x).
+SHARES = {"data": 0.0, "vae": 0.15, "decoder": 0.12, "encode": 0.04, "base": 0.0, "memory": 0.68, "dmd": 0.0,
           "export": 0.01}  # fmt: skip
+GAN_WEIGHT = 0.3
+GAN_RAMP = 300
+# a stage resumed at or past this step has converged reconstruction: its discriminator is on from the start
+GAN_CONVERGED = 2000
 OWN_HISTORY = 0.1
 # share of the flow stages' samples trained with null actions (--action-dropout), which action guidance
 # at inference (SamplerConfig.action_guidance) needs; from session 6 on (0 in sessions 1-5)
@@ -70,6 +85,12 @@ def resumed_step(run: Path | None, stage: str) -> int:
 
     status = read_status(run / stage) if run else None
     return int(status.get("step", 0)) if status else 0
+
+
+def gan_start(resumed: int, warmup_steps: float) -> int:
+    """The step the stage's discriminator starts at: after ``warmup_steps`` of reconstruction, or at once
+    when the stage resumes from a converged checkpoint (step >= GAN_CONVERGED)."""
+    return resumed if resumed >= GAN_CONVERGED else resumed + int(warmup_steps)
 
 
 def main() -> None:
@@ -104,8 +125,10 @@ def main() -> None:
     flags = {
         "shares": ",".join(f"{k}={v}" for k, v in SHARES.items()),
         "vae-batch": 32,
-        "vae-gan-start": resumed_step(args.resume, "vae") + int(0.45 * vae * seconds["vae"]),
-        "decoder-gan-start": resumed_step(args.resume, "decoder") + int(0.30 * dec * seconds["decoder"]),
+        "vae-gan-start": gan_start(resumed_step(args.resume, "vae"), 0.45 * vae * seconds["vae"]),
+        "decoder-gan-start": gan_start(resumed_step(args.resume, "decoder"), 0.30 * dec * seconds["decoder"]),
+        "gan-weight": GAN_WEIGHT,
+        "gan-ramp": GAN_RAMP,
         "base-batch": 128,
         "base-lr": 4e-4,
         "memory-batch": 128,

@@ -72,6 +72,10 @@ class VAEOptions:
     gan_start: int = -1  # step from which the patch discriminator trains and the decoder fools it (-1: never)
     gan_weight: float = 0.05
     gan_adaptive: bool = True  # gan_weight scales the gradient-norm ratio at the decoder's last layer
+    # steps over which the decoder's adversarial term ramps in linearly from gan_start, while the
+    # discriminator trains from gan_start at full rate (a resumed stage's discriminator starts untrained:
+    # slim checkpoints keep no discriminator)
+    gan_ramp: int = 0
     disc_width: int = 64
     disc_lr: float = 2e-4
     eval_clips: int = 16
@@ -312,9 +316,15 @@ class _Base:
                 terms["gan_g"] = self.adversary.generator_loss(out)
         return terms
 
-    def _weighted(self, terms: dict[str, Tensor], rec: Tensor) -> Tensor:
+    def _gan_ramp(self, step: int) -> float:
+        """The adversarial term's share of ``gan_weight`` at ``step``: 0 -> 1 over ``gan_ramp`` steps."""
+        ramp = self.opts.gan_ramp
+        return 1.0 if ramp <= 0 else min(1.0, (step - self.opts.gan_start + 1) / ramp)
+
+    def _weighted(self, terms: dict[str, Tensor], rec: Tensor, step: int) -> Tensor:
         """The stage's loss: ``rec`` (its reconstruction terms) + the structural term + (once on) the
-        adversarial term, weighted adaptively; the weight goes into ``terms["gan_lambda"]``."""
+        adversarial term, weighted adaptively (times the ramp at ``step``); the adaptive ratio goes
+        into ``terms["gan_lambda"]``."""
         loss = rec + self.opts.ssim_weight * (1 - terms["ssim"])
         if "gan_g" in terms:
             lam = torch.ones((), device=loss.device)
@@ -323,7 +333,7 @@ class _Base:
                 (g_gan,) = torch.autograd.grad(terms["gan_g"], self.last_layer, retain_graph=True)
                 lam = (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
             terms["gan_lambda"] = lam
-            loss = loss + self.opts.gan_weight * lam * terms["gan_g"]
+            loss = loss + self.opts.gan_weight * self._gan_ramp(step) * lam * terms["gan_g"]
         return loss
 
     def _adversary_step(self, step: int, x: Tensor, out: Tensor, metrics: dict[str, Tensor]) -> None:
@@ -378,7 +388,7 @@ class VAEStage(_Base):
         xr, z = xr.float(), z.float()
         lowpass = lowpass_l1(xr, x)
         rec = F.l1_loss(xr, x) + self.opts.mse_weight * F.mse_loss(xr, x) + self.opts.lowpass_weight * lowpass
-        loss = self._weighted(terms, rec + self.opts.latent_l2 * z.pow(2).mean())
+        loss = self._weighted(terms, rec + self.opts.latent_l2 * z.pow(2).mean(), step)
         gnorm = self._step(step, loss)
         self.optim.step()
         metrics = {"loss": loss, "rec": rec, "lowpass": lowpass, "z_rms": z.pow(2).mean().sqrt(), "grad_norm": gnorm}
@@ -462,7 +472,7 @@ class DecoderStage(_Base):
         distil = F.l1_loss(out, target)
         pixel = F.l1_loss(out, x)
         lowpass = lowpass_l1(out, x)
-        loss = self._weighted(terms, distil + self.opts.pixel_weight * pixel + self.opts.lowpass_weight * lowpass)
+        loss = self._weighted(terms, distil + self.opts.pixel_weight * pixel + self.opts.lowpass_weight * lowpass, step)
         gnorm = self._step(step, loss)
         self.optim.step()
         metrics = {"loss": loss, "distil": distil, "pixel": pixel, "lowpass": lowpass, "grad_norm": gnorm, **terms}

@@ -79,6 +79,7 @@ class PipelineOptions:
     vae_train_encoder: bool = True
     decoder_gan_start: int = -1  # the same for the decoder stage
     gan_weight: float = 0.05
+    gan_ramp: int = 0  # steps over which the decoders' adversarial term ramps in from its start
     decoder_steps: int = 8_000
     base_steps: int = 60_000
     base_batch: int = 32
@@ -363,6 +364,7 @@ def _vae_opts(opts: PipelineOptions, gan_start: int = -1):
         ssim_weight=opts.vae_ssim,
         gan_start=gan_start,
         gan_weight=opts.gan_weight,
+        gan_ramp=opts.gan_ramp,
         seed=opts.seed,
         eval_clips=max(2, opts.eval_segments),
     )
