@@ -90,6 +90,9 @@ class PipelineOptions:
     dmd_steps: int = 6_000
     dmd_batch: int = 8
     dmd_cold_start: int = 600
+    # the student's and the critic's learning rates (DMDOptions; the release's 5e-7 / 1e-7 are for 5B)
+    dmd_lr: float = 2e-6
+    dmd_critic_lr: float = 4e-6
     # flow stages whose DiT blocks are torch.compiled: "" (or "none"), "base", "memory" or "base,memory"
     # (true/false: both/none). Per-block compilation took ~95 s cold on an H200 (2026-12-01) for a 2.2-2.4x faster
     # step, so it pays in a stage of more than ~3 minutes only
@@ -571,16 +574,28 @@ def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, mem
     return run_loop(stage, run / name, loop_opts)
 
 
+def _dmd_opts(opts: PipelineOptions):
+    from world_model.train.dmd import DMDOptions
+
+    return DMDOptions(
+        batch_size=opts.dmd_batch,
+        cold_start_steps=opts.dmd_cold_start,
+        lr_student=opts.dmd_lr,
+        lr_critic=opts.dmd_critic_lr,
+        seed=opts.seed,
+    )
+
+
 def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
     from world_model.train.clips import ClipSampler
-    from world_model.train.dmd import DMDOptions, DMDStage
+    from world_model.train.dmd import DMDStage
     from world_model.train.loop import run_loop
 
     _need(run, "memory", for_stage="dmd")
     cfg, dev = run_config(run, opts), _device()
     train_lat, held_lat = _latents(run, dev)
     model = _dit_from(run, "memory", cfg, dev)
-    dopts = DMDOptions(batch_size=opts.dmd_batch, cold_start_steps=opts.dmd_cold_start, seed=opts.seed)
+    dopts = _dmd_opts(opts)
     clips = ClipSampler(train_lat, cfg, opts.dmd_batch, use_memory=True, seed=opts.seed)
     evaluator = _evaluator(run, opts, cfg, held_lat, dev, memory=True)
     stage = DMDStage(model, clips, cfg.sampler, dopts, evaluator=evaluator)
