@@ -100,6 +100,7 @@ class BenchConfig:
     camera_cache: bool = True
     decode_segment: int = 4
     text_offload: bool = False
+    compile_decoder: bool = False
 
     def runtime(self, device: str, dtype: torch.dtype) -> RuntimeOptions:
         """The options on ``device`` in ``dtype`` (FP8 computes in bf16 whatever the run's dtype)."""
@@ -112,6 +113,7 @@ class BenchConfig:
             camera_cache=self.camera_cache,
             decode_segment=self.decode_segment,
             text_offload=self.text_offload,
+            compile_decoder=self.compile_decoder,
         )
 
 
@@ -506,6 +508,7 @@ def applied_options(model: WorldModel) -> dict[str, object]:
         "compiled_blocks": sum(getattr(b, "_compiled_call_impl", None) is not None for b in model.dit.blocks),
         "decode_segment": model.runtime.decode_segment,
         "text_offload": model.runtime.text_offload,
+        "compiled_decoder": getattr(model.vae.decoder, "_compiled_call_impl", None) is not None,
     }
 
 
@@ -758,6 +761,17 @@ def parse_args() -> argparse.Namespace:
         help="latents per VAE decoder call (RuntimeOptions.decode_segment)",
     )
     p.add_argument(
+        "--against-eager",
+        action="store_true",
+        help="measure the eager configuration (same attention and cache) first, and the chosen one's latents and "
+        "frames against it",
+    )
+    p.add_argument(
+        "--compile-decoder",
+        action="store_true",
+        help="torch.compile the VAE decoder (RuntimeOptions.compile_decoder; its first decodes compile)",
+    )
+    p.add_argument(
         "--text-offload",
         action="store_true",
         help="keep the text encoder's weights in host memory between encodings (RuntimeOptions.text_offload)",
@@ -825,6 +839,7 @@ def main() -> None:
         label += (", compile" if args.compile else "") + (f", {args.quantize}" if args.quantize else "")
         label += f", decode segment {args.decode_segment}" if args.decode_segment != 4 else ""
         label += ", text offload" if args.text_offload else ""
+        label += ", compiled decoder" if args.compile_decoder else ""
         configs = [
             BenchConfig(
                 label,
@@ -834,11 +849,21 @@ def main() -> None:
                 args.camera_cache == "on",
                 args.decode_segment,
                 args.text_offload,
+                args.compile_decoder,
             )
         ]
+        if args.against_eager:  # the eager configuration first: the chosen one's accuracy is measured against it
+            configs.insert(
+                0,
+                BenchConfig(
+                    f"attention {args.attention}, cache {args.camera_cache} (eager)",
+                    args.attention,
+                    camera_cache=args.camera_cache == "on",
+                ),
+            )
     # one warm-up chunk everywhere in an ablation (chunks line up across configurations); alone, only
     # a compiled model needs it (a later chunk's window shape compiles on its first step)
-    warmup = 1 if args.ablation or args.compile else 0
+    warmup = 1 if args.ablation or args.compile or args.compile_decoder or args.against_eager else 0
     result: dict[str, object] = {
         "benchmark": "env_5b",
         "model_config": cfg.name,

@@ -64,6 +64,7 @@ def test_int8_is_refused_with_the_fp8_alternative():
         ({"text_offload": "yes"}, "text_offload must be True or False"),
         ({"decode_segment": 0}, "decode_segment must be an int >= 1"),
         ({"decode_segment": 2.0}, "decode_segment must be an int >= 1"),
+        ({"compile_decoder": 1}, "compile_decoder must be True or False"),
     ],
 )
 def test_contradictory_or_unknown_options_raise(kwargs, match):
@@ -267,6 +268,55 @@ def test_replicate_recompiles_the_copy():
 
 
 # --------------------------------------------------------------------------------------------
+# compile_decoder: the VAE decoder as one compiled region, same frames as eager
+# --------------------------------------------------------------------------------------------
+
+
+def test_compile_decoder_reaches_every_copy_of_the_model():
+    wm = load_world_model("tiny-random", RuntimeOptions(compile_decoder=True))  # compiles lazily
+    assert wm.vae.decoder._compiled_call_impl is not None
+    assert all(b._compiled_call_impl is None for b in wm.dit.blocks)  # the DiT's own option stays off
+    copy_ = wm.replicate("cpu")
+    assert copy_.vae is not wm.vae and copy_.vae.decoder._compiled_call_impl is not None
+    assert wm.with_sampler(num_steps=2).vae.decoder._compiled_call_impl is not None
+    plain = load_world_model("tiny-random", RuntimeOptions())
+    assert getattr(plain.vae.decoder, "_compiled_call_impl", None) is None
+
+
+def _stream_decode(vae, latents: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Decode the chunks of one stream in order (the cache carried), as the generator does."""
+    cache, out = None, []
+    for z in latents:
+        video, cache = vae.decode(z, cache, segment=2)
+        out.append(video)
+    return out
+
+
+def _chunks(vae, device="cpu", dtype=torch.float32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    c = vae.cfg
+    return [torch.randn(1, c.z_dim, 2, 4, 4, generator=g).to(device, dtype) for _ in range(3)]  # fresh, then carried
+
+
+@pytest.mark.slow
+def test_compiled_decoder_matches_eager_on_cpu():
+    from torch._dynamo.utils import counters
+
+    from world_model.runtime import compile_decoder
+
+    vae = load_world_model("tiny-random", RuntimeOptions()).vae
+    z = _chunks(vae)
+    with torch.no_grad():
+        ref = _stream_decode(vae, z)
+        counters.clear()
+        compile_decoder(vae)
+        out = _stream_decode(vae, z)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really ran
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
 # GPU: FP8 GEMMs and compiled blocks against eager bf16
 # --------------------------------------------------------------------------------------------
 
@@ -319,6 +369,20 @@ def test_compiled_blocks_match_eager_on_gpu():
     with torch.inference_mode():
         out = model(**inp)
     assert _rel(out, ref) < 2e-2  # bf16 kernels fused differently
+
+
+@pytest.mark.gpu
+def test_compiled_decoder_matches_eager_on_gpu():
+    from world_model.runtime import compile_decoder
+
+    vae = load_world_model("tiny-random", RuntimeOptions(device="cuda", dtype=torch.bfloat16)).vae
+    z = _chunks(vae, "cuda", torch.bfloat16)
+    with torch.inference_mode():
+        ref = _stream_decode(vae, z)
+        compile_decoder(vae)
+        out = _stream_decode(vae, z)
+    for a, b in zip(out, ref):
+        assert _rel(a, b) < 2e-2  # bf16 kernels fused differently
 
 
 @pytest.mark.gpu

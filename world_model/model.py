@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from world_model.config import WorldModelConfig, mg3_5b, mg3_28b_moe, tiny
-from world_model.runtime import RuntimeOptions, apply_runtime, check_runtime, compile_blocks
+from world_model.runtime import RuntimeOptions, apply_runtime, check_runtime, compile_blocks, compile_decoder
 
 if TYPE_CHECKING:
     from world_model.config import TextConfig
@@ -77,6 +77,10 @@ class WorldModel:
     default_image: str | None = None  # a first frame that suits the model (path), else the package's
     default_prompt: str | None = None  # a prompt that suits the model, else the package's
     _prompt_cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.runtime.compile_decoder:  # every constructor and copy (replicate, with_sampler) alike
+            compile_decoder(self.vae)
 
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """[B, text_len, dim] prompt embeddings on the model's device (cached per prompt)."""

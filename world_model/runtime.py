@@ -26,6 +26,7 @@ __all__ = [
     "apply_runtime",
     "check_runtime",
     "compile_blocks",
+    "compile_decoder",
 ]
 
 ATTENTION_BACKENDS = BACKENDS
@@ -72,9 +73,14 @@ class RuntimeOptions:
     share per step); ``True``/``False`` force it.
     ``decode_segment``: latents per VAE decoder call when a chunk is decoded (the result is the same
     up to rounding for any value). 4 is the release's (``WAN_VAE_SEGMENT_SIZE``); 1 holds the
-    decoder activations of one latent (4 frames) instead of four (16 frames) at a time, which at
-    704x1280 is what sets the env's peak memory (measured on the CPU at 176x320 with the 5B pruned
-    decoder: 876 MiB of fp32 working set above the weights with 4, 422 with 1).
+    decoder activations of one latent (4 frames) instead of four (16 frames) at a time: on the CPU
+    at 176x320 with the 5B pruned decoder 876 MiB of fp32 working set above the weights with 4, 422
+    with 1; on an H200 at 704x1280 the env's peak is 24.1 GiB with either (the text encoder's
+    weights set it, see ``text_offload``) and the decode takes the same time.
+    ``compile_decoder``: ``torch.compile`` the VAE decoder (one region: every call of a stream,
+    first chunk and continuing, fresh and carried causal caches). Its eager decode is memory-bound
+    work around the convolutions (on an H200 at 704x1280: 70 of 233 ms in convolutions, the rest
+    RMSNorm, bias adds, copies, upsampling), which the compiler fuses. The first decodes compile.
     """
 
     device: str = "cpu"
@@ -87,7 +93,8 @@ class RuntimeOptions:
     sequence_parallel: int = 1  # ranks one DiT forward is split over (1: off)
     camera_cache: bool | None = None  # reuse a window's conditioning across sampler steps (None: auto)
     text_offload: bool = False  # text encoder weights in host memory between encodings
-    decode_segment: int = 4  # latents per VAE decoder call (the release's 4; 1: a lower peak)
+    decode_segment: int = 4  # latents per VAE decoder call (the release's 4)
+    compile_decoder: bool = False  # torch.compile the VAE decoder
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
@@ -115,6 +122,8 @@ class RuntimeOptions:
             )
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        if not isinstance(self.compile_decoder, bool):
+            raise ValueError(f"compile_decoder must be True or False, got {self.compile_decoder!r}")
         if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
             raise ValueError(f"sequence_parallel must be an int >= 1 (1: off), got {self.sequence_parallel!r}")
         if isinstance(self.decode_segment, bool) or not isinstance(self.decode_segment, int) or self.decode_segment < 1:
@@ -178,15 +187,17 @@ def check_runtime(runtime: RuntimeOptions) -> None:
     check_attention_backend(runtime.attention, device, runtime.dtype)
     if runtime.quantize == "fp8" and (reason := fp8_supported(device)):
         raise ValueError(f"quantize='fp8': {reason}; use quantize=None on this device")
-    if runtime.compile:
+    for option in ("compile", "compile_decoder"):
+        if not getattr(runtime, option):
+            continue
         if device.type == "cuda":
             from torch.utils._triton import has_triton
 
             if not has_triton():
-                raise ValueError("compile=True on a GPU needs triton (pip install triton); or set compile=False")
+                raise ValueError(f"{option}=True on a GPU needs triton (pip install triton); or set {option}=False")
         elif not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             raise ValueError(
-                "compile=True on a CPU needs a C++ compiler for torch.compile (install g++); or set compile=False"
+                f"{option}=True on a CPU needs a C++ compiler for torch.compile (install g++); or set {option}=False"
             )
     if runtime.sequence_parallel > 1:
         import torch.distributed as dist
@@ -210,6 +221,12 @@ def compile_blocks(dit: nn.Module) -> None:
     for expert in _experts(dit):
         for block in expert.blocks:
             block.compile()
+
+
+def compile_decoder(vae: nn.Module) -> None:
+    """``torch.compile`` the VAE's decoder in place, once (parameter names unchanged)."""
+    if getattr(vae.decoder, "_compiled_call_impl", None) is None:
+        vae.decoder.compile()
 
 
 def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:

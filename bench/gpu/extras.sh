@@ -11,11 +11,13 @@
 #      and cProfile of one steady chunk; the trace comes back gzipped)
 #   5. issue 14: peak memory and decode time with one latent per decoder call (RuntimeOptions.decode_segment
 #      1; measured 2026-12-02: the same 24.1 GiB peak as the release's 4, step "decode")
+#      (decode_compiled: the decoder as one torch.compile region, RuntimeOptions.compile_decoder, its decode
+#      time and frames against eager in the same run)
 #   6. issue 14: peak memory with the text encoder's weights in host memory between encodings
 #      (RuntimeOptions.text_offload; the held memory before the first step in the table; step "offload")
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [offload]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [offload]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -47,10 +49,14 @@ for step in $steps; do
       timeout 150 python3 bench/env_5b.py --chunks 2 --attention cudnn --decode-segment 1 \
         --json "$out/env_5b_decode_segment_1_h200.json" 2>&1 | grep -v '^USDT:' | tail -6
       ;;
+    decode_compiled)
+      timeout 300 python3 bench/env_5b.py --chunks 2 --attention cudnn --compile-decoder --against-eager \
+        --json "$out/env_5b_compiled_decoder_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
+      ;;
     offload)
       timeout 150 python3 bench/env_5b.py --chunks 2 --attention cudnn --text-offload \
         --json "$out/env_5b_text_offload_h200.json" 2>&1 | grep -v '^USDT:' | tail -6
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, offload)" >&2; exit 2 ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, offload)" >&2; exit 2 ;;
   esac
 done
