@@ -111,10 +111,6 @@ def decoder_widths(cfg: VAEConfig) -> list[int]:
 _CL3D = torch.channels_last_3d
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
 def _conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride=(1, 1, 1), padding=(0, 0, 0)) -> Tensor:
     """F.conv3d; fp32 on the CPU goes to oneDNN in channels_last_3d directly.
 
@@ -122,7 +118,12 @@ def _conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride=(1, 1, 1), pa
     """
     cpu_fp32 = x.device.type == "cpu" and x.dtype == torch.float32
     # (compiled code takes F.conv3d: the compiler lowers it itself, and cannot trace the oneDNN call)
-    if cpu_fp32 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and not _compiling():
+    if (
+        cpu_fp32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.compiler.is_compiling()
+    ):
         return torch.ops.aten.mkldnn_convolution(
             x.contiguous(memory_format=_CL3D), weight, bias, list(padding), list(stride), [1, 1, 1], 1
         )
