@@ -658,8 +658,10 @@ def embedded() -> WorldModelConfig:
     forward per token per block = 2 (10 d^2 + 2 d ffn) = 3.36 MFLOP of projections + 4 L d = 1.56
     MFLOP of attention -> 4.92 MFLOP x 1216 tokens x 8 blocks = 47.8 GFLOP, plus action module
     (2.3 GFLOP), camera and time embeddings (3.2 GFLOP): ~53 GFLOP. Three sampler steps ~160
-    GFLOP ~ 1.1 s (the shipped four: ~210 GFLOP; measured 1.80 s per chunk in all, 22.2 frames/s). The pruned decoder (widths 40/40/40/20, half the trained full decoder's 80/80/80/
-    40) decoding 10 latents -> 40 frames is ~42 GFLOP of 3x3x3 convolutions, ~0.3 s. Chunk ~1.4 s
+    GFLOP ~ 1.1 s (the shipped four: ~210 GFLOP; measured 1.80 s per chunk in all, 22.2 frames/s).
+    The pruned decoder (widths 40/40/40/20, half the trained full decoder's 80/80/80/40) decoding 10
+    latents -> 40 frames is ~42 GFLOP of 3x3x3 convolutions, ~0.3 s (measured 2026-12-02: 0.39 s;
+    the full decoder 1.00 s). Chunk ~1.4 s
     (measured on an idle 2-core EPYC: 1.66 s, 24.2 frames/s, `python bench/embedded_speed.py --model
     EXPORT --device cpu`; the first embedded model's narrower decoder: 1.50 s, 26.6 frames/s)
     < 2.3 s, i.e. >= 17.5 frames/s of 40. (The first embedded model's decoder, 32/32/32/16, was
