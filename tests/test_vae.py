@@ -425,3 +425,14 @@ def test_uint8_frames_are_contiguous_channels_last_and_rounded():
     frames = to_uint8_frames(video)
     assert frames.shape == (1, 1, 1, 2, 3) and frames.dtype == torch.uint8 and frames.is_contiguous()
     assert frames.flatten().tolist() == [0, 128, 255, 0, 255, 255]  # (R, G, B) of pixel 0, then pixel 1
+
+
+@pytest.mark.gpu
+def test_uint8_frames_from_cuda_land_in_pinned_memory_complete():
+    """A CUDA video comes back in page-locked memory, synchronised: every value as from the CPU path."""
+    from world_model.vae import to_uint8_frames
+
+    video = torch.rand(2, 3, 5, 64, 96) * 2.2 - 1.1
+    frames = to_uint8_frames(video.cuda())
+    assert frames.device.type == "cpu" and frames.is_pinned() and frames.is_contiguous()
+    assert torch.equal(frames, to_uint8_frames(video))

@@ -69,9 +69,19 @@ def to_uint8_frames(video: Tensor) -> Tensor:
 
     The channels-last transpose runs on the video's device before the copy: a host-side gather of a
     permuted 704x1280 chunk (what numpy's stack of the env's observation would otherwise do) costs
-    ~180 ms of one CPU core, against 35 ms for the contiguous copy."""
+    ~180 ms of one CPU core, against 35 ms for the contiguous copy.
+
+    From a CUDA device the frames land in page-locked host memory (torch's caching host allocator
+    reuses a block once the caller drops the frames): a pageable copy of a 704x1280 chunk of 40 frames
+    (108 MB) measured 60 ms on an H200 host, one into pinned memory runs at the link's speed."""
     frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return frames.permute(0, 2, 3, 4, 1).contiguous().cpu()
+    frames = frames.permute(0, 2, 3, 4, 1).contiguous()
+    if frames.device.type != "cuda":
+        return frames.cpu()
+    host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(frames, non_blocking=True)
+    torch.cuda.current_stream(frames.device).synchronize()  # the frames are the caller's once returned
+    return host
 
 
 def patchify(video: Tensor, p: int) -> Tensor:
