@@ -15,9 +15,10 @@
 #      time and frames against eager in the same run)
 #   6. issue 14: peak memory with the text encoder's weights in host memory between encodings
 #      (RuntimeOptions.text_offload; the held memory before the first step in the table; step "offload")
+#   7. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [offload]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [offload] [gputests]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -57,6 +58,10 @@ for step in $steps; do
       timeout 150 python3 bench/env_5b.py --chunks 2 --attention cudnn --text-offload \
         --json "$out/env_5b_text_offload_h200.json" 2>&1 | grep -v '^USDT:' | tail -6
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, offload)" >&2; exit 2 ;;
+    gputests)
+      timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_vae.py \
+        tests/test_runtime.py tests/test_text.py 2>&1 | grep -v '^USDT:' | tee "$out/gputests_h200.log" | tail -8
+      ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, offload, gputests)" >&2; exit 2 ;;
   esac
 done
