@@ -161,13 +161,28 @@ def skip_reason(runtime: RuntimeOptions) -> str | None:
 
 class PartProbe:
     """Device time of each part (``begin``/``end`` around its calls), the latents every decode got,
-    and, while ``flops`` holds an active FlopCounterMode, each part's FLOPs per aten op."""
+    while ``flops`` holds an active FlopCounterMode each part's FLOPs per aten op, and on CUDA the
+    peak of allocated memory within each part and outside them (``peak_bytes``: which part sets the
+    run's peak; the probe resets the allocator's peak statistic at every part boundary)."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
+        self.device = device
         self.flops: FlopCounterMode | None = None
         self.flops_by_part: dict[str, Counter] = {p: Counter() for p in PARTS}
+        self.peak_bytes: dict[str, int] = {p: 0 for p in (*PARTS, "outside")}
         self.clear()
+
+    def _fold_peak(self, where: str) -> None:
+        """The allocator's peak since the last boundary belongs to ``where``; start a new interval."""
+        if self.cuda:
+            self.peak_bytes[where] = max(self.peak_bytes[where], torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_gib(self) -> dict[str, float]:
+        """Peak allocated GiB per part and outside the parts so far (close the open interval first)."""
+        self._fold_peak("outside")
+        return {k: v / 2**30 for k, v in self.peak_bytes.items()}
 
     def clear(self) -> None:
         self._spans: dict[str, list[tuple]] = {p: [] for p in PARTS}
@@ -185,6 +200,7 @@ class PartProbe:
         return Counter({str(op): n for op, n in self.flops.get_flop_counts().get("Global", {}).items()})
 
     def begin(self, part: str) -> None:
+        self._fold_peak("outside")
         scope = torch.profiler.record_function(part)  # the part's range in a --profile trace
         scope.__enter__()
         self._open[part] = (self._mark(), self._op_flops() if self.flops is not None else None, scope)
@@ -193,6 +209,7 @@ class PartProbe:
         start, flops0, scope = self._open.pop(part)
         self._spans[part].append((start, self._mark()))
         scope.__exit__(None, None, None)
+        self._fold_peak(part)
         if flops0 is not None:
             self.flops_by_part[part] += self._op_flops() - flops0
 
@@ -573,6 +590,9 @@ def measure(bench: BenchConfig, setup: Setup, ref: tuple[Rollout, float] | None)
     entry["build_s"] = time.perf_counter() - t0
     # what the built model holds on the device (weights, buffers) before any step: the peak's floor
     entry["resident_gib"] = torch.cuda.memory_allocated(setup.device) / 2**30 if cuda else None
+    if cuda:  # building's own peak (weights made, cast, moved) apart from the env's
+        entry["build_peak_gib"] = torch.cuda.max_memory_allocated(setup.device) / 2**30
+        torch.cuda.reset_peak_memory_stats(setup.device)
     entry["applied"] = applied_options(model)
     entry["weights_checksum"] = checksum = weights_checksum(model)
     probe = PartProbe(setup.device)
@@ -583,7 +603,11 @@ def measure(bench: BenchConfig, setup: Setup, ref: tuple[Rollout, float] | None)
         with probed(model, probe):
             r = roll_out(driver, probe, setup.device, setup.warmup, setup.chunks)
             entry.update(summarize(r, int(r.frames[-1].shape[0])))
-            entry["peak_gib"] = torch.cuda.max_memory_allocated(setup.device) / 2**30 if cuda else None
+            if cuda:  # the probe resets the peak statistic at part boundaries: the run's peak is the max
+                entry["peak_gib_by_part"] = by_part = probe.peak_gib()
+                entry["peak_gib"] = max(by_part.values())
+            else:
+                entry["peak_gib"] = None
             if ref is None and not (bench.compile or bench.quantize):
                 entry["flops"] = count_flops(driver.step, probe)
             if ref is None and setup.profile:
@@ -655,6 +679,7 @@ COLUMNS = (  # header, width, value of a measured entry
     ("host s", 7, lambda e: _fmt(e["parts_s"]["host"], ".3f")),
     ("held GiB", 9, lambda e: _fmt(e.get("resident_gib"), ".1f")),
     ("peak GiB", 9, lambda e: _fmt(e["peak_gib"], ".1f")),
+    ("in DiT/dec/out", 15, lambda e: "/".join(_fmt(v, ".1f") for v in e.get("peak_gib_by_part", {}).values()) or "-"),
     ("reset s", 8, lambda e: _fmt(e["reset_s_warm"], ".3f")),
     ("cold s", 7, lambda e: _fmt(e["cold_s"], ".1f")),
     ("lat err", 8, lambda e: _fmt(max(e["accuracy"]["latent_rel_l2"]), ".1e") if "accuracy" in e else "ref"),

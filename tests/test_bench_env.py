@@ -76,3 +76,30 @@ def test_env_bench_refuses_text_offload_on_cpu(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "needs a GPU --device" in proc.stderr
+
+
+def _env_bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("env_5b_bench", ROOT / "bench" / "env_5b.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.gpu
+def test_part_probe_attributes_the_peak_to_the_part_that_allocated_it():
+    """A 256 MiB temporary inside "decode" is decode's peak, not the DiT's nor the time outside parts."""
+    probe = _env_bench_module().PartProbe(torch.device("cuda"))
+    base = torch.cuda.memory_allocated() / 2**30
+    probe.begin("dit")
+    x = torch.ones(2**20, device="cuda")  # 4 MiB
+    probe.end("dit")
+    probe.begin("decode")
+    y = torch.empty(2**26, device="cuda")  # 256 MiB, freed inside the part
+    del y
+    probe.end("decode")
+    peaks = probe.peak_gib()
+    assert peaks["decode"] >= base + 0.25 > peaks["dit"] and peaks["outside"] < base + 0.1
+    del x
