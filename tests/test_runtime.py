@@ -316,6 +316,47 @@ def test_compiled_decoder_matches_eager_on_cpu():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_decoding_after_a_reset_equals_a_new_stream_and_sees_no_carried_state():
+    """A reset stream (states zeroed in the cache) decodes exactly as a new one; the decoder gets absent
+    states for a first chunk either way (one compiled graph for both, see the next test)."""
+    vae = load_world_model("tiny-random", RuntimeOptions()).vae
+    z = _chunks(vae)
+    seen = []
+    hook = vae.decoder.register_forward_pre_hook(lambda m, args: seen.append(args[1][0] is None))
+    with torch.no_grad():
+        fresh = _stream_decode(vae, z[:2])
+        _, cache = vae.decode(z[2], vae.decode(z[0], None, segment=2)[1], segment=2)
+        cache.reset_([True])
+        again, cache = vae.decode(z[0], cache, segment=2)
+        again2, _ = vae.decode(z[1], cache, segment=2)
+    hook.remove()
+    assert torch.equal(again, fresh[0]) and torch.equal(again2, fresh[1])
+    assert seen == [True, False, True, False, True, False]  # first chunks (segment 2: one call each) start clean
+
+
+@pytest.mark.slow
+def test_compiled_decoder_compiles_nothing_new_for_a_reset_stream():
+    """Measured on the H200 (2026-12-02): the second reset of a compiled-decoder env took 53 s, a new
+    graph for a first chunk on a zeroed cache. A reset stream now reuses the first one's graphs."""
+    from torch._dynamo.utils import counters
+
+    from world_model.runtime import compile_decoder
+
+    vae = load_world_model("tiny-random", RuntimeOptions()).vae
+    compile_decoder(vae)
+    z = _chunks(vae)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        _, cache = vae.decode(z[0], None, segment=2)
+        _, cache = vae.decode(z[1], cache, segment=2)
+        graphs = counters["stats"]["unique_graphs"]
+        cache.reset_([True])
+        _, cache = vae.decode(z[2], cache, segment=2)
+        _, cache = vae.decode(z[1], cache, segment=2)
+    assert graphs >= 2 and counters["stats"]["unique_graphs"] == graphs
+
+
 # --------------------------------------------------------------------------------------------
 # GPU: FP8 GEMMs and compiled blocks against eager bf16
 # --------------------------------------------------------------------------------------------

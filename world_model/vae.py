@@ -130,9 +130,9 @@ def _conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride=(1, 1, 1), pa
     # (compiled code takes F.conv3d: the compiler lowers it itself, and cannot trace the oneDNN call)
     if (
         cpu_fp32
+        and not torch.compiler.is_compiling()  # first: dynamo cannot trace the availability check either
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.compiler.is_compiling()
     ):
         return torch.ops.aten.mkldnn_convolution(
             x.contiguous(memory_format=_CL3D), weight, bias, list(padding), list(stride), [1, 1, 1], 1
@@ -641,7 +641,11 @@ class WanVAE(nn.Module):
 
         x = z.to(self.dtype) / self.latent_inv_std + self.latent_mean
         x = self.conv2(x.contiguous(memory_format=_CL3D))  # activations stay channels-last throughout
-        states: list[Tensor | None] = [None] * self.decoder.num_slots if cache.states is None else list(cache.states)
+        # fresh streams start from absent states whether or not a reset left zeros in the cache: the same
+        # values (every decoder slot is a CausalConv3d, absent = zero padding), and a compiled decoder
+        # runs a reset stream's first chunk on the graph of the very first one instead of a new compile
+        fresh = first or cache.states is None
+        states: list[Tensor | None] = [None] * self.decoder.num_slots if fresh else list(cache.states)
         outs = [
             self.decoder(x[:, :, s : s + segment], states, drop_first=first and s == 0)
             for s in range(0, x.shape[2], segment)
