@@ -179,6 +179,14 @@ def test_pipeline_end_to_end_exports_a_loadable_model(smoke_run):
     cfg, dit, vae = read_exported(run / "export")
     assert cfg.vae.latent_std == tuple(stats["std"]) and cfg.vae.pruning_rate == 0.5
     assert (run / "export" / "README.md").read_text().startswith("# tiny-random")
+    # the DMD student is the export; its teacher, the memory model, is exported beside it
+    from world_model.train.pipeline import _dit_from
+
+    _, teacher, _ = read_exported(run / "export_memory")
+    assert json.loads((run / "export" / "status.json").read_text())["metrics"]["dit_source"] == "dmd"
+    memory = _dit_from(run, "memory", cfg, torch.device("cpu")).state_dict()
+    for k, v in teacher.state_dict().items():  # the memory model's EMA, as exported (bf16)
+        torch.testing.assert_close(v.float(), memory[k].bfloat16().float(), atol=0, rtol=0)
     ev = json.loads((run / "dmd" / "status.json").read_text())["eval"]
     assert {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db"} <= set(ev) and np.isfinite(ev["psnr_model"])
     # chunk 1 after the true chunk 0 and after the model's own (segments of 25 latents hold it)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pack a session's results into $OUT (at most 8 files of 16 MiB come back per call).
-#   bash bench/gpu/pack.sh export   the exported model (runs/embedded/export) + logs, bench, metrics
+#   bash bench/gpu/pack.sh export   the exported model (runs/embedded/export, and export_memory when DMD
+#                                   ran) + logs, bench, metrics
 #   bash bench/gpu/pack.sh slim     the weights a later session continues from (runs/slim)
 #   bash bench/gpu/pack.sh compile  the compile caches (TORCHINDUCTOR_CACHE_DIR=/tmp/inductor), which a
 #                                   later session's session.sh unpacks before the DiT stages: their
@@ -17,7 +18,9 @@ if [ "$what" = compile ]; then
   exit $status
 fi
 if [ -d "$src" ]; then
-  tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-" || status=1
+  # a DMD session also exports the memory model it distilled (embedded/export_memory): both come back
+  extra=$([ "$what" = export ] && [ -d embedded/export_memory ] && echo export_memory)
+  tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" $extra && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-" || status=1
 else
   echo "pack: no $src in /tmp/mg3/runs (the session did not get that far; see session.log in logs.tar)" >&2
   status=1

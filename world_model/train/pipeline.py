@@ -612,8 +612,18 @@ def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     metrics = {s: (read_status(run / s) or {}).get("eval", {}) for s in ("vae", "decoder", "base", "memory", "dmd")}
     metrics["dit_source"] = source
     folder = export_model(run / "export", cfg, dit, vae, metrics=metrics)
+    done = {"bytes": exported_size_bytes(folder), "dit_source": source}
+    if source == "dmd":  # the teacher too, beside its student: which one ships is the test levels' call
+        teacher = export_model(
+            run / "export_memory",
+            cfg,
+            _dit_from(run, "memory", cfg, dev),
+            vae,
+            metrics={**metrics, "dit_source": "memory"},
+        )
+        done["memory_export"] = str(teacher)
     status = StatusFile(run / "export", "export")
-    status.update(state="done", metrics={"bytes": exported_size_bytes(folder), "dit_source": source})
+    status.update(state="done", metrics=done)
     return dict(status.data)
 
 
