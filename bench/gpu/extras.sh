@@ -18,7 +18,7 @@
 #   7. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [offload] [gputests]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [offload] [gputests]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -54,6 +54,10 @@ for step in $steps; do
       timeout 300 python3 bench/env_5b.py --chunks 2 --attention cudnn --compile-decoder --against-eager \
         --json "$out/env_5b_compiled_decoder_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
       ;;
+    decode_compiled_seg1)
+      timeout 300 python3 bench/env_5b.py --chunks 2 --attention cudnn --compile-decoder --decode-segment 1 --against-eager \
+        --json "$out/env_5b_compiled_decoder_seg1_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
+      ;;
     offload)
       timeout 150 python3 bench/env_5b.py --chunks 2 --attention cudnn --text-offload \
         --json "$out/env_5b_text_offload_h200.json" 2>&1 | grep -v '^USDT:' | tail -6
@@ -62,6 +66,6 @@ for step in $steps; do
       timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_vae.py \
         tests/test_runtime.py tests/test_text.py 2>&1 | grep -v '^USDT:' | tee "$out/gputests_h200.log" | tail -8
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, offload, gputests)" >&2; exit 2 ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, offload, gputests)" >&2; exit 2 ;;
   esac
 done
