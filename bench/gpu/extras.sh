@@ -12,7 +12,9 @@
 #   5. issue 14: peak memory and decode time with one latent per decoder call (RuntimeOptions.decode_segment
 #      1; measured 2026-12-02: the same 24.1 GiB peak as the release's 4, step "decode")
 #      (decode_compiled: the decoder as one torch.compile region, RuntimeOptions.compile_decoder, its decode
-#      time and frames against eager in the same run)
+#      time and frames against eager in the same run; measured 2026-12-02: 0.130 vs 0.235 s, 50.9 dB, but
+#      peak 28.7 vs 24.1 GiB; decode_compiled_seg1: the same with one latent per decoder call, a quarter
+#      of the activations; every env_5b row now gives the peak within DiT / decode / outside)
 #   6. issue 14: peak memory with the text encoder's weights in host memory between encodings
 #      (RuntimeOptions.text_offload; the held memory before the first step in the table; step "offload")
 #   7. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
