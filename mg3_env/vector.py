@@ -626,8 +626,9 @@ def _on_device(device: torch.device, fn: Callable[[_DeviceGroup], _R], group: _D
 
 def _snapshot(state: StreamState | None) -> tuple[StreamState | None, dict[str, Any]]:
     """What a step or reset may change in ``state``: its lists (entries are replaced, never
-    written in place), the prompt embeddings and decode cache (written in place: copied) and the
-    noise generators' states."""
+    written in place), the decode cache (its tensors are replaced, never written in place: a
+    shallow copy, see DecodeCache), the prompt embeddings (written in place: copied) and the noise
+    generators' states."""
     if state is None:
         return None, {}
     saved = {
@@ -638,7 +639,7 @@ def _snapshot(state: StreamState | None) -> tuple[StreamState | None, dict[str, 
         "text": state.text.clone(),
         "rngs": list(state.rngs),
         "chunk": list(state.chunk),
-        "decode_cache": state.decode_cache.clone(),
+        "decode_cache": state.decode_cache.copy(),
         "seeds": list(state.seeds),
         "memory_latents": list(state.memory_latents),
     }

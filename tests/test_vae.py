@@ -16,6 +16,7 @@ from world_model.config import VAEConfig
 from world_model.vae import (
     VAE_FILES,
     WAN_VAE_FILE,
+    DecodeCache,
     WanVAE,
     convert_vae_state_dict,
     decoder_widths,
@@ -240,6 +241,28 @@ def test_decode_cache_errors_and_copies(vae):
         cache.index([2])
     with pytest.raises(ValueError, match="got 1 indices but a cache of batch size 2"):
         cache.update_([0], snapshot)
+
+
+def test_decode_cache_copy_is_a_snapshot_through_every_update(vae):
+    """No method writes into a state tensor, so a shallow copy (what the env keeps to undo a failed
+    step) survives decodes, partial and whole updates and resets; whole-batch index/update copy nothing."""
+    z = _latents(2, 3, vae.cfg)
+    with torch.no_grad():
+        _, cache = vae.decode(z)
+        snap, deep = cache.copy(), cache.clone()
+        assert all(a is b for a, b in zip(snap.states, cache.states))  # nothing copied
+        whole = cache.index([0, 1])
+        assert all(a is b for a, b in zip(whole.states, cache.states))
+        assert all(a is not b for a, b in zip(cache.index([1]).states, cache.states))
+        _, new = vae.decode(z, whole)
+        cache.update_([0, 1], new)
+        assert all(a is b for a, b in zip(cache.states, new.states))  # taken, not copied
+        cache.update_([1], vae.decode(z[1:], cache.index([1]))[1])
+        cache.reset_([True, False])
+        cache.update_([0], DecodeCache.new(1))
+        assert not cache.fresh[1] and cache.fresh[0]
+        assert all(torch.equal(a, b) for a, b in zip(snap.states, deep.states))
+        assert not snap.fresh.any()
 
 
 # --------------------------------------------------------------------------------------------
