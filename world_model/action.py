@@ -200,7 +200,8 @@ class ActionModule(nn.Module):
             keyboard, "keyboard", c.keyboard_dim_in, NULL_KEYBOARD, x, n, num_memory, c.enable_keyboard
         )
         # RoPE time positions: memory 0..M-1, window 0..N-1 (both restart at 0).
-        positions = torch.cat([torch.arange(num_memory), torch.arange(n)]).to(x.device)
+        # (made on x's device: a copy from host memory would wait for the GPU's queue, once per block)
+        positions = torch.cat([torch.arange(num_memory, device=x.device), torch.arange(n, device=x.device)])
         return self.forward_windows(x, grid, mouse_w, keyboard_w, positions)
 
     def _windows(
