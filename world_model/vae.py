@@ -534,11 +534,12 @@ class DecodeCache:
         if other.states is None:
             self._zeroed(ix)
             return self
-        if self.states is None:
-            self.states = [s.new_zeros((self.batch_size, *s.shape[1:])) for s in other.states]
-        if self._every(ix):  # the whole batch: take other's tensors
-            self.states = [o.to(device=s.device, dtype=s.dtype) for s, o in zip(self.states, other.states)]
+        if self._every(ix):  # the whole batch: take other's tensors (in this cache's device and dtype)
+            like = other.states if self.states is None else self.states
+            self.states = [o.to(device=s.device, dtype=s.dtype) for s, o in zip(like, other.states)]
         else:
+            if self.states is None:
+                self.states = [s.new_zeros((self.batch_size, *s.shape[1:])) for s in other.states]
             on = _index_on(ix)
             self.states = [
                 s.index_copy(0, on(s), o.to(device=s.device, dtype=s.dtype)) for s, o in zip(self.states, other.states)
