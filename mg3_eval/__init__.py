@@ -13,7 +13,9 @@ data.
   stability, speed);
 - :mod:`mg3_eval.run`: :class:`EvalOptions` and :func:`run_evaluation` (every part, ``metrics.json``);
 - :mod:`mg3_eval.report`: the targets, the printed table, plots;
-- :mod:`mg3_eval.cli`: ``mg3 eval``.
+- :mod:`mg3_eval.cli`: ``mg3 eval``;
+- :mod:`mg3_eval.compare`: two runs of the same options, paired per episode (``python -m mg3_eval.compare
+  CANDIDATE/metrics.json REFERENCE/metrics.json``): how a candidate is judged against the shipped model.
 
 The functions compute and report; :func:`run_evaluation` puts the values next to the targets without
 asserting them.

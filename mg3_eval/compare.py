@@ -1,0 +1,150 @@
+"""Paired comparison of two ``mg3 eval`` runs: candidate minus reference, per episode.
+
+Two models evaluated with the same options (split, seed, episode counts) see the same simulator
+episodes, so their per-episode differences cancel most of what the episodes themselves contribute:
+a difference of means over 6 episodes moves by more than two models differ, the mean of paired
+differences over 18 does not (see the embedded model card). For every per-episode measure both runs
+hold, this prints the mean difference, its standard error and how many episodes the candidate won;
+for the scalar measures, both values and their difference.
+
+    python -m mg3_eval.compare CANDIDATE/metrics.json REFERENCE/metrics.json [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PAIRED", "SCALARS", "compare", "format_comparison", "main"]
+
+# per-episode measures: (name, dotted path of a list, its part's episode-count option); "better"
+# counts the episodes where the candidate's value is higher
+PAIRED = (
+    ("chunk-0 PSNR dB", "fidelity.chunk0.per_episode", "fidelity_episodes"),
+    ("ΔPSNR true vs shuffled actions dB, per clip", "controllability.delta_db_per_clip", "controllability_episodes"),
+    ("return view, memory on, dB", "memory.per_episode_on", "memory_episodes"),
+    ("return view, memory off (the baseline), dB", "memory.per_episode_off", "memory_episodes"),
+    ("reset frame PSNR dB", "reset.per_start", "reset_episodes"),
+)
+# scalar measures shown side by side (no per-episode values to pair)
+SCALARS = (
+    ("sharpness / simulator's", "sharpness.ratio"),
+    ("sharpness at half resolution", "sharpness.ratio_pooled"),
+    ("memory gain dB", "memory.gain_db"),
+    ("chunk-0 gain over repeat-first dB", "fidelity.chunk0.gain_db"),
+    ("yaw slow / simulator's", "motion.actions.yaw_slow.ratio.pan"),
+    ("yaw fast / simulator's", "motion.actions.yaw_fast.ratio.pan"),
+    ("pitch slow / simulator's", "motion.actions.pitch_slow.ratio.tilt"),
+    ("pitch fast / simulator's", "motion.actions.pitch_fast.ratio.tilt"),
+    ("forward change / simulator's", "motion.actions.forward.ratio.change"),
+    ("strafe pan / simulator's", "motion.actions.strafe.ratio.pan"),
+    ("stability contrast change", "stability.relative_change.contrast"),
+)
+# options that must agree for episodes to pair (those of the parts compared are checked too)
+_SHARED = ("split", "seed")
+
+
+def _get(d: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _mismatch(a: dict, b: dict, keys: tuple[str, ...]) -> list[str]:
+    oa, ob = a.get("options", {}), b.get("options", {})
+    return [f"{k}: {oa.get(k)!r} vs {ob.get(k)!r}" for k in keys if oa.get(k) != ob.get(k)]
+
+
+def _name(metrics: dict) -> Any:
+    model = metrics.get("model")
+    return model.get("model") if isinstance(model, dict) else model
+
+
+def compare(candidate: dict, reference: dict) -> dict[str, Any]:
+    """Paired and side-by-side differences of two metrics.json dicts (candidate - reference).
+
+    Raises ValueError when the runs cannot be paired (another split or seed); a per-episode measure
+    whose episode count differs between the runs is left out with the reason."""
+    if bad := _mismatch(candidate, reference, _SHARED):
+        raise ValueError(f"the runs saw different episodes ({'; '.join(bad)}); evaluate both with the same options")
+    paired, skipped = {}, {}
+    for name, path, count in PAIRED:
+        a, b = _get(candidate, path), _get(reference, path)
+        if a is None or b is None:
+            continue
+        if len(a) != len(b) or _mismatch(candidate, reference, (count,)):
+            skipped[name] = f"{len(a)} vs {len(b)} episodes ({count})"
+            continue
+        d = [x - y for x, y in zip(a, b)]
+        n = len(d)
+        mean = sum(d) / n
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else math.nan
+        paired[name] = {
+            "episodes": n,
+            "candidate": sum(a) / n,
+            "reference": sum(b) / n,
+            "mean_diff": mean,
+            "stderr": se,
+            "candidate_better": sum(x > 0 for x in d),
+        }
+    scalars = {}
+    for name, path in SCALARS:
+        a, b = _get(candidate, path), _get(reference, path)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            scalars[name] = {"candidate": a, "reference": b, "diff": a - b}
+    return {
+        "candidate": _name(candidate),
+        "reference": _name(reference),
+        "paired": paired,
+        "skipped": skipped,
+        "scalars": scalars,
+    }
+
+
+def format_comparison(c: dict[str, Any]) -> str:
+    lines = [f"candidate: {c['candidate']}", f"reference: {c['reference']}", ""]
+    if c["paired"]:
+        lines.append(
+            f"{'paired, per episode':<46}{'n':>4}{'candidate':>11}{'reference':>11}{'diff':>9}{'± se':>8}  better"
+        )
+        for name, p in c["paired"].items():
+            lines.append(
+                f"{name:<46}{p['episodes']:>4}{p['candidate']:>11.3f}{p['reference']:>11.3f}"
+                f"{p['mean_diff']:>+9.3f}{p['stderr']:>8.3f}  {p['candidate_better']} of {p['episodes']}"
+            )
+    for name, why in c["skipped"].items():
+        lines.append(f"{name:<46}not paired: {why}")
+    if c["scalars"]:
+        lines += ["", f"{'side by side':<46}{'':>4}{'candidate':>11}{'reference':>11}{'diff':>9}"]
+        for name, s in c["scalars"].items():
+            lines.append(f"{name:<46}{'':>4}{s['candidate']:>11.3f}{s['reference']:>11.3f}{s['diff']:>+9.3f}")
+    if not (c["paired"] or c["scalars"]):
+        lines.append("no measure in common")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mg3_eval.compare", description=__doc__.splitlines()[0])
+    p.add_argument("candidate", type=Path, help="metrics.json of the candidate model")
+    p.add_argument("reference", type=Path, help="metrics.json of the reference (e.g. the shipped model)")
+    p.add_argument("--json", type=Path, default=None, help="also write the comparison here")
+    args = p.parse_args(argv)
+    try:
+        c = compare(*(json.loads(f.read_text()) for f in (args.candidate, args.reference)))
+    except (OSError, ValueError) as e:
+        print(f"mg3_eval.compare: {e}", file=sys.stderr)
+        return 2
+    print(format_comparison(c))
+    if args.json:
+        args.json.write_text(json.dumps(c, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""mg3_eval.compare: paired differences of two evaluation runs, and what cannot be paired."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mg3_eval.compare import compare, format_comparison, main
+
+
+def _run(name: str, chunk0: list[float], clips: list[float], *, seed: int = 0, fid_eps: int | None = None) -> dict:
+    return {
+        "model": {"model": name},
+        "options": {
+            "split": "test",
+            "seed": seed,
+            "fidelity_episodes": fid_eps or len(chunk0),
+            "controllability_episodes": len(clips),
+        },  # fmt: skip
+        "fidelity": {"chunk0": {"per_episode": chunk0, "gain_db": 0.5}},
+        "controllability": {"delta_db_per_clip": clips},
+        "sharpness": {"ratio": 0.4},
+    }
+
+
+def test_paired_differences_their_error_and_wins():
+    c = compare(_run("new", [21.0, 20.0, 22.0], [1.0, 0.5]), _run("old", [20.0, 20.5, 21.0], [0.5, 0.5]))
+    p = c["paired"]["chunk-0 PSNR dB"]
+    assert p["episodes"] == 3 and p["mean_diff"] == pytest.approx(0.5) and p["candidate_better"] == 2
+    assert p["stderr"] == pytest.approx(math.sqrt(((1 - 0.5) ** 2 + (-0.5 - 0.5) ** 2 + (1 - 0.5) ** 2) / 2 / 3))
+    assert c["paired"]["ΔPSNR true vs shuffled actions dB, per clip"]["mean_diff"] == pytest.approx(0.25)
+    assert c["scalars"]["sharpness / simulator's"]["diff"] == 0.0 and c["candidate"] == "new"
+    table = format_comparison(c)
+    assert "+0.500" in table and "2 of 3" in table
+
+
+def test_runs_of_other_episodes_do_not_pair():
+    with pytest.raises(ValueError, match="different episodes.*seed: 1 vs 0"):
+        compare(_run("new", [1.0], [1.0], seed=1), _run("old", [1.0], [1.0]))
+    c = compare(_run("new", [1.0, 2.0], [1.0]), _run("old", [1.0, 2.0, 3.0], [0.0]))
+    assert "chunk-0 PSNR dB" not in c["paired"] and "2 vs 3 episodes" in c["skipped"]["chunk-0 PSNR dB"]
+    assert "not paired" in format_comparison(c)
+
+
+def test_cli_prints_writes_json_and_refuses_unreadable_input(tmp_path, capsys):
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "cmp.json"
+    a.write_text(json.dumps(_run("new", [21.0, 20.0], [1.0])))
+    b.write_text(json.dumps(_run("old", [20.0, 20.0], [0.5])))
+    assert main([str(a), str(b), "--json", str(out)]) == 0
+    assert "chunk-0 PSNR dB" in capsys.readouterr().out
+    assert json.loads(out.read_text())["paired"]["chunk-0 PSNR dB"]["mean_diff"] == pytest.approx(0.5)
+    assert main([str(a), str(tmp_path / "missing.json")]) == 2
