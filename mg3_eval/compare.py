@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mg3_eval.report import get_path
+
 __all__ = ["PAIRED", "SCALARS", "compare", "format_comparison", "main"]
 
 # per-episode measures: (name, dotted path of a list, its part's episode-count option); "better"
@@ -48,14 +50,6 @@ SCALARS = (
 _SHARED = ("split", "seed")
 
 
-def _get(d: dict, dotted: str) -> Any:
-    for key in dotted.split("."):
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
-
-
 def _mismatch(a: dict, b: dict, keys: tuple[str, ...]) -> list[str]:
     oa, ob = a.get("options", {}), b.get("options", {})
     return [f"{k}: {oa.get(k)!r} vs {ob.get(k)!r}" for k in keys if oa.get(k) != ob.get(k)]
@@ -75,7 +69,7 @@ def compare(candidate: dict, reference: dict) -> dict[str, Any]:
         raise ValueError(f"the runs saw different episodes ({'; '.join(bad)}); evaluate both with the same options")
     paired, skipped = {}, {}
     for name, path, count in PAIRED:
-        a, b = _get(candidate, path), _get(reference, path)
+        a, b = get_path(candidate, path), get_path(reference, path)
         if a is None or b is None:
             continue
         if len(a) != len(b) or _mismatch(candidate, reference, (count,)):
@@ -95,7 +89,7 @@ def compare(candidate: dict, reference: dict) -> dict[str, Any]:
         }
     scalars = {}
     for name, path in SCALARS:
-        a, b = _get(candidate, path), _get(reference, path)
+        a, b = get_path(candidate, path), get_path(reference, path)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
             scalars[name] = {"candidate": a, "reference": b, "diff": a - b}
     return {

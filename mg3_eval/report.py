@@ -72,7 +72,8 @@ def _met(value: Any, target: str) -> bool | None:
     return v >= float(num) if op == ">=" else v <= float(num)
 
 
-def _get(d: dict, dotted: str) -> Any:
+def get_path(d: dict, dotted: str) -> Any:
+    """``d[a][b]...`` for ``dotted`` "a.b...", or None where a key is missing."""
     for k in dotted.split("."):
         if not isinstance(d, dict) or k not in d:
             return None
@@ -86,10 +87,10 @@ def targets_table(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         k: {
             "metric": path,
-            "value": _get(metrics, path),
+            "value": get_path(metrics, path),
             "target": target,
-            "met": _met(_get(metrics, path), target),
-            "reference": _get(metrics, REFERENCES[k]) if k in REFERENCES else None,
+            "met": _met(get_path(metrics, path), target),
+            "reference": get_path(metrics, REFERENCES[k]) if k in REFERENCES else None,
         }
         for k, (path, target) in TARGETS.items()
         if path.split(".")[0] in metrics and "skipped" not in metrics[path.split(".")[0]]
