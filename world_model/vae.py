@@ -456,19 +456,6 @@ def _as_index(idx: Tensor | Sequence[int] | Sequence[bool], batch: int) -> Tenso
     return t
 
 
-def _index_on(ix: Tensor):
-    """``ix`` on a tensor's device, copied there once per device (a host-to-device copy waits for the
-    device's queue: once per call, not once per cache slot)."""
-    copies: dict[torch.device, Tensor] = {}
-
-    def on(t: Tensor) -> Tensor:
-        if t.device not in copies:
-            copies[t.device] = ix.to(t.device)
-        return copies[t.device]
-
-    return on
-
-
 @dataclass(eq=False)
 class DecodeCache:
     """Streaming state of the decoder for a batch of streams (one per env).
@@ -500,8 +487,8 @@ class DecodeCache:
 
     def _zeroed(self, ix: Tensor) -> None:
         if self.states is not None and ix.numel():
-            on = _index_on(ix)
-            self.states = [s.index_fill(0, on(s), 0) for s in self.states]
+            ix = ix.to(self.states[0].device)  # once, not per slot: a host-to-device copy waits for the queue
+            self.states = [s.index_fill(0, ix.to(s.device), 0) for s in self.states]
 
     def reset_(self, mask: Tensor | Sequence[bool]) -> DecodeCache:
         """Restart the streams where ``mask`` [B] is True: zero their state; next decode is a first chunk."""
@@ -519,8 +506,8 @@ class DecodeCache:
         elif self._every(ix):
             states = list(self.states)
         else:
-            on = _index_on(ix)
-            states = [s.index_select(0, on(s)) for s in self.states]
+            ixd = ix.to(self.states[0].device)  # once, not per slot (see _zeroed)
+            states = [s.index_select(0, ixd.to(s.device)) for s in self.states]
         return DecodeCache(fresh=self.fresh[ix].clone(), states=states)
 
     def update_(self, idx: Tensor | Sequence[int] | Sequence[bool], other: DecodeCache) -> DecodeCache:
@@ -540,9 +527,10 @@ class DecodeCache:
         else:
             if self.states is None:
                 self.states = [s.new_zeros((self.batch_size, *s.shape[1:])) for s in other.states]
-            on = _index_on(ix)
+            ixd = ix.to(self.states[0].device)  # once, not per slot (see _zeroed)
             self.states = [
-                s.index_copy(0, on(s), o.to(device=s.device, dtype=s.dtype)) for s, o in zip(self.states, other.states)
+                s.index_copy(0, ixd.to(s.device), o.to(device=s.device, dtype=s.dtype))
+                for s, o in zip(self.states, other.states)
             ]
         return self
 
