@@ -65,9 +65,9 @@ from pathlib import Path
 SHARES = {"data": 0.0, "vae": 0.12, "decoder": 0.12, "encode": 0.04, "base": 0.0, "memory": 0.35, "dmd": 0.36,
           "export": 0.01}  # fmt: skip
 GAN_WEIGHT = 1.0
+GAN_RAMP = 300
 DMD_LR = 1e-5
 DMD_CRITIC_LR = 2e-5
-GAN_RAMP = 300
 # a stage resumed at or past this step has converged reconstruction: its discriminator is on from the start
 GAN_CONVERGED = 2000
 OWN_HISTORY = 0.1
