@@ -402,7 +402,9 @@ class MatrixGameDiT(nn.Module):
         wdtype = self.patch_embedding.weight.dtype
         x = self.patch_embedding(x.to(wdtype))  # [B, D, T, h', w'] with h' = h / ph, w' = w / pw
         grid = tuple(x.shape[2:])  # token grid (T, h', w')
-        x = x.flatten(2).transpose(1, 2)  # [B, L, D], L = T * h' * w', frame-major
+        # [B, L, D], L = T * h' * w', frame-major; contiguous, as every block's output is: the compiled
+        # blocks then share one graph per shape (a transposed first input was a graph of its own)
+        x = x.flatten(2).transpose(1, 2).contiguous()
 
         e, e0 = self._time_embedding(t)
         cond = self._conditioning(context, plucker, positions, grid)

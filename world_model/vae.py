@@ -140,6 +140,12 @@ def _conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride=(1, 1, 1), pa
     return F.conv3d(x, weight, bias, stride, padding)
 
 
+def _keep(frames: Tensor) -> Tensor:
+    """A copy of a stream's last frames for its cache, in one layout whatever the slice's strides (a
+    compiled decoder guards on its inputs' strides: a state kept as sliced made a graph per layout)."""
+    return frames.clone(memory_format=_CL3D if frames.ndim == 5 else torch.contiguous_format)
+
+
 def _prepend(prev: Tensor, x: Tensor) -> Tensor:
     """cat([prev, x]) along time, in x's dtype and memory format (a mixed cat drops channels-last)."""
     fmt = _CL3D if x.is_contiguous(memory_format=_CL3D) and not x.is_contiguous() else torch.contiguous_format
@@ -179,7 +185,7 @@ class CausalConv3d(nn.Conv3d):
             prev = None if states is None else states[self.slot]
             x = F.pad(x, (0, 0, 0, 0, k, 0)) if prev is None else _prepend(prev, x)
             if states is not None:
-                states[self.slot] = x[:, :, -k:].clone()
+                states[self.slot] = _keep(x[:, :, -k:])
         return _conv3d(x, self.weight, self.bias, self.stride, self.padding)
 
 
@@ -198,7 +204,7 @@ class CausalTimeDown(nn.Conv3d):
     def forward(self, x: Tensor, states: list[Tensor | None] | None = None) -> Tensor:  # type: ignore[override]
         prev = None if states is None else states[self.slot]
         if states is not None:
-            states[self.slot] = x[:, :, -1:].clone()
+            states[self.slot] = _keep(x[:, :, -1:])
         if prev is not None:
             return _conv3d(_prepend(prev, x), self.weight, self.bias, self.stride)
         if x.shape[2] == 1:
@@ -675,7 +681,9 @@ class WanVAE(nn.Module):
         fresh = first or cache.states is None
         states: list[Tensor | None] = [None] * self.decoder.num_slots if fresh else list(cache.states)
         outs = [
-            self.decoder(x[:, :, s : s + segment], states, drop_first=first and s == 0)
+            self.decoder(
+                _keep(x[:, :, s : s + segment]) if segment < x.shape[2] else x, states, drop_first=first and s == 0
+            )
             for s in range(0, x.shape[2], segment)
         ]
         video = unpatchify(outs[0] if len(outs) == 1 else torch.cat(outs, dim=2), cfg.patch_size)
