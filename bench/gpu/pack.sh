@@ -3,24 +3,38 @@
 #   bash bench/gpu/pack.sh export   the exported model (runs/embedded/export, and export_memory when DMD
 #                                   ran) + logs, bench, metrics
 #   bash bench/gpu/pack.sh slim     the weights a later session continues from (runs/slim)
-#   bash bench/gpu/pack.sh compile  the compile caches (TORCHINDUCTOR_CACHE_DIR=/tmp/inductor), which a
+#   bash bench/gpu/pack.sh compile  the compile caches (TORCHINDUCTOR_CACHE_DIR=/tmp/inductor, less triton/), which a
 #                                   later session's session.sh unpacks before the DiT stages: their
 #                                   blocks then load compiled kernels instead of compiling them again
 # Files: <what>.tar.part-NN (split at 15 MiB; cat them and untar), logs.tar.
 set -u
 cd /tmp/mg3/runs || exit 1
 what=${1:-export}
+# a session still running (its log has no SESSION_DONE yet): wait for it, within the call's limit
+wait_s=$([ "$what" = compile ] && echo 45 || echo 105)
+for _ in $(seq $((wait_s / 5))); do grep -q SESSION_DONE session.log 2>/dev/null && break; sleep 5; done
+grep -q SESSION_DONE session.log 2>/dev/null || echo "pack: the session is still running (waited ${wait_s} s); packing what there is" >&2
+# the export comes first: a slim asked for before the export could be packed packs the export instead
+if [ "$what" = slim ] && [ ! -f /tmp/packed_export ] && [ -d embedded/export ]; then
+  echo "pack: the export was not packed yet: packing the export instead of the slim" >&2
+  what=export
+fi
 src=$([ "$what" = slim ] && echo slim || echo embedded/export)
 status=0
 if [ "$what" = compile ]; then
-  tar -czf /tmp/compile.tar.gz -C /tmp inductor && split -b 15M -d /tmp/compile.tar.gz "$OUT/compile.tar.gz.part-" || status=1
+  du -sh /tmp/inductor/* 2>/dev/null | sort -h | tail -6
+  # not triton/: each FX graph cache entry bundles its kernels' binaries and writes them back on a hit
+  # (the triton folder adds every kernel's intermediate forms: most of session 7's 830 MB)
+  tar -czf /tmp/compile.tar.gz -C /tmp --exclude=inductor/triton inductor \
+    && split -b 15M -d /tmp/compile.tar.gz "$OUT/compile.tar.gz.part-" || status=1
   ls -la $OUT
   exit $status
 fi
 if [ -d "$src" ]; then
   # a DMD session also exports the memory model it distilled (embedded/export_memory): both come back
   extra=$([ "$what" = export ] && [ -d embedded/export_memory ] && echo export_memory)
-  tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" $extra && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-" || status=1
+  tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" $extra && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-" \
+    && touch /tmp/packed_$what || status=1
 else
   echo "pack: no $src in /tmp/mg3/runs (the session did not get that far; see session.log in logs.tar)" >&2
   status=1
