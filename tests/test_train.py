@@ -257,6 +257,39 @@ def test_a_slimmed_dit_continues_as_the_next_sessions_base(smoke_run, tmp_path):
     assert first["lr"] == pytest.approx(opts.base_lr * (first["step"] - step) / warmup)
 
 
+def test_a_carried_dmd_student_goes_on_in_the_next_sessions_dmd_stage(smoke_run, tmp_path):
+    """The DMD student slimmed as ``student`` seeds the next run's DMD stage: its student starts from
+    those weights (not from the memory model, its teacher), the teacher and critic from the memory model."""
+    import shutil
+
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.pipeline import PipelineOptions, run_stage
+    from world_model.train.slim import slim_run
+
+    run, _ = smoke_run
+    slim_run(run, tmp_path / "carry", ["dmd|student"], rename={"dmd": "student"}, dit_dtype=torch.bfloat16)
+    carried = load_latest(tmp_path / "carry" / "student")["stage"]["ema"]["model"]
+    nxt = tmp_path / "run"
+    shutil.copytree(run, nxt)
+    shutil.rmtree(nxt / "dmd")
+    shutil.copytree(tmp_path / "carry" / "student", nxt / "student")
+    opts = dataclasses.replace(PipelineOptions.smoke(), dmd_steps=1)
+    assert run_stage(nxt, "dmd", opts)["state"] == "done"
+    state = load_latest(nxt / "dmd")["stage"]
+    teacher = load_latest(run / "memory")["stage"]["ema"]["model"]
+
+    def dist(a, b):
+        return sum((a[k].float() - b[k].float()).pow(2).sum() for k in b).sqrt()
+
+    assert dist(state["teacher"], teacher) == 0 and dist(state["critic"], teacher) < dist(state["student"], teacher)
+    assert dist(state["student"], carried) < 0.01 * dist(carried, teacher)  # one step on from the carried
+    # slimming again with no DMD run hands the carried student on
+    shutil.rmtree(nxt / "dmd")
+    slim_run(nxt, tmp_path / "again", ["dmd|student"], rename={"dmd": "student"})
+    again = load_latest(tmp_path / "again" / "student")["stage"]["ema"]["model"]
+    assert all(torch.equal(again[k], v) for k, v in carried.items())
+
+
 def test_own_history_replaces_the_past_with_the_models_previous_chunk():
     """with_own_history: chunk k's window conditions on chunk k-1 as the model generated it (from its
     true context), every other latent and the targets stay the store's."""

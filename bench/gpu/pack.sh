@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Pack a session's results into $OUT (at most 8 files of 16 MiB come back per call).
-#   bash bench/gpu/pack.sh export   the exported model (runs/embedded/export, and export_memory when DMD
-#                                   ran) + logs, bench, metrics
+#   bash bench/gpu/pack.sh export   the exported model (runs/embedded/export) + logs, bench, metrics
+#   bash bench/gpu/pack.sh memory   the memory model a DMD session distilled (runs/embedded/export_memory):
+#                                   a call of its own, as the two exports (~40 MB each) are over the 64 MiB
+#                                   that one call brings back (session 11 lost a part of it so)
 #   bash bench/gpu/pack.sh slim     the weights a later session continues from (runs/slim)
+#   bash bench/gpu/pack.sh student  the DMD student a later session's DMD stage goes on from (runs/slim_student)
 #   bash bench/gpu/pack.sh compile  the compile caches (TORCHINDUCTOR_CACHE_DIR=/tmp/inductor, less triton/), which a
 #                                   later session's session.sh unpacks before the DiT stages: their
 #                                   blocks then load compiled kernels instead of compiling them again
@@ -19,7 +22,7 @@ if [ "$what" = slim ] && [ ! -f /tmp/packed_export ] && [ -d embedded/export ]; 
   echo "pack: the export was not packed yet: packing the export instead of the slim" >&2
   what=export
 fi
-src=$([ "$what" = slim ] && echo slim || echo embedded/export)
+case $what in slim) src=slim ;; student) src=slim_student ;; memory) src=embedded/export_memory ;; *) src=embedded/export ;; esac
 status=0
 if [ "$what" = compile ]; then
   du -sh /tmp/inductor/* 2>/dev/null | sort -h | tail -6
@@ -31,9 +34,7 @@ if [ "$what" = compile ]; then
   exit $status
 fi
 if [ -d "$src" ]; then
-  # a DMD session also exports the memory model it distilled (embedded/export_memory): both come back
-  extra=$([ "$what" = export ] && [ -d embedded/export_memory ] && echo export_memory)
-  tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" $extra && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-" \
+  tar -cf /tmp/$what.tar -C "$(dirname $src)" "$(basename $src)" && split -b 15M -d /tmp/$what.tar "$OUT/$what.tar.part-" \
     && touch /tmp/packed_$what || status=1
 else
   echo "pack: no $src in /tmp/mg3/runs (the session did not get that far; see session.log in logs.tar)" >&2

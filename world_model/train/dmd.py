@@ -73,6 +73,14 @@ class DMDStage:
         self.noise_generator = torch.Generator(self.device).manual_seed(opts.seed + 2)  # noise, on the device
         self.flow_opts = FlowOptions(logit_mean=0.0, logit_std=1.0, shift=1.0)
 
+    @torch.no_grad()
+    def start_student_from(self, weights: dict[str, torch.Tensor]) -> None:
+        """Start the student (and its EMA) from an earlier session's student, carried as weights; the
+        teacher and the critic stay the model this stage was built from (the critic learns the carried
+        student's samples from the first step on). Before the first step only."""
+        self.student.load_state_dict(weights)
+        self.ema.model.load_state_dict(weights)
+
     def _autocast(self):
         enabled = self.opts.amp and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)

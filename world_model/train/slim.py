@@ -9,7 +9,8 @@ the data (deterministic for the seed), re-encodes it and trains the stages that 
 ``--as memory=base`` stores the memory model's EMA as the ``base`` stage, so that the next run's
 ``memory`` stage starts from it (a fresh optimizer, the same weights): training continues.
 ``memory|base`` takes the first of the two stages that has a checkpoint (a session whose memory
-stage did not run still hands on its base model).
+stage did not run still hands on its base model). ``--stages 'dmd|student' --as dmd=student`` carries
+the DMD student (or the one carried in, when DMD did not run) to the next session's DMD stage.
 
     python -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,"memory|base" \\
         --as memory=base --dit-dtype bfloat16
@@ -36,8 +37,11 @@ KEEP: dict[str, tuple[str, ...]] = {
     "base": ("stage", "ema", "model"),
     "memory": ("stage", "ema", "model"),
     "dmd": ("stage", "ema", "model"),
+    # a DMD student carried to the next session (``dmd|student --as dmd=student``): its DMD stage starts
+    # the student from it (the teacher and critic from that session's memory model)
+    "student": ("stage", "ema", "model"),
 }
-_DIT_STAGES = ("base", "memory", "dmd")
+_DIT_STAGES = ("base", "memory", "dmd", "student")
 
 
 def _nest(path: tuple[str, ...], value):
