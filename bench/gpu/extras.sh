@@ -18,11 +18,13 @@
 #   6. issue 14: peak memory with the text encoder's weights in host memory between encodings
 #      (RuntimeOptions.text_offload; the held memory before the first step in the table; step "offload")
 #   7. issue 14: every fast option at once, compiled DiT blocks + FP8 linears + compiled decoder, against
-#      eager (step "fastest": ~150 s of cold compile first)
+#      eager (step "fastest": ~150 s of cold compile first; measured 2026-12-02: 1.455 s/chunk, 27.5 frames/s,
+#      peak 26.3 GiB in the compiled decoder, warm reset 29.6 s); "fastest_seg1": the same with one latent
+#      per decoder call (the compiled decoder's working set) after the stride-guard fix (the warm reset)
 #   8. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [offload] [gputests]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [offload] [gputests]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -62,6 +64,13 @@ for step in $steps; do
       timeout 450 python3 bench/env_5b.py --chunks 3 --attention cudnn --compile --quantize fp8 --compile-decoder \
         --against-eager --json "$out/env_5b_fastest_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
       ;;
+    fastest_seg1)
+      # the fastest configuration with one latent per decoder call: the compiled decoder's working set
+      # (16-19 GiB at 4 latents per call against eager's 6) should fall ~4x; and the warm reset after the
+      # stride-guard fix (29.6 s measured on 2026-12-02)
+      timeout 450 python3 bench/env_5b.py --chunks 3 --attention cudnn --compile --quantize fp8 --compile-decoder \
+        --decode-segment 1 --against-eager --json "$out/env_5b_fastest_seg1_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
+      ;;
     decode_compiled_seg1)
       timeout 300 python3 bench/env_5b.py --chunks 2 --attention cudnn --compile-decoder --decode-segment 1 --against-eager \
         --json "$out/env_5b_compiled_decoder_seg1_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
@@ -74,6 +83,6 @@ for step in $steps; do
       timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_vae.py \
         tests/test_runtime.py tests/test_text.py 2>&1 | grep -v '^USDT:' | tee "$out/gputests_h200.log" | tail -8
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, offload, gputests)" >&2; exit 2 ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, offload, gputests)" >&2; exit 2 ;;
   esac
 done
