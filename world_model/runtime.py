@@ -75,13 +75,15 @@ class RuntimeOptions:
     up to rounding for any value). 4 is the release's (``WAN_VAE_SEGMENT_SIZE``); 1 holds the
     decoder activations of one latent (4 frames) instead of four (16 frames) at a time: on the CPU
     at 176x320 with the 5B pruned decoder 876 MiB of fp32 working set above the weights with 4, 422
-    with 1; on an H200 at 704x1280 the env's peak is 24.1 GiB with either (a random-weight model
-    without text-encoder weights: the decode does not set it) and the decode takes the same time.
+    with 1; on an H200 at 704x1280 the eager env's peak was 24.1 GiB with either (a random-weight model
+    without text-encoder weights: the decode did not set it) and the decode takes the same time; since
+    the decode cache is no longer copied per step the peak is 21.15 GiB, the decode's own 18.3.
     ``compile_decoder``: ``torch.compile`` the VAE decoder (one region: every call of a stream,
     first chunk and continuing; a reset stream reuses the first chunk's graph). Its eager decode is
     memory-bound work around the convolutions (on an H200 at 704x1280: 70 of 233 ms in convolutions,
     the rest RMSNorm, bias adds, copies, upsampling), which the compiler fuses: 130 ms measured, frames
-    50.9 dB from eager's, with the env's peak 28.7 GiB instead of 24.1. The first decodes compile.
+    50.9 dB from eager's; but its working set at 4 latents per call is ~19 GiB against eager's ~6 (with
+    FP8 DiT linears the env's peak 26.3 GiB, its decode's; eager 21.15). The first decodes compile.
     """
 
     device: str = "cpu"
