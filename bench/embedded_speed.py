@@ -7,10 +7,13 @@ actions, frames copied to the host as an env user gets them; the median step giv
     python bench/embedded_speed.py --device cpu --batches 1 --json bench/results/embedded_cpu.json
     python bench/embedded_speed.py --device cuda --batches 1 8 64 --json bench/results/embedded_h100.json
     python bench/embedded_speed.py --device cpu --camera-cache both --chunks 12 --json bench/results/embedded_cpu_camera_cache.json
+    python bench/embedded_speed.py --device cpu --vae-pruning 0.5 0.25 0 --chunks 8 --json bench/results/embedded_cpu_decoder_widths.json
 
 ``--camera-cache both`` measures every batch size with the window's conditioning reused across sampler
 steps (``RuntimeOptions.camera_cache``) and without, alternating runs of 3 chunks so that a drift of
-the machine's speed hits both alike.
+the machine's speed hits both alike. ``--vae-pruning P ...`` does the same for the model's architecture
+with its VAE decoder at other widths (pruning rate P: width 1 - P of the full decoder; random weights,
+as the speed does not depend on the values): what a wider shipped decoder would cost.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import statistics
 import torch
 
 from mg3_eval.protocols.speed import env_speed
-from world_model.model import load_world_model
+from world_model.model import load_world_model, random_world_model
 from world_model.runtime import RuntimeOptions
 
 
@@ -72,35 +75,63 @@ def main() -> None:
         default="on",
         help="RuntimeOptions.camera_cache; 'both' measures each batch size with and without (alternating)",
     )
+    p.add_argument(
+        "--vae-pruning",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="P",
+        help="measure the model's architecture with random weights and its decoder at these pruning rates "
+        "(alternating runs; with the camera cache on)",
+    )
     p.add_argument("--json", default="bench_embedded_speed.json")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = {"on": [True], "off": [False], "both": [True, False]}[args.camera_cache]
-    models = {c: load_world_model(args.model, RuntimeOptions.for_device(args.device, camera_cache=c)) for c in settings}
+    if args.vae_pruning is not None:
+        if args.camera_cache != "on":
+            p.error("--vae-pruning measures with the camera cache on; leave --camera-cache at its default")
+        if not all(0.0 <= r < 1.0 for r in args.vae_pruning):
+            p.error(f"--vae-pruning rates must be in [0, 1), got {args.vae_pruning}")
+        runtime = RuntimeOptions.for_device(args.device)
+        cfg = load_world_model(args.model, runtime).config
+        models = {
+            r: random_world_model(cfg.replace(vae=cfg.vae.replace(pruning_rate=r)), runtime) for r in args.vae_pruning
+        }
+        key = "vae_pruning_rate"
+    else:
+        settings = {"on": [True], "off": [False], "both": [True, False]}[args.camera_cache]
+        models = {
+            c: load_world_model(args.model, RuntimeOptions.for_device(args.device, camera_cache=c)) for c in settings
+        }
+        key = "camera_cache"
+    settings = list(models)
     # one untimed warm-up (allocator, kernels, cuDNN autotuning)
     for model in models.values():
         measure(model, args.batches[0], 1)
     rows = []
     for b in args.batches:
         if len(settings) == 1:
-            rows.append({**measure(models[settings[0]], b, args.chunks), "camera_cache": settings[0]})
+            rows.append({**measure(models[settings[0]], b, args.chunks), key: settings[0]})
             continue
-        parts: dict[bool, list[dict]] = {c: [] for c in settings}
+        parts: dict = {c: [] for c in settings}
         for _ in range(max(1, args.chunks // 3)):  # alternate runs of 3 chunks
             for c in settings:
                 parts[c].append(measure(models[c], b, 3))
-        rows += [_merge(parts[c], camera_cache=c) for c in settings]
+        rows += [_merge(parts[c], **{key: c}) for c in settings]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}")
-    print(f"{'envs':>5} {'cam cache':>9} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
+    head = "decoder p" if key == "vae_pruning_rate" else "cam cache"
+    print(f"{'envs':>5} {head:>9} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
     for r in rows:
+        setting = f"{r[key]:g}" if key == "vae_pruning_rate" else ("on" if r[key] else "off")
         print(
-            f"{r['batch']:>5} {'on' if r['camera_cache'] else 'off':>9} {r['seconds_reset']:>8.3f} "
+            f"{r['batch']:>5} {setting:>9} {r['seconds_reset']:>8.3f} "
             f"{r['seconds_per_chunk']:>8.3f} {r['frames_per_s']:>9.1f} {r['frames_per_s_per_env']:>8.1f}"
         )
     out = {
         "model": args.model,
+        "random_weights": args.vae_pruning is not None,
         "device": args.device,
         "device_name": name,
         "cpus": os.cpu_count(),
