@@ -141,8 +141,9 @@ def _conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride=(1, 1, 1), pa
 
 
 def _keep(frames: Tensor) -> Tensor:
-    """A copy of a stream's last frames for its cache, in one layout whatever the slice's strides (a
-    compiled decoder guards on its inputs' strides: a state kept as sliced made a graph per layout)."""
+    """A copy of a slice of frames (a stream's last frames for its cache, a decoder call's segment) in one
+    layout whatever the slice's strides (a compiled decoder guards on its inputs' strides: slices passed
+    or kept as sliced made a graph per layout)."""
     return frames.clone(memory_format=_CL3D if frames.ndim == 5 else torch.contiguous_format)
 
 

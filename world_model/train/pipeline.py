@@ -587,7 +587,7 @@ def _dmd_opts(opts: PipelineOptions):
 
 
 def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
-    from world_model.train.checkpoints import load_latest
+    from world_model.train.checkpoints import latest_checkpoint
     from world_model.train.clips import ClipSampler
     from world_model.train.dmd import DMDStage
     from world_model.train.loop import run_loop
@@ -600,7 +600,7 @@ def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
     clips = ClipSampler(train_lat, cfg, opts.dmd_batch, use_memory=True, seed=opts.seed)
     evaluator = _evaluator(run, opts, cfg, held_lat, dev, memory=True)
     stage = DMDStage(model, clips, cfg.sampler, dopts, evaluator=evaluator)
-    if load_latest(run / "dmd") is None and load_latest(run / "student") is not None:
+    if latest_checkpoint(run / "dmd") is None and latest_checkpoint(run / "student") is not None:
         # an earlier session's student (slim: 'dmd|student' as student): distillation goes on from it
         stage.start_student_from(_dit_from(run, "student", cfg, dev).state_dict())
         log.info("dmd: the student starts from the carried %s", run / "student")
