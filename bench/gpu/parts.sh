@@ -12,7 +12,7 @@ mkdir -p /tmp/parts /tmp/site
 for d in .carry/*/; do [ -d "$d" ] && cp -rn "$d". /tmp/parts/ 2>/dev/null; done
 if [ ! -d /tmp/site/vizdoom ] && [ -f /tmp/parts/viz.part-00 ] && [ -f /tmp/parts/viz.part-01 ]; then
   cat /tmp/parts/viz.part-00 /tmp/parts/viz.part-01 > /tmp/parts/vizdoom.tar.xz
-  echo "91697fde2e64fa6228c1a1e84450542ca4428904ba2c9f3c50dabc47c91b5b16  /tmp/parts/vizdoom.tar.xz" | sha256sum -c --quiet \
+  echo "ab0ad5d03384604971c848c0d37ee2b71f01124ce898493f5bffded58cd709a4  /tmp/parts/vizdoom.tar.xz" | sha256sum -c --quiet \
     && tar -xJf /tmp/parts/vizdoom.tar.xz -C /tmp/site && echo "parts: vizdoom installed"
 fi
 if [ ! -f /tmp/site/.whl_done ] && ls /tmp/parts/whl/*.whl >/dev/null 2>&1; then

@@ -105,6 +105,14 @@ def resumed_step(run: Path | None, stage: str) -> int:
     return int(status.get("step", 0)) if status else 0
 
 
+def encoder_only(run: Path | None) -> bool:
+    """Whether ``run``'s carried ``vae`` stage holds an encoder only (``slim --from-export``): then neither
+    decoder stage can train (the pruned one distils from the full one) and the DiT stages take their time."""
+    from world_model.train.status import read_status
+
+    return bool(run and (read_status(run / "vae") or {}).get("encoder_only"))
+
+
 def gan_start(resumed: int, warmup_steps: float) -> int:
     """The step the stage's discriminator starts at: after ``warmup_steps`` of reconstruction, or at once
     when the stage resumes from a converged checkpoint (step >= GAN_CONVERGED)."""
@@ -118,6 +126,8 @@ def main() -> None:
     p.add_argument("part", nargs="?", choices=("first", "rest", "skips"))
     p.add_argument("--resume", type=Path, default=None)
     args = p.parse_args()
+    if encoder_only(args.resume):  # a slim made from an export: no full decoder to train the decoders from
+        SHARES.update(vae=0.0, decoder=0.0)
     bench = json.loads(Path(args.bench).read_text())
     budget = args.budget
     rows = bench["rows"]

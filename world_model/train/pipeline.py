@@ -443,7 +443,10 @@ def _stage_vae(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
         for name, p in vae.named_parameters():
             p.requires_grad_(is_decoder_side(name))
     stage = VAEStage(vae, train_clips, held_clips, vopts, feed=feed)
-    return run_loop(stage, run / "vae", _loop_opts(opts, opts.vae_steps, deadline))
+    result = run_loop(stage, run / "vae", _loop_opts(opts, opts.vae_steps, deadline))
+    if (read_status(run / "vae") or {}).get("encoder_only"):  # it has trained a full decoder (from scratch) now
+        StatusFile.existing(run / "vae", "vae").update(encoder_only=False)
+    return result
 
 
 def _stage_decoder(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
@@ -452,6 +455,11 @@ def _stage_decoder(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     from world_model.vae import WanVAE
 
     _need(run, "vae", for_stage="decoder")
+    if (read_status(run / "vae") or {}).get("encoder_only"):
+        raise RuntimeError(
+            f"{run / 'vae'} holds an encoder only (a slim made from an export: slim --from-export), nothing to "
+            "distil the pruned decoder from: reopen the vae stage to train a full decoder first, or skip decoder"
+        )
     cfg, dev = run_config(run, opts), _device()
     cfg = cfg.replace(vae=identity_stats(cfg.vae))
     vopts = _vae_opts(opts, opts.decoder_gan_start)

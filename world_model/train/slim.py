@@ -28,7 +28,7 @@ import torch
 from world_model.train.checkpoints import load_latest, save_checkpoint
 from world_model.train.status import StatusFile, read_status
 
-__all__ = ["slim_run", "KEEP"]
+__all__ = ["slim_run", "slim_from_export", "KEEP"]
 
 # what each stage's successors read from its checkpoint (a path into the checkpoint's state)
 KEEP: dict[str, tuple[str, ...]] = {
@@ -93,9 +93,45 @@ def slim_run(
     return out
 
 
+def slim_from_export(export: str | Path, out: str | Path, steps: dict[str, int] | None = None) -> Path:
+    """A slim made from an exported (or shipped) model folder, for when a run's own slim is lost: the
+    ``decoder`` stage (the exported VAE: encoder and pruned decoder), ``base`` (the exported DiT) and the
+    latent statistics of its config. An export has no full-width decoder, so the ``vae`` stage holds the
+    encoder side only, marked ``encoder_only``: the encode stage and the DiT stages can go on from it,
+    the decoder stage (which distils from the full decoder) refuses it until a reopened ``vae`` stage has
+    trained a full decoder again. ``steps`` sets the stage steps recorded (the export's run)."""
+    from world_model.train.autoencoder import is_decoder_side
+    from world_model.train.export import read_exported
+
+    steps = steps or {}
+    out = Path(out)
+    cfg, dit, vae = read_exported(export)
+    vae_state = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
+    encoder = {k: v for k, v in vae_state.items() if not is_decoder_side(k)}
+    dit_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in dit.state_dict().items()}
+    for stage, state, extra in (
+        ("vae", encoder, {"encoder_only": True}),
+        ("decoder", vae_state, {}),
+        ("base", dit_state, {}),
+    ):
+        dest = out / stage
+        shutil.rmtree(dest, ignore_errors=True)
+        step = int(steps.get(stage, 0))
+        save_checkpoint(_nest(KEEP[stage], state), dest, step, keep=1, max_shard_bytes=15 * 2**20)
+        StatusFile(dest, stage).update(state="done", step=step, slimmed_from=str(export), **extra)
+    (out / "latents").mkdir(parents=True, exist_ok=True)
+    stats = {"mean": list(cfg.vae.latent_mean), "std": list(cfg.vae.latent_std)}
+    (out / "latents" / "stats.json").write_text(json.dumps(stats) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", default=None)
+    p.add_argument(
+        "--from-export", default=None, help="an exported/shipped model folder instead of a run (see slim_from_export)"
+    )
+    p.add_argument("--steps", default="", help="with --from-export: stage steps to record, e.g. vae=7518,base=3161")
     p.add_argument("--out", required=True)
     p.add_argument(
         "--stages", default="vae,decoder,memory|base", help="comma-separated; a|b: the first with a checkpoint"
@@ -103,6 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--as", dest="rename", default="", help="e.g. memory=base")
     p.add_argument("--dit-dtype", default=None, choices=(None, "bfloat16", "float16", "float32"))
     args = p.parse_args(argv)
+    if (args.run is None) == (args.from_export is None):
+        p.error("give exactly one of --run and --from-export")
+    if args.from_export:
+        steps = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.steps.split(",") if kv)}
+        out = slim_from_export(args.from_export, args.out, steps)
+        print(json.dumps({"out": str(out), "mib": round(sum(f.stat().st_size for f in out.rglob("*")) / 2**20, 1)}))
+        return
     rename = dict(kv.split("=", 1) for kv in args.rename.split(",") if kv)
     dtype = getattr(torch, args.dit_dtype) if args.dit_dtype else None
     out = slim_run(args.run, args.out, [s for s in args.stages.split(",") if s], rename=rename, dit_dtype=dtype)
