@@ -290,6 +290,49 @@ def test_a_carried_dmd_student_goes_on_in_the_next_sessions_dmd_stage(smoke_run,
     assert all(torch.equal(again[k], v) for k, v in carried.items())
 
 
+def test_a_slim_from_an_export_carries_its_weights_and_trains_the_decoder_on_frames(smoke_run, tmp_path):
+    """slim --from-export (a run's own slim lost): the exported DiT as ``base``, the exported VAE as the
+    ``decoder`` stage, its encoder as an encoder-only ``vae`` stage and the export's latent statistics. The
+    encode stage goes on from the carried encoder; the decoder stage, with no full decoder to distil
+    from, trains the carried pruned decoder on the true frames (no distillation term)."""
+    import shutil
+
+    from world_model.train.autoencoder import is_decoder_side
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.export import read_exported
+    from world_model.train.pipeline import PipelineOptions, run_stage
+    from world_model.train.slim import main as slim_main
+    from world_model.train.status import reopen
+
+    run, _ = smoke_run
+    slim = tmp_path / "slim"
+    slim_main(["--from-export", str(run / "export"), "--out", str(slim), "--steps", "vae=7,base=5"])
+    cfg, dit, vae = read_exported(run / "export")
+    base = load_latest(slim / "base")["stage"]["ema"]["model"]
+    assert all(torch.equal(base[k], v.bfloat16()) for k, v in dit.state_dict().items())
+    decoder = load_latest(slim / "decoder")["stage"]["student"]
+    assert all(torch.equal(decoder[k], v) for k, v in vae.state_dict().items())
+    encoder = load_latest(slim / "vae")["stage"]["vae"]
+    assert encoder and not any(is_decoder_side(k) for k in encoder)
+    status = json.loads((slim / "vae" / "status.json").read_text())
+    assert status["encoder_only"] and status["step"] == 7 and status["state"] == "done"
+    stats = json.loads((slim / "latents" / "stats.json").read_text())
+    assert tuple(stats["std"]) == cfg.vae.latent_std and tuple(stats["mean"]) == cfg.vae.latent_mean
+    shutil.copytree(run / "data", slim / "data")
+    opts = dataclasses.replace(PipelineOptions.smoke(), vae_train_encoder=False, decoder_steps=2)
+    reopen(slim / "decoder")
+    assert run_stage(slim, "decoder", opts)["step"] == 2
+    rows = [json.loads(r) for r in (slim / "decoder" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "pixel" in r]
+    assert trained and all("distil" not in r and "mse" in r for r in trained)
+    after = load_latest(slim / "decoder")["stage"]["student"]
+    assert not all(torch.equal(after[k], v) for k, v in decoder.items() if is_decoder_side(k))
+    assert all(torch.equal(after[k], v) for k, v in decoder.items() if not is_decoder_side(k))  # the encoder
+    assert run_stage(slim, "encode", opts)["stats"] == "kept"  # the export's normalisation, the DiT's latents
+    with pytest.raises(SystemExit):
+        slim_main(["--out", str(tmp_path / "x")])  # neither --run nor --from-export
+
+
 def test_own_history_replaces_the_past_with_the_models_previous_chunk():
     """with_own_history: chunk k's window conditions on chunk k-1 as the model generated it (from its
     true context), every other latent and the targets stay the store's."""

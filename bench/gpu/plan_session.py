@@ -106,8 +106,9 @@ def resumed_step(run: Path | None, stage: str) -> int:
 
 
 def encoder_only(run: Path | None) -> bool:
-    """Whether ``run``'s carried ``vae`` stage holds an encoder only (``slim --from-export``): then neither
-    decoder stage can train (the pruned one distils from the full one) and the DiT stages take their time."""
+    """Whether ``run``'s carried ``vae`` stage holds an encoder only (``slim --from-export``): then the vae
+    stage does not train (its full decoder is gone) and the decoder stage trains the pruned decoder on the
+    true frames instead of distilling it."""
     from world_model.train.status import read_status
 
     return bool(run and (read_status(run / "vae") or {}).get("encoder_only"))
@@ -126,8 +127,8 @@ def main() -> None:
     p.add_argument("part", nargs="?", choices=("first", "rest", "skips"))
     p.add_argument("--resume", type=Path, default=None)
     args = p.parse_args()
-    if encoder_only(args.resume):  # a slim made from an export: no full decoder to train the decoders from
-        SHARES.update(vae=0.0, decoder=0.0)
+    if encoder_only(args.resume):  # a slim made from an export: no full decoder to train, the pruned one
+        SHARES.update(vae=0.0)  # learns from the true frames (the decoder stage without distillation)
     bench = json.loads(Path(args.bench).read_text())
     budget = args.budget
     rows = bench["rows"]

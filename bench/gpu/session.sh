@@ -26,8 +26,9 @@ if [ -f /tmp/parts/prev.tar ]; then
   # every stage folder carried (vae, decoder, base: a slim's memory EMA as base) trains on
   reopen="--reopen $(ls runs/embedded | grep -xE 'vae|decoder|base|memory' | paste -sd,)"
   if grep -q '"encoder_only": true' runs/embedded/vae/status.json 2>/dev/null; then
-    # a slim made from an export (slim --from-export): no full decoder, so both decoders stay as carried
-    reopen="--reopen $(ls runs/embedded | grep -xE 'base|memory' | paste -sd,)"
+    # a slim made from an export (slim --from-export): no full decoder to train on; the pruned decoder
+    # trains on the true frames (the decoder stage without distillation)
+    reopen="--reopen $(ls runs/embedded | grep -xE 'decoder|base|memory' | paste -sd,)"
   fi
   echo "continuing from the carried weights: $reopen"
 fi

@@ -19,7 +19,8 @@ afterwards.
 Stage ``decoder``: the shipped VAE (``cfg.vae``, ``pruning_rate`` p) copies the teacher's encoder
 (frozen) and trains its narrower decoder to match the frozen full decoder's outputs on the
 teacher's latents, plus smaller pixel and structural terms towards the true frames, and its own
-discriminator from its ``gan_start``.
+discriminator from its ``gan_start``. With ``distil_weight`` 0 it learns from the true frames alone
+(the vae stage's terms) and needs the teacher's encoder only.
 
 Clips come from :class:`ClipFrames`: uint8 frames resident on the training device.
 """
@@ -69,6 +70,10 @@ class VAEOptions:
     # can otherwise shift (session 5's pruned decoder: green +0.10, blue -0.08 on every frame after the first)
     lowpass_weight: float = 1.0
     pixel_weight: float = 0.5  # decoder stage: weight of the true-frame term
+    # decoder stage: weight of the term towards the full decoder's output. 0 trains the pruned decoder on
+    # the true frames alone (L1 + MSE + low-pass, as the vae stage) and never runs the teacher's decoder:
+    # what a run whose full decoder is lost (a slim made from an export: its vae stage is an encoder) does
+    distil_weight: float = 1.0
     gan_start: int = -1  # step from which the patch discriminator trains and the decoder fools it (-1: never)
     gan_weight: float = 0.05
     gan_adaptive: bool = True  # gan_weight scales the gradient-norm ratio at the decoder's last layer
@@ -441,7 +446,8 @@ def is_decoder_side(name: str) -> bool:
 
 
 class DecoderStage(_Base):
-    """Distil the pruned decoder of ``student`` from the frozen full ``teacher`` (see module docstring)."""
+    """Distil the pruned decoder of ``student`` from the frozen full ``teacher``, or with ``distil_weight``
+    0 train it on the true frames through the teacher's encoder (see module docstring)."""
 
     name = "decoder"
 
@@ -462,20 +468,27 @@ class DecoderStage(_Base):
     def train_step(self, step: int) -> dict[str, Tensor]:
         self.student.train()
         x = self.train.sample(self.opts.batch_size)
+        o = self.opts
         with torch.no_grad(), self._autocast():
             z = self._encode(self.teacher, x)
-            target = self._decode(self.teacher, z)
+            target = self._decode(self.teacher, z) if o.distil_weight > 0 else None
         with self._autocast():
             out = self._decode(self.student, z)
             terms = self._image_losses(out, x, step)
-        out, target = out.float(), target.float()
-        distil = F.l1_loss(out, target)
+        out = out.float()
         pixel = F.l1_loss(out, x)
         lowpass = lowpass_l1(out, x)
-        loss = self._weighted(terms, distil + self.opts.pixel_weight * pixel + self.opts.lowpass_weight * lowpass, step)
+        metrics = {"pixel": pixel, "lowpass": lowpass}
+        if target is not None:
+            metrics["distil"] = distil = F.l1_loss(out, target.float())
+            rec = o.distil_weight * distil + o.pixel_weight * pixel
+        else:  # the true frames alone, weighted as the vae stage weights them
+            metrics["mse"] = mse = F.mse_loss(out, x)
+            rec = pixel + o.mse_weight * mse
+        loss = self._weighted(terms, rec + o.lowpass_weight * lowpass, step)
         gnorm = self._step(step, loss)
         self.optim.step()
-        metrics = {"loss": loss, "distil": distil, "pixel": pixel, "lowpass": lowpass, "grad_norm": gnorm, **terms}
+        metrics.update(loss=loss, grad_norm=gnorm, **terms)
         self._adversary_step(step, x, out, metrics)
         return {k: v.detach() for k, v in metrics.items()}
 
@@ -489,11 +502,13 @@ class DecoderStage(_Base):
         for xb in x.split(self.opts.batch_size):
             with self._autocast():
                 z = self.teacher.encode(xb)
-                full.append(psnr(self.teacher.decode(z, first_chunk=True)[0].float().clamp(-1, 1), xb))
+                if self.opts.distil_weight > 0:  # else the teacher's decoder may be untrained (an encoder only)
+                    full.append(psnr(self.teacher.decode(z, first_chunk=True)[0].float().clamp(-1, 1), xb))
                 out = self.student.decode(z, first_chunk=True)[0].float().clamp(-1, 1)
             pruned.append(psnr(out, xb))
             sharp.append(sharpness(out) / sharpness(xb))
-        f, p = torch.cat(full).mean().item(), torch.cat(pruned).mean().item()
+        f = torch.cat(full).mean().item() if full else float("nan")
+        p = torch.cat(pruned).mean().item()
         return {
             "psnr_full": f,
             "psnr_pruned": p,

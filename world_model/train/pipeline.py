@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -455,14 +455,14 @@ def _stage_decoder(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     from world_model.vae import WanVAE
 
     _need(run, "vae", for_stage="decoder")
-    if (read_status(run / "vae") or {}).get("encoder_only"):
-        raise RuntimeError(
-            f"{run / 'vae'} holds an encoder only (a slim made from an export: slim --from-export), nothing to "
-            "distil the pruned decoder from: reopen the vae stage to train a full decoder first, or skip decoder"
-        )
     cfg, dev = run_config(run, opts), _device()
     cfg = cfg.replace(vae=identity_stats(cfg.vae))
     vopts = _vae_opts(opts, opts.decoder_gan_start)
+    if (read_status(run / "vae") or {}).get("encoder_only"):
+        # a slim made from an export (slim --from-export): no full decoder to distil from, so the pruned
+        # decoder learns from the true frames through the carried encoder
+        log.info("decoder: the vae stage holds an encoder only: training on the true frames, no distillation")
+        vopts = replace(vopts, distil_weight=0.0)
     teacher = _teacher_vae(run, opts, cfg, dev)
     torch.manual_seed(opts.seed + 1)
     student = WanVAE(cfg.vae).to(dev)
