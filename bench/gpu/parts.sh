@@ -16,7 +16,9 @@ if [ ! -d /tmp/site/vizdoom ] && [ -f /tmp/parts/viz.whl.part-00 ] && [ -f /tmp/
   cat /tmp/parts/viz.whl.part-00 /tmp/parts/viz.whl.part-01 > $w
   echo "d3f8fa01d9df31bccb9d9ccad2e03d139c1a2713ddd9152acc601f020bf2be75  $w" | sha256sum -c --quiet \
     && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $w \
-    && echo "parts: vizdoom installed"
+    && chmod +x /tmp/site/vizdoom/vizdoom && echo "parts: vizdoom installed"
+  # the game binary must be executable: without it DoomGame.init() segfaults and every recorder worker dies
+  # (session 12 unpacked a tarball made without modes and lost its first start so)
 fi
 if [ ! -f /tmp/site/.whl_done ] && ls /tmp/parts/whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/parts/whl/*.whl \
