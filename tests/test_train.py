@@ -333,6 +333,37 @@ def test_a_slim_from_an_export_carries_its_weights_and_trains_the_decoder_on_fra
         slim_main(["--out", str(tmp_path / "x")])  # neither --run nor --from-export
 
 
+@pytest.mark.parametrize("reuse, expected", [(1, 7), (3, 3)])
+def test_dmd_reuses_a_self_rollout_until_the_next_student_update(smoke_run, reuse, expected):
+    """DMDOptions.rollout_reuse: one self-rollout serves the critic steps after a student update up to and
+    including the next update (made by the student as it is then); 1 rolls out at every step."""
+    from world_model.train.clips import ClipSampler
+    from world_model.train.dmd import DMDOptions, DMDStage
+    from world_model.train.pipeline import PipelineOptions, _dit_from, _latents, run_config
+
+    run, _ = smoke_run
+    opts = PipelineOptions.smoke()
+    cfg, dev = run_config(run, opts), torch.device("cpu")
+    train_lat, _ = _latents(run, dev)
+    clips = ClipSampler(train_lat, cfg, 1, use_memory=True, seed=0)
+    assert clips.k_max >= 1
+    cfg = cfg.replace(sampler=dataclasses.replace(cfg.sampler, num_steps=1))
+    dopts = DMDOptions(batch_size=1, cold_start_steps=0, p_mask=0.0, critic_steps=3, rollout_reuse=reuse, amp=False)
+    stage = DMDStage(_dit_from(run, "memory", cfg, dev), clips, cfg.sampler, dopts)
+    made = []
+    for step in range(7):  # student updates at steps 0, 3, 6
+        stage.train_step(step)
+        made.append(stage._rollout[0])
+        assert stage._rollout[0] <= step
+        if step % dopts.critic_steps == 0 and step > 0:  # the update's history: made after the last update
+            assert stage._rollout[0] > step - dopts.critic_steps
+    assert stage.rollouts == expected
+    if reuse == 3:
+        assert made == [0, 1, 1, 1, 4, 4, 4]
+    with pytest.raises(ValueError, match="rollout_reuse"):
+        DMDStage(_dit_from(run, "memory", cfg, dev), clips, cfg.sampler, dataclasses.replace(dopts, rollout_reuse=0))
+
+
 def test_own_history_replaces_the_past_with_the_models_previous_chunk():
     """with_own_history: chunk k's window conditions on chunk k-1 as the model generated it (from its
     true context), every other latent and the targets stay the store's."""

@@ -452,14 +452,15 @@ def test_encode_store_amp_on_a_gpu_computes_in_bf16_close_to_fp32():
 
 
 def test_dmd_learning_rates_reach_the_stage_from_the_command_line():
-    """--dmd-lr / --dmd-critic-lr: parsed into PipelineOptions and passed to DMDOptions."""
+    """--dmd-lr / --dmd-critic-lr / --dmd-rollout-reuse: parsed into PipelineOptions and passed to DMDOptions."""
     from world_model.train.__main__ import _parser
     from world_model.train.pipeline import PipelineOptions, _dmd_opts
 
     args = _parser().parse_args(
         ["dmd", "--run", "r", "--dmd-lr", "1e-5", "--dmd-critic-lr", "3e-5", "--dmd-batch", "4"]
+        + ["--dmd-rollout-reuse", "5"]
     )
     changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
     d = _dmd_opts(dataclasses.replace(PipelineOptions(), **changes))
-    assert (d.lr_student, d.lr_critic, d.batch_size) == (1e-5, 3e-5, 4)
+    assert (d.lr_student, d.lr_critic, d.batch_size, d.rollout_reuse) == (1e-5, 3e-5, 4, 5)
     assert _dmd_opts(PipelineOptions()).lr_student == 2e-6  # the default unchanged

@@ -93,6 +93,7 @@ class PipelineOptions:
     # the student's and the critic's learning rates (DMDOptions; the release's 5e-7 / 1e-7 are for 5B)
     dmd_lr: float = 2e-6
     dmd_critic_lr: float = 4e-6
+    dmd_rollout_reuse: int = 1  # steps one DMD self-rollout serves (DMDOptions.rollout_reuse)
     # flow stages whose DiT blocks are torch.compiled: "" (or "none"), "base", "memory" or "base,memory"
     # (true/false: both/none). Per-block compilation took ~95 s cold on an H200 (2026-12-01) for a 2.2-2.4x faster
     # step, so it pays in a stage of more than ~3 minutes only
@@ -590,6 +591,7 @@ def _dmd_opts(opts: PipelineOptions):
         cold_start_steps=opts.dmd_cold_start,
         lr_student=opts.dmd_lr,
         lr_critic=opts.dmd_critic_lr,
+        rollout_reuse=opts.dmd_rollout_reuse,
         seed=opts.seed,
     )
 
