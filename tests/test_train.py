@@ -329,6 +329,14 @@ def test_a_slim_from_an_export_carries_its_weights_and_trains_the_decoder_on_fra
     assert not all(torch.equal(after[k], v) for k, v in decoder.items() if is_decoder_side(k))
     assert all(torch.equal(after[k], v) for k, v in decoder.items() if not is_decoder_side(k))  # the encoder
     assert run_stage(slim, "encode", opts)["stats"] == "kept"  # the export's normalisation, the DiT's latents
+    # the mark survives the next session's slim, and the checkpoint alone tells it
+    from world_model.train.pipeline import vae_is_encoder_only
+    from world_model.train.slim import slim_run
+
+    again = slim_run(slim, tmp_path / "again", ["vae", "decoder"])
+    assert json.loads((again / "vae" / "status.json").read_text())["encoder_only"]
+    (again / "vae" / "status.json").write_text(json.dumps({"stage": "vae", "state": "done", "step": 7}))
+    assert vae_is_encoder_only(again) and not vae_is_encoder_only(run)
     with pytest.raises(SystemExit):
         slim_main(["--out", str(tmp_path / "x")])  # neither --run nor --from-export
 

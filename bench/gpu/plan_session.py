@@ -113,9 +113,9 @@ def encoder_only(run: Path | None) -> bool:
     """Whether ``run``'s carried ``vae`` stage holds an encoder only (``slim --from-export``): then the vae
     stage does not train (its full decoder is gone) and the decoder stage trains the pruned decoder on the
     true frames instead of distilling it."""
-    from world_model.train.status import read_status
+    from world_model.train.pipeline import vae_is_encoder_only
 
-    return bool(run and (read_status(run / "vae") or {}).get("encoder_only"))
+    return bool(run and (run / "vae").is_dir() and vae_is_encoder_only(run))
 
 
 def gan_start(resumed: int, warmup_steps: float) -> int:
@@ -131,8 +131,9 @@ def main() -> None:
     p.add_argument("part", nargs="?", choices=("first", "rest", "skips"))
     p.add_argument("--resume", type=Path, default=None)
     args = p.parse_args()
-    if encoder_only(args.resume):  # a slim made from an export: no full decoder to train, the pruned one
-        SHARES.update(vae=0.0)  # learns from the true frames (the decoder stage without distillation)
+    if encoder_only(args.resume):  # a slim made from an export: no full decoder to train; the pruned one
+        # learns from the true frames (the decoder stage without distillation) in the time of both
+        SHARES.update(vae=0.0, decoder=SHARES["vae"] + SHARES["decoder"])
     bench = json.loads(Path(args.bench).read_text())
     budget = args.budget
     rows = bench["rows"]

@@ -25,7 +25,7 @@ if [ -f /tmp/parts/prev.tar ]; then
   mkdir -p runs/embedded && tar -xf /tmp/parts/prev.tar -C runs/embedded
   # every stage folder carried (vae, decoder, base: a slim's memory EMA as base) trains on
   reopen="--reopen $(ls runs/embedded | grep -xE 'vae|decoder|base|memory' | paste -sd,)"
-  if grep -q '"encoder_only": true' runs/embedded/vae/status.json 2>/dev/null; then
+  if python3 -c "import sys; from pathlib import Path; from world_model.train.pipeline import vae_is_encoder_only; sys.exit(0 if vae_is_encoder_only(Path('runs/embedded')) else 1)"; then
     # a slim made from an export (slim --from-export): no full decoder to train on; the pruned decoder
     # trains on the true frames (the decoder stage without distillation)
     reopen="--reopen $(ls runs/embedded | grep -xE 'decoder|base|memory' | paste -sd,)"

@@ -388,6 +388,17 @@ def _loop_opts(opts: PipelineOptions, steps: int, deadline: float | None):
     )
 
 
+def vae_is_encoder_only(run: Path) -> bool:
+    """Whether the run's ``vae`` stage holds an encoder only (a slim made from an export: no full
+    decoder): marked so in its status, or its checkpoint has no decoder weights."""
+    if (read_status(run / "vae") or {}).get("encoder_only"):
+        return True
+    from world_model.train.checkpoints import latest_checkpoint
+
+    ckpt = latest_checkpoint(run / "vae")
+    return ckpt is not None and '"stage/vae/decoder.' not in (ckpt / "index.json").read_text()
+
+
 def _teacher_vae(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device) -> torch.nn.Module:
     """The trained full VAE (from the ``vae`` stage's last checkpoint), with ``cfg``'s statistics."""
     from world_model.train.autoencoder import load_weights
@@ -459,7 +470,7 @@ def _stage_decoder(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     cfg, dev = run_config(run, opts), _device()
     cfg = cfg.replace(vae=identity_stats(cfg.vae))
     vopts = _vae_opts(opts, opts.decoder_gan_start)
-    if (read_status(run / "vae") or {}).get("encoder_only"):
+    if vae_is_encoder_only(run):
         # a slim made from an export (slim --from-export): no full decoder to distil from, so the pruned
         # decoder learns from the true frames through the carried encoder
         log.info("decoder: the vae stage holds an encoder only: training on the true frames, no distillation")

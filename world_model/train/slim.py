@@ -81,9 +81,12 @@ def slim_run(
         target = rename.get(stage, stage)
         dest = out / target
         shutil.rmtree(dest, ignore_errors=True)
-        step = int((read_status(run / stage) or {}).get("step", 0))
+        source = read_status(run / stage) or {}
+        step = int(source.get("step", 0))
         save_checkpoint(_nest(KEEP[target], sub), dest, step, keep=1, max_shard_bytes=15 * 2**20)
-        StatusFile(dest, target).update(state="done", step=step, slimmed_from=str(run / stage))
+        # an encoder-only vae stage (slim_from_export) stays marked so in every later slim
+        extra = {"encoder_only": True} if source.get("encoder_only") else {}
+        StatusFile(dest, target).update(state="done", step=step, slimmed_from=str(run / stage), **extra)
     stats = run / "latents" / "stats.json"
     if stats.exists():
         (out / "latents").mkdir(parents=True, exist_ok=True)
