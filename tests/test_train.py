@@ -372,6 +372,39 @@ def test_dmd_reuses_a_self_rollout_until_the_next_student_update(smoke_run, reus
         DMDStage(_dit_from(run, "memory", cfg, dev), clips, cfg.sampler, dataclasses.replace(dopts, rollout_reuse=0))
 
 
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_dmd_regression_term_pulls_the_student_to_the_teachers_sample(smoke_run, weight):
+    """DMDOptions.regression_weight: at the first step the critic is the teacher, so the distribution-
+    matching gradient is exactly 0 and only the regression term (student's sample vs the teacher's from the
+    same noise and history) can move the student."""
+    from world_model.train.clips import ClipSampler
+    from world_model.train.dmd import DMDOptions, DMDStage
+    from world_model.train.pipeline import PipelineOptions, _dit_from, _latents, run_config
+
+    run, _ = smoke_run
+    opts = PipelineOptions.smoke()
+    cfg, dev = run_config(run, opts), torch.device("cpu")
+    train_lat, _ = _latents(run, dev)
+    clips = ClipSampler(train_lat, cfg, 1, use_memory=True, seed=0)
+    model = _dit_from(run, "memory", cfg, dev)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a student unlike its teacher, so that the two samples differ
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    dopts = DMDOptions(batch_size=1, cold_start_steps=10, p_mask=0.0, regression_weight=weight, amp=False)
+    stage = DMDStage(model, clips, cfg.sampler, dopts)
+    stage.teacher.load_state_dict(_dit_from(run, "memory", cfg, dev).state_dict())
+    stage.critic.load_state_dict(stage.teacher.state_dict())
+    before = {k: v.clone() for k, v in stage.student.state_dict().items()}
+    metrics = stage.train_step(0)
+    moved = sum(float((v - before[k]).abs().sum()) for k, v in stage.student.state_dict().items())
+    n = sum(v.numel() for v in before.values())
+    if weight:  # Adam's first step moves every weight with a gradient by ~lr
+        assert float(metrics["regression"]) > 0 and moved > 0.1 * dopts.lr_student * n
+    else:  # AdamW's weight decay alone: lr * decay * |w| per weight
+        assert "regression" not in metrics and moved < 1e-3 * dopts.lr_student * n
+
+
 def test_own_history_replaces_the_past_with_the_models_previous_chunk():
     """with_own_history: chunk k's window conditions on chunk k-1 as the model generated it (from its
     true context), every other latent and the targets stay the store's."""

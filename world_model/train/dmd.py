@@ -49,6 +49,11 @@ class DMDOptions:
     # serves the critic steps up to and including the next student update, each with a new final chunk:
     # the rollout (k <= K chunks of sampling) was most of an eager step's time (session 12: 1.3 steps/s)
     rollout_reuse: int = 1
+    # weight of DMD's first paper's regression term on the student's update: the squared distance of its
+    # sample to the teacher's, sampled from the same noise and history (no gradient through the teacher).
+    # An anchor to what the teacher makes of the same conditions (its memory, its layout) against the
+    # distribution-matching term's drift; 0: off (sessions 11-12 lost most of the memory without it)
+    regression_weight: float = 0.0
     p_mask: float = 0.2
     sigma_min: float = 0.02
     sigma_max: float = 0.98
@@ -147,6 +152,13 @@ class DMDStage:
             norm = (x.detach() - x0_real).abs().flatten(1).mean(1).clamp_min(1e-6).view(-1, 1, 1, 1, 1)
             grad = (x0_fake - x0_real) / norm
             loss = 0.5 * F.mse_loss(x, (x - grad).detach())
+            if o.regression_weight > 0:
+                self.teacher.eval()
+                with self._autocast():
+                    target = sample_chunk(self.teacher, batch, noise, self.sampler).float()
+                regression = F.mse_loss(x, target)
+                metrics["regression"] = regression.detach()
+                loss = loss + o.regression_weight * regression
             self.opt_student.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(self.student.parameters(), o.grad_clip)

@@ -94,6 +94,7 @@ class PipelineOptions:
     dmd_lr: float = 2e-6
     dmd_critic_lr: float = 4e-6
     dmd_rollout_reuse: int = 1  # steps one DMD self-rollout serves (DMDOptions.rollout_reuse)
+    dmd_regression: float = 0.0  # weight of the student's regression to the teacher's sample (DMDOptions)
     # flow stages whose DiT blocks are torch.compiled: "" (or "none"), "base", "memory" or "base,memory"
     # (true/false: both/none). Per-block compilation took ~95 s cold on an H200 (2026-12-01) for a 2.2-2.4x faster
     # step, so it pays in a stage of more than ~3 minutes only
@@ -603,6 +604,7 @@ def _dmd_opts(opts: PipelineOptions):
         lr_student=opts.dmd_lr,
         lr_critic=opts.dmd_critic_lr,
         rollout_reuse=opts.dmd_rollout_reuse,
+        regression_weight=opts.dmd_regression,
         seed=opts.seed,
     )
 
