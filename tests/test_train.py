@@ -405,6 +405,30 @@ def test_dmd_regression_term_pulls_the_student_to_the_teachers_sample(smoke_run,
         assert "regression" not in metrics and moved < 1e-3 * dopts.lr_student * n
 
 
+def test_dmd_distils_the_base_stage_where_the_memory_stage_did_not_run(smoke_run, tmp_path):
+    """A continued session that skips the memory stage (its carried base is the last memory model): DMD's
+    teacher, critic and student start from the base stage, and the export writes it beside the student."""
+    import shutil
+
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.export import read_exported
+    from world_model.train.pipeline import PipelineOptions, run_stage
+
+    run, _ = smoke_run
+    nxt = tmp_path / "run"
+    shutil.copytree(run, nxt)
+    for stage in ("memory", "dmd", "export", "export_memory"):
+        shutil.rmtree(nxt / stage, ignore_errors=True)
+    opts = dataclasses.replace(PipelineOptions.smoke(), dmd_steps=1)
+    assert run_stage(nxt, "dmd", opts)["state"] == "done"
+    base = load_latest(nxt / "base")["stage"]["ema"]["model"]
+    assert all(torch.equal(load_latest(nxt / "dmd")["stage"]["teacher"][k], v) for k, v in base.items())
+    assert run_stage(nxt, "export", opts)["state"] == "done"
+    _, teacher, _ = read_exported(nxt / "export_memory")
+    assert all(torch.equal(teacher.state_dict()[k], v.bfloat16().float()) for k, v in base.items())
+    assert json.loads((nxt / "export" / "status.json").read_text())["metrics"]["dit_source"] == "dmd"
+
+
 def test_own_history_replaces_the_past_with_the_models_previous_chunk():
     """with_own_history: chunk k's window conditions on chunk k-1 as the model generated it (from its
     true context), every other latent and the targets stay the store's."""

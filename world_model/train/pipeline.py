@@ -609,16 +609,28 @@ def _dmd_opts(opts: PipelineOptions):
     )
 
 
+def _dmd_teacher(run: Path) -> str:
+    """The stage DMD distils: the memory model, or, where the memory stage has not run (skipped: a
+    continued session whose carried ``base`` is the last memory model, so that DMD gets the DiT's time),
+    the base stage."""
+    if _stage_state(run, "memory") in ("done", "stopped"):
+        return "memory"
+    if _stage_state(run, "base") in ("done", "stopped"):
+        log.info("dmd: no memory model in this run: distilling the base stage (%s)", run / "base")
+        return "base"
+    raise RuntimeError(f"stage 'dmd' needs stage 'memory' (or 'base') first (see {run / 'memory'}/status.json)")
+
+
 def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
     from world_model.train.checkpoints import latest_checkpoint
     from world_model.train.clips import ClipSampler
     from world_model.train.dmd import DMDStage
     from world_model.train.loop import run_loop
 
-    _need(run, "memory", for_stage="dmd")
+    teacher = _dmd_teacher(run)
     cfg, dev = run_config(run, opts), _device()
     train_lat, held_lat = _latents(run, dev)
-    model = _dit_from(run, "memory", cfg, dev)
+    model = _dit_from(run, teacher, cfg, dev)
     dopts = _dmd_opts(opts)
     clips = ClipSampler(train_lat, cfg, opts.dmd_batch, use_memory=True, seed=opts.seed)
     evaluator = _evaluator(run, opts, cfg, held_lat, dev, memory=True)
@@ -634,7 +646,7 @@ def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     from world_model.train.export import export_model, exported_size_bytes
 
     cfg, dev = run_config(run, opts), torch.device("cpu")
-    source = "dmd" if _stage_done(run, "dmd") or (run / "dmd" / "checkpoints").exists() else "memory"
+    source = "dmd" if _stage_done(run, "dmd") or (run / "dmd" / "checkpoints").exists() else _dmd_teacher(run)
     dit = _dit_from(run, source, cfg, dev)
     vae = _shipped_vae(run, opts, cfg, dev)
     metrics = {s: (read_status(run / s) or {}).get("eval", {}) for s in ("vae", "decoder", "base", "memory", "dmd")}
@@ -645,9 +657,9 @@ def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> d
         teacher = export_model(
             run / "export_memory",
             cfg,
-            _dit_from(run, "memory", cfg, dev),
+            _dit_from(run, _dmd_teacher(run), cfg, dev),
             vae,
-            metrics={**metrics, "dit_source": "memory"},
+            metrics={**metrics, "dit_source": _dmd_teacher(run)},
         )
         done["memory_export"] = str(teacher)
     status = StatusFile(run / "export", "export")
