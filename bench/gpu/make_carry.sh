@@ -10,12 +10,15 @@
 #   .carry/gym      gymnasium, cloudpickle, farama-notifications and websockets wheels (bench/gpu/extras.sh)
 #   .carry/av       PyAV (bench/gpu/extras.sh rollouts)
 #   .carry/p1       prev.tar: the weights to continue from, made from SLIM (a runs/slim folder) or, without
-#                   one, from the shipped model (python -m world_model.train.slim --from-export: its vae
-#                   stage an encoder only, so the pruned decoder trains on the true frames)
-# Usage, from the repository root:  bash bench/gpu/make_carry.sh [SLIM]
+#                   one (or "-"), from the shipped model (python -m world_model.train.slim --from-export: its
+#                   vae stage an encoder only, so the pruned decoder trains on the true frames)
+#   .carry/ps       student.tar, with STUDENT (a runs/slim_student folder): the DMD student to go on from
+# Usage, from the repository root:  bash bench/gpu/make_carry.sh [SLIM|-] [STUDENT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 slim=${1:-}
+[ "$slim" = - ] && slim=""
+student=${2:-}
 dl=$(mktemp -d)
 trap 'rm -rf "$dl"' EXIT
 plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
@@ -38,4 +41,7 @@ if [ -z "$slim" ]; then
   python3 -m world_model.train.slim --from-export world_model/assets/embedded --out "$slim"
 fi
 tar -cf .carry/p1/prev.tar -C "$slim" $(cd "$slim" && ls -d vae decoder base latents 2>/dev/null)
+if [ -n "$student" ]; then
+  rm -rf .carry/ps && mkdir -p .carry/ps && tar -cf .carry/ps/student.tar -C "$student" student
+fi
 du -sh .carry/*
