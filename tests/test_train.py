@@ -337,6 +337,12 @@ def test_a_slim_from_an_export_carries_its_weights_and_trains_the_decoder_on_fra
     assert json.loads((again / "vae" / "status.json").read_text())["encoder_only"]
     (again / "vae" / "status.json").write_text(json.dumps({"stage": "vae", "state": "done", "step": 7}))
     assert vae_is_encoder_only(again) and not vae_is_encoder_only(run)
+    # a shipped DMD student, carried as the next DMD stage's student
+    student = tmp_path / "student"
+    slim_main(["--from-export", str(run / "export"), "--out", str(student), "--dit-as", "student"])
+    assert sorted(p.name for p in student.iterdir()) == ["latents", "student"]
+    carried = load_latest(student / "student")["stage"]["ema"]["model"]
+    assert all(torch.equal(carried[k], v.bfloat16()) for k, v in dit.state_dict().items())
     with pytest.raises(SystemExit):
         slim_main(["--out", str(tmp_path / "x")])  # neither --run nor --from-export
 

@@ -9,16 +9,27 @@
 #   .carry/m2..m4   the other three quarters
 #   .carry/gym      gymnasium, cloudpickle, farama-notifications and websockets wheels (bench/gpu/extras.sh)
 #   .carry/av       PyAV (bench/gpu/extras.sh rollouts)
-#   .carry/p1       prev.tar: the weights to continue from, made from SLIM (a runs/slim folder) or, without
-#                   one (or "-"), from the shipped model (python -m world_model.train.slim --from-export: its
-#                   vae stage an encoder only, so the pruned decoder trains on the true frames)
-#   .carry/ps       student.tar, with STUDENT (a runs/slim_student folder): the DMD student to go on from
-# Usage, from the repository root:  bash bench/gpu/make_carry.sh [SLIM|-] [STUDENT]
+#   .carry/p1       prev.tar: the weights to continue from: --slim DIR (a runs/slim folder), or the model shipped
+#                   at git revision REV (--teacher-rev REV; default HEAD) through python -m world_model.train.slim
+#                   --from-export (its vae stage an encoder only, so the pruned decoder trains on the true
+#                   frames): the shipped models of git history are what outlives a checkout
+#   .carry/ps       student.tar, the DMD student to go on from: --student DIR (a runs/slim_student folder) or
+#                   --student-shipped (the DiT shipped at HEAD, e.g. a shipped DMD student whose teacher
+#                   --teacher-rev names)
+# Usage, from the repository root:
+#   bash bench/gpu/make_carry.sh [--slim DIR | --teacher-rev REV] [--student DIR | --student-shipped]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-slim=${1:-}
-[ "$slim" = - ] && slim=""
-student=${2:-}
+slim="" rev=HEAD student="" student_shipped=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --slim) slim=$2; shift 2 ;;
+    --teacher-rev) rev=$2; shift 2 ;;
+    --student) student=$2; shift 2 ;;
+    --student-shipped) student_shipped=1; shift ;;
+    *) echo "make_carry.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
 dl=$(mktemp -d)
 trap 'rm -rf "$dl"' EXIT
 plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
@@ -37,10 +48,15 @@ cp "$dl"/gymnasium-*.whl "$dl"/cloudpickle-*.whl "$dl"/farama_notifications-*.wh
 cp "$dl"/gymnasium-*.whl "$dl"/cloudpickle-*.whl "$dl"/farama_notifications-*.whl "$dl"/websockets-*.whl .carry/gym/whl/
 cp "$dl"/av-*.whl .carry/av/
 if [ -z "$slim" ]; then
+  mkdir -p "$dl/rev" && git archive "$rev" world_model/assets/embedded | tar -xf - -C "$dl/rev"
   slim="$dl/slim"
-  python3 -m world_model.train.slim --from-export world_model/assets/embedded --out "$slim"
+  python3 -m world_model.train.slim --from-export "$dl/rev/world_model/assets/embedded" --out "$slim"
 fi
 tar -cf .carry/p1/prev.tar -C "$slim" $(cd "$slim" && ls -d vae decoder base latents 2>/dev/null)
+if [ "$student_shipped" = 1 ]; then
+  student="$dl/student"
+  python3 -m world_model.train.slim --from-export world_model/assets/embedded --out "$student" --dit-as student
+fi
 if [ -n "$student" ]; then
   rm -rf .carry/ps && mkdir -p .carry/ps && tar -cf .carry/ps/student.tar -C "$student" student
 fi

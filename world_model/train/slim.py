@@ -96,27 +96,30 @@ def slim_run(
     return out
 
 
-def slim_from_export(export: str | Path, out: str | Path, steps: dict[str, int] | None = None) -> Path:
+def slim_from_export(
+    export: str | Path, out: str | Path, steps: dict[str, int] | None = None, *, dit_as: str = "base"
+) -> Path:
     """A slim made from an exported (or shipped) model folder, for when a run's own slim is lost: the
     ``decoder`` stage (the exported VAE: encoder and pruned decoder), ``base`` (the exported DiT) and the
     latent statistics of its config. An export has no full-width decoder, so the ``vae`` stage holds the
-    encoder side only, marked ``encoder_only``: the encode stage and the DiT stages can go on from it,
-    the decoder stage (which distils from the full decoder) refuses it until a reopened ``vae`` stage has
-    trained a full decoder again. ``steps`` sets the stage steps recorded (the export's run)."""
+    encoder side only, marked ``encoder_only``: the encode stage and the DiT stages go on from it, the
+    vae stage does not train, and the decoder stage trains the pruned decoder on the true frames instead
+    of distilling it. ``dit_as="student"`` writes the exported DiT as a carried DMD ``student`` (and the
+    statistics) only: a shipped DMD student that the next DMD stage goes on from, its teacher taken from an
+    earlier export. ``steps`` sets the stage steps recorded (the export's run)."""
     from world_model.train.autoencoder import is_decoder_side
     from world_model.train.export import read_exported
 
+    if dit_as not in ("base", "student"):
+        raise ValueError(f"dit_as must be 'base' or 'student', got {dit_as!r}")
     steps = steps or {}
     out = Path(out)
     cfg, dit, vae = read_exported(export)
     vae_state = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
     encoder = {k: v for k, v in vae_state.items() if not is_decoder_side(k)}
     dit_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in dit.state_dict().items()}
-    for stage, state, extra in (
-        ("vae", encoder, {"encoder_only": True}),
-        ("decoder", vae_state, {}),
-        ("base", dit_state, {}),
-    ):
+    stages = [("vae", encoder, {"encoder_only": True}), ("decoder", vae_state, {})] if dit_as == "base" else []
+    for stage, state, extra in (*stages, (dit_as, dit_state, {})):
         dest = out / stage
         shutil.rmtree(dest, ignore_errors=True)
         step = int(steps.get(stage, 0))
@@ -135,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         "--from-export", default=None, help="an exported/shipped model folder instead of a run (see slim_from_export)"
     )
     p.add_argument("--steps", default="", help="with --from-export: stage steps to record, e.g. vae=7518,base=3161")
+    p.add_argument(
+        "--dit-as", default="base", choices=("base", "student"), help="with --from-export: the DiT as base or student"
+    )
     p.add_argument("--out", required=True)
     p.add_argument(
         "--stages", default="vae,decoder,memory|base", help="comma-separated; a|b: the first with a checkpoint"
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("give exactly one of --run and --from-export")
     if args.from_export:
         steps = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.steps.split(",") if kv)}
-        out = slim_from_export(args.from_export, args.out, steps)
+        out = slim_from_export(args.from_export, args.out, steps, dit_as=args.dit_as)
         print(json.dumps({"out": str(out), "mib": round(sum(f.stat().st_size for f in out.rglob("*")) / 2**20, 1)}))
         return
     rename = dict(kv.split("=", 1) for kv in args.rename.split(",") if kv)
