@@ -123,7 +123,7 @@ def encoder_only(run: Path | None) -> bool:
     true frames instead of distilling it."""
     from world_model.train.pipeline import vae_is_encoder_only
 
-    return bool(run and (run / "vae").is_dir() and vae_is_encoder_only(run))
+    return run is not None and vae_is_encoder_only(run)
 
 
 def gan_start(resumed: int, warmup_steps: float) -> int:

@@ -646,7 +646,8 @@ def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     from world_model.train.export import export_model, exported_size_bytes
 
     cfg, dev = run_config(run, opts), torch.device("cpu")
-    source = "dmd" if _stage_done(run, "dmd") or (run / "dmd" / "checkpoints").exists() else _dmd_teacher(run)
+    teacher = _dmd_teacher(run)
+    source = "dmd" if _stage_done(run, "dmd") or (run / "dmd" / "checkpoints").exists() else teacher
     dit = _dit_from(run, source, cfg, dev)
     vae = _shipped_vae(run, opts, cfg, dev)
     metrics = {s: (read_status(run / s) or {}).get("eval", {}) for s in ("vae", "decoder", "base", "memory", "dmd")}
@@ -654,14 +655,14 @@ def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     folder = export_model(run / "export", cfg, dit, vae, metrics=metrics)
     done = {"bytes": exported_size_bytes(folder), "dit_source": source}
     if source == "dmd":  # the teacher too, beside its student: which one ships is the test levels' call
-        teacher = export_model(
+        teacher_folder = export_model(
             run / "export_memory",
             cfg,
-            _dit_from(run, _dmd_teacher(run), cfg, dev),
+            _dit_from(run, teacher, cfg, dev),
             vae,
-            metrics={**metrics, "dit_source": _dmd_teacher(run)},
+            metrics={**metrics, "dit_source": teacher},
         )
-        done["memory_export"] = str(teacher)
+        done["memory_export"] = str(teacher_folder)
     status = StatusFile(run / "export", "export")
     status.update(state="done", metrics=done)
     return dict(status.data)
