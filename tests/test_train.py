@@ -173,7 +173,7 @@ def test_pipeline_end_to_end_exports_a_loadable_model(smoke_run):
     run, status = smoke_run
     assert status["state"] == "done"
     assert all(v == "done" for v in status["stages"].values()), status["stages"]
-    for stage in ("vae", "decoder", "base", "memory", "dmd"):
+    for stage in ("vae", "decoder", "base", "memory", "dmd", "sharpen"):
         assert list((run / stage / "checkpoints").glob("step-*/shard-*.safetensors")), stage
     stats = json.loads((run / "latents" / "stats.json").read_text())
     cfg, dit, vae = read_exported(run / "export")
@@ -716,3 +716,109 @@ def test_pipeline_gives_each_flow_stage_its_cooldown(monkeypatch, tmp_path):
         pipeline.run_stage(tmp_path, "memory", opts)
     with pytest.raises(ValueError, match="cooldown"):
         pipeline.run_stage(tmp_path, "memory", dataclasses.replace(opts, memory_cooldown=1.0), deadline=deadline)
+
+
+def test_decode_after_is_the_streaming_decode_of_the_next_latents():
+    """sharpen.decode_after: a crop decoded after a cache primed on its prefix gives the frames the whole
+    sequence's decode gives for it (the streaming decoder's chunk after chunk)."""
+    from world_model.train.sharpen import decode_after
+    from world_model.vae import WanVAE
+
+    cfg = tiny(32, 32)
+    torch.manual_seed(0)
+    vae = WanVAE(cfg.vae.replace(pruning_rate=0.5)).eval()
+    h, w = cfg.latent_hw
+    z = torch.randn(2, cfg.vae.z_dim, 5, h, w)
+    with torch.no_grad():
+        whole, _ = vae.decode(z, first_chunk=True, clamp=False)
+        for p in (1, 2):
+            part = decode_after(vae, z[:, :, :p], z[:, :, p:])
+            assert part.shape[2] == 4 * (5 - p)
+            torch.testing.assert_close(part, whole[:, :, 1 + 4 * (p - 1) :], atol=1e-5, rtol=1e-4)
+
+
+def _sharpen_parts(run, opts, **sharpen):
+    from world_model.sampler import FlowUniPCSampler
+    from world_model.train.pipeline import _dit_from, _latents, run_config
+    from world_model.train.sharpen import GeneratedChunks, SharpenOptions
+
+    cfg, dev = run_config(run, opts), torch.device("cpu")
+    train_lat, _ = _latents(run, dev)
+    dit = _dit_from(run, "dmd", cfg, dev)
+    sopts = SharpenOptions(**{"pool_size": 3, "gen_batch": 2, "crop_latents": 2, **sharpen})
+    clips = ClipSampler(train_lat, cfg, 1, use_memory=True, seed=0)
+    return cfg, clips, GeneratedChunks(dit, clips, FlowUniPCSampler.from_config(cfg.sampler), sopts, amp=False)
+
+
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_generated_chunks_hold_the_dits_chunk_in_its_true_history(smoke_run, chunk):
+    from world_model.train.pipeline import PipelineOptions
+
+    run, _ = smoke_run
+    _, clips, pool = _sharpen_parts(run, PipelineOptions.smoke())
+    assert clips.k_max >= 1
+    pool.refresh(chunk=chunk)
+    stored = clips.store.latents[pool.segments].float()
+    first, end = pool.first, pool.end
+    assert end > first and (first == 1 if chunk == 0 else first > 2)  # chunk 0 follows the image latent
+    assert torch.equal(pool.latents[:, :first], stored[:, :first])  # the history: the store's
+    assert not torch.allclose(pool.latents[:, first:end], stored[:, first:end])  # the chunk: generated
+    for _ in range(8):
+        prefix, crop = pool.crops(4)
+        assert crop.shape[:3] == (4, clips.store.latents.shape[2], 2)
+        assert prefix.shape[2] == 2 or (first == 1 and prefix.shape[2] == 1)  # two latents, or the image
+    with pytest.raises(ValueError, match="p_first"):
+        _sharpen_parts(run, PipelineOptions.smoke(), p_first=2.0)
+
+
+def test_sharpen_stage_trains_the_decoder_alone_on_generated_latents(smoke_run):
+    from world_model.train.autoencoder import VAEOptions, is_decoder_side
+    from world_model.train.pipeline import PipelineOptions, _clip_frames, _shipped_vae
+    from world_model.train.sharpen import SharpenStage
+
+    run, _ = smoke_run
+    opts = PipelineOptions.smoke()
+    cfg, clips, pool = _sharpen_parts(run, opts)
+    dev = torch.device("cpu")
+    frames = _clip_frames(run, "train", 17, dev)
+    vopts = VAEOptions(batch_size=1, gan_start=0, warmup_steps=1, lr=1e-3, eval_clips=2, amp=False)
+    vae = _shipped_vae(run, opts, cfg, dev, stages=("decoder",))
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    with pytest.raises(ValueError, match="adversarial"):
+        SharpenStage(vae, pool, frames, None, dataclasses.replace(vopts, gan_start=-1), pool.opts)
+    stage = SharpenStage(vae, pool, frames, _clip_frames(run, "held_out", 17, dev), vopts, pool.opts, held_pool=pool)
+    for step in range(2):
+        metrics = stage.train_step(step)
+    assert {"anchor", "gan_g", "gan_d", "gan_lambda", "gen_sharpness_ratio"} <= set(metrics)
+    assert pool.refreshes == 1  # refresh_every 25
+    after = vae.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(is_decoder_side(k) for k in moved)  # the encoder (what made the latents) stays
+    assert all(torch.equal(before[k], v) for k, v in stage.reference.state_dict().items())
+    ev = stage.evaluate()
+    assert {"psnr_pruned", "sharpness_ratio", "gen_sharpness_ratio", "gen_sharpness_ratio_start"} <= set(ev)
+    assert ev["gen_anchor_l1"] > 0 and all(np.isfinite(v) for v in ev.values())
+    # a resumed stage keeps its reference (the decoder it started from), not the weights it loads
+    again = SharpenStage(_shipped_vae(run, opts, cfg, dev, stages=("decoder",)), pool, frames, None, vopts, pool.opts)
+    again.load_state_dict(stage.state_dict())
+    assert all(torch.equal(after[k], v) for k, v in again.vae.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in again.reference.state_dict().items())
+
+
+def test_the_export_and_the_slim_take_the_sharpened_decoder(smoke_run, tmp_path):
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.export import read_exported
+    from world_model.train.slim import slim_run
+
+    run, _ = smoke_run
+    sharp = load_latest(run / "sharpen")["stage"]["student"]
+    plain = load_latest(run / "decoder")["stage"]["student"]
+    assert any(not torch.equal(sharp[k], plain[k]) for k in sharp if k.startswith("decoder."))
+    _, _, vae = read_exported(run / "export")
+    for k, v in vae.state_dict().items():
+        if k in sharp:
+            torch.testing.assert_close(v, sharp[k].bfloat16().float(), atol=0, rtol=0)
+    assert json.loads((run / "sharpen" / "status.json").read_text())["dit_source"] == "dmd"
+    out = slim_run(run, tmp_path / "slim", ["vae", "sharpen|decoder"], rename={"sharpen": "decoder"})
+    carried = load_latest(out / "decoder")["stage"]["student"]
+    assert all(torch.equal(carried[k], v) for k, v in sharp.items())

@@ -77,7 +77,7 @@ from pathlib import Path
 # model, is DMD's teacher) and DMD takes the DiT's time, its student regressed a little towards the teacher's
 # sample from the same history (DMD_REGRESSION), which holds what the teacher remembers.
 SHARES = {"data": 0.0, "vae": 0.10, "decoder": 0.10, "encode": 0.04, "base": 0.0, "memory": 0.0, "dmd": 0.75,
-          "export": 0.01}  # fmt: skip
+          "sharpen": 0.0, "export": 0.01}  # fmt: skip
 GAN_WEIGHT = 1.0
 GAN_RAMP = 300
 DMD_LR = 5e-6
@@ -98,7 +98,7 @@ ACTION_DROPOUT = 0.1
 # on a decayed learning rate, linear to 5 % over its last MEMORY_COOLDOWN of time (warmup-stable-decay)
 MEMORY_COOLDOWN = 0.3
 # stages that a share of 0 skips (the data stage's 0 only means it takes no time of its own)
-SKIPPABLE = ("base", "memory", "dmd")
+SKIPPABLE = ("base", "memory", "dmd", "sharpen")
 # cold per-block compilation of a flow stage's DiT, measured on the H200 (2026-12-01: base 92 s, memory 96 s)
 COMPILE_S = 100.0
 

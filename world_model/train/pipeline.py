@@ -33,7 +33,7 @@ __all__ = ["STAGES", "PipelineOptions", "run_config", "run_stage", "run_pipeline
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "vae", "decoder", "encode", "base", "memory", "dmd", "export")
+STAGES = ("data", "vae", "decoder", "encode", "base", "memory", "dmd", "sharpen", "export")
 # share of the pipeline's time budget per stage
 BUDGET_SHARE = {
     "data": 0.04,
@@ -43,6 +43,7 @@ BUDGET_SHARE = {
     "base": 0.36,
     "memory": 0.22,
     "dmd": 0.15,
+    "sharpen": 0.05,
     "export": 0.01,
 }
 
@@ -95,6 +96,12 @@ class PipelineOptions:
     dmd_critic_lr: float = 4e-6
     dmd_rollout_reuse: int = 1  # steps one DMD self-rollout serves (DMDOptions.rollout_reuse)
     dmd_regression: float = 0.0  # weight of the student's regression to the teacher's sample (DMDOptions)
+    # the sharpen stage (world_model.train.sharpen): the pruned decoder trained adversarially on the DiT's own
+    # latents; its batch of true clips is vae_batch, its learning rate vae_lr
+    sharpen_steps: int = 4_000
+    sharpen_gen_batch: int = 8  # generated crops per step (SharpenOptions.gen_batch)
+    sharpen_anchor: float = 1.0  # weight of the low-pass anchor to the starting decoder (SharpenOptions)
+    sharpen_gan_ramp: int = 200  # steps over which its adversarial term ramps in (its discriminator starts fresh)
     # flow stages whose DiT blocks are torch.compiled: "" (or "none"), "base", "memory" or "base,memory"
     # (true/false: both/none). Per-block compilation took ~95 s cold on an H200 (2026-12-01) for a 2.2-2.4x faster
     # step, so it pays in a stage of more than ~3 minutes only
@@ -138,6 +145,8 @@ class PipelineOptions:
             dmd_steps=3,
             dmd_batch=1,
             dmd_cold_start=1,
+            sharpen_steps=2,
+            sharpen_gen_batch=1,
             checkpoint_every=2,
             eval_every=0,
             eval_segments=1,
@@ -414,16 +423,19 @@ def _teacher_vae(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device
     return vae.eval()
 
 
-def _shipped_vae(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device) -> torch.nn.Module:
-    """The shipped VAE (encoder + pruned decoder) from the ``decoder`` stage, with ``cfg``'s statistics."""
+def _shipped_vae(
+    run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device, *, stages: tuple[str, ...] = ("sharpen", "decoder")
+) -> torch.nn.Module:
+    """The shipped VAE (encoder + pruned decoder), with ``cfg``'s statistics: from the first of ``stages``
+    with a checkpoint (the sharpen stage's decoder once it has trained, else the decoder stage's)."""
     from world_model.train.autoencoder import load_weights
     from world_model.train.checkpoints import load_latest
     from world_model.vae import WanVAE
 
     vae = WanVAE(cfg.vae).to(device)
-    state = load_latest(run / "decoder")
+    state = next((st for st in (load_latest(run / s) for s in stages) if st is not None), None)
     if state is None:
-        raise RuntimeError(f"no decoder checkpoint in {run / 'decoder'}")
+        raise RuntimeError(f"no checkpoint in {' or '.join(str(run / s) for s in stages)}")
     load_weights(vae, state["stage"]["student"])
     return vae.eval()
 
@@ -642,15 +654,58 @@ def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
     return run_loop(stage, run / "dmd", _loop_opts(opts, opts.dmd_steps, deadline))
 
 
+def _final_dit(run: Path) -> str:
+    """The stage whose DiT ships: the DMD student when DMD has trained, else the model DMD would distil."""
+    teacher = _dmd_teacher(run)
+    return "dmd" if _stage_done(run, "dmd") or (run / "dmd" / "checkpoints").exists() else teacher
+
+
+def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
+    from world_model.sampler import FlowUniPCSampler
+    from world_model.train.clips import ClipSampler
+    from world_model.train.loop import run_loop
+    from world_model.train.sharpen import GeneratedChunks, SharpenOptions, SharpenStage
+
+    _need(run, "decoder", for_stage="sharpen")
+    _need(run, "encode", for_stage="sharpen")
+    source = _final_dit(run)
+    cfg, dev = run_config(run, opts), _device()
+    train_lat, held_lat = _latents(run, dev)
+    dit = _dit_from(run, source, cfg, dev).eval().requires_grad_(False)
+    memory = source != "base"
+    sampler = FlowUniPCSampler.from_config(cfg.sampler)
+    sopts = SharpenOptions(gen_batch=opts.sharpen_gen_batch, anchor_weight=opts.sharpen_anchor, seed=opts.seed)
+    amp = dev.type == "cuda"
+    pool = GeneratedChunks(
+        dit, ClipSampler(train_lat, cfg, 1, use_memory=memory, seed=opts.seed), sampler, sopts, amp=amp
+    )
+    held_pool = GeneratedChunks(dit, ClipSampler(held_lat, cfg, 1, use_memory=memory), sampler, sopts, amp=amp)
+    vopts = replace(_vae_opts(opts, 0), gan_ramp=opts.sharpen_gan_ramp)
+    log.info("sharpen: the decoder learns the latents of the %s stage's DiT", source)
+    stage = SharpenStage(
+        _shipped_vae(run, opts, cfg, dev, stages=("decoder",)),
+        pool,
+        _clip_frames(run, "train", vopts.clip_frames, dev, opts.seed + 3),
+        _clip_frames(run, "held_out", vopts.clip_frames, dev),
+        vopts,
+        sopts,
+        held_pool=held_pool,
+    )
+    result = run_loop(stage, run / "sharpen", _loop_opts(opts, opts.sharpen_steps, deadline))
+    StatusFile.existing(run / "sharpen", "sharpen").update(dit_source=source)
+    return result
+
+
 def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
     from world_model.train.export import export_model, exported_size_bytes
 
     cfg, dev = run_config(run, opts), torch.device("cpu")
     teacher = _dmd_teacher(run)
-    source = "dmd" if _stage_done(run, "dmd") or (run / "dmd" / "checkpoints").exists() else teacher
+    source = _final_dit(run)
     dit = _dit_from(run, source, cfg, dev)
     vae = _shipped_vae(run, opts, cfg, dev)
-    metrics = {s: (read_status(run / s) or {}).get("eval", {}) for s in ("vae", "decoder", "base", "memory", "dmd")}
+    stages = ("vae", "decoder", "base", "memory", "dmd", "sharpen")
+    metrics = {s: (read_status(run / s) or {}).get("eval", {}) for s in stages}
     metrics["dit_source"] = source
     folder = export_model(run / "export", cfg, dit, vae, metrics=metrics)
     done = {"bytes": exported_size_bytes(folder), "dit_source": source}
@@ -692,6 +747,7 @@ _RUNNERS = {
     "base": lambda r, o, d: _stage_flow(r, o, d, memory=False),
     "memory": lambda r, o, d: _stage_flow(r, o, d, memory=True),
     "dmd": _stage_dmd,
+    "sharpen": _stage_sharpen,
     "export": _stage_export,
 }
 

@@ -34,6 +34,9 @@ __all__ = ["slim_run", "slim_from_export", "KEEP"]
 KEEP: dict[str, tuple[str, ...]] = {
     "vae": ("stage", "vae"),
     "decoder": ("stage", "student"),
+    # the decoder sharpened on the DiT's latents (``sharpen|decoder --as sharpen=decoder``): the next
+    # session's decoder stage and sharpen stage go on from it
+    "sharpen": ("stage", "student"),
     "base": ("stage", "ema", "model"),
     "memory": ("stage", "ema", "model"),
     "dmd": ("stage", "ema", "model"),

@@ -1,0 +1,267 @@
+"""Sharpen the pruned decoder on the DiT's own latents (stage ``sharpen``, after DMD, before export).
+
+The decoder stages learn to decode the *encoder's* latents, yet what a user sees is the decoding of the
+*DiT's* latents: a few-step sample is smoother than an encoding (the test levels, session 12: the shipped
+VAE reconstructs at 0.50 of the simulator's sharpness, generated frames are at 0.36). Here the decoder
+learns to turn generated latents into frames a patch discriminator cannot tell from the simulator's:
+
+* a pool of generated chunks: the trained DiT (DMD student, else the memory / base model) samples chunk k
+  of training segments from their true history, as the streaming generator does; refreshed every
+  ``refresh_every`` steps with a new k (chunk 0 with probability ``p_first``);
+* each step decodes a crop of ``crop_latents`` generated latents after a cache primed (without gradient) on
+  the two latents before it, the streaming decoder's situation, and takes
+  - the adversarial term on those frames (hinge, weighted adaptively as in the decoder stages),
+  - an anchor: L1 between their 8x8-pooled frames and the frozen starting decoder's (the content and the
+    colours of each region stay the DiT's; only detail is free),
+* plus the decoder stage's terms on true clips (L1 + MSE + low-pass + SSIM towards the true frames, and the
+  adversarial term), so that the reset frame and encoded memory stay faithful.
+
+The discriminator sees true frames against both kinds of decoded frames. The stage's checkpoint holds the
+shipped VAE as ``student`` (as the decoder stage's), which export and the next session's slim take.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from world_model.sampler import FlowUniPCSampler
+from world_model.train.autoencoder import (
+    ClipFrames,
+    VAEOptions,
+    _Base,
+    _last_weight,
+    frames_2d,
+    is_decoder_side,
+    lowpass_l1,
+    psnr,
+    sharpness,
+    ssim,
+)
+from world_model.train.clips import ClipSampler
+from world_model.train.rollout import sample_into, stored_latents
+
+__all__ = ["SharpenOptions", "GeneratedChunks", "SharpenStage"]
+
+
+@dataclass(frozen=True)
+class SharpenOptions:
+    pool_size: int = 64  # generated chunks held at once
+    refresh_every: int = 25  # steps between pool refreshes (each draws a new chunk index)
+    p_first: float = 0.2  # probability that a refresh generates chunk 0 (the image-to-video chunk)
+    gen_batch: int = 8  # generated crops per step
+    crop_latents: int = 4  # latents per crop (x 4 frames)
+    anchor_weight: float = 1.0  # weight of the low-pass anchor to the frozen starting decoder
+    eval_chunks: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1 or self.gen_batch < 1 or self.refresh_every < 1 or self.crop_latents < 1:
+            raise ValueError(f"pool_size, gen_batch, refresh_every and crop_latents must be >= 1: {self}")
+        if not 0.0 <= self.p_first <= 1.0:
+            raise ValueError(f"p_first must be in [0, 1], got {self.p_first}")
+
+
+class GeneratedChunks:
+    """Chunks the DiT generated from true histories: segment latents [N, Fs, C, h, w] with chunk k's latents
+    replaced by generated ones, and where they sit (all rows the same chunk, so the same indices)."""
+
+    def __init__(
+        self, model: nn.Module, clips: ClipSampler, sampler: FlowUniPCSampler, opts: SharpenOptions, *, amp: bool
+    ) -> None:
+        self.model, self.clips, self.sampler, self.opts, self.amp = model.eval(), clips, sampler, opts, amp
+        self.device = clips.device
+        self.generator = torch.Generator().manual_seed(opts.seed + 11)  # host draws: k, segments, crops
+        self.noise = torch.Generator(self.device).manual_seed(opts.seed + 12)
+        self.latents: Tensor | None = None
+        self.segments: Tensor | None = None  # [N] the segments the rows are from
+        self.first = 0  # index of the chunk's first generated latent in the segment
+        self.end = 0  # one past its last
+        self.refreshes = 0
+
+    def _rand(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    @torch.no_grad()
+    def refresh(self, chunk: int | None = None) -> None:
+        """Generate ``pool_size`` chunks ``chunk`` (None: drawn) of random training segments."""
+        clips, n = self.clips, self.opts.pool_size
+        if chunk is None:
+            first = clips.k_max < 1 or self._rand() < self.opts.p_first
+            chunk = 0 if first else int(torch.randint(1, clips.k_max + 1, (), generator=self.generator))
+        segments = torch.randint(0, clips.store.num_segments, (n,), generator=self.generator)
+        lat = stored_latents(clips, segments)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and self.device.type == "cuda"):
+            idx = sample_into(
+                self.model,
+                clips,
+                segments,
+                torch.full((n,), chunk, dtype=torch.int64),
+                lat,
+                self.sampler,
+                self._noise_source(),
+            )
+        first, end = idx[0].min().item(), idx[0].max().item() + 1
+        self.latents, self.segments, self.first, self.end = lat, segments, int(first), int(end)
+        self.refreshes += 1
+
+    def _noise_source(self) -> torch.Generator:
+        # sample_into draws its noise on the host generator it is given; one per refresh, seeded from ours
+        return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=self.generator)))
+
+    def crops(self, b: int) -> tuple[Tensor, Tensor]:
+        """``b`` random rows: (prefix [b, C, P, h, w], crop [b, C, L, h, w]) — the ``crop_latents`` generated
+        latents of a random crop of the chunk and the (up to two) latents before it (P = 1 when the crop
+        starts right after the image latent)."""
+        if self.latents is None:
+            raise RuntimeError("GeneratedChunks.crops before refresh")
+        length = min(self.opts.crop_latents, self.end - self.first)
+        start = self.first + int(torch.randint(0, self.end - self.first - length + 1, (), generator=self.generator))
+        rows = torch.randint(0, len(self.latents), (b,), generator=self.generator).to(self.device)
+        pre = max(0, start - 2)
+        seq = self.latents[rows, pre : start + length].transpose(1, 2).float()  # [b, C, P + L, h, w]
+        return seq[:, :, : start - pre], seq[:, :, start - pre :]
+
+
+def decode_after(vae: nn.Module, prefix: Tensor, crop: Tensor, *, clamp: bool = False) -> Tensor:
+    """Frames of ``crop`` decoded with the decoder's cache primed (without gradient) on ``prefix``, as the
+    streaming decoder decodes a chunk after the last: [b, 3, 4L, H, W]."""
+    with torch.no_grad():
+        _, cache = vae.decode(prefix, first_chunk=True, segment=prefix.shape[2], clamp=False)
+    return vae.decode(crop, cache, first_chunk=False, segment=crop.shape[2], clamp=clamp)[0]
+
+
+class SharpenStage(_Base):
+    """See the module docstring. ``vae``: the shipped VAE (normalised latents in and out) whose decoder side
+    trains; ``pool``: the generated chunks; ``train`` / ``held_out``: true clips."""
+
+    name = "sharpen"
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        pool: GeneratedChunks,
+        train: ClipFrames,
+        held_out: ClipFrames | None,
+        opts: VAEOptions,
+        sopts: SharpenOptions,
+        *,
+        held_pool: GeneratedChunks | None = None,
+    ) -> None:
+        if not opts.uses_gan:
+            raise ValueError("the sharpen stage is adversarial: VAEOptions.gan_start must be >= 0")
+        self.vae, self.pool, self.train, self.held_out, self.sopts = vae, pool, train, held_out, sopts
+        self.reference = copy.deepcopy(vae).eval().requires_grad_(False)  # the decoder as it started
+        for name, p in vae.named_parameters():
+            p.requires_grad_(is_decoder_side(name))
+        trainable = [p for p in vae.parameters() if p.requires_grad]
+        super().__init__(trainable, opts, next(vae.parameters()).device, _last_weight(vae))
+        self.held_pool = held_pool
+        self._held: tuple[Tensor, Tensor] | None = None
+
+    def _generator_loss(self, videos: list[Tensor]) -> Tensor:
+        return torch.stack([self.adversary.generator_loss(v) for v in videos]).mean()
+
+    def _disc_step(self, real: Tensor, fakes: list[Tensor]) -> Tensor:
+        """One discriminator step: true frames against every kind of decoded frames (hinge)."""
+        adv = self.adversary
+        with self._autocast():
+            lr = adv.disc(adv._frames(real)).float()
+            lf = torch.cat([adv.disc(adv._frames(f.detach())).float().flatten() for f in fakes])
+        loss = F.relu(1 - lr).mean() + F.relu(1 + lf).mean()
+        adv.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        adv.optim.step()
+        return loss.detach()
+
+    def train_step(self, step: int) -> dict[str, Tensor]:
+        o, s = self.opts, self.sopts
+        if self.pool.latents is None or step % s.refresh_every == 0:
+            self.pool.refresh()
+        self.vae.train()
+        x = self.train.sample(o.batch_size)
+        prefix, crop = self.pool.crops(s.gen_batch)
+        with torch.no_grad(), self._autocast():
+            z = self._encode(self.vae, x)
+            anchor_to = decode_after(self.reference, prefix, crop)
+        with self._autocast():
+            out = self._decode(self.vae, z)
+            gen = decode_after(self.vae, prefix, crop)
+        out, gen = out.float(), gen.float()
+        pixel, mse, lowpass = F.l1_loss(out, x), F.mse_loss(out, x), lowpass_l1(out, x)
+        anchor = lowpass_l1(gen, anchor_to.float())
+        terms = {"ssim": ssim(frames_2d(out), frames_2d(x))}
+        if self._gan_on(step):
+            with self._autocast():
+                terms["gan_g"] = self._generator_loss([gen, out])
+        rec = pixel + o.mse_weight * mse + o.lowpass_weight * lowpass + s.anchor_weight * anchor
+        loss = self._weighted(terms, rec, step)
+        gnorm = self._step(step, loss)
+        self.optim.step()
+        metrics = {
+            "loss": loss,
+            "pixel": pixel,
+            "lowpass": lowpass,
+            "anchor": anchor,
+            "grad_norm": gnorm,
+            "gen_sharpness_ratio": sharpness(gen.detach()) / sharpness(x),
+            **terms,
+        }
+        if self._gan_on(step):
+            metrics["gan_d"] = self._disc_step(x, [gen, out])
+        return {k: v.detach() for k, v in metrics.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.held_out is None:
+            return {}
+        self.vae.eval()
+        x = self.held_out.fixed(self.opts.eval_clips)
+        rec, sharp_rec, true_sharp = [], [], []
+        for xb in x.split(self.opts.batch_size):
+            with self._autocast():
+                out = self.vae.decode(self.vae.encode(xb), first_chunk=True)[0].float().clamp(-1, 1)
+            rec.append(psnr(out, xb))
+            sharp_rec.append(sharpness(out))
+            true_sharp.append(sharpness(xb))
+        real = torch.stack(true_sharp).mean()
+        result = {
+            "psnr_pruned": torch.cat(rec).mean().item(),
+            "sharpness_ratio": (torch.stack(sharp_rec).mean() / real).item(),
+        }
+        if self.held_pool is not None:
+            if self._held is None:  # one fixed set of generated crops, made by the DiT once
+                self.held_pool.refresh(chunk=min(1, self.held_pool.clips.k_max))
+                self._held = self.held_pool.crops(self.sopts.eval_chunks)
+            prefix, crop = self._held
+            with self._autocast():
+                gen = decode_after(self.vae, prefix, crop, clamp=True).float()
+                ref = decode_after(self.reference, prefix, crop, clamp=True).float()
+            result["gen_sharpness_ratio"] = (sharpness(gen) / real).item()
+            result["gen_sharpness_ratio_start"] = (sharpness(ref) / real).item()
+            result["gen_anchor_l1"] = lowpass_l1(gen, ref).item()
+        return result
+
+    def state_dict(self) -> dict:
+        return {
+            "student": self.vae.state_dict(),
+            "reference": {k: v for k, v in self.reference.state_dict().items() if is_decoder_side(k)},
+            "optim": self.optim.state_dict(),
+            "data": self.train.state_dict(),
+            **self._base_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """A full checkpoint resumes exactly (its reference decoder too); a slimmed one continues."""
+        decoder = {k: v for k, v in state["student"].items() if is_decoder_side(k)}
+        self.vae.load_state_dict(decoder, strict=False)
+        if "reference" in state:
+            self.reference.load_state_dict(state["reference"], strict=False)
+        if "optim" in state:
+            self.optim.load_state_dict(state["optim"])
+            self.train.load_state_dict(state["data"])
+        self._load_base_state(state)
