@@ -20,6 +20,11 @@ if [ ! -d /tmp/site/vizdoom ] && [ -f /tmp/parts/viz.whl.part-00 ] && [ -f /tmp/
   # the game binary must be executable: without it DoomGame.init() segfaults and every recorder worker dies
   # (session 12 unpacked a tarball made without modes and lost its first start so)
 fi
+if [ ! -d /tmp/site/vizdoom ] && ls /tmp/parts/viz.part-* >/dev/null 2>&1; then
+  # parts of the format before session 12 (a tarball): the session would wait for vizdoom for ever (session 13
+  # lost 6 minutes so)
+  echo "parts: .carry/v1, v2 hold vizdoom in the old format (viz.part-NN): rebuild them here with bench/gpu/make_carry.sh" >&2
+fi
 if [ ! -f /tmp/site/.whl_done ] && ls /tmp/parts/whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/parts/whl/*.whl \
     && touch /tmp/site/.whl_done && echo "parts: wheels installed"
