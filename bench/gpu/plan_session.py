@@ -87,6 +87,8 @@ DMD_CRITIC_LR = 1e-5
 # update to the next (DMDOptions.rollout_reuse; the student does not change in between)
 DMD_ROLLOUT_REUSE = 5
 DMD_REGRESSION = 0.1
+# generated crops per sharpen step (beside vae-batch true clips)
+SHARPEN_GEN_BATCH = 16
 # a stage resumed at or past this step has converged reconstruction: its discriminator is on from the start
 GAN_CONVERGED = 2000
 OWN_HISTORY = 0.1
@@ -183,6 +185,7 @@ def main() -> None:
         "dmd-critic-lr": DMD_CRITIC_LR,
         "dmd-rollout-reuse": DMD_ROLLOUT_REUSE,
         "dmd-regression": DMD_REGRESSION,
+        "sharpen-gen-batch": SHARPEN_GEN_BATCH,
     }
     print(" ".join(f"--{k} {v}" for k, v in flags.items()))
 
