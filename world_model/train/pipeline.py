@@ -672,14 +672,14 @@ def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     cfg, dev = run_config(run, opts), _device()
     train_lat, held_lat = _latents(run, dev)
     dit = _dit_from(run, source, cfg, dev).eval().requires_grad_(False)
-    memory = source != "base"
     sampler = FlowUniPCSampler.from_config(cfg.sampler)
     sopts = SharpenOptions(gen_batch=opts.sharpen_gen_batch, anchor_weight=opts.sharpen_anchor, seed=opts.seed)
     amp = dev.type == "cuda"
+    # with memory, as the env generates (and as DMD distils: a carried base is the last memory model)
     pool = GeneratedChunks(
-        dit, ClipSampler(train_lat, cfg, 1, use_memory=memory, seed=opts.seed), sampler, sopts, amp=amp
+        dit, ClipSampler(train_lat, cfg, 1, use_memory=True, seed=opts.seed), sampler, sopts, amp=amp
     )
-    held_pool = GeneratedChunks(dit, ClipSampler(held_lat, cfg, 1, use_memory=memory), sampler, sopts, amp=amp)
+    held_pool = GeneratedChunks(dit, ClipSampler(held_lat, cfg, 1, use_memory=True), sampler, sopts, amp=amp)
     vopts = replace(_vae_opts(opts, 0), gan_ramp=opts.sharpen_gan_ramp)
     log.info("sharpen: the decoder learns the latents of the %s stage's DiT", source)
     stage = SharpenStage(
