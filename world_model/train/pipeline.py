@@ -102,6 +102,8 @@ class PipelineOptions:
     sharpen_gen_batch: int = 8  # generated crops per step (SharpenOptions.gen_batch)
     sharpen_anchor: float = 1.0  # weight of the low-pass anchor to the starting decoder (SharpenOptions)
     sharpen_gan_ramp: int = 200  # steps over which its adversarial term ramps in (its discriminator starts fresh)
+    sharpen_pool: int = 64  # generated chunks held at once (SharpenOptions.pool_size)
+    sharpen_refresh: int = 25  # steps between refreshes of the pool (SharpenOptions.refresh_every)
     # flow stages whose DiT blocks are torch.compiled: "" (or "none"), "base", "memory" or "base,memory"
     # (true/false: both/none). Per-block compilation took ~95 s cold on an H200 (2026-12-01) for a 2.2-2.4x faster
     # step, so it pays in a stage of more than ~3 minutes only
@@ -673,7 +675,13 @@ def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     train_lat, held_lat = _latents(run, dev)
     dit = _dit_from(run, source, cfg, dev).eval().requires_grad_(False)
     sampler = FlowUniPCSampler.from_config(cfg.sampler)
-    sopts = SharpenOptions(gen_batch=opts.sharpen_gen_batch, anchor_weight=opts.sharpen_anchor, seed=opts.seed)
+    sopts = SharpenOptions(
+        pool_size=opts.sharpen_pool,
+        refresh_every=opts.sharpen_refresh,
+        gen_batch=opts.sharpen_gen_batch,
+        anchor_weight=opts.sharpen_anchor,
+        seed=opts.seed,
+    )
     amp = dev.type == "cuda"
     # with memory, as the env generates (and as DMD distils: a carried base is the last memory model)
     pool = GeneratedChunks(
