@@ -630,7 +630,6 @@ def _dmd_teacher(run: Path) -> str:
     if _stage_state(run, "memory") in ("done", "stopped"):
         return "memory"
     if _stage_state(run, "base") in ("done", "stopped"):
-        log.info("dmd: no memory model in this run: distilling the base stage (%s)", run / "base")
         return "base"
     raise RuntimeError(f"stage 'dmd' needs stage 'memory' (or 'base') first (see {run / 'memory'}/status.json)")
 
@@ -642,6 +641,8 @@ def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
     from world_model.train.loop import run_loop
 
     teacher = _dmd_teacher(run)
+    if teacher == "base":
+        log.info("dmd: no memory model in this run: distilling the base stage (%s)", run / "base")
     cfg, dev = run_config(run, opts), _device()
     train_lat, held_lat = _latents(run, dev)
     model = _dit_from(run, teacher, cfg, dev)
