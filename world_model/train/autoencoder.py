@@ -259,10 +259,13 @@ class _Adversary:
         self.disc.requires_grad_(True)
         return loss
 
-    def train_step(self, real: Tensor, fake: Tensor, autocast) -> Tensor:
+    def train_step(self, real: Tensor, fake: Tensor | list[Tensor], autocast) -> Tensor:
+        """One hinge step: true frames against decoded ones (``fake``: one video, or several kinds whose
+        judged frames count alike)."""
+        fakes = [fake] if isinstance(fake, Tensor) else fake
         with autocast():
             lr = self.disc(self._frames(real)).float()
-            lf = self.disc(self._frames(fake.detach())).float()
+            lf = torch.cat([self.disc(self._frames(f.detach())).float().flatten() for f in fakes])
         loss = F.relu(1 - lr).mean() + F.relu(1 + lf).mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -341,9 +344,25 @@ class _Base:
             loss = loss + self.opts.gan_weight * self._gan_ramp(step) * lam * terms["gan_g"]
         return loss
 
-    def _adversary_step(self, step: int, x: Tensor, out: Tensor, metrics: dict[str, Tensor]) -> None:
+    def _adversary_step(self, step: int, x: Tensor, out: Tensor | list[Tensor], metrics: dict[str, Tensor]) -> None:
         if self._gan_on(step):
             metrics["gan_d"] = self.adversary.train_step(x, out, self._autocast)
+
+    @torch.no_grad()
+    def _round_trip(self, vae: nn.Module, clips: ClipFrames) -> tuple[Tensor, Tensor, Tensor]:
+        """``vae``'s encode-decode of the fixed held-out clips of ``clips``: PSNR per clip [N], and per batch of
+        ``batch_size`` clips the sharpness of the decoded and of the true frames [N / batch_size] each."""
+        vae.eval()
+        x = clips.fixed(self.opts.eval_clips)
+        vals, sharp_out, sharp_true = [], [], []
+        for xb in x.split(self.opts.batch_size):
+            with self._autocast():
+                out, _ = vae.decode(vae.encode(xb), first_chunk=True)
+            out = out.float().clamp(-1, 1)
+            vals.append(psnr(out, xb))
+            sharp_out.append(sharpness(out))
+            sharp_true.append(sharpness(xb))
+        return torch.cat(vals), torch.stack(sharp_out), torch.stack(sharp_true)
 
     def _base_state(self) -> dict:
         return {"adversary": self.adversary.state_dict()} if self.adversary is not None else {}
@@ -405,16 +424,8 @@ class VAEStage(_Base):
     def evaluate(self) -> dict[str, float]:
         if self.held_out is None:
             return {}
-        self.vae.eval()
-        x = self.held_out.fixed(self.opts.eval_clips)
-        vals, sharp = [], []
-        for xb in x.split(self.opts.batch_size):
-            with self._autocast():
-                xr, _ = self.vae.decode(self.vae.encode(xb), first_chunk=True)
-            xr = xr.float().clamp(-1, 1)
-            vals.append(psnr(xr, xb))
-            sharp.append(sharpness(xr) / sharpness(xb))
-        return {"psnr": torch.cat(vals).mean().item(), "sharpness_ratio": torch.stack(sharp).mean().item()}
+        vals, sharp_out, sharp_true = self._round_trip(self.vae, self.held_out)
+        return {"psnr": vals.mean().item(), "sharpness_ratio": (sharp_out / sharp_true).mean().item()}
 
     def state_dict(self) -> dict:
         return {

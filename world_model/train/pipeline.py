@@ -709,7 +709,6 @@ def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     from world_model.train.export import export_model, exported_size_bytes
 
     cfg, dev = run_config(run, opts), torch.device("cpu")
-    teacher = _dmd_teacher(run)
     source = _final_dit(run)
     dit = _dit_from(run, source, cfg, dev)
     vae = _shipped_vae(run, opts, cfg, dev)
@@ -719,6 +718,7 @@ def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     folder = export_model(run / "export", cfg, dit, vae, metrics=metrics)
     done = {"bytes": exported_size_bytes(folder), "dit_source": source}
     if source == "dmd":  # the teacher too, beside its student: which one ships is the test levels' call
+        teacher = _dmd_teacher(run)
         teacher_folder = export_model(
             run / "export_memory",
             cfg,

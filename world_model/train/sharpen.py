@@ -38,7 +38,6 @@ from world_model.train.autoencoder import (
     frames_2d,
     is_decoder_side,
     lowpass_l1,
-    psnr,
     sharpness,
     ssim,
 )
@@ -166,18 +165,6 @@ class SharpenStage(_Base):
     def _generator_loss(self, videos: list[Tensor]) -> Tensor:
         return torch.stack([self.adversary.generator_loss(v) for v in videos]).mean()
 
-    def _disc_step(self, real: Tensor, fakes: list[Tensor]) -> Tensor:
-        """One discriminator step: true frames against every kind of decoded frames (hinge)."""
-        adv = self.adversary
-        with self._autocast():
-            lr = adv.disc(adv._frames(real)).float()
-            lf = torch.cat([adv.disc(adv._frames(f.detach())).float().flatten() for f in fakes])
-        loss = F.relu(1 - lr).mean() + F.relu(1 + lf).mean()
-        adv.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        adv.optim.step()
-        return loss.detach()
-
     def train_step(self, step: int) -> dict[str, Tensor]:
         o, s = self.opts, self.sopts
         if self.pool.latents is None or step % s.refresh_every == 0:
@@ -211,28 +198,16 @@ class SharpenStage(_Base):
             "gen_sharpness_ratio": sharpness(gen.detach()) / sharpness(x),
             **terms,
         }
-        if self._gan_on(step):
-            metrics["gan_d"] = self._disc_step(x, [gen, out])
+        self._adversary_step(step, x, [gen, out], metrics)  # true frames against both kinds of decoded ones
         return {k: v.detach() for k, v in metrics.items()}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         if self.held_out is None:
             return {}
-        self.vae.eval()
-        x = self.held_out.fixed(self.opts.eval_clips)
-        rec, sharp_rec, true_sharp = [], [], []
-        for xb in x.split(self.opts.batch_size):
-            with self._autocast():
-                out = self.vae.decode(self.vae.encode(xb), first_chunk=True)[0].float().clamp(-1, 1)
-            rec.append(psnr(out, xb))
-            sharp_rec.append(sharpness(out))
-            true_sharp.append(sharpness(xb))
-        real = torch.stack(true_sharp).mean()
-        result = {
-            "psnr_pruned": torch.cat(rec).mean().item(),
-            "sharpness_ratio": (torch.stack(sharp_rec).mean() / real).item(),
-        }
+        vals, sharp_out, sharp_true = self._round_trip(self.vae, self.held_out)
+        real = sharp_true.mean()
+        result = {"psnr_pruned": vals.mean().item(), "sharpness_ratio": (sharp_out.mean() / real).item()}
         if self.held_pool is not None:
             if self._held is None:  # one fixed set of generated crops, made by the DiT once
                 self.held_pool.refresh(chunk=min(1, self.held_pool.clips.k_max))
