@@ -11,7 +11,8 @@
 #   .carry/av       PyAV (bench/gpu/extras.sh rollouts)
 #   .carry/fa3      fa3-fwd 0.0.3, the FlashAttention-3 forward kernel (27.6 MB; attention 'fa3' / 'fa3_fp8',
 #                   bench/gpu/extras.sh fa3)
-#   .carry/p1       prev.tar: the weights to continue from: --slim DIR (a runs/slim folder), or the model shipped
+#   .carry/p1       prev.tar: the weights to continue from: --slim DIR (a runs/slim folder), --export DIR (an
+#                   export, e.g. a session's pack.sh export whose slim did not come back), or the model shipped
 #                   at git revision REV (--teacher-rev REV; default HEAD) through python -m world_model.train.slim
 #                   --from-export (its vae stage an encoder only, so the pruned decoder trains on the true
 #                   frames): the shipped models of git history are what outlives a checkout
@@ -19,19 +20,21 @@
 #                   --student-shipped (the DiT shipped at HEAD, e.g. a shipped DMD student whose teacher
 #                   --teacher-rev names)
 # Usage, from the repository root:
-#   bash bench/gpu/make_carry.sh [--slim DIR | --teacher-rev REV] [--student DIR | --student-shipped]
+#   bash bench/gpu/make_carry.sh [--slim DIR | --export DIR | --teacher-rev REV] [--student DIR | --student-shipped]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-slim="" rev=HEAD student="" student_shipped=0
+slim="" from_export="" rev=HEAD student="" student_shipped=0
 while [ $# -gt 0 ]; do
   case $1 in
     --slim) slim=$2; shift 2 ;;
+    --export) from_export=$2; shift 2 ;;
     --teacher-rev) rev=$2; shift 2 ;;
     --student) student=$2; shift 2 ;;
     --student-shipped) student_shipped=1; shift ;;
     *) echo "make_carry.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+if [ -n "$slim" ] && [ -n "$from_export" ]; then echo "make_carry.sh: --slim or --export, not both" >&2; exit 2; fi
 dl=$(mktemp -d)
 trap 'rm -rf "$dl"' EXIT
 plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
@@ -51,9 +54,12 @@ cp "$dl"/gymnasium-*.whl "$dl"/cloudpickle-*.whl "$dl"/farama_notifications-*.wh
 cp "$dl"/av-*.whl .carry/av/
 cp "$dl"/fa3_fwd-*.whl .carry/fa3/
 if [ -z "$slim" ]; then
-  mkdir -p "$dl/rev" && git archive "$rev" world_model/assets/embedded | tar -xf - -C "$dl/rev"
+  if [ -z "$from_export" ]; then
+    mkdir -p "$dl/rev" && git archive "$rev" world_model/assets/embedded | tar -xf - -C "$dl/rev"
+    from_export="$dl/rev/world_model/assets/embedded"
+  fi
   slim="$dl/slim"
-  python3 -m world_model.train.slim --from-export "$dl/rev/world_model/assets/embedded" --out "$slim"
+  python3 -m world_model.train.slim --from-export "$from_export" --out "$slim"
 fi
 tar -cf .carry/p1/prev.tar -C "$slim" $(cd "$slim" && ls -d vae decoder base latents 2>/dev/null)
 if [ "$student_shipped" = 1 ]; then
