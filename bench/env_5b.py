@@ -256,6 +256,27 @@ _CPU_FLOPS = {
 }
 
 
+KERNEL_KINDS = ("matmul", "attention", "convolution", "fused (triton)", "copy", "other")
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of a GPU kernel from its name: where a chunk's device time goes beside its FLOP floor.
+    Inductor's matmul templates (``triton_tem_``) count as matmul; its other kernels as fused (the
+    compiled non-matmul work); aten's own elementwise and reduction kernels as other."""
+    n = name.lower()
+    if any(s in n for s in ("flash", "fmha", "sdpa", "attention", "attn")):
+        return "attention"
+    if any(s in n for s in ("conv", "implicit", "winograd", "fprop")):  # cuDNN's implicit-GEMM convolutions
+        return "convolution"
+    if "triton_tem" in n or any(s in n for s in ("gemm", "cutlass", "xmma", "nvjet", "cublas", "wgmma", "scaled_mm")):
+        return "matmul"
+    if n.startswith("triton"):
+        return "fused (triton)"
+    if "memcpy" in n or "memset" in n:
+        return "copy"
+    return "other"
+
+
 def profile_step(step: Callable[[], Tensor], device: torch.device, path: str, top: int = 25) -> dict[str, object]:
     """One more ``step()`` under torch.profiler (CPU, and CUDA where there is one): where the host
     time of a chunk goes. Writes the Chrome trace to ``path``.trace.json.gz and returns the step's wall
@@ -299,6 +320,12 @@ def profile_step(step: Callable[[], Tensor], device: torch.device, path: str, to
         if e.name not in PARTS and not in_part(e):
             outside[e.name] += e.self_cpu_time_total
             calls[e.name] += 1
+    kinds: Counter = Counter()  # device time of the GPU kernels by kind (kernel_kind)
+    kernels: Counter = Counter()
+    for e in prof.events():
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
+            kinds[kernel_kind(e.name)] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+            kernels[kernel_kind(e.name)] += 1
     by_cpu = outside.most_common(top)
     by_device = sorted(ops, key=device_us, reverse=True)[:top]
     return {
@@ -307,6 +334,8 @@ def profile_step(step: Callable[[], Tensor], device: torch.device, path: str, to
         "host_ms_in_parts": parts,
         "host_ms_outside_parts": wall * 1e3 - sum(parts.values()),
         "device_busy_ms": sum(device_us(e) for e in ops) * ms,
+        "device_ms_by_kind": {k: kinds[k] * ms for k in KERNEL_KINDS if kernels[k]},
+        "kernels_by_kind": {k: kernels[k] for k in KERNEL_KINDS if kernels[k]},
         "top_self_cpu_outside_parts": [{"op": k, "self_cpu_ms": v * ms, "calls": calls[k]} for k, v in by_cpu],
         "top_python_self": python_rows,
         "top_device": [
@@ -849,6 +878,13 @@ def report(result: dict, path: str) -> None:
                 f"{inside}, outside {pr['host_ms_outside_parts']:.0f}; device busy {pr['device_busy_ms']:.0f} ms; "
                 f"trace {pr['trace']}"
             )
+            if pr["device_ms_by_kind"]:
+                print(
+                    "  device ms by kernel kind: "
+                    + ", ".join(f"{k} {v:.1f} ({pr['kernels_by_kind'][k]})" for k, v in pr["device_ms_by_kind"].items())
+                )
+            for row in pr["top_device"][:12]:
+                print(f"  {row['device_ms']:9.2f} ms device  {row['calls']:6d} calls  {row['op'][:110]}")
             for row in pr["top_self_cpu_outside_parts"][:12]:
                 print(f"  {row['self_cpu_ms']:9.2f} ms self CPU  {row['calls']:6d} calls  {row['op']}")
             print("  Python functions with the most self time (cProfile, one more chunk):")

@@ -82,6 +82,20 @@ def test_env_bench_refuses_flags_that_would_do_nothing(tmp_path, extra, message)
     assert proc.returncode == 2 and message in proc.stderr
 
 
+def test_kernel_kinds_name_where_device_time_goes():
+    kind = _env_bench_module().kernel_kind
+    assert kind("void flash::FlashAttnFwdSm90<...>") == "attention"
+    assert kind("cudnn_generated_fort_native_sdpa_sm90_knob_7") == "attention"
+    assert kind("sm90_xmma_gemm_e4m3bf16_e4m3f32_f32_tn_n_tilesize128x256x64") == "matmul"
+    assert kind("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert kind("triton_tem_fused_mm_0") == "matmul"  # an inductor matmul template
+    assert kind("triton_per_fused__to_copy_add_mul_native_layer_norm_3") == "fused (triton)"
+    assert kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32") == "convolution"  # not a matmul: an implicit GEMM
+    assert kind("void cudnn::ops::nchwToNhwcKernel<...>") == "other"
+    assert kind("Memcpy DtoH (Device -> Pinned)") == "copy"
+    assert kind("void at::native::vectorized_elementwise_kernel<4, ...>") == "other"
+
+
 def _env_bench_module():
     import importlib.util
 

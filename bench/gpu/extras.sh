@@ -23,11 +23,12 @@
 #      per decoder call (the compiled decoder's working set) after the stride-guard fix (the warm reset)
 #   8. issue 14: FlashAttention-3 (the fa3-fwd wheel, carry .carry/fa3 beside .carry/gym): step "fa3" the fastest
 #      configuration with FP8 attention (attention 'fa3_fp8', per-head scales) against the eager bf16 path with
-#      cuDNN attention, after the fa3 GPU tests; "fa3_bf16" the same with bf16 FA3
+#      cuDNN attention, after the fa3 GPU tests; "fa3_bf16" the same with bf16 FA3; "profile_fastest" where its
+#      chunk's device time goes by kernel kind (matmul, attention, fused non-matmul, ...) and its top kernels
 #   9. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [offload] [gputests]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [profile_fastest] [offload] [gputests]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -83,6 +84,13 @@ for step in $steps; do
         --compile-decoder --decode-segment 1 --against-eager --attention-tflops 931 \
         --json "$out/env_5b_fastest_fa3fp8_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
       ;;
+    profile_fastest)
+      # where the fastest configuration's chunk goes on the device (kernel kinds: matmul, attention, fused
+      # non-matmul work, ...; the top kernels), against its floor: the DiT at 1.64x of it on 2026-12-02
+      timeout 300 python3 bench/env_5b.py --chunks 2 --attention fa3_fp8 --compile --quantize fp8 --compile-decoder \
+        --decode-segment 1 --attention-tflops 931 --profile "$out/env_5b_profile_fastest_h200" \
+        --json "$out/env_5b_profile_fastest_h200.json" 2>&1 | grep -v '^USDT:' | tail -40
+      ;;
     fa3_bf16)
       timeout 450 python3 bench/env_5b.py --chunks 3 --attention fa3 --eager-attention cudnn --compile --quantize fp8 \
         --compile-decoder --decode-segment 1 --against-eager --attention-tflops 721 \
@@ -100,6 +108,6 @@ for step in $steps; do
       timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_vae.py \
         tests/test_runtime.py tests/test_text.py 2>&1 | grep -v '^USDT:' | tee "$out/gputests_h200.log" | tail -8
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, offload, gputests)" >&2; exit 2 ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, profile_fastest, offload, gputests)" >&2; exit 2 ;;
   esac
 done
