@@ -17,7 +17,9 @@ from world_model.text import load_umt5
 from world_model.weights import (
     DIT_INDEX,
     DIT_WEIGHTS,
+    INT8_SCALE_SUFFIX,
     load_dit,
+    quantize_rows_int8,
     read_dit_config,
     resolve_checkpoint,
     write_dit_folder,
@@ -107,6 +109,56 @@ def test_write_and_load_sharded(release, tmp_path):
     (folder / shards[1]).unlink()
     with pytest.raises(CheckpointError, match=f"missing shard .*{shards[1]}"):
         load_dit(root)
+
+
+def test_quantize_rows_int8_is_within_half_a_step_of_each_row():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(6, 5, 7, generator=g) * torch.tensor([1e-3, 0.1, 1, 10, 0, 3])[:, None, None]
+    q, scale = quantize_rows_int8(t)
+    assert q.dtype == torch.int8 and q.shape == t.shape and scale.dtype == torch.float16 and scale.shape == (6,)
+    back = q.float() * scale.float()[:, None, None]
+    step = scale.float()[:, None, None]
+    assert ((back - t).abs() <= step / 2 + 1e-6 * t.abs()).all()
+    assert not back[4].any()  # an all-zero row stays zero
+    assert q[2].abs().max() == 127  # each row's largest magnitude uses the full range
+
+
+@pytest.mark.parametrize("shard", [None, 64 * 1024])
+def test_int8_storage_halves_the_bytes_and_loads_as_floats(release, tmp_path, shard):
+    model = load_dit(release)
+    plain = write_dit_folder(model, tmp_path / "bf16" / "base_distilled_model", max_shard_bytes=shard)
+    folder = write_dit_folder(model, tmp_path / "int8" / "base_distilled_model", max_shard_bytes=shard, int8=True)
+    assert sum(f.stat().st_size for f in folder.glob("*.safetensors")) < 0.6 * sum(
+        f.stat().st_size for f in plain.glob("*.safetensors")
+    )  # fp32 fixture: int8 is ~1/4, plus the small tensors kept in float
+    loaded = load_dit(tmp_path / "int8")
+    assert set(loaded.state_dict()) == set(model.state_dict())  # no scale keys in the model
+    quantized = 0
+    for k, v in model.state_dict().items():
+        w = loaded.state_dict()[k]
+        assert w.dtype == torch.float32
+        if v.ndim >= 2 and v.numel() >= 4096:
+            quantized += 1
+            step = v.abs().reshape(v.shape[0], -1).amax(1).clamp(min=2**-14 * 127) / 127
+            err = (w - v).abs().reshape(v.shape[0], -1).amax(1)
+            assert (err <= step * 0.51 + 1e-3 * step).all(), k
+        else:
+            assert torch.equal(w, v), k  # small tensors stay exact
+    assert quantized > 5
+    if shard:  # each scale lives in its weight's shard
+        wm = json.loads((folder / DIT_INDEX).read_text())["weight_map"]
+        scales = [k for k in wm if k.endswith(INT8_SCALE_SUFFIX)]
+        assert scales and all(wm[k] == wm[k.removesuffix(INT8_SCALE_SUFFIX)] for k in scales)
+
+
+def test_int8_weight_without_its_scale_is_refused(release, tmp_path):
+    folder = write_dit_folder(load_dit(release), tmp_path / "root" / "base_distilled_model", int8=True)
+    state = load_file(str(folder / DIT_WEIGHTS))
+    key = next(k for k in state if k.endswith(INT8_SCALE_SUFFIX))
+    del state[key]
+    save_file(state, str(folder / DIT_WEIGHTS))
+    with pytest.raises(CheckpointError, match="int8 weights without their .int8_scale"):
+        load_dit(tmp_path / "root")
 
 
 def test_model_prefix_stripped_only_when_everywhere(broken):

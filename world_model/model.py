@@ -16,7 +16,8 @@
 - ``"default"``: our trained embedded model, shipped inside the package
   (``world_model/assets/embedded/``); runs on a CPU.
 - a path to a folder exported by our training pipeline (``config.json`` + ``vae.safetensors`` +
-  ``base_distilled_model/``; optionally the many-step teacher in ``base_model/``).
+  ``base_distilled_model/``; optionally the many-step teacher in ``base_model/``), or two experts in
+  ``high_noise_model/`` and ``low_noise_model/`` (``world_model.train.export.combine_experts``).
 
 ``variant="base"`` loads the many-step base model of a folder (release: 50 steps with guidance;
 ours: the memory model before distillation) instead of the few-step distilled one.
@@ -298,11 +299,21 @@ def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: 
     finite check (it would read 20 GB once more)."""
     from world_model.checkpoint import check_state_dict, read_safetensors
     from world_model.vae import WanVAE
-    from world_model.weights import load_dit
+    from world_model.weights import load_dit, load_moe_dit
 
     config = read_exported_config(folder / "config.json")
-    dit = load_dit(folder, "distilled" if distilled else "base", device=runtime.device, dtype=runtime.dtype).eval()
-    _check_finite(dit, f"{folder}/{'base' if not distilled else 'base_distilled'}_model weights")
+    if config.moe is not None:  # two experts (world_model.train.export.combine_experts)
+        if not distilled:
+            raise ValueError(
+                f"{folder} holds two experts (high_noise_model/, low_noise_model/) and no many-step teacher "
+                "(base_model/): load it with variant='distilled'"
+            )
+        boundary = config.moe.boundary * config.sampler.num_train_timesteps
+        dit = load_moe_dit(folder, boundary, device=runtime.device, dtype=runtime.dtype).eval()
+        _check_finite(dit, f"{folder}/high_noise_model and low_noise_model weights")
+    else:
+        dit = load_dit(folder, "distilled" if distilled else "base", device=runtime.device, dtype=runtime.dtype).eval()
+        _check_finite(dit, f"{folder}/{'base' if not distilled else 'base_distilled'}_model weights")
     dit = _apply_runtime(dit, runtime)
     vae = WanVAE(config.vae)
     vae_path = folder / "vae.safetensors"

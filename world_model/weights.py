@@ -49,6 +49,8 @@ __all__ = [
     "is_moe_folder",
     "load_moe_dit",
     "write_dit_folder",
+    "INT8_SCALE_SUFFIX",
+    "quantize_rows_int8",
 ]
 
 RELEASE_REPO_ID = "Skywork/Matrix-Game-3.0"
@@ -57,6 +59,10 @@ MOE_SUBFOLDERS = {"high_noise": "high_noise_model", "low_noise": "low_noise_mode
 DIT_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIT_INDEX = DIT_WEIGHTS + ".index.json"
 CONFIG_NAME = "config.json"
+# int8 storage (write_dit_folder(int8=True)): a weight W [rows, ...] is stored as int8 Q with a float16 scale
+# per row under "<key>.int8_scale", W ~ Q * scale; the loaders dequantize it, so the model sees float weights
+INT8_SCALE_SUFFIX = ".int8_scale"
+INT8_MIN_NUMEL = 4096  # smaller tensors (norms, biases, embeddings of a few rows) stay in float
 
 _RELEASE_LAYOUT = (
     "the release layout is <root>/base_distilled_model/ and <root>/base_model/, each with config.json and "
@@ -183,6 +189,35 @@ def _weight_files(folder: Path) -> dict[Path, dict[str, tuple[int, ...]]]:
     return out
 
 
+def quantize_rows_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` [rows, ...] as int8 with one float16 scale per row (symmetric, round to nearest): ``(q, scale)``
+    with ``q.float() * scale[:, None, ...] ~ t`` to half a step (the row's largest magnitude / 254, at least 2^-15)."""
+    rows = t.detach().float().reshape(t.shape[0], -1)
+    amax = rows.abs().amax(dim=1)
+    # float16 as stored; at least its smallest normal number (2^-14), which also covers all-zero rows
+    scale = (amax / 127).clamp(min=2.0**-14).half()
+    q = (rows / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+    return q.reshape(t.shape), scale
+
+
+def _dequantize(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """Replace every int8 weight of ``state`` that has a ``.int8_scale`` beside it by its float32 value."""
+    out = {k: v for k, v in state.items() if not k.endswith(INT8_SCALE_SUFFIX)}
+    for k in [k for k in state if k.endswith(INT8_SCALE_SUFFIX)]:
+        key, scale = k[: -len(INT8_SCALE_SUFFIX)], state[k]
+        q = out.get(key)
+        if q is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
+            raise CheckpointError(
+                f"{source}: {k} scales no int8 weight [{scale.shape[0]}, ...] (found "
+                f"{None if q is None else (q.dtype, tuple(q.shape))})"
+            )
+        out[key] = q.float() * scale.float().reshape(-1, *([1] * (q.ndim - 1)))
+    unscaled = [k for k, v in out.items() if v.dtype == torch.int8]
+    if unscaled:
+        raise CheckpointError(f"{source}: int8 weights without their {INT8_SCALE_SUFFIX}: {unscaled[:8]}")
+    return out
+
+
 def _strip_prefix(keys: Sequence[str], prefix: str = "model.") -> dict[str, str]:
     """file key -> model key, dropping ``prefix`` only when every key carries it."""
     if keys and all(k.startswith(prefix) for k in keys):
@@ -226,7 +261,12 @@ def load_dit_folder(
     source = next(iter(files)) if len(files) == 1 else folder / DIT_INDEX
     all_keys = [k for shapes in files.values() for k in shapes]
     rename = _strip_prefix(all_keys)
-    found = {rename[k]: torch.empty(s, device="meta") for shapes in files.values() for k, s in shapes.items()}
+    found = {
+        rename[k]: torch.empty(s, device="meta")
+        for shapes in files.values()
+        for k, s in shapes.items()
+        if not k.endswith(INT8_SCALE_SUFFIX)
+    }
     check_state_dict(expected, found, source)
 
     state = {}
@@ -235,9 +275,10 @@ def load_dit_folder(
             with safe_open(str(path), framework="pt") as f:
                 for k in shapes:
                     t = f.get_tensor(k)
-                    state[rename[k]] = t.to(dtype) if t.is_floating_point() else t
+                    state[rename[k]] = t.to(dtype) if t.is_floating_point() and not k.endswith(INT8_SCALE_SUFFIX) else t
         except Exception as e:  # data region damaged after a valid header
             raise CheckpointError(f"cannot read tensor data of {path}: {type(e).__name__}: {e}") from None
+    state = _dequantize(state, source)
     assign_state_dict(model, state, source, dtype=dtype, device=device)
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:
@@ -278,12 +319,16 @@ def load_moe_dit(
     return MoEDiT(high, low, boundary_timestep).eval()
 
 
-def write_dit_folder(model: torch.nn.Module, folder: str | Path, *, max_shard_bytes: int | None = None) -> Path:
+def write_dit_folder(
+    model: torch.nn.Module, folder: str | Path, *, max_shard_bytes: int | None = None, int8: bool = False
+) -> Path:
     """Save a DiT in the release layout: ``config.json`` (release keys) + safetensors.
 
     ``model`` needs a ``cfg`` (:class:`DiTConfig`). With ``max_shard_bytes``, weights larger than
     that go into numbered shards plus ``diffusion_pytorch_model.safetensors.index.json``.
-    Returns the folder.
+    ``int8``: every floating weight of >= 2 dims and >= 4,096 values stored as int8 with a float16 scale
+    per row (:func:`quantize_rows_int8`; half the bytes of bf16, each weight within half a step of its
+    row's largest magnitude / 127); the loaders dequantize it. Returns the folder.
     """
     from safetensors.torch import save_file
 
@@ -296,6 +341,9 @@ def write_dit_folder(model: torch.nn.Module, folder: str | Path, *, max_shard_by
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if int8:
+        for k in [k for k, v in state.items() if v.is_floating_point() and v.ndim >= 2 and v.numel() >= INT8_MIN_NUMEL]:
+            state[k], state[k + INT8_SCALE_SUFFIX] = quantize_rows_int8(state[k])
     for stale in [folder / DIT_WEIGHTS, folder / DIT_INDEX, *folder.glob("diffusion_pytorch_model-*.safetensors")]:
         stale.unlink(missing_ok=True)
     total = sum(v.numel() * v.element_size() for v in state.values())
@@ -306,11 +354,16 @@ def write_dit_folder(model: torch.nn.Module, folder: str | Path, *, max_shard_by
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for k, v in state.items():
-        nbytes = v.numel() * v.element_size()
+        if k.endswith(INT8_SCALE_SUFFIX):  # goes with its weight (below), into the same shard
+            continue
+        group = {k: v}
+        if k + INT8_SCALE_SUFFIX in state:
+            group[k + INT8_SCALE_SUFFIX] = state[k + INT8_SCALE_SUFFIX]
+        nbytes = sum(t.numel() * t.element_size() for t in group.values())
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0
-        shards[-1][k] = v
+        shards[-1].update(group)
         size += nbytes
     weight_map = {}
     for i, shard in enumerate(shards):

@@ -6,22 +6,25 @@
 # Run no tests while they are out: the embedded default model cannot load.
 set -eu
 cd "$(dirname "$0")/../.."
-files="world_model/assets/embedded/vae.safetensors world_model/assets/embedded/base_distilled_model"
+emb=world_model/assets/embedded
 case "${1:-}" in
   out)
-    mkdir -p .carry/hold/base_distilled_model
-    mv world_model/assets/embedded/vae.safetensors .carry/hold/
-    mv world_model/assets/embedded/base_distilled_model/*.safetensors* .carry/hold/base_distilled_model/
+    # every weight file (vae.safetensors; the DiT folder base_distilled_model/, or high_noise_model/ and
+    # low_noise_model/ for a model of two experts), kept at its path under .carry/hold
+    (cd $emb && find . -name '*.safetensors*' -type f) | while read -r f; do
+      mkdir -p ".carry/hold/$(dirname "$f")" && mv "$emb/$f" ".carry/hold/$f"
+    done
     echo "embedded weights held in .carry/hold; the tree now sends $(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) bytes"
     ;;
   back)
     if [ -d .carry/hold ]; then
-      mv .carry/hold/vae.safetensors world_model/assets/embedded/ 2>/dev/null || true
-      mv .carry/hold/base_distilled_model/* world_model/assets/embedded/base_distilled_model/ 2>/dev/null || true
+      (cd .carry/hold && find . -type f) | while read -r f; do
+        mkdir -p "$emb/$(dirname "$f")" && mv ".carry/hold/$f" "$emb/$f"
+      done
       rm -rf .carry/hold
     fi
-    git checkout -- $files
-    git status --short -- world_model/assets/embedded
+    git checkout -- $emb
+    git status --short -- $emb
     echo "embedded weights back"
     ;;
   *) echo "usage: bash bench/gpu/lighten.sh out|back" >&2; exit 2 ;;

@@ -7,11 +7,20 @@ Layout::
     <folder>/base_distilled_model/diffusion_pytorch_model*.safetensors   DiT weights (bf16, shards <= 16 MiB)
     <folder>/vae.safetensors                              encoder + pruned decoder (bf16)
     <folder>/README.md                                    model card stub (filled from the run's metrics)
+
+Two experts (:func:`combine_experts`: a many-step model for the high-noise sampler steps, a DMD student
+for the low-noise ones) replace ``base_distilled_model/`` by ``high_noise_model/`` and ``low_noise_model/``,
+with the ``moe`` section of ``config.json`` naming the boundary; either layout may store its DiT weights as
+int8 with a scale per row (``int8=True``; ``world_model.weights.quantize_rows_int8``), half of bf16's bytes.
+
+    python -m world_model.train.export combine --high EXPORT_A --low EXPORT_B --boundary 0.95 --int8 --out DIR
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +30,7 @@ from torch import nn
 from world_model.checkpoint import read_safetensors
 from world_model.config import WorldModelConfig
 
-__all__ = ["export_model", "read_exported", "exported_size_bytes"]
+__all__ = ["export_model", "read_exported", "exported_size_bytes", "combine_experts"]
 
 SHARD_BYTES = 16 * 1024 * 1024
 
@@ -64,8 +73,10 @@ def export_model(
     *,
     metrics: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.bfloat16,
+    int8: bool = False,
 ) -> Path:
-    """Write the model folder (see the module docstring); returns it."""
+    """Write the model folder (see the module docstring); returns it. ``int8``: the DiT's weights as int8
+    with a scale per row (see the module docstring)."""
     import copy
 
     from safetensors.torch import save_file
@@ -76,7 +87,7 @@ def export_model(
     folder.mkdir(parents=True, exist_ok=True)
     cfg.save(folder / "config.json")
     dit_c = copy.deepcopy(dit).to("cpu", dtype)
-    write_dit_folder(dit_c, folder / "base_distilled_model", max_shard_bytes=SHARD_BYTES)
+    write_dit_folder(dit_c, folder / "base_distilled_model", max_shard_bytes=SHARD_BYTES, int8=int8)
     vae_state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in vae.state_dict().items()}
     save_file(vae_state, str(folder / "vae.safetensors"), metadata={"format": "pt"})
     n_dit = sum(p.numel() for p in dit.parameters())
@@ -88,13 +99,18 @@ def export_model(
 def read_exported(
     folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[WorldModelConfig, nn.Module, nn.Module]:
-    """Load (config, DiT, VAE) from an exported folder."""
+    """Load (config, DiT, VAE) from an exported folder (the DiT a :class:`~world_model.moe.MoEDiT` when the
+    folder holds two experts)."""
     from world_model.vae import WanVAE
-    from world_model.weights import load_dit
+    from world_model.weights import load_dit, load_moe_dit
 
     folder = Path(folder)
     cfg = WorldModelConfig.load(folder / "config.json")
-    dit = load_dit(folder, "distilled", device=str(device), dtype=dtype)
+    if cfg.moe is not None:
+        boundary = cfg.moe.boundary * cfg.sampler.num_train_timesteps
+        dit = load_moe_dit(folder, boundary, device=str(device), dtype=dtype)
+    else:
+        dit = load_dit(folder, "distilled", device=str(device), dtype=dtype)
     vae = WanVAE(cfg.vae)
     vae.load_state_dict(read_safetensors(folder / "vae.safetensors"))
     return cfg, dit.eval(), vae.to(device, dtype).eval()
@@ -103,3 +119,68 @@ def read_exported(
 def exported_size_bytes(folder: str | Path) -> int:
     """Total bytes of the weight files of an exported folder."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*.safetensors"))
+
+
+def combine_experts(
+    high: str | Path,
+    low: str | Path,
+    out: str | Path,
+    *,
+    boundary: float,
+    int8: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Path:
+    """One exported folder from two: the DiT of ``high`` for the sampler steps at timesteps >= ``boundary`` x
+    1000 (the first ones, which lay out the scene and take what memory holds), the DiT of ``low`` for the
+    later ones (the detail), and ``high``'s VAE, sampler and latent statistics. Both must share the geometry
+    and the action inputs. ``int8``: both experts' weights as int8 with a scale per row. Returns ``out``;
+    ``out`` is written beside itself and moved into place, so a failure leaves no half-written folder."""
+    from world_model.config import MoEConfig
+    from world_model.weights import write_dit_folder
+
+    high_cfg, high_dit, _ = read_exported(high)
+    low_cfg, low_dit, _ = read_exported(low)
+    for name, part in (("high", high_cfg), ("low", low_cfg)):
+        if part.moe is not None:
+            raise ValueError(f"{name} ({part.name}) holds two experts already: give single-DiT exports")
+    if high_cfg.stream != low_cfg.stream or high_cfg.vae.z_dim != low_cfg.vae.z_dim:
+        raise ValueError(f"{high} and {low} differ in their frames or latents: they cannot share a stream")
+    if high_cfg.dit.action_config != low_cfg.dit.action_config or high_cfg.dit.in_dim != low_cfg.dit.in_dim:
+        raise ValueError(f"{high} and {low} take different action or latent inputs: they cannot share a sampler")
+    cfg = high_cfg.replace(moe=MoEConfig(low_noise=low_cfg.dit, boundary=boundary))  # validates the boundary
+    out = Path(out)
+    staging = out.with_name(out.name + ".writing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    cfg.save(staging / "config.json")
+    for sub, dit in (("high_noise_model", high_dit), ("low_noise_model", low_dit)):
+        write_dit_folder(dit.to("cpu", dtype), staging / sub, max_shard_bytes=SHARD_BYTES, int8=int8)
+    shutil.copy2(Path(high) / "vae.safetensors", staging / "vae.safetensors")
+    note = (
+        f"# {cfg.name} (two experts)\n\nHigh-noise expert (timesteps >= {boundary * 1000:.0f}): `{high}`; low-noise "
+        f"expert: `{low}`; DiT weights {'int8 with a scale per row' if int8 else str(dtype).removeprefix('torch.')}.\n"
+    )
+    (staging / "README.md").write_text(note)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Exported model folders (see world_model.train.export)")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("combine", help="one folder of two experts from two exported folders (combine_experts)")
+    c.add_argument("--high", required=True, help="export whose DiT takes the high-noise steps (e.g. the memory model)")
+    c.add_argument("--low", required=True, help="export whose DiT takes the low-noise steps (e.g. a DMD student)")
+    c.add_argument(
+        "--boundary", type=float, required=True, help="fraction of 1000: high-noise steps at timesteps >= it"
+    )
+    c.add_argument("--int8", action="store_true", help="both experts' weights as int8 with a scale per row")
+    c.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    out = combine_experts(args.high, args.low, args.out, boundary=args.boundary, int8=args.int8)
+    print(json.dumps({"out": str(out), "mb": round(exported_size_bytes(out) / 1e6, 2)}))
+
+
+if __name__ == "__main__":
+    main()

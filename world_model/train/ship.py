@@ -25,6 +25,7 @@ __all__ = ["ship", "MAX_BYTES", "KEPT"]
 MAX_BYTES = 40_000_000  # the package budget for the embedded weights
 KEPT = ("README.md", "default_image.png", "default_prompt.txt")  # the shipped folder's own files
 _WEIGHTS = ("config.json", "vae.safetensors", "base_distilled_model")
+_EXPERT_WEIGHTS = ("config.json", "vae.safetensors", "high_noise_model", "low_noise_model")  # combine_experts
 
 
 def _geometry(cfg) -> dict:
@@ -44,7 +45,8 @@ def ship(export: str | Path, target: str | Path | None = None, *, new_geometry: 
 
     export = Path(export)
     target = Path(target) if target is not None else EMBEDDED_DIR
-    missing = [name for name in _WEIGHTS if not (export / name).exists()]
+    layout = _WEIGHTS if (export / "base_distilled_model").exists() else _EXPERT_WEIGHTS
+    missing = [name for name in layout if not (export / name).exists()]
     if missing:
         raise FileNotFoundError(f"{export} is not an exported model folder: it lacks {', '.join(missing)}")
     size = exported_size_bytes(export)

@@ -109,7 +109,8 @@ def slim_from_export(
     vae stage does not train, and the decoder stage trains the pruned decoder on the true frames instead
     of distilling it. ``dit_as="student"`` writes the exported DiT as a carried DMD ``student`` (and the
     statistics) only: a shipped DMD student that the next DMD stage goes on from, its teacher taken from an
-    earlier export. ``steps`` sets the stage steps recorded (the export's run)."""
+    earlier export. From a folder of two experts (``combine_experts``) the high-noise expert is the ``base``
+    and the low-noise one the ``student``. ``steps`` sets the stage steps recorded (the export's run)."""
     from world_model.train.autoencoder import is_decoder_side
     from world_model.train.export import read_exported
 
@@ -118,6 +119,8 @@ def slim_from_export(
     steps = steps or {}
     out = Path(out)
     cfg, dit, vae = read_exported(export)
+    if cfg.moe is not None:  # two experts: the high-noise one (a memory model) is the base, the low-noise one
+        dit = dit.high_noise if dit_as == "base" else dit.low_noise  # (a DMD student) the student
     vae_state = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
     encoder = {k: v for k, v in vae_state.items() if not is_decoder_side(k)}
     dit_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in dit.state_dict().items()}
