@@ -84,6 +84,9 @@ from pathlib import Path
 # (27.6 against 29.2). Neither shipped. From session 14 the DiT stays the shipped memory model and its time goes
 # to the sharpen stage (world_model/train/sharpen.py): the pruned decoder learns to make sharp frames of the
 # memory model's own latents, which keeps what the DiT remembers and follows; GAN weight back to session 10's 0.3.
+# Session 14 trained it for ~13 minutes and lost the run before the packs (the machine went back while the agent
+# holding the calls stalled; bench/gpu/poll.sh now packs the export in the poll that sees the session done):
+# session 15 runs the same plan.
 SHARES = {"data": 0.0, "vae": 0.0, "decoder": 0.0, "encode": 0.04, "base": 0.0, "memory": 0.0, "dmd": 0.0,
           "sharpen": 0.85, "export": 0.01}  # fmt: skip
 GAN_WEIGHT = 0.3
