@@ -51,6 +51,7 @@ __all__ = [
     "load_world_model",
     "random_world_model",
     "is_exported_folder",
+    "load_exported_dit",
     "MODEL_NAMES",
     "RELEASE_HUB_ID",
     "EMBEDDED_DIR",
@@ -290,6 +291,31 @@ def _check_finite(tensors: dict[str, Tensor] | nn.Module, source: str) -> None:
         )
 
 
+def load_exported_dit(
+    folder: str | Path,
+    config: WorldModelConfig,
+    *,
+    distilled: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """The DiT of an exported folder whose ``config.json`` is ``config``: the few-step model
+    (``base_distilled_model/``), the many-step teacher (``base_model/``, ``distilled=False``), or, when
+    ``config.moe`` is set, the :class:`~world_model.moe.MoEDiT` of ``high_noise_model/`` and
+    ``low_noise_model/`` (``world_model.train.export.combine_experts``; it has no teacher)."""
+    from world_model.weights import load_dit, load_moe_dit
+
+    if config.moe is None:
+        return load_dit(folder, "distilled" if distilled else "base", device=device, dtype=dtype).eval()
+    if not distilled:
+        raise ValueError(
+            f"{folder} holds two experts (high_noise_model/, low_noise_model/) and no many-step teacher "
+            "(base_model/): load it with variant='distilled'"
+        )
+    boundary = config.moe.boundary * config.sampler.num_train_timesteps
+    return load_moe_dit(folder, boundary, device=device, dtype=dtype).eval()
+
+
 def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: bool) -> WorldModel:
     """A model exported by our training pipeline (the embedded default, or any run's export/).
 
@@ -299,21 +325,15 @@ def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: 
     finite check (it would read 20 GB once more)."""
     from world_model.checkpoint import check_state_dict, read_safetensors
     from world_model.vae import WanVAE
-    from world_model.weights import load_dit, load_moe_dit
 
     config = read_exported_config(folder / "config.json")
-    if config.moe is not None:  # two experts (world_model.train.export.combine_experts)
-        if not distilled:
-            raise ValueError(
-                f"{folder} holds two experts (high_noise_model/, low_noise_model/) and no many-step teacher "
-                "(base_model/): load it with variant='distilled'"
-            )
-        boundary = config.moe.boundary * config.sampler.num_train_timesteps
-        dit = load_moe_dit(folder, boundary, device=runtime.device, dtype=runtime.dtype).eval()
-        _check_finite(dit, f"{folder}/high_noise_model and low_noise_model weights")
-    else:
-        dit = load_dit(folder, "distilled" if distilled else "base", device=runtime.device, dtype=runtime.dtype).eval()
-        _check_finite(dit, f"{folder}/{'base' if not distilled else 'base_distilled'}_model weights")
+    dit = load_exported_dit(folder, config, distilled=distilled, device=runtime.device, dtype=runtime.dtype)
+    layout = (
+        "high_noise_model and low_noise_model"
+        if config.moe is not None
+        else f"{'base' if not distilled else 'base_distilled'}_model"
+    )
+    _check_finite(dit, f"{folder}/{layout} weights")
     dit = _apply_runtime(dit, runtime)
     vae = WanVAE(config.vae)
     vae_path = folder / "vae.safetensors"

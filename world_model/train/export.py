@@ -101,16 +101,12 @@ def read_exported(
 ) -> tuple[WorldModelConfig, nn.Module, nn.Module]:
     """Load (config, DiT, VAE) from an exported folder (the DiT a :class:`~world_model.moe.MoEDiT` when the
     folder holds two experts)."""
+    from world_model.model import load_exported_dit
     from world_model.vae import WanVAE
-    from world_model.weights import load_dit, load_moe_dit
 
     folder = Path(folder)
     cfg = WorldModelConfig.load(folder / "config.json")
-    if cfg.moe is not None:
-        boundary = cfg.moe.boundary * cfg.sampler.num_train_timesteps
-        dit = load_moe_dit(folder, boundary, device=str(device), dtype=dtype)
-    else:
-        dit = load_dit(folder, "distilled", device=str(device), dtype=dtype)
+    dit = load_exported_dit(folder, cfg, device=str(device), dtype=dtype)
     vae = WanVAE(cfg.vae)
     vae.load_state_dict(read_safetensors(folder / "vae.safetensors"))
     return cfg, dit.eval(), vae.to(device, dtype).eval()
@@ -136,10 +132,10 @@ def combine_experts(
     and the action inputs. ``int8``: both experts' weights as int8 with a scale per row. Returns ``out``;
     ``out`` is written beside itself and moved into place, so a failure leaves no half-written folder."""
     from world_model.config import MoEConfig
+    from world_model.model import load_exported_dit
     from world_model.weights import write_dit_folder
 
-    high_cfg, high_dit, _ = read_exported(high)
-    low_cfg, low_dit, _ = read_exported(low)
+    high_cfg, low_cfg = (WorldModelConfig.load(Path(f) / "config.json") for f in (high, low))
     for name, part in (("high", high_cfg), ("low", low_cfg)):
         if part.moe is not None:
             raise ValueError(f"{name} ({part.name}) holds two experts already: give single-DiT exports")
@@ -148,6 +144,7 @@ def combine_experts(
     if high_cfg.dit.action_config != low_cfg.dit.action_config or high_cfg.dit.in_dim != low_cfg.dit.in_dim:
         raise ValueError(f"{high} and {low} take different action or latent inputs: they cannot share a sampler")
     cfg = high_cfg.replace(moe=MoEConfig(low_noise=low_cfg.dit, boundary=boundary))  # validates the boundary
+    high_dit, low_dit = (load_exported_dit(f, c) for f, c in ((high, high_cfg), (low, low_cfg)))  # no VAE read
     out = Path(out)
     staging = out.with_name(out.name + ".writing")
     shutil.rmtree(staging, ignore_errors=True)
