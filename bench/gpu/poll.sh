@@ -14,6 +14,19 @@ for m in $(ls -t /tmp/mg3/runs/embedded/*/metrics.jsonl 2>/dev/null | head -2); 
   echo "$(basename "$(dirname "$m")"): $(tail -1 "$m" | cut -c 1-400)"
 done
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+# every poll brings home the newest checkpoint this session wrote, unless an earlier poll did: session 15's
+# machine was replaced mid-session and its 12 trained minutes were lost with it (a stage's checkpoint with
+# its status and metrics: make_carry.sh / the export stage rebuild a model from it here)
+ck=$(find /tmp/mg3/runs/embedded -path '*/checkpoints/step-*' -maxdepth 3 -type d -newer /tmp/mg3/runs/session_job.sh \
+  -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2)
+if [ -n "$ck" ]; then
+  stage=$(basename "$(dirname "$(dirname "$ck")")"); step=$(basename "$ck")
+  if [ ! -f "/tmp/packed_ck_${stage}_$step" ]; then
+    tar -cf - -C /tmp/mg3/runs/embedded "$stage/status.json" "$stage/metrics.jsonl" "$stage/checkpoints/$step" \
+      | split -b 15M -d - "$OUT/ck_${stage}_$step.tar.part-" && touch "/tmp/packed_ck_${stage}_$step" \
+      && echo "poll: packed $stage/checkpoints/$step ($(du -sh "$ck" | cut -f1))"
+  fi
+fi
 if grep -q SESSION_DONE $log 2>/dev/null; then
   echo "poll: the session is done: packing the export now"
   bash bench/gpu/pack.sh export
