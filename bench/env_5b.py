@@ -256,7 +256,7 @@ _CPU_FLOPS = {
 }
 
 
-KERNEL_KINDS = ("matmul", "attention", "convolution", "fused (triton)", "copy", "other")
+KERNEL_KINDS = ("matmul", "attention", "convolution", "fused (triton)", "elementwise (aten)", "copy", "other")
 
 
 def kernel_kind(name: str) -> str:
@@ -268,13 +268,55 @@ def kernel_kind(name: str) -> str:
         return "attention"
     if any(s in n for s in ("conv", "implicit", "winograd", "fprop")):  # cuDNN's implicit-GEMM convolutions
         return "convolution"
-    if "triton_tem" in n or any(s in n for s in ("gemm", "cutlass", "xmma", "nvjet", "cublas", "wgmma", "scaled_mm")):
+    if n.startswith("triton"):  # inductor names its kernels by the ops fused in (a quantisation fused after
+        # a _scaled_mm is named after it): only its templates are matmuls
+        return "matmul" if n.startswith("triton_tem") else "fused (triton)"
+    if any(s in n for s in ("gemm", "cutlass", "xmma", "nvjet", "cublas", "wgmma", "scaled_mm")):
         return "matmul"
-    if n.startswith("triton"):
-        return "fused (triton)"
     if "memcpy" in n or "memset" in n:
         return "copy"
+    if "at::native::" in n:  # eager (uncompiled) elementwise and reduction kernels
+        return "elementwise (aten)"
     return "other"
+
+
+def trace_kernels(events: list[dict], top: int = 25) -> dict[str, object]:
+    """Device time of one profiled step from its Chrome trace's events (each kernel, memcpy and memset
+    once, as the device ran it): busy time (the union of their intervals), span (first start to last
+    end), time and count by :func:`kernel_kind`, and the kernels with the most time (by name)."""
+    kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    if not kernels:
+        return {"device_busy_ms": 0.0, "device_span_ms": 0.0, "device_ms_by_kind": {}, "kernels_by_kind": {},
+                "top_kernels": []}  # fmt: skip
+    kernels.sort(key=lambda e: e["ts"])
+    busy, start, end = 0.0, kernels[0]["ts"], kernels[0]["ts"]
+    for e in kernels:  # union of [ts, ts + dur): kernels of several streams may overlap
+        if e["ts"] > end:
+            busy += end - start
+            start = e["ts"]
+        end = max(end, e["ts"] + e["dur"])
+    busy += end - start
+    kinds: Counter = Counter()
+    counts: Counter = Counter()
+    by_name: Counter = Counter()
+    calls: Counter = Counter()
+    for e in kernels:
+        kind = "copy" if e["cat"] != "kernel" else kernel_kind(e["name"])
+        kinds[kind] += e["dur"]
+        counts[kind] += 1
+        by_name[e["name"]] += e["dur"]
+        calls[e["name"]] += 1
+    ms = 1e-3  # the trace counts microseconds
+    return {
+        "device_busy_ms": busy * ms,
+        "device_span_ms": (max(e["ts"] + e["dur"] for e in kernels) - kernels[0]["ts"]) * ms,
+        "device_ms_by_kind": {k: kinds[k] * ms for k in KERNEL_KINDS if counts[k]},
+        "kernels_by_kind": {k: counts[k] for k in KERNEL_KINDS if counts[k]},
+        "top_kernels": [
+            {"kernel": name, "kind": kernel_kind(name), "device_ms": t * ms, "calls": calls[name]}
+            for name, t in by_name.most_common(top)
+        ],
+    }
 
 
 def profile_step(step: Callable[[], Tensor], device: torch.device, path: str, top: int = 25) -> dict[str, object]:
@@ -294,6 +336,8 @@ def profile_step(step: Callable[[], Tensor], device: torch.device, path: str, to
         _, wall = _timed(step, device)
     trace = f"{path}.trace.json"
     prof.export_chrome_trace(trace)
+    with open(trace) as f:
+        on_device = trace_kernels(json.load(f).get("traceEvents", []), top)
     with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     os.remove(trace)
@@ -320,13 +364,6 @@ def profile_step(step: Callable[[], Tensor], device: torch.device, path: str, to
         if e.name not in PARTS and not in_part(e):
             outside[e.name] += e.self_cpu_time_total
             calls[e.name] += 1
-    kinds: Counter = Counter()  # device time of the GPU kernels by kind (kernel_kind)
-    kernels: Counter = Counter()
-    for e in prof.events():
-        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
-            kind = kernel_kind(e.name)
-            kinds[kind] += device_us(e)  # a kernel has no children: its self time is its time
-            kernels[kind] += 1
     by_cpu = outside.most_common(top)
     by_device = sorted(ops, key=device_us, reverse=True)[:top]
     return {
@@ -334,9 +371,7 @@ def profile_step(step: Callable[[], Tensor], device: torch.device, path: str, to
         "trace": trace + ".gz",
         "host_ms_in_parts": parts,
         "host_ms_outside_parts": wall * 1e3 - sum(parts.values()),
-        "device_busy_ms": sum(device_us(e) for e in ops) * ms,
-        "device_ms_by_kind": {k: kinds[k] * ms for k in KERNEL_KINDS if kernels[k]},
-        "kernels_by_kind": {k: kernels[k] for k in KERNEL_KINDS if kernels[k]},
+        **on_device,  # from the trace's kernels: each counted once (op-level device times nest and repeat them)
         "top_self_cpu_outside_parts": [{"op": k, "self_cpu_ms": v * ms, "calls": calls[k]} for k, v in by_cpu],
         "top_python_self": python_rows,
         "top_device": [
@@ -876,7 +911,8 @@ def report(result: dict, path: str) -> None:
             inside = ", ".join(f"{k} {v:.0f}" for k, v in pr["host_ms_in_parts"].items())
             print(
                 f"profile of one more chunk of '{e['label']}': {pr['step_s'] * 1e3:.0f} ms wall; host ms inside "
-                f"{inside}, outside {pr['host_ms_outside_parts']:.0f}; device busy {pr['device_busy_ms']:.0f} ms; "
+                f"{inside}, outside {pr['host_ms_outside_parts']:.0f}; device busy {pr['device_busy_ms']:.0f} of "
+                f"{pr.get('device_span_ms', 0):.0f} ms; "
                 f"trace {pr['trace']}"
             )
             if pr["device_ms_by_kind"]:
@@ -884,8 +920,12 @@ def report(result: dict, path: str) -> None:
                     "  device ms by kernel kind: "
                     + ", ".join(f"{k} {v:.1f} ({pr['kernels_by_kind'][k]})" for k, v in pr["device_ms_by_kind"].items())
                 )
-            for row in pr["top_device"][:12]:
-                print(f"  {row['device_ms']:9.2f} ms device  {row['calls']:6d} calls  {row['op'][:110]}")
+            for row in pr.get("top_kernels", [])[:15]:
+                print(
+                    f"  {row['device_ms']:9.2f} ms device  {row['calls']:6d} calls  {row['kind']:18s} {row['kernel'][:90]}"
+                )
+            for row in pr["top_device"][:8]:
+                print(f"  {row['device_ms']:9.2f} ms device  {row['calls']:6d} calls  op {row['op'][:100]}")
             for row in pr["top_self_cpu_outside_parts"][:12]:
                 print(f"  {row['self_cpu_ms']:9.2f} ms self CPU  {row['calls']:6d} calls  {row['op']}")
             print("  Python functions with the most self time (cProfile, one more chunk):")

@@ -93,7 +93,27 @@ def test_kernel_kinds_name_where_device_time_goes():
     assert kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32") == "convolution"  # not a matmul: an implicit GEMM
     assert kind("void cudnn::ops::nchwToNhwcKernel<...>") == "other"
     assert kind("Memcpy DtoH (Device -> Pinned)") == "copy"
-    assert kind("void at::native::vectorized_elementwise_kernel<4, ...>") == "other"
+    assert kind("void at::native::vectorized_elementwise_kernel<4, ...>") == "elementwise (aten)"
+    # a row quantisation inductor fused after an FP8 GEMM carries the GEMM's name: not a matmul
+    assert (
+        kind("triton_red_fused__scaled_mm__to_copy_abs_add_amax_clamp_div_gelu_t_unsqueeze_view_54") == "fused (triton)"
+    )
+
+
+def test_trace_kernels_count_each_kernel_once_and_the_union_of_streams():
+    events = [
+        {"cat": "kernel", "name": "nvjet_sm90_gemm", "ts": 0.0, "dur": 100.0},
+        {"cat": "kernel", "name": "triton_poi_fused_add_0", "ts": 50.0, "dur": 100.0},  # overlaps: another stream
+        {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pinned)", "ts": 300.0, "dur": 10.0},
+        {"cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 500.0},  # host ops: not device time
+        {"cat": "kernel", "name": "nvjet_sm90_gemm", "ts": 400.0, "dur": 100.0},
+    ]
+    out = _env_bench_module().trace_kernels(events)
+    assert out["device_busy_ms"] == pytest.approx(0.26)  # [0, 150) + [300, 310) + [400, 500) in microseconds
+    assert out["device_span_ms"] == pytest.approx(0.5)
+    assert out["device_ms_by_kind"] == pytest.approx({"matmul": 0.2, "fused (triton)": 0.1, "copy": 0.01})
+    assert out["kernels_by_kind"] == {"matmul": 2, "fused (triton)": 1, "copy": 1}
+    assert out["top_kernels"][0] == {"kernel": "nvjet_sm90_gemm", "kind": "matmul", "device_ms": 0.2, "calls": 2}
 
 
 def _env_bench_module():

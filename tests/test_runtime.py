@@ -126,6 +126,51 @@ def test_fp8_heads_scales_each_batch_element_and_head_on_its_own():
     assert torch.isfinite(back).all()
 
 
+def test_rms_head_bounds_hold_and_keep_fp8_precision():
+    """q and k come out of an RMSNorm over all heads' features and RoPE: the norms' weights bound them,
+    even for a row with all its energy in one feature, and scaling by that bound loses no precision that
+    counts against the measured per-head maximum."""
+    from world_model.dit import RMSNorm
+    from world_model.rope import apply_rope
+
+    g = torch.Generator().manual_seed(0)
+    B, L, N, D = 2, 64, 4, 16
+    norm = RMSNorm(N * D, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(N * D, generator=g) * 2)
+    x = torch.randn(B, L, N * D, generator=g)
+    x[0, 0] = 0
+    x[0, 0, norm.weight[:D].argmax()] = 3.0  # one feature, head 0's largest weight, holds the row: the bound
+    x[1, 1, -1] = 1e4  # an outlier feature
+    angles = torch.rand(B, L, N, D // 2, generator=g) * 6.3
+    angles[0, 0] = 0
+    with torch.no_grad():
+        t = apply_rope(norm(x.bfloat16()).unflatten(-1, (N, D)), angles.cos(), angles.sin()).bfloat16()
+    bound = attention_mod.rms_head_bounds(norm.weight, N)
+    assert bound.shape == (N,)
+    assert (t.float().abs().amax(dim=(0, 1, 3)) <= bound).all()
+    assert t[0, 0].float().abs().amax() > 0.9 * bound[0]  # the bound is reached, not loose by construction
+    dynamic, dd = attention_mod.fp8_heads(t)
+    static, sd = attention_mod.fp8_heads(t, bound)
+    assert sd.shape == (B, N) and torch.allclose(sd[0], sd[1])
+    err = lambda t8, d: ((t8.float() * d[:, None, :, None] - t.float()).norm() / t.float().norm()).item()  # noqa: E731
+    assert err(static, sd) < 1.1 * err(dynamic, dd) + 1e-3
+    with pytest.raises(ValueError, match="backend 'fa3_fp8' only"):
+        attention_mod.attend(t, t, t, backend="math", qk_bounds=(bound, bound))
+
+
+def test_fa3_fp8_bounds_q_and_k_of_the_rms_normed_layers():
+    from world_model.runtime import bound_qk_inputs
+
+    model = _model()
+    assert bound_qk_inputs(model) == 2 * model.cfg.num_layers  # self- and cross-attention of each block
+    block = model.blocks[0]
+    q_w, k_w = block.self_attn.attn.qk_rms_weights
+    assert q_w is block.self_attn.norm_q.weight and k_w is block.self_attn.norm_k.weight  # the live weights
+    copied = copy.deepcopy(model)
+    assert copied.blocks[0].cross_attn.attn.qk_rms_weights[0] is copied.blocks[0].cross_attn.norm_q.weight
+
+
 def test_fp8_support_names_the_reason_off_cuda():
     assert "CUDA" in fp8_supported("cpu")
 
@@ -289,6 +334,46 @@ def test_compiled_blocks_match_eager_on_cpu():
     assert all(b._compiled_call_impl is None for b in copied.blocks)
     compile_blocks(copied)
     assert all(b._compiled_call_impl is not None for b in copied.blocks)
+
+
+@pytest.mark.slow
+def test_compiled_camera_modulation_one_graph_for_every_block():
+    """A cached window computes each block's camera modulation outside the blocks' compiled forwards:
+    ``compile`` compiles it too, as one graph that every block (and a copy of the DiT) runs on its own
+    weights; same output as eager."""
+    from torch._dynamo.utils import counters
+
+    from world_model.dit import reuse_conditioning
+    from world_model.runtime import compiled_camera_modulation
+
+    cfg = dataclasses.replace(tiny().dit, num_layers=3, action_config=None)
+    model = _model(cfg)
+    inp = _inputs(cfg)
+    with torch.no_grad(), reuse_conditioning(model):
+        ref = model(**inp)
+    apply_runtime(model, RuntimeOptions(compile=True))
+    assert model.camera_modulation_fn is compiled_camera_modulation()
+    counters.clear()
+    with torch.no_grad(), reuse_conditioning(model):
+        out = model(**inp)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    graphs = counters["stats"]["unique_graphs"]
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in copied.blocks:
+            block.cam_scale_layer.weight.mul_(3.0)  # the copy's own weights, not the original's
+        expected = copy.deepcopy(copied)
+        expected.camera_modulation_fn = None
+        for block in expected.blocks:
+            block._compiled_call_impl = None
+        with reuse_conditioning(expected):
+            want = expected(**inp)
+        with reuse_conditioning(copied):
+            got = copied(**inp)
+    assert _rel(want, ref) > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the first forward compiled the blocks' graph and the modulation's once; the copy compiled nothing new
+    assert counters["stats"]["unique_graphs"] == graphs <= 3
 
 
 def test_replicate_recompiles_the_copy():
@@ -476,7 +561,14 @@ def test_fa3_backends_agree_with_sdpa_on_gpu():
         ref = model(**inp)
         apply_runtime(model, RuntimeOptions(device="cuda", dtype=torch.bfloat16, attention="fa3_fp8"))
         assert set(attention_backends(model).values()) == {"fa3_fp8"}
-        assert _rel(model(**inp), ref) < 5e-2
+        assert model.blocks[0].self_attn.attn.qk_rms_weights is not None  # q, k scaled by their norms' bounds
+        bounded = model(**inp)
+        assert _rel(bounded, ref) < 5e-2
+        for m in model.modules():  # the same with q and k scaled by their measured maxima
+            if isinstance(m, attention_mod.AttentionKernel):
+                m.qk_rms_weights = None
+        measured = model(**inp)
+        assert _rel(bounded, ref) < 1.2 * _rel(measured, ref) + 2e-3
 
 
 @pytest.mark.gpu
@@ -526,6 +618,7 @@ def test_a_compiled_env_compiles_one_graph_per_shape_and_nothing_on_a_second_res
     env.reset(seed=1)
     env.step(env.action_space.sample())
     # DiT: 2 block kinds (with and without the action module) x 2 window shapes (chunk 0, later chunks);
-    # decoder: first segment (absent states), carried states, the shorter last segment (dynamic from then on)
-    assert graphs <= 4 + 3
+    # the cached windows' camera modulation: 1 x 2 window shapes; decoder: first segment (absent states),
+    # carried states, the shorter last segment (dynamic from then on)
+    assert graphs <= 4 + 2 + 3
     assert counters["stats"]["unique_graphs"] == graphs

@@ -25,10 +25,12 @@ __all__ = [
     "AttentionKernel",
     "attend",
     "attention_backends",
+    "bound_qk_by_rms_norms",
     "check_attention_backend",
     "fa3_available",
     "flash_attn_available",
     "fp8_heads",
+    "rms_head_bounds",
     "set_attention_backend",
 ]
 
@@ -105,25 +107,48 @@ def _key_mask(k_lens: torch.Tensor, lk: int, device: torch.device) -> torch.Tens
     return (ar[None, :] < k_lens.to(device)[:, None])[:, None, None, :]
 
 
-def fp8_heads(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fp8_heads(t: torch.Tensor, bound: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``t`` [B, L, N, D] as FP8 e4m3 with one scale per batch element and head: returns ``(t8, descale)``,
     ``t8`` [B, L, N, D] float8_e4m3fn and ``descale`` [B, N] float32 such that ``t8 * descale`` ~ ``t``
-    (each head's largest magnitude maps to e4m3's largest finite value, 448; an all-zero head keeps scale 1)."""
+    (each head's largest magnitude maps to e4m3's largest finite value, 448; an all-zero head keeps scale 1).
+    ``bound`` [N]: a known bound of each head's magnitudes (:func:`rms_head_bounds`) mapped to 448 instead
+    of the measured one, which saves a reduction over all of ``t``; values past it are clamped."""
     # without an |t| or float32 copy of t (the eager path reads t three times and writes it twice; compiled
     # code fuses it all): the scale is rounded to t's dtype first and the descale is its exact reciprocal
-    amax = torch.maximum(t.amax(dim=(1, 3)), -t.amin(dim=(1, 3))).float()  # [B, N]
+    if bound is None:
+        amax = torch.maximum(t.amax(dim=(1, 3)), -t.amin(dim=(1, 3))).float()  # [B, N]
+    else:
+        amax = bound.float()[None, :].expand(t.shape[0], -1)
     scale = torch.where(amax > 0, _E4M3_MAX / amax, torch.ones_like(amax)).to(t.dtype)
     t8 = (t * scale[:, None, :, None]).clamp_(-_E4M3_MAX, _E4M3_MAX).to(torch.float8_e4m3fn)
     return t8, 1.0 / scale.float()
 
 
-def _fa3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp8: bool) -> torch.Tensor:
+def rms_head_bounds(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[num_heads]: a bound of |x| per head for x an RMSNorm's output with ``weight`` [N * D] over all N * D
+    features, rotated in pairs (RoPE) or not. Each feature of a normalised row is at most sqrt(N * D) in
+    magnitude (x_i^2 <= sum_j x_j^2 = N * D * rms^2; the norm's eps only lowers it), a rotated pair's
+    features at most sqrt(N * D) times the larger of the pair's weights; 2 % over for the roundings of a
+    bfloat16 norm. Used by the FP8 attention for q and k (:attr:`AttentionKernel.qk_rms_weights`): e4m3 keeps
+    its relative precision from 2^-6 to 448, so a bound ~50x the typical magnitude loses nothing that counts."""
+    w = weight.detach().float().abs().view(num_heads, -1)
+    return (weight.numel() ** 0.5 * 1.02) * w.amax(dim=-1)
+
+
+def _fa3(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    fp8: bool,
+    qk_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     from fa3_fwd_interface import flash_attn_func
 
     if not fp8:
         return flash_attn_func(q, k, v)
     scale = q.shape[-1] ** -0.5  # of the bf16 inputs: the descales bring q and k back before the softmax
-    (q8, qd), (k8, kd), (v8, vd) = fp8_heads(q), fp8_heads(k), fp8_heads(v)
+    qb, kb = qk_bounds or (None, None)
+    (q8, qd), (k8, kd), (v8, vd) = fp8_heads(q, qb), fp8_heads(k, kb), fp8_heads(v)
     return flash_attn_func(q8, k8, v8, softmax_scale=scale, q_descale=qd, k_descale=kd, v_descale=vd).to(q.dtype)
 
 
@@ -134,16 +159,20 @@ def attend(
     *,
     k_lens: torch.Tensor | None = None,
     backend: str = "auto",
+    qk_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Scaled dot-product attention (non-causal). Returns [B, Lq, N, D] in q's dtype."""
+    """Scaled dot-product attention (non-causal). Returns [B, Lq, N, D] in q's dtype. ``qk_bounds``
+    ([N] each, backend 'fa3_fp8' only): known bounds of q's and k's magnitudes per head (see fp8_heads)."""
     half = q.dtype in (torch.float16, torch.bfloat16)
+    if qk_bounds is not None and backend != "fa3_fp8":
+        raise ValueError(f"qk_bounds scale FP8 attention inputs: backend 'fa3_fp8' only, got {backend!r}")
     if backend in _FA3:
         if not (q.is_cuda and q.dtype == torch.bfloat16 and k_lens is None):
             raise ValueError(
                 f"attention backend {backend!r} takes CUDA bfloat16 inputs without a key mask; got device "
                 f"{q.device.type}, {q.dtype}, key mask {k_lens is not None}: use 'auto' here"
             )
-        return _fa3(q, k, v, fp8=backend == "fa3_fp8")
+        return _fa3(q, k, v, fp8=backend == "fa3_fp8", qk_bounds=qk_bounds)
     if backend == "flash_attn" and not (q.is_cuda and half and k_lens is None):
         raise ValueError(
             "attention backend 'flash_attn' takes CUDA half-precision inputs without a key mask; "
@@ -168,7 +197,15 @@ class AttentionKernel(nn.Module):
     """The attention operation of one layer: :func:`attend` with this module's ``backend``.
 
     ``forward(q, k, v, k_lens=None)`` with the layout of the module docstring. No parameters.
+
+    ``qk_rms_weights``: None, or the weights (q's, k's) of the RMSNorms that q and k come out of (over
+    all heads' features, rotated by RoPE or not after it), set by :func:`bound_qk_by_rms_norms`. With
+    backend 'fa3_fp8' their FP8 scales then come from those weights (:func:`rms_head_bounds`) instead of
+    a reduction over q and k at every call. References to the norms' parameters, not copies: always the
+    current weights.
     """
+
+    qk_rms_weights: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()
@@ -178,6 +215,9 @@ class AttentionKernel(nn.Module):
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lens: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if self.backend == "fa3_fp8" and self.qk_rms_weights is not None:
+            bounds = tuple(rms_head_bounds(w, q.shape[2]) for w in self.qk_rms_weights)
+            return attend(q, k, v, k_lens=k_lens, backend=self.backend, qk_bounds=bounds)
         return attend(q, k, v, k_lens=k_lens, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -194,6 +234,13 @@ def set_attention_backend(model: nn.Module, backend: str) -> int:
     for kernel in kernels:
         kernel.backend = backend
     return len(kernels)
+
+
+def bound_qk_by_rms_norms(kernel: AttentionKernel, q_norm: nn.Module, k_norm: nn.Module) -> None:
+    """Record on ``kernel`` that its q and k are the outputs of the RMSNorms ``q_norm`` and ``k_norm``
+    (modules with a ``weight`` over all heads' features), rotated in pairs or not, and nothing else:
+    its FP8 attention then scales them by the bounds those weights give. The caller vouches for that."""
+    kernel.qk_rms_weights = (q_norm.weight, k_norm.weight)
 
 
 def attention_backends(model: nn.Module) -> dict[str, str]:

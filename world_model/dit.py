@@ -283,12 +283,13 @@ class _Conditioning:
         """The same tensor objects, unchanged in place since (the entry holds them, so ids stay unique)."""
         return all(a is b for a, b in zip(key, self.key)) and self.versions == tuple(t._version for t in key)
 
-    def camera(self, i: int, block: DiTBlock) -> torch.Tensor | CameraModulation:
-        """What block ``i`` gets as its camera input: the tokens, or its cached modulation."""
+    def camera(self, i: int, block: DiTBlock, modulation=None) -> torch.Tensor | CameraModulation:
+        """What block ``i`` gets as its camera input: the tokens, or its cached modulation, computed by
+        ``modulation(block, cam)`` (default :meth:`DiTBlock.camera_modulation`)."""
         if self.modulations is None:
             return self.cam
         if i not in self.modulations:
-            self.modulations[i] = block.camera_modulation(self.cam)
+            self.modulations[i] = (modulation or DiTBlock.camera_modulation)(block, self.cam)
         return self.modulations[i]
 
 
@@ -297,9 +298,14 @@ class MatrixGameDiT(nn.Module):
 
     ``camera_cache``: inside :func:`reuse_conditioning`, compute the conditioning of a window once
     and reuse it for the window's later sampler steps (set from ``RuntimeOptions.camera_cache``).
+    ``camera_modulation_fn(block, cam)``: how a cached window computes each block's camera modulation
+    (:meth:`DiTBlock.camera_modulation`; the runtime's ``compile`` puts a compiled one here, as the
+    cached modulation runs outside the blocks' compiled forwards). A plain function of the block, so
+    that a copy of the DiT runs it on its own weights.
     """
 
     camera_cache: bool = True
+    camera_modulation_fn = None  # None: DiTBlock.camera_modulation
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -409,7 +415,18 @@ class MatrixGameDiT(nn.Module):
         e, e0 = self._time_embedding(t)
         cond = self._conditioning(context, plucker, positions, grid)
         for i, block in enumerate(self.blocks):
-            x = block(x, e0, cond.cos, cond.sin, cond.context, cond.camera(i, block), grid, mouse, keyboard, M)
+            x = block(
+                x,
+                e0,
+                cond.cos,
+                cond.sin,
+                cond.context,
+                cond.camera(i, block, self.camera_modulation_fn),
+                grid,
+                mouse,
+                keyboard,
+                M,
+            )
 
         out = self.head(x, e)  # [B, L, ph * pw * out_dim] fp32
         return self.unpatchify(out, grid)[:, :, M:]
