@@ -28,7 +28,7 @@
 #   9. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [profile_fastest] [offload] [gputests]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [fa3_profile] [profile_fastest] [offload] [gputests]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -91,6 +91,15 @@ for step in $steps; do
         --decode-segment 1 --attention-tflops 931 --profile "$out/env_5b_profile_fastest_h200" \
         --json "$out/env_5b_profile_fastest_h200.json" 2>&1 | grep -v '^USDT:' | tail -40
       ;;
+    fa3_profile)
+      # the fastest configuration (fa3_fp8) after the compiled camera modulation and q/k FP8 scales from their
+      # norms (session 16): frames/s, accuracy against the eager bf16 path, and the profile of one more chunk
+      python3 -c "import fa3_fwd_interface" || { echo "fa3_profile: the fa3-fwd wheel is not installed (carry .carry/fa3)" >&2; continue; }
+      timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_runtime.py -k "fa3 or camera_modulation" 2>&1 | grep -v '^USDT:' | tail -4
+      timeout 400 python3 bench/env_5b.py --chunks 3 --attention fa3_fp8 --eager-attention cudnn --compile --quantize fp8 \
+        --compile-decoder --decode-segment 1 --against-eager --attention-tflops 931 --profile "$out/env_5b_profile_fa3fp8_h200" \
+        --json "$out/env_5b_fa3fp8_profile_h200.json" 2>&1 | grep -v '^USDT:' | tail -45
+      ;;
     fa3_bf16)
       timeout 450 python3 bench/env_5b.py --chunks 3 --attention fa3 --eager-attention cudnn --compile --quantize fp8 \
         --compile-decoder --decode-segment 1 --against-eager --attention-tflops 721 \
@@ -108,6 +117,6 @@ for step in $steps; do
       timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_vae.py \
         tests/test_runtime.py tests/test_text.py 2>&1 | grep -v '^USDT:' | tee "$out/gputests_h200.log" | tail -8
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, profile_fastest, offload, gputests)" >&2; exit 2 ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, fa3_profile, profile_fastest, offload, gputests)" >&2; exit 2 ;;
   esac
 done
