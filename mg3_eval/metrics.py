@@ -25,6 +25,7 @@ __all__ = [
     "relative_change",
     "sharpness",
     "sharpness_ratio",
+    "grid_share",
     "image_shift",
     "image_scale",
     "frame_change",
@@ -111,6 +112,17 @@ def sharpness_ratio(frames: np.ndarray, reference: np.ndarray, *, pooled: bool =
     [..., H, W, 3]); 1 for equally sharp frames, < 1 for blurrier ones; None for a flat reference."""
     ref = float(sharpness(reference, pooled=pooled).mean())
     return float(sharpness(frames, pooled=pooled).mean()) / ref if ref > 0 else None
+
+
+def grid_share(frames: np.ndarray, period: int) -> float:
+    """Share (0-1) of the fine detail of uint8 frames [..., H, W, 3] that is one pattern repeated on a fixed
+    ``period``-pixel grid, the same in every frame (a decoder's upsampling artefact; see
+    :func:`world_model.train.autoencoder.fixed_grid_share`). Sharpness counts such a screen door as detail:
+    this tells the two apart. The world's own detail averages out (~1e-4 for a few hundred frames)."""
+    from world_model.train.autoencoder import fixed_grid_share
+
+    y = torch.from_numpy(np.ascontiguousarray(luma(frames))).reshape(-1, *frames.shape[-3:-1])
+    return float(fixed_grid_share(y, period))
 
 
 def _refine(errs: np.ndarray) -> np.ndarray:

@@ -529,6 +529,9 @@ def test_new_parts_smoke(tmp_path, capsys):
     assert r["starts"] == 1 and 0 < r["psnr_reset_frame"] < PSNR_CAP_DB and r["sharpness_reset_frame"] > 0
     assert r["psnr_vae"] > 0 and r["sharpness_vae"] > 0
     assert m["sharpness"]["ratio"] > 0 and m["sharpness"]["sim"] > 0 and len(m["sharpness"]["ratio_per_chunk"]) == 1
+    assert set(m["sharpness"]["grid_share"]) == {"2", "4", "8", "16"}
+    assert 0 <= m["sharpness"]["grid_share_max_sim"] <= m["sharpness"]["grid_share_max_sim"] + 1
+    assert m["sharpness"]["grid_share_max"] == max(m["sharpness"]["grid_share"].values())
     c = m["controllability"]
     assert c["episodes"] == 2 and c["finite"] and np.isfinite(c["delta_db"])  # --episodes 1: two for the shuffle
     assert c["delta_db"] == pytest.approx(c["psnr_true"] - c["psnr_shuffled"])
@@ -578,6 +581,25 @@ def test_eval_action_guidance_flag_reaches_the_evaluated_model(monkeypatch, tmp_
     capsys.readouterr()
     assert main(["--model", "tiny-random", "--out", out, "--action-guidance", "2"]) == 2
     assert "choose one" in capsys.readouterr().err
+
+
+def test_grid_share_sees_a_fixed_grid_not_the_world_s_own_detail():
+    """A 4-pixel pattern added at the same phase to every frame of a moving world (a decoder's screen door)
+    holds a large share of the fine detail at period 4 (and its multiple 8), none at period 2; the world's
+    own detail, which moves, averages out; sharpness cannot tell the two apart."""
+    from mg3_eval.metrics import grid_share
+
+    rng = np.random.default_rng(0)
+    world = _smooth_world(passes=3)
+    frames = np.stack([np.roll(world, (3 * t, 5 * t), (0, 1))[:64, :64] for t in range(16)])  # a moving view
+    clean = _rgb(frames)
+    dots = np.zeros((4, 4))
+    dots[0, 0], dots[2, 2] = 20.0, -20.0  # a diamond of dots every 4 pixels
+    screen = _rgb(frames + np.tile(dots, (16, 16))[None] + rng.normal(0, 0.5, frames.shape))
+    assert grid_share(clean, 4) < 0.005 and grid_share(clean, 2) < 0.005
+    assert grid_share(screen, 4) > 0.1 and grid_share(screen, 8) > 0.05
+    assert grid_share(screen, 2) < 0.01
+    assert sharpness_ratio(screen, clean) > 1.1  # counted as detail by the gradient
 
 
 def test_pooled_sharpness_ignores_a_pixel_grid_and_still_sees_blur():

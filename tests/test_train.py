@@ -771,6 +771,30 @@ def test_generated_chunks_hold_the_dits_chunk_in_its_true_history(smoke_run, chu
         _sharpen_parts(run, PipelineOptions.smoke(), p_first=2.0)
 
 
+def test_grid_penalty_gradient_removes_a_fixed_grid():
+    """The sharpen stage's penalty: descending grid_share's gradient takes a screen door off frames that move,
+    and leaves the moving content (the world's own detail is not a fixed grid)."""
+    import torch.nn.functional as F
+
+    from world_model.train.autoencoder import grid_share
+
+    g = torch.Generator().manual_seed(0)
+    world = F.avg_pool2d(torch.rand(1, 3, 96, 96, generator=g), 5, stride=1, padding=2)
+    content = torch.stack([world.roll((3 * t, 2 * t), (2, 3))[..., :64, :64] for t in range(8)], dim=2)  # [1,3,8,64,64]
+    dots = torch.zeros(4, 4)
+    dots[0, 0], dots[2, 2] = 0.1, -0.1
+    screen = (content + dots.repeat(16, 16)).requires_grad_(True)
+    start = grid_share(screen).item()
+    assert start > 0.05 and grid_share(content).item() < 0.02
+    opt = torch.optim.SGD([screen], lr=2.0)
+    for _ in range(50):
+        opt.zero_grad()
+        grid_share(screen).backward()
+        opt.step()
+    assert grid_share(screen).item() < 0.2 * start
+    assert (screen.detach() - content).abs().mean() < (dots.abs().mean() * 1.5)  # content kept, grid lessened
+
+
 def test_sharpen_stage_trains_the_decoder_alone_on_generated_latents(smoke_run):
     from world_model.train.autoencoder import VAEOptions, is_decoder_side
     from world_model.train.pipeline import PipelineOptions, _clip_frames, _shipped_vae
@@ -789,7 +813,7 @@ def test_sharpen_stage_trains_the_decoder_alone_on_generated_latents(smoke_run):
     stage = SharpenStage(vae, pool, frames, _clip_frames(run, "held_out", 17, dev), vopts, pool.opts, held_pool=pool)
     for step in range(2):
         metrics = stage.train_step(step)
-    assert {"anchor", "gan_g", "gan_d", "gan_lambda", "gen_sharpness_ratio"} <= set(metrics)
+    assert {"anchor", "grid", "gan_g", "gan_d", "gan_lambda", "gen_sharpness_ratio"} <= set(metrics)
     assert pool.refreshes == 1  # refresh_every 25
     after = vae.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
@@ -798,6 +822,7 @@ def test_sharpen_stage_trains_the_decoder_alone_on_generated_latents(smoke_run):
     ev = stage.evaluate()
     assert {"psnr_pruned", "sharpness_ratio", "gen_sharpness_ratio", "gen_sharpness_ratio_start"} <= set(ev)
     assert ev["gen_anchor_l1"] > 0 and all(np.isfinite(v) for v in ev.values())
+    assert 0 <= ev["gen_grid_share"] <= 4 and 0 <= ev["gen_grid_share_start"] <= 4
     # a resumed stage keeps its reference (the decoder it started from), not the weights it loads
     again = SharpenStage(_shipped_vae(run, opts, cfg, dev, stages=("decoder",)), pool, frames, None, vopts, pool.opts)
     again.load_state_dict(stage.state_dict())

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mg3_eval.metrics import sharpness, sharpness_ratio
+from mg3_eval.metrics import grid_share, sharpness, sharpness_ratio
 from mg3_eval.rollout import batched, chunk_slices, rollout_episodes, vae_length, vae_roundtrip
 from mg3_eval.simulator import SimEpisode
 from world_model.generator import StreamingGenerator
@@ -28,7 +28,10 @@ def generated_sharpness(
     VAE's reconstruction of the simulator's clip / the simulator's: the decoder's ceiling),
     ``model``/``sim`` (mean sharpness, luma units per pixel) and ``ratio_per_chunk``; ``ratio_pooled`` /
     ``ratio_vae_pooled``: the same at half resolution (2x2 mean), where a decoder's pixel-scale grid
-    artefacts, which the full-resolution gradient counts as sharpness, cancel out.
+    artefacts, which the full-resolution gradient counts as sharpness, cancel out. ``grid_share`` (model),
+    ``grid_share_sim``, ``grid_share_vae``: per grid period (2, 4, 8, 16 pixels) the share of the frames' fine
+    detail that is one pattern repeated on that fixed grid (:func:`mg3_eval.metrics.grid_share`: a decoder's
+    screen door, which sharpness counts as detail); ``grid_share_max`` and ``_sim`` / ``_vae``: the largest.
     """
     gen = StreamingGenerator(wm)
     first, rest = gen.first_chunk_frames, gen.chunk_frames
@@ -52,4 +55,17 @@ def generated_sharpness(
         "model": float(sharpness(g.frames[:, 1:]).mean()),
         "sim": float(sharpness(truth[:, 1:]).mean()),
         "ratio_per_chunk": [sharpness_ratio(g.frames[:, sl], truth[:, sl]) for sl in slices],
+        **_grid(g.frames[:, 1:], truth[:, 1:], vae[:, 1:]),
     }
+
+
+GRID_PERIODS = (2, 4, 8, 16)
+
+
+def _grid(model: np.ndarray, sim: np.ndarray, vae: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, frames in (("", model), ("_sim", sim), ("_vae", vae)):
+        shares = {str(p): grid_share(frames, p) for p in GRID_PERIODS}
+        out[f"grid_share{name}"] = shares
+        out[f"grid_share_max{name}"] = max(shares.values())
+    return out

@@ -102,6 +102,7 @@ class PipelineOptions:
     sharpen_gen_batch: int = 8  # generated crops per step (SharpenOptions.gen_batch)
     sharpen_anchor: float = 1.0  # weight of the low-pass anchor to the starting decoder (SharpenOptions)
     sharpen_gan_ramp: int = 200  # steps over which its adversarial term ramps in (its discriminator starts fresh)
+    sharpen_grid: float = 10.0  # weight of its fixed-grid penalty (SharpenOptions.grid_weight)
     sharpen_pool: int = 64  # generated chunks held at once (SharpenOptions.pool_size)
     sharpen_refresh: int = 25  # steps between refreshes of the pool (SharpenOptions.refresh_every)
     # flow stages whose DiT blocks are torch.compiled: "" (or "none"), "base", "memory" or "base,memory"
@@ -681,6 +682,7 @@ def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> 
         refresh_every=opts.sharpen_refresh,
         gen_batch=opts.sharpen_gen_batch,
         anchor_weight=opts.sharpen_anchor,
+        grid_weight=opts.sharpen_grid,
         seed=opts.seed,
     )
     amp = dev.type == "cuda"

@@ -36,6 +36,7 @@ from world_model.train.autoencoder import (
     _Base,
     _last_weight,
     frames_2d,
+    grid_share,
     is_decoder_side,
     lowpass_l1,
     sharpness,
@@ -55,6 +56,11 @@ class SharpenOptions:
     gen_batch: int = 8  # generated crops per step
     crop_latents: int = 4  # latents per crop (x 4 frames)
     anchor_weight: float = 1.0  # weight of the low-pass anchor to the frozen starting decoder
+    # weight of the grid penalty: the share of the decoded frames' fine detail that is one pattern on a fixed
+    # 2/4/8/16-pixel grid (autoencoder.grid_share). Session 16's stage without it drew a 4-pixel screen door
+    # over every frame by step 2,000 (8.9 % of the detail on the test levels; the simulator 0.01 %), which the
+    # discriminator took for texture and the sharpness ratio for detail
+    grid_weight: float = 10.0
     eval_chunks: int = 16
     seed: int = 0
 
@@ -63,6 +69,8 @@ class SharpenOptions:
             raise ValueError(f"pool_size, gen_batch, refresh_every and crop_latents must be >= 1: {self}")
         if not 0.0 <= self.p_first <= 1.0:
             raise ValueError(f"p_first must be in [0, 1], got {self.p_first}")
+        if self.grid_weight < 0 or self.anchor_weight < 0:
+            raise ValueError(f"grid_weight and anchor_weight must be >= 0: {self}")
 
 
 class GeneratedChunks:
@@ -181,11 +189,12 @@ class SharpenStage(_Base):
         out, gen = out.float(), gen.float()
         pixel, mse, lowpass = F.l1_loss(out, x), F.mse_loss(out, x), lowpass_l1(out, x)
         anchor = lowpass_l1(gen, anchor_to.float())
+        grid = grid_share(gen) + grid_share(out)  # a fixed-grid pattern on either kind of decoded frames
         terms = {"ssim": ssim(frames_2d(out), frames_2d(x))}
         if self._gan_on(step):
             with self._autocast():
                 terms["gan_g"] = self._generator_loss([gen, out])
-        rec = pixel + o.mse_weight * mse + o.lowpass_weight * lowpass + s.anchor_weight * anchor
+        rec = pixel + o.mse_weight * mse + o.lowpass_weight * lowpass + s.anchor_weight * anchor + s.grid_weight * grid
         loss = self._weighted(terms, rec, step)
         gnorm = self._step(step, loss)
         self.optim.step()
@@ -194,6 +203,7 @@ class SharpenStage(_Base):
             "pixel": pixel,
             "lowpass": lowpass,
             "anchor": anchor,
+            "grid": grid,
             "grad_norm": gnorm,
             "gen_sharpness_ratio": sharpness(gen.detach()) / sharpness(x),
             **terms,
@@ -219,6 +229,8 @@ class SharpenStage(_Base):
             result["gen_sharpness_ratio"] = (sharpness(gen) / real).item()
             result["gen_sharpness_ratio_start"] = (sharpness(ref) / real).item()
             result["gen_anchor_l1"] = lowpass_l1(gen, ref).item()
+            result["gen_grid_share"] = grid_share(gen).item()
+            result["gen_grid_share_start"] = grid_share(ref).item()
         return result
 
     def state_dict(self) -> dict:
