@@ -92,13 +92,15 @@ for step in $steps; do
         --json "$out/env_5b_profile_fastest_h200.json" 2>&1 | grep -v '^USDT:' | tail -40
       ;;
     fa3_profile)
-      # the fastest configuration (fa3_fp8) after the compiled camera modulation and q/k FP8 scales from their
-      # norms (session 16): frames/s, accuracy against the eager bf16 path, and the profile of one more chunk
+      # the fastest configuration (fa3_fp8): its profile (one more chunk; alone, as --profile profiles the first
+      # configuration, which --against-eager makes the eager one), then frames/s and accuracy against eager bf16
       python3 -c "import fa3_fwd_interface" || { echo "fa3_profile: the fa3-fwd wheel is not installed (carry .carry/fa3)" >&2; continue; }
-      timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_runtime.py -k "fa3 or camera_modulation" 2>&1 | grep -v '^USDT:' | tail -4
-      timeout 400 python3 bench/env_5b.py --chunks 3 --attention fa3_fp8 --eager-attention cudnn --compile --quantize fp8 \
-        --compile-decoder --decode-segment 1 --against-eager --attention-tflops 931 --profile "$out/env_5b_profile_fa3fp8_h200" \
-        --json "$out/env_5b_fa3fp8_profile_h200.json" 2>&1 | grep -v '^USDT:' | tail -45
+      timeout 300 python3 bench/env_5b.py --chunks 2 --attention fa3_fp8 --compile --quantize fp8 --compile-decoder \
+        --decode-segment 1 --attention-tflops 931 --profile "$out/env_5b_profile_fa3fp8_h200" \
+        --json "$out/env_5b_fa3fp8_profile_h200.json" 2>&1 | grep -v '^USDT:' | tail -30
+      timeout 250 python3 bench/env_5b.py --chunks 3 --attention fa3_fp8 --eager-attention cudnn --compile --quantize fp8 \
+        --compile-decoder --decode-segment 1 --against-eager --attention-tflops 931 \
+        --json "$out/env_5b_fa3fp8_h200.json" 2>&1 | grep -v '^USDT:' | tail -12
       ;;
     fa3_bf16)
       timeout 450 python3 bench/env_5b.py --chunks 3 --attention fa3 --eager-attention cudnn --compile --quantize fp8 \

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# One poll of a session that bench/gpu/session.sh started: waits up to MAX_S seconds (default 240) for the
+# One poll of a session that bench/gpu/session.sh started: waits up to MAX_S seconds (default 540) for the
 # session's SESSION_DONE, then prints the log's tail, the pipeline's last metrics and the GPU's load. The
 # moment the session is done it packs the export into $OUT in this same call (bench/gpu/pack.sh export), so
 # that the trained model is home even if the machine goes back before the next call: session 14 lost its
 # whole session so, when the agent holding the calls stalled for 4 minutes between the last poll and the pack.
 # Usage, from the repository root (run tool, no carry, timeout_s > MAX_S + 60): bash bench/gpu/poll.sh [MAX_S]
+# (default 540: the fewer the gaps between calls, the fewer the chances to lose the machine in one).
+# Exit 3 at once on a fresh machine (the session is gone).
 set -u
-max=${1:-240}
+max=${1:-540}
 log=/tmp/mg3/runs/session.log
+if [ ! -f $log ]; then  # at once: waiting would only spend the budget on an empty machine (session 16: 240 s)
+  echo "poll: a fresh machine: no session here (the last one went back with the machine); stop polling"
+  exit 3
+fi
 for _ in $(seq $((max / 5))); do grep -q SESSION_DONE $log 2>/dev/null && break; sleep 5; done
-tail -4 $log 2>/dev/null || echo "poll: no $log (a fresh machine: the session is gone)"
+tail -4 $log
 for m in $(ls -t /tmp/mg3/runs/embedded/*/metrics.jsonl 2>/dev/null | head -2); do  # the stages written last
   echo "$(basename "$(dirname "$m")"): $(tail -1 "$m" | cut -c 1-400)"
 done
