@@ -771,6 +771,22 @@ def test_generated_chunks_hold_the_dits_chunk_in_its_true_history(smoke_run, chu
         _sharpen_parts(run, PipelineOptions.smoke(), p_first=2.0)
 
 
+def test_clip_sampler_resumes_a_checkpoint_made_on_another_device():
+    """A GPU session's sharpen checkpoint continued on a CPU (session 16): the CUDA generator's saved state
+    does not fit the CPU sampler, which keeps its own seed and says so, instead of failing the stage."""
+    from world_model.train.autoencoder import ClipFrames
+
+    clips = ClipFrames(synthetic_store(2, 20, (16, 16)), 5, "cpu", seed=3)
+    same = clips.state_dict()
+    first = clips.sample(4)
+    clips.load_state_dict(same)
+    torch.testing.assert_close(clips.sample(4), first)  # the same device: resumes exactly
+    cuda_like = {"rng": torch.zeros(16, dtype=torch.uint8)}  # a CUDA generator's state is 16 bytes
+    with pytest.warns(UserWarning, match="another device"):
+        clips.load_state_dict(cuda_like)
+    assert clips.sample(2).shape == (2, 3, 5, 16, 16)
+
+
 def test_grid_penalty_gradient_removes_a_fixed_grid():
     """The sharpen stage's penalty: descending grid_share's gradient takes a screen door off frames that move,
     and leaves the moving content (the world's own detail is not a fixed grid)."""

@@ -180,9 +180,20 @@ class ClipFrames:
         return {"rng": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """The sampler's random state, when it was saved on the same kind of device: a CUDA generator's
+        state does not fit a CPU generator (a GPU session's checkpoint continued on a CPU), whose own seed
+        then stays (a warning says so; only the order of the clips differs)."""
         rng = state["rng"]
-        if isinstance(rng, Tensor) and rng.dtype == torch.uint8:
-            self.generator.set_state(rng.cpu())
+        if not (isinstance(rng, Tensor) and rng.dtype == torch.uint8):
+            return
+        if rng.numel() != self.generator.get_state().numel():
+            warnings.warn(
+                f"clip sampler state of {rng.numel()} bytes is another device's generator's (this one's: "
+                f"{self.generator.get_state().numel()}): the clips are drawn from this sampler's own seed",
+                stacklevel=2,
+            )
+            return
+        self.generator.set_state(rng.cpu())
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 7) -> Tensor:
