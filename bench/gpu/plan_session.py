@@ -87,6 +87,13 @@ from pathlib import Path
 # Session 14 trained it for ~13 minutes and lost the run before the packs (the machine went back while the agent
 # holding the calls stalled; bench/gpu/poll.sh now packs the export in the poll that sees the session done):
 # session 15 runs the same plan.
+# Session 15 trained it for ~12 minutes (held-out gen_sharpness_ratio 0.60 -> 0.85 -> 1.06 at steps 870-3,520) and
+# lost it when the machine went back between two polls; session 16 (seed 16) for ~8 minutes, and a poll packed its
+# step-2,000 checkpoint before the machine went the same way (the helper holding the calls took ~67 s between
+# them). On the test levels that decoder made generated frames 0.69 of the simulator's sharpness (shipped 0.36),
+# reset frame 29.2 dB (29.2), but by eye a 4-pixel screen door over every frame: 8.9 % of the fine detail on one
+# fixed-grid pattern (mg3_eval's grid_share; the simulator 0.01 %, the shipped decoder 0.4 %). From session 17 the
+# stage penalises that share (--sharpen-grid, PipelineOptions.sharpen_grid 10) and starts from the shipped decoder.
 SHARES = {"data": 0.0, "vae": 0.0, "decoder": 0.0, "encode": 0.04, "base": 0.0, "memory": 0.0, "dmd": 0.0,
           "sharpen": 0.85, "export": 0.01}  # fmt: skip
 GAN_WEIGHT = 0.3

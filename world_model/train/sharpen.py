@@ -189,7 +189,8 @@ class SharpenStage(_Base):
         out, gen = out.float(), gen.float()
         pixel, mse, lowpass = F.l1_loss(out, x), F.mse_loss(out, x), lowpass_l1(out, x)
         anchor = lowpass_l1(gen, anchor_to.float())
-        grid = grid_share(gen) + grid_share(out)  # a fixed-grid pattern on either kind of decoded frames
+        # a fixed-grid pattern on either kind of decoded frames (its gradient shrinks the pattern, not adds noise)
+        grid = grid_share(gen, penalty=True) + grid_share(out, penalty=True)
         terms = {"ssim": ssim(frames_2d(out), frames_2d(x))}
         if self._gan_on(step):
             with self._autocast():
