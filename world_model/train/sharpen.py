@@ -195,8 +195,10 @@ class SharpenStage(_Base):
         if self._gan_on(step):
             with self._autocast():
                 terms["gan_g"] = self._generator_loss([gen, out])
-        rec = pixel + o.mse_weight * mse + o.lowpass_weight * lowpass + s.anchor_weight * anchor + s.grid_weight * grid
-        loss = self._weighted(terms, rec, step)
+        rec = pixel + o.mse_weight * mse + o.lowpass_weight * lowpass + s.anchor_weight * anchor
+        # the grid penalty after the adversarial term's adaptive weight, which it would otherwise inflate (its
+        # gradient at the last layer dwarfs reconstruction's while a grid is there: a CPU check's loss went to ~10)
+        loss = self._weighted(terms, rec, step) + s.grid_weight * grid
         gnorm = self._step(step, loss)
         self.optim.step()
         metrics = {
