@@ -128,6 +128,8 @@ def test_loop_resumes_after_a_crash_and_records_status(tmp_path):
     assert float(stage.w) == 10  # resumed from step 4 (w = 4), then 6 more steps
     stopped = run_loop(_Counter(), tmp_path / "b", LoopOptions(steps=10, deadline=0.0, progress=False))
     assert stopped["state"] == "stopped" and stopped["step"] == 0
+    with pytest.raises(ValueError, match="no snapshot"):  # an option that would do nothing
+        run_loop(_Counter(), tmp_path / "c", LoopOptions(steps=2, snapshot_every=1, progress=False))
 
 
 def test_embedded_preset_fits_the_size_bar():
@@ -868,3 +870,33 @@ def test_the_export_and_the_slim_take_the_sharpened_decoder(smoke_run, tmp_path)
     out = slim_run(run, tmp_path / "slim", ["vae", "sharpen|decoder"], rename={"sharpen": "decoder"})
     carried = load_latest(out / "decoder")["stage"]["student"]
     assert all(torch.equal(carried[k], v) for k, v in sharp.items())
+
+
+def test_sharpen_snapshots_become_exported_models(smoke_run, tmp_path):
+    """The sharpen stage writes its decoder every --sharpen-snapshot-every steps (the smoke run: each step);
+    `export decoder` puts one into a copy of an exported folder: its decoder, the folder's encoder."""
+    from safetensors.torch import load_file, save_file
+
+    from world_model.train.export import main as export_main
+    from world_model.train.export import read_exported
+
+    run, _ = smoke_run
+    snaps = sorted((run / "sharpen" / "snapshots").glob("step-*.safetensors"))
+    assert [p.name for p in snaps] == ["step-000000001.safetensors", "step-000000002.safetensors"]
+    from world_model.train.autoencoder import is_decoder_side
+
+    first = load_file(str(snaps[0]))
+    assert first and all(is_decoder_side(k) for k in first)
+    export_main(["decoder", "--model", str(run / "export"), "--decoder", str(snaps[0]), "--out", str(tmp_path / "m")])
+    _, _, base = read_exported(run / "export")
+    _, _, vae = read_exported(tmp_path / "m")
+    got, was = vae.state_dict(), base.state_dict()
+    for k, v in got.items():
+        want = first[k].to(torch.bfloat16).float() if k in first else was[k]
+        torch.testing.assert_close(v, want, atol=0, rtol=0)
+    assert any(not torch.equal(got[k], was[k]) for k in first)  # step 1's decoder, not the exported step 2's
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({k: v[..., :1].contiguous() for k, v in list(first.items())[:1]}, str(wrong))
+    with pytest.raises(ValueError, match="other shapes"):
+        export_main(["decoder", "--model", str(run / "export"), "--decoder", str(wrong), "--out", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()

@@ -33,6 +33,14 @@ if [ -n "$ck" ]; then
       && echo "poll: packed $stage/checkpoints/$step ($(du -sh "$ck" | cut -f1))"
   fi
 fi
+# and every decoder snapshot written since the last poll (sharpen/snapshots, ~3 MB each: a curve of candidates)
+snaps=$(cd /tmp/mg3/runs/embedded 2>/dev/null && find . -path './*/snapshots/step-*.safetensors' 2>/dev/null | sort \
+  | while read -r f; do [ -f "/tmp/packed_snap_$(echo "$f" | tr '/.' '__')" ] || echo "$f"; done)
+if [ -n "$snaps" ]; then
+  tar -cf - -C /tmp/mg3/runs/embedded $snaps | split -b 15M -d - "$OUT/snapshots_$(date +%H%M%S).tar.part-" \
+    && for f in $snaps; do touch "/tmp/packed_snap_$(echo "$f" | tr '/.' '__')"; done \
+    && echo "poll: packed $(echo $snaps | wc -w) decoder snapshots"
+fi
 if grep -q SESSION_DONE $log 2>/dev/null; then
   echo "poll: the session is done: packing the export now"
   bash bench/gpu/pack.sh export

@@ -163,6 +163,34 @@ def combine_experts(
     return out
 
 
+def with_decoder(model: str | Path, decoder: str | Path, out: str | Path) -> Path:
+    """A copy of the exported folder ``model`` whose VAE has the decoder weights of ``decoder`` (a
+    safetensors file of the decoder side's tensors: a sharpen stage's snapshot, ``sharpen/snapshots/``).
+    Every tensor of ``decoder`` must be one of the VAE's, with its shape; the rest (the encoder) stays.
+    ``out`` is written beside itself and moved into place. Returns ``out``."""
+    from safetensors.torch import load_file, save_file
+
+    model, out = Path(model), Path(out)
+    vae = load_file(str(model / "vae.safetensors"))
+    new = load_file(str(decoder))
+    unknown = sorted(k for k in new if k not in vae)
+    if unknown:
+        raise ValueError(f"{decoder} holds tensors the VAE of {model} has not: {unknown[:5]}")
+    wrong = sorted(k for k in new if new[k].shape != vae[k].shape)
+    if wrong:
+        raise ValueError(f"{decoder} has other shapes than {model}'s VAE for {wrong[:5]}: another decoder width")
+    vae.update({k: v.to(vae[k].dtype) for k, v in new.items()})
+    staging = out.with_name(out.name + ".writing")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model, staging)
+    save_file(vae, str(staging / "vae.safetensors"))
+    with open(staging / "README.md", "a") as f:
+        f.write(f"\nDecoder: `{decoder}` ({len(new)} tensors) in place of this folder's own.\n")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Exported model folders (see world_model.train.export)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -174,8 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     c.add_argument("--int8", action="store_true", help="both experts' weights as int8 with a scale per row")
     c.add_argument("--out", required=True)
+    d = sub.add_parser("decoder", help="an exported folder with another decoder (a sharpen snapshot; with_decoder)")
+    d.add_argument("--model", required=True, help="exported folder (e.g. world_model/assets/embedded)")
+    d.add_argument("--decoder", required=True, help="safetensors of the decoder's weights (sharpen/snapshots/...)")
+    d.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    out = combine_experts(args.high, args.low, args.out, boundary=args.boundary, int8=args.int8)
+    if args.command == "decoder":
+        out = with_decoder(args.model, args.decoder, args.out)
+    else:
+        out = combine_experts(args.high, args.low, args.out, boundary=args.boundary, int8=args.int8)
     print(json.dumps({"out": str(out), "mb": round(exported_size_bytes(out) / 1e6, 2)}))
 
 

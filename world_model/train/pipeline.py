@@ -102,7 +102,8 @@ class PipelineOptions:
     sharpen_gen_batch: int = 8  # generated crops per step (SharpenOptions.gen_batch)
     sharpen_anchor: float = 1.0  # weight of the low-pass anchor to the starting decoder (SharpenOptions)
     sharpen_gan_ramp: int = 200  # steps over which its adversarial term ramps in (its discriminator starts fresh)
-    sharpen_grid: float = 10.0  # weight of its fixed-grid penalty (SharpenOptions.grid_weight)
+    sharpen_grid: float = 0.005  # weight of its fixed-grid penalty (SharpenOptions.grid_weight)
+    sharpen_snapshot_every: int = 500  # its decoder written every that many steps (sharpen/snapshots; 0: none)
     sharpen_pool: int = 64  # generated chunks held at once (SharpenOptions.pool_size)
     sharpen_refresh: int = 25  # steps between refreshes of the pool (SharpenOptions.refresh_every)
     # flow stages whose DiT blocks are torch.compiled: "" (or "none"), "base", "memory" or "base,memory"
@@ -149,6 +150,7 @@ class PipelineOptions:
             dmd_batch=1,
             dmd_cold_start=1,
             sharpen_steps=2,
+            sharpen_snapshot_every=1,
             sharpen_gen_batch=1,
             checkpoint_every=2,
             eval_every=0,
@@ -702,7 +704,8 @@ def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> 
         sopts,
         held_pool=held_pool,
     )
-    result = run_loop(stage, run / "sharpen", _loop_opts(opts, opts.sharpen_steps, deadline))
+    loop = replace(_loop_opts(opts, opts.sharpen_steps, deadline), snapshot_every=opts.sharpen_snapshot_every)
+    result = run_loop(stage, run / "sharpen", loop)
     StatusFile.existing(run / "sharpen", "sharpen").update(dit_source=source)
     return result
 
