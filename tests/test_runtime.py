@@ -622,3 +622,60 @@ def test_a_compiled_env_compiles_one_graph_per_shape_and_nothing_on_a_second_res
     # carried states, the shorter last segment (dynamic from then on)
     assert graphs <= 4 + 2 + 3
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+# --------------------------------------------------------------------------------------------
+# one-pass row quantisation (world_model.fp8_rows): the torch reference here, the Triton kernel on a GPU
+# --------------------------------------------------------------------------------------------
+
+
+def test_row_quantisation_reference_is_the_gelu_then_the_fp8_rows():
+    from world_model.fp8_rows import quantize_rows, quantize_rows_reference
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 48, generator=g) * 3).bfloat16()
+    q, s = quantize_rows(x, gelu=True)  # on a CPU: the reference
+    rq, rs = quantize_rows_fp8(torch.nn.functional.gelu(x.float(), approximate="tanh"))
+    assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs)
+    q0, s0 = quantize_rows_reference(x)
+    assert torch.equal(q0.view(torch.uint8), quantize_rows_fp8(x)[0].view(torch.uint8))
+    with pytest.raises(ValueError, match=r"x \[M, K\]"):
+        quantize_rows(x[None])
+
+
+def test_fp8_rows_bench_runs_on_cpu(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "rows.json"
+    cmd = [sys.executable, str(root / "bench" / "fp8_rows.py"), "--device", "cpu", "--rows", "8", "--repeats", "1"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(out)], env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["shape"] for r in rows} == {"ffn_hidden_gelu", "block_activations"}
+    assert all(r["ms"] > 0 and 0 <= r["e4m3_differ"] < 0.05 and r["rel_error"] < 0.05 for r in rows)
+
+
+@pytest.mark.gpu
+def test_triton_row_quantisation_matches_the_reference_on_gpu():
+    from world_model.fp8_rows import quantize_rows, quantize_rows_reference, triton_available
+
+    if not triton_available():
+        pytest.skip("Triton is not installed with this torch")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for k, gelu in ((14336, True), (3072, False), (100, True)):  # 100: a row narrower than its block (masked)
+        x = (torch.randn(257, k, device="cuda", generator=g) * 2).bfloat16()
+        q, s = quantize_rows(x, gelu)
+        rq, rs = quantize_rows_reference(x, gelu)
+        torch.testing.assert_close(s, rs, rtol=1e-5, atol=0)
+        differ = (q.view(torch.uint8) != rq.view(torch.uint8)).float().mean().item()
+        assert differ < 1e-3, (k, gelu, differ)  # the GELU's exp form vs torch's tanh: a rounding tie now and then
+        exact = torch.nn.functional.gelu(x.float(), approximate="tanh") if gelu else x.float()
+        err = ((q.float() * s - exact).norm() / exact.norm()).item()
+        assert err < 0.04
