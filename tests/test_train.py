@@ -825,7 +825,7 @@ def test_sharpen_stage_trains_the_decoder_alone_on_generated_latents(smoke_run):
 
     run, _ = smoke_run
     opts = PipelineOptions.smoke()
-    cfg, clips, pool = _sharpen_parts(run, opts)
+    cfg, clips, pool = _sharpen_parts(run, opts, grid_weight=0.01)  # the grid penalty's path too
     dev = torch.device("cpu")
     frames = _clip_frames(run, "train", 17, dev)
     vopts = VAEOptions(batch_size=1, gan_start=0, warmup_steps=1, lr=1e-3, eval_clips=2, amp=False)
@@ -837,6 +837,7 @@ def test_sharpen_stage_trains_the_decoder_alone_on_generated_latents(smoke_run):
     for step in range(2):
         metrics = stage.train_step(step)
     assert {"anchor", "grid", "gan_g", "gan_d", "gan_lambda", "gen_sharpness_ratio"} <= set(metrics)
+    assert metrics["grid"] > 0  # the share of the added detail on a fixed grid (weighted 0.01 here)
     assert pool.refreshes == 1  # refresh_every 25
     after = vae.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}

@@ -102,7 +102,7 @@ class PipelineOptions:
     sharpen_gen_batch: int = 8  # generated crops per step (SharpenOptions.gen_batch)
     sharpen_anchor: float = 1.0  # weight of the low-pass anchor to the starting decoder (SharpenOptions)
     sharpen_gan_ramp: int = 200  # steps over which its adversarial term ramps in (its discriminator starts fresh)
-    sharpen_grid: float = 0.005  # weight of its fixed-grid penalty (SharpenOptions.grid_weight)
+    sharpen_grid: float = 0.0  # weight of its fixed-grid penalty (SharpenOptions.grid_weight; off: see there)
     sharpen_snapshot_every: int = 500  # its decoder written every that many steps (sharpen/snapshots; 0: none)
     sharpen_pool: int = 64  # generated chunks held at once (SharpenOptions.pool_size)
     sharpen_refresh: int = 25  # steps between refreshes of the pool (SharpenOptions.refresh_every)
