@@ -25,7 +25,8 @@ nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 # its status and metrics: make_carry.sh / the export stage rebuild a model from it here)
 ck=$(find /tmp/mg3/runs/embedded -path '*/checkpoints/step-*' -maxdepth 3 -type d -newer /tmp/mg3/runs/session_job.sh \
   -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2)
-if [ -n "$ck" ]; then
+finished=0; grep -q SESSION_DONE $log 2>/dev/null && finished=1
+if [ -n "$ck" ] && [ $finished = 0 ]; then  # once done, the export (~40 MB) replaces it: 64 MiB come back per call
   stage=$(basename "$(dirname "$(dirname "$ck")")"); step=$(basename "$ck")
   if [ ! -f "/tmp/packed_ck_${stage}_$step" ]; then
     tar -cf - -C /tmp/mg3/runs/embedded "$stage/status.json" "$stage/metrics.jsonl" "$stage/checkpoints/$step" \
@@ -33,7 +34,7 @@ if [ -n "$ck" ]; then
       && echo "poll: packed $stage/checkpoints/$step ($(du -sh "$ck" | cut -f1))"
   fi
 fi
-# and every decoder snapshot written since the last poll (sharpen/snapshots, ~3 MB each: a curve of candidates)
+# and every decoder snapshot written since the last poll (sharpen/snapshots, 1.3 MB each: a curve of candidates)
 snaps=$(cd /tmp/mg3/runs/embedded 2>/dev/null && find . -path './*/snapshots/step-*.safetensors' 2>/dev/null | sort \
   | while read -r f; do [ -f "/tmp/packed_snap_$(echo "$f" | tr '/.' '__')" ] || echo "$f"; done)
 if [ -n "$snaps" ]; then
@@ -41,7 +42,7 @@ if [ -n "$snaps" ]; then
     && for f in $snaps; do touch "/tmp/packed_snap_$(echo "$f" | tr '/.' '__')"; done \
     && echo "poll: packed $(echo $snaps | wc -w) decoder snapshots"
 fi
-if grep -q SESSION_DONE $log 2>/dev/null; then
+if [ $finished = 1 ]; then
   echo "poll: the session is done: packing the export now"
   bash bench/gpu/pack.sh export
 fi
