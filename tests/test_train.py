@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -901,3 +902,22 @@ def test_sharpen_snapshots_become_exported_models(smoke_run, tmp_path):
     with pytest.raises(ValueError, match="other shapes"):
         export_main(["decoder", "--model", str(run / "export"), "--decoder", str(wrong), "--out", str(tmp_path / "w")])
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_eval_snapshots_ranks_each_snapshot_on_the_test_levels(smoke_run, tmp_path):
+    """bench/gpu/eval_snapshots.py: every snapshot into the exported model, reset and sharpness on the test
+    levels, a row each beside the model's own."""
+    import importlib.util
+
+    run, _ = smoke_run
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("eval_snapshots", root / "bench" / "gpu" / "eval_snapshots.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "ev"
+    assert mod.main([str(run / "sharpen"), "--model", str(run / "export"), "--out", str(out), "--every", "5"]) == 0
+    rows = json.loads((out / "snapshots.json").read_text())
+    assert [r["snapshot"] for r in rows] == ["reference", "step-000000001", "step-000000002"]  # the last always
+    assert all(r["sharpness"] > 0 and 0 <= r["grid_share"] <= 1 and r["reset_psnr"] > 0 for r in rows)
+    assert (out / "step-000000002" / "eval" / "reset_frames.png").exists()
