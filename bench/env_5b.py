@@ -101,6 +101,7 @@ class BenchConfig:
     decode_segment: int = 4
     text_offload: bool = False
     compile_decoder: bool = False
+    fp8_ffn_kernel: bool = False
 
     def runtime(self, device: str, dtype: torch.dtype) -> RuntimeOptions:
         """The options on ``device`` in ``dtype`` (FP8 computes in bf16 whatever the run's dtype)."""
@@ -114,6 +115,7 @@ class BenchConfig:
             decode_segment=self.decode_segment,
             text_offload=self.text_offload,
             compile_decoder=self.compile_decoder,
+            fp8_ffn_kernel=self.fp8_ffn_kernel,
         )
 
 
@@ -591,6 +593,7 @@ def applied_options(model: WorldModel) -> dict[str, object]:
         "decode_segment": model.runtime.decode_segment,
         "text_offload": model.runtime.text_offload,
         "compiled_decoder": getattr(model.vae.decoder, "_compiled_call_impl", None) is not None,
+        "fp8_ffn_fused": sum(isinstance(m, Float8Linear) and m.input_gelu for m in model.dit.modules()),
     }
 
 
@@ -869,6 +872,12 @@ def parse_args() -> argparse.Namespace:
         help="torch.compile the VAE decoder (RuntimeOptions.compile_decoder; its first decodes compile)",
     )
     p.add_argument(
+        "--fp8-ffn-kernel",
+        action="store_true",
+        help="with --quantize fp8: the FFNs' bias + GELU + FP8 quantisation in one Triton pass "
+        "(RuntimeOptions.fp8_ffn_kernel)",
+    )
+    p.add_argument(
         "--text-offload",
         action="store_true",
         help="keep the text encoder's weights in host memory between encodings (RuntimeOptions.text_offload)",
@@ -891,6 +900,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--text-offload moves the text encoder between host and GPU: it needs a GPU --device")
     if args.eager_attention and not args.against_eager:
         p.error("--eager-attention sets the eager reference's attention: it needs --against-eager")
+    if args.fp8_ffn_kernel and args.quantize != "fp8":
+        p.error("--fp8-ffn-kernel fuses the FFNs' FP8 input quantisation: it needs --quantize fp8")
     return args
 
 
@@ -951,6 +962,7 @@ def main() -> None:
         label += f", decode segment {args.decode_segment}" if args.decode_segment != 4 else ""
         label += ", text offload" if args.text_offload else ""
         label += ", compiled decoder" if args.compile_decoder else ""
+        label += ", fused FFN quantisation" if args.fp8_ffn_kernel else ""
         configs = [
             BenchConfig(
                 label,
@@ -961,6 +973,7 @@ def main() -> None:
                 args.decode_segment,
                 args.text_offload,
                 args.compile_decoder,
+                args.fp8_ffn_kernel,
             )
         ]
         if args.against_eager:  # the eager configuration first: the chosen one's accuracy is measured against it

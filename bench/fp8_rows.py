@@ -1,7 +1,7 @@
 """Row-wise FP8 quantisation of the 5B DiT's activations: one Triton pass (world_model.fp8_rows) against the
 torch path inductor compiles today (issue 14: the FFN's GELU + quantisation took 77 ms of a 1.19 s chunk).
 
-For each shape (the FFN's hidden activations with the GELU; a block's 3,072-wide activations without), each
+For each shape (the FFN's hidden activations with the first layer's bias and the GELU; a block's 3,072-wide activations without), each
 method's time per call (median of CUDA-event timings), its achieved bandwidth against ``--bandwidth-gbs`` (the
 bytes: the bf16 rows read once, the e4m3 rows and fp32 scales written), and its agreement with the fp32
 reference: the share of e4m3 values that differ and the dequantised values' relative error.
@@ -25,30 +25,33 @@ import torch.nn.functional as F
 from world_model.fp8_rows import quantize_rows, quantize_rows_reference, triton_available
 from world_model.quant import quantize_rows_fp8
 
-SHAPES = {"ffn_hidden_gelu": (14336, True), "block_activations": (3072, False)}
+SHAPES = {"ffn_hidden_bias_gelu": (14336, True), "block_activations": (3072, False)}
 
 
-def model_path(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the DiT computes today: the GELU in the activations' dtype, then the row quantisation."""
+def model_path(x: torch.Tensor, gelu: bool, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the DiT computes without the kernel: the first layer's bias and the GELU in the activations' dtype,
+    then the row quantisation."""
+    if bias is not None:
+        x = x + bias
     return quantize_rows_fp8(F.gelu(x, approximate="tanh") if gelu else x)
 
 
-def timed(fn, x: torch.Tensor, gelu: bool, repeats: int) -> float:
+def timed(fn, x: torch.Tensor, gelu: bool, bias: torch.Tensor | None, repeats: int) -> float:
     """Median seconds per call (CUDA events on a GPU, wall time on a CPU), after two warm-up calls."""
     for _ in range(2):
-        fn(x, gelu)
+        fn(x, gelu, bias)
     times = []
     for _ in range(repeats):
         if x.is_cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn(x, gelu)
+            fn(x, gelu, bias)
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
             t = time.perf_counter()
-            fn(x, gelu)
+            fn(x, gelu, bias)
             times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -85,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for shape, (k, gelu) in SHAPES.items():
         x = (torch.randn(args.rows, k, device=device, generator=g) * 2).to(torch.bfloat16)
-        ref = quantize_rows_reference(x, gelu)
-        exact = F.gelu(x.float(), approximate="tanh") if gelu else x.float()
+        bias = torch.randn(k, device=device, generator=g).to(torch.bfloat16) if gelu else None  # the FFN's first bias
+        ref = quantize_rows_reference(x, gelu, bias)
+        exact = x.float() + (0 if bias is None else bias.float())
+        exact = F.gelu(exact, approximate="tanh") if gelu else exact
         nbytes = x.numel() * 2 + x.numel() + args.rows * 4
         for name, fn in methods.items():
-            sec = timed(fn, x, gelu, args.repeats)
-            q, s = fn(x, gelu)
+            sec = timed(fn, x, gelu, bias, args.repeats)
+            q, s = fn(x, gelu, bias)
             rows.append(
                 {
                     "shape": shape,

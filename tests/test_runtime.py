@@ -501,16 +501,24 @@ def test_fp8_linear_gemm_matches_its_reference_and_bf16():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compile_", [False, True])
-def test_fp8_dit_close_to_bf16_eager(compile_):
+@pytest.mark.parametrize("compile_,ffn_kernel", [(False, False), (True, False), (False, True), (True, True)])
+def test_fp8_dit_close_to_bf16_eager(compile_, ffn_kernel):
     _need_fp8()
+    from world_model.fp8_rows import triton_available
+
+    if ffn_kernel and not triton_available():
+        pytest.skip("Triton is not installed with this torch")
     cfg = dataclasses.replace(tiny().dit, dim=128, ffn_dim=256, action_config=None)
     model = _model(cfg).cuda().to(torch.bfloat16)
     inp = _inputs(cfg, M=1, F=3, h=8, w=8, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
         ref = model(**inp)
-    apply_runtime(model, RuntimeOptions(device="cuda", dtype=torch.bfloat16, quantize="fp8", compile=compile_))
+    runtime = RuntimeOptions(
+        device="cuda", dtype=torch.bfloat16, quantize="fp8", compile=compile_, fp8_ffn_kernel=ffn_kernel
+    )
+    apply_runtime(model, runtime)
     assert sum(isinstance(m, Float8Linear) for m in model.modules()) == 14 * cfg.num_layers  # 8 attn, 2 ffn, 4 cam
+    assert sum(isinstance(m, Float8Linear) and m.input_gelu for m in model.modules()) == ffn_kernel * cfg.num_layers
     with torch.inference_mode():
         out = model(**inp)
     rel = _rel(out, ref)
@@ -637,6 +645,12 @@ def test_row_quantisation_reference_is_the_gelu_then_the_fp8_rows():
     q, s = quantize_rows(x, gelu=True)  # on a CPU: the reference
     rq, rs = quantize_rows_fp8(torch.nn.functional.gelu(x.float(), approximate="tanh"))
     assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs)
+    b = torch.randn(48, generator=g)
+    qb, sb = quantize_rows(x, gelu=True, bias=b)
+    rqb, rsb = quantize_rows_fp8(torch.nn.functional.gelu(x.float() + b, approximate="tanh"))
+    assert torch.equal(qb.view(torch.uint8), rqb.view(torch.uint8)) and torch.equal(sb, rsb)
+    with pytest.raises(ValueError, match="bias of shape"):
+        quantize_rows(x, bias=b[:5])
     q0, s0 = quantize_rows_reference(x)
     assert torch.equal(q0.view(torch.uint8), quantize_rows_fp8(x)[0].view(torch.uint8))
     with pytest.raises(ValueError, match=r"x \[M, K\]"):
@@ -658,8 +672,36 @@ def test_fp8_rows_bench_runs_on_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert {r["shape"] for r in rows} == {"ffn_hidden_gelu", "block_activations"}
+    assert {r["shape"] for r in rows} == {"ffn_hidden_bias_gelu", "block_activations"}
     assert all(r["ms"] > 0 and 0 <= r["e4m3_differ"] < 0.05 and r["rel_error"] < 0.05 for r in rows)
+
+
+def test_fused_ffn_activations_keep_the_ffn():
+    """fuse_ffn_activations moves each FP8 FFN's first bias and its GELU into the second layer's input
+    quantisation: the same function (up to the bf16 rounding of the hidden activations it skips), the same
+    structure for the model code (ffn[0].weight), the bias the live buffer; a model without one refuses."""
+    from world_model.quant import fuse_ffn_activations
+
+    torch.manual_seed(0)
+    ffn = nn.Sequential(nn.Linear(32, 64), nn.GELU(approximate="tanh"), nn.Linear(64, 32)).to(torch.bfloat16)
+    with torch.no_grad():
+        ffn[0].bias.normal_()
+    quantize_linears(ffn, include=lambda n, m: True)
+    x = torch.randn(5, 7, 32).bfloat16()
+    with torch.no_grad():
+        ref = ffn(x).float()
+        bias = ffn[0].bias
+        assert fuse_ffn_activations(ffn) == 1
+        assert isinstance(ffn[1], nn.Identity) and ffn[0].bias is None and ffn[2].input_bias is bias
+        assert ffn[2].input_gelu and ffn[0].weight.dtype == torch.bfloat16
+        out = ffn(x).float()
+    assert _rel(out, ref) < 2e-2
+    with pytest.raises(ValueError, match="no FP8 Linear-GELU"):
+        fuse_ffn_activations(ffn)  # fused already: nothing left to fuse
+    with pytest.raises(ValueError, match="set quantize='fp8' too"):
+        RuntimeOptions(fp8_ffn_kernel=True)
+    with pytest.raises(ValueError, match="True or False"):
+        RuntimeOptions(quantize="fp8", dtype=torch.bfloat16, fp8_ffn_kernel=1)
 
 
 @pytest.mark.gpu
@@ -671,8 +713,10 @@ def test_triton_row_quantisation_matches_the_reference_on_gpu():
     g = torch.Generator(device="cuda").manual_seed(0)
     for k, gelu in ((14336, True), (3072, False), (100, True)):  # 100: a row narrower than its block (masked)
         x = (torch.randn(257, k, device="cuda", generator=g) * 2).bfloat16()
-        q, s = quantize_rows(x, gelu)
-        rq, rs = quantize_rows_reference(x, gelu)
+        bias = torch.randn(k, device="cuda", generator=g).bfloat16() if gelu else None
+        q, s = quantize_rows(x, gelu, bias)
+        rq, rs = quantize_rows_reference(x, gelu, bias)
+        x = x if bias is None else x.float() + bias.float()
         torch.testing.assert_close(s, rs, rtol=1e-5, atol=0)
         differ = (q.view(torch.uint8) != rq.view(torch.uint8)).float().mean().item()
         assert differ < 1e-3, (k, gelu, differ)  # the GELU's exp form vs torch's tanh: a rounding tie now and then

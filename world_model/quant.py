@@ -26,19 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from world_model.fp8_rows import FP8, FP8_MAX, quantize_rows, quantize_rows_fp8
+
 __all__ = [
     "FP8_MAX",
     "Float8Linear",
     "WeightInfo",
     "default_fp8_layers",
     "fp8_supported",
+    "fuse_ffn_activations",
     "quantize_linears",
     "quantize_rows_fp8",
 ]
-
-FP8 = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8).max)  # 448
-_MIN_SCALE = 1e-12
 
 
 def fp8_supported(device: str | torch.device) -> str | None:
@@ -52,14 +51,6 @@ def fp8_supported(device: str | torch.device) -> str | None:
     if (major, minor) < (8, 9):
         return f"FP8 GEMMs need compute capability >= 8.9 (Ada, Hopper), this GPU has {major}.{minor}"
     return None
-
-
-def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric FP8 e4m3 per row: x [M, K] -> (q [M, K] float8_e4m3fn, scale [M, 1] fp32), x ~ q * scale."""
-    xf = x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp(min=_MIN_SCALE) / FP8_MAX  # [M, 1]
-    q = (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q, scale
 
 
 @dataclass(frozen=True)
@@ -77,7 +68,13 @@ class Float8Linear(nn.Module):
     ``forward(x [..., in_features])`` -> ``[..., out_features]`` in ``dtype`` (bfloat16).
     Buffers: ``weight_fp8`` [out, in] (the e4m3 bytes, stored as uint8 so that ``module.to(dtype)``
     leaves them alone), ``weight_scale`` [out] fp32 (kept fp32 through dtype casts), ``bias``.
+
+    ``input_gelu`` / ``input_bias`` (set by :func:`fuse_ffn_activations`): the layer takes the previous
+    layer's output without its bias and applies ``gelu_tanh(x + input_bias)`` itself, in the one pass that
+    quantises its input (:func:`world_model.fp8_rows.quantize_rows`).
     """
+
+    input_gelu: bool = False
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype = torch.bfloat16, device=None
@@ -90,6 +87,7 @@ class Float8Linear(nn.Module):
         self.register_buffer("weight_fp8", torch.zeros(out_features, in_features, dtype=torch.uint8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        self.register_buffer("input_bias", None)
 
     @classmethod
     @torch.no_grad()
@@ -117,7 +115,11 @@ class Float8Linear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected x [..., {self.in_features}], got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        xq, xs = quantize_rows_fp8(x.reshape(-1, self.in_features))  # [M, K] e4m3, [M, 1] fp32
+        x2 = x.reshape(-1, self.in_features)
+        if self.input_gelu or self.input_bias is not None:  # the fused input (fuse_ffn_activations)
+            xq, xs = quantize_rows(x2, gelu=self.input_gelu, bias=self.input_bias)
+        else:
+            xq, xs = quantize_rows_fp8(x2)  # [M, K] e4m3, [M, 1] fp32
         if x.is_cuda:
             out = torch._scaled_mm(
                 xq,
@@ -142,7 +144,8 @@ class Float8Linear(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, fp8 e4m3"
+        fused = ", input gelu_tanh(x + bias)" if self.input_gelu else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, fp8 e4m3{fused}"
 
 
 def default_fp8_layers(name: str, layer: nn.Linear) -> bool:
@@ -170,3 +173,26 @@ def quantize_linears(
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, Float8Linear.from_linear(layer))
     return [n for n, _ in chosen]
+
+
+def fuse_ffn_activations(model: nn.Module) -> int:
+    """In every ``nn.Sequential(Float8Linear, GELU(approximate="tanh"), Float8Linear)`` of ``model`` (the DiT
+    blocks' FFNs once :func:`quantize_linears` ran), move the first layer's bias and the GELU into the second
+    layer's input quantisation: one pass over the 14,336-wide hidden rows instead of inductor's bias + GELU +
+    two-pass quantisation (see :mod:`world_model.fp8_rows`). The GELU becomes ``nn.Identity``; the function
+    stays ``second(gelu(first(x)))``. In place; returns how many FFNs (raises if none)."""
+    fused = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential) and len(m) == 3]:
+        first, act, second = seq[0], seq[1], seq[2]
+        if not (isinstance(first, Float8Linear) and isinstance(second, Float8Linear)):
+            continue
+        if not (isinstance(act, nn.GELU) and act.approximate == "tanh") or second.input_gelu:
+            continue
+        second.input_bias = first.bias
+        first.bias = None
+        second.input_gelu = True
+        seq[1] = nn.Identity()
+        fused += 1
+    if not fused:
+        raise ValueError(f"{type(model).__name__} has no FP8 Linear-GELU(tanh)-Linear FFN to fuse: quantize it first")
+    return fused

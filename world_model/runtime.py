@@ -51,6 +51,10 @@ class RuntimeOptions:
     e4m3 GEMMs (row-wise scales, ``world_model.quant``); needs ``dtype=torch.bfloat16`` and a CUDA
     GPU of compute capability >= 8.9 (Ada, Hopper). INT8 is not offered: on Hopper ``torch._int_mm``
     measured no faster than bf16.
+    ``fp8_ffn_kernel`` (with ``quantize="fp8"``): each FFN's first bias and GELU move into its second layer's
+    input quantisation, one Triton pass over the hidden rows (``world_model.fp8_rows``,
+    ``world_model.quant.fuse_ffn_activations``) instead of inductor's; needs Triton (CUDA builds of torch).
+    Off by default until ``bench/fp8_rows.py`` and ``bench/env_5b.py --fp8-ffn-kernel`` show it pays.
     ``compile``: ``torch.compile`` each DiT block (regional compilation: the first forward of each
     new input shape compiles, about a minute at 5B scale; later ones are fast).
     ``sequence_parallel``: split each DiT forward over this many ranks (Ulysses, ``world_model.parallel``);
@@ -102,6 +106,7 @@ class RuntimeOptions:
     text_offload: bool = False  # text encoder weights in host memory between encodings
     decode_segment: int = 4  # latents per VAE decoder call (the release's 4)
     compile_decoder: bool = False  # torch.compile the VAE decoder
+    fp8_ffn_kernel: bool = False  # the FFNs' bias + GELU + FP8 quantisation in one Triton pass
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
@@ -131,6 +136,10 @@ class RuntimeOptions:
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if not isinstance(self.compile_decoder, bool):
             raise ValueError(f"compile_decoder must be True or False, got {self.compile_decoder!r}")
+        if not isinstance(self.fp8_ffn_kernel, bool):
+            raise ValueError(f"fp8_ffn_kernel must be True or False, got {self.fp8_ffn_kernel!r}")
+        if self.fp8_ffn_kernel and self.quantize != "fp8":
+            raise ValueError("fp8_ffn_kernel=True fuses the FFNs' FP8 input quantisation: set quantize='fp8' too")
         if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
             raise ValueError(f"sequence_parallel must be an int >= 1 (1: off), got {self.sequence_parallel!r}")
         if isinstance(self.decode_segment, bool) or not isinstance(self.decode_segment, int) or self.decode_segment < 1:
@@ -194,6 +203,13 @@ def check_runtime(runtime: RuntimeOptions) -> None:
     check_attention_backend(runtime.attention, device, runtime.dtype)
     if runtime.quantize == "fp8" and (reason := fp8_supported(device)):
         raise ValueError(f"quantize='fp8': {reason}; use quantize=None on this device")
+    if runtime.fp8_ffn_kernel:
+        from world_model.fp8_rows import triton_available
+
+        if not triton_available():
+            raise ValueError(
+                "fp8_ffn_kernel=True needs Triton and a CUDA GPU (CUDA builds of torch ship it); or set it False"
+            )
     for option in ("compile", "compile_decoder"):
         if not getattr(runtime, option):
             continue
@@ -280,7 +296,7 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
     """
     from world_model.attention import set_attention_backend
     from world_model.parallel import apply_sequence_parallel
-    from world_model.quant import quantize_linears
+    from world_model.quant import fuse_ffn_activations, quantize_linears
 
     experts = _experts(dit)
     check_runtime(runtime)
@@ -292,6 +308,8 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
             bound_qk_inputs(expert)
         if runtime.quantize == "fp8":
             quantize_linears(expert, "fp8")
+            if runtime.fp8_ffn_kernel:
+                fuse_ffn_activations(expert)
         if runtime.sequence_parallel > 1:
             apply_sequence_parallel(expert)
     if runtime.compile:

@@ -28,7 +28,7 @@
 #   9. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [fa3_profile] [fp8_rows] [profile_fastest] [offload] [gputests]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [fa3_profile] [fp8_rows] [fa3_ffn] [profile_fastest] [offload] [gputests]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -108,6 +108,14 @@ for step in $steps; do
       timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_runtime.py -k row_quantisation 2>&1 | grep -v '^USDT:' | tail -3
       timeout 200 python3 bench/fp8_rows.py --json "$out/fp8_rows_h200.json" 2>&1 | grep -v '^USDT:' | tail -10
       ;;
+    fa3_ffn)
+      # the fastest configuration with the FFNs' bias + GELU + FP8 quantisation in that kernel (RuntimeOptions.fp8_ffn_kernel),
+      # frames/s and accuracy against eager bf16 (compare: 1.192 s/chunk without, session 16)
+      timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_runtime.py -k "fp8_dit_close" 2>&1 | grep -v '^USDT:' | tail -3
+      timeout 400 python3 bench/env_5b.py --chunks 3 --attention fa3_fp8 --eager-attention cudnn --compile --quantize fp8 \
+        --fp8-ffn-kernel --compile-decoder --decode-segment 1 --against-eager --attention-tflops 931 \
+        --json "$out/env_5b_fa3fp8_ffn_kernel_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
+      ;;
     fa3_bf16)
       timeout 450 python3 bench/env_5b.py --chunks 3 --attention fa3 --eager-attention cudnn --compile --quantize fp8 \
         --compile-decoder --decode-segment 1 --against-eager --attention-tflops 721 \
@@ -125,6 +133,6 @@ for step in $steps; do
       timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_vae.py \
         tests/test_runtime.py tests/test_text.py 2>&1 | grep -v '^USDT:' | tee "$out/gputests_h200.log" | tail -8
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, fa3_profile, fp8_rows, profile_fastest, offload, gputests)" >&2; exit 2 ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, fa3_profile, fp8_rows, fa3_ffn, profile_fastest, offload, gputests)" >&2; exit 2 ;;
   esac
 done
