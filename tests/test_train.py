@@ -921,3 +921,30 @@ def test_eval_snapshots_ranks_each_snapshot_on_the_test_levels(smoke_run, tmp_pa
     assert [r["snapshot"] for r in rows] == ["reference", "step-000000001", "step-000000002"]  # the last always
     assert all(r["sharpness"] > 0 and 0 <= r["grid_share"] <= 1 and r["reset_psnr"] > 0 for r in rows)
     assert (out / "step-000000002" / "eval" / "reset_frames.png").exists()
+
+
+def test_discriminator_translation_shifts_each_frame_and_keeps_the_gradient():
+    """VAEOptions.disc_translate: each judged frame moved by its own whole-pixel shift (edges replicated),
+    the same shape, a gradient back to the frames; 0 leaves them as they were; a bad value is refused."""
+    from world_model.train.autoencoder import VAEOptions, _Adversary, translate
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(6, 3, 16, 16, generator=g, requires_grad=True)
+    out = translate(frames, 2, torch.Generator().manual_seed(1))
+    assert out.shape == frames.shape
+    shifts = set()
+    for i in range(6):  # each output is its input shifted: find the shift that matches the interior
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                if torch.equal(out[i, :, 4:12, 4:12], frames[i, :, 4 + dy : 12 + dy, 4 + dx : 12 + dx]):
+                    shifts.add((dy, dx))
+    assert len(shifts) > 1  # not one shift for all
+    out.sum().backward()
+    assert frames.grad is not None and frames.grad.sum() == pytest.approx(frames.numel())  # each output from one input
+    video = torch.rand(2, 3, 9, 16, 16, generator=g)
+    adv_off = _Adversary(VAEOptions(gan_start=0), torch.device("cpu"))
+    adv_on = _Adversary(VAEOptions(gan_start=0, disc_translate=3), torch.device("cpu"))
+    plain, moved = adv_off._frames(video), adv_on._frames(video)
+    assert plain.shape == moved.shape and not torch.equal(plain, moved)
+    with pytest.raises(ValueError, match="disc_translate"):
+        VAEOptions(disc_translate=-1)

@@ -83,6 +83,11 @@ class VAEOptions:
     gan_ramp: int = 0
     disc_width: int = 64
     disc_lr: float = 2e-4
+    # the discriminator sees each frame shifted by a random whole number of pixels in [-disc_translate,
+    # disc_translate] per axis (edges replicated), true and decoded frames alike: its stride-2 convolutions
+    # then meet a pattern fixed on the pixel grid at every phase (session 16's 4-pixel screen door sat at the
+    # phase of its strides); 0: off
+    disc_translate: int = 0
     eval_clips: int = 16
     whole_clip: bool = (
         True  # encode/decode a training clip in one call per network (same result as streaming, fewer launches)
@@ -93,6 +98,10 @@ class VAEOptions:
     @property
     def uses_gan(self) -> bool:
         return self.gan_start >= 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.disc_translate, int) or self.disc_translate < 0:
+            raise ValueError(f"disc_translate must be an int >= 0 (pixels; 0: off), got {self.disc_translate!r}")
 
 
 def identity_stats(cfg: VAEConfig) -> VAEConfig:
@@ -277,6 +286,19 @@ def grid_share(video: Tensor, periods: tuple[int, ...] = GRID_PERIODS, *, penalt
     return torch.stack([fixed_grid_share(y, p, penalty=penalty) for p in periods]).sum()
 
 
+def translate(frames: Tensor, pixels: int, generator: torch.Generator) -> Tensor:
+    """``frames`` [N, C, H, W] each shifted by its own random whole number of pixels in [-pixels, pixels] along
+    each axis, edges replicated; same shape, differentiable. The shifts are drawn on the host ``generator``."""
+    n, _, h, w = frames.shape
+    dy, dx = (torch.randint(-pixels, pixels + 1, (2, n), generator=generator) + pixels).to(frames.device)
+    padded = F.pad(frames, (pixels, pixels, pixels, pixels), mode="replicate")
+    rows = (dy[:, None] + torch.arange(h, device=frames.device))[:, None, :, None]  # [N, 1, H, 1]
+    cols = (dx[:, None] + torch.arange(w, device=frames.device))[:, None, None, :]  # [N, 1, 1, W]
+    idx = torch.arange(n, device=frames.device)[:, None, None, None]
+    ch = torch.arange(frames.shape[1], device=frames.device)[None, :, None, None]
+    return padded[idx, ch, rows, cols]
+
+
 class _Adversary:
     """The patch discriminator and its optimiser, with the hinge losses (used once reconstruction
     has converged: ``VAEOptions.gan_start``). It judges every ``frame_stride``-th frame of a clip:
@@ -292,7 +314,8 @@ class _Adversary:
 
     def _frames(self, video: Tensor) -> Tensor:
         offset = int(torch.randint(0, min(self.frame_stride, video.shape[2]), (), generator=self.offsets))
-        return frames_2d(video[:, :, offset :: self.frame_stride])
+        frames = frames_2d(video[:, :, offset :: self.frame_stride])
+        return translate(frames, self.opts.disc_translate, self.offsets) if self.opts.disc_translate else frames
 
     def generator_loss(self, fake: Tensor) -> Tensor:
         self.disc.requires_grad_(False)

@@ -81,6 +81,7 @@ class PipelineOptions:
     decoder_gan_start: int = -1  # the same for the decoder stage
     gan_weight: float = 0.05
     gan_ramp: int = 0  # steps over which the decoders' adversarial term ramps in from its start
+    gan_translate: int = 0  # the discriminators' random shift of their inputs, pixels (VAEOptions.disc_translate)
     decoder_steps: int = 8_000
     base_steps: int = 60_000
     base_batch: int = 32
@@ -384,6 +385,7 @@ def _vae_opts(opts: PipelineOptions, gan_start: int = -1):
         gan_start=gan_start,
         gan_weight=opts.gan_weight,
         gan_ramp=opts.gan_ramp,
+        disc_translate=opts.gan_translate,
         seed=opts.seed,
         eval_clips=max(2, opts.eval_segments),
     )
