@@ -311,7 +311,7 @@ def trace_kernels(events: list[dict], top: int = 25) -> dict[str, object]:
     ms = 1e-3  # the trace counts microseconds
     return {
         "device_busy_ms": busy * ms,
-        "device_span_ms": (max(e["ts"] + e["dur"] for e in kernels) - kernels[0]["ts"]) * ms,
+        "device_span_ms": (end - kernels[0]["ts"]) * ms,  # end: the last kernel's end (the union's loop)
         "device_ms_by_kind": {k: kinds[k] * ms for k in KERNEL_KINDS if counts[k]},
         "kernels_by_kind": {k: counts[k] for k in KERNEL_KINDS if counts[k]},
         "top_kernels": [

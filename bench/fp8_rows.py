@@ -22,8 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from world_model.fp8_rows import quantize_rows, quantize_rows_reference, triton_available
-from world_model.quant import quantize_rows_fp8
+from world_model.fp8_rows import quantize_rows, quantize_rows_fp8, quantize_rows_reference, triton_available
 
 SHAPES = {"ffn_hidden_bias_gelu": (14336, True), "block_activations": (3072, False)}
 

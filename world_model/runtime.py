@@ -10,6 +10,7 @@ raises before the model is touched, saying what to do instead.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass
 
@@ -238,18 +239,13 @@ def check_runtime(runtime: RuntimeOptions) -> None:
             )
 
 
-_COMPILED_CAMERA_MODULATION = None
-
-
+@functools.cache
 def compiled_camera_modulation():
     """``DiTBlock.camera_modulation`` compiled, one function for every block (the blocks' parameters
     are its inputs: one graph for all of them)."""
-    global _COMPILED_CAMERA_MODULATION
-    if _COMPILED_CAMERA_MODULATION is None:
-        from world_model.dit import DiTBlock
+    from world_model.dit import DiTBlock
 
-        _COMPILED_CAMERA_MODULATION = torch.compile(DiTBlock.camera_modulation)
-    return _COMPILED_CAMERA_MODULATION
+    return torch.compile(DiTBlock.camera_modulation)
 
 
 def compile_blocks(dit: nn.Module) -> None:

@@ -15,6 +15,7 @@ from mg3_eval.rollout import batched, chunk_slices, rollout_episodes, vae_length
 from mg3_eval.simulator import SimEpisode
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
+from world_model.train.autoencoder import GRID_PERIODS
 
 __all__ = ["generated_sharpness"]
 
@@ -57,9 +58,6 @@ def generated_sharpness(
         "ratio_per_chunk": [sharpness_ratio(g.frames[:, sl], truth[:, sl]) for sl in slices],
         **_grid(g.frames[:, 1:], truth[:, 1:], vae[:, 1:]),
     }
-
-
-GRID_PERIODS = (2, 4, 8, 16)
 
 
 def _grid(model: np.ndarray, sim: np.ndarray, vae: np.ndarray) -> dict[str, Any]:

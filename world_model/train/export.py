@@ -19,8 +19,10 @@ int8 with a scale per row (``int8=True``; ``world_model.weights.quantize_rows_in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,17 @@ def exported_size_bytes(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*.safetensors"))
 
 
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """The folder to write ``out``'s contents to (beside it, absent on entry), moved into place as ``out`` once
+    the block ends without error: a failure leaves ``out`` as it was."""
+    staging = out.with_name(out.name + ".writing")
+    shutil.rmtree(staging, ignore_errors=True)
+    yield staging
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+
+
 def combine_experts(
     high: str | Path,
     low: str | Path,
@@ -146,20 +159,18 @@ def combine_experts(
     cfg = high_cfg.replace(moe=MoEConfig(low_noise=low_cfg.dit, boundary=boundary))  # validates the boundary
     high_dit, low_dit = (load_exported_dit(f, c) for f, c in ((high, high_cfg), (low, low_cfg)))  # no VAE read
     out = Path(out)
-    staging = out.with_name(out.name + ".writing")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    cfg.save(staging / "config.json")
-    for sub, dit in (("high_noise_model", high_dit), ("low_noise_model", low_dit)):
-        write_dit_folder(dit.to("cpu", dtype), staging / sub, max_shard_bytes=SHARD_BYTES, int8=int8)
-    shutil.copy2(Path(high) / "vae.safetensors", staging / "vae.safetensors")
-    note = (
-        f"# {cfg.name} (two experts)\n\nHigh-noise expert (timesteps >= {boundary * 1000:.0f}): `{high}`; low-noise "
-        f"expert: `{low}`; DiT weights {'int8 with a scale per row' if int8 else str(dtype).removeprefix('torch.')}.\n"
-    )
-    (staging / "README.md").write_text(note)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with _staged(out) as staging:
+        staging.mkdir(parents=True)
+        cfg.save(staging / "config.json")
+        for sub, dit in (("high_noise_model", high_dit), ("low_noise_model", low_dit)):
+            write_dit_folder(dit.to("cpu", dtype), staging / sub, max_shard_bytes=SHARD_BYTES, int8=int8)
+        shutil.copy2(Path(high) / "vae.safetensors", staging / "vae.safetensors")
+        weights = "int8 with a scale per row" if int8 else str(dtype).removeprefix("torch.")
+        note = (
+            f"# {cfg.name} (two experts)\n\nHigh-noise expert (timesteps >= {boundary * 1000:.0f}): `{high}`; "
+            f"low-noise expert: `{low}`; DiT weights {weights}.\n"
+        )
+        (staging / "README.md").write_text(note)
     return out
 
 
@@ -180,14 +191,11 @@ def with_decoder(model: str | Path, decoder: str | Path, out: str | Path) -> Pat
     if wrong:
         raise ValueError(f"{decoder} has other shapes than {model}'s VAE for {wrong[:5]}: another decoder width")
     vae.update({k: v.to(vae[k].dtype) for k, v in new.items()})
-    staging = out.with_name(out.name + ".writing")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(model, staging)
-    save_file(vae, str(staging / "vae.safetensors"))
-    with open(staging / "README.md", "a") as f:
-        f.write(f"\nDecoder: `{decoder}` ({len(new)} tensors) in place of this folder's own.\n")
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with _staged(out) as staging:
+        shutil.copytree(model, staging)
+        save_file(vae, str(staging / "vae.safetensors"))
+        with open(staging / "README.md", "a") as f:
+            f.write(f"\nDecoder: `{decoder}` ({len(new)} tensors) in place of this folder's own.\n")
     return out
 
 

@@ -197,7 +197,8 @@ class SharpenStage(_Base):
         # a fixed-grid pattern in the detail this stage adds to the generated frames (their decode minus the starting
         # decoder's: the world's own content cancels, what is left is the decoder's; its gradient shrinks the
         # pattern, it does not reward noise)
-        grid = grid_share(gen - anchor_to.float(), penalty=True)
+        with torch.enable_grad() if s.grid_weight else torch.no_grad():  # off: a metric only, no graph
+            grid = grid_share(gen - anchor_to.float(), penalty=True)
         terms = {"ssim": ssim(frames_2d(out), frames_2d(x))}
         if self._gan_on(step):
             with self._autocast():
