@@ -17,11 +17,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from dit_fixture import dit_inputs, random_dit
 
+from world_model import parallel
 from world_model.attention import AttentionKernel, attention_backends
 from world_model.config import DiTConfig, tiny
 from world_model.dit import MatrixGameDiT, reuse_conditioning
-from world_model.parallel import SequenceShard, UlyssesAttention, apply_sequence_parallel
-from world_model.runtime import RuntimeOptions, apply_runtime
+from world_model.parallel import SequenceShard, UlyssesAttention, apply_sequence_parallel, head_group_bounds
+from world_model.runtime import RuntimeOptions, apply_runtime, bound_qk_inputs
 
 WORLD = 2
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +123,10 @@ def _worker(rank: int, world: int, init_file: str, case_file: str, out_dir: str)
                 with reuse_conditioning(model):  # cached per-block camera modulation, sharded per block
                     model(**inputs)
                     outputs[name + "/cached"] = model(**inputs)
+                bound_qk_inputs(model)  # set on the Ulysses kernels while applied ...
                 sp.remove()
+                # ... and handed back to the model's own kernels
+                assert all(b.self_attn.attn.qk_rms_weights[0] is b.self_attn.norm_q.weight for b in model.blocks)
                 outputs[name + "/unwrapped"] = model(**inputs)  # removed: the model is itself again
                 assert not any(isinstance(m, UlyssesAttention) for m in model.modules())
                 # The same through the runtime options, with a pinned attention backend.
@@ -132,9 +136,32 @@ def _worker(rank: int, world: int, init_file: str, case_file: str, out_dir: str)
                     n: (type(m).__name__, m.backend) for n, m in model.named_modules() if n in attention_backends(model)
                 }
                 outputs[name + "/kernels"] = kernels
+                outputs[name + "/bounds"] = _bounds_through_ulysses(model, inputs)
         torch.save(outputs, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _bounds_through_ulysses(model: MatrixGameDiT, inputs: dict) -> dict:
+    """With q/k bounded by their norms (``bound_qk_inputs``) and the Ulysses kernels on 'fa3_fp8': the bounds
+    each rank's kernel hands to attend (recorded by a stand-in that attends with 'math', as the CPU has no FA3)."""
+    for m in model.modules():
+        if isinstance(m, UlyssesAttention):
+            m.backend = "fa3_fp8"
+    bound_qk_inputs(model)
+    seen, real = [], parallel.attend
+
+    def recording(q, k, v, *, backend=None, qk_bounds=None, **kw):
+        seen.append((backend, qk_bounds, q.shape[2]))
+        return real(q, k, v, backend="math", **kw)
+
+    parallel.attend = recording
+    try:
+        out = model(**inputs)
+    finally:
+        parallel.attend = real
+    norms = model.blocks[0].self_attn
+    return {"out": out, "calls": seen, "q_weight": norms.norm_q.weight.clone(), "k_weight": norms.norm_k.weight.clone()}
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +199,35 @@ def test_sequence_parallel_equals_single_process(sp_run, name):
         assert len(self_attn) == next(c[1] for c in CASES if c[0] == name).num_layers
         assert all(k == ("UlyssesAttention", "math") for k in self_attn.values())
         assert all(backend == "math" for _, backend in kernels.values())
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CASES])
+def test_sequence_parallel_fp8_attention_gets_each_rank_heads_bounds(sp_run, name):
+    """Ulysses kernels take the q/k bounds of the layer they replace and hand attend those of the heads their rank
+    holds between the all-to-alls (padding heads bounded by 1); the model's output is unchanged by passing them."""
+    refs, outs = sp_run
+    cfg = next(c[1] for c in CASES if c[0] == name)
+    n, dh = cfg.num_heads, cfg.dim // cfg.num_heads
+    per = -(-n // WORLD)
+    for rank, out in enumerate(outs):
+        rec = out[name + "/bounds"]
+        torch.testing.assert_close(rec["out"], refs[name], rtol=0, atol=1e-5)
+        assert len(rec["calls"]) == cfg.num_layers  # every self-attention went through the Ulysses kernel
+        backend, (q_b, k_b), heads = rec["calls"][0]
+        assert backend == "fa3_fp8" and heads == per and q_b.shape == k_b.shape == (per,)
+        for weight, got in ((rec["q_weight"], q_b), (rec["k_weight"], k_b)):
+            for i in range(per):
+                h = rank * per + i
+                want = 1.0 if h >= n else (cfg.dim**0.5) * 1.02 * float(weight[h * dh : (h + 1) * dh].abs().max())
+                assert float(got[i]) == pytest.approx(want, rel=1e-6), f"rank {rank}, head {h}"
+
+
+def test_head_group_bounds_split_heads_as_the_all_to_all_does():
+    """3 heads over 2 ranks: rank 0 holds heads 0-1, rank 1 head 2 and a zero padding head (bound 1)."""
+    q, k = torch.tensor([2.0, 3.0, 5.0]), torch.tensor([7.0, 11.0, 13.0])
+    assert [t.tolist() for t in head_group_bounds((q, k), 2, 0)] == [[2.0, 3.0], [7.0, 11.0]]
+    assert [t.tolist() for t in head_group_bounds((q, k), 2, 1)] == [[5.0, 1.0], [13.0, 1.0]]
+    assert [t.tolist() for t in head_group_bounds((q, k), 1, 0)] == [q.tolist(), k.tolist()]
 
 
 def test_case_geometry_exercises_padding():

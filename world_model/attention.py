@@ -215,10 +215,18 @@ class AttentionKernel(nn.Module):
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lens: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if self.backend == "fa3_fp8" and self.qk_rms_weights is not None:
-            bounds = tuple(rms_head_bounds(w, q.shape[2]) for w in self.qk_rms_weights)
+        bounds = self.qk_bounds(q.shape[2])
+        if bounds is not None:
             return attend(q, k, v, k_lens=k_lens, backend=self.backend, qk_bounds=bounds)
         return attend(q, k, v, k_lens=k_lens, backend=self.backend)
+
+    def qk_bounds(self, num_heads: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """([num_heads], [num_heads]) bounds of |q| and |k| per head from :attr:`qk_rms_weights` where the
+        backend takes them ('fa3_fp8'), else None."""
+        if self.backend != "fa3_fp8" or self.qk_rms_weights is None:
+            return None
+        q_w, k_w = self.qk_rms_weights
+        return rms_head_bounds(q_w, num_heads), rms_head_bounds(k_w, num_heads)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

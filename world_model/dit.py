@@ -56,7 +56,7 @@ from world_model.attention import AttentionKernel
 from world_model.config import DiTConfig
 from world_model.rope import apply_rope, rope_cos_sin
 
-__all__ = ["MatrixGameDiT", "DiTBlock", "CameraModulation", "reuse_conditioning", "timestep_sinusoid"]
+__all__ = ["MatrixGameDiT", "DiTBlock", "CameraModulation", "QKVAttention", "reuse_conditioning", "timestep_sinusoid"]
 
 
 def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -119,7 +119,7 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
-class _Attention(nn.Module):
+class QKVAttention(nn.Module):
     """q, k, v, o projections with optional q/k RMSNorm over the full dim (names of spec §2.2), and
     ``attn``, the attention operation (no parameters; its backend is set from the runtime options)."""
 
@@ -146,7 +146,7 @@ def _project(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype | None) -> to
     return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
 
 
-class SelfAttention(_Attention):
+class SelfAttention(QKVAttention):
     """Self-attention. ``projection_dtype`` (None: the weights' dtype) is the dtype of the q/k/v/o
     GEMMs; :meth:`MatrixGameDiT.set_self_attn_projection_dtype` sets it from the runtime options.
     With bf16 weights, ``torch.float32`` computes them as the release's bf16 inference does (an fp32
@@ -165,7 +165,7 @@ class SelfAttention(_Attention):
         return _project(self.o, out.flatten(2), dtype)
 
 
-class CrossAttention(_Attention):
+class CrossAttention(QKVAttention):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x [B, L, D] attends to every row of context [B, Lt, D] (no key mask, like the release)."""
         x = x.to(self.q.weight.dtype)

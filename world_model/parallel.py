@@ -178,15 +178,18 @@ def ulysses_attention(
     seq_len: int,
     group: dist.ProcessGroup | None = None,
     backend: str | None = None,
+    qk_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attention of each rank's queries over the keys of all ranks (Ulysses all-to-all).
 
     q, k, v [B, Lc, N, Dh]: this rank's chunk of a sequence split in rank order and padded to
     P * Lc >= seq_len tokens; keys from seq_len on are padding and not attended. Returns this
     rank's output [B, Lc, N, Dh]. Between the two all-to-alls each rank holds all tokens of
-    ceil(N / P) heads (heads zero-padded to a multiple of P).
+    ceil(N / P) heads (heads zero-padded to a multiple of P). ``qk_bounds``: bounds of |q| and |k|
+    per head ([N] each, :func:`world_model.attention.attend`'s FP8 scales), passed on for the heads
+    this rank attends.
     """
-    _, P = _world(group)
+    rank, P = _world(group)
     B, Lc, N, Dh = q.shape
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"expected q, k, v of one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -198,10 +201,27 @@ def ulysses_attention(
     sent = rearrange(qkv, "k b l (p n) d -> p k b l n d", p=P)
     got = _all_to_all(sent, group)  # [P (source rank = token chunk), 3, B, Lc, Np/P, Dh]
     qf, kf, vf = rearrange(got, "p k b l n d -> k b (p l) n d")[:, :, :seq_len].unbind(0)  # [B, L, Np/P, Dh]
-    out = _pad_dim1(attend(qf, kf, vf, backend=backend), P * Lc)  # [B, P*Lc, Np/P, Dh]
+    if qk_bounds is not None:
+        out = attend(qf, kf, vf, backend=backend, qk_bounds=head_group_bounds(qk_bounds, P, rank))
+    else:
+        out = attend(qf, kf, vf, backend=backend)
+    out = _pad_dim1(out, P * Lc)  # [B, P*Lc, Np/P, Dh]
     # Scatter tokens, gather heads: the inverse exchange.
     back = _all_to_all(rearrange(out, "b (p l) n d -> p b l n d", p=P), group)  # [P (head group), B, Lc, Np/P, Dh]
     return rearrange(back, "p b l n d -> b l (p n) d")[:, :, :N]
+
+
+def head_group_bounds(
+    bounds: tuple[torch.Tensor, torch.Tensor], world: int, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-head bounds ([N] each) of the heads that :func:`ulysses_attention` gives ``rank`` of
+    ``world``: its group of ceil(N / world) heads, the zero heads that pad N to a multiple of ``world``
+    bounded by 1 (any positive bound scales zeros to zeros)."""
+    n = bounds[0].shape[0]
+    per = -(-n // world)
+    padded = (F.pad(b, (0, per * world - n), value=1.0) for b in bounds)
+    q, k = (b[rank * per : (rank + 1) * per] for b in padded)
+    return q, k
 
 
 class _ForwardState:
@@ -237,7 +257,8 @@ class UlyssesAttention(AttentionKernel):
         if k_lens is not None:
             raise ValueError("sequence-parallel attention takes no key mask (the padded keys are cut off inside)")
         seq_len = self._state.current().length
-        return ulysses_attention(q, k, v, seq_len=seq_len, group=self.group, backend=self.backend)
+        bounds = self.qk_bounds(q.shape[2])
+        return ulysses_attention(q, k, v, seq_len=seq_len, group=self.group, backend=self.backend, qk_bounds=bounds)
 
 
 class SequenceParallel:
@@ -257,6 +278,7 @@ class SequenceParallel:
             attn = block.self_attn.attn
             self._kernels.append((block.self_attn, attn))
             block.self_attn.attn = UlyssesAttention(self._state, group, attn.backend)
+            block.self_attn.attn.qk_rms_weights = attn.qk_rms_weights  # its q, k still come out of those norms
             hook(block.register_forward_pre_hook(self._block_inputs))
             if block.action_model is not None:
                 hook(block.action_model.register_forward_pre_hook(self._gather_action_input))
@@ -269,7 +291,8 @@ class SequenceParallel:
         for handle in self._handles:
             handle.remove()
         for attention, kernel in self._kernels:
-            kernel.backend = attention.attn.backend  # keep a backend set while applied
+            kernel.backend = attention.attn.backend  # keep a backend (and q/k bounds) set while applied
+            kernel.qk_rms_weights = attention.attn.qk_rms_weights
             attention.attn = kernel
         self._handles, self._kernels = [], []
         self._state.reset()

@@ -267,12 +267,12 @@ def bound_qk_inputs(dit: nn.Module) -> int:
     the norms' weights (``AttentionKernel.qk_rms_weights``) instead of a reduction over q and k at every
     call (session 15's profile: 50 ms of a 5B chunk's 1.35 s on the H200). Returns how many."""
     from world_model.attention import bound_qk_by_rms_norms
-    from world_model.dit import RMSNorm, _Attention
+    from world_model.dit import QKVAttention, RMSNorm
 
     layers = [
         m
         for m in dit.modules()
-        if isinstance(m, _Attention) and isinstance(m.norm_q, RMSNorm) and isinstance(m.norm_k, RMSNorm)
+        if isinstance(m, QKVAttention) and isinstance(m.norm_q, RMSNorm) and isinstance(m.norm_k, RMSNorm)
     ]
     for m in layers:
         bound_qk_by_rms_norms(m.attn, m.norm_q, m.norm_k)
