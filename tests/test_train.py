@@ -904,6 +904,35 @@ def test_sharpen_snapshots_become_exported_models(smoke_run, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_export_decoder_takes_the_mean_of_snapshots_blended_from_the_folders_own(smoke_run, tmp_path):
+    """`export decoder --decoder A B --blend 0.5`: the folder's decoder moved half way to the mean of A and B
+    (in fp32, stored in the folder's dtype), its encoder untouched; a blend outside (0, 1] is refused."""
+    from safetensors.torch import load_file
+
+    from world_model.train.export import main as export_main
+    from world_model.train.export import read_exported, with_decoder
+
+    run, _ = smoke_run
+    snaps = sorted((run / "sharpen" / "snapshots").glob("step-*.safetensors"))
+    a, b = (load_file(str(p)) for p in snaps)
+    args = ["decoder", "--model", str(run / "export"), "--decoder", *map(str, snaps), "--blend", "0.5"]
+    export_main([*args, "--out", str(tmp_path / "m")])
+    was = read_exported(run / "export")[2].state_dict()
+    got = read_exported(tmp_path / "m")[2].state_dict()
+    for k, v in got.items():
+        if k in a:
+            want = was[k].float() + 0.5 * ((a[k].float() + b[k].float()) / 2 - was[k].float())
+            torch.testing.assert_close(v, want.to(torch.bfloat16).float(), atol=0, rtol=0)
+        else:
+            assert torch.equal(v, was[k]), k
+    assert any(not torch.equal(got[k], was[k]) for k in a)
+    assert "mean of 2 decoders" in (tmp_path / "m" / "README.md").read_text()
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="blend"):
+            with_decoder(run / "export", snaps, tmp_path / "bad", blend=bad)
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.slow
 def test_eval_snapshots_ranks_each_snapshot_on_the_test_levels(smoke_run, tmp_path):
     """bench/gpu/eval_snapshots.py: every snapshot into the exported model, reset and sharpness on the test

@@ -65,6 +65,11 @@ class SharpenOptions:
     # frames at weight 0.005 ended at 0.174, at 10 and 0.02 it swamped the other terms under the gradient clip
     # (sharpness 3.2x, SSIM 0.46), and on the added detail at 0.05 its share rose 0.31 -> 0.99 in 20 steps.
     # Unproven at the GPU's batch; the stage's snapshots (every 500 steps) let a session pick along its curve.
+    # Not for want of a discriminator that sees the grid: a CPU check of session 17 (synthetic frames with detail
+    # at every phase, 64x64, batch 16) had the patch discriminator tell frames with a fixed 4-pixel screen door
+    # of 4 % of their detail from frames without perfectly in 150 steps; at step 4,000 of session 17's stage it
+    # told every generated frame apart (gan_d 0.15): the decoder draws the grid while it fails to invent detail
+    # the DiT's latents lack. Session 17 shipped a blend instead (export decoder --blend).
     grid_weight: float = 0.0
     eval_chunks: int = 16
     seed: int = 0
