@@ -855,6 +855,51 @@ def test_sharpen_stage_trains_the_decoder_alone_on_generated_latents(smoke_run):
     assert all(torch.equal(before[k], v) for k, v in again.reference.state_dict().items())
 
 
+def test_sharpen_stage_hands_on_a_moving_average_of_its_decoder(smoke_run):
+    """SharpenOptions.ema_decay: the snapshot, the checkpoint's student and the evaluation take the average
+    (shadow += (1 - d) (live - shadow), d ramped), the live decoder trains on; a resumed stage gets both back,
+    a slim (no live weights) starts both at the student; a decay outside [0, 1) is refused."""
+    from world_model.train.autoencoder import VAEOptions, is_decoder_side
+    from world_model.train.pipeline import PipelineOptions, _clip_frames, _shipped_vae
+    from world_model.train.sharpen import SharpenOptions, SharpenStage
+
+    run, _ = smoke_run
+    opts = PipelineOptions.smoke()
+    cfg, _, pool = _sharpen_parts(run, opts, ema_decay=0.9)
+    dev = torch.device("cpu")
+    frames = _clip_frames(run, "train", 17, dev)
+    vopts = VAEOptions(batch_size=1, gan_start=0, warmup_steps=1, lr=1e-3, eval_clips=2, amp=False)
+    vae = _shipped_vae(run, opts, cfg, dev, stages=("decoder",))
+    stage = SharpenStage(vae, pool, frames, None, vopts, pool.opts)
+    shadow = {k: v.float().clone() for k, v in vae.state_dict().items() if is_decoder_side(k)}
+    for step in range(2):
+        stage.train_step(step)
+        d = min(0.9, (2 + step) / (11 + step))
+        live = vae.state_dict()
+        shadow = {k: v + (1 - d) * (live[k].float() - v) for k, v in shadow.items()}
+    assert any(not torch.allclose(shadow[k], live[k].float()) for k in shadow)  # the average is not the live one
+    snap, state = stage.snapshot(), stage.state_dict()
+    for k, v in shadow.items():
+        torch.testing.assert_close(snap[k].float(), v.bfloat16().float(), atol=0, rtol=0)
+        torch.testing.assert_close(state["student"][k].float(), v, atol=1e-6, rtol=0)
+        assert torch.equal(state["live"][k], live[k])
+    again = SharpenStage(_shipped_vae(run, opts, cfg, dev, stages=("decoder",)), pool, frames, None, vopts, pool.opts)
+    again.load_state_dict(state)
+    assert all(torch.equal(again.vae.state_dict()[k], live[k]) for k in shadow)
+    assert all(torch.equal(again.shipped.state_dict()[k], state["student"][k]) for k in shadow)
+    assert again.ema.num_updates == 2
+    slim = {"student": state["student"]}
+    carried = SharpenStage(_shipped_vae(run, opts, cfg, dev, stages=("decoder",)), pool, frames, None, vopts, pool.opts)
+    carried.load_state_dict(slim)
+    for k in shadow:
+        torch.testing.assert_close(carried.vae.state_dict()[k].float(), state["student"][k].float(), atol=0, rtol=0)
+        assert torch.equal(carried.shipped.state_dict()[k], state["student"][k])
+    assert carried.ema.num_updates == 0
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="ema_decay"):
+            SharpenOptions(ema_decay=bad)
+
+
 def test_the_export_and_the_slim_take_the_sharpened_decoder(smoke_run, tmp_path):
     from world_model.train.checkpoints import load_latest
     from world_model.train.export import read_exported

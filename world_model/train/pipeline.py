@@ -104,6 +104,7 @@ class PipelineOptions:
     sharpen_anchor: float = 1.0  # weight of the low-pass anchor to the starting decoder (SharpenOptions)
     sharpen_gan_ramp: int = 200  # steps over which its adversarial term ramps in (its discriminator starts fresh)
     sharpen_grid: float = 0.0  # weight of its fixed-grid penalty (SharpenOptions.grid_weight; off: see there)
+    sharpen_ema: float = 0.999  # decay of the moving average it hands on (SharpenOptions.ema_decay; 0: off)
     sharpen_snapshot_every: int = 500  # its decoder written every that many steps (sharpen/snapshots; 0: none)
     sharpen_pool: int = 64  # generated chunks held at once (SharpenOptions.pool_size)
     sharpen_refresh: int = 25  # steps between refreshes of the pool (SharpenOptions.refresh_every)
@@ -687,6 +688,7 @@ def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> 
         gen_batch=opts.sharpen_gen_batch,
         anchor_weight=opts.sharpen_anchor,
         grid_weight=opts.sharpen_grid,
+        ema_decay=opts.sharpen_ema,
         seed=opts.seed,
     )
     amp = dev.type == "cuda"

@@ -43,6 +43,7 @@ from world_model.train.autoencoder import (
     ssim,
 )
 from world_model.train.clips import ClipSampler
+from world_model.train.ema import EMA
 from world_model.train.rollout import sample_into, stored_latents
 
 __all__ = ["SharpenOptions", "GeneratedChunks", "SharpenStage"]
@@ -71,6 +72,11 @@ class SharpenOptions:
     # told every generated frame apart (gan_d 0.15): the decoder draws the grid while it fails to invent detail
     # the DiT's latents lack. Session 17 shipped a blend instead (export decoder --blend).
     grid_weight: float = 0.0
+    # the decoder the stage hands on (export, slim, snapshots, its evaluation) is an exponential moving average of
+    # the one it trains, with this decay (0: the trained one itself). Session 17 (test levels): each snapshot drew
+    # its own screen door (grid share 0.03-0.07 at 0.86-1.19 of the simulator's sharpness), and the mean of eight
+    # snapshots 500 steps apart kept the sharpness with a fraction of the grid; 0.999 averages over ~1,000 steps
+    ema_decay: float = 0.999
     eval_chunks: int = 16
     seed: int = 0
 
@@ -81,6 +87,8 @@ class SharpenOptions:
             raise ValueError(f"p_first must be in [0, 1], got {self.p_first}")
         if self.grid_weight < 0 or self.anchor_weight < 0:
             raise ValueError(f"grid_weight and anchor_weight must be >= 0: {self}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
 
 
 class GeneratedChunks:
@@ -179,6 +187,13 @@ class SharpenStage(_Base):
         super().__init__(trainable, opts, next(vae.parameters()).device, _last_weight(vae))
         self.held_pool = held_pool
         self._held: tuple[Tensor, Tensor] | None = None
+        self.ema = EMA(vae, sopts.ema_decay) if sopts.ema_decay else None
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The VAE whose decoder the stage hands on: the moving average (SharpenOptions.ema_decay), else the
+        trained one."""
+        return self.ema.model if self.ema is not None else self.vae
 
     def _generator_loss(self, videos: list[Tensor]) -> Tensor:
         return torch.stack([self.adversary.generator_loss(v) for v in videos]).mean()
@@ -214,6 +229,8 @@ class SharpenStage(_Base):
         loss = self._weighted(terms, rec, step) + s.grid_weight * grid
         gnorm = self._step(step, loss)
         self.optim.step()
+        if self.ema is not None:
+            self.ema.update(self.vae)
         metrics = {
             "loss": loss,
             "pixel": pixel,
@@ -231,7 +248,7 @@ class SharpenStage(_Base):
     def evaluate(self) -> dict[str, float]:
         if self.held_out is None:
             return {}
-        vals, sharp_out, sharp_true = self._round_trip(self.vae, self.held_out)
+        vals, sharp_out, sharp_true = self._round_trip(self.shipped, self.held_out)
         real = sharp_true.mean()
         result = {"psnr_pruned": vals.mean().item(), "sharpness_ratio": (sharp_out.mean() / real).item()}
         if self.held_pool is not None:
@@ -240,7 +257,7 @@ class SharpenStage(_Base):
                 self._held = self.held_pool.crops(self.sopts.eval_chunks)
             prefix, crop = self._held
             with self._autocast():
-                gen = decode_after(self.vae, prefix, crop, clamp=True).float()
+                gen = decode_after(self.shipped, prefix, crop, clamp=True).float()
                 ref = decode_after(self.reference, prefix, crop, clamp=True).float()
             result["gen_sharpness_ratio"] = (sharpness(gen) / real).item()
             result["gen_sharpness_ratio_start"] = (sharpness(ref) / real).item()
@@ -254,13 +271,17 @@ class SharpenStage(_Base):
         as exported (1.3 MB for the embedded model's), for ``python -m world_model.train.export decoder``."""
         return {
             k: v.to(torch.bfloat16) if v.is_floating_point() else v
-            for k, v in self.vae.state_dict().items()
+            for k, v in self.shipped.state_dict().items()
             if is_decoder_side(k)
         }
 
     def state_dict(self) -> dict:
+        """``student``: the decoder handed on (export and slim read it); with the moving average, ``live`` the
+        trained one and ``ema_updates``, so that a resumed stage goes on exactly."""
+        live = {"live": self.vae.state_dict(), "ema_updates": self.ema.num_updates} if self.ema is not None else {}
         return {
-            "student": self.vae.state_dict(),
+            "student": self.shipped.state_dict(),
+            **live,
             "reference": {k: v for k, v in self.reference.state_dict().items() if is_decoder_side(k)},
             "optim": self.optim.state_dict(),
             "data": self.train.state_dict(),
@@ -270,7 +291,12 @@ class SharpenStage(_Base):
     def load_state_dict(self, state: dict) -> None:
         """A full checkpoint resumes exactly (its reference decoder too); a slimmed one continues."""
         decoder = {k: v for k, v in state["student"].items() if is_decoder_side(k)}
-        self.vae.load_state_dict(decoder, strict=False)
+        self.vae.load_state_dict(
+            {k: v for k, v in state.get("live", decoder).items() if is_decoder_side(k)}, strict=False
+        )
+        if self.ema is not None:  # a slim (no live weights) starts the average at the decoder it carries
+            self.ema.model.load_state_dict(decoder, strict=False)
+            self.ema.num_updates = int(state.get("ema_updates", 0))
         if "reference" in state:
             self.reference.load_state_dict(state["reference"], strict=False)
         if "optim" in state:
