@@ -75,7 +75,10 @@ class SharpenOptions:
     # the decoder the stage hands on (export, slim, snapshots, its evaluation) is an exponential moving average of
     # the one it trains, with this decay (0: the trained one itself). Session 17 (test levels): each snapshot drew
     # its own screen door (grid share 0.03-0.07 at 0.86-1.19 of the simulator's sharpness), and the mean of eight
-    # snapshots 500 steps apart kept the sharpness with a fraction of the grid; 0.999 averages over ~1,000 steps
+    # snapshots 500 steps apart kept the sharpness with a fraction of the grid; 0.999 averages over ~1,000 steps.
+    # No warm-up ramp: the starting decoder keeps the share 0.999^n (0.61 at step 500, 0.02 at 4,000), so that an
+    # early snapshot is a blend from it, which session 17 also found to lower the grid (0.3 of the way to its
+    # step 1,500: sharpness 0.43, grid share 0.009)
     ema_decay: float = 0.999
     eval_chunks: int = 16
     seed: int = 0
@@ -187,7 +190,7 @@ class SharpenStage(_Base):
         super().__init__(trainable, opts, next(vae.parameters()).device, _last_weight(vae))
         self.held_pool = held_pool
         self._held: tuple[Tensor, Tensor] | None = None
-        self.ema = EMA(vae, sopts.ema_decay) if sopts.ema_decay else None
+        self.ema = EMA(vae, sopts.ema_decay, ramp=False) if sopts.ema_decay else None
 
     @property
     def shipped(self) -> nn.Module:
