@@ -153,6 +153,7 @@ class PipelineOptions:
             dmd_cold_start=1,
             sharpen_steps=2,
             sharpen_snapshot_every=1,
+            sharpen_ema=0.5,  # the moving average, moving within two steps
             sharpen_gen_batch=1,
             checkpoint_every=2,
             eval_every=0,
