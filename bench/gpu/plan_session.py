@@ -97,6 +97,10 @@ from pathlib import Path
 # writes its decoder every 500 steps (sharpen/snapshots; every poll packs the new ones), so that the candidate shipped
 # is chosen on the test levels, by grid_share and by eye along the curve (sharpness rose 0.31 -> 0.61 held out by
 # step 2,000 of session 16: an earlier snapshot may hold most of it before the grid), not the last step's.
+# Session 17 (seed 17, --gan-translate 4) ran the stage to its 4,000 steps: every snapshot drew a screen door of its
+# own (grid share 0.034-0.066 at 0.86-1.19 of the simulator's sharpness; step 500 already), the mean of six cut the
+# grid to 0.018 at 0.96, and 0.3 of the way from the shipped decoder to step 1,500 gave 0.43 at 0.009. From session
+# 18 the stage hands on the moving average of its decoder (--sharpen-ema 0.999, no warm-up ramp).
 SHARES = {"data": 0.0, "vae": 0.0, "decoder": 0.0, "encode": 0.04, "base": 0.0, "memory": 0.0, "dmd": 0.0,
           "sharpen": 0.85, "export": 0.01}  # fmt: skip
 GAN_WEIGHT = 0.3
