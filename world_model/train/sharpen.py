@@ -70,7 +70,8 @@ class SharpenOptions:
     # at every phase, 64x64, batch 16) had the patch discriminator tell frames with a fixed 4-pixel screen door
     # of 4 % of their detail from frames without perfectly in 150 steps; at step 4,000 of session 17's stage it
     # told every generated frame apart (gan_d 0.15): the decoder draws the grid while it fails to invent detail
-    # the DiT's latents lack. Session 17 shipped a blend instead (export decoder --blend).
+    # the DiT's latents lack. Session 17's means and blends of snapshots (export decoder --decoder ... --blend): the
+    # model card's "The curve" section.
     grid_weight: float = 0.0
     # the decoder the stage hands on (export, slim, snapshots, its evaluation) is an exponential moving average of
     # the one it trains, with this decay (0: the trained one itself). Session 17 (test levels): each snapshot drew
