@@ -1,7 +1,9 @@
 """Row-wise FP8 quantisation of the 5B DiT's activations: one Triton pass (world_model.fp8_rows) against the
 torch path inductor compiles today (issue 14: the FFN's GELU + quantisation took 77 ms of a 1.19 s chunk).
 
-For each shape (the FFN's hidden activations with the first layer's bias and the GELU; a block's 3,072-wide activations without), each
+For each shape (the FFN's hidden activations with the first layer's bias and the GELU; a block's 3,072-wide activations
+without; a block's modulated LayerNorm of the fp32 residual stream, 880 tokens a frame, as the self-attention and FFN
+inputs: ``quantize_modulated_rows``), each
 method's time per call (median of CUDA-event timings), its achieved bandwidth against ``--bandwidth-gbs`` (the
 bytes: the bf16 rows read once, the e4m3 rows and fp32 scales written), and its agreement with the fp32
 reference: the share of e4m3 values that differ and the dequantised values' relative error.
@@ -22,9 +24,30 @@ import time
 import torch
 import torch.nn.functional as F
 
-from world_model.fp8_rows import quantize_rows, quantize_rows_fp8, quantize_rows_reference, triton_available
+from world_model.dit import _layer_norm, _modulate
+from world_model.fp8_rows import (
+    quantize_modulated_rows,
+    quantize_modulated_rows_reference,
+    quantize_rows,
+    quantize_rows_fp8,
+    quantize_rows_reference,
+    triton_available,
+)
 
 SHAPES = {"ffn_hidden_bias_gelu": (14336, True), "block_activations": (3072, False)}
+TOKENS_PER_FRAME = 880  # the 5B window at 704x1280: 22 x 40 tokens a latent frame
+EPS = 1e-6
+
+
+def block_path(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a DiT block computes without the kernel: its modulated LayerNorm (per-frame shift and scale), then the
+    FP8 linears' row quantisation."""
+    y = _modulate(_layer_norm(x[None], EPS), shift[None], scale[None])[0]
+    return quantize_rows_fp8(y)
+
+
+def modulated_kernel(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return quantize_modulated_rows(x, shift, scale, EPS, x.shape[0] // shift.shape[0])
 
 
 def model_path(x: torch.Tensor, gelu: bool, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +131,35 @@ def main(argv: list[str] | None = None) -> int:
                     **agreement(q, s, ref, exact),
                 }
             )
+    # the modulated LayerNorm: fp32 rows in (the residual stream), e4m3 rows and scales out
+    group = min(TOKENS_PER_FRAME, args.rows)
+    frames = max(1, args.rows // group)
+    x = torch.randn(frames * group, 3072, device=device, generator=g) * 2
+    shift, scale = (0.5 * torch.randn(frames, 3072, device=device, generator=g) for _ in range(2))
+    ref = quantize_modulated_rows_reference(x, shift, scale, EPS, group)
+    exact = _modulate(_layer_norm(x[None], EPS), shift[None], scale[None])[0]
+    nbytes = x.numel() * 4 + x.numel() + x.shape[0] * 4
+    mod_methods = {"eager": block_path, "compiled": torch.compile(block_path, dynamic=False)}
+    if device.type == "cuda" and triton_available():
+        mod_methods["triton one pass"] = modulated_kernel
+    if device.type != "cuda":
+        mod_methods.pop("compiled")
+    for name, fn in mod_methods.items():
+        sec = timed(lambda a, _g, _b, f=fn: f(a, shift, scale), x, False, None, args.repeats)
+        q, s = fn(x, shift, scale)
+        rows.append(
+            {
+                "shape": "modulated_layer_norm",
+                "rows": x.shape[0],
+                "width": 3072,
+                "method": name,
+                "ms": sec * 1e3,
+                "gb_per_s": nbytes / sec / 1e9,
+                "of_bandwidth": nbytes / sec / 1e9 / args.bandwidth_gbs,
+                "floor_ms": nbytes / (args.bandwidth_gbs * 1e9) * 1e3,
+                **agreement(q, s, ref, exact),
+            }
+        )
     print(
         f"{'shape':20s} {'method':16s} {'ms':>8s} {'GB/s':>8s} {'of ceiling':>10s} {'floor ms':>9s} {'e4m3 differ':>11s} {'rel err':>8s}"
     )

@@ -672,7 +672,7 @@ def test_fp8_rows_bench_runs_on_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert {r["shape"] for r in rows} == {"ffn_hidden_bias_gelu", "block_activations"}
+    assert {r["shape"] for r in rows} == {"ffn_hidden_bias_gelu", "block_activations", "modulated_layer_norm"}
     assert all(r["ms"] > 0 and 0 <= r["e4m3_differ"] < 0.05 and r["rel_error"] < 0.05 for r in rows)
 
 
@@ -723,3 +723,23 @@ def test_triton_row_quantisation_matches_the_reference_on_gpu():
         exact = torch.nn.functional.gelu(x.float(), approximate="tanh") if gelu else x.float()
         err = ((q.float() * s - exact).norm() / exact.norm()).item()
         assert err < 0.04
+
+
+@pytest.mark.gpu
+def test_triton_modulated_row_quantisation_matches_the_reference_on_gpu():
+    """quantize_modulated_rows' kernel: a block's modulated LayerNorm of fp32 (and bf16) rows, quantised, as the
+    reference computes it (the 5B width; a width narrower than its block; groups of rows sharing a modulation)."""
+    from world_model.fp8_rows import quantize_modulated_rows, quantize_modulated_rows_reference, triton_available
+
+    if not triton_available():
+        pytest.skip("Triton is not installed with this torch")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for d, group, dtype in ((3072, 880, torch.float32), (3072, 880, torch.bfloat16), (100, 3, torch.float32)):
+        x = (torch.randn(4 * group, d, device="cuda", generator=g) * 2 + 0.5).to(dtype)
+        shift, scale = (0.5 * torch.randn(4, d, device="cuda", generator=g) for _ in range(2))
+        q, s = quantize_modulated_rows(x, shift, scale, 1e-6, group)
+        rq, rs = quantize_modulated_rows_reference(x, shift, scale, 1e-6, group)
+        rtol = 1e-5 if dtype == torch.float32 else 2**-7  # bf16: its rounding of the normalised row may differ
+        torch.testing.assert_close(s, rs, rtol=rtol, atol=0)
+        back, ref = q.float() * s, rq.float() * rs
+        assert ((back - ref).norm() / ref.norm()).item() < (1e-3 if dtype == torch.float32 else 2e-2), (d, dtype)

@@ -21,7 +21,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FP8", "FP8_MAX", "quantize_rows", "quantize_rows_fp8", "quantize_rows_reference", "triton_available"]
+__all__ = [
+    "FP8",
+    "FP8_MAX",
+    "quantize_modulated_rows",
+    "quantize_modulated_rows_reference",
+    "quantize_rows",
+    "quantize_rows_fp8",
+    "quantize_rows_reference",
+    "triton_available",
+]
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
@@ -62,7 +71,106 @@ def quantize_rows_reference(
     return quantize_rows_fp8(xf)
 
 
+def quantize_modulated_rows_reference(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, group_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_rows_fp8` of a DiT block's modulated LayerNorm ``LN(x) * (1 + scale[g]) + shift[g]`` for
+    x [M, D] (the LayerNorm without affine, in fp32, rounded to x's dtype as the block's is) and per-group
+    modulation shift, scale [G, D], row r in group r // ``group_rows`` (a frame's tokens share their frame's
+    modulation: rows of [B, T, S, D] flattened, groups of [B, T]): what :func:`quantize_modulated_rows`' kernel
+    computes."""
+    _check_modulated(x, shift, scale, group_rows)
+    y = F.layer_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype).float()
+    g = torch.arange(x.shape[0], device=x.device) // group_rows
+    return quantize_rows_fp8(y * (1 + scale.float()[g]) + shift.float()[g])
+
+
+def _check_modulated(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, group_rows: int) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"expected x [M, D], got shape {tuple(x.shape)}")
+    if group_rows < 1 or x.shape[0] % group_rows:
+        raise ValueError(f"{x.shape[0]} rows are not whole groups of {group_rows}")
+    want = (x.shape[0] // group_rows, x.shape[1])
+    if shift.shape != want or scale.shape != want:
+        raise ValueError(f"expected shift and scale {want}, got {tuple(shift.shape)} and {tuple(scale.shape)}")
+
+
+def quantize_modulated_rows(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, group_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise FP8 e4m3 of ``LN(x) * (1 + scale[g]) + shift[g]`` (see :func:`quantize_modulated_rows_reference`):
+    (q [M, D], scale [M, 1] fp32). One Triton pass per row on CUDA (a row read once: the norm's statistics, the
+    modulation, the row's largest magnitude, e4m3), else the reference.
+
+    Where it would go (not yet wired into the DiT): a 5B chunk's self-attention and FFN inputs, the fp32 residual
+    stream's rows normalised, modulated and quantised, which inductor's fused kernels took 0.15-0.26 ms a call for
+    (session 17's profile, ~62 ms a chunk: ``bench/results/env_5b_fa3fp8_ffn_kernel_profile_session17_h200.json``)
+    against ~0.06 ms for the bytes (17,600 fp32 rows of 3,072 in, e4m3 out). ``bench/fp8_rows.py`` times it."""
+    _check_modulated(x, shift, scale, group_rows)
+    if not (x.is_cuda and triton_available()) or x.shape[1] > 32768:
+        return quantize_modulated_rows_reference(x, shift, scale, eps, group_rows)
+    return _launch_modulated(x, shift, scale, eps, group_rows)
+
+
+def _launch_modulated(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, group_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's launch (on CUDA; Triton's interpreter runs it on the CPU: TRITON_INTERPRET=1)."""
+    x, shift, scale = x.contiguous(), shift.float().contiguous(), scale.float().contiguous()
+    m, d = x.shape
+    q = torch.empty(m, d, dtype=FP8, device=x.device)
+    row_scale = torch.empty(m, 1, dtype=torch.float32, device=x.device)
+    block = 1 << (d - 1).bit_length()
+    warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
+    _modulated_rows_fp8[(m,)](
+        x,
+        shift,
+        scale,
+        q,
+        row_scale,
+        d,
+        group_rows,
+        eps,
+        ROUND_BF16=x.dtype == torch.bfloat16,
+        BLOCK=block,
+        num_warps=warps,
+    )
+    return q, row_scale
+
+
 if triton is not None:
+
+    @triton.jit
+    def _modulated_rows_fp8(
+        x_ptr,
+        shift_ptr,
+        scale_ptr,
+        q_ptr,
+        s_ptr,
+        D,
+        GROUP_ROWS,
+        eps,
+        ROUND_BF16: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < D
+        x = tl.load(x_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / D
+        xc = tl.where(mask, x - mean, 0.0)
+        y = xc * (1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps))
+        if ROUND_BF16:  # the block's LayerNorm returns its input's dtype
+            y = y.to(tl.bfloat16).to(tl.float32)
+        g = row // GROUP_ROWS
+        mod_scale = tl.load(scale_ptr + g * D + cols, mask=mask, other=0.0)
+        mod_shift = tl.load(shift_ptr + g * D + cols, mask=mask, other=0.0)
+        y = y * (1.0 + mod_scale) + mod_shift
+        amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
+        scale = tl.maximum(amax, 1e-12) / 448.0  # _MIN_SCALE, FP8_MAX
+        q = tl.minimum(tl.maximum(y / scale, -448.0), 448.0)
+        tl.store(q_ptr + row * D + cols, q.to(tl.float8e4nv), mask=mask)
+        tl.store(s_ptr + row, scale)
 
     @triton.jit
     def _rows_fp8(

@@ -104,7 +104,8 @@ for step in $steps; do
       ;;
     fp8_rows)
       # issue 14: the one-pass Triton row quantisation (world_model/fp8_rows.py) against the compiled torch path at the
-      # 5B shapes (the FFN's GELU + quantisation: 0.85 ms a call, 77 ms a chunk, in session 16's profile), and its test
+      # 5B shapes (the FFN's GELU + quantisation: 0.85 ms a call, 77 ms a chunk, in session 16's profile; from session
+      # 17 also the modulated LayerNorm's, ~62 ms a chunk in inductor's kernels), and their tests
       timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_runtime.py -k row_quantisation 2>&1 | grep -v '^USDT:' | tail -3
       timeout 200 python3 bench/fp8_rows.py --json "$out/fp8_rows_h200.json" 2>&1 | grep -v '^USDT:' | tail -10
       ;;
