@@ -12,7 +12,7 @@
 # that normalisation (the encoder frozen: --vae-train-encoder false). Compile caches (pack.sh compile)
 # carried in any call before the DiT stages start are unpacked into TORCHINDUCTOR_CACHE_DIR first, and a
 # DMD student (pack.sh student) into the run, where the DMD stage starts its student from it.
-# Usage: [BENCH=1] bash bench/gpu/session.sh BUDGET_MINUTES [pipeline flags]
+# Usage: [BENCH=1] [GROW=N] bash bench/gpu/session.sh BUDGET_MINUTES [pipeline flags]
 set -u
 budget=${1:-20}; shift || true
 rm -rf /tmp/mg3 && mkdir -p /tmp/mg3/runs
@@ -31,6 +31,13 @@ if [ -f /tmp/parts/prev.tar ]; then
     reopen="--reopen $(ls runs/embedded | grep -xE 'decoder|base|memory' | paste -sd,)"
   fi
   echo "continuing from the carried weights: $reopen"
+  if [ "${GROW:-0}" != 0 ]; then
+    # GROW=N: the carried DiT grows by N blocks here (world_model/train/grow.py: appended, each the identity at
+    # first), so that the carried weights stay the small ones; the run's config takes the new count
+    layers=$(python3 -m world_model.train.grow --checkpoint runs/embedded/base --add-blocks "$GROW" | python3 -c 'import json, sys; print(json.load(sys.stdin)["layers"])') || exit 1
+    set -- "$@" --dit-layers "$layers"
+    echo "the carried DiT grown by $GROW blocks to $layers"
+  fi
 fi
 cat > runs/session_job.sh <<JOB
 set -x

@@ -62,6 +62,9 @@ class PipelineOptions:
     """Everything a run needs; saved as ``<run>/pipeline.json`` on the first call."""
 
     config: str = "embedded"
+    # the DiT's blocks when not the preset's (0: the preset's): a model grown by world_model.train.grow (blocks
+    # appended, each the identity at first) trains on with its carried weights
+    dit_layers: int = 0
     fake_data: bool = False  # synthetic frames instead of the ViZDoom engine (tests)
     engine_frames: bool = True  # raw uint8 shards recorded beside training (False: H.264 dataset, decoded once)
     frames: int = 400_000  # frames to generate (train frames when engine_frames)
@@ -167,6 +170,8 @@ class PipelineOptions:
     def __post_init__(self) -> None:
         if not 0.0 <= self.action_dropout < 1.0:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout}")
+        if self.dit_layers < 0:
+            raise ValueError(f"dit_layers must be >= 1 (0: the preset's), got {self.dit_layers}")
         value = self.compile
         if isinstance(value, bool) or str(value).lower() in ("true", "false", "none"):
             value = "base,memory" if str(value).lower() == "true" else ""
@@ -194,6 +199,8 @@ def _device() -> torch.device:
 def run_config(run: Path, opts: PipelineOptions) -> WorldModelConfig:
     """The preset with the measured latent statistics (once the ``encode`` stage has run)."""
     cfg = PRESETS[opts.config]()
+    if opts.dit_layers:
+        cfg = cfg.replace(dit=cfg.dit.replace(num_layers=opts.dit_layers))
     stats = run / "latents" / "stats.json"
     if stats.exists():
         s = json.loads(stats.read_text())
