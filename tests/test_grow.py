@@ -98,3 +98,28 @@ def test_grow_checkpoint_rewrites_a_slimmed_stage_in_place(tmp_path):
         torch.testing.assert_close(grown.eval()(**inputs), dit(**inputs), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="no slimmed DiT"):
         grow_checkpoint(tmp_path / "nothing", cfg, 1)
+
+
+def test_export_int8_halves_the_dits_bytes_and_keeps_the_rest(tmp_path):
+    """`export int8`: the folder's DiT stored as int8 with a scale per row (what a grown model ships as, past 40 MB
+    in bf16); it loads, its window output stays close, the VAE file and the config are the folder's own."""
+    from world_model.train.export import export_model, exported_size_bytes, read_exported
+    from world_model.train.export import main as export_main
+    from world_model.vae import WanVAE
+
+    cfg = tiny()
+    dit = random_dit(cfg.dit.replace(dim=64, ffn_dim=128, action_config=None), seed=4)
+    cfg = cfg.replace(dit=dit.cfg)
+    src = export_model(tmp_path / "m", cfg, dit, WanVAE(cfg.vae))
+    export_main(["int8", "--model", str(src), "--out", str(tmp_path / "q")])
+    q = tmp_path / "q"
+    assert (q / "vae.safetensors").read_bytes() == (src / "vae.safetensors").read_bytes()
+    assert (q / "config.json").read_text() == (src / "config.json").read_text()
+    dit_bytes = lambda f: exported_size_bytes(f / "base_distilled_model")  # noqa: E731
+    assert dit_bytes(q) < 0.6 * dit_bytes(src)
+    _, a, _ = read_exported(src)
+    _, b, _ = read_exported(q)
+    inputs = dit_inputs(cfg.dit, 1, 1, 2, 4, 4)
+    with torch.no_grad():
+        ra, rb = a(**inputs), b(**inputs)
+    assert 0 < float((ra - rb).norm() / ra.norm()) < 0.03
