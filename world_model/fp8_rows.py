@@ -107,9 +107,24 @@ def quantize_modulated_rows(
     (session 17's profile, ~62 ms a chunk: ``bench/results/env_5b_fa3fp8_ffn_kernel_profile_session17_h200.json``)
     against ~0.06 ms for the bytes (17,600 fp32 rows of 3,072 in, e4m3 out). ``bench/fp8_rows.py`` times it."""
     _check_modulated(x, shift, scale, group_rows)
-    if not (x.is_cuda and triton_available()) or x.shape[1] > 32768:
+    if not _kernel_runs(x):
         return quantize_modulated_rows_reference(x, shift, scale, eps, group_rows)
     return _launch_modulated(x, shift, scale, eps, group_rows)
+
+
+def _kernel_runs(x: torch.Tensor) -> bool:
+    """Whether the row kernels take ``x`` [M, K]: on CUDA with Triton, a row of at most 32,768 in registers."""
+    return x.is_cuda and triton_available() and x.shape[1] <= 32768
+
+
+def _row_outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """For a row kernel over x [M, K]: the e4m3 rows and fp32 scales to write, the block (K rounded up to a power
+    of two: a whole row in registers) and the warps for it."""
+    m, k = x.shape
+    block = 1 << (k - 1).bit_length()
+    warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
+    q = torch.empty(m, k, dtype=FP8, device=x.device)
+    return q, torch.empty(m, 1, dtype=torch.float32, device=x.device), block, warps
 
 
 def _launch_modulated(
@@ -117,18 +132,14 @@ def _launch_modulated(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's launch (on CUDA; Triton's interpreter runs it on the CPU: TRITON_INTERPRET=1)."""
     x, shift, scale = x.contiguous(), shift.float().contiguous(), scale.float().contiguous()
-    m, d = x.shape
-    q = torch.empty(m, d, dtype=FP8, device=x.device)
-    row_scale = torch.empty(m, 1, dtype=torch.float32, device=x.device)
-    block = 1 << (d - 1).bit_length()
-    warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
-    _modulated_rows_fp8[(m,)](
+    q, row_scale, block, warps = _row_outputs(x)
+    _modulated_rows_fp8[(x.shape[0],)](
         x,
         shift,
         scale,
         q,
         row_scale,
-        d,
+        x.shape[1],
         group_rows,
         eps,
         ROUND_BF16=x.dtype == torch.bfloat16,
@@ -139,6 +150,16 @@ def _launch_modulated(
 
 
 if triton is not None:
+
+    @triton.jit
+    def _store_fp8_row(y, mask, q_ptrs, s_ptr):
+        """A row ``y`` (fp32, lanes past ``mask`` ignored) as e4m3 at ``q_ptrs`` and its scale at ``s_ptr``: the
+        row's largest magnitude maps to 448 (:func:`quantize_rows_fp8`)."""
+        amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
+        scale = tl.maximum(amax, 1e-12) / 448.0  # _MIN_SCALE, FP8_MAX
+        q = tl.minimum(tl.maximum(y / scale, -448.0), 448.0)
+        tl.store(q_ptrs, q.to(tl.float8e4nv), mask=mask)
+        tl.store(s_ptr, scale)
 
     @triton.jit
     def _modulated_rows_fp8(
@@ -166,11 +187,7 @@ if triton is not None:
         mod_scale = tl.load(scale_ptr + g * D + cols, mask=mask, other=0.0)
         mod_shift = tl.load(shift_ptr + g * D + cols, mask=mask, other=0.0)
         y = y * (1.0 + mod_scale) + mod_shift
-        amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
-        scale = tl.maximum(amax, 1e-12) / 448.0  # _MIN_SCALE, FP8_MAX
-        q = tl.minimum(tl.maximum(y / scale, -448.0), 448.0)
-        tl.store(q_ptr + row * D + cols, q.to(tl.float8e4nv), mask=mask)
-        tl.store(s_ptr + row, scale)
+        _store_fp8_row(y, mask, q_ptr + row * D + cols, s_ptr + row)
 
     @triton.jit
     def _rows_fp8(
@@ -194,11 +211,7 @@ if triton is not None:
         if GELU:
             inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)  # sqrt(2 / pi) (x + 0.044715 x^3)
             x = 0.5 * x * (2.0 / (1.0 + tl.exp(-2.0 * inner)))  # 1 + tanh(u) = 2 sigmoid(2u)
-        amax = tl.max(tl.where(mask, tl.abs(x), 0.0), axis=0)
-        scale = tl.maximum(amax, 1e-12) / 448.0  # _MIN_SCALE, FP8_MAX
-        q = tl.minimum(tl.maximum(x / scale, -448.0), 448.0)
-        tl.store(q_ptr + row * stride_q + cols, q.to(tl.float8e4nv), mask=mask)
-        tl.store(s_ptr + row, scale)
+        _store_fp8_row(x, mask, q_ptr + row * stride_q + cols, s_ptr + row)
 
 
 def quantize_rows(
@@ -210,15 +223,12 @@ def quantize_rows(
         raise ValueError(f"expected x [M, K], got shape {tuple(x.shape)}")
     if bias is not None and bias.shape != (x.shape[1],):
         raise ValueError(f"expected a bias of shape ({x.shape[1]},), got {tuple(bias.shape)}")
-    if not (x.is_cuda and triton_available()) or x.shape[1] > 32768:
+    if not _kernel_runs(x):
         return quantize_rows_reference(x, gelu, bias)
     x = x.contiguous()
-    m, k = x.shape
-    q = torch.empty(m, k, dtype=FP8, device=x.device)
-    scale = torch.empty(m, 1, dtype=torch.float32, device=x.device)
-    block = 1 << (k - 1).bit_length()
-    warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
+    q, scale, block, warps = _row_outputs(x)
     b = x if bias is None else bias.contiguous()  # a pointer the kernel never reads without HAS_BIAS
+    m, k = x.shape
     _rows_fp8[(m,)](
         x, b, q, scale, k, x.stride(0), q.stride(0), HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block, num_warps=warps
     )
