@@ -228,12 +228,13 @@ def as_int8(model: str | Path, out: str | Path) -> Path:
     """A copy of the exported folder ``model`` (one DiT) with its DiT's weights stored as int8 with a scale per row
     (half of bf16's bytes: what a model past the package's 40 MB in bf16, a grown one, ships as); the VAE, config and
     the folder's other files as they were. ``out`` is written beside itself and moved into place. Returns ``out``."""
+    from world_model.model import load_exported_dit
     from world_model.weights import write_dit_folder
 
     model, out = Path(model), Path(out)
-    cfg, dit, _ = read_exported(model)
     if not (model / "base_distilled_model").is_dir():
         raise ValueError(f"{model} holds two experts: combine them with --int8 instead")
+    dit = load_exported_dit(model, WorldModelConfig.load(model / "config.json"))  # no VAE read: it is copied
     with _staged(out) as staging:
         shutil.copytree(model, staging, ignore=shutil.ignore_patterns("base_distilled_model"))
         write_dit_folder(
