@@ -15,6 +15,7 @@ reference: the share of e4m3 values that differ and the dequantised values' rela
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -58,24 +59,42 @@ def model_path(x: torch.Tensor, gelu: bool, bias: torch.Tensor | None) -> tuple[
     return quantize_rows_fp8(F.gelu(x, approximate="tanh") if gelu else x)
 
 
-def timed(fn, x: torch.Tensor, gelu: bool, bias: torch.Tensor | None, repeats: int) -> float:
-    """Median seconds per call (CUDA events on a GPU, wall time on a CPU), after two warm-up calls."""
+def timed(call, cuda: bool, repeats: int) -> float:
+    """Median seconds per ``call()`` (CUDA events on a GPU, wall time on a CPU), after two warm-up calls."""
     for _ in range(2):
-        fn(x, gelu, bias)
+        call()
     times = []
     for _ in range(repeats):
-        if x.is_cuda:
+        if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn(x, gelu, bias)
+            call()
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
             t = time.perf_counter()
-            fn(x, gelu, bias)
+            call()
             times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def measured(shape: str, method: str, call, x: torch.Tensor, nbytes: int, ref, exact, args) -> dict:
+    """One row of the table: ``call()``'s time per call over rows ``x`` moving ``nbytes``, its bandwidth against
+    the ceiling, and its output's agreement with the reference and the exact values."""
+    sec = timed(call, x.is_cuda, args.repeats)
+    q, s = call()
+    return {
+        "shape": shape,
+        "rows": x.shape[0],
+        "width": x.shape[1],
+        "method": method,
+        "ms": sec * 1e3,
+        "gb_per_s": nbytes / sec / 1e9,
+        "of_bandwidth": nbytes / sec / 1e9 / args.bandwidth_gbs,
+        "floor_ms": nbytes / (args.bandwidth_gbs * 1e9) * 1e3,
+        **agreement(q, s, ref, exact),
+    }
 
 
 def agreement(q: torch.Tensor, s: torch.Tensor, ref: tuple[torch.Tensor, torch.Tensor], exact: torch.Tensor) -> dict:
@@ -116,21 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         exact = F.gelu(exact, approximate="tanh") if gelu else exact
         nbytes = x.numel() * 2 + x.numel() + args.rows * 4
         for name, fn in methods.items():
-            sec = timed(fn, x, gelu, bias, args.repeats)
-            q, s = fn(x, gelu, bias)
-            rows.append(
-                {
-                    "shape": shape,
-                    "rows": args.rows,
-                    "width": k,
-                    "method": name,
-                    "ms": sec * 1e3,
-                    "gb_per_s": nbytes / sec / 1e9,
-                    "of_bandwidth": nbytes / sec / 1e9 / args.bandwidth_gbs,
-                    "floor_ms": nbytes / (args.bandwidth_gbs * 1e9) * 1e3,
-                    **agreement(q, s, ref, exact),
-                }
-            )
+            call = functools.partial(fn, x, gelu, bias)
+            rows.append(measured(shape, name, call, x, nbytes, ref, exact, args))
     # the modulated LayerNorm: fp32 rows in (the residual stream), e4m3 rows and scales out
     group = min(TOKENS_PER_FRAME, args.rows)
     frames = max(1, args.rows // group)
@@ -145,21 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type != "cuda":
         mod_methods.pop("compiled")
     for name, fn in mod_methods.items():
-        sec = timed(lambda a, _g, _b, f=fn: f(a, shift, scale), x, False, None, args.repeats)
-        q, s = fn(x, shift, scale)
-        rows.append(
-            {
-                "shape": "modulated_layer_norm",
-                "rows": x.shape[0],
-                "width": 3072,
-                "method": name,
-                "ms": sec * 1e3,
-                "gb_per_s": nbytes / sec / 1e9,
-                "of_bandwidth": nbytes / sec / 1e9 / args.bandwidth_gbs,
-                "floor_ms": nbytes / (args.bandwidth_gbs * 1e9) * 1e3,
-                **agreement(q, s, ref, exact),
-            }
-        )
+        call = functools.partial(fn, x, shift, scale)
+        rows.append(measured("modulated_layer_norm", name, call, x, nbytes, ref, exact, args))
     print(
         f"{'shape':20s} {'method':16s} {'ms':>8s} {'GB/s':>8s} {'of ceiling':>10s} {'floor ms':>9s} {'e4m3 differ':>11s} {'rel err':>8s}"
     )
