@@ -102,6 +102,7 @@ class BenchConfig:
     text_offload: bool = False
     compile_decoder: bool = False
     fp8_ffn_kernel: bool = False
+    fp8_attention_kernel: bool = False
 
     def runtime(self, device: str, dtype: torch.dtype) -> RuntimeOptions:
         """The options on ``device`` in ``dtype`` (FP8 computes in bf16 whatever the run's dtype)."""
@@ -116,6 +117,7 @@ class BenchConfig:
             text_offload=self.text_offload,
             compile_decoder=self.compile_decoder,
             fp8_ffn_kernel=self.fp8_ffn_kernel,
+            fp8_attention_kernel=self.fp8_attention_kernel,
         )
 
 
@@ -878,6 +880,12 @@ def parse_args() -> argparse.Namespace:
         "(RuntimeOptions.fp8_ffn_kernel)",
     )
     p.add_argument(
+        "--fp8-attention-kernel",
+        action="store_true",
+        help="with --attention fa3_fp8: the self-attentions' q/k RMSNorm + RoPE + FP8 in one Triton pass "
+        "(RuntimeOptions.fp8_attention_kernel)",
+    )
+    p.add_argument(
         "--text-offload",
         action="store_true",
         help="keep the text encoder's weights in host memory between encodings (RuntimeOptions.text_offload)",
@@ -902,6 +910,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--eager-attention sets the eager reference's attention: it needs --against-eager")
     if args.fp8_ffn_kernel and args.quantize != "fp8":
         p.error("--fp8-ffn-kernel fuses the FFNs' FP8 input quantisation: it needs --quantize fp8")
+    if args.fp8_attention_kernel and args.attention != "fa3_fp8":
+        p.error("--fp8-attention-kernel makes the FP8 attention's inputs: it needs --attention fa3_fp8")
     return args
 
 
@@ -963,6 +973,7 @@ def main() -> None:
         label += ", text offload" if args.text_offload else ""
         label += ", compiled decoder" if args.compile_decoder else ""
         label += ", fused FFN quantisation" if args.fp8_ffn_kernel else ""
+        label += ", fused q/k quantisation" if args.fp8_attention_kernel else ""
         configs = [
             BenchConfig(
                 label,
@@ -974,6 +985,7 @@ def main() -> None:
                 args.text_offload,
                 args.compile_decoder,
                 args.fp8_ffn_kernel,
+                args.fp8_attention_kernel,
             )
         ]
         if args.against_eager:  # the eager configuration first: the chosen one's accuracy is measured against it

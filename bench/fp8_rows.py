@@ -3,13 +3,15 @@ torch path inductor compiles today (issue 14: the FFN's GELU + quantisation took
 
 For each shape (the FFN's hidden activations with the first layer's bias and the GELU; a block's 3,072-wide activations
 without; a block's modulated LayerNorm of the fp32 residual stream, 880 tokens a frame, as the self-attention and FFN
-inputs: ``quantize_modulated_rows``), each
+inputs: ``quantize_modulated_rows``; the self-attention's q and k after their projections, RMS-normalised, rotated
+and quantised with their heads' bound scales: ``world_model.fp8_attention.quantize_qk_rope``, timed for q and k
+together; v's per-head largest magnitude: ``head_amax`` against the strided reduction), each
 method's time per call (median of CUDA-event timings), its achieved bandwidth against ``--bandwidth-gbs`` (the
 bytes: the bf16 rows read once, the e4m3 rows and fp32 scales written), and its agreement with the fp32
 reference: the share of e4m3 values that differ and the dequantised values' relative error.
 
     python bench/fp8_rows.py --json bench/results/fp8_rows_h200.json        # a CUDA GPU
-    python bench/fp8_rows.py --device cpu --rows 64                          # the plumbing (torch rows only)
+    python bench/fp8_rows.py --device cpu --rows 880                         # the plumbing (torch rows only)
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from world_model.dit import _layer_norm, _modulate
+from world_model.attention import fp8_heads, rms_head_bounds
+from world_model.dit import RMSNorm, _layer_norm, _modulate
+from world_model.fp8_attention import head_amax, head_scales, quantize_qk_rope, quantize_qk_rope_reference
 from world_model.fp8_rows import (
     quantize_modulated_rows,
     quantize_modulated_rows_reference,
@@ -34,10 +38,38 @@ from world_model.fp8_rows import (
     quantize_rows_reference,
     triton_available,
 )
+from world_model.rope import apply_rope
 
 SHAPES = {"ffn_hidden_bias_gelu": (14336, True), "block_activations": (3072, False)}
 TOKENS_PER_FRAME = 880  # the 5B window at 704x1280: 22 x 40 tokens a latent frame
 EPS = 1e-6
+HEADS = 24  # the 5B DiT's
+
+
+def qk_path(q, k, norms, cos, sin):
+    """What the self-attention computes without the kernel for q and k [M, D]: RMSNorm, RoPE in fp32, bf16, then
+    ``fp8_heads`` with the norms' bounds (the 'fa3_fp8' backend); returns the e4m3 rows [M, D] and q's descale per
+    feature [1, D]."""
+    m, d = q.shape
+    out = []
+    for t, norm in zip((q, k), norms):
+        y = apply_rope(norm(t).view(1, m, HEADS, -1), cos.view(1, m, HEADS, -1), sin.view(1, m, HEADS, -1))
+        out.append(fp8_heads(y.to(t.dtype), rms_head_bounds(norm.weight, HEADS)))
+    (q8, qd), (k8, _) = out
+    return q8.view(m, d), qd.view(HEADS, 1).expand(HEADS, d // HEADS).reshape(1, d)
+
+
+def qk_kernel(q, k, norms, cos, sin):
+    """``quantize_qk_rope`` for q and k (one Triton program per token); returns as :func:`qk_path`."""
+    m, d = q.shape
+    qs, ks = (head_scales(rms_head_bounds(n.weight, HEADS)) for n in norms)
+    q8, _ = quantize_qk_rope(q, k, norms[0].weight, norms[1].weight, EPS, cos, sin, qs, ks)
+    return q8, (1.0 / qs).view(HEADS, 1).expand(HEADS, d // HEADS).reshape(1, d)
+
+
+def strided_amax(v: torch.Tensor) -> torch.Tensor:
+    """``fp8_heads``' reduction before session 18: over tokens and features at once (strided)."""
+    return torch.maximum(v.amax(dim=(1, 3)), -v.amin(dim=(1, 3))).float()
 
 
 def block_path(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +138,62 @@ def agreement(q: torch.Tensor, s: torch.Tensor, ref: tuple[torch.Tensor, torch.T
     }
 
 
+def qk_rows(device: torch.device, g: torch.Generator, args) -> list[dict]:
+    """The self-attention's q/k rows (timed for both, the bytes of both) and v's per-head amax (bf16 read once)."""
+    cuda = device.type == "cuda"
+    m, d = args.rows, 3072
+    q, k = ((torch.randn(m, d, device=device, generator=g) * 2).to(torch.bfloat16) for _ in range(2))
+    norms = [RMSNorm(d, EPS).to(device) for _ in range(2)]
+    with torch.no_grad():
+        for n in norms:
+            n.weight.copy_(torch.rand(d, device=device, generator=g) + 0.5)
+            n.to(torch.bfloat16)
+    angle = torch.rand(m, d // 2, device=device, generator=g) * 100
+    cos, sin = angle.cos(), angle.sin()
+    qs = head_scales(rms_head_bounds(norms[0].weight, HEADS))
+    ref = (quantize_qk_rope_reference(q, norms[0].weight, EPS, cos, sin, qs), None)
+    qf = q.float()  # q normalised and rotated in fp32 throughout: what the e4m3 values stand for
+    qf = qf * torch.rsqrt(qf.pow(2).mean(-1, keepdim=True) + EPS) * norms[0].weight.float()
+    exact = apply_rope(qf.view(1, m, HEADS, -1), cos.view(1, m, HEADS, -1), sin.view(1, m, HEADS, -1)).view(m, d)
+    nbytes = 2 * q.numel() * 2 + 2 * cos.numel() * 4 + 2 * q.numel()
+    methods = {"eager": qk_path}
+    if cuda:
+        methods["compiled"] = torch.compile(qk_path, dynamic=False)
+        if triton_available():
+            methods["triton one pass"] = qk_kernel
+    rows = []
+    with torch.no_grad():
+        for name, fn in methods.items():
+            call = functools.partial(fn, q, k, norms, cos, sin)
+            rows.append(measured("qk_norm_rope", name, call, q, nbytes, ref, exact, args))
+        v = q.view(1, m, HEADS, -1)
+        want = strided_amax(v)
+        amax = {"strided (before)": strided_amax, "heads first": head_amax}
+        for name, fn in list(amax.items()):
+            amax[name + ", eager"] = fn
+            if cuda:
+                amax[name + ", compiled"] = torch.compile(fn, dynamic=False)
+            del amax[name]
+        for name, fn in amax.items():
+            sec = timed(functools.partial(fn, v), cuda, args.repeats)
+            nb = v.numel() * 2
+            rows.append(
+                {
+                    "shape": "v_head_amax",
+                    "rows": m,
+                    "width": d,
+                    "method": name,
+                    "ms": sec * 1e3,
+                    "gb_per_s": nb / sec / 1e9,
+                    "of_bandwidth": nb / sec / 1e9 / args.bandwidth_gbs,
+                    "floor_ms": nb / (args.bandwidth_gbs * 1e9) * 1e3,
+                    "e4m3_differ": 0.0,
+                    "rel_error": float((fn(v) - want).abs().max()),
+                }
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -153,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in mod_methods.items():
         call = functools.partial(fn, x, shift, scale)
         rows.append(measured("modulated_layer_norm", name, call, x, nbytes, ref, exact, args))
+    rows += qk_rows(device, g, args)
     print(
         f"{'shape':20s} {'method':16s} {'ms':>8s} {'GB/s':>8s} {'of ceiling':>10s} {'floor ms':>9s} {'e4m3 differ':>11s} {'rel err':>8s}"
     )

@@ -672,8 +672,10 @@ def test_fp8_rows_bench_runs_on_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert {r["shape"] for r in rows} == {"ffn_hidden_bias_gelu", "block_activations", "modulated_layer_norm"}
+    shapes = {"ffn_hidden_bias_gelu", "block_activations", "modulated_layer_norm", "qk_norm_rope", "v_head_amax"}
+    assert {r["shape"] for r in rows} == shapes
     assert all(r["ms"] > 0 and 0 <= r["e4m3_differ"] < 0.05 and r["rel_error"] < 0.05 for r in rows)
+    assert all(r["rel_error"] == 0 for r in rows if r["shape"] == "v_head_amax")  # the same maxima
 
 
 def test_fused_ffn_activations_keep_the_ffn():

@@ -57,6 +57,11 @@ class RuntimeOptions:
     ``world_model.quant.fuse_ffn_activations``) instead of inductor's; needs Triton (CUDA builds of torch).
     Measured on the H200 (session 17): 0.39 ms a call against inductor's 0.89, the 5B chunk 1.192 -> 1.173 s with
     the same accuracy; off by default because it needs Triton on a CUDA GPU (the fastest configuration sets it).
+    ``fp8_attention_kernel`` (with ``attention="fa3_fp8"``): each DiT self-attention's q and k normalised, rotated
+    and quantised to e4m3 in one Triton pass per token (both read the token's cos/sin once) and v's per-head scales
+    from an inner reduction (``world_model.fp8_attention``), instead of inductor's four kernels for q/k and its
+    strided reduction for v (session 17's profile: ~46 and 17 ms of a 5B chunk); the same roundings as the
+    'fa3_fp8' path. Needs Triton on a CUDA GPU; not combined with ``sequence_parallel``.
     ``compile``: ``torch.compile`` each DiT block (regional compilation: the first forward of each
     new input shape compiles, about a minute at 5B scale; later ones are fast).
     ``sequence_parallel``: split each DiT forward over this many ranks (Ulysses, ``world_model.parallel``);
@@ -109,6 +114,7 @@ class RuntimeOptions:
     decode_segment: int = 4  # latents per VAE decoder call (the release's 4)
     compile_decoder: bool = False  # torch.compile the VAE decoder
     fp8_ffn_kernel: bool = False  # the FFNs' bias + GELU + FP8 quantisation in one Triton pass
+    fp8_attention_kernel: bool = False  # the self-attentions' q/k norm + RoPE + FP8 in one Triton pass
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
@@ -142,6 +148,13 @@ class RuntimeOptions:
             raise ValueError(f"fp8_ffn_kernel must be True or False, got {self.fp8_ffn_kernel!r}")
         if self.fp8_ffn_kernel and self.quantize != "fp8":
             raise ValueError("fp8_ffn_kernel=True fuses the FFNs' FP8 input quantisation: set quantize='fp8' too")
+        if not isinstance(self.fp8_attention_kernel, bool):
+            raise ValueError(f"fp8_attention_kernel must be True or False, got {self.fp8_attention_kernel!r}")
+        if self.fp8_attention_kernel and self.attention != "fa3_fp8":
+            raise ValueError(
+                "fp8_attention_kernel=True makes the FP8 inputs of the FlashAttention-3 FP8 kernel: set "
+                f"attention='fa3_fp8' too (got {self.attention!r})"
+            )
         if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
             raise ValueError(f"sequence_parallel must be an int >= 1 (1: off), got {self.sequence_parallel!r}")
         if isinstance(self.decode_segment, bool) or not isinstance(self.decode_segment, int) or self.decode_segment < 1:
@@ -156,6 +169,11 @@ class RuntimeOptions:
             raise ValueError(
                 "text_offload=True keeps the text encoder in host memory between encodings, but it runs on "
                 "the CPU here already: set text_offload=False (or text_device to a GPU)"
+            )
+        if self.sequence_parallel > 1 and self.fp8_attention_kernel:
+            raise ValueError(
+                "fp8_attention_kernel=True with sequence_parallel > 1 is not supported (the fused self-attention "
+                "attends over one rank's tokens): choose one"
             )
         if self.sequence_parallel > 1 and self.compile:
             raise ValueError(
@@ -205,12 +223,12 @@ def check_runtime(runtime: RuntimeOptions) -> None:
     check_attention_backend(runtime.attention, device, runtime.dtype)
     if runtime.quantize == "fp8" and (reason := fp8_supported(device)):
         raise ValueError(f"quantize='fp8': {reason}; use quantize=None on this device")
-    if runtime.fp8_ffn_kernel:
+    for option in ("fp8_ffn_kernel", "fp8_attention_kernel"):
         from world_model.fp8_rows import triton_available
 
-        if not triton_available():
+        if getattr(runtime, option) and not triton_available():
             raise ValueError(
-                "fp8_ffn_kernel=True needs Triton and a CUDA GPU (CUDA builds of torch ship it); or set it False"
+                f"{option}=True needs Triton and a CUDA GPU (CUDA builds of torch ship it); or set it False"
             )
     for option in ("compile", "compile_decoder"):
         if not getattr(runtime, option):
@@ -292,6 +310,7 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
     :class:`RuntimeOptions`), so a refused option leaves the model untouched.
     """
     from world_model.attention import set_attention_backend
+    from world_model.fp8_attention import fuse_fp8_self_attention
     from world_model.parallel import apply_sequence_parallel
     from world_model.quant import fuse_ffn_activations, quantize_linears
 
@@ -307,6 +326,8 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
             quantize_linears(expert, "fp8")
             if runtime.fp8_ffn_kernel:
                 fuse_ffn_activations(expert)
+        if runtime.fp8_attention_kernel:
+            fuse_fp8_self_attention(expert)
         if runtime.sequence_parallel > 1:
             apply_sequence_parallel(expert)
     if runtime.compile:

@@ -28,7 +28,7 @@
 #   9. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [fa3_profile] [fp8_rows] [fa3_ffn] [profile_fastest] [offload] [gputests]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [fa3_profile] [fp8_rows] [fa3_ffn] [fa3_qk] [profile_fastest] [offload] [gputests]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -134,6 +134,15 @@ for step in $steps; do
       timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_vae.py \
         tests/test_runtime.py tests/test_text.py 2>&1 | grep -v '^USDT:' | tee "$out/gputests_h200.log" | tail -8
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, fa3_profile, fp8_rows, fa3_ffn, profile_fastest, offload, gputests)" >&2; exit 2 ;;
+    fa3_qk)
+      # issue 14, session 18's kernels: the fastest configuration (fa3_ffn) with the self-attentions' q/k norm + RoPE +
+      # FP8 in one Triton pass and v's per-head amax reduced heads first (RuntimeOptions.fp8_attention_kernel); its
+      # tests first (compare: 1.173 s/chunk without, session 17)
+      timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_fp8_attention.py 2>&1 | grep -v '^USDT:' | tail -3
+      timeout 400 python3 bench/env_5b.py --chunks 3 --attention fa3_fp8 --eager-attention cudnn --compile --quantize fp8 \
+        --fp8-ffn-kernel --fp8-attention-kernel --compile-decoder --decode-segment 1 --against-eager --attention-tflops 931 \
+        --json "$out/env_5b_fa3fp8_qk_kernel_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
+      ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, fa3_profile, fp8_rows, fa3_ffn, fa3_qk, profile_fastest, offload, gputests)" >&2; exit 2 ;;
   esac
 done
