@@ -28,7 +28,15 @@ ck=$(find /tmp/mg3/runs/embedded -path '*/checkpoints/step-*' -maxdepth 3 -type 
 finished=0; grep -q SESSION_DONE $log 2>/dev/null && finished=1
 if [ -n "$ck" ] && [ $finished = 0 ]; then  # once done, the export (~40 MB) replaces it: 64 MiB come back per call
   stage=$(basename "$(dirname "$(dirname "$ck")")"); step=$(basename "$ck")
-  if [ ! -f "/tmp/packed_ck_${stage}_$step" ]; then
+  if [ ! -f "/tmp/packed_ck_${stage}_$step" ] && [ "$(du -sm "$ck" | cut -f1)" -gt 60 ]; then
+    # a DiT stage's checkpoint (optimizer, error buffer: 353 MB in session 18) is over what a call brings back: its
+    # weights alone, as a slim of that stage (world_model/train/slim.py; bf16 DiT), with the stage's metrics
+    rm -rf /tmp/pollslim && PYTHONPATH=/tmp/site:/tmp/mg3 python3 -m world_model.train.slim --run /tmp/mg3/runs/embedded \
+      --out /tmp/pollslim --stages "$stage" --dit-dtype bfloat16 > /dev/null \
+      && cp /tmp/mg3/runs/embedded/"$stage"/metrics.jsonl /tmp/pollslim/"$stage"/ \
+      && tar -cf - -C /tmp/pollslim . | split -b 15M -d - "$OUT/slim_${stage}_$step.tar.part-" \
+      && touch "/tmp/packed_ck_${stage}_$step" && echo "poll: packed $stage's weights at $step ($(du -sh /tmp/pollslim | cut -f1))"
+  elif [ ! -f "/tmp/packed_ck_${stage}_$step" ]; then
     tar -cf - -C /tmp/mg3/runs/embedded "$stage/status.json" "$stage/metrics.jsonl" "$stage/checkpoints/$step" \
       | split -b 15M -d - "$OUT/ck_${stage}_$step.tar.part-" && touch "/tmp/packed_ck_${stage}_$step" \
       && echo "poll: packed $stage/checkpoints/$step ($(du -sh "$ck" | cut -f1))"
