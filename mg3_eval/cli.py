@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the model's own, 1 = off; the distillation part's teacher stays unguided)",
     )
     p.add_argument(
+        "--sampler-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sampler steps of the evaluated model (SamplerConfig.num_steps; default: the model's own): more steps, "
+        "sharper frames and slower chunks",
+    )
+    p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=f"episodes generated together (default: {d.batch_size})"
     )
     p.add_argument(
@@ -137,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action_guidance is not None and not args.action_guidance >= 1.0:
         parser.error(f"--action-guidance must be >= 1 (1: off), got {args.action_guidance}")
+    if args.sampler_steps is not None and args.sampler_steps < 1:
+        parser.error(f"--sampler-steps must be >= 1, got {args.sampler_steps}")
     import torch
 
     from mg3_eval.report import format_table
@@ -178,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:  # the model guides with the release's CFG already (guidance_scale > 1)
             print(f"mg3 eval: --action-guidance {args.action_guidance}: {e}", file=sys.stderr)
             return 2
+    if args.sampler_steps is not None:
+        wm = wm.with_sampler(num_steps=args.sampler_steps)
     try:
         metrics = run_evaluation(wm, args.out, opts, runtime=runtime)
     except CheckpointError as e:  # e.g. a --teacher folder without its config.json or VAE

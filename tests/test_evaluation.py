@@ -548,9 +548,10 @@ def test_new_parts_smoke(tmp_path, capsys):
     assert "controllability" in capsys.readouterr().out
 
 
-def test_eval_action_guidance_flag_reaches_the_evaluated_model(monkeypatch, tmp_path, capsys):
-    """--action-guidance S: the evaluated model's sampler carries S (what the generator reads); < 1 is a
-    usage error before any model loads, and a model guided with the release's CFG refuses it."""
+def test_eval_sampler_flags_reach_the_evaluated_model(monkeypatch, tmp_path, capsys):
+    """--action-guidance S and --sampler-steps N: the evaluated model's sampler carries them (what the generator
+    reads); out-of-range values are usage errors before any model loads, and a model guided with the release's CFG
+    refuses action guidance."""
     import dataclasses
 
     import mg3_eval.run
@@ -574,6 +575,12 @@ def test_eval_action_guidance_flag_reaches_the_evaluated_model(monkeypatch, tmp_
     assert e.value.args[0].config.sampler.action_guidance == 1.0
     with pytest.raises(SystemExit) as e:
         main(["--model", "tiny-random", "--out", out, "--action-guidance", "0.5"])
+    assert e.value.code == 2
+    with pytest.raises(Evaluated) as e:  # --sampler-steps N: the evaluated model samples in N steps
+        main(["--model", "tiny-random", "--out", out, "--sampler-steps", "6"])
+    assert e.value.args[0].config.sampler.num_steps == 6
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "tiny-random", "--out", out, "--sampler-steps", "0"])
     assert e.value.code == 2
     cfg_guided = wm.config.sampler.replace(action_guidance=1.0, guidance_scale=5.0)  # the release's base model
     base = dataclasses.replace(wm, config=wm.config.replace(sampler=cfg_guided))
