@@ -222,8 +222,8 @@ class FP8SelfAttention(SelfAttention):
             q8.view(B, L, n, -1),
             k8.view(B, L, n, -1),
             v8,
-            (1.0 / q_scale)[None].expand(B, -1),
-            (1.0 / k_scale)[None].expand(B, -1),
+            (1.0 / q_scale)[None].expand(B, -1).contiguous(),  # [B, N]: the kernel takes dense descales
+            (1.0 / k_scale)[None].expand(B, -1).contiguous(),
             1.0 / v_scale.float(),
             out_dtype=dtype,
         )
