@@ -27,9 +27,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from world_model.attention import fp8_heads, rms_head_bounds
+from world_model.attention import fp8_heads, head_amax, head_scales, rms_head_bounds
 from world_model.dit import RMSNorm, _layer_norm, _modulate
-from world_model.fp8_attention import head_amax, head_scales, quantize_qk_rope, quantize_qk_rope_reference
+from world_model.fp8_attention import quantize_qk_rope, quantize_qk_rope_reference
 from world_model.fp8_rows import (
     quantize_modulated_rows,
     quantize_modulated_rows_reference,
@@ -62,7 +62,7 @@ def qk_path(q, k, norms, cos, sin):
 def qk_kernel(q, k, norms, cos, sin):
     """``quantize_qk_rope`` for q and k (one Triton program per token); returns as :func:`qk_path`."""
     m, d = q.shape
-    qs, ks = (head_scales(rms_head_bounds(n.weight, HEADS)) for n in norms)
+    qs, ks = (head_scales(rms_head_bounds(n.weight, HEADS), torch.bfloat16) for n in norms)
     q8, _ = quantize_qk_rope(q, k, norms[0].weight, norms[1].weight, EPS, cos, sin, qs, ks)
     return q8, (1.0 / qs).view(HEADS, 1).expand(HEADS, d // HEADS).reshape(1, d)
 
@@ -150,7 +150,7 @@ def qk_rows(device: torch.device, g: torch.Generator, args) -> list[dict]:
             n.to(torch.bfloat16)
     angle = torch.rand(m, d // 2, device=device, generator=g) * 100
     cos, sin = angle.cos(), angle.sin()
-    qs = head_scales(rms_head_bounds(norms[0].weight, HEADS))
+    qs = head_scales(rms_head_bounds(norms[0].weight, HEADS), torch.bfloat16)
     ref = (quantize_qk_rope_reference(q, norms[0].weight, EPS, cos, sin, qs), None)
     qf = q.float()  # q normalised and rotated in fp32 throughout: what the e4m3 values stand for
     qf = qf * torch.rsqrt(qf.pow(2).mean(-1, keepdim=True) + EPS) * norms[0].weight.float()

@@ -17,14 +17,12 @@ from triton_interpreter import run_interpreted
 
 from world_model import attention as attention_mod
 from world_model import runtime as runtime_mod
-from world_model.attention import fp8_heads, rms_head_bounds
+from world_model.attention import fp8_heads, head_amax, head_scales, rms_head_bounds
 from world_model.config import tiny
 from world_model.dit import SelfAttention
 from world_model.fp8_attention import (
     FP8SelfAttention,
     fuse_fp8_self_attention,
-    head_amax,
-    head_scales,
     quantize_qk_rope,
     quantize_qk_rope_reference,
     unfuse_fp8_self_attention,
@@ -71,8 +69,8 @@ def test_reference_is_the_fa3_fp8_path_to_the_bit():
     with torch.no_grad():
         q = m.q(x.to(torch.bfloat16)).reshape(B * L, D)
         k = m.k(x.to(torch.bfloat16)).reshape(B * L, D)
-    qs = head_scales(rms_head_bounds(m.norm_q.weight, N))
-    ks = head_scales(rms_head_bounds(m.norm_k.weight, N))
+    qs = head_scales(rms_head_bounds(m.norm_q.weight, N), torch.bfloat16)
+    ks = head_scales(rms_head_bounds(m.norm_k.weight, N), torch.bfloat16)
     c, s = cos.reshape(B * L, -1), sin.reshape(B * L, -1)
     got_q, got_k = quantize_qk_rope(q, k, m.norm_q.weight, m.norm_k.weight, 1e-6, c, s, qs, ks)  # CPU: reference
     assert torch.equal(got_q.float(), q8.reshape(B * L, D).float())
@@ -136,7 +134,7 @@ SCRIPT = textwrap.dedent(
     import torch
     from triton_interpreter import e4m3_agree
     from world_model import fp8_attention as F8
-    from world_model.attention import rms_head_bounds
+    from world_model.attention import head_scales, rms_head_bounds
 
     g = torch.Generator().manual_seed(0)
     M, D, N = 12, 256, 4
@@ -145,7 +143,7 @@ SCRIPT = textwrap.dedent(
         w = [torch.empty(D).uniform_(0.5, 1.5, generator=g).to(dtype) for _ in range(2)]
         angle = torch.randn(M, D // 2, generator=g) * 5
         c, s = angle.cos(), angle.sin()
-        scales = [F8.head_scales(rms_head_bounds(wi, N), dtype) for wi in w]
+        scales = [head_scales(rms_head_bounds(wi, N), dtype) for wi in w]
         got = F8._launch_qk(x[0], x[1], w[0], w[1], 1e-6, c, s, scales[0], scales[1])
         for i in range(2):
             want = F8.quantize_qk_rope_reference(x[i], w[i], 1e-6, c, s, scales[i]).float()
@@ -180,7 +178,7 @@ def test_qk_kernel_matches_the_reference_on_gpu():
         w = [(torch.rand(d, device="cuda", generator=g) + 0.5).bfloat16() for _ in range(2)]
         angle = torch.rand(m, d // 2, device="cuda", generator=g) * 100
         c, s = angle.cos(), angle.sin()
-        scales = [head_scales(rms_head_bounds(wi, n)) for wi in w]
+        scales = [head_scales(rms_head_bounds(wi, n), torch.bfloat16) for wi in w]
         got = quantize_qk_rope(x[0], x[1], w[0], w[1], 1e-6, c, s, scales[0], scales[1])
         for i in range(2):
             want = quantize_qk_rope_reference(x[i], w[i], 1e-6, c, s, scales[i]).float()

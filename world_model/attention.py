@@ -32,6 +32,7 @@ __all__ = [
     "flash_attn_available",
     "fp8_heads",
     "head_amax",
+    "head_scales",
     "rms_head_bounds",
     "set_attention_backend",
 ]
@@ -117,6 +118,14 @@ def head_amax(t: torch.Tensor) -> torch.Tensor:
     return torch.maximum(t.amax(dim=3).amax(dim=1), -t.amin(dim=3).amin(dim=1)).float()
 
 
+def head_scales(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 (any shape): the FP8 scale mapping each head's largest magnitude ``amax`` (measured, or a bound) to
+    e4m3's 448, or 1 where it is 0, rounded to ``dtype`` (the activations' dtype, which multiplies by it); its
+    reciprocal is the head's descale."""
+    a = amax.float()
+    return torch.where(a > 0, _E4M3_MAX / a, torch.ones_like(a)).to(dtype).float()
+
+
 def fp8_heads(t: torch.Tensor, bound: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``t`` [B, L, N, D] as FP8 e4m3 with one scale per batch element and head: returns ``(t8, descale)``,
     ``t8`` [B, L, N, D] float8_e4m3fn and ``descale`` [B, N] float32 such that ``t8 * descale`` ~ ``t``
@@ -129,9 +138,9 @@ def fp8_heads(t: torch.Tensor, bound: torch.Tensor | None = None) -> tuple[torch
         amax = head_amax(t)  # [B, N]
     else:
         amax = bound.float()[None, :].expand(t.shape[0], -1)
-    scale = torch.where(amax > 0, _E4M3_MAX / amax, torch.ones_like(amax)).to(t.dtype)
-    t8 = (t * scale[:, None, :, None]).clamp_(-_E4M3_MAX, _E4M3_MAX).to(torch.float8_e4m3fn)
-    return t8, 1.0 / scale.float()
+    scale = head_scales(amax, t.dtype)
+    t8 = (t * scale.to(t.dtype)[:, None, :, None]).clamp_(-_E4M3_MAX, _E4M3_MAX).to(torch.float8_e4m3fn)
+    return t8, 1.0 / scale
 
 
 def rms_head_bounds(weight: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ token's q and k rows in bf16 (12 KB), its cos/sin rows (24 KB, read once for bot
 
 :func:`quantize_qk_rope` computes, per token row and in one program, exactly the eager path's sequence of roundings
 (the norm in fp32 rounded to bf16, times its bf16 weight; the rotation in fp32 rounded to bf16; times the head's
-bf16 scale, rounded; e4m3), for q and k together. :func:`head_amax` is v's per-(batch, head) bound as a reduction
+bf16 scale, rounded; e4m3), for q and k together. :func:`world_model.attention.head_amax` (what ``fp8_heads`` uses) is v's per-(batch, head) bound as a reduction
 over each head's contiguous features first. :class:`FP8SelfAttention` is a DiT ``SelfAttention`` whose forward uses
 both and hands the e4m3 tensors and their descales to the FlashAttention-3 kernel
 (``world_model.attention.attend_fp8``); :func:`fuse_fp8_self_attention` swaps it in (parameters and their names
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from world_model.attention import attend_fp8, head_amax, rms_head_bounds
+from world_model.attention import attend_fp8, fp8_heads, head_scales, rms_head_bounds
 from world_model.dit import RMSNorm, SelfAttention
 from world_model.fp8_rows import FP8, FP8_MAX, triton, triton_available
 from world_model.rope import apply_rope
@@ -31,8 +31,6 @@ from world_model.rope import apply_rope
 __all__ = [
     "FP8SelfAttention",
     "fuse_fp8_self_attention",
-    "head_amax",
-    "head_scales",
     "quantize_qk_rope",
     "quantize_qk_rope_reference",
     "unfuse_fp8_self_attention",
@@ -40,13 +38,6 @@ __all__ = [
 
 if triton is not None:
     import triton.language as tl
-
-
-def head_scales(bound: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """[N] fp32: the FP8 scale of each head whose magnitudes ``bound`` [N] holds (448 / bound, or 1 for a zero
-    bound), rounded to ``dtype`` as ``world_model.attention.fp8_heads`` rounds it; its reciprocal is the descale."""
-    b = bound.float()
-    return torch.where(b > 0, FP8_MAX / b, torch.ones_like(b)).to(dtype).float()
 
 
 def _check_qk(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, scale: torch.Tensor) -> int:
@@ -70,7 +61,7 @@ def quantize_qk_rope_reference(
 ) -> torch.Tensor:
     """e4m3 [M, D] of one projection's rows x [M, D] as the eager self-attention feeds them to the FP8 attention:
     ``dit.RMSNorm`` (fp32, rounded to x's dtype, times ``weight``), ``rope.apply_rope`` by cos/sin [M, D / 2] (fp32,
-    rounded to x's dtype), times the head's ``scale`` [N] (:func:`head_scales`) in x's dtype, clamped to +-448."""
+    rounded to x's dtype), times the head's ``scale`` [N] (``attention.head_scales``) in x's dtype, clamped to +-448."""
     n = _check_qk(x, weight, cos, scale)
     m, d = x.shape
     xf = x.float()
@@ -214,17 +205,14 @@ class FP8SelfAttention(SelfAttention):
             q_scale,
             k_scale,
         )
-        v = v.unflatten(-1, (n, -1))  # [B, L, N, Dh]
-        amax = head_amax(v)
-        v_scale = torch.where(amax > 0, FP8_MAX / amax, torch.ones_like(amax)).to(dtype)  # [B, N], as fp8_heads
-        v8 = (v * v_scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        v8, v_descale = fp8_heads(v.unflatten(-1, (n, -1)))  # [B, L, N, Dh], [B, N]: its amax heads first
         out = attend_fp8(
             q8.view(B, L, n, -1),
             k8.view(B, L, n, -1),
             v8,
             (1.0 / q_scale)[None].expand(B, -1).contiguous(),  # [B, N]: the kernel takes dense descales
             (1.0 / k_scale)[None].expand(B, -1).contiguous(),
-            1.0 / v_scale.float(),
+            v_descale,
             out_dtype=dtype,
         )
         return self.o(out.flatten(2))

@@ -223,9 +223,9 @@ def check_runtime(runtime: RuntimeOptions) -> None:
     check_attention_backend(runtime.attention, device, runtime.dtype)
     if runtime.quantize == "fp8" and (reason := fp8_supported(device)):
         raise ValueError(f"quantize='fp8': {reason}; use quantize=None on this device")
-    for option in ("fp8_ffn_kernel", "fp8_attention_kernel"):
-        from world_model.fp8_rows import triton_available
+    from world_model.fp8_rows import triton_available
 
+    for option in ("fp8_ffn_kernel", "fp8_attention_kernel"):
         if getattr(runtime, option) and not triton_available():
             raise ValueError(
                 f"{option}=True needs Triton and a CUDA GPU (CUDA builds of torch ship it); or set it False"
