@@ -96,6 +96,9 @@ def test_grow_checkpoint_rewrites_a_slimmed_stage_in_place(tmp_path):
     inputs = dit_inputs(cfg, 1, 1, 2, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(grown.eval()(**inputs), dit(**inputs), rtol=0, atol=1e-5)
+    # grown again (session 19's case): the checkpoint's own block count, not the preset's
+    assert grow_checkpoint(tmp_path / "base", cfg, 1) == cfg.num_layers + 3
+    assert f"blocks.{cfg.num_layers + 2}.modulation" in load_latest(tmp_path / "base")["stage"]["ema"]["model"]
     with pytest.raises(ValueError, match="no slimmed DiT"):
         grow_checkpoint(tmp_path / "nothing", cfg, 1)
 

@@ -99,7 +99,8 @@ def grow_checkpoint(stage: str | Path, cfg: DiTConfig, add: int) -> int:
     """Grow the DiT of a slimmed DiT stage (``stage``: a run's ``base`` or ``memory`` folder as ``slim`` writes it,
     the DiT's weights at ``stage/ema/model``) in place, its newest checkpoint rewritten at the same step; ``cfg``:
     that DiT's config. The run then trains it with ``--dit-layers`` the new count (``session.sh`` with GROW=N
-    does both on the GPU machine, so that the carried weights stay the small ones). Returns the new count."""
+    does both on the GPU machine, so that the carried weights stay the small ones). Its block count is the
+    checkpoint's own (a checkpoint grown before has more blocks than ``cfg`` says). Returns the new count."""
     from world_model.train.checkpoints import latest_checkpoint, load_latest, save_checkpoint
 
     stage = Path(stage)
@@ -107,6 +108,8 @@ def grow_checkpoint(stage: str | Path, cfg: DiTConfig, add: int) -> int:
     weights = (state or {}).get("stage", {}).get("ema", {}).get("model")
     if weights is None:
         raise ValueError(f"{stage} holds no slimmed DiT checkpoint (stage/ema/model)")
+    layers = 1 + max((int(k.split(".")[1]) for k in weights if k.startswith("blocks.")), default=-1)
+    cfg = cfg.replace(num_layers=layers)
     dit = MatrixGameDiT(cfg)
     dit.load_state_dict(weights)
     grown = grow_dit(dit, add).state_dict()
@@ -121,7 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="exported folder (e.g. world_model/assets/embedded); with --out")
     src.add_argument("--checkpoint", help="a run's slimmed DiT stage folder (e.g. runs/embedded/base), in place")
-    p.add_argument("--config", default="embedded", help="with --checkpoint: the preset of its DiT")
+    p.add_argument(
+        "--config",
+        default="embedded",
+        help="with --checkpoint: the preset of its DiT (its block count: the checkpoint's)",
+    )
     p.add_argument("--add-blocks", type=int, required=True, help="blocks to append after the last")
     p.add_argument("--out", help="with --model: the grown folder")
     args = p.parse_args(argv)
