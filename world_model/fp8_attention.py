@@ -8,7 +8,7 @@ fp32 cos/sin tables, bf16, the head's bound scale, e4m3) took ~46 ms a chunk in 
 largest magnitude (a reduction over tokens and features, strided) 17 ms at ~0.4 TB/s. The bytes are far fewer: a
 token's q and k rows in bf16 (12 KB), its cos/sin rows (24 KB, read once for both), its e4m3 rows out (6 KB).
 
-:func:`quantize_qk_rope` computes, per token row and in one program, exactly the eager path's sequence of roundings
+:func:`quantize_qk_rope` computes, per token row (four rows a program), exactly the eager path's sequence of roundings
 (the norm in fp32 rounded to bf16, times its bf16 weight; the rotation in fp32 rounded to bf16; times the head's
 bf16 scale, rounded; e4m3), for q and k together. :func:`world_model.attention.head_amax` (what ``fp8_heads`` uses) is v's per-(batch, head) bound as a reduction
 over each head's contiguous features first. :class:`FP8SelfAttention` is a DiT ``SelfAttention`` whose forward uses
@@ -16,6 +16,13 @@ both and hands the e4m3 tensors and their descales to the FlashAttention-3 kerne
 (``world_model.attention.attend_fp8``); :func:`fuse_fp8_self_attention` swaps it in (parameters and their names
 unchanged) and :func:`unfuse_fp8_self_attention` back. Off CUDA (tests), the references run and the attention is
 the dequantised product.
+
+Measured (session 19, H200, ``bench/results/fp8_rows_session19_h200.json``, ``env_5b_fa3fp8_qk_kernel_session19_h200.json``):
+the first form of the kernel (a program per row, even and odd features read and written at a stride of 2) took
+0.703 ms a call at the 5B shape against 0.363 ms for inductor's fused code (which skips the eager path's roundings:
+5.4 % of its e4m3 values differ), and the chunk 1.166 s against 1.163 s without it: the option is off by default.
+This form reads and writes each row contiguously and splits the pairs in registers, four rows a program; it awaits
+its measurement (``python bench/fp8_rows.py``).
 """
 
 from __future__ import annotations
@@ -83,7 +90,7 @@ def quantize_qk_rope(
     k_scale: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(q8, k8) e4m3 [M, D] of the projections' rows q, k [M, D] (see :func:`quantize_qk_rope_reference`): one
-    Triton program per token on CUDA (bf16 rows of up to 16,384 features), reading the token's cos/sin once for
+    Triton program per four tokens on CUDA (bf16 rows of up to 16,384 features), reading the token's cos/sin once for
     both; else the reference twice."""
     _check_qk(q, q_weight, cos, q_scale)
     _check_qk(k, k_weight, sin, k_scale)
@@ -105,7 +112,8 @@ def _launch_qk(q, k, q_weight, k_weight, eps, cos, sin, q_scale, k_scale) -> tup
     k8 = torch.empty(m, d, dtype=FP8, device=q.device)
     half = d // 2
     block = 1 << (half - 1).bit_length()
-    _qk_rope_fp8[(m,)](
+    rows = _QK_ROWS if m >= 64 * _QK_ROWS else 1  # small inputs: a program per row keeps the SMs busy
+    _qk_rope_fp8[(triton.cdiv(m, rows),)](
         q,
         k,
         q_weight.contiguous(),
@@ -116,15 +124,22 @@ def _launch_qk(q, k, q_weight, k_weight, eps, cos, sin, q_scale, k_scale) -> tup
         k_scale.float().contiguous(),
         q8,
         k8,
+        m,
         half,
         half // q_scale.numel(),
         eps,
         ROUND_BF16=q.dtype == torch.bfloat16,
         BLOCK=block,
+        ROWS=rows,
         num_warps=4 if block <= 1024 else 8,
     )
     return q8, k8
 
+
+# Rows per program: the norm weights and head scales (two 6 KB vectors per projection at the 5B width) are read and
+# split once for these rows instead of once per row. Session 19's kernel (one row per program, even and odd
+# features read and e4m3 written at a stride of 2) ran 0.703 ms a call at the 5B shape against inductor's 0.363.
+_QK_ROWS = 4
 
 if triton is not None:
 
@@ -136,22 +151,26 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _qk_row(x_ptr, w_ptr, s_ptr, out_ptr, c, s, row, pairs, mask, D, HALF_HEAD, eps, ROUND_BF16: tl.constexpr):
-        """One token's row of q or k: RMSNorm, rotation by (c, s), its head's scale, e4m3 (pairs: the pair indices)."""
-        a = tl.load(x_ptr + row * D + 2 * pairs, mask=mask, other=0.0).to(tl.float32)  # even features
-        b = tl.load(x_ptr + row * D + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)  # odd features
+    def _pairs(ptr, feats, mask2, BLOCK: tl.constexpr):
+        """A contiguous row of 2 * BLOCK features (fp32) as its (even, odd) halves, each [BLOCK]."""
+        x = tl.load(ptr + feats, mask=mask2, other=0.0).to(tl.float32)
+        return tl.split(tl.reshape(x, (BLOCK, 2)))
+
+    @triton.jit
+    def _qk_row(
+        x_ptr, out_ptr, wa, wb, scale, c, s, feats, mask2, D, eps, ROUND_BF16: tl.constexpr, BLOCK: tl.constexpr
+    ):
+        """One token's row of q or k: RMSNorm (weight halves wa, wb), rotation by (c, s), its heads' scale, e4m3."""
+        a, b = _pairs(x_ptr, feats, mask2, BLOCK)
         r = 1.0 / tl.sqrt((tl.sum(a * a, axis=0) + tl.sum(b * b, axis=0)) / D + eps)
-        wa = tl.load(w_ptr + 2 * pairs, mask=mask, other=0.0).to(tl.float32)
-        wb = tl.load(w_ptr + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)
         a = _round(_round(a * r, ROUND_BF16) * wa, ROUND_BF16)
         b = _round(_round(b * r, ROUND_BF16) * wb, ROUND_BF16)
         ra = _round(a * c - b * s, ROUND_BF16)
         rb = _round(a * s + b * c, ROUND_BF16)
-        scale = tl.load(s_ptr + pairs // HALF_HEAD, mask=mask, other=1.0)
         ra = tl.minimum(tl.maximum(_round(ra * scale, ROUND_BF16), -448.0), 448.0)
         rb = tl.minimum(tl.maximum(_round(rb * scale, ROUND_BF16), -448.0), 448.0)
-        tl.store(out_ptr + row * D + 2 * pairs, ra.to(tl.float8e4nv), mask=mask)
-        tl.store(out_ptr + row * D + 2 * pairs + 1, rb.to(tl.float8e4nv), mask=mask)
+        out = tl.reshape(tl.join(ra, rb), (2 * BLOCK,))  # the pairs interleaved back: a contiguous store
+        tl.store(out_ptr + feats, out.to(tl.float8e4nv), mask=mask2)
 
     @triton.jit
     def _qk_rope_fp8(
@@ -165,19 +184,30 @@ if triton is not None:
         ks_ptr,
         q8_ptr,
         k8_ptr,
+        M,
         HALF,
         HALF_HEAD,
         eps,
         ROUND_BF16: tl.constexpr,
         BLOCK: tl.constexpr,
+        ROWS: tl.constexpr,
     ):
-        row = tl.program_id(0)
         pairs = tl.arange(0, BLOCK)
-        mask = pairs < HALF
-        c = tl.load(cos_ptr + row * HALF + pairs, mask=mask, other=0.0)
-        s = tl.load(sin_ptr + row * HALF + pairs, mask=mask, other=0.0)
-        _qk_row(q_ptr, qw_ptr, qs_ptr, q8_ptr, c, s, row, pairs, mask, 2 * HALF, HALF_HEAD, eps, ROUND_BF16)
-        _qk_row(k_ptr, kw_ptr, ks_ptr, k8_ptr, c, s, row, pairs, mask, 2 * HALF, HALF_HEAD, eps, ROUND_BF16)
+        feats = tl.arange(0, 2 * BLOCK)
+        D = 2 * HALF
+        mask2 = feats < D
+        qwa, qwb = _pairs(qw_ptr, feats, mask2, BLOCK)
+        kwa, kwb = _pairs(kw_ptr, feats, mask2, BLOCK)
+        qs = tl.load(qs_ptr + pairs // HALF_HEAD, mask=pairs < HALF, other=1.0)
+        ks = tl.load(ks_ptr + pairs // HALF_HEAD, mask=pairs < HALF, other=1.0)
+        for i in range(ROWS):
+            row = tl.program_id(0) * ROWS + i
+            m2 = mask2 & (feats * 0 + row < M)  # a tensor mask (a scalar one is not a mask to the interpreter)
+            m1 = (pairs < HALF) & (pairs * 0 + row < M)
+            c = tl.load(cos_ptr + row * HALF + pairs, mask=m1, other=0.0)
+            s = tl.load(sin_ptr + row * HALF + pairs, mask=m1, other=0.0)
+            _qk_row(q_ptr + row * D, q8_ptr + row * D, qwa, qwb, qs, c, s, feats, m2, D, eps, ROUND_BF16, BLOCK)
+            _qk_row(k_ptr + row * D, k8_ptr + row * D, kwa, kwb, ks, c, s, feats, m2, D, eps, ROUND_BF16, BLOCK)
 
 
 class FP8SelfAttention(SelfAttention):

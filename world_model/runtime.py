@@ -61,7 +61,9 @@ class RuntimeOptions:
     and quantised to e4m3 in one Triton pass per token (both read the token's cos/sin once) and v's per-head scales
     from an inner reduction (``world_model.fp8_attention``), instead of inductor's four kernels for q/k and its
     strided reduction for v (session 17's profile: ~46 and 17 ms of a 5B chunk); the same roundings as the
-    'fa3_fp8' path. Needs Triton on a CUDA GPU; not combined with ``sequence_parallel``.
+    'fa3_fp8' path. Needs Triton on a CUDA GPU; not combined with ``sequence_parallel``. Measured on the H200
+    (session 19): no faster yet (the chunk 1.166 s against 1.163; the kernel's first form 0.70 ms a call against
+    inductor's 0.36, which does not round as the eager path does): off by default, also in the fastest configuration.
     ``compile``: ``torch.compile`` each DiT block (regional compilation: the first forward of each
     new input shape compiles, about a minute at 5B scale; later ones are fast).
     ``sequence_parallel``: split each DiT forward over this many ranks (Ulysses, ``world_model.parallel``);
