@@ -619,20 +619,29 @@ def _flow_stages_without_data(monkeypatch, run_loop) -> None:
     monkeypatch.setattr(loop, "run_loop", run_loop)
 
 
-def test_pipeline_passes_action_dropout_to_both_flow_stages(monkeypatch, tmp_path):
-    """--action-dropout P reaches FlowOptions.p_drop_actions of the base and the memory stage."""
+def test_pipeline_passes_action_dropout_and_continue_share_to_both_flow_stages(monkeypatch, tmp_path):
+    """--action-dropout P reaches FlowOptions.p_drop_actions of the base and the memory stage, --p-continue Q their
+    FlowOptions.p_continue and their clip samplers (the share of continuation batches)."""
     from world_model.train import pipeline
     from world_model.train.__main__ import _parser
 
     assert _parser().parse_args(["base", "--run", "r", "--action-dropout", "0.25"]).opt_action_dropout == 0.25
+    assert _parser().parse_args(["base", "--run", "r", "--p-continue", "0.5"]).opt_p_continue == 0.5
     with pytest.raises(ValueError, match="action_dropout"):
         pipeline.PipelineOptions(action_dropout=1.0)
+    with pytest.raises(ValueError, match="p_continue"):
+        pipeline.PipelineOptions(p_continue=1.5)
     _flow_stages_without_data(
-        monkeypatch, lambda stage, folder, lopts: {"name": stage.name, "p": stage.opts.p_drop_actions}
+        monkeypatch,
+        lambda stage, folder, lopts: {
+            "name": stage.name,
+            "p": stage.opts.p_drop_actions,
+            "continue": (stage.opts.p_continue, stage.sampler.p_continue),
+        },
     )
-    opts = dataclasses.replace(pipeline.PipelineOptions.smoke(), action_dropout=0.25)
+    opts = dataclasses.replace(pipeline.PipelineOptions.smoke(), action_dropout=0.25, p_continue=0.5)
     for name in ("base", "memory"):
-        assert pipeline.run_stage(tmp_path, name, opts) == {"name": name, "p": 0.25}
+        assert pipeline.run_stage(tmp_path, name, opts) == {"name": name, "p": 0.25, "continue": (0.5, 0.5)}
 
 
 def test_compiled_flow_stage_compiles_only_its_training_graphs(monkeypatch):
