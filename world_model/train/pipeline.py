@@ -124,8 +124,9 @@ class PipelineOptions:
     action_dropout: float = 0.0
     # share of the flow stages' batches that are continuation chunks (past latents and memory as context), the rest
     # chunk 0 from the image latent alone (FlowOptions.p_continue; the release's 0.8). Chunk 0 is what the held-out
-    # evaluation's gain_db measures: session 19's memory stage held it at +0.07 dB over repeating the first frame
-    # while the continuation's gain_next_db rose to +3.06; a lower share trains chunk 0 more
+    # evaluation's gain_db measures over repeating the first frame (+2.08 dB on session 18's held-out episodes, +0.07
+    # on session 19's, where the continuation's gain_next_db was +3.06) and what a user sees first after a reset: a
+    # lower share trains it more
     p_continue: float = 0.8
     # share of a flow stage's time budget at its end over which the learning rate decays linearly to 5 %
     # (FlowOptions.cooldown_s; the decay of a warmup-stable-decay schedule, so that the stage ends on
