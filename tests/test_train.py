@@ -527,6 +527,11 @@ def test_ship_installs_an_export_and_keeps_the_card(smoke_run, tmp_path):
     assert json.loads((target / "config.json").read_text())["stream"]["fps"] == cfg["stream"]["fps"]
     assert (target / "README.md").read_text() == "# the model card\n" and (target / "default_prompt.txt").exists()
     assert not (target / "status.json").exists() and not list(tmp_path.glob("embedded.*"))
+    with pytest.raises(ValueError, match="sampler_steps"):
+        ship(other, target, new_geometry=True, sampler_steps=0)
+    assert ship(other, target, new_geometry=True, sampler_steps=5) == target
+    assert json.loads((target / "config.json").read_text())["sampler"]["num_steps"] == 5
+    assert json.loads((other / "config.json").read_text())["sampler"]["num_steps"] != 5  # the export unchanged
 
 
 def _action_batch(b: int, nf: int = 7):

@@ -6,15 +6,18 @@ loader (every weight present, shaped and finite), keeps the shipped geometry (fr
 latent grid) unless ``--new-geometry``, and its weights fit the package budget (40 MB). Then its
 weights and ``config.json`` replace the shipped ones in one step (written beside the folder, then
 swapped in); the model card ``README.md``, ``default_image.png`` and ``default_prompt.txt`` stay,
-for the card to be updated by hand with the evaluation. Anything wrong raises before a file changes.
+for the card to be updated by hand with the evaluation. ``--sampler-steps N`` ships it sampled in N steps (its
+``config.json``'s ``sampler.num_steps``; what ``mg3 eval --sampler-steps N`` measured). Anything wrong raises
+before a file changes.
 
-    python -m world_model.train.ship runs/embedded/export
+    python -m world_model.train.ship runs/embedded/export [--sampler-steps 5]
     mg3 demo --out mg3_demo && cp mg3_demo/strip.png docs/demo_strip.png   # the README's strip
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -39,8 +42,15 @@ def _geometry(cfg) -> dict:
     }
 
 
-def ship(export: str | Path, target: str | Path | None = None, *, new_geometry: bool = False) -> Path:
-    """Check ``export`` and install it into ``target`` (default: the embedded model's folder)."""
+def ship(
+    export: str | Path,
+    target: str | Path | None = None,
+    *,
+    new_geometry: bool = False,
+    sampler_steps: int | None = None,
+) -> Path:
+    """Check ``export`` and install it into ``target`` (default: the embedded model's folder), sampled in
+    ``sampler_steps`` steps when given (else as its config says)."""
     from world_model.model import EMBEDDED_DIR, load_world_model
 
     export = Path(export)
@@ -49,6 +59,10 @@ def ship(export: str | Path, target: str | Path | None = None, *, new_geometry: 
     missing = [name for name in layout if not (export / name).exists()]
     if missing:
         raise FileNotFoundError(f"{export} is not an exported model folder: it lacks {', '.join(missing)}")
+    if sampler_steps is not None and (
+        isinstance(sampler_steps, bool) or int(sampler_steps) != sampler_steps or sampler_steps < 1
+    ):
+        raise ValueError(f"sampler_steps must be a positive integer, got {sampler_steps!r}")
     size = exported_size_bytes(export)
     if size > MAX_BYTES:
         raise ValueError(
@@ -65,6 +79,11 @@ def ship(export: str | Path, target: str | Path | None = None, *, new_geometry: 
     staging = target.with_name(target.name + ".shipping")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(export, staging, ignore=shutil.ignore_patterns("README.md", "status.json"))
+    if sampler_steps is not None:
+        cfg = json.loads((staging / "config.json").read_text())
+        cfg["sampler"]["num_steps"] = int(sampler_steps)
+        (staging / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        load_world_model(str(staging))  # still loads as configured
     for name in KEPT:
         if (target / name).exists():
             shutil.copy2(target / name, staging / name)
@@ -82,8 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("export", help="an exported model folder (runs/<run>/export)")
     p.add_argument("--target", default=None, help="default: world_model/assets/embedded")
     p.add_argument("--new-geometry", action="store_true", help="allow another frame size, frame rate or latent grid")
+    p.add_argument("--sampler-steps", type=int, default=None, help="sampler steps to ship it with (default: its own)")
     args = p.parse_args(argv)
-    out = ship(args.export, args.target, new_geometry=args.new_geometry)
+    out = ship(args.export, args.target, new_geometry=args.new_geometry, sampler_steps=args.sampler_steps)
     print(f"installed {args.export} into {out}; now: mg3 eval, the model card, mg3 demo for docs/demo_strip.png")
 
 
