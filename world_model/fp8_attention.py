@@ -137,8 +137,9 @@ def _launch_qk(q, k, q_weight, k_weight, eps, cos, sin, q_scale, k_scale) -> tup
 
 
 # Rows per program: the norm weights and head scales (two 6 KB vectors per projection at the 5B width) are read and
-# split once for these rows instead of once per row. Session 19's kernel (one row per program, even and odd
-# features read and e4m3 written at a stride of 2) ran 0.703 ms a call at the 5B shape against inductor's 0.363.
+# split once for these rows instead of once per row. The kernel's first form (session 18: one row per program, even
+# and odd features read and e4m3 written at a stride of 2) ran 0.703 ms a call at the 5B shape against inductor's 0.363
+# (measured in session 19).
 _QK_ROWS = 4
 
 if triton is not None:

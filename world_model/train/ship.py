@@ -17,7 +17,6 @@ before a file changes.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -69,6 +68,8 @@ def ship(
             f"{export} holds {size / 1e6:.1f} MB of weights; the embedded model may hold {MAX_BYTES / 1e6:.0f}"
         )
     new = load_world_model(str(export))  # the strict loader: names, shapes, finiteness
+    if sampler_steps is not None:
+        new = new.with_sampler(num_steps=int(sampler_steps))  # the config's own checks, before a file changes
     if not new_geometry and (target / "config.json").exists():
         old = load_world_model(str(target))
         if _geometry(old.config) != _geometry(new.config):
@@ -80,10 +81,7 @@ def ship(
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(export, staging, ignore=shutil.ignore_patterns("README.md", "status.json"))
     if sampler_steps is not None:
-        cfg = json.loads((staging / "config.json").read_text())
-        cfg["sampler"]["num_steps"] = int(sampler_steps)
-        (staging / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        load_world_model(str(staging))  # still loads as configured
+        new.config.save(staging / "config.json")  # as the export wrote it, with the new step count
     for name in KEPT:
         if (target / name).exists():
             shutil.copy2(target / name, staging / name)
