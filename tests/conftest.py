@@ -11,6 +11,9 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The suite's numbers do not depend on the machine's CPU: default runtimes are fp32 (a user's default is bf16 where
+# the CPU has bf16 instructions, world_model.runtime.default_cpu_dtype; tests/test_runtime.py covers that choice).
+os.environ["MG3_CPU_DTYPE"] = "float32"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -417,7 +417,7 @@ def load_world_model(
     """Load a model by registry name (:data:`MODEL_NAMES`) or from a release-layout folder.
 
     ``seed`` fixes the weights of the random models; ``runtime`` defaults to
-    :meth:`RuntimeOptions.for_device` (bf16 on CUDA, fp32 on CPU); ``variant`` (``"distilled"`` or
+    :meth:`RuntimeOptions.for_device` (bf16 on CUDA; on a CPU bf16 where it has bf16 instructions, else fp32); ``variant`` (``"distilled"`` or
     ``"base"``) picks the few-step or the many-step model of a folder.
     """
     if variant not in ("distilled", "base"):
