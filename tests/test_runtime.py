@@ -799,3 +799,40 @@ def test_embedded_model_in_bf16_on_the_cpu_matches_fp32():
         env.close()
     mse = ((frames[torch.float32] - frames[torch.bfloat16]) ** 2).mean()
     assert 10 * np.log10(255**2 / mse) > 40
+
+
+# ---- the 'matmul' attention backend -----------------------------------------------------------------------------
+
+
+def test_matmul_attention_matches_math_with_and_without_a_key_mask():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 7, 3, 16, generator=g) for _ in range(3))
+    k_lens = torch.tensor([7, 4])
+    for lens in (None, k_lens):
+        ref = attention_mod.attend(q, k, v, k_lens=lens, backend="math")
+        got = attention_mod.attend(q, k, v, k_lens=lens, backend="matmul")
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # masked keys do not matter: changing them changes nothing
+    v2 = v.clone()
+    v2[1, 4:] = 100.0
+    torch.testing.assert_close(
+        attention_mod.attend(q, k, v2, k_lens=k_lens, backend="matmul")[1],
+        attention_mod.attend(q, k, v, k_lens=k_lens, backend="matmul")[1],
+    )
+    bf = attention_mod.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), backend="matmul")
+    assert bf.dtype == torch.bfloat16 and bf.shape == q.shape
+    torch.testing.assert_close(bf.float(), attention_mod.attend(q, k, v, backend="math"), atol=3e-2, rtol=3e-2)
+
+
+def test_auto_attention_on_a_cpu_takes_matmul_for_small_half_precision_scores(monkeypatch):
+    calls = []
+    real = attention_mod._attend_matmul
+    monkeypatch.setattr(attention_mod, "_attend_matmul", lambda *a: calls.append(a[0].dtype) or real(*a))
+    q = torch.randn(1, 8, 2, 16)
+    attention_mod.attend(q, q, q)  # fp32: SDPA (its CPU kernel is the faster one in fp32)
+    assert calls == []
+    attention_mod.attend(q.bfloat16(), q.bfloat16(), q.bfloat16())
+    assert calls == [torch.bfloat16]
+    monkeypatch.setattr(attention_mod, "MATMUL_MAX_SCORES", 8 * 8 * 2 - 1)  # scores above the bound: SDPA
+    attention_mod.attend(q.bfloat16(), q.bfloat16(), q.bfloat16())
+    assert calls == [torch.bfloat16]
