@@ -8,12 +8,15 @@ actions, frames copied to the host as an env user gets them; the median step giv
     python bench/embedded_speed.py --device cuda --batches 1 8 64 --json bench/results/embedded_h100.json
     python bench/embedded_speed.py --device cpu --camera-cache both --chunks 12 --json bench/results/embedded_cpu_camera_cache.json
     python bench/embedded_speed.py --device cpu --vae-pruning 0.5 0.25 0 --chunks 8 --json bench/results/embedded_cpu_decoder_widths.json
+    python bench/embedded_speed.py --device cpu --dtype both --chunks 12 --json bench/results/embedded_cpu_dtypes.json
 
 ``--camera-cache both`` measures every batch size with the window's conditioning reused across sampler
 steps (``RuntimeOptions.camera_cache``) and without, alternating runs of 3 chunks so that a drift of
 the machine's speed hits both alike. ``--vae-pruning P ...`` does the same for the model's architecture
 with its VAE decoder at other widths (pruning rate P: width 1 - P of the full decoder; random weights,
-as the speed does not depend on the values): what a wider shipped decoder would cost.
+as the speed does not depend on the values): what a wider shipped decoder would cost. ``--dtype both`` compares
+fp32 with bf16 the same way (the default is the runtime's for the device: on a CPU bf16 where it has bf16
+instructions).
 """
 
 from __future__ import annotations
@@ -84,8 +87,20 @@ def main() -> None:
         help="measure the model's architecture with random weights and its decoder at these pruning rates "
         "(alternating runs; with the camera cache on)",
     )
+    p.add_argument(
+        "--dtype",
+        choices=("default", "float32", "bfloat16", "both"),
+        default="default",
+        help="the model's dtype: the runtime's default for the device (on a CPU bf16 where it has bf16 "
+        "instructions, world_model.runtime.default_cpu_dtype), one of them, or 'both' (alternating runs)",
+    )
     p.add_argument("--json", default="bench_embedded_speed.json")
     args = p.parse_args()
+    dtypes = {"default": [None], "float32": [torch.float32], "bfloat16": [torch.bfloat16]}.get(
+        args.dtype, [torch.float32, torch.bfloat16]
+    )
+    if len(dtypes) > 1 and (args.camera_cache != "on" or args.vae_pruning is not None):
+        p.error("--dtype both compares dtypes alone: leave --camera-cache and --vae-pruning at their defaults")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.vae_pruning is not None:
@@ -93,16 +108,24 @@ def main() -> None:
             p.error("--vae-pruning measures with the camera cache on; leave --camera-cache at its default")
         if not all(0.0 <= r < 1.0 for r in args.vae_pruning):
             p.error(f"--vae-pruning rates must be in [0, 1), got {args.vae_pruning}")
-        runtime = RuntimeOptions.for_device(args.device)
+        runtime = RuntimeOptions.for_device(args.device, **({"dtype": dtypes[0]} if dtypes[0] else {}))
         cfg = load_world_model(args.model, runtime).config
         models = {
             r: random_world_model(cfg.replace(vae=cfg.vae.replace(pruning_rate=r)), runtime) for r in args.vae_pruning
         }
         key = "vae_pruning_rate"
+    elif len(dtypes) > 1:
+        models = {
+            str(d).removeprefix("torch."): load_world_model(args.model, RuntimeOptions.for_device(args.device, dtype=d))
+            for d in dtypes
+        }
+        key = "dtype"
     else:
+        dtype = {"dtype": dtypes[0]} if dtypes[0] else {}
         settings = {"on": [True], "off": [False], "both": [True, False]}[args.camera_cache]
         models = {
-            c: load_world_model(args.model, RuntimeOptions.for_device(args.device, camera_cache=c)) for c in settings
+            c: load_world_model(args.model, RuntimeOptions.for_device(args.device, camera_cache=c, **dtype))
+            for c in settings
         }
         key = "camera_cache"
     settings = list(models)
@@ -121,10 +144,12 @@ def main() -> None:
         rows += [_merge(parts[c], **{key: c}) for c in settings]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}")
-    head = "decoder p" if key == "vae_pruning_rate" else "cam cache"
+    head = {"vae_pruning_rate": "decoder p", "dtype": "dtype"}.get(key, "cam cache")
     print(f"{'envs':>5} {head:>9} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
     for r in rows:
-        setting = f"{r[key]:g}" if key == "vae_pruning_rate" else ("on" if r[key] else "off")
+        setting = (
+            f"{r[key]:g}" if key == "vae_pruning_rate" else r[key] if key == "dtype" else ("on" if r[key] else "off")
+        )
         print(
             f"{r['batch']:>5} {setting:>9} {r['seconds_reset']:>8.3f} "
             f"{r['seconds_per_chunk']:>8.3f} {r['frames_per_s']:>9.1f} {r['frames_per_s_per_env']:>8.1f}"
@@ -137,6 +162,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "dtypes": sorted({str(m.runtime.dtype).removeprefix("torch.") for m in models.values()}),
         "rows": rows,
     }
     with open(args.json, "w") as f:
