@@ -43,17 +43,11 @@ _SDPA_BACKENDS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
-# auto: flash-attn when installed (CUDA, half precision, no key mask); 'matmul' on a CPU in half precision
-# when the scores are small (below); else SDPA's own dispatch;
+# auto: flash-attn when installed (CUDA, half precision, no key mask), else SDPA's own dispatch;
 # sdpa: SDPA's own dispatch; math/flash/efficient/cudnn: one SDPA backend pinned; flash_attn: the package;
 # fa3 / fa3_fp8: the FlashAttention-3 forward kernel (the fa3-fwd package, Hopper) in bf16 / in FP8 e4m3
-# with one scale per batch element and head (fp8_heads); matmul: the scores as one batched product in the
-# inputs' dtype, softmax in fp32, one product with v (on a CPU with bf16 instructions the products run as
-# oneDNN's bf16 GEMMs: 1.4x the speed of SDPA's CPU kernel in bf16, which computes in fp32, at the embedded
-# model's shape [1, 5, 1216, 64]; session 20).
-BACKENDS = ("auto", "sdpa", *_SDPA_BACKENDS, "flash_attn", "fa3", "fa3_fp8", "matmul")
-# 'auto' on a CPU takes 'matmul' for half-precision inputs whose fp32 scores hold at most this many values (256 MiB)
-MATMUL_MAX_SCORES = 1 << 26
+# with one scale per batch element and head (fp8_heads).
+BACKENDS = ("auto", "sdpa", *_SDPA_BACKENDS, "flash_attn", "fa3", "fa3_fp8")
 _FA3 = ("fa3", "fa3_fp8")
 _CUDA_ONLY = ("efficient", "cudnn", "flash_attn", *_FA3)  # SDPA on a CPU has the math and flash kernels only
 _E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
@@ -90,7 +84,7 @@ def check_attention_backend(backend: str, device: str | torch.device, dtype: tor
     if backend in _CUDA_ONLY and device.type != "cuda":
         raise ValueError(
             f"attention backend {backend!r} needs a CUDA device, got {device.type!r}; "
-            "on this device use 'auto', 'sdpa', 'math', 'flash' or 'matmul'"
+            "on this device use 'auto', 'sdpa', 'math' or 'flash'"
         )
     if backend == "flash_attn":
         if not flash_attn_available():
@@ -237,22 +231,10 @@ def attend(
             raise RuntimeError("attention backend 'flash_attn' needs the flash-attn package: pip install flash-attn")
     mask = None if k_lens is None else _key_mask(k_lens, k.shape[1], q.device)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # [B, N, L, D]
-    scores = q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
-    if backend == "matmul" or (backend == "auto" and not q.is_cuda and half and scores <= MATMUL_MAX_SCORES):
-        return _attend_matmul(qt, kt, vt, mask).transpose(1, 2)
     ctx = sdpa_kernel(_SDPA_BACKENDS[backend]) if backend in _SDPA_BACKENDS else contextlib.nullcontext()
     with ctx:
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
     return out.transpose(1, 2)
-
-
-def _attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Backend 'matmul' on [B, N, L, D] inputs: q k^T in their dtype, scaled and softmaxed in fp32, times v in
-    their dtype. Holds the [B, N, Lq, Lk] scores (fp32)."""
-    s = torch.matmul(q, k.transpose(-1, -2)).float().mul_(q.shape[-1] ** -0.5)
-    if mask is not None:
-        s = s.masked_fill_(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(s, dim=-1).to(v.dtype), v)
 
 
 class AttentionKernel(nn.Module):

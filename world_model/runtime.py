@@ -45,10 +45,9 @@ class RuntimeOptions:
     """Device, dtype and kernel choices for inference.
 
     ``attention``: the backend recorded on every attention module of the DiT (self-, cross- and
-    action attention). ``auto`` uses flash-attn when installed and on CUDA; on a CPU in bf16/fp16 ``matmul``
-    while the scores are small (``attention.MATMUL_MAX_SCORES``); else torch SDPA with its own dispatch (cuDNN on
-    Hopper); ``sdpa`` lets torch choose; ``math``/``flash``/``efficient``/``cudnn`` pin one SDPA backend (a CPU
-    has ``math`` and ``flash``); ``matmul``: two batched products and an fp32 softmax (any device); ``flash_attn`` requires the
+    action attention). ``auto`` uses flash-attn when installed and on CUDA, else torch SDPA with
+    its own dispatch (cuDNN on Hopper); ``sdpa`` lets torch choose; ``math``/``flash``/``efficient``/
+    ``cudnn`` pin one SDPA backend (a CPU has ``math`` and ``flash``); ``flash_attn`` requires the
     flash-attn package; ``fa3`` / ``fa3_fp8`` the FlashAttention-3 forward kernel (the ``fa3-fwd`` wheel,
     Hopper, bf16): ``fa3_fp8`` quantizes q, k and v to FP8 e4m3 with one scale per batch element and head
     (``world_model.attention.fp8_heads``) and takes the scales into the kernel (measured on an H200 at the
