@@ -227,9 +227,10 @@ def default_cpu_dtype() -> torch.dtype:
     """The dtype a model runs in on the CPU by default: ``$MG3_CPU_DTYPE`` (``float32`` or ``bfloat16``) when
     set, else bf16 where :func:`cpu_bf16_native`, else fp32. bf16 follows the release's mixed precision as on a
     GPU (modulation, norms, gated adds and the head in fp32; the linears, attention and the VAE in bf16).
-    Measured on the 2-core test VM (AMD EPYC, avx512_bf16; session 20): the embedded model's chunk 1.5x as fast
-    as in fp32 (1 thread: 2.96 s against 4.49; the DiT 2.65 against 4.05, the decoder 0.28 against 0.42), its
-    frames 50-56 dB PSNR from fp32's over four chunks, the same sharpness."""
+    Measured on the 2-core test VM (AMD EPYC, avx512_bf16; session 20, idle, 2 threads): the embedded model's
+    chunk 1.63-1.68 s in bf16 against 2.51-2.72 in fp32 (the DiT 1.45-1.49 against 2.23-2.41, the decoder 0.15-0.17
+    against 0.25-0.28; ``bench/embedded_speed.py --dtype both``), its frames 50-56 dB PSNR from fp32's over four
+    chunks, the same sharpness."""
     name = os.environ.get("MG3_CPU_DTYPE")
     if name is not None:
         if name not in _CPU_DTYPES:
