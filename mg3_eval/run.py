@@ -146,6 +146,7 @@ def run_evaluation(
             "action_guidance": cfg.sampler.action_guidance,
         },
         "options": dataclasses.asdict(opts),
+        "runtime": {"device": wm.runtime.device, "dtype": str(wm.runtime.dtype).removeprefix("torch.")},
         "torch_threads": torch.get_num_threads(),
     }
     seconds: dict[str, float] = {}

@@ -279,6 +279,7 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert {"fidelity", "distillation", "control", "memory", "stability", "speed", "targets"} <= set(m)
     assert m["model"]["resolution"] == [32, 32] and m["model"]["model"] == str(smoke_export)
+    assert m["runtime"] == {"device": "cpu", "dtype": "float32"}  # the suite pins fp32 (conftest)
     assert len(m["fidelity"]["psnr_model"]) == 2 and m["fidelity"]["levels"][0].startswith("freedoom")
     assert m["fidelity"]["levels"][0] in {lv.name for lv in levels_in_split("test")}
     assert m["distillation"]["teacher"]["steps"] > m["distillation"]["student"]["steps"]
