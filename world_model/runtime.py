@@ -67,7 +67,8 @@ class RuntimeOptions:
     strided reduction for v (session 17's profile: ~46 and 17 ms of a 5B chunk); the same roundings as the
     'fa3_fp8' path. Needs Triton on a CUDA GPU; not combined with ``sequence_parallel``. Measured on the H200
     (session 19): no faster yet (the chunk 1.166 s against 1.163; the kernel's first form 0.70 ms a call against
-    inductor's 0.36, which does not round as the eager path does): off by default, also in the fastest configuration.
+    inductor's 0.36, which does not round as the eager path does; its second form, session 20: 0.79 against 0.42, the chunk
+    1.172 s against 1.179): off by default, also in the fastest configuration.
     ``compile``: ``torch.compile`` each DiT block (regional compilation: the first forward of each
     new input shape compiles, about a minute at 5B scale; later ones are fast).
     ``sequence_parallel``: split each DiT forward over this many ranks (Ulysses, ``world_model.parallel``);
