@@ -1036,3 +1036,25 @@ def test_discriminator_translation_shifts_each_frame_and_keeps_the_gradient():
     assert plain.shape == moved.shape and not torch.equal(plain, moved)
     with pytest.raises(ValueError, match="disc_translate"):
         VAEOptions(disc_translate=-1)
+
+
+def test_a_slim_from_an_int8_export_carries_its_dit_as_bf16(smoke_run, tmp_path):
+    """What a new checkout does since the shipped DiT is int8 (session 20: make_carry.sh from the shipped model): the
+    slim's ``base`` holds the int8 export's DiT read back, as bf16 floats under the same keys, ready to train."""
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.export import as_int8, read_exported
+    from world_model.train.slim import slim_from_export
+
+    run, _ = smoke_run
+    int8 = as_int8(run / "export", tmp_path / "int8")
+    _, dit, _ = read_exported(int8)
+    _, dit_bf16, _ = read_exported(run / "export")
+    base = load_latest(slim_from_export(int8, tmp_path / "slim") / "base")["stage"]["ema"]["model"]
+    assert set(base) == set(dit_bf16.state_dict())
+    assert all(v.dtype == torch.bfloat16 for v in base.values() if v.is_floating_point())
+    assert all(torch.equal(base[k], v.bfloat16()) for k, v in dit.state_dict().items())
+    # int8 with a scale per row: within a row's step of the bf16 export's weights
+    for k, v in dit_bf16.state_dict().items():
+        if v.dim() == 2:
+            step = v.float().abs().amax(1, keepdim=True) / 127
+            assert ((base[k].float() - v.float()).abs() <= step * 0.51 + 1e-2 * step + 1e-3).all(), k
