@@ -190,7 +190,9 @@ def test_sequence_parallel_equals_single_process(sp_run, name):
         assert out[name].shape == ref.shape, f"rank {rank}"
         torch.testing.assert_close(out[name], ref, rtol=0, atol=1e-5, msg=f"rank {rank}, case {name}")
         torch.testing.assert_close(out[name + "/runtime"], ref, rtol=0, atol=1e-5, msg=f"rank {rank}, runtime")
-        torch.testing.assert_close(out[name + "/cached"], out[name], rtol=0, atol=0, msg=f"rank {rank}, cached")
+        # the cached modulation is one GEMM over all tokens, sharded after, the uncached one a GEMM over the rank's
+        # tokens: the same sums, but a BLAS may block them differently by row count (last bits; AMD EPYC, session 20)
+        torch.testing.assert_close(out[name + "/cached"], out[name], rtol=0, atol=1e-6, msg=f"rank {rank}, cached")
         # With SP removed the model runs on its own (1 thread per rank here: reductions may differ in the last bit).
         torch.testing.assert_close(out[name + "/unwrapped"], ref, rtol=0, atol=1e-6)
         # RuntimeOptions put Ulysses kernels in every self-attention and the backend on every kernel.
