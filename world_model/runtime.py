@@ -214,8 +214,8 @@ _CPU_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def cpu_bf16_native(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this CPU has bf16 dot-product instructions (x86 ``avx512_bf16`` or ``amx_bf16``), read from the
-    kernel's CPU flags; False where they cannot be read (not Linux). Without them oneDNN emulates bf16 GEMMs,
-    no faster than fp32."""
+    kernel's CPU flags; False where they cannot be read (not Linux). Without them oneDNN emulates bf16 GEMMs
+    (not measured here: fp32 stays the default there)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
