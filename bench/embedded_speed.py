@@ -96,9 +96,12 @@ def main() -> None:
     )
     p.add_argument("--json", default="bench_embedded_speed.json")
     args = p.parse_args()
-    dtypes = {"default": [None], "float32": [torch.float32], "bfloat16": [torch.bfloat16]}.get(
-        args.dtype, [torch.float32, torch.bfloat16]
-    )
+    dtypes = {
+        "default": [RuntimeOptions.for_device(args.device).dtype],
+        "float32": [torch.float32],
+        "bfloat16": [torch.bfloat16],
+        "both": [torch.float32, torch.bfloat16],
+    }[args.dtype]
     if len(dtypes) > 1 and (args.camera_cache != "on" or args.vae_pruning is not None):
         p.error("--dtype both compares dtypes alone: leave --camera-cache and --vae-pruning at their defaults")
     if args.threads:
@@ -108,7 +111,7 @@ def main() -> None:
             p.error("--vae-pruning measures with the camera cache on; leave --camera-cache at its default")
         if not all(0.0 <= r < 1.0 for r in args.vae_pruning):
             p.error(f"--vae-pruning rates must be in [0, 1), got {args.vae_pruning}")
-        runtime = RuntimeOptions.for_device(args.device, **({"dtype": dtypes[0]} if dtypes[0] else {}))
+        runtime = RuntimeOptions.for_device(args.device, dtype=dtypes[0])
         cfg = load_world_model(args.model, runtime).config
         models = {
             r: random_world_model(cfg.replace(vae=cfg.vae.replace(pruning_rate=r)), runtime) for r in args.vae_pruning
@@ -121,10 +124,9 @@ def main() -> None:
         }
         key = "dtype"
     else:
-        dtype = {"dtype": dtypes[0]} if dtypes[0] else {}
         settings = {"on": [True], "off": [False], "both": [True, False]}[args.camera_cache]
         models = {
-            c: load_world_model(args.model, RuntimeOptions.for_device(args.device, camera_cache=c, **dtype))
+            c: load_world_model(args.model, RuntimeOptions.for_device(args.device, camera_cache=c, dtype=dtypes[0]))
             for c in settings
         }
         key = "camera_cache"
@@ -144,12 +146,14 @@ def main() -> None:
         rows += [_merge(parts[c], **{key: c}) for c in settings]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}")
-    head = {"vae_pruning_rate": "decoder p", "dtype": "dtype"}.get(key, "cam cache")
+    head, shown = {
+        "vae_pruning_rate": ("decoder p", lambda v: f"{v:g}"),
+        "dtype": ("dtype", str),
+        "camera_cache": ("cam cache", lambda v: "on" if v else "off"),
+    }[key]
     print(f"{'envs':>5} {head:>9} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
     for r in rows:
-        setting = (
-            f"{r[key]:g}" if key == "vae_pruning_rate" else r[key] if key == "dtype" else ("on" if r[key] else "off")
-        )
+        setting = shown(r[key])
         print(
             f"{r['batch']:>5} {setting:>9} {r['seconds_reset']:>8.3f} "
             f"{r['seconds_per_chunk']:>8.3f} {r['frames_per_s']:>9.1f} {r['frames_per_s_per_env']:>8.1f}"
