@@ -103,6 +103,7 @@ class BenchConfig:
     compile_decoder: bool = False
     fp8_ffn_kernel: bool = False
     fp8_attention_kernel: bool = False
+    cuda_graphs: bool = False
 
     def runtime(self, device: str, dtype: torch.dtype) -> RuntimeOptions:
         """The options on ``device`` in ``dtype`` (FP8 computes in bf16 whatever the run's dtype)."""
@@ -118,6 +119,7 @@ class BenchConfig:
             compile_decoder=self.compile_decoder,
             fp8_ffn_kernel=self.fp8_ffn_kernel,
             fp8_attention_kernel=self.fp8_attention_kernel,
+            cuda_graphs=self.cuda_graphs,
         )
 
 
@@ -596,6 +598,7 @@ def applied_options(model: WorldModel) -> dict[str, object]:
         "text_offload": model.runtime.text_offload,
         "compiled_decoder": getattr(model.vae.decoder, "_compiled_call_impl", None) is not None,
         "fp8_ffn_fused": sum(isinstance(m, Float8Linear) and m.input_gelu for m in model.dit.modules()),
+        "cuda_graph_steps": bool(getattr(model.dit, "_graph_steps", False)),
     }
 
 
@@ -886,6 +889,11 @@ def parse_args() -> argparse.Namespace:
         "(RuntimeOptions.fp8_attention_kernel)",
     )
     p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="with --compile: the compiled blocks replay CUDA graphs (RuntimeOptions.cuda_graphs)",
+    )
+    p.add_argument(
         "--text-offload",
         action="store_true",
         help="keep the text encoder's weights in host memory between encodings (RuntimeOptions.text_offload)",
@@ -912,6 +920,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--fp8-ffn-kernel fuses the FFNs' FP8 input quantisation: it needs --quantize fp8")
     if args.fp8_attention_kernel and args.attention != "fa3_fp8":
         p.error("--fp8-attention-kernel makes the FP8 attention's inputs: it needs --attention fa3_fp8")
+    if args.cuda_graphs and not args.compile:
+        p.error("--cuda-graphs replays the compiled blocks as CUDA graphs: it needs --compile")
     return args
 
 
@@ -974,6 +984,7 @@ def main() -> None:
         label += ", compiled decoder" if args.compile_decoder else ""
         label += ", fused FFN quantisation" if args.fp8_ffn_kernel else ""
         label += ", fused q/k quantisation" if args.fp8_attention_kernel else ""
+        label += ", CUDA graphs" if args.cuda_graphs else ""
         configs = [
             BenchConfig(
                 label,
@@ -986,6 +997,7 @@ def main() -> None:
                 args.compile_decoder,
                 args.fp8_ffn_kernel,
                 args.fp8_attention_kernel,
+                args.cuda_graphs,
             )
         ]
         if args.against_eager:  # the eager configuration first: the chosen one's accuracy is measured against it
