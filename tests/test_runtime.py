@@ -65,6 +65,8 @@ def test_int8_is_refused_with_the_fp8_alternative():
         ({"decode_segment": 0}, "decode_segment must be an int >= 1"),
         ({"decode_segment": 2.0}, "decode_segment must be an int >= 1"),
         ({"compile_decoder": 1}, "compile_decoder must be True or False"),
+        ({"cuda_graphs": 1}, "cuda_graphs must be True or False"),
+        ({"cuda_graphs": True}, "set compile=True too"),
     ],
 )
 def test_contradictory_or_unknown_options_raise(kwargs, match):
@@ -82,6 +84,7 @@ def test_contradictory_or_unknown_options_raise(kwargs, match):
         ({"attention": "fa3_fp8"}, "needs a CUDA device"),
         ({"quantize": "fp8", "dtype": torch.bfloat16}, "need a CUDA GPU.*use quantize=None"),
         ({"sequence_parallel": 2}, "torchrun --nproc_per_node 2"),
+        ({"compile": True, "cuda_graphs": True}, "cuda_graphs=True needs a CUDA device"),
     ],
 )
 def test_options_that_cannot_work_on_a_cpu_raise_before_anything_loads(kwargs, match):
@@ -535,6 +538,51 @@ def test_compiled_blocks_match_eager_on_gpu():
     with torch.inference_mode():
         out = model(**inp)
     assert _rel(out, ref) < 2e-2  # bf16 kernels fused differently
+
+
+def test_cuda_graphs_compile_the_blocks_in_reduce_overhead_mode_with_a_step_per_forward(monkeypatch):
+    """The plumbing, on the CPU: each block compiled with mode="reduce-overhead", and a new graph step begun at
+    every DiT forward (the previous forward's block outputs may be overwritten then)."""
+    model = _model()
+    modes = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    compile_blocks(model, cuda_graphs=True)
+    assert modes == ["reduce-overhead"] * len(model.blocks)
+    steps = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    inp = _inputs(model.cfg)
+    with torch.no_grad():
+        model(**inp)
+        model(**inp)
+    assert len(steps) == 2
+    compile_blocks(model, cuda_graphs=True)  # again (a reload): one hook, not two
+    with torch.no_grad():
+        model(**inp)
+    assert len(steps) == 3
+    modes.clear()
+    compile_blocks(_model())
+    assert modes == [None] * len(model.blocks)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_match_eager_on_gpu_and_replay():
+    """Compiled blocks as CUDA graphs: the same outputs as eager over repeated forwards (the graphs recorded at the
+    second call, replayed after), none of the blocks skipped by inductor's graph checks."""
+    from torch._dynamo.utils import counters
+
+    model = _model().cuda().to(torch.bfloat16)
+    inp = _inputs(model.cfg, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref = model(**inp).clone()
+    counters.clear()
+    apply_runtime(
+        model, RuntimeOptions(device="cuda", dtype=torch.bfloat16, compile=True, cuda_graphs=True, attention="sdpa")
+    )
+    with torch.inference_mode():
+        outs = [model(**inp).clone() for _ in range(4)]
+    assert all(_rel(o, ref) < 2e-2 for o in outs)
+    assert torch.equal(outs[2], outs[3])  # replays of one recorded graph
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
 
 
 @pytest.mark.gpu

@@ -77,7 +77,10 @@ class RuntimeOptions:
     (``torch.compiler.cudagraph_mark_step_begin``), which frees the previous forward's block outputs for reuse.
     What it can save: session 17's profile of the fastest 5B chunk had the device idle 40 of its 1,191 ms between
     ~9,600 kernels. Inputs that are not the previous block's output (the patch embedding, the cached camera
-    modulation) are copied into the graphs' buffers at each replay.
+    modulation) are copied into the graphs' buffers at each replay. Measured on the H200 (session 21, the fastest
+    configuration, ``bench/results/env_5b_cuda_graphs_session21_h200.json``): 1.174 s a chunk against 1.172-1.179
+    without, no gain (the host queues ahead of the device; the idle time is not launch gaps), a slower cold
+    start; off by default.
     ``sequence_parallel``: split each DiT forward over this many ranks (Ulysses, ``world_model.parallel``);
     ``1`` is off. Needs ``torch.distributed`` initialised with exactly that many processes, every
     rank calling the model with the same inputs; not combined with ``compile`` (yet).
