@@ -27,6 +27,7 @@ __all__ = ["PAIRED", "SCALARS", "compare", "format_comparison", "main"]
 # counts the episodes where the candidate's value is higher
 PAIRED = (
     ("chunk-0 PSNR dB", "fidelity.chunk0.per_episode", "fidelity_episodes"),
+    ("chunk-0 PSNR of the pooled error dB", "fidelity.chunk0.pooled.per_episode", "fidelity_episodes"),
     ("ΔPSNR true vs shuffled actions dB, per clip", "controllability.delta_db_per_clip", "controllability_episodes"),
     ("return view, memory on, dB", "memory.per_episode_on", "memory_episodes"),
     ("return view, memory off (the baseline), dB", "memory.per_episode_off", "memory_episodes"),
@@ -38,6 +39,7 @@ SCALARS = (
     ("sharpness at half resolution", "sharpness.ratio_pooled"),
     ("memory gain dB", "memory.gain_db"),
     ("chunk-0 gain over repeat-first dB", "fidelity.chunk0.gain_db"),
+    ("chunk-0 gain, pooled error dB", "fidelity.chunk0.pooled.gain_db"),
     ("yaw slow / simulator's", "motion.actions.yaw_slow.ratio.pan"),
     ("yaw fast / simulator's", "motion.actions.yaw_fast.ratio.pan"),
     ("pitch slow / simulator's", "motion.actions.pitch_slow.ratio.tilt"),

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 __all__ = [
     "PSNR_CAP_DB",
     "psnr",
+    "psnr_pooled",
     "repeat_first_psnr",
     "luma",
     "frame_stats",
@@ -48,6 +49,21 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         out = 10.0 * np.log10(255.0**2 / mse)
     return np.minimum(out, PSNR_CAP_DB)
+
+
+def psnr_pooled(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """PSNR in dB of the mean squared error over whole videos: uint8 frames [..., T, H, W, 3] -> [...].
+
+    Beside the mean of :func:`psnr` over frames: a frame identical to its reference scores the cap there
+    (:data:`PSNR_CAP_DB`), so the mean of a video with a few unchanged frames depends on the cap (the simulator's
+    first frames, repeated, match it exactly when the player has not moved yet); pooled, each frame counts by its
+    error and none by a constant. Identical videos score the cap.
+    """
+    if a.ndim < 4 or b.ndim < 4 or a.shape[-4:] != b.shape[-4:]:
+        raise ValueError(f"expected videos [..., T, H, W, 3] of one shape, got {a.shape} and {b.shape}")
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(-4, -3, -2, -1))
+    with np.errstate(divide="ignore"):
+        return np.minimum(10.0 * np.log10(255.0**2 / mse), PSNR_CAP_DB)
 
 
 def repeat_first_psnr(frames: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:

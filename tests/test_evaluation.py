@@ -26,6 +26,7 @@ from mg3_eval.metrics import (
     image_shift,
     motion_measures,
     psnr,
+    psnr_pooled,
     relative_change,
     repeat_first_psnr,
     sharpness,
@@ -77,6 +78,19 @@ def test_psnr_known_values_and_identical_frames():
     assert psnr(a[:2, None], b[None]).shape == (2, 3)
     with pytest.raises(ValueError, match="one size"):
         psnr(a, np.zeros((3, 4, 4, 3), np.uint8))
+
+
+def test_pooled_psnr_counts_each_frame_by_its_error_not_by_the_cap():
+    a = np.full((4, 8, 8, 3), 100, np.uint8)
+    b = a.copy()
+    b[3] += 10  # one frame of four differs: mse 100 / 4
+    np.testing.assert_allclose(psnr_pooled(b, a), 10 * np.log10(255**2 / 25), rtol=1e-12)
+    assert psnr(b, a).mean() > 75  # three frames at the cap dominate the per-frame mean
+    np.testing.assert_allclose(psnr_pooled(b[3:], a[3:]), psnr(b[3], a[3]), rtol=1e-12)  # one frame: the same
+    assert psnr_pooled(np.stack([a, b]), np.stack([a, a])).shape == (2,)  # [N, T, H, W, 3] -> [N]
+    assert psnr_pooled(a, a) == PSNR_CAP_DB
+    with pytest.raises(ValueError, match="one shape"):
+        psnr_pooled(a, a[:3])
 
 
 def test_repeat_first_baseline():
@@ -253,6 +267,11 @@ def test_fidelity_of_a_static_scene(smoke_export):
     assert r["psnr_repeat"] == [PSNR_CAP_DB, PSNR_CAP_DB]
     assert len(r["psnr_model"]) == 2 and all(0 < x < PSNR_CAP_DB for x in r["psnr_model"])
     assert r["chunk0"]["gain_db"] == pytest.approx(r["chunk0"]["psnr_model"] - PSNR_CAP_DB)
+    assert r["chunk0"]["gain_per_episode"] == [pytest.approx(r["chunk0"]["gain_db"])]
+    assert r["chunk0"]["identical_frames"] == 56  # every frame after the first is frame 0
+    pooled = r["chunk0"]["pooled"]  # repeat-first is exact: the cap, pooled too
+    assert pooled["psnr_repeat"] == PSNR_CAP_DB and 0 < pooled["psnr_model"] < PSNR_CAP_DB
+    assert pooled["gain_db"] == pytest.approx(pooled["psnr_model"] - PSNR_CAP_DB)
     per_latent = r["chunk0"]["per_latent"]  # 56 generated frames of chunk 0 = 14 latents of 4
     assert len(per_latent["model"]) == len(per_latent["vae"]) == 14 and per_latent["repeat"] == [PSNR_CAP_DB] * 14
     assert np.mean(per_latent["model"]) == pytest.approx(r["chunk0"]["psnr_model"])

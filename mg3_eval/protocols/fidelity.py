@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mg3_eval.metrics import psnr, repeat_first_psnr
+from mg3_eval.metrics import PSNR_CAP_DB, psnr, psnr_pooled, repeat_first_psnr
 from mg3_eval.report import save_strip
 from mg3_eval.rollout import batched, chunk_slices, generate_videos, rollout_episodes, vae_roundtrip
 from mg3_eval.simulator import SimEpisode
@@ -27,7 +27,10 @@ def fidelity(
 
     Chunk 0 is scored on frames 1.. (frame 0 is given); chunk k >= 1 on its new frames. Returns
     per-chunk means over episodes (``psnr_model``, ``psnr_repeat``), chunk 0's summary
-    (``chunk0``: model, repeat, gain, VAE ceiling, per episode) and the time per chunk and env.
+    (``chunk0``: model, repeat, gain (mean and median over episodes), VAE ceiling, per episode; ``pooled``: the
+    same from each episode's pooled error, :func:`~mg3_eval.metrics.psnr_pooled`; ``identical_frames``: how many
+    simulator frames equal frame 0, each of which gives repeat-first the cap, 100 dB, in the per-frame mean) and
+    the time per chunk and env.
     """
     gen = StreamingGenerator(wm)
     first, rest = gen.first_chunk_frames, gen.chunk_frames
@@ -53,12 +56,28 @@ def fidelity(
     )
     vae_db = vae_frames.mean(1)
     seconds, finite = g.chunk_seconds, g.finite
+    gains = model_db[:, 0] - repeat_db[:, 0]
+    pooled_model = psnr_pooled(g.frames[:, 1:first], truth[:, 1:first])  # [N]
+    pooled_repeat = psnr_pooled(np.broadcast_to(truth[:, :1], truth[:, 1:first].shape), truth[:, 1:first])
     chunk0 = {
         "psnr_model": float(model_db[:, 0].mean()),
         "psnr_repeat": float(repeat_db[:, 0].mean()),
-        "gain_db": float((model_db[:, 0] - repeat_db[:, 0]).mean()),
+        "gain_db": float(gains.mean()),
+        "gain_median_db": float(np.median(gains)),
         "psnr_vae": float(vae_db.mean()),
         "per_episode": [float(x) for x in model_db[:, 0]],
+        "gain_per_episode": [float(x) for x in gains],
+        # the same from each episode's pooled error (metrics.psnr_pooled: no frame scores the identical-frame cap)
+        "pooled": {
+            "psnr_model": float(pooled_model.mean()),
+            "psnr_repeat": float(pooled_repeat.mean()),
+            "gain_db": float((pooled_model - pooled_repeat).mean()),
+            "per_episode": [float(x) for x in pooled_model],
+        },
+        # the simulator's frames 1.. equal to frame 0 (repeat-first scores the cap on each), over all episodes
+        "identical_frames": int(
+            sum((repeat_first_psnr(truth[i, 1:first], truth[i, 0]) >= PSNR_CAP_DB).sum() for i in range(len(truth)))
+        ),
         # chunk 0 per generated latent (the 4 frames each decodes: 1-4, 5-8, ...), mean over episodes:
         # where the model falls from the VAE's ceiling towards repeat-first
         "per_latent": _per_latent(
