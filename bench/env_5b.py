@@ -889,6 +889,12 @@ def parse_args() -> argparse.Namespace:
         "(RuntimeOptions.fp8_attention_kernel)",
     )
     p.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="torch.backends.cudnn.benchmark = True for the whole run (process-wide: cuDNN times its algorithms for "
+        "each new convolution shape, the VAE decoder's, at its first call, instead of choosing by heuristics)",
+    )
+    p.add_argument(
         "--cuda-graphs",
         action="store_true",
         help="with --compile: the compiled blocks replay CUDA graphs (RuntimeOptions.cuda_graphs)",
@@ -920,6 +926,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--fp8-ffn-kernel fuses the FFNs' FP8 input quantisation: it needs --quantize fp8")
     if args.fp8_attention_kernel and args.attention != "fa3_fp8":
         p.error("--fp8-attention-kernel makes the FP8 attention's inputs: it needs --attention fa3_fp8")
+    if args.cudnn_benchmark and torch.device(args.device).type != "cuda":
+        p.error("--cudnn-benchmark times cuDNN's convolution algorithms: it needs a GPU --device")
     if args.cuda_graphs and not args.compile:
         p.error("--cuda-graphs replays the compiled blocks as CUDA graphs: it needs --compile")
     return args
@@ -971,6 +979,8 @@ def report(result: dict, path: str) -> None:
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     cfg = model_config(args.config, args.vae_pruning)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # a CPU's bf16 kernels are slow
     auto_kernel = auto_attention_kernel(device, dtype, cfg.dit.dim // cfg.dit.num_heads)
@@ -1018,6 +1028,7 @@ def main() -> None:
         "model_config": cfg.name,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "torch": torch.__version__,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "resolution": [cfg.stream.height, cfg.stream.width],
         "sampler_steps": cfg.sampler.num_steps,
         "vae_pruning_rate": cfg.vae.pruning_rate,

@@ -72,10 +72,16 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--text-offload"], "needs a GPU --device"), (["--eager-attention", "cudnn"], "it needs --against-eager")],
+    [
+        (["--text-offload"], "needs a GPU --device"),
+        (["--cudnn-benchmark"], "needs a GPU --device"),
+        (["--eager-attention", "cudnn"], "it needs --against-eager"),
+        (["--cuda-graphs"], "it needs --compile"),
+    ],
 )
 def test_env_bench_refuses_flags_that_would_do_nothing(tmp_path, extra, message):
-    """--text-offload on a CPU device, --eager-attention without an eager reference: refused up front."""
+    """--text-offload or --cudnn-benchmark on a CPU device, --eager-attention without an eager reference,
+    --cuda-graphs without compiled blocks: refused up front."""
     cmd = [sys.executable, str(ROOT / "bench" / "env_5b.py"), "--config", "tiny", "--device", "cpu", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -28,7 +28,7 @@
 #   9. the GPU-marked tests of the VAE, runtime options and text encoder (step "gputests"; log to $OUT)
 # Carry .carry/gym (gymnasium and websockets wheels); rollouts also needs PyAV, carried during the
 # training session (.carry/av with the 4th call). Usage, from the repository root (run tool:
-# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [fa3_profile] [fp8_rows] [fa3_ffn] [fa3_qk] [profile_fastest] [offload] [gputests]
+# carry [".carry/gym"], timeout_s 600):  bash bench/gpu/extras.sh [precision] [rollouts] [play] [play_compiled] [profile] [decode] [decode_compiled] [decode_compiled_seg1] [fastest] [fastest_seg1] [fa3] [fa3_bf16] [fa3_profile] [fp8_rows] [fa3_ffn] [fa3_qk] [cudnn_bench] [profile_fastest] [offload] [gputests]
 set -u -o pipefail
 source bench/gpu/parts.sh
 out=${OUT:-bench/results}
@@ -117,6 +117,17 @@ for step in $steps; do
         --fp8-ffn-kernel --compile-decoder --decode-segment 1 --against-eager --attention-tflops 931 \
         --json "$out/env_5b_fa3fp8_ffn_kernel_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
       ;;
+    cudnn_bench)
+      # issue 14, session 21: the fastest configuration with cuDNN timing its algorithms per convolution shape
+      # (torch.backends.cudnn.benchmark; the env never set it, so the decoder's 3-D convolutions ran on heuristics'
+      # choices: ~120 ms of convolutions at ~350 TFLOP/s in session 17's profile, against the 631-735 a conv3d
+      # reached in bench/vae.py with it on); compare: 1.174 s/chunk without (session 21), the GPU tests of the
+      # CUDA-graph option first
+      timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_runtime.py -k "cuda_graphs" 2>&1 | grep -v '^USDT:' | tail -3
+      timeout 400 python3 bench/env_5b.py --chunks 3 --attention fa3_fp8 --compile --quantize fp8 --fp8-ffn-kernel \
+        --compile-decoder --decode-segment 1 --cudnn-benchmark --attention-tflops 931 \
+        --json "$out/env_5b_cudnn_benchmark_h200.json" 2>&1 | grep -v '^USDT:' | tail -6
+      ;;
     fa3_bf16)
       timeout 450 python3 bench/env_5b.py --chunks 3 --attention fa3 --eager-attention cudnn --compile --quantize fp8 \
         --compile-decoder --decode-segment 1 --against-eager --attention-tflops 721 \
@@ -143,6 +154,6 @@ for step in $steps; do
         --fp8-ffn-kernel --fp8-attention-kernel --compile-decoder --decode-segment 1 --against-eager --attention-tflops 931 \
         --json "$out/env_5b_fa3fp8_qk_kernel_h200.json" 2>&1 | grep -v '^USDT:' | tail -8
       ;;
-    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, fa3_profile, fp8_rows, fa3_ffn, fa3_qk, profile_fastest, offload, gputests)" >&2; exit 2 ;;
+    *) echo "unknown step $step (precision, rollouts, play, play_compiled, profile, decode, decode_compiled, decode_compiled_seg1, fastest, fastest_seg1, fa3, fa3_bf16, fa3_profile, fp8_rows, fa3_ffn, fa3_qk, cudnn_bench, profile_fastest, offload, gputests)" >&2; exit 2 ;;
   esac
 done
