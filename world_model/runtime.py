@@ -123,7 +123,6 @@ class RuntimeOptions:
     attention: str = "auto"
     quantize: str | None = None
     compile: bool = False
-    cuda_graphs: bool = False  # the compiled blocks as CUDA graphs (needs compile, CUDA)
     text_device: str | None = None  # where the text encoder runs (None: same as device)
     self_attn_projections: str = "dtype"  # "dtype" (fast) or "fp32" (the release's numbers)
     sequence_parallel: int = 1  # ranks one DiT forward is split over (1: off)
@@ -133,6 +132,7 @@ class RuntimeOptions:
     compile_decoder: bool = False  # torch.compile the VAE decoder
     fp8_ffn_kernel: bool = False  # the FFNs' bias + GELU + FP8 quantisation in one Triton pass
     fp8_attention_kernel: bool = False  # the self-attentions' q/k norm + RoPE + FP8 in one Triton pass
+    cuda_graphs: bool = False  # the compiled blocks as CUDA graphs (needs compile, CUDA)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:

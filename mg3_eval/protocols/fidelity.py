@@ -57,6 +57,7 @@ def fidelity(
     vae_db = vae_frames.mean(1)
     seconds, finite = g.chunk_seconds, g.finite
     gains = model_db[:, 0] - repeat_db[:, 0]
+    repeat0 = np.stack([repeat_first_psnr(truth[i, 1:first], truth[i, 0]) for i in range(len(truth))])  # [N, first - 1]
     pooled_model = psnr_pooled(g.frames[:, 1:first], truth[:, 1:first])  # [N]
     pooled_repeat = psnr_pooled(np.broadcast_to(truth[:, :1], truth[:, 1:first].shape), truth[:, 1:first])
     chunk0 = {
@@ -75,14 +76,12 @@ def fidelity(
             "per_episode": [float(x) for x in pooled_model],
         },
         # the simulator's frames 1.. equal to frame 0 (repeat-first scores the cap on each), over all episodes
-        "identical_frames": int(
-            sum((repeat_first_psnr(truth[i, 1:first], truth[i, 0]) >= PSNR_CAP_DB).sum() for i in range(len(truth)))
-        ),
+        "identical_frames": int((repeat0 >= PSNR_CAP_DB).sum()),
         # chunk 0 per generated latent (the 4 frames each decodes: 1-4, 5-8, ...), mean over episodes:
         # where the model falls from the VAE's ceiling towards repeat-first
         "per_latent": _per_latent(
             psnr(g.frames[:, 1:first], truth[:, 1:first]),
-            np.stack([repeat_first_psnr(truth[i, 1:first], truth[i, 0]) for i in range(len(truth))]),
+            repeat0,
             vae_frames,
             wm.config.vae.temporal_stride,
         ),
