@@ -106,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
             default=default,
             help=f"two {kind} rates, release units per frame (default: {','.join(map(str, default))})",
         )
+    g.add_argument(
+        "--motion-lead-chunks",
+        type=int,
+        default=d.motion_lead_chunks,
+        help="measure the motion in a later chunk, after this many chunks of standing still "
+        f"(default: {d.motion_lead_chunks}, the first chunk)",
+    )
     g = p.add_argument_group("fidelity and distillation")
     count(g, "--fidelity-episodes", "episodes from the simulator's first frame with its actions", episodes=True)
     count(g, "--fidelity-chunks", "chunks per episode (the PSNR curve)")

@@ -70,6 +70,7 @@ class EvalOptions:
     motion_episodes: int = 6  # rest starts; 12 first chunks each (still, 2 x 2 yaw, 2 x 2 pitch, forward, 2 strafe)
     motion_yaw_rates: tuple[float, float] = (0.1, 0.25)  # release units per frame (1 unit = 15 degrees)
     motion_pitch_rates: tuple[float, float] = (0.05, 0.1)
+    motion_lead_chunks: int = 0  # chunks of standing still before the measured one (0: the first chunk)
     control_episodes: int = 12
     control_chunks: int = 4
     idm_train_frames: int = 24_000
@@ -100,6 +101,8 @@ class EvalOptions:
         small = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         if small:
             raise ValueError(f"expected counts >= 1, got {', '.join(small)}")
+        if self.motion_lead_chunks < 0:
+            raise ValueError(f"motion_lead_chunks must be >= 0, got {self.motion_lead_chunks}")
         if self.controllability_episodes < 2:
             raise ValueError(
                 f"controllability_episodes must be >= 2 (actions are shuffled across clips), "
@@ -212,6 +215,7 @@ def run_evaluation(
                 pitch_rates=opts.motion_pitch_rates,
                 seed=opts.seed,
                 batch_size=opts.batch_size,
+                lead_chunks=opts.motion_lead_chunks,
             ),
         )
         save_strip(out / "motion_frames.png", list(mo.pop("thumbnails")), mo.pop("thumbnail_labels"), rows=2)

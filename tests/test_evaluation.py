@@ -568,6 +568,25 @@ def test_new_parts_smoke(tmp_path, capsys):
     assert "controllability" in capsys.readouterr().out
 
 
+def test_motion_in_a_later_chunk_after_standing_still():
+    """lead_chunks=1: a first chunk standing still, then the motion for one chunk, measured on that chunk (the
+    simulator's too: turning right still pans, looking down still tilts); a negative count raises."""
+    from mg3_eval.protocols.motion import motion
+    from mg3_eval.simulator import rest_starts
+    from world_model.generator import StreamingGenerator
+    from world_model.model import load_world_model
+
+    wm = load_world_model("tiny-random")
+    gen = StreamingGenerator(wm)
+    r = motion(wm, rest_starts(wm.config, 1), lead_chunks=1)
+    assert r["frames"] == gen.chunk_frames and r["lead_frames"] == gen.first_chunk_frames
+    a = r["actions"]
+    assert a["yaw_fast"]["sim"]["pan"] > 0.5 and a["pitch_fast"]["sim"]["tilt"] > 0.3
+    assert a["still"]["sim"]["change"] < a["yaw_fast"]["sim"]["change"]
+    with pytest.raises(ValueError, match="lead_chunks"):
+        motion(wm, [], lead_chunks=-1)
+
+
 def test_eval_sampler_flags_reach_the_evaluated_model(monkeypatch, tmp_path, capsys):
     """--action-guidance S and --sampler-steps N: the evaluated model's sampler carries them (what the generator
     reads); out-of-range values are usage errors before any model loads, and a model guided with the release's CFG

@@ -95,28 +95,37 @@ def motion(
     pitch_rates: Sequence[float] = (0.05, 0.1),
     seed: int = 0,
     batch_size: int = 8,
+    lead_chunks: int = 0,
 ) -> dict[str, Any]:
     """The per-action breakdown over ``starts``: for each group of :func:`motions`, the mean signed
     measures of the simulator and the model (over starts and directions), their ratios, and
     ``right_way``: the fraction of runs in which the model's main measure of the group (pan for yaw
     and strafe, tilt for pitch, expansion for forward) has the simulator's sign. ``thumbnails``: the
     last frame of every motion from the first start, the simulator's then the model's (uint8
-    [2M, H, W, 3], labels in ``thumbnail_labels``)."""
+    [2M, H, W, 3], labels in ``thumbnail_labels``).
+
+    ``lead_chunks`` = k > 0: the motion is the (k+1)-th chunk's, after k chunks of standing still (both the
+    simulator and the model), and its measures are that chunk's (``lead_frames`` before it): what a rollout that
+    is already under way does with a new action; 0 measures the first chunk."""
+    if isinstance(lead_chunks, bool) or not isinstance(lead_chunks, int) or lead_chunks < 0:
+        raise ValueError(f"lead_chunks must be an int >= 0, got {lead_chunks!r}")
     gen = StreamingGenerator(wm)
-    t = gen.first_chunk_frames
+    t = gen.chunk_frames if lead_chunks else gen.first_chunk_frames
+    lead = gen.first_chunk_frames + (lead_chunks - 1) * gen.chunk_frames if lead_chunks else 0
     cfg = wm.config
     unit = cfg.stream.degrees_per_mouse_unit
     kdim = cfg.dit.action_config.keyboard_dim_in if cfg.dit.action_config is not None else 6
     doom = doom_config_for(cfg)
     plan = motions(yaw_rates, pitch_rates)
     runs = [(s, m) for s in starts for m in plan]
-    actions = [motion_actions(m, t, unit, kdim) for _, m in runs]
+    actions = [_after(lead, *motion_actions(m, t, unit, kdim)) for _, m in runs]
     measured: dict[str, dict[str, list]] = {m.group: {"sim": [], "model": [], "right_way": []} for m in plan}
     sims: list[tuple[dict[str, float], np.ndarray] | None] = []  # per run: measures, last frame; None: cut short
     for k, start in enumerate(starts):
         sets = [a[:2] for a in actions[k * len(plan) : (k + 1) * len(plan)]]
         for (frames, _), (_, _, moving) in zip(play_command_sets(start, doom, sets), actions[k * len(plan) :]):
-            sims.append((_measure(frames[:t], moving), frames[t - 1]) if len(frames) >= t else None)
+            enough = len(frames) >= lead + t
+            sims.append((_measure(frames[lead : lead + t], moving), frames[lead + t - 1]) if enough else None)
     skipped = 0
     thumbs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # run of the first start -> last frames (sim, model)
     for idx in batched(len(runs), batch_size):
@@ -135,7 +144,7 @@ def motion(
                 continue
             if i < len(plan):
                 thumbs[i] = (sims[i][1], g.frames[j, -1])
-            pair = {"sim": sims[i][0], "model": _measure(g.frames[j], moving)}
+            pair = {"sim": sims[i][0], "model": _measure(g.frames[j, lead : lead + t], moving)}
             for who, v in pair.items():
                 measured[m.group][who].append({k: m.sign * v[k] if k in _SIGNED else v[k] for k in _MEASURES})
             main = _PRIMARY.get(m.kind)
@@ -163,6 +172,7 @@ def motion(
         "starts": len(starts),
         "levels": sorted({s.level for s in starts}),
         "frames": t,
+        "lead_frames": lead,
         "units": {"pan": "px/frame", "tilt": "px/frame", "expansion": "zoom - 1 per frame", "change": "luma/pixel"},
         "skipped_runs": skipped,
         "actions": groups,
@@ -170,6 +180,14 @@ def motion(
         "thumbnail_labels": [f"sim {_label(plan[i])}" for i in sorted(thumbs)]
         + [f"model {_label(plan[i])}" for i in sorted(thumbs)],
     }
+
+
+def _after(lead: int, kb: np.ndarray, ms: np.ndarray, moving: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """A motion's actions after ``lead`` frames of standing still."""
+    if lead:
+        kb = np.concatenate([np.zeros((lead, kb.shape[1]), kb.dtype), kb])
+        ms = np.concatenate([np.zeros((lead, 2), ms.dtype), ms])
+    return kb, ms, moving
 
 
 def _label(m: Motion) -> str:
