@@ -78,7 +78,7 @@ from world_model.attention import attention_backends, flash_attn_available
 from world_model.config import VAEConfig, WorldModelConfig, mg3_5b, tiny
 from world_model.model import WorldModel, random_world_model
 from world_model.quant import Float8Linear, default_fp8_layers
-from world_model.runtime import ATTENTION_BACKENDS, RuntimeOptions, check_runtime
+from world_model.runtime import ATTENTION_BACKENDS, RuntimeOptions, begins_graph_steps, check_runtime
 
 # Ceilings measured on one H200 with torch 2.11 (../shared/reference/ecosystem.md): bf16 GEMMs at the
 # 5B DiT's shapes 763-783 TFLOP/s, FP8 row-wise torch._scaled_mm 1,357-1,429, SDPA cuDNN attention 632.
@@ -598,7 +598,7 @@ def applied_options(model: WorldModel) -> dict[str, object]:
         "text_offload": model.runtime.text_offload,
         "compiled_decoder": getattr(model.vae.decoder, "_compiled_call_impl", None) is not None,
         "fp8_ffn_fused": sum(isinstance(m, Float8Linear) and m.input_gelu for m in model.dit.modules()),
-        "cuda_graph_steps": bool(getattr(model.dit, "_graph_steps", False)),
+        "cuda_graph_steps": begins_graph_steps(model.dit),
     }
 
 

@@ -17,7 +17,7 @@ from world_model.config import DiTConfig, tiny
 from world_model.dit import MatrixGameDiT
 from world_model.model import load_world_model
 from world_model.quant import Float8Linear, default_fp8_layers, fp8_supported, quantize_linears, quantize_rows_fp8
-from world_model.runtime import RuntimeOptions, apply_runtime, compile_blocks
+from world_model.runtime import RuntimeOptions, apply_runtime, begins_graph_steps, compile_blocks
 
 
 def _model(cfg: DiTConfig | None = None, seed: int = 0) -> MatrixGameDiT:
@@ -546,8 +546,9 @@ def test_cuda_graphs_compile_the_blocks_in_reduce_overhead_mode_with_a_step_per_
     model = _model()
     modes = []
     monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    assert not begins_graph_steps(model)
     compile_blocks(model, cuda_graphs=True)
-    assert modes == ["reduce-overhead"] * len(model.blocks)
+    assert modes == ["reduce-overhead"] * len(model.blocks) and begins_graph_steps(model)
     steps = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
     inp = _inputs(model.cfg)

@@ -29,6 +29,7 @@ __all__ = [
     "apply_runtime",
     "check_runtime",
     "bound_qk_inputs",
+    "begins_graph_steps",
     "compile_blocks",
     "compile_decoder",
     "cpu_bf16_native",
@@ -334,11 +335,16 @@ def compile_blocks(dit: nn.Module, cuda_graphs: bool = False) -> None:
     forward pre-hook on each DiT that begins a new graph step at every forward."""
     for expert in _experts(dit):
         for block in expert.blocks:
-            block.compile(**({"mode": "reduce-overhead"} if cuda_graphs else {}))
+            block.compile(mode="reduce-overhead" if cuda_graphs else None)
         expert.camera_modulation_fn = compiled_camera_modulation()
-        if cuda_graphs and not getattr(expert, "_graph_steps", False):
+        if cuda_graphs and not begins_graph_steps(expert):
             expert.register_forward_pre_hook(_begin_graph_step)
-            expert._graph_steps = True
+
+
+def begins_graph_steps(dit: nn.Module) -> bool:
+    """Whether every forward of ``dit`` (a MatrixGameDiT or a MoEDiT's experts) begins a CUDA-graph step
+    (:func:`compile_blocks` with ``cuda_graphs``)."""
+    return all(any(h is _begin_graph_step for h in e._forward_pre_hooks.values()) for e in _experts(dit))
 
 
 def _begin_graph_step(module: nn.Module, args) -> None:
