@@ -140,8 +140,13 @@ def _parser() -> argparse.ArgumentParser:
     count(g, "--memory-episodes", "go-and-return episodes", episodes=True)
     count(g, "--memory-away-chunks", "chunks away from the start (a full turn in place)")
     g = p.add_argument_group("stability and speed")
-    count(g, "--stability-chunks", "chunks of the long rollout")
-    count(g, "--stability-edge-chunks", "chunks averaged at its start and at its end")
+    count(g, "--stability-episodes", "long rollouts (rest starts, rolled out together)", episodes=True)
+    count(g, "--stability-chunks", "chunks of each long rollout")
+    count(
+        g,
+        "--stability-edge-chunks",
+        "chunks averaged at its start and at its end (the end in the same phase of the explorer's plan)",
+    )
     count(g, "--speed-chunks", "timed env steps")
     return p
 

@@ -45,7 +45,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "distillation_gap": ("distillation.psnr_gap_db", "<= 1 dB below the teacher"),
 }
 # What a perfect model would score with the same instrument: the VAE's reconstruction for PSNR and
-# sharpness, the IDM on the simulator's own video of the commanded actions for control.
+# sharpness, the IDM on the simulator's own video of the commanded actions for control, the
+# simulator's own change along the same actions for stability.
 REFERENCES: dict[str, str] = {
     "reset_psnr": "reset.psnr_vae",
     "reset_sharpness": "reset.sharpness_vae",
@@ -55,6 +56,9 @@ REFERENCES: dict[str, str] = {
     "fidelity_psnr": "fidelity.chunk0.psnr_vae",
     "control_keyboard": "control.sim.keyboard_accuracy",
     "control_mouse": "control.sim.mouse_accuracy",
+    "stability_brightness": "stability.simulator.relative_change.brightness",
+    "stability_contrast": "stability.simulator.relative_change.contrast",
+    "stability_sharpness": "stability.simulator.relative_change.sharpness",
 }
 
 

@@ -80,8 +80,9 @@ class EvalOptions:
     idm_vae: bool = False  # IDM trained and scored on simulator video passed through the model's VAE
     memory_episodes: int = 12
     memory_away_chunks: int = 3
-    stability_chunks: int = 121  # chunk 0 + 120 chunks: ~5 minutes of video at 16 frames/s
-    stability_edge_chunks: int = 5  # chunks averaged at the start (1..n) and at the end (last n)
+    stability_episodes: int = 3  # rest starts on three levels, rolled out together
+    stability_chunks: int = 121  # chunk 0 + 120 chunks: ~4.6 minutes of video at 17.5 frames/s
+    stability_edge_chunks: int = 8  # chunks averaged at the start (1..n) and at the end: one explorer plan
     speed_chunks: int = 5
     seed: int = 0
     batch_size: int = 6
@@ -96,7 +97,7 @@ class EvalOptions:
             "reset_episodes", "sharpness_episodes", "sharpness_chunks", "controllability_chunks", "motion_episodes",
             "fidelity_episodes", "fidelity_chunks", "teacher_episodes", "control_episodes", "control_chunks",
             "idm_train_frames", "idm_held_out_frames", "idm_epochs", "memory_episodes", "memory_away_chunks",
-            "stability_edge_chunks", "speed_chunks", "batch_size",
+            "stability_episodes", "stability_edge_chunks", "speed_chunks", "batch_size",
         )  # fmt: skip
         small = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         if small:
@@ -256,22 +257,28 @@ def run_evaluation(
             lambda: memory(wm, starts, away_chunks=opts.memory_away_chunks, seed=opts.seed, batch_size=opts.batch_size),
         )
     if "stability" in parts:
-        start = rest_starts(cfg, 1, split=opts.split, seed=opts.seed)[0]
+        starts = rest_starts(cfg, opts.stability_episodes, split=opts.split, seed=opts.seed)
         st = timed(
             "stability",
             lambda: stability(
-                wm, start, num_chunks=opts.stability_chunks, edge_chunks=opts.stability_edge_chunks, seed=opts.seed
+                wm, starts, num_chunks=opts.stability_chunks, edge_chunks=opts.stability_edge_chunks, seed=opts.seed
             ),
         )
         save_strip(
             out / "stability_frames.png", list(st.pop("thumbnails")), [f"chunk {k}" for k in st["thumbnail_chunks"]]
         )
         metrics["stability"] = st
-        pc = st["per_chunk"]
+        series = {}
+        for k in ("brightness", "contrast", "sharpness"):  # the first episode, model and simulator
+            for who, ep in (("", st["episodes"][0]), ("simulator ", st["episodes"][0].get("simulator"))):
+                if ep is not None:
+                    series[who + k] = [x / max(ep["start"][k], 1e-9) for x in ep["per_chunk"][k]]
+        w = st["windows"]
         line_plot(
             out / "stability.png",
-            {k: [x / max(st["start"][k], 1e-9) for x in v] for k, v in pc.items()},
-            title=f"Stability over {st['chunks']} chunks (relative to the first {opts.stability_edge_chunks} after chunk 0)",
+            series,
+            title=f"Stability over {st['chunks']} chunks, {st['levels'][0]} (relative to chunks "
+            f"{w['start'][0]}-{w['start'][1]}; end window {w['end'][0]}-{w['end'][1]})",
             xlabel="chunk",
             ylabel="value / start",
             hlines=[0.85, 1.15],

@@ -8,7 +8,7 @@ Frames are rendered at the model's resolution with the crop of the training data
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ __all__ = [
     "rest_starts",
     "play_commands",
     "play_command_sets",
+    "iter_commands",
 ]
 
 
@@ -161,26 +162,43 @@ def play_command_sets(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`play_commands` for several action sets from one start, in one engine (the start is
     replayed before each)."""
-    from world_model.data.doom import Command, DoomEngine
+    from world_model.data.doom import DoomEngine
     from world_model.data.levels import get_level
 
-    unit = StreamConfig().degrees_per_mouse_unit
     out = []
     with DoomEngine(get_level(start.level), doom, seed=start.seed) as engine:
         for keyboard, mouse in actions:
-            frame, pose, finished = _replay_start(engine, start)
-            if finished or not np.array_equal(frame, start.frame):
-                raise RuntimeError(f"replaying the start on {start.level} (seed {start.seed}) did not reach its frame")
-            frames, poses = [frame], [pose]
-            for k, m in zip(keyboard, mouse):
-                cmd = Command(
-                    forward=bool(k[0] > 0.5), back=bool(k[1] > 0.5), left=bool(k[2] > 0.5), right=bool(k[3] > 0.5),
-                    yaw=float(m[1]) * unit, pitch=float(m[0]) * unit,
-                )  # fmt: skip
-                frame, pose, finished = engine.step(cmd)
-                if finished:
-                    break
-                frames.append(frame)
-                poses.append(pose)
+            frames, poses = zip(*_play(engine, start, keyboard, mouse))
             out.append((np.stack(frames), np.stack(poses)))
     return out
+
+
+def iter_commands(
+    start: SimStart, doom, keyboard: np.ndarray, mouse: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`play_commands` one frame at a time: yields (frame, pose), the start first, without
+    holding the video (long rollouts at high resolution); stops early where the level ends."""
+    from world_model.data.doom import DoomEngine
+    from world_model.data.levels import get_level
+
+    with DoomEngine(get_level(start.level), doom, seed=start.seed) as engine:
+        yield from _play(engine, start, keyboard, mouse)
+
+
+def _play(engine, start: SimStart, keyboard: np.ndarray, mouse: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    from world_model.data.doom import Command
+
+    unit = StreamConfig().degrees_per_mouse_unit
+    frame, pose, finished = _replay_start(engine, start)
+    if finished or not np.array_equal(frame, start.frame):
+        raise RuntimeError(f"replaying the start on {start.level} (seed {start.seed}) did not reach its frame")
+    yield frame, pose
+    for k, m in zip(keyboard, mouse):
+        cmd = Command(
+            forward=bool(k[0] > 0.5), back=bool(k[1] > 0.5), left=bool(k[2] > 0.5), right=bool(k[3] > 0.5),
+            yaw=float(m[1]) * unit, pitch=float(m[0]) * unit,
+        )  # fmt: skip
+        frame, pose, finished = engine.step(cmd)
+        if finished:
+            return
+        yield frame, pose

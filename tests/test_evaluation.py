@@ -364,7 +364,7 @@ def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch
     assert "embedded default model's weights are missing" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "cannot load model" in capsys.readouterr().err
-    bad_options = (["--parts", "fidelity,colour"], ["--episodes", "0"], ["--stability-chunks", "4"], ["--idm", "x.st"])
+    bad_options = (["--parts", "fidelity,colour"], ["--episodes", "0"], ["--stability-chunks", "16"], ["--idm", "x.st"])
     for bad in (*bad_options, ["--teacher", str(tmp_path)], ["--split", "all"]):
         with pytest.raises(SystemExit) as e:
             main(["eval", "--model", "tiny-random", "--out", str(out), *bad])
@@ -661,3 +661,65 @@ def test_pooled_sharpness_ignores_a_pixel_grid_and_still_sees_blur():
         sharpness_ratio(blurred, sharp, pooled=True), rel=0.02
     )
     assert sharpness_ratio(blurred, sharp, pooled=True) < 0.8
+
+
+def test_stability_windows_compare_the_same_phase_of_the_explorers_plan():
+    """The end window begins a whole number of plan periods after the start window (the same views of the
+    go-and-return plan); a rollout too short for one falls back to the last chunks and says so."""
+    from mg3_eval.protocols.stability import edge_windows
+
+    assert edge_windows(121, 8, 8) == (range(1, 9), range(113, 121), True)
+    assert edge_windows(61, 8, 8) == (range(1, 9), range(49, 57), True)  # not the last 8 chunks: another phase
+    assert edge_windows(61, 5, 8) == (range(1, 6), range(49, 54), True)
+    assert edge_windows(3, 1, 8) == (range(1, 2), range(2, 3), False)
+    for bad in ((10, 5, 8), (3, 0, 8), (20, 4, 0)):
+        with pytest.raises(ValueError, match="edge_chunks"):
+            edge_windows(*bad)
+
+
+def test_stability_over_several_episodes_beside_the_simulator():
+    """Two starts rolled out together: per-episode curves and changes, their mean, and the simulator's per-chunk
+    statistics along the same actions (its first chunk stands still: about the start frame's statistics, animated textures aside)."""
+    from mg3_eval.protocols.stability import stability
+    from mg3_eval.simulator import rest_starts
+    from world_model.model import load_world_model
+
+    wm = load_world_model("tiny-random")
+    starts = rest_starts(wm.config, 2)
+    st = stability(wm, starts, num_chunks=18, edge_chunks=8)
+    assert st["phase_aligned"] and st["windows"] == {"start": [1, 8], "end": [9, 16], "period": 8}
+    assert st["finite"] and st["levels"] == [s.level for s in starts] and len(st["episodes"]) == 2
+    for k in ("brightness", "contrast", "sharpness"):
+        per_episode = [e["relative_change"][k] for e in st["episodes"]]
+        assert st["relative_change"][k] == pytest.approx(np.mean(per_episode))
+        sims = [e["simulator"]["relative_change"][k] for e in st["episodes"]]
+        assert st["simulator"]["relative_change"][k] == pytest.approx(np.mean(sims))
+    for e, s in zip(st["episodes"], starts):
+        assert all(len(v) == 18 for v in (*e["per_chunk"].values(), *e["simulator"]["per_chunk"].values()))
+        still = frame_stats(s.frame[None])
+        assert e["simulator"]["per_chunk"]["brightness"][0] == pytest.approx(float(still["brightness"][0]), rel=0.01)
+        w = e["per_chunk"]["contrast"]
+        assert e["start"]["contrast"] == pytest.approx(np.mean(w[1:9])) and e["end"]["contrast"] == pytest.approx(
+            np.mean(w[9:17])
+        )
+    assert st["per_chunk"] == st["episodes"][0]["per_chunk"] and st["thumbnails"].shape[0] == 5
+    assert stability(wm, starts[:1], num_chunks=3, edge_chunks=1, simulator=False)["phase_aligned"] is False
+    with pytest.raises(ValueError, match="at least one start"):
+        stability(wm, [], num_chunks=3, edge_chunks=1)
+
+
+def test_iter_commands_plays_what_play_commands_plays():
+    """The streaming replay yields the same frames and poses, the start first."""
+    from mg3_eval.simulator import doom_config_for, iter_commands, play_commands, rest_starts
+    from world_model.model import load_world_model
+
+    cfg = load_world_model("tiny-random").config
+    start = rest_starts(cfg, 1)[0]
+    kb = np.zeros((30, 6), np.float32)
+    kb[:, 0] = 1
+    ms = np.full((30, 2), [0.0, 0.2], np.float32)
+    frames, poses = play_commands(start, doom_config_for(cfg), kb, ms)
+    streamed = list(iter_commands(start, doom_config_for(cfg), kb, ms))
+    assert len(streamed) == len(frames) == 31 and np.array_equal(streamed[0][0], start.frame)
+    assert np.array_equal(np.stack([f for f, _ in streamed]), frames)
+    assert np.array_equal(np.stack([p for _, p in streamed]), poses)
