@@ -264,9 +264,12 @@ def run_evaluation(
                 wm, starts, num_chunks=opts.stability_chunks, edge_chunks=opts.stability_edge_chunks, seed=opts.seed
             ),
         )
-        save_strip(
-            out / "stability_frames.png", list(st.pop("thumbnails")), [f"chunk {k}" for k in st["thumbnail_chunks"]]
-        )
+        frames, labels = list(st.pop("thumbnails")), [f"chunk {k}" for k in st["thumbnail_chunks"]]
+        sim = st.pop("simulator_thumbnails", None)
+        if sim is not None:  # a second row: where the simulator is after the same actions
+            frames += list(sim)
+            labels += [f"simulator, chunk {k}" for k in st["thumbnail_chunks"]]
+        save_strip(out / "stability_frames.png", frames, labels, rows=1 if sim is None else 2)
         metrics["stability"] = st
         series = {}
         for k in ("brightness", "contrast", "sharpness"):  # the first episode, model and simulator

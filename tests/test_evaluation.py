@@ -703,6 +703,7 @@ def test_stability_over_several_episodes_beside_the_simulator():
             np.mean(w[9:17])
         )
     assert st["per_chunk"] == st["episodes"][0]["per_chunk"] and st["thumbnails"].shape[0] == 5
+    assert st["simulator_thumbnails"].shape == st["thumbnails"].shape
     assert stability(wm, starts[:1], num_chunks=3, edge_chunks=1, simulator=False)["phase_aligned"] is False
     with pytest.raises(ValueError, match="at least one start"):
         stability(wm, [], num_chunks=3, edge_chunks=1)

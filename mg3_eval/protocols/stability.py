@@ -64,18 +64,24 @@ def _changes(per_chunk: dict[str, list[float]], start: range, end: range) -> dic
     return {"start": s, "end": e, "relative_change": {k: relative_change(s[k], e[k]) for k in per_chunk}}
 
 
-def _simulator_stats(start: SimStart, doom, keyboard: np.ndarray, mouse: np.ndarray, slices: Sequence[slice]):
+def _simulator_stats(
+    start: SimStart, doom, keyboard: np.ndarray, mouse: np.ndarray, slices: Sequence[slice], marks: set[int]
+) -> tuple[dict[str, list[float]] | None, dict[int, np.ndarray]]:
     """Per-chunk statistics of the simulator's frames along the same actions (frame j against the
-    model's frame j; frame 0 the start), computed as they come; None if the level ended first."""
+    model's frame j; frame 0 the start), computed as they come, and the last frame of the chunks in
+    ``marks``; the statistics are None if the level ended first."""
     per_chunk: dict[str, list[float]] = {k: [] for k in _STATS}
+    thumbs: dict[int, np.ndarray] = {}
     frames: Iterator[np.ndarray] = (f for f, _ in iter_commands(start, doom, keyboard, mouse))
-    for sl in slices:
+    for k, sl in enumerate(slices):
         chunk = [f for _, f in zip(range(sl.stop - sl.start), frames)]
         if len(chunk) < sl.stop - sl.start:
-            return None
+            return None, thumbs
         for name, v in frame_stats(np.stack(chunk)).items():
             per_chunk[name].append(float(v.mean()))
-    return per_chunk
+        if k in marks:
+            thumbs[k] = chunk[-1]
+    return per_chunk, thumbs
 
 
 def stability(
@@ -95,7 +101,8 @@ def stability(
     ``episodes``), the simulator's (``simulator.relative_change``, same windows, same actions; None
     where a level ended on the way) unless ``simulator`` is False, ``finite``: every latent of every
     episode stayed finite. ``thumbnails``: the last frame of chunks 0, C/4, C/2, 3C/4 and C-1 of the
-    first episode (uint8 [5, H, W, 3]).
+    first episode (uint8 [5, H, W, 3]); ``simulator_thumbnails``: the simulator's at the same chunks,
+    where it got that far.
     """
     if not starts:
         raise ValueError("expected at least one start")
@@ -125,12 +132,14 @@ def stability(
         on_chunk=on_chunk,
         keep_frames=False,
     )
-    episodes = []
-    for s, pc in zip(starts, per_chunk):
+    episodes, sim_thumbs = [], {}
+    for i, (s, pc) in enumerate(zip(starts, per_chunk)):
         ep = {"level": s.level, "seed": s.seed, "per_chunk": pc, **_changes(pc, start_w, end_w)}
         if simulator:
-            sim = _simulator_stats(s, doom_config_for(wm.config), kb, ms, chunk_slices(first, rest, num_chunks))
+            slices = chunk_slices(first, rest, num_chunks)
+            sim, th = _simulator_stats(s, doom_config_for(wm.config), kb, ms, slices, marks if i == 0 else set())
             ep["simulator"] = None if sim is None else {"per_chunk": sim, **_changes(sim, start_w, end_w)}
+            sim_thumbs = sim_thumbs or th
         episodes.append(ep)
 
     def mean_change(eps: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -160,4 +169,6 @@ def stability(
     out["seconds_per_chunk"] = float(np.mean(g.chunk_seconds[1:]))  # one step of all the episodes
     out["thumbnails"] = np.stack([thumbs[k] for k in sorted(thumbs)])
     out["thumbnail_chunks"] = sorted(thumbs)
+    if len(sim_thumbs) == len(thumbs):
+        out["simulator_thumbnails"] = np.stack([sim_thumbs[k] for k in sorted(sim_thumbs)])
     return out
