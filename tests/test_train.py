@@ -1058,3 +1058,47 @@ def test_a_slim_from_an_int8_export_carries_its_dit_as_bf16(smoke_run, tmp_path)
         if v.dim() == 2:
             step = v.float().abs().amax(1, keepdim=True) / 127
             assert ((base[k].float() - v.float()).abs() <= step * 0.51 + 1e-2 * step + 1e-3).all(), k
+
+
+def test_carry_from_poll_goes_on_from_the_polled_stage(smoke_run, tmp_path):
+    """bench/gpu/carry_from_poll.sh (a machine lost mid-session): the carry the session started from, with the
+    stage a poll packed (split into parts, as poll.sh packs it) as its base; the VAE and decoder unchanged."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.slim import slim_run
+
+    run, _ = smoke_run
+    prev = slim_run(run, tmp_path / "prev", ["vae", "decoder", "base"], dit_dtype=torch.bfloat16)
+    with tarfile.open(tmp_path / "prev.tar", "w") as t:
+        t.add(prev, arcname=".")
+    polled = slim_run(run, tmp_path / "polled", ["memory"], dit_dtype=torch.bfloat16)
+    data = subprocess.run(["tar", "-cf", "-", "-C", str(polled), "."], check=True, capture_output=True).stdout
+    poll = tmp_path / "poll"
+    poll.mkdir()
+    half = len(data) // 2
+    (poll / "slim_memory_step-000000007.tar.part-00").write_bytes(data[:half])
+    (poll / "slim_memory_step-000000007.tar.part-01").write_bytes(data[half:])
+    script = Path(__file__).parents[1] / "bench" / "gpu" / "carry_from_poll.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    subprocess.run(
+        ["bash", str(script), str(tmp_path / "prev.tar"), str(poll), str(tmp_path / "out")], check=True, env=env
+    )
+    with tarfile.open(tmp_path / "out" / "prev.tar") as t:
+        t.extractall(tmp_path / "new", filter="data")
+    base = load_latest(tmp_path / "new" / "base")["stage"]["ema"]["model"]
+    memory = load_latest(polled / "memory")["stage"]["ema"]["model"]
+    assert set(base) == set(memory) and all(torch.equal(base[k], memory[k]) for k in memory)
+    for stage in ("vae", "decoder"):  # the same weights, shard by shard
+        shards = sorted((prev / stage / "checkpoints").glob("step-*/shard-*.safetensors"))
+        again = sorted((tmp_path / "new" / stage / "checkpoints").glob("step-*/shard-*.safetensors"))
+        assert shards and [f.read_bytes() for f in shards] == [f.read_bytes() for f in again], stage
+    bad = subprocess.run(
+        ["bash", str(script), str(tmp_path / "prev.tar"), str(tmp_path), str(tmp_path / "x")],
+        env=env,
+        capture_output=True,
+    )
+    assert bad.returncode == 1 and not (tmp_path / "x").exists()
