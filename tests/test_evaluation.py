@@ -306,6 +306,8 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     assert m["targets"]["control_mouse"]["reference"] == m["control"]["sim"]["mouse_accuracy"]
     assert np.isfinite(m["memory"]["psnr_return_memory_on"]) and np.isfinite(m["memory"]["psnr_return_memory_off"])
     assert m["stability"]["finite"] is True and len(m["stability"]["per_chunk"]["sharpness"]) == 3
+    assert m["stability"]["episodes_count"] == 1 and m["stability"]["windows"]["start"] == [1, 1]  # --episodes 1
+    assert m["targets"]["stability_contrast"]["reference"] == m["stability"]["simulator"]["relative_change"]["contrast"]
     assert m["speed"]["frames_per_s"] > 0
     ours = {k for k, (path, _) in TARGETS.items() if path.split(".")[0] in _FIRST_PARTS}
     assert set(m["targets"]) == ours and all(t["value"] is not None for t in m["targets"].values())
