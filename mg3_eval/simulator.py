@@ -186,6 +186,7 @@ def iter_commands(
 
 
 def _play(engine, start: SimStart, keyboard: np.ndarray, mouse: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Replay ``start`` in ``engine`` (checked against its frame), then play the actions: yields (frame, pose)."""
     from world_model.data.doom import Command
 
     unit = StreamConfig().degrees_per_mouse_unit

@@ -12,6 +12,7 @@ same instrument is what a perfect model would score.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -74,7 +75,7 @@ def _simulator_stats(
     thumbs: dict[int, np.ndarray] = {}
     frames: Iterator[np.ndarray] = (f for f, _ in iter_commands(start, doom, keyboard, mouse))
     for k, sl in enumerate(slices):
-        chunk = [f for _, f in zip(range(sl.stop - sl.start), frames)]
+        chunk = list(islice(frames, sl.stop - sl.start))
         if len(chunk) < sl.stop - sl.start:
             return None, thumbs
         for name, v in frame_stats(np.stack(chunk)).items():
@@ -133,13 +134,14 @@ def stability(
         keep_frames=False,
     )
     episodes, sim_thumbs = [], {}
+    slices, doom = chunk_slices(first, rest, num_chunks), doom_config_for(wm.config)
     for i, (s, pc) in enumerate(zip(starts, per_chunk)):
         ep = {"level": s.level, "seed": s.seed, "per_chunk": pc, **_changes(pc, start_w, end_w)}
         if simulator:
-            slices = chunk_slices(first, rest, num_chunks)
-            sim, th = _simulator_stats(s, doom_config_for(wm.config), kb, ms, slices, marks if i == 0 else set())
+            sim, th = _simulator_stats(s, doom, kb, ms, slices, marks if i == 0 else set())
             ep["simulator"] = None if sim is None else {"per_chunk": sim, **_changes(sim, start_w, end_w)}
-            sim_thumbs = sim_thumbs or th
+            if i == 0:  # the strip's second row: the first episode's
+                sim_thumbs = th
         episodes.append(ep)
 
     def mean_change(eps: list[dict[str, Any]]) -> dict[str, float] | None:
