@@ -1102,3 +1102,45 @@ def test_carry_from_poll_goes_on_from_the_polled_stage(smoke_run, tmp_path):
         capture_output=True,
     )
     assert bad.returncode == 1 and not (tmp_path / "x").exists()
+
+
+def test_export_from_poll_exports_the_polled_stage(smoke_run, tmp_path):
+    """bench/gpu/export_from_poll.sh (a machine lost after the last stage, before its export came home): the run
+    rebuilt from the carry and the polled stage exports that stage's EMA with the carry's VAE."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    from world_model.train.export import read_exported
+    from world_model.train.pipeline import PipelineOptions, _dit_from, _shipped_vae, run_config
+    from world_model.train.slim import slim_run
+
+    run, _ = smoke_run
+    prev = slim_run(run, tmp_path / "prev", ["vae", "decoder", "base"], dit_dtype=torch.bfloat16)
+    with tarfile.open(tmp_path / "prev.tar", "w") as t:
+        t.add(prev, arcname=".")
+    polled = slim_run(run, tmp_path / "polled", ["memory"], dit_dtype=torch.bfloat16)
+    data = subprocess.run(["tar", "-cf", "-", "-C", str(polled), "."], check=True, capture_output=True).stdout
+    poll = tmp_path / "poll"
+    poll.mkdir()
+    (poll / "slim_memory_step-000000007.tar.part-00").write_bytes(data[:1000])
+    (poll / "slim_memory_step-000000007.tar.part-01").write_bytes(data[1000:])
+    script = Path(__file__).parents[1] / "bench" / "gpu" / "export_from_poll.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = tmp_path / "rebuilt"
+    subprocess.run(["bash", str(script), str(tmp_path / "prev.tar"), str(poll), str(out)], check=True, env=env)
+    status = json.loads((out / "export" / "status.json").read_text())
+    assert status["state"] == "done" and status["metrics"]["dit_source"] == "memory"
+    cfg, dit, vae = read_exported(out / "export")
+    memory = _dit_from(polled, "memory", cfg, torch.device("cpu")).state_dict()
+    for k, v in dit.state_dict().items():  # the polled stage's EMA, as exported (bf16)
+        torch.testing.assert_close(v.float(), memory[k].bfloat16().float(), atol=0, rtol=0)
+    opts = PipelineOptions.load(prev)
+    carried = _shipped_vae(prev, opts, run_config(prev, opts), torch.device("cpu")).state_dict()
+    for k, v in vae.state_dict().items():  # the carry's VAE and decoder, as exported (bf16)
+        torch.testing.assert_close(v, carried[k].bfloat16().float(), atol=0, rtol=0)
+    again = subprocess.run(  # an existing folder is never written into
+        ["bash", str(script), str(tmp_path / "prev.tar"), str(poll), str(out)], env=env, capture_output=True
+    )
+    assert again.returncode == 1 and b"exists" in again.stderr

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Make the export at home from what a poll brought home, when the machine went back after the session's last
+# training stage had finished but before its export came back (session 23: the stage was done at step 4,060, the
+# poll had packed that checkpoint, the machine went back in the gap before the next poll). The export stage runs on
+# the CPU in seconds: the run is rebuilt from the carry the session started from (vae, decoder, latents' stats) with
+# the polled stage in place under its own name and the session's pipeline.json, then `world_model.train all` runs
+# the export stage alone.
+#   bash bench/gpu/export_from_poll.sh PREV_TAR POLL_DIR RUN_DIR
+#     PREV_TAR  the prev.tar the session started from (e.g. .carry/p22/prev.tar)
+#     POLL_DIR  a folder holding the poll's slim_<stage>_<step>.tar.part-* files (the newest stage packed wins)
+#     RUN_DIR   a new folder: the rebuilt run; its export lands in RUN_DIR/export
+#     PYTHON    the interpreter with torch (default python3)
+# The polled stage should be finished (its status "done"): a stage stopped mid-way exports too, with a warning,
+# and is better continued (bench/gpu/carry_from_poll.sh).
+set -euo pipefail
+[ $# -eq 3 ] || { sed -n 2,14p "$0"; exit 2; }
+prev=$(realpath "$1"); poll=$(realpath "$2"); run=$3
+[ -e "$run" ] && { echo "export_from_poll: $run exists; give a new folder" >&2; exit 1; }
+cd "$(dirname "$0")/../.."
+first=$(ls -t "$poll"/slim_*_step-*.tar.part-00 2>/dev/null | head -1 || true)
+[ -n "$first" ] || { echo "export_from_poll: no slim_<stage>_<step>.tar.part-00 in $poll" >&2; exit 1; }
+prefix=${first%.part-00}
+stage=$(basename "$prefix" | sed -E 's/^slim_(.*)_step-[0-9]+\.tar$/\1/')
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/run" "$work/poll"
+tar -xf "$prev" -C "$work/run"
+cat "$prefix".part-* | tar -xf - -C "$work/poll"
+[ -d "$work/poll/$stage/checkpoints" ] || { echo "export_from_poll: the poll's slim holds no $stage checkpoint" >&2; exit 1; }
+rm -rf "${work:?}/run/$stage" && cp -r "$work/poll/$stage" "$work/run/$stage"
+[ -f "$work/poll/pipeline.json" ] && cp "$work/poll/pipeline.json" "$work/run/"
+state=$("${PYTHON:-python3}" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("state", "?"))' \
+  "$work/run/$stage/status.json" 2>/dev/null || echo "?")
+[ "$state" = done ] || echo "export_from_poll: warning: $stage's state is '$state', not done" >&2
+skip=$(echo data vae decoder encode base memory dmd sharpen | tr ' ' ',')
+"${PYTHON:-python3}" -m world_model.train all --run "$work/run" --skip "$skip" --no-progress >"$work/log" 2>&1 ||
+  { cat "$work/log" >&2; exit 1; }
+mkdir -p "$(dirname "$run")" && mv "$work/run" "$run"
+echo "export_from_poll: $run/export from $stage at $(cat "$run/$stage/checkpoints/latest")"
