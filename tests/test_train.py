@@ -1060,18 +1060,15 @@ def test_a_slim_from_an_int8_export_carries_its_dit_as_bf16(smoke_run, tmp_path)
             assert ((base[k].float() - v.float()).abs() <= step * 0.51 + 1e-2 * step + 1e-3).all(), k
 
 
-def test_carry_from_poll_goes_on_from_the_polled_stage(smoke_run, tmp_path):
-    """bench/gpu/carry_from_poll.sh (a machine lost mid-session): the carry the session started from, with the
-    stage a poll packed (split into parts, as poll.sh packs it) as its base; the VAE and decoder unchanged."""
-    import os
+def _lost_session(run: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A session lost mid-way, from the smoke run: the carry it started from (tmp_path/prev.tar of the vae,
+    decoder and base stages; returned: its folder), the memory stage's slim a poll packed (returned) and the poll's
+    files (split into parts as poll.sh packs them; returned: their folder)."""
     import subprocess
-    import sys
     import tarfile
 
-    from world_model.train.checkpoints import load_latest
     from world_model.train.slim import slim_run
 
-    run, _ = smoke_run
     prev = slim_run(run, tmp_path / "prev", ["vae", "decoder", "base"], dit_dtype=torch.bfloat16)
     with tarfile.open(tmp_path / "prev.tar", "w") as t:
         t.add(prev, arcname=".")
@@ -1082,6 +1079,21 @@ def test_carry_from_poll_goes_on_from_the_polled_stage(smoke_run, tmp_path):
     half = len(data) // 2
     (poll / "slim_memory_step-000000007.tar.part-00").write_bytes(data[:half])
     (poll / "slim_memory_step-000000007.tar.part-01").write_bytes(data[half:])
+    return prev, polled, poll
+
+
+def test_carry_from_poll_goes_on_from_the_polled_stage(smoke_run, tmp_path):
+    """bench/gpu/carry_from_poll.sh (a machine lost mid-session): the carry the session started from, with the
+    stage a poll packed (split into parts, as poll.sh packs it) as its base; the VAE and decoder unchanged."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    from world_model.train.checkpoints import load_latest
+
+    run, _ = smoke_run
+    prev, polled, poll = _lost_session(run, tmp_path)
     script = Path(__file__).parents[1] / "bench" / "gpu" / "carry_from_poll.sh"
     env = {**os.environ, "PYTHON": sys.executable}
     subprocess.run(
@@ -1110,22 +1122,12 @@ def test_export_from_poll_exports_the_polled_stage(smoke_run, tmp_path):
     import os
     import subprocess
     import sys
-    import tarfile
 
     from world_model.train.export import read_exported
     from world_model.train.pipeline import PipelineOptions, _dit_from, _shipped_vae, run_config
-    from world_model.train.slim import slim_run
 
     run, _ = smoke_run
-    prev = slim_run(run, tmp_path / "prev", ["vae", "decoder", "base"], dit_dtype=torch.bfloat16)
-    with tarfile.open(tmp_path / "prev.tar", "w") as t:
-        t.add(prev, arcname=".")
-    polled = slim_run(run, tmp_path / "polled", ["memory"], dit_dtype=torch.bfloat16)
-    data = subprocess.run(["tar", "-cf", "-", "-C", str(polled), "."], check=True, capture_output=True).stdout
-    poll = tmp_path / "poll"
-    poll.mkdir()
-    (poll / "slim_memory_step-000000007.tar.part-00").write_bytes(data[:1000])
-    (poll / "slim_memory_step-000000007.tar.part-01").write_bytes(data[1000:])
+    prev, polled, poll = _lost_session(run, tmp_path)
     script = Path(__file__).parents[1] / "bench" / "gpu" / "export_from_poll.sh"
     env = {**os.environ, "PYTHON": sys.executable}
     out = tmp_path / "rebuilt"

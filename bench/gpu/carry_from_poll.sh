@@ -13,17 +13,9 @@ set -euo pipefail
 [ $# -eq 3 ] || { sed -n 2,10p "$0"; exit 2; }
 prev=$(realpath "$1"); poll=$(realpath "$2"); out=$3
 cd "$(dirname "$0")/../.."
-first=$(ls -t "$poll"/slim_*_step-*.tar.part-00 2>/dev/null | head -1 || true)
-[ -n "$first" ] || { echo "carry_from_poll: no slim_<stage>_<step>.tar.part-00 in $poll" >&2; exit 1; }
-prefix=${first%.part-00}
-stage=$(basename "$prefix" | sed -E 's/^slim_(.*)_step-[0-9]+\.tar$/\1/')
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/run" "$work/poll"
-tar -xf "$prev" -C "$work/run"
-cat "$prefix".part-* | tar -xf - -C "$work/poll"
-[ -d "$work/poll/$stage/checkpoints" ] || { echo "carry_from_poll: the poll's slim holds no $stage checkpoint" >&2; exit 1; }
-rm -rf "${work:?}/run/$stage" && cp -r "$work/poll/$stage" "$work/run/$stage"
+# shellcheck source=bench/gpu/poll_run.sh
+source bench/gpu/poll_run.sh
+rebuild_run "$prev" "$poll" carry_from_poll
 stages=vae,decoder,$stage
 rename=""
 [ "$stage" = base ] || rename="--as $stage=base"

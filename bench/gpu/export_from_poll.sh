@@ -17,18 +17,10 @@ set -euo pipefail
 prev=$(realpath "$1"); poll=$(realpath "$2"); run=$3
 [ -e "$run" ] && { echo "export_from_poll: $run exists; give a new folder" >&2; exit 1; }
 cd "$(dirname "$0")/../.."
-first=$(ls -t "$poll"/slim_*_step-*.tar.part-00 2>/dev/null | head -1 || true)
-[ -n "$first" ] || { echo "export_from_poll: no slim_<stage>_<step>.tar.part-00 in $poll" >&2; exit 1; }
-prefix=${first%.part-00}
-stage=$(basename "$prefix" | sed -E 's/^slim_(.*)_step-[0-9]+\.tar$/\1/')
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/run" "$work/poll"
-tar -xf "$prev" -C "$work/run"
-cat "$prefix".part-* | tar -xf - -C "$work/poll"
-[ -d "$work/poll/$stage/checkpoints" ] || { echo "export_from_poll: the poll's slim holds no $stage checkpoint" >&2; exit 1; }
-rm -rf "${work:?}/run/$stage" && cp -r "$work/poll/$stage" "$work/run/$stage"
-[ -f "$work/poll/pipeline.json" ] && cp "$work/poll/pipeline.json" "$work/run/"
+# shellcheck source=bench/gpu/poll_run.sh
+source bench/gpu/poll_run.sh
+rebuild_run "$prev" "$poll" export_from_poll
+[ -f "$work/pipeline.json" ] && cp "$work/pipeline.json" "$work/run/"
 state=$("${PYTHON:-python3}" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("state", "?"))' \
   "$work/run/$stage/status.json" 2>/dev/null || echo "?")
 [ "$state" = done ] || echo "export_from_poll: warning: $stage's state is '$state', not done" >&2
