@@ -192,6 +192,10 @@ def test_pipeline_end_to_end_exports_a_loadable_model(smoke_run):
         torch.testing.assert_close(v.float(), memory[k].bfloat16().float(), atol=0, rtol=0)
     ev = json.loads((run / "dmd" / "status.json").read_text())["eval"]
     assert {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db"} <= set(ev) and np.isfinite(ev["psnr_model"])
+    # blur beside PSNR: the generated chunk's and the reconstruction's gradients over the simulator's
+    for stage in ("base", "memory", "dmd"):
+        ev = json.loads((run / stage / "status.json").read_text())["eval"]
+        assert 0 < ev["sharpness_model"] < 20 and 0 < ev["sharpness_vae"] < 20, (stage, ev)  # smoke: noise, ~4
     # chunk 1 after the true chunk 0 and after the model's own (segments of 25 latents hold it)
     for stage in ("base", "memory", "dmd"):
         ev = json.loads((run / stage / "status.json").read_text())["eval"]

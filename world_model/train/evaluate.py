@@ -10,6 +10,11 @@ the true chunk 0 (``psnr_next``: the window the model trains on) and after the c
 generated itself (``psnr_next_rollout``: what a user gets), against the simulator's frames of the
 chunk; baseline: its last context frame repeated (``psnr_next_repeat``). A model that continues
 true context but not its own has the exposure gap ``psnr_next - psnr_next_rollout``.
+
+Blur, which PSNR rewards: ``sharpness_model`` and ``sharpness_vae``, the mean luma gradient of the
+generated chunk 0 and of the VAE's reconstruction over the simulator's (frames 1..56; 1 as sharp,
+below 1 blurrier; :func:`world_model.train.autoencoder.sharpness`, the measure of ``mg3 eval``'s
+sharpness part, whose test-level ratios the model card reports).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import Tensor, nn
 
 from world_model.config import SamplerConfig
 from world_model.sampler import FlowUniPCSampler
-from world_model.train.autoencoder import psnr
+from world_model.train.autoencoder import psnr, sharpness
 from world_model.train.clips import ClipSampler
 from world_model.train.encode import segment_video
 from world_model.train.frames import FrameStore
@@ -29,8 +34,8 @@ __all__ = ["FirstChunkEval"]
 
 
 class FirstChunkEval:
-    """Callable(model) -> {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db"} on fixed held-out
-    segments, plus {"psnr_next", "psnr_next_rollout", "psnr_next_repeat", "gain_next_db",
+    """Callable(model) -> {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db", "sharpness_model",
+    "sharpness_vae"} on fixed held-out segments, plus {"psnr_next", "psnr_next_rollout", "psnr_next_repeat", "gain_next_db",
     "gain_next_rollout_db"} with ``continuation`` (module docstring)."""
 
     def __init__(
@@ -75,11 +80,18 @@ class FirstChunkEval:
             vals["psnr_vae"].append(psnr(rec[:, :, later].float(), truth[:, :, later]))
             repeat = truth[:, :, :1].expand_as(truth[:, :, later])
             vals["psnr_repeat"].append(psnr(repeat, truth[:, :, later]))
+            for key, video in (("model", gen), ("vae", rec), ("truth", truth)):  # per segment, ratios at the end
+                grads = [sharpness(v[None, :, later].float()) for v in video]
+                vals.setdefault(f"grad_{key}", []).append(torch.stack(grads))
             if self.continuation:
                 for key, value in self._next_chunk(model, segs, g, dev).items():
                     vals.setdefault(key, []).append(value)
         out = {k: torch.cat(v).mean().item() for k, v in vals.items()}
         out["gain_db"] = out["psnr_model"] - out["psnr_repeat"]
+        truth_grad = out.pop("grad_truth")
+        for key in ("model", "vae"):
+            grad = out.pop(f"grad_{key}")
+            out[f"sharpness_{key}"] = grad / truth_grad if truth_grad > 0 else float("nan")
         if self.continuation:
             out["gain_next_db"] = out["psnr_next"] - out["psnr_next_repeat"]
             out["gain_next_rollout_db"] = out["psnr_next_rollout"] - out["psnr_next_repeat"]
