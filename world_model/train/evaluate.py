@@ -35,8 +35,9 @@ __all__ = ["FirstChunkEval"]
 
 class FirstChunkEval:
     """Callable(model) -> {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db", "sharpness_model",
-    "sharpness_vae"} on fixed held-out segments, plus {"psnr_next", "psnr_next_rollout", "psnr_next_repeat", "gain_next_db",
-    "gain_next_rollout_db"} with ``continuation`` (module docstring)."""
+    "sharpness_vae"} on fixed held-out segments, plus {"psnr_next", "psnr_next_rollout",
+    "psnr_next_repeat", "gain_next_db", "gain_next_rollout_db"} with ``continuation`` (module
+    docstring)."""
 
     def __init__(
         self,
