@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from mg3_eval.metrics import psnr
+from mg3_eval.protocols.fidelity import latent_means
 from mg3_eval.rollout import generate_videos, vae_roundtrip
 from mg3_eval.simulator import record_test_episodes
+from world_model.generator import StreamingGenerator
 from world_model.model import load_world_model
 from world_model.runtime import RuntimeOptions
 
@@ -30,9 +32,8 @@ CAP_DB = 60.0
 
 
 def per_latent(db: np.ndarray, r: int) -> list[float]:
-    """[N, T] per-frame PSNR -> the mean of each latent's ``r`` frames over episodes."""
-    t = db.shape[1] // r * r
-    return [round(float(x), 2) for x in np.minimum(db[:, :t], CAP_DB).reshape(len(db), -1, r).mean((0, 2))]
+    """[N, T] per-frame PSNR, capped at :data:`CAP_DB` -> the mean of each latent's ``r`` frames over episodes."""
+    return [round(x, 2) for x in latent_means(np.minimum(db, CAP_DB), r)]
 
 
 def main() -> None:
@@ -45,38 +46,37 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     wm = load_world_model(args.model, RuntimeOptions.for_device("cpu"))
     r = wm.config.vae.temporal_stride
+    t = StreamingGenerator(wm).first_chunk_frames
     n = args.episodes
-    eps = record_test_episodes(wm.config, n, 57)
-    t = 57
+    eps = record_test_episodes(wm.config, n, t)
     imgs = np.stack([e.frames[0] for e in eps])
     prompts = [e.prompt for e in eps]
     seeds = list(range(n))
     kdim = eps[0].keyboard.shape[1]
 
-    def vs_own_first(video: np.ndarray) -> np.ndarray:
-        return np.stack([psnr(v[1:t], np.repeat(v[:1], t - 1, 0)) for v in video])
+    def vs_own_first(video: np.ndarray) -> np.ndarray:  # [N, t, H, W, 3] -> [N, t - 1]
+        return psnr(video[:, :1], video[:, 1:t])
 
     still = generate_videos(
         wm, imgs, prompts, np.zeros((n, t, kdim), np.float32), np.zeros((n, t, 2), np.float32), seeds=seeds
-    )
+    ).frames
     held = np.repeat(imgs[:, None], t, 1)
-    vae_still = np.stack([psnr(vae_roundtrip(wm, held[i : i + 1])[0][1:t], held[i, 1:t]) for i in range(n)])
     sim = np.stack([e.frames[:t] for e in eps])
     moved = generate_videos(
         wm, imgs, prompts, np.stack([e.keyboard[:t] for e in eps]), np.stack([e.mouse[:t] for e in eps]), seeds=seeds
-    )
+    ).frames
     out = {
         "model": str(args.model),
         "episodes": n,
         "still": {
-            "model_vs_start": per_latent(np.stack([psnr(still.frames[i, 1:t], held[i, 1:t]) for i in range(n)]), r),
-            "vae_vs_start": per_latent(vae_still, r),
-            "model_vs_own_frame0": per_latent(vs_own_first(still.frames), r),
+            "model_vs_start": per_latent(psnr(still[:, 1:t], held[:, 1:t]), r),
+            "vae_vs_start": per_latent(psnr(vae_roundtrip(wm, held)[:, 1:t], held[:, 1:t]), r),
+            "model_vs_own_frame0": per_latent(vs_own_first(still), r),
         },
         "onset": {
             "sim_vs_own_frame0": per_latent(vs_own_first(sim), r),
-            "model_vs_own_frame0": per_latent(vs_own_first(moved.frames), r),
-            "model_vs_sim": per_latent(np.stack([psnr(moved.frames[i, 1:t], sim[i, 1:t]) for i in range(n)]), r),
+            "model_vs_own_frame0": per_latent(vs_own_first(moved), r),
+            "model_vs_sim": per_latent(psnr(moved[:, 1:t], sim[:, 1:t]), r),
         },
     }
     for part, rows in (("still", out["still"]), ("onset", out["onset"])):

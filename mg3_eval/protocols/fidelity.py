@@ -101,15 +101,16 @@ def fidelity(
     }
 
 
+def latent_means(db: np.ndarray, r: int) -> list[float]:
+    """Per-frame PSNR [N, T] of generated frames (frame 0 left out) -> the mean over episodes of each
+    latent's ``r`` frames; a tail shorter than ``r`` is dropped."""
+    t = db.shape[1] // r * r
+    return [float(x) for x in db[:, :t].reshape(len(db), -1, r).mean(axis=(0, 2))]
+
+
 def _per_latent(model: np.ndarray, repeat: np.ndarray, vae: np.ndarray, r: int) -> dict[str, list[float]]:
-    """Per-frame PSNR [N, T] of chunk 0's generated frames -> the mean over episodes of each latent's
-    ``r`` frames, for the model, repeat-first and the VAE."""
-
-    def group(db: np.ndarray) -> list[float]:
-        t = db.shape[1] // r * r
-        return [float(x) for x in db[:, :t].reshape(len(db), -1, r).mean(axis=(0, 2))]
-
-    return {"model": group(model), "repeat": group(repeat), "vae": group(vae)}
+    """Chunk 0's per-latent means (:func:`latent_means`) for the model, repeat-first and the VAE."""
+    return {"model": latent_means(model, r), "repeat": latent_means(repeat, r), "vae": latent_means(vae, r)}
 
 
 def save_fidelity_strip(wm: WorldModel, ep: SimEpisode, path: Path, seed: int) -> None:
