@@ -333,6 +333,17 @@ def test_vae_stage_with_a_frozen_encoder_trains_the_decoder_only(tmp_path):
     reopen(run / "latents")
     out = run_stage(run, "encode", dataclasses.replace(opts, vae_train_encoder=True))
     assert out["stats"] == "measured" and json.loads(stats.read_text()) != carried
+    # overlapping train segments (segment_stride): more chunk-0 starts, the held-out split stays disjoint
+    short = dataclasses.replace(opts, segment_latents=20)  # 77 frames: one disjoint segment per 100-frame episode
+    counts = []
+    for stride in (0, 2):
+        reopen(run / "latents")
+        out = run_stage(run, "encode", dataclasses.replace(short, segment_stride=stride))
+        counts.append((out["train_segments"], out["held_out_segments"]))
+    (disjoint, held), (strided, held_strided) = counts
+    assert strided == 3 * disjoint and held_strided == held >= 1  # starts 0, 8, 16 (77 frames in 0..99)
+    with pytest.raises(ValueError, match="segment_stride"):
+        dataclasses.replace(opts, segment_stride=opts.segment_latents + 1)
 
 
 def test_lowpass_l1_sees_colour_not_detail():

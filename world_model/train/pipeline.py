@@ -73,6 +73,10 @@ class PipelineOptions:
     workers: int = 16
     seed: int = 0
     segment_latents: int = 65  # latents per pre-encoded segment (chunks 0..5)
+    # spacing of the train split's segment starts in latents (0: segment_latents, disjoint). Chunk-0 windows start
+    # only at a segment's first frame: disjoint 257-frame segments of 1000-frame episodes give 3 starts an episode,
+    # one of them the spawn; 32 gives 6 (each frame encoded twice). The held-out split stays disjoint.
+    segment_stride: int = 0
     vae_steps: int = 20_000
     vae_batch: int = 16
     vae_lr: float = 3e-4
@@ -178,6 +182,8 @@ class PipelineOptions:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout}")
         if not 0.0 <= self.p_continue <= 1.0:
             raise ValueError(f"p_continue must be in [0, 1], got {self.p_continue}")
+        if not 0 <= self.segment_stride <= self.segment_latents:
+            raise ValueError(f"segment_stride must be in [0, segment_latents] (0: disjoint), got {self.segment_stride}")
         if self.dit_layers < 0:
             raise ValueError(f"dit_layers must be >= 1 (0: the preset's), got {self.dit_layers}")
         value = self.compile
@@ -552,7 +558,10 @@ def _stage_encode(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     text = make_text_encoder(cfg.text, device=dev)
     for name, store in (("train", train), ("held_out", held)):
         batch = 32 if dev.type == "cuda" else 4  # segments per encoder call
-        enc = encode_store(vae, store, opts.segment_latents, text, batch_size=batch, progress=opts.progress)
+        stride = opts.segment_stride if name == "train" and opts.segment_stride else None
+        enc = encode_store(
+            vae, store, opts.segment_latents, text, batch_size=batch, stride_latents=stride, progress=opts.progress
+        )
         enc.save(run / "latents" / name)
         status.update(**{f"{name}_segments": enc.num_segments})
     status.update(state="done")
