@@ -174,6 +174,7 @@ def main() -> None:
     p.add_argument("budget", type=float)
     p.add_argument("part", nargs="?", choices=("first", "rest", "skips"))
     p.add_argument("--resume", type=Path, default=None)
+    p.add_argument("--given", default="", help="the session command's own flags: the plan leaves those to it")
     args = p.parse_args()
     if encoder_only(args.resume):  # a slim made from an export: no full decoder to train; the pruned one
         # learns from the true frames (the decoder stage without distillation) in the time of both
@@ -221,7 +222,10 @@ def main() -> None:
         "dmd-regression": DMD_REGRESSION,
         "sharpen-gen-batch": SHARPEN_GEN_BATCH,
     }
-    print(" ".join(f"--{k} {v}" for k, v in flags.items()))
+    # a flag of the session command (saved in pipeline.json by the data stage) wins: the plan's value of it would
+    # override it on the `train all` command line (session 25 found --memory-lr so ignored)
+    given = {t[2:].split("=")[0].replace("_", "-") for t in args.given.split() if t.startswith("--")}
+    print(" ".join(f"--{k} {v}" for k, v in flags.items() if k not in given))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ if [ "${BENCH:-0}" = 1 ]; then
 else
   cp bench/results/train_throughput_h200.json runs/train_throughput.json
 fi
-python3 bench/gpu/plan_session.py runs/train_throughput.json $budget --resume runs/embedded > runs/plan_flags.txt
+python3 bench/gpu/plan_session.py runs/train_throughput.json $budget --resume runs/embedded --given="$*" > runs/plan_flags.txt
 wait
 grep -q '"state"' runs/embedded/data/status.json || exit 1
 # the VAE and its pruned decoder first; the text encoder (MiniLM, carried in later calls) is needed from encode on
