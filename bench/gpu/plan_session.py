@@ -168,6 +168,30 @@ def gan_start(resumed: int, warmup_steps: float) -> int:
     return resumed if resumed >= GAN_CONVERGED else resumed + int(warmup_steps)
 
 
+def given_flags(text: str) -> dict[str, str]:
+    """``--name value`` / ``--name=value`` pairs of a command line (names with dashes; a bare flag: "")."""
+    out: dict[str, str] = {}
+    tokens = text.split()
+    for i, t in enumerate(tokens):
+        if t.startswith("--"):
+            name, eq, value = t[2:].partition("=")
+            if not eq:
+                value = tokens[i + 1] if i + 1 < len(tokens) and not tokens[i + 1].startswith("--") else ""
+            out[name.replace("_", "-")] = value
+    return out
+
+
+def parse_shares(text: str) -> dict[str, float]:
+    """``"vae=0.8,decoder=0.15"`` -> {stage: share}; a stage the pipeline lacks raises."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        stage, _, value = item.partition("=")
+        if stage not in SHARES:
+            raise SystemExit(f"--shares: unknown stage {stage!r} (stages: {', '.join(SHARES)})")
+        out[stage] = float(value)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bench")
@@ -176,6 +200,9 @@ def main() -> None:
     p.add_argument("--resume", type=Path, default=None)
     p.add_argument("--given", default="", help="the session command's own flags: the plan leaves those to it")
     args = p.parse_args()
+    given = given_flags(args.given)
+    if "shares" in given:  # the session's own shares replace the plan's, for its budget split and skips too
+        SHARES.update(parse_shares(given["shares"]))
     if encoder_only(args.resume):  # a slim made from an export: no full decoder to train; the pruned one
         # learns from the true frames (the decoder stage without distillation) in the time of both
         SHARES.update(vae=0.0, decoder=SHARES["vae"] + SHARES["decoder"])
@@ -224,7 +251,6 @@ def main() -> None:
     }
     # a flag of the session command (saved in pipeline.json by the data stage) wins: the plan's value of it would
     # override it on the `train all` command line (session 25 found --memory-lr so ignored)
-    given = {t[2:].split("=")[0].replace("_", "-") for t in args.given.split() if t.startswith("--")}
     print(" ".join(f"--{k} {v}" for k, v in flags.items() if k not in given))
 
 
