@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -101,22 +102,24 @@ def time_stage(stage, device: torch.device, warmup: int, steps: int) -> tuple[fl
     return steps / (time.perf_counter() - t0), warm
 
 
-def vae_row(cfg, device, batch: int, decoder: bool, gan: bool, warmup: int, steps: int) -> dict:
+def vae_row(cfg, device, batch: int, decoder: bool, gan: bool, warmup: int, steps: int, compile: bool = False) -> dict:
     store = synthetic_store(8, 300, (cfg.stream.height, cfg.stream.width))
-    opts = VAEOptions(batch_size=batch, gan_start=0 if gan else -1)
+    opts = VAEOptions(batch_size=batch, gan_start=0 if gan else -1, compile=compile)
     full = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0)).to(device)
     clips = ClipFrames(store, opts.clip_frames, device)
     if decoder:
         stage = DecoderStage(full, WanVAE(identity_stats(cfg.vae)).to(device), clips, None, opts)
     else:
         stage = VAEStage(full, clips, None, opts)
-    flops = count_flops(stage)
+    flops = (
+        count_flops(stage) if not compile else count_flops(VAEStage(full, clips, None, replace(opts, compile=False)))
+    )
     rate, warm = time_stage(stage, device, warmup, steps)
     name = "decoder" if decoder else "vae"
     return {
         "stage": name,
         "batch": batch,
-        "compile": False,
+        "compile": compile,
         "gan": gan,
         "unit": "clip of 17 frames",
         "steps_per_s": rate,
@@ -160,6 +163,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny config and batches (CPU smoke run)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--json", default="bench_train_throughput.json")
+    p.add_argument("--stages", default="vae,decoder,flow", help="rows to run: any of vae, decoder, flow")
     a = p.parse_args()
     device = torch.device(a.device)
     if device.type == "cuda":
@@ -182,15 +186,24 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    add(vae_row, cfg, device, b(32), False, False, warmup, steps)
-    add(vae_row, cfg, device, b(32), False, True, warmup, steps)
-    add(vae_row, cfg, device, b(32), True, True, warmup, steps)
-    for batch in (32, 128, 256):
-        add(flow_row, cfg, device, store, b(batch), False, False, warmup, steps)
-    add(flow_row, cfg, device, store, b(128), True, False, warmup, steps)
-    if not a.no_compile:
-        add(flow_row, cfg, device, store, b(128), False, True, warmup, steps)
-        add(flow_row, cfg, device, store, b(128), True, True, warmup, steps)
+    stages = set(a.stages.split(","))
+    if stages - {"vae", "decoder", "flow"}:
+        p.error(f"--stages: among vae, decoder, flow, got {a.stages}")
+    if "vae" in stages:
+        add(vae_row, cfg, device, b(32), False, False, warmup, steps)
+        add(vae_row, cfg, device, b(32), False, True, warmup, steps)
+        if not a.no_compile:  # the first compiled step compiles (warmup_s)
+            add(vae_row, cfg, device, b(32), False, False, warmup, steps, True)
+            add(vae_row, cfg, device, b(32), False, True, warmup, steps, True)
+    if "decoder" in stages:
+        add(vae_row, cfg, device, b(32), True, True, warmup, steps)
+    if "flow" in stages:
+        for batch in (32, 128, 256):
+            add(flow_row, cfg, device, store, b(batch), False, False, warmup, steps)
+        add(flow_row, cfg, device, store, b(128), True, False, warmup, steps)
+        if not a.no_compile:
+            add(flow_row, cfg, device, store, b(128), False, True, warmup, steps)
+            add(flow_row, cfg, device, store, b(128), True, True, warmup, steps)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     out = {
         "device": name,

@@ -246,7 +246,7 @@ def test_a_resumed_decoder_stage_keeps_the_teachers_current_encoder(tmp_path):
         torch.testing.assert_close(state[k], v)
 
 
-def test_compile_option_names_flow_stages():
+def test_compile_option_names_stages():
     from world_model.train.__main__ import _parser
     from world_model.train.pipeline import PipelineOptions
 
@@ -254,8 +254,10 @@ def test_compile_option_names_flow_stages():
     assert PipelineOptions(compile="false").compile == PipelineOptions(compile="none").compile == ""
     opts = PipelineOptions(compile="base")
     assert opts.compiles("base") and not opts.compiles("memory")
-    with pytest.raises(ValueError, match="base and/or memory"):
-        PipelineOptions(compile="vae")
+    assert PipelineOptions(compile="vae,memory").compiles("vae") and not opts.compiles("vae")
+    assert not PipelineOptions(compile="").compiles("")  # a stage without a name (sharpen's options) never compiles
+    with pytest.raises(ValueError, match="stages among vae, base, memory"):
+        PipelineOptions(compile="vae,decoder")
     args = _parser().parse_args(["base", "--run", "r", "--compile", "memory"])
     assert args.opt_compile == "memory"
 
@@ -475,3 +477,34 @@ def test_dmd_learning_rates_reach_the_stage_from_the_command_line():
     d = _dmd_opts(dataclasses.replace(PipelineOptions(), **changes))
     assert (d.lr_student, d.lr_critic, d.batch_size, d.rollout_reuse) == (1e-5, 3e-5, 4, 5)
     assert _dmd_opts(PipelineOptions()).lr_student == 2e-6  # the default unchanged
+
+
+@pytest.mark.slow
+def test_a_compiled_vae_stage_takes_the_eager_step():
+    """VAEOptions.compile: the training step's encode and decode compiled give the eager step's losses and weights
+    (evaluation stays eager); the decoder stage refuses it."""
+    from world_model.train.autoencoder import DecoderStage, identity_stats
+    from world_model.vae import WanVAE
+
+    torch._dynamo.reset()
+    cfg = tiny(32, 32)
+    store = synthetic_store(2, 20, (32, 32))
+
+    def stage(compile):
+        opts = VAEOptions(batch_size=2, clip_frames=5, compile=compile, gan_start=0)
+        torch.manual_seed(0)
+        full = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0))
+        return VAEStage(full, ClipFrames(store, 5, "cpu"), ClipFrames(store, 5, "cpu"), opts)
+
+    eager, compiled = stage(False), stage(True)
+    assert "_encode" in vars(compiled) and "_encode" not in vars(eager)
+    # the adversary on from step 0: its adaptive weight differentiates the compiled decode twice before the backward
+    a, b = eager.train_step(0), compiled.train_step(0)
+    assert "gan_lambda" in a
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    for (k, w), w2 in zip(eager.vae.state_dict().items(), compiled.vae.state_dict().values()):
+        torch.testing.assert_close(w2, w, rtol=1e-3, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    assert compiled.evaluate().keys() == eager.evaluate().keys()
+    with pytest.raises(ValueError, match="decoder stage runs eager"):
+        DecoderStage(eager.vae, WanVAE(identity_stats(cfg.vae)), eager.train, None, VAEOptions(compile=True))

@@ -57,6 +57,9 @@ def _tiny32() -> WorldModelConfig:
 PRESETS = {"embedded": embedded, "tiny": tiny, "tiny32": _tiny32}
 
 
+COMPILABLE = ("vae", "base", "memory")  # the decoder stage runs eager (autoencoder.DecoderStage)
+
+
 @dataclass
 class PipelineOptions:
     """Everything a run needs; saved as ``<run>/pipeline.json`` on the first call."""
@@ -115,7 +118,8 @@ class PipelineOptions:
     sharpen_snapshot_every: int = 500  # its decoder written every that many steps (sharpen/snapshots; 0: none)
     sharpen_pool: int = 64  # generated chunks held at once (SharpenOptions.pool_size)
     sharpen_refresh: int = 25  # steps between refreshes of the pool (SharpenOptions.refresh_every)
-    # flow stages whose DiT blocks are torch.compiled: "" (or "none"), "base", "memory" or "base,memory"
+    # stages that torch.compile their network, comma-separated: the flow stages' DiT blocks ("base", "memory"), the
+    # VAE stage's training encode and decode ("vae"); "" or "none": none ("true": base,memory)
     # (true/false: both/none). Per-block compilation took ~95 s cold on an H200 (2026-12-01) for a 2.2-2.4x faster
     # step, so it pays in a stage of more than ~3 minutes only
     compile: str = ""
@@ -190,14 +194,14 @@ class PipelineOptions:
         if isinstance(value, bool) or str(value).lower() in ("true", "false", "none"):
             value = "base,memory" if str(value).lower() == "true" else ""
         stages = [s.strip() for s in str(value).split(",") if s.strip()]
-        bad = [s for s in stages if s not in ("base", "memory")]
+        bad = [s for s in stages if s not in COMPILABLE]
         if bad:
-            raise ValueError(f"compile: the flow stages base and/or memory (comma-separated), got {bad}")
+            raise ValueError(f"compile: stages among {', '.join(COMPILABLE)} (comma-separated), got {bad}")
         self.compile = ",".join(stages)
 
     def compiles(self, stage: str) -> bool:
-        """Whether ``stage``'s DiT blocks are compiled."""
-        return stage in self.compile.split(",")
+        """Whether ``stage``'s network is compiled."""
+        return bool(stage) and stage in self.compile.split(",")
 
     @classmethod
     def load(cls, run: Path) -> PipelineOptions:
@@ -398,10 +402,11 @@ def _clip_frames(run: Path, split: str, clip_frames: int, dev, seed: int = 0):
     return clips
 
 
-def _vae_opts(opts: PipelineOptions, gan_start: int = -1):
+def _vae_opts(opts: PipelineOptions, gan_start: int = -1, stage: str = ""):
     from world_model.train.autoencoder import VAEOptions
 
     return VAEOptions(
+        compile=opts.compiles(stage),
         batch_size=opts.vae_batch,
         lr=opts.vae_lr,
         ssim_weight=opts.vae_ssim,
@@ -477,7 +482,7 @@ def _stage_vae(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
 
     _need(run, "data", for_stage="vae")
     cfg, dev = run_config(run, opts), _device()
-    vopts = _vae_opts(opts, opts.vae_gan_start)
+    vopts = _vae_opts(opts, opts.vae_gan_start, "vae")
     frames = run / "data" / "frames"
     feed = None
     if frames.exists():  # raw shards, maybe still being recorded: start on those there, take the rest later
@@ -512,7 +517,7 @@ def _stage_decoder(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     _need(run, "vae", for_stage="decoder")
     cfg, dev = run_config(run, opts), _device()
     cfg = cfg.replace(vae=identity_stats(cfg.vae))
-    vopts = _vae_opts(opts, opts.decoder_gan_start)
+    vopts = _vae_opts(opts, opts.decoder_gan_start, "decoder")
     if vae_is_encoder_only(run):
         # a slim made from an export (slim --from-export): no full decoder to distil from, so the pruned
         # decoder learns from the true frames through the carried encoder
