@@ -508,3 +508,23 @@ def test_a_compiled_vae_stage_takes_the_eager_step():
     assert compiled.evaluate().keys() == eager.evaluate().keys()
     with pytest.raises(ValueError, match="decoder stage runs eager"):
         DecoderStage(eager.vae, WanVAE(identity_stats(cfg.vae)), eager.train, None, VAEOptions(compile=True))
+
+
+def test_vae_encoder_dim_widens_the_trained_encoder_only(tmp_path):
+    """PipelineOptions.vae_encoder_dim: the VAE stage trains an encoder of that width, the decoder as the preset's."""
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.pipeline import PipelineOptions, preset_config, run_stage
+
+    opts = PipelineOptions.smoke()
+    wide = dataclasses.replace(opts, vae_encoder_dim=2 * preset_config(opts).vae.encoder_dim)
+    assert (
+        preset_config(wide).vae.encoder_dim == 16
+        and preset_config(wide).vae.decoder_dim == preset_config(opts).vae.decoder_dim
+    )
+    run = tmp_path / "run"
+    run_stage(run, "data", wide)
+    run_stage(run, "vae", dataclasses.replace(wide, vae_steps=1))
+    weights = load_latest(run / "vae")["stage"]["vae"]
+    assert weights["encoder.conv1.weight"].shape[0] == 16
+    with pytest.raises(ValueError, match="vae_encoder_dim"):
+        dataclasses.replace(opts, vae_encoder_dim=-1)

@@ -68,6 +68,10 @@ class PipelineOptions:
     # the DiT's blocks when not the preset's (0: the preset's): a model grown by world_model.train.grow (blocks
     # appended, each the identity at first) trains on with its carried weights
     dit_layers: int = 0
+    # the VAE encoder's base width when not the preset's (0: the preset's, 32). The encoder runs once per reset on
+    # the env's side (the decoder every frame), so its width costs training time and reset time, not frames/s; a
+    # change makes new latents: the VAE trains from scratch and the DiT with it
+    vae_encoder_dim: int = 0
     fake_data: bool = False  # synthetic frames instead of the ViZDoom engine (tests)
     engine_frames: bool = True  # raw uint8 shards recorded beside training (False: H.264 dataset, decoded once)
     frames: int = 400_000  # frames to generate (train frames when engine_frames)
@@ -188,6 +192,8 @@ class PipelineOptions:
             raise ValueError(f"p_continue must be in [0, 1], got {self.p_continue}")
         if not 0 <= self.segment_stride <= self.segment_latents:
             raise ValueError(f"segment_stride must be in [0, segment_latents] (0: disjoint), got {self.segment_stride}")
+        if self.vae_encoder_dim < 0:
+            raise ValueError(f"vae_encoder_dim must be >= 1 (0: the preset's), got {self.vae_encoder_dim}")
         if self.dit_layers < 0:
             raise ValueError(f"dit_layers must be >= 1 (0: the preset's), got {self.dit_layers}")
         value = self.compile
@@ -214,11 +220,19 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def run_config(run: Path, opts: PipelineOptions) -> WorldModelConfig:
-    """The preset with the measured latent statistics (once the ``encode`` stage has run)."""
+def preset_config(opts: PipelineOptions) -> WorldModelConfig:
+    """The preset with the run's own shape options (``dit_layers``, ``vae_encoder_dim``)."""
     cfg = PRESETS[opts.config]()
     if opts.dit_layers:
         cfg = cfg.replace(dit=cfg.dit.replace(num_layers=opts.dit_layers))
+    if opts.vae_encoder_dim:
+        cfg = cfg.replace(vae=cfg.vae.replace(encoder_dim=opts.vae_encoder_dim))
+    return cfg
+
+
+def run_config(run: Path, opts: PipelineOptions) -> WorldModelConfig:
+    """:func:`preset_config` with the measured latent statistics (once the ``encode`` stage has run)."""
+    cfg = preset_config(opts)
     stats = run / "latents" / "stats.json"
     if stats.exists():
         s = json.loads(stats.read_text())
@@ -542,7 +556,7 @@ def _stage_encode(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     from world_model.train.encode import encode_store, latent_statistics
 
     _need(run, "vae", for_stage="encode")
-    base_cfg, dev = PRESETS[opts.config](), _device()
+    base_cfg, dev = preset_config(opts), _device()
     status = StatusFile(run / "latents", "encode")
     status.update(state="running")
     train, held = _frames(run, "train"), _frames(run, "held_out")
