@@ -355,7 +355,9 @@ def _compiled(fn):
     the adaptive GAN weight takes two gradients of the decoded clip with retain_graph before the step's backward
     (``_Base._weighted``); a context around each call was not enough once a graph compiled without the adversary
     was reused with it (bench/train_throughput.py's rows)."""
-    torch._functorch.config.donated_buffer = False
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     return torch.compile(fn)
 
 
