@@ -133,6 +133,10 @@ ACTION_DROPOUT = 0.1
 # at a constant learning rate, the loss flat at ~0.48: the memory stage (whose EMA is exported) now ends
 # on a decayed learning rate, linear to 5 % over its last MEMORY_COOLDOWN of time (warmup-stable-decay)
 MEMORY_COOLDOWN = 0.3
+# Session 25 lost its first machine at the memory stage's step ~800, before the first checkpoint (the default 1,000):
+# every poll packs the newest checkpoint, so checkpoints twice as often halve what a lost machine takes with it
+# (a DiT stage's save is a few seconds every ~2 minutes)
+CHECKPOINT_EVERY = 500
 # stages that a share of 0 skips (the data stage's 0 only means it takes no time of its own)
 SKIPPABLE = ("base", "memory", "dmd", "sharpen")
 # cold per-block compilation of a flow stage's DiT, measured on the H200 (2026-12-01: base 92 s, memory 96 s)
@@ -248,6 +252,7 @@ def main() -> None:
         "dmd-rollout-reuse": DMD_ROLLOUT_REUSE,
         "dmd-regression": DMD_REGRESSION,
         "sharpen-gen-batch": SHARPEN_GEN_BATCH,
+        "checkpoint-every": CHECKPOINT_EVERY,
     }
     # a flag of the session command (saved in pipeline.json by the data stage) wins: the plan's value of it would
     # override it on the `train all` command line (session 25 found --memory-lr so ignored)
