@@ -57,7 +57,7 @@ def _tiny32() -> WorldModelConfig:
 PRESETS = {"embedded": embedded, "tiny": tiny, "tiny32": _tiny32}
 
 
-COMPILABLE = ("vae", "base", "memory")  # the decoder stage runs eager (autoencoder.DecoderStage)
+COMPILABLE = ("vae", "decoder", "base", "memory")
 
 
 @dataclass
@@ -123,7 +123,7 @@ class PipelineOptions:
     sharpen_pool: int = 64  # generated chunks held at once (SharpenOptions.pool_size)
     sharpen_refresh: int = 25  # steps between refreshes of the pool (SharpenOptions.refresh_every)
     # stages that torch.compile their network, comma-separated: the flow stages' DiT blocks ("base", "memory"), the
-    # VAE stage's training encode and decode ("vae"); "" or "none": none ("true": base,memory)
+    # VAE stages' training encode and decode ("vae", "decoder"); "" or "none": none ("true": base,memory)
     # (true/false: both/none). Per-block compilation took ~95 s cold on an H200 (2026-12-01) for a 2.2-2.4x faster
     # step, so it pays in a stage of more than ~3 minutes only
     compile: str = ""
