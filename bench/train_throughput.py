@@ -102,9 +102,19 @@ def time_stage(stage, device: torch.device, warmup: int, steps: int) -> tuple[fl
     return steps / (time.perf_counter() - t0), warm
 
 
-def vae_row(cfg, device, batch: int, decoder: bool, gan: bool, warmup: int, steps: int, compile: bool = False) -> dict:
+def vae_row(
+    cfg,
+    device,
+    batch: int,
+    decoder: bool,
+    gan: bool,
+    warmup: int,
+    steps: int,
+    compile: bool = False,
+    lam_every: int = 1,
+) -> dict:
     store = synthetic_store(8, 300, (cfg.stream.height, cfg.stream.width))
-    opts = VAEOptions(batch_size=batch, gan_start=0 if gan else -1, compile=compile)
+    opts = VAEOptions(batch_size=batch, gan_start=0 if gan else -1, compile=compile, gan_lambda_every=lam_every)
     full = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0)).to(device)
     clips = ClipFrames(store, opts.clip_frames, device)
     if decoder:
@@ -121,6 +131,7 @@ def vae_row(cfg, device, batch: int, decoder: bool, gan: bool, warmup: int, step
         "batch": batch,
         "compile": compile,
         "gan": gan,
+        "gan_lambda_every": lam_every,
         "unit": "clip of 17 frames",
         "steps_per_s": rate,
         "samples_per_s": rate * batch,
@@ -164,6 +175,9 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--json", default="bench_train_throughput.json")
     p.add_argument("--stages", default="vae,decoder,flow", help="rows to run: any of vae, decoder, flow")
+    p.add_argument(
+        "--gan-lambda-every", type=int, default=0, help="also the VAE rows with the adversary at this VAEOptions value"
+    )
     a = p.parse_args()
     device = torch.device(a.device)
     if device.type == "cuda":
@@ -195,6 +209,10 @@ def main() -> None:
         if not a.no_compile:  # the first compiled step compiles (warmup_s)
             add(vae_row, cfg, device, b(32), False, False, warmup, steps, True)
             add(vae_row, cfg, device, b(32), False, True, warmup, steps, True)
+        if a.gan_lambda_every > 1:
+            add(vae_row, cfg, device, b(32), False, True, warmup, steps, False, a.gan_lambda_every)
+            if not a.no_compile:
+                add(vae_row, cfg, device, b(32), False, True, warmup, steps, True, a.gan_lambda_every)
     if "decoder" in stages:
         add(vae_row, cfg, device, b(32), True, True, warmup, steps)
     if "flow" in stages:
@@ -215,14 +233,15 @@ def main() -> None:
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"\n{name}, torch {torch.__version__}, measured bf16 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s")
-    print(f"{'stage':>8} {'batch':>5} {'compile':>7} {'gan':>4} {'steps/s':>8} {'samples/s':>10} {'TFLOP/s':>8} "
+    print(f"{'stage':>8} {'batch':>5} {'compile':>7} {'gan':>4} {'lam/N':>5} {'steps/s':>8} {'samples/s':>10} {'TFLOP/s':>8} "
           f"{'MFU meas':>8} {'MFU 989':>8} {'warm s':>7}")  # fmt: skip
     for r in rows:
         if "error" in r:
             print(f"{r['stage']:>8} {r['args']}: {r['error'][:80]}")
             continue
         print(
-            f"{r['stage']:>8} {r['batch']:>5} {r['compile']!s:>7} {r['gan']!s:>4} {r['steps_per_s']:>8.2f} "
+            f"{r['stage']:>8} {r['batch']:>5} {r['compile']!s:>7} {r['gan']!s:>4} {r.get('gan_lambda_every', '-')!s:>5} "
+            f"{r['steps_per_s']:>8.2f} "
             f"{r['samples_per_s']:>10.1f} {r['tflops']:>8.1f} {100 * r['tflops'] * 1e12 / ceiling:>7.1f}% "
             f"{100 * r['tflops'] * 1e12 / DATASHEET_BF16:>7.1f}% {r['warmup_s']:>7.1f}"
         )

@@ -287,6 +287,34 @@ def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_last_layer():
     assert last.grad is not None and torch.isfinite(last.grad).all()
 
 
+def test_the_adaptive_gan_weight_is_measured_every_gan_lambda_every_steps():
+    """gan_lambda_every=N: the ratio is measured at gan_start, gan_start + N, ... and reused in between."""
+    from world_model.train.autoencoder import _Base, _last_weight, identity_stats
+    from world_model.vae import WanVAE
+
+    torch.manual_seed(0)
+    vae = WanVAE(identity_stats(tiny(32, 32).vae).replace(pruning_rate=0.0))
+    last = _last_weight(vae)
+    opts = VAEOptions(gan_start=10, gan_weight=0.3, gan_lambda_every=3, disc_width=16)
+    base = _Base(list(vae.parameters()), opts, torch.device("cpu"), last)
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    lams = []
+    for step in range(10, 17):
+        out = vae.decode(vae.encode(x), first_chunk=True, clamp=False)[0]
+        scale = 1.0 + step  # a different adversarial term each step: a measured ratio changes with it
+        terms = {"ssim": ssim(out[:, :, 0], x[:, :, 0]), "gan_g": scale * out.pow(2).mean()}
+        base._weighted(terms, F.l1_loss(out, x), step)
+        lams.append(float(terms["gan_lambda"]))
+    assert lams[0] == lams[1] == lams[2] != lams[3] == lams[4] == lams[5] != lams[6]
+    with pytest.raises(ValueError, match="gan_lambda_every"):
+        VAEOptions(gan_lambda_every=0)
+    from world_model.train.pipeline import PipelineOptions, _vae_opts
+
+    assert (
+        _vae_opts(PipelineOptions(gan_lambda_every=4)).gan_lambda_every == 4
+    )  # the pipeline's flag reaches the stages
+
+
 def test_gan_ramp_phases_the_adversarial_term_in_from_its_start():
     """gan_ramp=R: the decoder's adversarial term is 1/R of its weight at gan_start, all of it from
     gan_start + R - 1 on; the reconstruction terms are untouched (a resumed stage's discriminator

@@ -94,6 +94,7 @@ class PipelineOptions:
     vae_train_encoder: bool = True
     decoder_gan_start: int = -1  # the same for the decoder stage
     gan_weight: float = 0.05
+    gan_lambda_every: int = 1  # steps between measurements of the adaptive GAN weight (VAEOptions.gan_lambda_every)
     gan_ramp: int = 0  # steps over which the decoders' adversarial term ramps in from its start
     gan_translate: int = 0  # the discriminators' random shift of their inputs, pixels (VAEOptions.disc_translate)
     decoder_steps: int = 8_000
@@ -426,6 +427,7 @@ def _vae_opts(opts: PipelineOptions, gan_start: int = -1, stage: str = ""):
         ssim_weight=opts.vae_ssim,
         gan_start=gan_start,
         gan_weight=opts.gan_weight,
+        gan_lambda_every=opts.gan_lambda_every,
         gan_ramp=opts.gan_ramp,
         disc_translate=opts.gan_translate,
         seed=opts.seed,
