@@ -171,8 +171,8 @@ def flow_row(cfg, device, store, batch: int, memory: bool, compile: bool, warmup
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per row")
-    p.add_argument("--warmup", type=int, default=6)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 20; --quick: 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 6; --quick: 1)")
     p.add_argument("--quick", action="store_true", help="tiny config and batches (CPU smoke run)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--json", default="bench_train_throughput.json")
@@ -187,7 +187,8 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     cfg = tiny(32, 32) if a.quick else embedded()
     b = (lambda n: 2) if a.quick else (lambda n: n)  # noqa: E731
-    steps, warmup = (2, 1) if a.quick else (a.steps, a.warmup)
+    steps = a.steps if a.steps is not None else 2 if a.quick else 20  # --quick no longer overrides a given --steps
+    warmup = a.warmup if a.warmup is not None else 1 if a.quick else 6
     seg_latents = 25 if a.quick else 65
     store = latent_store(cfg, 16 if a.quick else 400, seg_latents, device)
     ceiling = matmul_ceiling(device)
