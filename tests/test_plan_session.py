@@ -46,3 +46,13 @@ def test_the_session_commands_shares_split_the_budget_and_skip_stages():
 def test_unknown_stages_in_the_given_shares_are_refused():
     out = _run("--given=--shares vea=0.5")
     assert out.returncode != 0 and "unknown stage 'vea'" in out.stderr
+
+
+def test_a_carried_vae_with_no_share_is_skipped_in_the_first_call():
+    # session 27: the VAE of session 26 is carried (and so reopened) but must not train: its encoder makes the latents
+    given = "--given=--shares vae=0.0,decoder=0.12,encode=0.05,base=0.8,memory=0.0,export=0.02"
+    skips = _part("skips", given).split(",")
+    assert "vae" in skips and "decoder" not in skips and "base" not in skips and "memory" in skips
+    assert float(_part("first", given)) == pytest.approx(20 * 0.12 / 0.99, abs=0.01)
+    # the plan's own shares give the decoders no time: skipped too
+    assert {"vae", "decoder"} <= set(_part("skips").split(","))

