@@ -996,6 +996,37 @@ def test_export_decoder_takes_the_mean_of_snapshots_blended_from_the_folders_own
     assert not (tmp_path / "bad").exists()
 
 
+
+def test_export_vae_puts_the_vae_stages_full_autoencoder_in_a_copy(smoke_run, tmp_path):
+    """`export vae --vae RUN/vae`: a copy of the folder with the vae stage's encoder and full decoder (pruning 0 in
+    its config), which loads and decodes, the DiT and the latent statistics as they were; an encoder-only slim or
+    a folder without a checkpoint is refused and leaves nothing behind."""
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.export import main as export_main
+    from world_model.train.export import read_exported, with_vae
+
+    run, _ = smoke_run
+    export_main(["vae", "--model", str(run / "export"), "--vae", str(run / "vae"), "--out", str(tmp_path / "m")])
+    cfg0, dit0, vae0 = read_exported(run / "export")
+    cfg, dit, vae = read_exported(tmp_path / "m")
+    assert cfg0.vae.pruning_rate > 0 and cfg.vae.pruning_rate == 0.0
+    assert cfg.vae.latent_mean == cfg0.vae.latent_mean and cfg.vae.latent_std == cfg0.vae.latent_std
+    assert all(torch.equal(a, b) for a, b in zip(dit0.state_dict().values(), dit.state_dict().values(), strict=True))
+    trained = load_latest(run / "vae")["stage"]["vae"]
+    own = vae.state_dict()
+    for name, _ in vae.named_parameters():
+        torch.testing.assert_close(own[name], trained[name].to(torch.bfloat16).float(), atol=0, rtol=0)
+    assert sum(v.numel() for v in own.values()) > sum(v.numel() for v in vae0.state_dict().values())
+    frames = torch.rand(1, 3, 5, cfg.stream.height, cfg.stream.width) * 2 - 1
+    with torch.no_grad():
+        assert vae.decode(vae.encode(frames))[0].shape == frames.shape
+    assert "full decoder" in (tmp_path / "m" / "README.md").read_text()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        with_vae(run / "export", tmp_path / "nothing", tmp_path / "bad")
+    with pytest.raises(ValueError, match="no full VAE"):
+        with_vae(run / "export", run / "decoder", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
 @pytest.mark.slow
 def test_eval_snapshots_ranks_each_snapshot_on_the_test_levels(smoke_run, tmp_path):
     """bench/gpu/eval_snapshots.py: every snapshot into the exported model, reset and sharpness on the test

@@ -224,6 +224,45 @@ def with_decoder(
     return out
 
 
+def with_vae(model: str | Path, vae_stage: str | Path, out: str | Path) -> Path:
+    """A copy of the exported folder ``model`` whose VAE is the ``vae`` stage's own (``vae_stage``: a run's
+    ``vae`` folder): its encoder and its full decoder (``pruning_rate`` 0 in the copy's config), in the folder's
+    dtype, the folder's latent statistics kept. What the VAE alone gives, measured where the shipped one is (the
+    reset frame of `mg3 eval --parts reset`: the round trip of the input image), before any pruned decoder is
+    distilled from it (session 26: the full decoder 29.76 dB, the pruned one distilled for 1,792 steps 0.9 dB
+    below). Every parameter must come from the stage's checkpoint (another width raises); ``out`` is written
+    beside itself and moved into place. Returns ``out``."""
+    from safetensors.torch import load_file, save_file
+
+    from world_model.train.autoencoder import load_weights
+    from world_model.train.checkpoints import load_latest
+    from world_model.vae import WanVAE
+
+    model, out = Path(model), Path(out)
+    state = load_latest(vae_stage)
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(vae_stage) / 'checkpoints'}")
+    weights = state.get("stage", {}).get("vae")
+    if weights is None:
+        raise ValueError(f"{vae_stage}'s checkpoint holds no full VAE (an encoder-only slim, or another stage's)")
+    cfg = WorldModelConfig.load(model / "config.json")
+    cfg = cfg.replace(vae=cfg.vae.replace(pruning_rate=0.0))
+    vae = WanVAE(cfg.vae)
+    left = load_weights(vae, weights)
+    if left:
+        raise ValueError(f"{vae_stage}'s VAE does not fit {model}'s config for {left[:5]}: another width")
+    dtype = next(iter(load_file(str(model / "vae.safetensors")).values())).dtype
+    with _staged(out) as staging:
+        shutil.copytree(model, staging)
+        cfg.save(staging / "config.json")
+        vae_state = {k: v.detach().to(dtype).contiguous() for k, v in vae.state_dict().items()}
+        save_file(vae_state, str(staging / "vae.safetensors"), metadata={"format": "pt"})
+        with open(staging / "README.md", "a") as f:
+            step = state.get("step", "?")
+            f.write(f"\nVAE: `{vae_stage}` at step {step}, its full decoder (pruning 0), in place of this folder's.\n")
+    return out
+
+
 def as_int8(model: str | Path, out: str | Path) -> Path:
     """A copy of the exported folder ``model`` (one DiT) with its DiT's weights stored as int8 with a scale per row
     (half of bf16's bytes: what a model past the package's 40 MB in bf16, a grown one, ships as); the VAE, config and
@@ -266,12 +305,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     d.add_argument("--blend", type=float, default=1.0, help="how far from the folder's own decoder towards it, (0, 1]")
     d.add_argument("--out", required=True)
+    v = sub.add_parser("vae", help="an exported folder with a run's full VAE, encoder and full decoder (with_vae)")
+    v.add_argument("--model", required=True, help="exported folder")
+    v.add_argument("--vae", required=True, help="a run's vae stage folder (runs/<run>/vae)")
+    v.add_argument("--out", required=True)
     i8 = sub.add_parser("int8", help="an exported folder with its DiT's weights as int8 (as_int8)")
     i8.add_argument("--model", required=True)
     i8.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.command == "int8":
         out = as_int8(args.model, args.out)
+    elif args.command == "vae":
+        out = with_vae(args.model, args.vae, args.out)
     elif args.command == "decoder":
         out = with_decoder(args.model, args.decoder, args.out, blend=args.blend)
     else:
