@@ -996,7 +996,6 @@ def test_export_decoder_takes_the_mean_of_snapshots_blended_from_the_folders_own
     assert not (tmp_path / "bad").exists()
 
 
-
 def test_export_vae_puts_the_vae_stages_full_autoencoder_in_a_copy(smoke_run, tmp_path):
     """`export vae --vae RUN/vae`: a copy of the folder with the vae stage's encoder and full decoder (pruning 0 in
     its config), which loads and decodes, the DiT and the latent statistics as they were; an encoder-only slim or
@@ -1026,6 +1025,7 @@ def test_export_vae_puts_the_vae_stages_full_autoencoder_in_a_copy(smoke_run, tm
     with pytest.raises(ValueError, match="no full VAE"):
         with_vae(run / "export", run / "decoder", tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
 
 @pytest.mark.slow
 def test_eval_snapshots_ranks_each_snapshot_on_the_test_levels(smoke_run, tmp_path):
