@@ -244,8 +244,20 @@ def test_a_slimmed_dit_continues_as_the_next_sessions_base(smoke_run, tmp_path):
     from world_model.train.status import reopen
 
     run, _ = smoke_run
-    slim_run(run, tmp_path / "slim", ["vae", "decoder", "memory"], rename={"memory": "base"}, dit_dtype=torch.bfloat16)
+    slim_run(
+        run,
+        tmp_path / "slim",
+        ["vae", "decoder", "memory"],
+        rename={"memory": "base"},
+        dit_dtype=torch.bfloat16,
+        vae_dtype=torch.bfloat16,
+    )
     carried = load_latest(tmp_path / "slim" / "base")["stage"]["ema"]["model"]
+    for stage, key in (("vae", "vae"), ("decoder", "student")):  # the autoencoder's weights halved too
+        slimmed = load_latest(tmp_path / "slim" / stage)["stage"][key]
+        trained = load_latest(run / stage)["stage"][key]
+        assert {v.dtype for v in slimmed.values() if v.is_floating_point()} == {torch.bfloat16}
+        assert all(torch.equal(v, trained[k].to(v.dtype)) for k, v in slimmed.items())
     step = json.loads((tmp_path / "slim" / "base" / "status.json").read_text())["step"]
     opts = PipelineOptions.smoke()
     for stage in ("data", "vae", "decoder", "encode"):  # what the next session redoes before the DiT

@@ -73,7 +73,8 @@ python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(p
   --no-progress \$(cat runs/plan_flags.txt) \
   || python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder,encode,base,memory,dmd --no-progress  # a failed stage: export what there is
 # the sharpened decoder (when the sharpen stage ran) is carried as the decoder stage
-python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages 'vae,sharpen|decoder,memory|base' --as memory=base,sharpen=decoder --dit-dtype bfloat16
+python3 -m world_model.train.slim --run runs/embedded --out runs/slim --stages 'vae,sharpen|decoder,memory|base' --as memory=base,sharpen=decoder --dit-dtype bfloat16 \
+  --vae-dtype bfloat16
 if [ -d runs/embedded/dmd ] || [ -d runs/embedded/student ]; then
   python3 -m world_model.train.slim --run runs/embedded --out runs/slim_student --stages 'dmd|student' --as dmd=student --dit-dtype bfloat16 \
     || echo "no DMD student to carry"

@@ -13,7 +13,7 @@ stage did not run still hands on its base model). ``--stages 'dmd|student' --as 
 the DMD student (or the one carried in, when DMD did not run) to the next session's DMD stage.
 
     python -m world_model.train.slim --run runs/embedded --out runs/slim --stages vae,decoder,"memory|base" \\
-        --as memory=base --dit-dtype bfloat16
+        --as memory=base --dit-dtype bfloat16 --vae-dtype bfloat16
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ KEEP: dict[str, tuple[str, ...]] = {
     "student": ("stage", "ema", "model"),
 }
 _DIT_STAGES = ("base", "memory", "dmd", "student")
+# the autoencoder's stages: ``vae_dtype`` bfloat16 halves them (session 27's slim: a 14 MB fp32 VAE with its full
+# decoder, a 6.5 MB pruned decoder and a 43 MB bf16 DiT left no room for the repository in a 64 MiB carry)
+_VAE_STAGES = ("vae", "decoder", "sharpen")
 
 
 def _nest(path: tuple[str, ...], value):
@@ -60,9 +63,11 @@ def slim_run(
     *,
     rename: dict[str, str] | None = None,
     dit_dtype: torch.dtype | None = None,
+    vae_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``stages`` of ``run`` (weights only) into ``out``; returns ``out``. An entry ``a|b`` is the
-    first of its stages with a checkpoint. Every entry is checked before anything is written."""
+    first of its stages with a checkpoint. Every entry is checked before anything is written. ``dit_dtype`` /
+    ``vae_dtype``: the floating-point weights of the DiT / autoencoder stages in that dtype (None: as trained)."""
     run, out = Path(run), Path(out)
     rename = rename or {}
     chosen = []
@@ -79,8 +84,9 @@ def slim_run(
         sub = state
         for key in KEEP[stage]:
             sub = sub[key]
-        if dit_dtype is not None and stage in _DIT_STAGES:
-            sub = {k: v.to(dit_dtype) if v.is_floating_point() else v for k, v in sub.items()}
+        dtype = dit_dtype if stage in _DIT_STAGES else vae_dtype if stage in _VAE_STAGES else None
+        if dtype is not None:
+            sub = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sub.items()}
         target = rename.get(stage, stage)
         dest = out / target
         shutil.rmtree(dest, ignore_errors=True)
@@ -153,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--as", dest="rename", default="", help="e.g. memory=base")
     p.add_argument("--dit-dtype", default=None, choices=(None, "bfloat16", "float16", "float32"))
+    p.add_argument(
+        "--vae-dtype", default=None, choices=(None, "bfloat16", "float16", "float32"), help="vae, decoder, sharpen"
+    )
     args = p.parse_args(argv)
     if (args.run is None) == (args.from_export is None):
         p.error("give exactly one of --run and --from-export")
@@ -162,8 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"out": str(out), "mib": round(sum(f.stat().st_size for f in out.rglob("*")) / 2**20, 1)}))
         return
     rename = dict(kv.split("=", 1) for kv in args.rename.split(",") if kv)
-    dtype = getattr(torch, args.dit_dtype) if args.dit_dtype else None
-    out = slim_run(args.run, args.out, [s for s in args.stages.split(",") if s], rename=rename, dit_dtype=dtype)
+    dit_dtype = getattr(torch, args.dit_dtype) if args.dit_dtype else None
+    vae_dtype = getattr(torch, args.vae_dtype) if args.vae_dtype else None
+    stages = [s for s in args.stages.split(",") if s]
+    out = slim_run(args.run, args.out, stages, rename=rename, dit_dtype=dit_dtype, vae_dtype=vae_dtype)
     print(json.dumps({"out": str(out), "mib": round(sum(f.stat().st_size for f in out.rglob("*")) / 2**20, 1)}))
 
 
