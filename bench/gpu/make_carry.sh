@@ -16,25 +16,33 @@
 #                   at git revision REV (--teacher-rev REV; default HEAD) through python -m world_model.train.slim
 #                   --from-export (its vae stage an encoder only, so the pruned decoder trains on the true
 #                   frames): the shipped models of git history are what outlives a checkout
+#                   --prev TAR: that tar as prev.tar (session 27: bench/gpu/state/vae_s26_step7917_bf16.tar, the
+#                   VAE whose encoder makes the latents of every DiT from session 27 on, kept in git: a lost
+#                   checkout would otherwise lose the latent space itself)
 #   .carry/ps       student.tar, the DMD student to go on from: --student DIR (a runs/slim_student folder) or
 #                   --student-shipped (the DiT shipped at HEAD, e.g. a shipped DMD student whose teacher
 #                   --teacher-rev names)
 # Usage, from the repository root:
-#   bash bench/gpu/make_carry.sh [--slim DIR | --export DIR | --teacher-rev REV] [--student DIR | --student-shipped]
+#   bash bench/gpu/make_carry.sh [--slim DIR | --export DIR | --teacher-rev REV | --prev TAR] [--student DIR | --student-shipped]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-slim="" from_export="" rev=HEAD student="" student_shipped=0
+slim="" from_export="" rev=HEAD student="" student_shipped=0 prev=""
 while [ $# -gt 0 ]; do
   case $1 in
     --slim) slim=$2; shift 2 ;;
     --export) from_export=$2; shift 2 ;;
     --teacher-rev) rev=$2; shift 2 ;;
+    --prev) prev=$2; shift 2 ;;
     --student) student=$2; shift 2 ;;
     --student-shipped) student_shipped=1; shift ;;
     *) echo "make_carry.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 if [ -n "$slim" ] && [ -n "$from_export" ]; then echo "make_carry.sh: --slim or --export, not both" >&2; exit 2; fi
+if [ -n "$prev" ] && { [ -n "$slim" ] || [ -n "$from_export" ]; }; then
+  echo "make_carry.sh: --prev or --slim/--export, not both" >&2; exit 2
+fi
+if [ -n "$prev" ] && ! tar -tf "$prev" > /dev/null; then echo "make_carry.sh: --prev $prev is not a tar" >&2; exit 2; fi
 dl=$(mktemp -d)
 trap 'rm -rf "$dl"' EXIT
 plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
@@ -53,7 +61,9 @@ cp "$dl"/gymnasium-*.whl "$dl"/cloudpickle-*.whl "$dl"/farama_notifications-*.wh
 cp "$dl"/gymnasium-*.whl "$dl"/cloudpickle-*.whl "$dl"/farama_notifications-*.whl "$dl"/websockets-*.whl .carry/gym/whl/
 cp "$dl"/av-*.whl .carry/av/
 cp "$dl"/fa3_fwd-*.whl .carry/fa3/
-if [ -z "$slim" ]; then
+if [ -n "$prev" ]; then
+  cp "$prev" .carry/p1/prev.tar
+elif [ -z "$slim" ]; then
   if [ -z "$from_export" ]; then
     mkdir -p "$dl/rev" && git archive "$rev" world_model/assets/embedded | tar -xf - -C "$dl/rev"
     from_export="$dl/rev/world_model/assets/embedded"
@@ -61,7 +71,7 @@ if [ -z "$slim" ]; then
   slim="$dl/slim"
   python3 -m world_model.train.slim --from-export "$from_export" --out "$slim"
 fi
-tar -cf .carry/p1/prev.tar -C "$slim" $(cd "$slim" && ls -d vae decoder base latents 2>/dev/null)
+[ -n "$prev" ] || tar -cf .carry/p1/prev.tar -C "$slim" $(cd "$slim" && ls -d vae decoder base latents 2>/dev/null)
 if [ "$student_shipped" = 1 ]; then
   student="$dl/student"
   python3 -m world_model.train.slim --from-export world_model/assets/embedded --out "$student" --dit-as student
