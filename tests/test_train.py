@@ -1058,6 +1058,39 @@ def test_eval_snapshots_ranks_each_snapshot_on_the_test_levels(smoke_run, tmp_pa
     assert (out / "step-000000002" / "eval" / "reset_frames.png").exists()
 
 
+def test_load_pruned_cuts_the_full_decoders_tensors_to_the_first_channels_of_each_group():
+    """A pruned decoder initialised from the full VAE: every parameter comes from the full one, cut to its first
+    channels in each dimension; the attention's q, k, v and the temporal upsampling's two frames cut per group; the
+    encoder copied as it is. A tensor that is smaller than the model's is left and reported."""
+    from world_model.config import tiny
+    from world_model.train.autoencoder import load_pruned
+    from world_model.vae import WanVAE
+
+    vcfg = tiny(32, 32).vae
+    torch.manual_seed(0)
+    full, pruned = WanVAE(vcfg.replace(pruning_rate=0.0)), WanVAE(vcfg.replace(pruning_rate=0.5))
+    state = full.state_dict()
+    assert load_pruned(pruned, state) == []
+    got = dict(pruned.named_parameters())
+    narrower = [k for k, v in got.items() if v.shape != state[k].shape]
+    assert narrower and all(k.startswith("decoder.") for k in narrower)
+    for k, v in got.items():
+        if v.shape == state[k].shape:
+            assert torch.equal(v, state[k]), k
+    qkv = next(k for k in narrower if k.endswith("to_qkv.weight"))
+    c_full, c = state[qkv].shape[1], got[qkv].shape[1]
+    for g in range(3):  # q, k and v each keep their first c channels (in and out)
+        assert torch.equal(got[qkv][g * c : (g + 1) * c], state[qkv][g * c_full : g * c_full + c, :c])
+    up = next(k for k in narrower if k.endswith("time_conv.weight"))
+    c_full, c = state[up].shape[1], got[up].shape[1]
+    for g in range(2):
+        assert torch.equal(got[up][g * c : (g + 1) * c], state[up][g * c_full : g * c_full + c, :c])
+    conv = next(k for k in narrower if k.endswith("residual.2.weight"))
+    assert torch.equal(got[conv], state[conv][: got[conv].shape[0], : got[conv].shape[1]])
+    small = {k: v[..., :1] if k == conv else v for k, v in state.items()}
+    assert load_pruned(WanVAE(vcfg.replace(pruning_rate=0.5)), small) == [conv]
+
+
 def test_discriminator_translation_shifts_each_frame_and_keeps_the_gradient():
     """VAEOptions.disc_translate: each judged frame moved by its own whole-pixel shift (edges replicated),
     the same shape, a gradient back to the frames; 0 leaves them as they were; a bad value is refused."""
