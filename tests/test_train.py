@@ -1089,6 +1089,21 @@ def test_load_pruned_cuts_the_full_decoders_tensors_to_the_first_channels_of_eac
     assert torch.equal(got[conv], state[conv][: got[conv].shape[0], : got[conv].shape[1]])
     small = {k: v[..., :1] if k == conv else v for k, v in state.items()}
     assert load_pruned(WanVAE(vcfg.replace(pruning_rate=0.5)), small) == [conv]
+    # the decoder stage starts its student so: its narrower decoder is the teacher's first channels before any step
+    from world_model.train.autoencoder import ClipFrames, DecoderStage, VAEOptions
+    from world_model.train.frames import FrameStore
+
+    n = 9
+    store = FrameStore(
+        frames=np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        mouse=np.zeros((n, 2), np.float32),
+        keyboard=np.zeros((n, 6), np.float32),
+        poses=np.zeros((n, 5), np.float32),
+        starts=np.array([0, n]),
+    )
+    student = WanVAE(vcfg.replace(pruning_rate=0.5))
+    DecoderStage(full, student, ClipFrames(store, 5, "cpu"), None, VAEOptions(batch_size=1, clip_frames=5))
+    assert all(torch.equal(v, got[k]) for k, v in student.named_parameters())
 
 
 def test_discriminator_translation_shifts_each_frame_and_keeps_the_gradient():
