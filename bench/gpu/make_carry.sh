@@ -16,9 +16,8 @@
 #                   at git revision REV (--teacher-rev REV; default HEAD) through python -m world_model.train.slim
 #                   --from-export (its vae stage an encoder only, so the pruned decoder trains on the true
 #                   frames): the shipped models of git history are what outlives a checkout
-#                   --prev TAR: that tar as prev.tar (session 27: bench/gpu/state/vae_s26_step7917_bf16.tar, the
-#                   VAE whose encoder makes the latents of every DiT from session 27 on, kept in git: a lost
-#                   checkout would otherwise lose the latent space itself)
+#                   --prev TAR: that tar as prev.tar, as it is (e.g. session 27's, assembled as world_model/train/
+#                   README.md says from bench/gpu/state/vae_s26_step7917_bf16.tar and the shipped DiT)
 #   .carry/ps       student.tar, the DMD student to go on from: --student DIR (a runs/slim_student folder) or
 #                   --student-shipped (the DiT shipped at HEAD, e.g. a shipped DMD student whose teacher
 #                   --teacher-rev names)

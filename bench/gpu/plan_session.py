@@ -144,8 +144,8 @@ MEMORY_COOLDOWN = 0.3
 # (a DiT stage's save is a few seconds every ~2 minutes)
 CHECKPOINT_EVERY = 500
 # stages that a share of 0 skips (the data stage's 0 only means it takes no time of its own). Session 27 carries a
-# trained VAE whose encoder stays as it is (the DiT trains from scratch on its latents): its share of 0 must skip it
-# in the first call too, where every carried stage is reopened (session.sh appends these to both calls' --skip)
+# trained VAE whose encoder stays as it is (the DiT learns its latents): its share of 0 must skip it in the first
+# call too, where every carried stage is reopened (session.sh appends these to both calls' --skip)
 SKIPPABLE = ("vae", "decoder", "base", "memory", "dmd", "sharpen")
 # cold per-block compilation of a flow stage's DiT, measured on the H200 (2026-12-01: base 92 s, memory 96 s)
 COMPILE_S = 100.0

