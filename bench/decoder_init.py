@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from world_model.data.levels import levels_in_split
     from world_model.train.autoencoder import identity_stats, load_weights
     from world_model.train.checkpoints import load_latest
-    from world_model.train.engine_frames import _record
+    from world_model.train.engine_frames import record_episode_store
     from world_model.train.pipeline import PipelineOptions, preset_config
     from world_model.vae import WanVAE
 
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     train_levels = [lv.name for lv in levels_in_split("train")]
     held_levels = [lv.name for lv in levels_in_split("validation")]
     train_eps = [
-        _record((train_levels[i * 9 % len(train_levels)], 300 + i, 300, 128, 128)) for i in range(args.episodes)
+        record_episode_store((train_levels[i * 9 % len(train_levels)], 300 + i, 300, 128, 128))
+        for i in range(args.episodes)
     ]
-    held_eps = [_record((held_levels[i % len(held_levels)], 900 + i, 300, 128, 128)) for i in range(2)]
+    held_eps = [record_episode_store((held_levels[i % len(held_levels)], 900 + i, 300, 128, 128)) for i in range(2)]
     curves = {arm: run(arm, teacher, vcfg, train_eps, held_eps, args) for arm in args.arms.split(",")}
     print(f"{'step':>6} " + " ".join(f"{arm + ' PSNR':>12}" for arm in curves))
     for i, row in enumerate(next(iter(curves.values()))):

@@ -131,16 +131,7 @@ def psnr(a: Tensor, b: Tensor) -> Tensor:
 def load_weights(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
     """Copy every parameter of ``state`` whose name and shape match ``model`` (buffers such as the
     latent statistics come from the config, not the state). Returns the parameters left as they were."""
-    own = dict(model.named_parameters())
-    left = []
-    with torch.no_grad():
-        for name, p in own.items():
-            src = state.get(name)
-            if src is not None and src.shape == p.shape:
-                p.copy_(src)
-            else:
-                left.append(name)
-    return left
+    return _load(model, state, lambda name, src, shape: src if src.shape == shape else None)
 
 
 # output channels of these tensors come in groups, outermost first: q, k, v of the attention's 1x1 convolution; the
@@ -153,21 +144,33 @@ def load_pruned(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
     ``state`` larger than the model's along some dimensions is cut to its first channels there (each group of a
     grouped output, ``_GROUPED_OUT``, cut alike), so that channel i of every residual stream is the full model's
     channel i. Returns the parameters left as they were (no tensor of that name, another rank, or smaller)."""
-    own = dict(model.named_parameters())
+    return _load(model, state, _first_channels)
+
+
+def _first_channels(name: str, src: Tensor, shape: torch.Size) -> Tensor | None:
+    """``src`` cut to ``shape`` by its first channels along every dimension, or None where it cannot be."""
+    if src.dim() != len(shape) or any(a < b for a, b in zip(src.shape, shape, strict=True)):
+        return None
+    groups = next((g for key, g in _GROUPED_OUT.items() if key in name), 1)
+    if src.shape[0] != shape[0]:
+        if src.shape[0] % groups or shape[0] % groups:
+            return None
+        src = src.unflatten(0, (groups, -1))[:, : shape[0] // groups].flatten(0, 1)
+    return src[tuple(slice(0, n) for n in shape)]
+
+
+def _load(model: nn.Module, state: dict[str, Tensor], fit) -> list[str]:
+    """Copy ``fit(name, state[name], shape)`` into each parameter of ``model`` where it gives a tensor; returns the
+    names of the parameters left as they were."""
     left = []
     with torch.no_grad():
-        for name, p in own.items():
+        for name, p in model.named_parameters():
             src = state.get(name)
-            if src is None or src.dim() != p.dim() or any(a < b for a, b in zip(src.shape, p.shape, strict=True)):
+            src = None if src is None else fit(name, src, p.shape)
+            if src is None:
                 left.append(name)
-                continue
-            groups = next((g for key, g in _GROUPED_OUT.items() if key in name), 1)
-            if src.shape[0] != p.shape[0]:
-                if src.shape[0] % groups or p.shape[0] % groups:
-                    left.append(name)
-                    continue
-                src = src.unflatten(0, (groups, -1))[:, : p.shape[0] // groups].flatten(0, 1)
-            p.copy_(src[tuple(slice(0, n) for n in p.shape)])
+            else:
+                p.copy_(src)
     return left
 
 

@@ -31,7 +31,15 @@ import numpy as np
 
 from world_model.train.frames import FrameStore
 
-__all__ = ["EngineFramesConfig", "record_frames", "load_shards", "shard_folders", "ShardFeed", "DONE"]
+__all__ = [
+    "EngineFramesConfig",
+    "record_frames",
+    "record_episode_store",
+    "load_shards",
+    "shard_folders",
+    "ShardFeed",
+    "DONE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +74,8 @@ def _plan(cfg: EngineFramesConfig, p: int) -> tuple[str, str, int]:
     return split, _plan_level(cfg.seed, p, levels).name, _plan_seed(cfg.seed, p)
 
 
-def _record(args: tuple[str, int, int, int, int]) -> FrameStore:
-    """Worker: one episode -> a one-episode FrameStore (uint8 frames, actions, poses, prompt)."""
+def record_episode_store(args: tuple[str, int, int, int, int]) -> FrameStore:
+    """One episode -> a one-episode FrameStore (uint8 frames, actions, poses, prompt): the recorder pool's worker."""
     from world_model.data.doom import DoomConfig
     from world_model.data.generate import record_episode
     from world_model.data.levels import get_level
@@ -134,7 +142,7 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
 
     def submit(pool: ProcessPoolExecutor, p: int) -> None:
         _, level, seed = _plan(cfg, p)
-        running[pool.submit(_record, (level, seed, cfg.episode_frames, cfg.width, cfg.height))] = p
+        running[pool.submit(record_episode_store, (level, seed, cfg.episode_frames, cfg.width, cfg.height))] = p
 
     def planned_train() -> int:  # train frames committed or in flight (upper bound per episode)
         in_flight = sum(1 for p in [*running.values(), *ready] if _plan(cfg, p)[0] == "train")

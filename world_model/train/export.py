@@ -232,7 +232,8 @@ def with_vae(model: str | Path, vae_stage: str | Path, out: str | Path) -> Path:
     distilled from it (session 26: the full decoder 29.76 dB, the pruned one distilled for 1,792 steps 0.9 dB
     below). Every parameter must come from the stage's checkpoint (another width raises); ``out`` is written
     beside itself and moved into place. Returns ``out``."""
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     from world_model.train.autoencoder import load_weights
     from world_model.train.checkpoints import load_latest
@@ -251,7 +252,8 @@ def with_vae(model: str | Path, vae_stage: str | Path, out: str | Path) -> Path:
     left = load_weights(vae, weights)
     if left:
         raise ValueError(f"{vae_stage}'s VAE does not fit {model}'s config for {left[:5]}: another width")
-    dtype = next(iter(load_file(str(model / "vae.safetensors")).values())).dtype
+    with safe_open(str(model / "vae.safetensors"), "pt") as f:  # the folder's dtype, from one tensor
+        dtype = f.get_tensor(next(iter(f.keys()))).dtype
     with _staged(out) as staging:
         shutil.copytree(model, staging)
         cfg.save(staging / "config.json")
