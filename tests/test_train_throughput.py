@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,7 +164,7 @@ def test_budget_shares_parse_and_refuse_bad_input():
             _shares(bad)
 
 
-def test_engine_frames_records_shards_of_both_splits(tmp_path):
+def test_engine_frames_records_shards_of_both_splits(tmp_path, caplog):
     pytest.importorskip("vizdoom")
     from world_model.data.levels import get_level
     from world_model.train.engine_frames import EngineFramesConfig, ShardFeed, record_frames, shard_folders
@@ -170,8 +172,16 @@ def test_engine_frames_records_shards_of_both_splits(tmp_path):
     cfg = EngineFramesConfig(
         frames=250, width=64, height=48, workers=2, episode_frames=60, held_out_every=2, shard_frames=120
     )
-    out = record_frames(tmp_path / "f", cfg, progress=False)
+    with caplog.at_level(logging.INFO, logger="world_model.train.engine_frames"):
+        out = record_frames(tmp_path / "f", cfg, progress=False)
     assert out["train"] >= 250 and out["held_out"] > 0
+    # each shard is logged (with its time, in the recorder's log): how long trainers wait for data is measured
+    written = [r.getMessage() for r in caplog.records if "written" in r.getMessage()]
+    assert sorted(written) == sorted(
+        f"{s}: shard {i} written, {n} frames in this split"
+        for s in ("train", "held_out")
+        for i, n in enumerate(_cumulative_frames(tmp_path / "f" / s))
+    )
     train = ShardFeed(tmp_path / "f" / "train")
     assert train.finished
     stores = train.new()
@@ -185,6 +195,12 @@ def test_engine_frames_records_shards_of_both_splits(tmp_path):
     (tmp_path / "g" / "train" / "part-0000").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="unfinished"):
         record_frames(tmp_path / "g", cfg, progress=False)
+
+
+def _cumulative_frames(split: Path) -> list[int]:
+    from world_model.train.engine_frames import shard_folders
+
+    return np.cumsum([len(FrameStore.load(p).frames) for p in shard_folders(split)]).tolist()
 
 
 def test_a_slimmed_vae_continues_training_with_a_fresh_optimiser(tmp_path):

@@ -117,6 +117,8 @@ class _ShardWriter:
         tmp.rename(self.folder / f"part-{self.parts:04d}")  # a shard appears whole or not at all
         self.parts += 1
         self.frames += len(store.frames)
+        # timed in the recorder's log (engine_frames.log on the GPU machine): how long the trainers wait for data
+        log.info("%s: shard %d written, %d frames in this split", self.folder.name, self.parts - 1, self.frames)
 
 
 def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = True) -> dict[str, int]:
@@ -135,6 +137,7 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
     for w in writers.values():
         w.folder.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=cfg.frames, unit="frame", disable=not progress)
+    log.info("recording %d train frames with %d workers", cfg.frames, cfg.workers)
     ready: dict[int, FrameStore | None] = {}
     next_commit = next_plan = 0
     attempts: dict[int, int] = {}
