@@ -113,7 +113,7 @@ def test_patch_discriminator_shapes_and_vae_stage_runs_its_adversary():
     assert any(not torch.equal(a, b) for a, b in zip(before, stage.adversary.disc.parameters()))
     assert set(stage.state_dict()) >= {"vae", "optim", "data", "adversary"}
     ev = stage.evaluate()
-    assert np.isfinite(ev["psnr"]) and ev["sharpness_ratio"] > 0
+    assert np.isfinite(ev["psnr"]) and ev["sharpness_ratio"] > 0 and 0 <= ev["grid_share"] <= 1
 
 
 class _TensorMetrics:
@@ -588,3 +588,34 @@ def test_vae_encoder_dim_widens_the_trained_encoder_only(tmp_path):
     assert weights["encoder.conv1.weight"].shape[0] == 16
     with pytest.raises(ValueError, match="vae_encoder_dim"):
         dataclasses.replace(opts, vae_encoder_dim=-1)
+
+
+@pytest.mark.parametrize("kind", ["vae", "decoder"])
+def test_the_grid_penalty_joins_the_autoencoder_stages_losses(kind):
+    """VAEOptions.grid_weight (pipeline --vae-grid): the grid share of the decoded frames' error is a term of the
+    vae and decoder stages' loss, weighted, and absent at 0."""
+    from world_model.train.autoencoder import DecoderStage, identity_stats
+    from world_model.train.pipeline import PipelineOptions, _vae_opts
+    from world_model.vae import WanVAE
+
+    cfg = tiny(32, 32)
+    store = synthetic_store(2, 20, (32, 32))
+
+    def first_step(weight: float) -> tuple[dict, dict]:
+        torch.manual_seed(0)
+        full = WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0))
+        opts = VAEOptions(batch_size=2, clip_frames=5, grid_weight=weight, eval_clips=2)
+        clips, held = ClipFrames(store, 5, "cpu"), ClipFrames(store, 5, "cpu")
+        if kind == "vae":
+            stage = VAEStage(full, clips, held, opts)
+        else:
+            stage = DecoderStage(full, WanVAE(identity_stats(cfg.vae)), clips, held, opts)
+        return stage.train_step(0), stage.evaluate()
+
+    (off, _), (on, ev) = first_step(0.0), first_step(5.0)
+    assert "grid" not in off and 0 < on["grid"] < 1
+    assert 0 <= ev["grid_share"] <= 1  # the held-out decoded frames' screen door, logged with every evaluation
+    torch.testing.assert_close(on["loss"], off["loss"] + 5.0 * on["grid"], rtol=1e-5, atol=1e-6)
+    assert _vae_opts(PipelineOptions(vae_grid=2.5)).grid_weight == 2.5
+    with pytest.raises(ValueError, match="grid_weight"):
+        VAEOptions(grid_weight=-1.0)

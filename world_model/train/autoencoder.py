@@ -95,6 +95,11 @@ class VAEOptions:
     # 4; test levels): sharpness / grid share 0.46 / 0.016 and 0.78 / 0.090 at steps 2,050 / 2,100, against
     # 0.49 / 0.020 and 0.55 / 0.031 without: the stage swung more in 50 steps than the option moved it
     disc_translate: int = 0
+    # weight of the grid penalty on the decoded frames' error (decoded - true; grid_share with penalty=True): the
+    # share of that error's detail that is one pattern on a fixed 2-16 pixel grid, the screen door an adversary can
+    # teach a decoder (session 26's VAE: grid share 0.020 at period 2 on the test levels, the shipped one's 0.0025;
+    # its DiT's frames 0.036). 0: off
+    grid_weight: float = 0.0
     eval_clips: int = 16
     whole_clip: bool = (
         True  # encode/decode a training clip in one call per network (same result as streaming, fewer launches)
@@ -115,6 +120,8 @@ class VAEOptions:
             raise ValueError(f"gan_lambda_every must be >= 1 (1: every step), got {self.gan_lambda_every}")
         if not isinstance(self.disc_translate, int) or self.disc_translate < 0:
             raise ValueError(f"disc_translate must be an int >= 0 (pixels; 0: off), got {self.disc_translate!r}")
+        if not self.grid_weight >= 0:
+            raise ValueError(f"grid_weight must be >= 0 (0: off), got {self.grid_weight!r}")
 
 
 def identity_stats(cfg: VAEConfig) -> VAEConfig:
@@ -442,6 +449,8 @@ class _Base:
     def _image_losses(self, out: Tensor, x: Tensor, step: int) -> dict[str, Tensor]:
         """Structural term and (once on) the adversarial term of decoded clips ``out`` vs frames ``x``."""
         terms = {"ssim": ssim(frames_2d(out.float()), frames_2d(x))}
+        if self.opts.grid_weight > 0:
+            terms["grid"] = grid_share(out.float() - x, penalty=True)
         if self._gan_on(step):
             with self._autocast():
                 terms["gan_g"] = self.adversary.generator_loss(out)
@@ -453,10 +462,12 @@ class _Base:
         return 1.0 if ramp <= 0 else min(1.0, (step - self.opts.gan_start + 1) / ramp)
 
     def _weighted(self, terms: dict[str, Tensor], rec: Tensor, step: int) -> Tensor:
-        """The stage's loss: ``rec`` (its reconstruction terms) + the structural term + (once on) the
-        adversarial term, weighted adaptively (times the ramp at ``step``); the adaptive ratio goes
+        """The stage's loss: ``rec`` (its reconstruction terms) + the structural term + the grid penalty (if
+        weighted) + (once on) the adversarial term, weighted adaptively (times the ramp at ``step``); the adaptive ratio goes
         into ``terms["gan_lambda"]``."""
         loss = rec + self.opts.ssim_weight * (1 - terms["ssim"])
+        if "grid" in terms:
+            loss = loss + self.opts.grid_weight * terms["grid"]
         if "gan_g" in terms:
             lam = torch.ones((), device=loss.device)
             if self.opts.gan_adaptive:
@@ -474,12 +485,13 @@ class _Base:
             metrics["gan_d"] = self.adversary.train_step(x, out, self._autocast)
 
     @torch.no_grad()
-    def _round_trip(self, vae: nn.Module, clips: ClipFrames) -> tuple[Tensor, Tensor, Tensor]:
-        """``vae``'s encode-decode of the fixed held-out clips of ``clips``: PSNR per clip [N], and per batch of
-        ``batch_size`` clips the sharpness of the decoded and of the true frames [N / batch_size] each."""
+    def _round_trip(self, vae: nn.Module, clips: ClipFrames) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``vae``'s encode-decode of the fixed held-out clips of ``clips``: PSNR per clip [N], per batch of
+        ``batch_size`` clips the sharpness of the decoded and of the true frames [N / batch_size] each, and the
+        grid share of all decoded clips (:func:`grid_share`; a screen door the decoder draws, ~0 for true frames)."""
         vae.eval()
         x = clips.fixed(self.opts.eval_clips)
-        vals, sharp_out, sharp_true = [], [], []
+        vals, sharp_out, sharp_true, outs = [], [], [], []
         for xb in x.split(self.opts.batch_size):
             with self._autocast():
                 out, _ = vae.decode(vae.encode(xb), first_chunk=True)
@@ -487,7 +499,8 @@ class _Base:
             vals.append(psnr(out, xb))
             sharp_out.append(sharpness(out))
             sharp_true.append(sharpness(xb))
-        return torch.cat(vals), torch.stack(sharp_out), torch.stack(sharp_true)
+            outs.append(out)
+        return torch.cat(vals), torch.stack(sharp_out), torch.stack(sharp_true), grid_share(torch.cat(outs))
 
     def _base_state(self) -> dict:
         return {"adversary": self.adversary.state_dict()} if self.adversary is not None else {}
@@ -549,8 +562,12 @@ class VAEStage(_Base):
     def evaluate(self) -> dict[str, float]:
         if self.held_out is None:
             return {}
-        vals, sharp_out, sharp_true = self._round_trip(self.vae, self.held_out)
-        return {"psnr": vals.mean().item(), "sharpness_ratio": (sharp_out / sharp_true).mean().item()}
+        vals, sharp_out, sharp_true, grid = self._round_trip(self.vae, self.held_out)
+        return {
+            "psnr": vals.mean().item(),
+            "sharpness_ratio": (sharp_out / sharp_true).mean().item(),
+            "grid_share": grid.item(),
+        }
 
     def state_dict(self) -> dict:
         return {
@@ -638,7 +655,7 @@ class DecoderStage(_Base):
             return {}
         self.student.eval()
         x = self.held_out.fixed(self.opts.eval_clips)
-        full, pruned, sharp = [], [], []
+        full, pruned, sharp, outs = [], [], [], []
         for xb in x.split(self.opts.batch_size):
             with self._autocast():
                 z = self.teacher.encode(xb)
@@ -647,6 +664,7 @@ class DecoderStage(_Base):
                 out = self.student.decode(z, first_chunk=True)[0].float().clamp(-1, 1)
             pruned.append(psnr(out, xb))
             sharp.append(sharpness(out) / sharpness(xb))
+            outs.append(out)
         f = torch.cat(full).mean().item() if full else float("nan")
         p = torch.cat(pruned).mean().item()
         return {
@@ -654,6 +672,7 @@ class DecoderStage(_Base):
             "psnr_pruned": p,
             "psnr_gap": f - p if math.isfinite(f - p) else float("nan"),
             "sharpness_ratio": torch.stack(sharp).mean().item(),
+            "grid_share": grid_share(torch.cat(outs)).item(),
         }
 
     def state_dict(self) -> dict:

@@ -97,6 +97,7 @@ class PipelineOptions:
     gan_lambda_every: int = 1  # steps between measurements of the adaptive GAN weight (VAEOptions.gan_lambda_every)
     gan_ramp: int = 0  # steps over which the decoders' adversarial term ramps in from its start
     gan_translate: int = 0  # the discriminators' random shift of their inputs, pixels (VAEOptions.disc_translate)
+    vae_grid: float = 0.0  # the vae and decoder stages' grid penalty on the decoded frames (VAEOptions.grid_weight)
     decoder_steps: int = 8_000
     base_steps: int = 60_000
     base_batch: int = 32
@@ -430,6 +431,7 @@ def _vae_opts(opts: PipelineOptions, gan_start: int = -1, stage: str = ""):
         gan_lambda_every=opts.gan_lambda_every,
         gan_ramp=opts.gan_ramp,
         disc_translate=opts.gan_translate,
+        grid_weight=opts.vae_grid,
         seed=opts.seed,
         eval_clips=max(2, opts.eval_segments),
     )

@@ -252,9 +252,13 @@ class SharpenStage(_Base):
     def evaluate(self) -> dict[str, float]:
         if self.held_out is None:
             return {}
-        vals, sharp_out, sharp_true = self._round_trip(self.shipped, self.held_out)
+        vals, sharp_out, sharp_true, grid = self._round_trip(self.shipped, self.held_out)
         real = sharp_true.mean()
-        result = {"psnr_pruned": vals.mean().item(), "sharpness_ratio": (sharp_out.mean() / real).item()}
+        result = {
+            "psnr_pruned": vals.mean().item(),
+            "sharpness_ratio": (sharp_out.mean() / real).item(),
+            "grid_share": grid.item(),
+        }
         if self.held_pool is not None:
             if self._held is None:  # one fixed set of generated crops, made by the DiT once
                 self.held_pool.refresh(chunk=min(1, self.held_pool.clips.k_max))
