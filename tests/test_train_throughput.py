@@ -619,3 +619,34 @@ def test_the_grid_penalty_joins_the_autoencoder_stages_losses(kind):
     assert _vae_opts(PipelineOptions(vae_grid=2.5)).grid_weight == 2.5
     with pytest.raises(ValueError, match="grid_weight"):
         VAEOptions(grid_weight=-1.0)
+
+
+def test_an_autoencoder_stage_resumed_from_a_slim_warms_its_fresh_optimiser_up_again():
+    """A slimmed checkpoint (weights, no optimiser) continues at its step with a fresh AdamW, whose first updates are
+    ~lr x sign(grad) for every weight: the learning rate ramps up again from that step; a full checkpoint resumes
+    the schedule where it was."""
+    from world_model.train.autoencoder import identity_stats
+    from world_model.vae import WanVAE
+
+    cfg = tiny(32, 32)
+    store = synthetic_store(2, 20, (32, 32))
+    opts = VAEOptions(batch_size=2, clip_frames=5, warmup_steps=10)
+
+    def stage():
+        torch.manual_seed(0)
+        return VAEStage(
+            WanVAE(identity_stats(cfg.vae).replace(pruning_rate=0.0)), ClipFrames(store, 5, "cpu"), None, opts
+        )
+
+    fresh = stage()
+    fresh.train_step(0)
+    assert fresh.optim.param_groups[0]["lr"] == pytest.approx(opts.lr / 10)
+    slim = stage()
+    slim.load_state_dict({"vae": fresh.vae.state_dict()})
+    for step in (5000, 5001):
+        slim.train_step(step)
+        assert slim.optim.param_groups[0]["lr"] == pytest.approx(opts.lr * (step - 4999) / 10)
+    full = stage()
+    full.load_state_dict(fresh.state_dict())
+    full.train_step(5000)
+    assert full.optim.param_groups[0]["lr"] == pytest.approx(opts.lr)
