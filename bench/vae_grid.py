@@ -1,9 +1,15 @@
 """Does the grid penalty (``VAEOptions.grid_weight``, pipeline ``--vae-grid``) take the 2-pixel screen door off a
 trained VAE's decoder without costing its reconstruction? Each arm continues one VAE stage checkpoint's full decoder
 (encoder frozen, as a session that keeps the DiT's latents would; a fresh optimiser, as from a slim) with the
-adversary on, on the same clips of freshly
-recorded episodes (ViZDoom) and the same seed, at one grid weight; every ``--every`` steps the held-out PSNR,
-sharpness ratio and grid share of the decoded frames. CPU-sized by default.
+adversary on, on the same clips of freshly recorded episodes (ViZDoom) and the same seed, at one grid weight; every
+``--every`` steps the held-out PSNR, sharpness ratio and grid share of the decoded frames. CPU-sized by default.
+
+Measured (2-core CPU, session 26's step-7,917 checkpoint with its discriminator, batch 2): 50 steps at grid weight 0
+and 10 end at 26.45 / 26.35 dB, sharpness 0.37 / 0.39, grid share 0.018 / 0.014 (the held-out grid share swings
+0.007-0.031 from one evaluation to the next at this size: the GPU session's evaluations measure the effect;
+bench/results/vae_grid_cpu.json). With the penalty inside the adaptive adversarial weight's ratio (before the fix) the
+weighted arms drifted to -1.2 / -1.7 dB (vae_grid_penalty_in_gan_ratio_cpu.json). Without a fresh optimiser's
+warm-up (``--warmup 1``) one step took the grid share from 0.019 to 0.31 (vae_grid_no_warmup_cpu.json, 2 clips).
 
     python bench/vae_grid.py --vae-tar bench/gpu/state/vae_s26_step7917_bf16.tar --weights 0,2 --steps 60 \\
         --json bench/results/vae_grid_cpu.json
@@ -62,7 +68,8 @@ def run(weight: float, state: dict, vcfg, train_eps, held_eps, args) -> list[dic
     for i in range(1, args.steps + 1):
         m = stage.train_step(start + i)
         if i % args.every == 0 or i == args.steps:
-            rows.append({"step": i, "grid_term": float(m.get("grid", float("nan"))), **stage.evaluate()})
+            terms = {k: float(m[k]) for k in ("grid", "gan_lambda", "gan_g") if k in m}
+            rows.append({"step": i, **terms, **stage.evaluate()})
             rows[-1]["seconds"] = time.perf_counter() - t0
             print(f"grid {weight}", rows[-1], flush=True)
     return rows
