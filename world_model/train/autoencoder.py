@@ -438,9 +438,9 @@ class _Base:
         )
 
     def _step(self, step: int, loss: Tensor) -> Tensor:
+        if self._warmup_from is None:  # the first step after a slimmed checkpoint: warm up again
+            self._warmup_from = step
         for g in self.optim.param_groups:
-            if self._warmup_from is None:  # the first step after a slimmed checkpoint: warm up again
-                self._warmup_from = step
             g["lr"] = self.opts.lr * min(1.0, (step - self._warmup_from + 1) / max(1, self.opts.warmup_steps))
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -465,9 +465,9 @@ class _Base:
         return 1.0 if ramp <= 0 else min(1.0, (step - self.opts.gan_start + 1) / ramp)
 
     def _weighted(self, terms: dict[str, Tensor], rec: Tensor, step: int) -> Tensor:
-        """The stage's loss: ``rec`` (its reconstruction terms) + the structural term + the grid penalty (if
-        weighted) + (once on) the adversarial term, weighted adaptively (times the ramp at ``step``); the adaptive ratio goes
-        into ``terms["gan_lambda"]``."""
+        """The stage's loss: ``rec`` (its reconstruction terms) + the structural term + (once on) the adversarial
+        term, weighted adaptively (times the ramp at ``step``) + the grid penalty (where ``terms`` holds it); the
+        adaptive ratio goes into ``terms["gan_lambda"]``."""
         loss = rec + self.opts.ssim_weight * (1 - terms["ssim"])
         if "gan_g" in terms:
             lam = torch.ones((), device=loss.device)
@@ -480,10 +480,11 @@ class _Base:
             terms["gan_lambda"] = lam
             loss = loss + self.opts.gan_weight * self._gan_ramp(step) * lam * terms["gan_g"]
         if "grid" in terms:
-            # after the adaptive weight, which balances reconstruction against the adversary: inside its ratio the
-            # penalty's gradient counted as reconstruction's and scaled the adversary's weight with it, and the
-            # decoder drifted (CPU, bench/vae_grid.py: PSNR -1.3 dB, sharpness 0.40 -> 0.68 in 40 steps at weight 10,
-            # bench/results/vae_grid_penalty_in_gan_ratio_cpu.json; after it, bench/results/vae_grid_cpu.json)
+            # after the adaptive weight, which balances reconstruction against the adversary (as the sharpen stage
+            # adds its own): inside that ratio the penalty's gradient counted as reconstruction's and scaled the
+            # adversary's weight with it, and the decoder drifted (CPU, bench/vae_grid.py: PSNR -1.3 dB, sharpness
+            # 0.40 -> 0.68 in 40 steps at weight 10, bench/results/vae_grid_penalty_in_gan_ratio_cpu.json; after it,
+            # bench/results/vae_grid_cpu.json)
             loss = loss + self.opts.grid_weight * terms["grid"]
         return loss
 
