@@ -37,6 +37,7 @@ PAIRED = (
 SCALARS = (
     ("sharpness / simulator's", "sharpness.ratio"),
     ("sharpness at half resolution", "sharpness.ratio_pooled"),
+    ("grid share of generated frames (lower is better)", "sharpness.grid_share_max"),
     ("memory gain dB", "memory.gain_db"),
     ("chunk-0 gain over repeat-first dB", "fidelity.chunk0.gain_db"),
     ("chunk-0 gain, pooled error dB", "fidelity.chunk0.pooled.gain_db"),

@@ -21,7 +21,7 @@ def _run(name: str, chunk0: list[float], clips: list[float], *, seed: int = 0, f
         },  # fmt: skip
         "fidelity": {"chunk0": {"per_episode": chunk0, "gain_db": 0.5}},
         "controllability": {"delta_db_per_clip": clips},
-        "sharpness": {"ratio": 0.4},
+        "sharpness": {"ratio": 0.4, "grid_share_max": 0.003},
     }
 
 
@@ -32,6 +32,7 @@ def test_paired_differences_their_error_and_wins():
     assert p["stderr"] == pytest.approx(math.sqrt(((1 - 0.5) ** 2 + (-0.5 - 0.5) ** 2 + (1 - 0.5) ** 2) / 2 / 3))
     assert c["paired"]["ΔPSNR true vs shuffled actions dB, per clip"]["mean_diff"] == pytest.approx(0.25)
     assert c["scalars"]["sharpness / simulator's"]["diff"] == 0.0 and c["candidate"] == "new"
+    assert c["scalars"]["grid share of generated frames (lower is better)"]["candidate"] == 0.003
     table = format_comparison(c)
     assert "+0.500" in table and "2 of 3" in table
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# A candidate embedded model against the shipped one on every test measure of the model card's tables, on this
+# machine's CPU (2 threads), in the shipped model's sampler steps, one group after the other (each writes its
+# metrics before the next starts), then the paired comparison of each group with the shipped model's reference run.
+#   bash bench/eval_candidate.sh MODEL OUT [GROUP ...]
+# GROUP: rs (reset frame and sharpness, ~1.5 min), paired (chunk 0 and the actions' effect, 18 episodes, ~9-14 min),
+# memory (24 episodes, ~7 min), motion (12 starts, ~12 min); all four by default. STEPS=N sets the sampler steps (5).
+# Writes OUT/GROUP/metrics.json (+ its PNGs), OUT/GROUP.log and OUT/compare_GROUP.json; prints each comparison.
+set -u
+if [ $# -lt 2 ]; then echo "usage: bash bench/eval_candidate.sh MODEL OUT [rs|paired|memory|motion ...]" >&2; exit 2; fi
+model=$1; out=$2; shift 2
+groups=${*:-rs paired memory motion}
+cd "$(dirname "$0")/.."
+ref=docs/embedded
+mkdir -p "$out"
+status=0
+for g in $groups; do
+  case $g in
+    rs) parts=(--parts reset,sharpness); reference=$ref/metrics_session20_shipped_bf16_reset_sharpness_cpu.json ;;
+    paired) parts=(--parts fidelity,controllability --episodes 18); reference=$ref/metrics_session20_shipped_bf16_paired18_cpu.json ;;
+    memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session19_grown_int8_5steps_memory24_cpu.json ;;
+    motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session19_grown_int8_5steps_motion12_cpu.json ;;
+    *) echo "eval_candidate: unknown group $g (rs, paired, memory, motion)" >&2; exit 2 ;;
+  esac
+  if ! mg3 eval --model "$model" --device cpu --threads 2 --sampler-steps "${STEPS:-5}" "${parts[@]}" \
+      --out "$out/$g" > "$out/$g.log" 2>&1; then
+    echo "eval_candidate: group $g failed; see $out/$g.log" >&2; status=1; continue
+  fi
+  echo "== $g"
+  python -m mg3_eval.compare "$out/$g/metrics.json" "$reference" --json "$out/compare_$g.json" | tail -n +3
+done
+exit $status
