@@ -11,29 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _autoencoder_bench import add_options, clips, episodes, vae_checkpoint
 
 
 def run(arm: str, teacher, vcfg, train_eps, held_eps, args) -> list[dict]:
-    from world_model.train.autoencoder import ClipFrames, DecoderStage, VAEOptions, is_decoder_side
+    from world_model.train.autoencoder import DecoderStage, VAEOptions, is_decoder_side
     from world_model.vae import WanVAE
 
     opts = VAEOptions(batch_size=args.batch, clip_frames=args.clip_frames, eval_clips=args.eval_clips, amp=False)
-
-    def clips(eps, seed):
-        c = ClipFrames(eps[0], opts.clip_frames, "cpu", seed)
-        for e in eps[1:]:
-            c.extend(e)
-        return c
-
     torch.manual_seed(args.seed)
     student = WanVAE(vcfg)
-    stage = DecoderStage(teacher, student, clips(train_eps, args.seed), clips(held_eps, 0), opts)
+    train, held = clips(train_eps, opts.clip_frames, args.seed), clips(held_eps, opts.clip_frames, 0)
+    stage = DecoderStage(teacher, student, train, held, opts)
     if arm == "copy":  # the old init: a random decoder, only the tensors of the full one's shape copied
         torch.manual_seed(args.seed)
         fresh = dict(WanVAE(vcfg).named_parameters())
@@ -55,43 +48,20 @@ def run(arm: str, teacher, vcfg, train_eps, held_eps, args) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vae-tar", required=True, help="a tar holding vae/ (a vae stage folder with a checkpoint)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--every", type=int, default=25)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--clip-frames", type=int, default=9)
-    p.add_argument("--eval-clips", type=int, default=6)
-    p.add_argument("--episodes", type=int, default=6, help="training episodes of 300 frames (two held out)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    add_options(p, steps=100, every=25)
     p.add_argument("--arms", default="pruned,copy")
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from world_model.data.levels import levels_in_split
     from world_model.train.autoencoder import identity_stats, load_weights
-    from world_model.train.checkpoints import load_latest
-    from world_model.train.engine_frames import record_episode_store
     from world_model.train.pipeline import PipelineOptions, preset_config
     from world_model.vae import WanVAE
 
     vcfg = identity_stats(preset_config(PipelineOptions()).vae)
     teacher = WanVAE(vcfg.replace(pruning_rate=0.0))
-    with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(args.vae_tar) as tar:
-            tar.extractall(tmp, filter="data")
-        state = load_latest(Path(tmp) / "vae")
-    if state is None:
-        raise SystemExit(f"{args.vae_tar} holds no vae/ checkpoint")
+    state = vae_checkpoint(args.vae_tar)
     if load_weights(teacher, {k: v.float() for k, v in state["stage"]["vae"].items()}):
         raise SystemExit(f"{args.vae_tar}'s VAE is not the embedded preset's full VAE")
-    train_levels = [lv.name for lv in levels_in_split("train")]
-    held_levels = [lv.name for lv in levels_in_split("validation")]
-    train_eps = [
-        record_episode_store((train_levels[i * 9 % len(train_levels)], 300 + i, 300, 128, 128))
-        for i in range(args.episodes)
-    ]
-    held_eps = [record_episode_store((held_levels[i % len(held_levels)], 900 + i, 300, 128, 128)) for i in range(2)]
+    train_eps, held_eps = episodes(args.episodes)
     curves = {arm: run(arm, teacher, vcfg, train_eps, held_eps, args) for arm in args.arms.split(",")}
     print(f"{'step':>6} " + " ".join(f"{arm + ' PSNR':>12}" for arm in curves))
     for i, row in enumerate(next(iter(curves.values()))):

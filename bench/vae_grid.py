@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _autoencoder_bench import add_options, clips, episodes, vae_checkpoint
 
 
 def run(weight: float, state: dict, vcfg, train_eps, held_eps, args) -> list[dict]:
-    from world_model.train.autoencoder import ClipFrames, VAEOptions, VAEStage, is_decoder_side
+    from world_model.train.autoencoder import VAEOptions, VAEStage, is_decoder_side
     from world_model.vae import WanVAE
 
     start = int(state.get("step", 0))
@@ -49,17 +48,11 @@ def run(weight: float, state: dict, vcfg, train_eps, held_eps, args) -> list[dic
         seed=args.seed,
     )
 
-    def clips(eps, seed):
-        c = ClipFrames(eps[0], opts.clip_frames, "cpu", seed)
-        for e in eps[1:]:
-            c.extend(e)
-        return c
-
     torch.manual_seed(args.seed)
     vae = WanVAE(vcfg)
     for name, p in vae.named_parameters():
         p.requires_grad_(is_decoder_side(name))
-    stage = VAEStage(vae, clips(train_eps, args.seed), clips(held_eps, 0), opts)
+    stage = VAEStage(vae, clips(train_eps, opts.clip_frames, args.seed), clips(held_eps, opts.clip_frames, 0), opts)
     # as the pipeline resumes a slim: the weights, a fresh optimiser (which warms up again), the adversary if kept
     weights = {"vae": {k: v.float() for k, v in state["stage"]["vae"].items()}}
     stage.load_state_dict(weights | {k: state["stage"][k] for k in ("adversary",) if k in state["stage"]})
@@ -77,42 +70,19 @@ def run(weight: float, state: dict, vcfg, train_eps, held_eps, args) -> list[dic
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vae-tar", required=True, help="a tar holding vae/ (a vae stage folder with a checkpoint)")
+    add_options(p, steps=60, every=20)
     p.add_argument("--weights", default="0,2", help="grid weights, one arm each")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--every", type=int, default=20)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--clip-frames", type=int, default=9)
-    p.add_argument("--eval-clips", type=int, default=6)
-    p.add_argument("--episodes", type=int, default=6, help="training episodes of 300 frames (two held out)")
     p.add_argument("--gan-weight", type=float, default=0.3, help="as the GPU sessions (plan_session.py)")
     p.add_argument("--gan-ramp", type=int, default=20, help="for a fresh discriminator only")
     p.add_argument("--warmup", type=int, default=200, help="the fresh optimiser's warm-up steps (1: none)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from world_model.data.levels import levels_in_split
     from world_model.train.autoencoder import identity_stats
-    from world_model.train.checkpoints import load_latest
-    from world_model.train.engine_frames import record_episode_store
     from world_model.train.pipeline import PipelineOptions, preset_config
 
     vcfg = identity_stats(preset_config(PipelineOptions()).vae).replace(pruning_rate=0.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(args.vae_tar) as tar:
-            tar.extractall(tmp, filter="data")
-        state = load_latest(Path(tmp) / "vae")
-    if state is None:
-        raise SystemExit(f"{args.vae_tar} holds no vae/ checkpoint")
-    train_levels = [lv.name for lv in levels_in_split("train")]
-    held_levels = [lv.name for lv in levels_in_split("validation")]
-    train_eps = [
-        record_episode_store((train_levels[i * 9 % len(train_levels)], 300 + i, 300, 128, 128))
-        for i in range(args.episodes)
-    ]
-    held_eps = [record_episode_store((held_levels[i % len(held_levels)], 900 + i, 300, 128, 128)) for i in range(2)]
+    state = vae_checkpoint(args.vae_tar)
+    train_eps, held_eps = episodes(args.episodes)
     weights = [float(w) for w in args.weights.split(",")]
     curves = {str(w): run(w, state, vcfg, train_eps, held_eps, args) for w in weights}
     print(f"{'step':>6} " + " ".join(f"{'grid ' + w + ': PSNR / sharp / grid':>34}" for w in curves))
