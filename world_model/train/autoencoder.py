@@ -19,8 +19,8 @@ afterwards.
 Stage ``decoder``: the shipped VAE (``cfg.vae``, ``pruning_rate`` p) copies the teacher's encoder
 (frozen), starts its narrower decoder from the teacher's first channels (:func:`load_pruned`) and trains it
 to match the frozen full decoder's outputs on the teacher's latents, plus smaller pixel and structural terms
-towards the true frames, and its own discriminator from its ``gan_start``. With ``distil_weight`` 0 it learns from the true frames alone
-(the vae stage's terms) and needs the teacher's encoder only.
+towards the true frames, and its own discriminator from its ``gan_start``. With ``distil_weight`` 0 it learns
+from the true frames alone (the vae stage's terms) and needs the teacher's encoder only.
 
 Clips come from :class:`ClipFrames`: uint8 frames resident on the training device.
 """
