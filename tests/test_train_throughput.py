@@ -650,3 +650,13 @@ def test_an_autoencoder_stage_resumed_from_a_slim_warms_its_fresh_optimiser_up_a
     full.load_state_dict(fresh.state_dict())
     full.train_step(5000)
     assert full.optim.param_groups[0]["lr"] == pytest.approx(opts.lr)
+
+
+def test_the_warmup_ramps_from_step_zero_and_again_from_the_first_step_after_a_restart():
+    from world_model.train.loop import Warmup
+
+    w = Warmup(4)
+    assert [w(s) for s in (0, 1, 3, 10)] == [0.25, 0.5, 1.0, 1.0]
+    w.restart()
+    assert [w(s) for s in (700, 701, 703, 9000)] == [0.25, 0.5, 1.0, 1.0]
+    assert Warmup(0)(0) == 1.0  # no warm-up

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from world_model.config import VAEConfig
 from world_model.train.frames import FrameStore
+from world_model.train.loop import Warmup
 
 __all__ = [
     "VAEOptions",
@@ -419,7 +420,7 @@ class _Base:
         self.generator = torch.Generator(device).manual_seed(opts.seed)
         self.adversary = _Adversary(opts, device) if opts.uses_gan else None
         self._gan_lambda: Tensor | None = None  # the adaptive weight last measured (gan_lambda_every)
-        self._warmup_from: int | None = 0  # the learning rate warms up from this step (None: the next one trained)
+        self.warmup = Warmup(opts.warmup_steps)
         if opts.compile:  # instance attributes over the methods: the training steps' calls compile
             self._encode = _compiled(self._encode)
             self._decode = _compiled(self._decode)
@@ -438,10 +439,8 @@ class _Base:
         )
 
     def _step(self, step: int, loss: Tensor) -> Tensor:
-        if self._warmup_from is None:  # the first step after a slimmed checkpoint: warm up again
-            self._warmup_from = step
         for g in self.optim.param_groups:
-            g["lr"] = self.opts.lr * min(1.0, (step - self._warmup_from + 1) / max(1, self.opts.warmup_steps))
+            g["lr"] = self.opts.lr * self.warmup(step)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         return torch.nn.utils.clip_grad_norm_(self.params, self.opts.grad_clip)
@@ -515,10 +514,9 @@ class _Base:
 
     def _load_base_state(self, state: dict) -> None:
         if "optim" not in state:
-            # a fresh optimiser warms up again from the resumed step: Adam's first updates are ~lr x sign(grad) for
-            # every weight, and at the full rate they drew a screen door over a trained decoder in one step (CPU,
-            # session 26's VAE continued: grid share 0.019 -> 0.31, bench/vae_grid.py)
-            self._warmup_from = None
+            # a fresh optimiser warms up again from the resumed step (at the full rate one step drew a screen door
+            # over session 26's trained decoder on the CPU: grid share 0.019 -> 0.31, bench/vae_grid.py)
+            self.warmup.restart()
         if self.adversary is not None and "adversary" in state:
             self.adversary.load_state_dict(state["adversary"])
 

@@ -22,6 +22,7 @@ from world_model.action import NULL_KEYBOARD, NULL_MOUSE
 from world_model.train.clips import ClipBatch, ClipSampler
 from world_model.train.ema import EMA
 from world_model.train.error_buffer import ErrorBuffer, ErrorBufferOptions
+from world_model.train.loop import Warmup
 
 __all__ = ["FlowOptions", "sample_sigmas", "add_noise", "drop_actions", "dit_forward", "flow_loss", "FlowStage"]
 
@@ -166,7 +167,7 @@ class FlowStage:
             betas=opts.betas,
         )
         self.ema = EMA(model, opts.ema_decay)
-        self._warmup_from: int | None = 0  # the learning rate warms up from this step
+        self.warmup = Warmup(opts.warmup_steps)
         self._rollout_sampler = None  # the shipped few-step sampler, for p_own_history
         self.buffer = ErrorBuffer(opts.error)
         # σ is drawn on the host (B numbers: the error buffer selects by σ without a device sync),
@@ -189,10 +190,7 @@ class FlowStage:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
 
     def _lr(self, step: int) -> float:
-        if self._warmup_from is None:  # the first step after a slimmed checkpoint: warm up again
-            self._warmup_from = step
-        warm = min(1.0, (step - self._warmup_from + 1) / max(1, self.opts.warmup_steps))
-        return self.opts.lr * warm * self._cooldown()
+        return self.opts.lr * self.warmup(step) * self._cooldown()
 
     def _cooldown(self) -> float:
         """1 until the last ``cooldown_s`` seconds before the deadline, then linearly down to the floor."""
@@ -292,7 +290,7 @@ class FlowStage:
         session: :mod:`world_model.train.slim`) continues from those weights, the EMA at its full
         decay, with a fresh optimiser (its learning rate warmed up again), error buffer and data order."""
         if "model" not in state:
-            self._warmup_from = None  # a fresh optimiser warms up again from the resumed step
+            self.warmup.restart()  # a fresh optimiser warms up again from the resumed step
             weights = state["ema"]["model"]
             self.model.load_state_dict(weights)  # cast to the model's dtype (slims are bf16)
             self.ema.load_state_dict({"model": weights, "num_updates": state["ema"].get("num_updates", 10**6)})
