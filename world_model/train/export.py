@@ -130,6 +130,23 @@ def _staged(out: Path) -> Iterator[Path]:
     staging.rename(out)
 
 
+def _copy_with_vae(
+    model: Path, out: Path, vae: dict[str, torch.Tensor], note: str, cfg: WorldModelConfig | None = None
+) -> Path:
+    """``model`` copied to ``out`` with ``vae`` as its VAE's weights, ``cfg`` as its config where given and ``note``
+    appended to its README; written beside ``out`` and moved into place (a failure leaves ``out`` as it was)."""
+    from safetensors.torch import save_file
+
+    with _staged(out) as staging:
+        shutil.copytree(model, staging)
+        if cfg is not None:
+            cfg.save(staging / "config.json")
+        save_file(vae, str(staging / "vae.safetensors"), metadata={"format": "pt"})
+        with open(staging / "README.md", "a") as f:
+            f.write(note)
+    return out
+
+
 def combine_experts(
     high: str | Path,
     low: str | Path,
@@ -187,7 +204,7 @@ def with_decoder(
     own screen door (grid share 0.03-0.07 at sharpness 0.86-1.19 of the simulator's); the mean of six snapshots
     (steps 1,500-4,000) kept the sharpness (0.96) with about half the grid of the best of them (0.018), and 0.3 of
     the way from the shipped decoder to step 1,500 met the grid target (0.43, 0.009)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     if not 0.0 < blend <= 1.0:
         raise ValueError(f"blend must be in (0, 1] (1: the new decoder itself), got {blend}")
@@ -211,17 +228,10 @@ def with_decoder(
         own = vae[k].float()
         mean = sum(snap[k].float() for snap in snapshots) / len(snapshots)
         vae[k] = (own + blend * (mean - own)).to(vae[k].dtype)
-    with _staged(out) as staging:
-        shutil.copytree(model, staging)
-        save_file(vae, str(staging / "vae.safetensors"))
-        names = ", ".join(f"`{p}`" for p in paths)
-        what = f"the mean of {len(paths)} decoders ({names})" if len(paths) > 1 else f"the decoder {names}"
-        how = (
-            "in place of this folder's own" if blend == 1.0 else f"blended {blend:g} of the way from this folder's own"
-        )
-        with open(staging / "README.md", "a") as f:
-            f.write(f"\nDecoder: {what} ({len(new)} tensors), {how}.\n")
-    return out
+    names = ", ".join(f"`{p}`" for p in paths)
+    what = f"the mean of {len(paths)} decoders ({names})" if len(paths) > 1 else f"the decoder {names}"
+    how = "in place of this folder's own" if blend == 1.0 else f"blended {blend:g} of the way from this folder's own"
+    return _copy_with_vae(model, out, vae, f"\nDecoder: {what} ({len(new)} tensors), {how}.\n")
 
 
 def with_vae(model: str | Path, vae_stage: str | Path, out: str | Path) -> Path:
@@ -233,7 +243,6 @@ def with_vae(model: str | Path, vae_stage: str | Path, out: str | Path) -> Path:
     below). Every parameter must come from the stage's checkpoint (another width raises); ``out`` is written
     beside itself and moved into place. Returns ``out``."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from world_model.train.autoencoder import load_weights
     from world_model.train.checkpoints import load_latest
@@ -254,15 +263,9 @@ def with_vae(model: str | Path, vae_stage: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{vae_stage}'s VAE does not fit {model}'s config for {left[:5]}: another width")
     with safe_open(str(model / "vae.safetensors"), "pt") as f:  # the folder's dtype, from one tensor
         dtype = f.get_tensor(next(iter(f.keys()))).dtype
-    with _staged(out) as staging:
-        shutil.copytree(model, staging)
-        cfg.save(staging / "config.json")
-        vae_state = {k: v.detach().to(dtype).contiguous() for k, v in vae.state_dict().items()}
-        save_file(vae_state, str(staging / "vae.safetensors"), metadata={"format": "pt"})
-        with open(staging / "README.md", "a") as f:
-            step = state.get("step", "?")
-            f.write(f"\nVAE: `{vae_stage}` at step {step}, its full decoder (pruning 0), in place of this folder's.\n")
-    return out
+    vae_state = {k: v.detach().to(dtype).contiguous() for k, v in vae.state_dict().items()}
+    note = f"\nVAE: `{vae_stage}` at step {state.get('step', '?')}, its full decoder (pruning 0), in place of this folder's.\n"
+    return _copy_with_vae(model, out, vae_state, note, cfg)
 
 
 def as_int8(model: str | Path, out: str | Path) -> Path:
