@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -1243,3 +1244,52 @@ def test_export_from_poll_exports_the_polled_stage(smoke_run, tmp_path):
         ["bash", str(script), str(tmp_path / "prev.tar"), str(poll), str(out)], env=env, capture_output=True
     )
     assert again.returncode == 1 and b"exists" in again.stderr
+
+
+def test_ode_distillation_regresses_the_student_to_the_teachers_many_step_sample_without_a_critic(smoke_run):
+    """dmd_weight 0: no critic; each step pulls the student's estimate to the teacher's sample in teacher_steps
+    steps, sampled once per target_reuse steps from the same noise and history; the student approaches it."""
+    from world_model.train.clips import ClipSampler
+    from world_model.train.dmd import DMDOptions, DMDStage
+    from world_model.train.pipeline import PipelineOptions, _dit_from, _latents, run_config
+    from world_model.train.rollout import sample_chunk
+
+    run, _ = smoke_run
+    opts = PipelineOptions.smoke()
+    cfg, dev = run_config(run, opts), torch.device("cpu")
+    train_lat, _ = _latents(run, dev)
+    clips = ClipSampler(train_lat, cfg, 1, use_memory=True, seed=0)
+    dopts = DMDOptions(
+        batch_size=1, cold_start_steps=100, p_mask=0.0, lr_student=1e-3, regression_weight=1.0, dmd_weight=0.0,
+        teacher_steps=8, target_reuse=3, amp=False,
+    )  # fmt: skip
+    model = _dit_from(run, "memory", cfg, dev)
+    torch.manual_seed(0)
+    with torch.no_grad():  # weights whose ODE curves (the smoke model's few and many steps end alike)
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    stage = DMDStage(model, clips, cfg.sampler, dopts)
+    assert stage.critic is None and stage.teacher_sampler.num_steps == 8 and stage.sampler.num_steps != 8
+    sampled = []
+    teacher_sample = stage._teacher_sample
+    stage._teacher_sample = lambda *a: sampled.append(1) or teacher_sample(*a)
+    losses = [float(stage.train_step(step)["regression"]) for step in range(6)]
+    assert len(sampled) == 2  # steps 0 and 3
+    _, batch, noise, target = stage._target
+    with torch.no_grad():
+        final = float(torch.nn.functional.mse_loss(sample_chunk(stage.student, batch, noise, stage.sampler), target))
+    first = float(torch.nn.functional.mse_loss(sample_chunk(stage.teacher, batch, noise, stage.sampler), target))
+    assert final < 0.8 * first and all(math.isfinite(x) for x in losses)  # its few steps nearer the 8-step sample
+    state = stage.state_dict()
+    assert "critic" not in state and "opt_critic" not in state
+    with pytest.raises(ValueError, match="critic"):  # a DMD checkpoint (with a critic) does not load here
+        stage.load_state_dict({**state, "critic": {}})
+    for bad, match in (
+        (dict(dmd_weight=0.0), "both 0"),
+        (dict(regression_weight=1.0, target_reuse=2), "target_reuse"),
+        (dict(teacher_steps=-1), "teacher_steps"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            DMDOptions(**bad)
+    with pytest.raises(ValueError, match="both 0"):
+        PipelineOptions(dmd_weight=0.0)

@@ -113,6 +113,9 @@ class PipelineOptions:
     dmd_critic_lr: float = 4e-6
     dmd_rollout_reuse: int = 1  # steps one DMD self-rollout serves (DMDOptions.rollout_reuse)
     dmd_regression: float = 0.0  # weight of the student's regression to the teacher's sample (DMDOptions)
+    dmd_teacher_steps: int = 0  # the sampler steps of the teacher's sample (0: the student's; DMDOptions.teacher_steps)
+    dmd_weight: float = 1.0  # the distribution-matching term's weight (0: the regression alone, no critic)
+    dmd_target_reuse: int = 1  # with the regression alone: steps one teacher sample serves (DMDOptions.target_reuse)
     # the sharpen stage (world_model.train.sharpen): the pruned decoder trained adversarially on the DiT's own
     # latents; its batch of true clips is vae_batch, its learning rate vae_lr
     sharpen_steps: int = 4_000
@@ -198,6 +201,7 @@ class PipelineOptions:
             raise ValueError(f"vae_encoder_dim must be >= 1 (0: the preset's), got {self.vae_encoder_dim}")
         if self.dit_layers < 0:
             raise ValueError(f"dit_layers must be >= 1 (0: the preset's), got {self.dit_layers}")
+        _dmd_opts(self)  # the distillation's options raise now, not when its stage starts after the others
         value = self.compile
         if isinstance(value, bool) or str(value).lower() in ("true", "false", "none"):
             value = "base,memory" if str(value).lower() == "true" else ""
@@ -674,6 +678,9 @@ def _dmd_opts(opts: PipelineOptions):
         lr_critic=opts.dmd_critic_lr,
         rollout_reuse=opts.dmd_rollout_reuse,
         regression_weight=opts.dmd_regression,
+        teacher_steps=opts.dmd_teacher_steps,
+        dmd_weight=opts.dmd_weight,
+        target_reuse=opts.dmd_target_reuse,
         seed=opts.seed,
     )
 
