@@ -168,6 +168,36 @@ def flow_row(cfg, device, store, batch: int, memory: bool, compile: bool, warmup
     }
 
 
+def distill_row(cfg, device, store, batch: int, teacher_steps: int, reuse: int, warmup: int, steps: int) -> dict:
+    """The dmd stage as ODE distillation (dmd_weight 0): the student in the shipped sampler's steps regressed to the
+    teacher's sample in ``teacher_steps``, one teacher sample per ``reuse`` steps, ground-truth history."""
+    from world_model.train.dmd import DMDOptions, DMDStage
+
+    torch.manual_seed(0)
+    model = MatrixGameDiT(cfg.dit).to(device)
+    sampler = ClipSampler(store, cfg, batch, use_memory=True, seed=0)
+    opts = DMDOptions(
+        batch_size=batch, cold_start_steps=10**9, regression_weight=1.0, dmd_weight=0.0,
+        teacher_steps=teacher_steps, target_reuse=reuse,
+    )  # fmt: skip
+    stage = DMDStage(model, sampler, cfg.sampler, opts)
+    flops = sum(count_flops(stage, i) for i in range(reuse)) / reuse  # one teacher sample per reuse steps
+    rate, warm = time_stage(stage, device, warmup, steps)
+    return {
+        "stage": "distill",
+        "batch": batch,
+        "compile": False,
+        "gan": False,
+        "unit": f"chunk, student {cfg.sampler.num_steps} steps, teacher {teacher_steps} steps / {reuse}",
+        "steps_per_s": rate,
+        "samples_per_s": rate * batch,
+        "frames_per_s": float("nan"),
+        "flops_per_step": flops,
+        "tflops": flops * rate / 1e12,
+        "warmup_s": warm,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -176,7 +206,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny config and batches (CPU smoke run)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--json", default="bench_train_throughput.json")
-    p.add_argument("--stages", default="vae,decoder,flow", help="rows to run: any of vae, decoder, flow")
+    p.add_argument("--stages", default="vae,decoder,flow", help="rows to run: any of vae, decoder, flow, distill")
     p.add_argument(
         "--gan-lambda-every", type=int, default=0, help="also the VAE rows with the adversary at this VAEOptions value"
     )
@@ -204,8 +234,8 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     stages = set(a.stages.split(","))
-    if stages - {"vae", "decoder", "flow"}:
-        p.error(f"--stages: among vae, decoder, flow, got {a.stages}")
+    if stages - {"vae", "decoder", "flow", "distill"}:
+        p.error(f"--stages: among vae, decoder, flow, distill, got {a.stages}")
     if "vae" in stages:
         for compiled in (False,) if a.no_compile else (False, True):  # a compiled row's first step compiles (warmup_s)
             add(vae_row, cfg, device, b(32), False, False, warmup, steps, compiled)
@@ -221,6 +251,10 @@ def main() -> None:
         if not a.no_compile:
             add(flow_row, cfg, device, store, b(128), False, True, warmup, steps)
             add(flow_row, cfg, device, store, b(128), True, True, warmup, steps)
+    if "distill" in stages:  # the shipped sampler's steps for the student (the embedded model's: 5)
+        dcfg = cfg.replace(sampler=cfg.sampler.replace(num_steps=5))
+        for batch in (32, 64):
+            add(distill_row, dcfg, device, store, b(batch), 16, 4, warmup, steps)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     out = {
         "device": name,
