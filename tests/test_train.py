@@ -1293,3 +1293,21 @@ def test_ode_distillation_regresses_the_student_to_the_teachers_many_step_sample
             DMDOptions(**bad)
     with pytest.raises(ValueError, match="both 0"):
         PipelineOptions(dmd_weight=0.0)
+
+
+def test_sampler_steps_set_what_the_stages_sample_with_and_what_the_export_says(smoke_run, tmp_path):
+    import shutil
+
+    from world_model.train.pipeline import PipelineOptions, run_config, run_stage
+
+    run, _ = smoke_run
+    preset = run_config(run, PipelineOptions.smoke()).sampler.num_steps
+    opts = dataclasses.replace(PipelineOptions.smoke(), sampler_steps=preset + 2)
+    assert run_config(run, opts).sampler.num_steps == preset + 2
+    nxt = tmp_path / "run"
+    shutil.copytree(run, nxt)
+    shutil.rmtree(nxt / "export", ignore_errors=True)
+    assert run_stage(nxt, "export", opts)["state"] == "done"
+    assert json.loads((nxt / "export" / "config.json").read_text())["sampler"]["num_steps"] == preset + 2
+    with pytest.raises(ValueError, match="sampler_steps"):
+        PipelineOptions(sampler_steps=-1)

@@ -68,6 +68,10 @@ class PipelineOptions:
     # the DiT's blocks when not the preset's (0: the preset's): a model grown by world_model.train.grow (blocks
     # appended, each the identity at first) trains on with its carried weights
     dit_layers: int = 0
+    # the few-step sampler's steps when not the preset's (0: the preset's, 4): what the held-out evaluations, the
+    # own-history and sharpen stages and the dmd student sample with, and what the export's config says (the
+    # shipped model samples in 5 since session 19: a student distilled for 5 steps must train in 5)
+    sampler_steps: int = 0
     # the VAE encoder's base width when not the preset's (0: the preset's, 32). The encoder runs once per reset on
     # the env's side (the decoder every frame), so its width costs training time and reset time, not frames/s; a
     # change makes new latents: the VAE trains from scratch and the DiT with it
@@ -201,6 +205,8 @@ class PipelineOptions:
             raise ValueError(f"vae_encoder_dim must be >= 1 (0: the preset's), got {self.vae_encoder_dim}")
         if self.dit_layers < 0:
             raise ValueError(f"dit_layers must be >= 1 (0: the preset's), got {self.dit_layers}")
+        if self.sampler_steps < 0:
+            raise ValueError(f"sampler_steps must be >= 1 (0: the preset's), got {self.sampler_steps}")
         _dmd_opts(self)  # the distillation's options raise now, not when its stage starts after the others
         value = self.compile
         if isinstance(value, bool) or str(value).lower() in ("true", "false", "none"):
@@ -227,8 +233,10 @@ def _device() -> torch.device:
 
 
 def preset_config(opts: PipelineOptions) -> WorldModelConfig:
-    """The preset with the run's own shape options (``dit_layers``, ``vae_encoder_dim``)."""
+    """The preset with the run's own shape options (``dit_layers``, ``vae_encoder_dim``) and sampler steps."""
     cfg = PRESETS[opts.config]()
+    if opts.sampler_steps:
+        cfg = cfg.replace(sampler=cfg.sampler.replace(num_steps=opts.sampler_steps))
     if opts.dit_layers:
         cfg = cfg.replace(dit=cfg.dit.replace(num_layers=opts.dit_layers))
     if opts.vae_encoder_dim:
