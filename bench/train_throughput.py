@@ -153,12 +153,19 @@ def flow_row(cfg, device, store, batch: int, memory: bool, compile: bool, warmup
     stage = FlowStage(model, sampler, FlowOptions(batch_size=batch, use_memory=memory, compile=compile))
     # a compiled model compiles once per window geometry (chunk 0, chunk k >= 1): warm up until both ran
     rate, warm = time_stage(stage, device, 3 * warmup if compile else warmup, steps)
+    return _dit_row(
+        "memory" if memory else "base", batch, compile, "window of 14-15 latents (+5 memory)", rate, flops, warm
+    )
+
+
+def _dit_row(stage: str, batch: int, compile: bool, unit: str, rate: float, flops: float, warm: float) -> dict:
+    """A DiT stage's row (no adversary, no frames: samples are windows or chunks)."""
     return {
-        "stage": "memory" if memory else "base",
+        "stage": stage,
         "batch": batch,
         "compile": compile,
         "gan": False,
-        "unit": "window of 14-15 latents (+5 memory)",
+        "unit": unit,
         "steps_per_s": rate,
         "samples_per_s": rate * batch,
         "frames_per_s": float("nan"),
@@ -183,19 +190,8 @@ def distill_row(cfg, device, store, batch: int, teacher_steps: int, reuse: int, 
     stage = DMDStage(model, sampler, cfg.sampler, opts)
     flops = sum(count_flops(stage, i) for i in range(reuse)) / reuse  # one teacher sample per reuse steps
     rate, warm = time_stage(stage, device, warmup, steps)
-    return {
-        "stage": "distill",
-        "batch": batch,
-        "compile": False,
-        "gan": False,
-        "unit": f"chunk, student {cfg.sampler.num_steps} steps, teacher {teacher_steps} steps / {reuse}",
-        "steps_per_s": rate,
-        "samples_per_s": rate * batch,
-        "frames_per_s": float("nan"),
-        "flops_per_step": flops,
-        "tflops": flops * rate / 1e12,
-        "warmup_s": warm,
-    }
+    unit = f"chunk, student {cfg.sampler.num_steps} steps, teacher {teacher_steps} steps / {reuse}"
+    return _dit_row("distill", batch, False, unit, rate, flops, warm)
 
 
 def main() -> None:
