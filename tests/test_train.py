@@ -1293,6 +1293,11 @@ def test_ode_distillation_regresses_the_student_to_the_teachers_many_step_sample
             DMDOptions(**bad)
     with pytest.raises(ValueError, match="both 0"):
         PipelineOptions(dmd_weight=0.0)
+    with pytest.raises(ValueError, match="betas"):
+        PipelineOptions(dmd_beta1=1.0)
+    from world_model.train.pipeline import _dmd_opts
+
+    assert _dmd_opts(PipelineOptions(dmd_beta1=0.9)).betas == (0.9, 0.99)
 
 
 def test_sampler_steps_set_what_the_stages_sample_with_and_what_the_export_says(smoke_run, tmp_path):

@@ -82,6 +82,8 @@ class DMDOptions:
     def __post_init__(self) -> None:
         if self.rollout_reuse < 1:
             raise ValueError(f"rollout_reuse must be >= 1, got {self.rollout_reuse}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
         if self.teacher_steps < 0:
             raise ValueError(f"teacher_steps must be >= 0 (0: the student's sampler), got {self.teacher_steps}")
         if self.dmd_weight < 0 or self.regression_weight < 0:

@@ -120,6 +120,9 @@ class PipelineOptions:
     dmd_teacher_steps: int = 0  # the sampler steps of the teacher's sample (0: the student's; DMDOptions.teacher_steps)
     dmd_weight: float = 1.0  # the distribution-matching term's weight (0: the regression alone, no critic)
     dmd_target_reuse: int = 1  # with the regression alone: steps one teacher sample serves (DMDOptions.target_reuse)
+    # Adam's beta1 for the student and the critic (DMD2's 0: no momentum, for the distribution-matching term's
+    # alternating updates; the regression alone is plain supervised learning, where 0.9 averages its noisy gradients)
+    dmd_beta1: float = 0.0
     # the sharpen stage (world_model.train.sharpen): the pruned decoder trained adversarially on the DiT's own
     # latents; its batch of true clips is vae_batch, its learning rate vae_lr
     sharpen_steps: int = 4_000
@@ -689,6 +692,7 @@ def _dmd_opts(opts: PipelineOptions):
         teacher_steps=opts.dmd_teacher_steps,
         dmd_weight=opts.dmd_weight,
         target_reuse=opts.dmd_target_reuse,
+        betas=(opts.dmd_beta1, 0.99),
         seed=opts.seed,
     )
 
