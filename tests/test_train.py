@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -1284,7 +1285,16 @@ def test_ode_distillation_regresses_the_student_to_the_teachers_many_step_sample
     assert "critic" not in state and "opt_critic" not in state
     with pytest.raises(ValueError, match="critic"):  # a DMD checkpoint (with a critic) does not load here
         stage.load_state_dict({**state, "critic": {}})
+    fresh = copy.deepcopy(stage.teacher).requires_grad_(True)  # the model above trained on: start from its teacher
+    chain = DMDStage(fresh, clips, cfg.sampler, dataclasses.replace(dopts, regression_target="chain", target_reuse=1))
+    chain.train_step(0)
+    _, batch, noise, target = chain._target
+    with torch.no_grad():
+        after = float(torch.nn.functional.mse_loss(sample_chunk(chain.student, batch, noise, chain.sampler), target))
+        before = float(torch.nn.functional.mse_loss(sample_chunk(chain.teacher, batch, noise, chain.sampler), target))
+    assert after < before  # one step on the whole chain's output moves it towards the teacher's sample
     for bad, match in (
+        (dict(regression_weight=1.0, regression_target="x0"), "regression_target"),
         (dict(dmd_weight=0.0), "both 0"),
         (dict(regression_weight=1.0, target_reuse=2), "target_reuse"),
         (dict(teacher_steps=-1), "teacher_steps"),

@@ -170,6 +170,7 @@ def sample_window(
     sampler: FlowUniPCSampler,
     *,
     grad_step: int | None = None,
+    backprop: bool = False,
 ) -> Tensor:
     """Sample a window's noisy latents from ``noise`` [B, C, Fn, h, w] after ``context`` [B, C, c, h, w].
 
@@ -179,7 +180,8 @@ def sample_window(
     [B, C, Fn, h, w] in ``noise``'s dtype.
 
     ``grad_step`` = i: steps before i run without gradients and the result is the clean estimate
-    x̂0 = x − σ_i·v of step i, with gradients (DMD's random exit step). None: all steps.
+    x̂0 = x − σ_i·v of step i, with gradients (DMD's random exit step). None: all steps, without gradients unless
+    ``backprop`` (the final sample with gradients through every step: regression of the whole chain's output).
     """
     b, c = context.shape[0], context.shape[2]
     if noise.shape[0] != b or noise.shape[1] != context.shape[1] or noise.shape[3:] != context.shape[3:]:
@@ -193,6 +195,12 @@ def sample_window(
         return velocity(torch.cat([context, x], dim=2), t)[:, :, c:]
 
     x, state = noise, sampler.init_state()
+    if backprop:
+        if grad_step is not None:
+            raise ValueError("backprop runs every step with gradients: give no grad_step")
+        for i in range(sampler.num_steps):
+            x, state = sampler.step(x, v_noisy(x, i), state)
+        return x
     last = sampler.num_steps if grad_step is None else grad_step
     with torch.no_grad():
         for i in range(last):

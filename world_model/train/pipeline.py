@@ -123,6 +123,7 @@ class PipelineOptions:
     # Adam's beta1 for the student and the critic (DMD2's 0: no momentum, for the distribution-matching term's
     # alternating updates; the regression alone is plain supervised learning, where 0.9 averages its noisy gradients)
     dmd_beta1: float = 0.0
+    dmd_regression_target: str = "exit"  # "exit" or "chain" (DMDOptions.regression_target)
     # the sharpen stage (world_model.train.sharpen): the pruned decoder trained adversarially on the DiT's own
     # latents; its batch of true clips is vae_batch, its learning rate vae_lr
     sharpen_steps: int = 4_000
@@ -693,6 +694,7 @@ def _dmd_opts(opts: PipelineOptions):
         dmd_weight=opts.dmd_weight,
         target_reuse=opts.dmd_target_reuse,
         betas=(opts.dmd_beta1, 0.99),
+        regression_target=opts.dmd_regression_target,
         seed=opts.seed,
     )
 

@@ -25,11 +25,13 @@ def sample_chunk(
     sampler: FlowUniPCSampler,
     *,
     grad_step: int | None = None,
+    backprop: bool = False,
 ) -> Tensor:
     """Sample the noisy frames of ``batch`` from ``noise`` [B, C, Fn, h, w]; returns [B, C, Fn, h, w].
 
     ``grad_step`` = i: steps before i run without gradients and the result is the clean estimate
-    x̂0 = x − σ_i·v of step i, with gradients (DMD's random exit step). None: all steps, no grad.
+    x̂0 = x − σ_i·v of step i, with gradients (DMD's random exit step). None: all steps, no grad, unless
+    ``backprop``: the final sample with gradients through every step.
     """
     c = batch.num_context
 
@@ -37,10 +39,10 @@ def sample_chunk(
         return dit_forward(model, batch, window, t[:, c])  # t [B, F]: 0 on the context, t[:, c] after it
 
     context = batch.latents[:, :, :c]
-    if grad_step is None:
+    if grad_step is None and not backprop:
         with torch.no_grad():
             return sample_window(velocity, context, noise, sampler)
-    return sample_window(velocity, context, noise, sampler, grad_step=grad_step)
+    return sample_window(velocity, context, noise, sampler, grad_step=grad_step, backprop=backprop)
 
 
 def stored_latents(clips: ClipSampler, segments: Tensor) -> Tensor:
