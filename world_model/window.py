@@ -20,6 +20,7 @@ the retrieval scores too), and the camera code is rounded once to the caller's d
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -194,15 +195,11 @@ def sample_window(
         t[:, :c] = 0.0
         return velocity(torch.cat([context, x], dim=2), t)[:, :, c:]
 
+    if backprop and grad_step is not None:
+        raise ValueError("backprop runs every step with gradients: give no grad_step")
     x, state = noise, sampler.init_state()
-    if backprop:
-        if grad_step is not None:
-            raise ValueError("backprop runs every step with gradients: give no grad_step")
-        for i in range(sampler.num_steps):
-            x, state = sampler.step(x, v_noisy(x, i), state)
-        return x
     last = sampler.num_steps if grad_step is None else grad_step
-    with torch.no_grad():
+    with contextlib.nullcontext() if backprop else torch.no_grad():
         for i in range(last):
             x, state = sampler.step(x, v_noisy(x, i), state)
     if grad_step is None:

@@ -15,9 +15,10 @@ K = 6, 5 then 3 critic steps per student step, lr 5e-7/1e-7 for a 5B model) are 
 :class:`DMDOptions` for a small model trained from scratch.
 
 With ``dmd_weight`` 0 the stage is ODE (trajectory) distillation alone: no critic, every step pulls the
-student's clean estimate at a random exit step of its own schedule to the teacher's sample from the same noise
-and history in ``teacher_steps`` steps, which is sharp where the few-step sample is a blur (session 27's model in
-16 steps: 0.456 of the simulator's sharpness, 0.387 in 5), and which keeps what the teacher takes from memory.
+student (its whole few-step chain's sample, or its clean estimate at a random exit step: ``regression_target``)
+to the teacher's sample from the same noise and history in ``teacher_steps`` steps, which is sharp where the
+few-step sample is a blur (session 27's model in 16 steps: 0.456 of the simulator's sharpness, 0.387 in 5), and
+which keeps what the teacher takes from memory.
 """
 
 from __future__ import annotations
@@ -196,8 +197,9 @@ class DMDStage:
         return gn
 
     def _regression_step(self, step: int) -> dict[str, torch.Tensor]:
-        """The regression alone (dmd_weight 0): the student's clean estimate at a random exit step of its own
-        schedule, from the noise and history of a batch, pulled to the teacher's sample of that batch."""
+        """The regression alone (dmd_weight 0): the student's sample of a batch (its chain's output, or its clean
+        estimate at a random exit step: ``regression_target``) pulled to the teacher's sample from the same noise
+        and history."""
         o = self.opts
         if self._target is None or step // o.target_reuse != self._target[0] // o.target_reuse:
             batch = self._batch(step)
