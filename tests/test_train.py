@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,34 @@ def test_loop_resumes_after_a_crash_and_records_status(tmp_path):
     assert stopped["state"] == "stopped" and stopped["step"] == 0
     with pytest.raises(ValueError, match="no snapshot"):  # an option that would do nothing
         run_loop(_Counter(), tmp_path / "c", LoopOptions(steps=2, snapshot_every=1, progress=False))
+
+
+class _Signaller(_Counter):
+    """Sends itself ``sig`` during step ``at`` (as Ctrl-C or a job scheduler would)."""
+
+    def __init__(self, sig, at: int):
+        super().__init__()
+        self.sig, self.at = sig, at
+
+    def train_step(self, step):
+        if step == self.at:
+            signal.raise_signal(self.sig)
+        return super().train_step(step)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_finishes_the_step_checkpoints_it_and_the_run_resumes_there(tmp_path, sig):
+    before = signal.getsignal(sig)
+    stage = _Signaller(sig, at=3)
+    with pytest.raises(KeyboardInterrupt, match=f"{signal.Signals(sig).name} at step 4"):
+        run_loop(stage, tmp_path, LoopOptions(steps=10, checkpoint_every=100, progress=False))
+    assert signal.getsignal(sig) is before  # the loop's handler is gone again
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["step"] == 4
+    assert float(stage.w) == 4 and int(load_sharded(latest_checkpoint(tmp_path))["step"]) == 4
+    again = _Counter()
+    out = run_loop(again, tmp_path, LoopOptions(steps=10, checkpoint_every=100, progress=False))
+    assert out["state"] == "done" and float(again.w) == 10  # 4 resumed + 6, nothing trained twice or lost
 
 
 def test_embedded_preset_fits_the_size_bar():

@@ -69,11 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         folder = run / ("latents" if stage == "encode" else stage)
         if read_status(folder) is not None:
             reopen(folder)
-    if args.command == "all":
-        skip = tuple(s for s in args.skip.split(",") if s)
-        result = run_pipeline(run, opts, budget_minutes=args.budget_minutes, skip=skip)
-    else:
-        result = run_stage(run, args.command, opts)
+    try:
+        if args.command == "all":
+            skip = tuple(s for s in args.skip.split(",") if s)
+            result = run_pipeline(run, opts, budget_minutes=args.budget_minutes, skip=skip)
+        else:
+            result = run_stage(run, args.command, opts)
+    except KeyboardInterrupt as e:  # the loop saved the last whole step first; the same command resumes from it
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 130
     print(
         json.dumps({k: result.get(k) for k in ("stage", "state", "step", "metrics", "eval", "stages")}, default=float)
     )

@@ -11,12 +11,18 @@ A step's metrics may be device tensors: the loop reads them back only every ``lo
 (averaged over those steps on the device), so the host never waits for the GPU between steps and
 queues the next step's work while the current one runs. A non-finite metric stops the run at the
 next log step.
+
+Ctrl-C (SIGINT) or SIGTERM during a run (in the main thread) is a request to stop: the loop finishes the step it is
+in, writes a checkpoint, marks the status ``interrupted`` and raises ``KeyboardInterrupt``, so nothing trained is lost
+and a pipeline does not go on to its next stage. A second signal acts at once, as without the loop.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +106,38 @@ def save_snapshot(stage: Any, run_dir: Path, step: int) -> Path:
     return path
 
 
+class _StopRequests:
+    """While entered (in the main thread), the first SIGINT or SIGTERM sets ``requested`` instead of acting and
+    puts the previous handlers back, so that a second one acts as it would have."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, name: str):
+        self.name = name
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signal.Signals(signum).name
+        self._restore()
+        log.warning(
+            "%s: %s received: stopping after this step with a checkpoint (again to stop now)", self.name, self.requested
+        )
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+
 def _evaluate(stage: Any) -> dict[str, float]:
     fn = getattr(stage, "evaluate", None)
     return dict(fn()) if fn is not None else {}
@@ -109,7 +147,8 @@ def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, 
     """Train ``stage`` to ``opts.steps`` (resuming from ``run_dir``'s latest checkpoint).
 
     Returns the final status dict; ``state`` is ``done`` or ``stopped`` (deadline reached).
-    Exceptions are recorded in the status file (``state: failed``) and re-raised.
+    Exceptions are recorded in the status file (``state: failed``) and re-raised; a stop request (SIGINT,
+    SIGTERM) checkpoints the last whole step first (``state: interrupted``) and raises ``KeyboardInterrupt``.
     """
     from tqdm.auto import tqdm
 
@@ -139,49 +178,58 @@ def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, 
     saved_at = step
     final_state = "done"
     bar = tqdm(total=opts.steps, initial=step, desc=stage.name, disable=not opts.progress, dynamic_ncols=True)
+    stop = _StopRequests(stage.name)
     try:
-        while step < opts.steps:
-            if opts.deadline is not None and time.time() > opts.deadline - opts.reserve_s:
-                final_state = "stopped"
-                break
-            metrics = stage.train_step(step)
-            step += 1
-            bar.update(1)
-            for k, v in metrics.items():
-                window[k] = window[k] + v if k in window else v
-                counts[k] = counts.get(k, 0) + 1
-            if step % opts.log_every == 0 or step == opts.steps:
-                metrics = {k: float(v) / counts[k] for k, v in window.items()}  # the one sync per log step
-                window, counts = {}, {}
+        with stop:
+            while step < opts.steps:
+                if stop.requested:
+                    final_state = "interrupted"
+                    break
+                if opts.deadline is not None and time.time() > opts.deadline - opts.reserve_s:
+                    final_state = "stopped"
+                    break
+                metrics = stage.train_step(step)
+                step += 1
+                bar.update(1)
                 for k, v in metrics.items():
-                    if not math.isfinite(v):
-                        raise FloatingPointError(f"{stage.name}: {k} is {v} at step {step}")
-                    smoothed[k] = v if k not in smoothed else 0.7 * smoothed[k] + 0.3 * v
-                rate = (step - s0) / max(time.time() - t0, 1e-9)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in smoothed.items()})
-                status.log(step, "train", metrics)
-                status.update(
-                    step=step, metrics=smoothed, steps_per_s=rate, eta_s=(opts.steps - step) / max(rate, 1e-9)
-                )
-            if opts.eval_every and step % opts.eval_every == 0 and step < opts.steps:
-                ev = _evaluate(stage)
-                if ev:
-                    status.log(step, "eval", ev)
-                    status.update(eval=ev)
-            if step % opts.checkpoint_every == 0:
+                    window[k] = window[k] + v if k in window else v
+                    counts[k] = counts.get(k, 0) + 1
+                if step % opts.log_every == 0 or step == opts.steps:
+                    metrics = {k: float(v) / counts[k] for k, v in window.items()}  # the one sync per log step
+                    window, counts = {}, {}
+                    for k, v in metrics.items():
+                        if not math.isfinite(v):
+                            raise FloatingPointError(f"{stage.name}: {k} is {v} at step {step}")
+                        smoothed[k] = v if k not in smoothed else 0.7 * smoothed[k] + 0.3 * v
+                    rate = (step - s0) / max(time.time() - t0, 1e-9)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in smoothed.items()})
+                    status.log(step, "train", metrics)
+                    status.update(
+                        step=step, metrics=smoothed, steps_per_s=rate, eta_s=(opts.steps - step) / max(rate, 1e-9)
+                    )
+                if opts.eval_every and step % opts.eval_every == 0 and step < opts.steps:
+                    ev = _evaluate(stage)
+                    if ev:
+                        status.log(step, "eval", ev)
+                        status.update(eval=ev)
+                if step % opts.checkpoint_every == 0:
+                    checkpoint(step)
+                    saved_at = step
+                if opts.snapshot_every and step % opts.snapshot_every == 0:
+                    save_snapshot(stage, run_dir, step)
+            if step != saved_at or ckpt is None:
                 checkpoint(step)
-                saved_at = step
-            if opts.snapshot_every and step % opts.snapshot_every == 0:
-                save_snapshot(stage, run_dir, step)
-        if step != saved_at or ckpt is None:
-            checkpoint(step)
-        ev = _evaluate(stage)
-        if ev:
-            status.log(step, "eval", ev)
-        status.update(state=final_state, step=step, metrics=smoothed, eval=ev or status.data["eval"])
+            ev = _evaluate(stage) if final_state != "interrupted" else {}
+            if ev:
+                status.log(step, "eval", ev)
+            status.update(state=final_state, step=step, metrics=smoothed, eval=ev or status.data["eval"])
     except BaseException as e:
         status.update(state="failed", step=step, error=f"{type(e).__name__}: {e}")
         raise
     finally:
         bar.close()
+    if final_state == "interrupted":
+        raise KeyboardInterrupt(
+            f"{stage.name}: {stop.requested} at step {step}; checkpoint {status.data['checkpoint']}"
+        )
     return dict(status.data)

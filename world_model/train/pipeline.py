@@ -894,8 +894,8 @@ def run_pipeline(
         try:
             result = run_stage(run, stage, opts, deadline=deadline)
         except BaseException as e:
-            states[stage] = "failed"
-            status.update(state="failed", stages=states, error=f"{stage}: {type(e).__name__}: {e}")
+            states[stage] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            status.update(state=states[stage], stages=states, error=f"{stage}: {type(e).__name__}: {e}")
             raise
         states[stage] = str(result.get("state"))  # "stopped" (its share of the budget ran out) goes on
         status.update(stages=states)
