@@ -164,6 +164,15 @@ def test_a_stop_signal_finishes_the_step_checkpoints_it_and_the_run_resumes_ther
     assert out["state"] == "done" and float(again.w) == 10  # 4 resumed + 6, nothing trained twice or lost
 
 
+def test_a_stop_signal_in_the_last_step_leaves_the_stage_done_but_still_stops_the_caller(tmp_path):
+    stage = _Signaller(signal.SIGINT, at=9)
+    with pytest.raises(KeyboardInterrupt, match="SIGINT at step 10"):  # a pipeline must not start its next stage
+        run_loop(stage, tmp_path, LoopOptions(steps=10, checkpoint_every=100, progress=False))
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "done" and status["step"] == 10
+    assert int(load_sharded(latest_checkpoint(tmp_path))["step"]) == 10
+
+
 def test_embedded_preset_fits_the_size_bar():
     from world_model.dit import MatrixGameDiT
     from world_model.vae import WanVAE

@@ -183,7 +183,6 @@ def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, 
         with stop:
             while step < opts.steps:
                 if stop.requested:
-                    final_state = "interrupted"
                     break
                 if opts.deadline is not None and time.time() > opts.deadline - opts.reserve_s:
                     final_state = "stopped"
@@ -217,9 +216,11 @@ def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, 
                     saved_at = step
                 if opts.snapshot_every and step % opts.snapshot_every == 0:
                     save_snapshot(stage, run_dir, step)
+            if stop.requested and step < opts.steps:
+                final_state = "interrupted"
             if step != saved_at or ckpt is None:
                 checkpoint(step)
-            ev = _evaluate(stage) if final_state != "interrupted" else {}
+            ev = _evaluate(stage) if not stop.requested else {}
             if ev:
                 status.log(step, "eval", ev)
             status.update(state=final_state, step=step, metrics=smoothed, eval=ev or status.data["eval"])
@@ -228,7 +229,7 @@ def run_loop(stage: Stage, run_dir: str | Path, opts: LoopOptions) -> dict[str, 
         raise
     finally:
         bar.close()
-    if final_state == "interrupted":
+    if stop.requested:  # also after the last step: a pipeline must not go on to its next stage
         raise KeyboardInterrupt(
             f"{stage.name}: {stop.requested} at step {step}; checkpoint {status.data['checkpoint']}"
         )
