@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the model's own, 1 = off; the distillation part's teacher stays unguided)",
     )
     p.add_argument(
+        "--memory-guidance",
+        type=float,
+        default=None,
+        metavar="S",
+        help="memory guidance scale of the evaluated model (SamplerConfig.memory_guidance): S > 1 adds a DiT call per "
+        "sampler step of a chunk with memory, without it, v = v_free + S (v - v_free) (default: the model's own, 1 = off)",
+    )
+    p.add_argument(
         "--sampler-steps",
         type=int,
         default=None,
@@ -157,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action_guidance is not None and not args.action_guidance >= 1.0:
         parser.error(f"--action-guidance must be >= 1 (1: off), got {args.action_guidance}")
+    if args.memory_guidance is not None and not args.memory_guidance >= 1.0:
+        parser.error(f"--memory-guidance must be >= 1 (1: off), got {args.memory_guidance}")
     if args.sampler_steps is not None and args.sampler_steps < 1:
         parser.error(f"--sampler-steps must be >= 1, got {args.sampler_steps}")
     import torch
@@ -199,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             wm = wm.with_sampler(action_guidance=args.action_guidance)
         except ValueError as e:  # the model guides with the release's CFG already (guidance_scale > 1)
             print(f"mg3 eval: --action-guidance {args.action_guidance}: {e}", file=sys.stderr)
+            return 2
+    if args.memory_guidance is not None:
+        try:
+            wm = wm.with_sampler(memory_guidance=args.memory_guidance)
+        except ValueError as e:  # the model guides otherwise already
+            print(f"mg3 eval: --memory-guidance {args.memory_guidance}: {e}", file=sys.stderr)
             return 2
     if args.sampler_steps is not None:
         wm = wm.with_sampler(num_steps=args.sampler_steps)

@@ -148,6 +148,7 @@ def run_evaluation(
             **wm.describe(),
             "sampler_steps": cfg.sampler.num_steps,
             "action_guidance": cfg.sampler.action_guidance,
+            "memory_guidance": cfg.sampler.memory_guidance,
         },
         "options": dataclasses.asdict(opts),
         "runtime": {"device": wm.runtime.device, "dtype": str(wm.runtime.dtype).removeprefix("torch.")},

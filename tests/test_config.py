@@ -122,3 +122,8 @@ def test_action_guidance_validates_and_round_trips(tmp_path):
     with pytest.raises(ConfigError, match="choose one"):
         SamplerConfig(guidance_scale=5.0, action_guidance=2.0)
     assert SamplerConfig(guidance_scale=5.0, action_guidance=1.0).guidance_scale == 5.0  # one of them: fine
+    with pytest.raises(ConfigError, match=r"memory_guidance \(0.5\) must be >= 1"):
+        SamplerConfig(memory_guidance=0.5)
+    with pytest.raises(ConfigError, match="choose one"):
+        SamplerConfig(action_guidance=2.0, memory_guidance=2.0)
+    assert SamplerConfig(memory_guidance=2.0).memory_guidance == 2.0

@@ -283,6 +283,31 @@ def test_action_guidance_two_dit_calls_per_step_with_only_the_actions_nulled(gen
     assert not torch.equal(frames[0][1], plain[0][1])
 
 
+def test_memory_guidance_adds_a_call_without_the_memory_only_where_there_is_memory(gen, model):
+    """memory_guidance > 1: chunk 0 (no memory) one DiT call per step, the unguided frames; chunk 1 two, the second
+    with the same latents, timestep, prompt and actions, no memory, and the window's own camera code and positions."""
+    import dataclasses
+
+    steps = model.config.sampler.num_steps
+    plain, _ = _cached_run(gen, model, [5], [1], chunks=2)
+    cfg = model.config
+    guided = dataclasses.replace(model, config=cfg.replace(sampler=cfg.sampler.replace(memory_guidance=2.0)))
+    calls = []
+    hook = model.dit.register_forward_pre_hook(lambda _, args: calls.append(args))
+    try:
+        frames, _ = _run(StreamingGenerator(guided), guided, [5], [_image(1)], chunks=2)
+    finally:
+        hook.remove()
+    assert len(calls) == steps + 2 * steps
+    assert all(c[7] is None for c in calls[:steps]) and torch.equal(frames[0][0], plain[0][0])
+    for cond, free in zip(calls[steps::2], calls[steps + 1 :: 2]):
+        x, t, text, plucker, mouse, keyboard, positions, memory = cond
+        assert memory is not None and free[7] is None
+        assert free[0] is x and free[1] is t and free[2] is text and free[4] is mouse and free[5] is keyboard
+        assert free[6].shape[1] < positions.shape[1]  # the window's positions, without the memory latents'
+    assert not torch.equal(frames[0][1], plain[0][1])
+
+
 class _VelocityProbe(torch.nn.Module):
     """A stand-in DiT with known velocities: ``cond(x)`` for real actions, ``null(x)`` for the null ones;
     with ``combined`` it returns null + s·(cond − null) itself for the real actions."""

@@ -388,17 +388,21 @@ class SamplerConfig(_Config):
     # prompt, camera and memory but null actions, v = v_null + s·(v − v_null). It amplifies what the
     # actions add; meaningful for a model trained with action dropout (FlowOptions.p_drop_actions)
     action_guidance: float = 1.0
+    # memory guidance (ours): > 1 adds a DiT call per sampler step of a window with memory, the same prompt, camera
+    # and actions without the retrieved memory, v = v_free + s·(v − v_free): it amplifies what the memory adds
+    memory_guidance: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.num_steps >= 1, f"num_steps ({self.num_steps}) must be >= 1")
         _check(self.shift > 0, f"shift ({self.shift}) must be positive")
         _check(self.guidance_scale >= 1.0, f"guidance_scale ({self.guidance_scale}) must be >= 1")
         _check(self.action_guidance >= 1.0, f"action_guidance ({self.action_guidance}) must be >= 1 (1: off)")
+        _check(self.memory_guidance >= 1.0, f"memory_guidance ({self.memory_guidance}) must be >= 1 (1: off)")
         _check(
-            self.guidance_scale == 1.0 or self.action_guidance == 1.0,
-            f"guidance_scale ({self.guidance_scale}) and action_guidance ({self.action_guidance}) are both > 1; "
-            "combining the release's guidance (negative prompt, null actions, no memory) with action guidance "
-            "is not supported: choose one and set the other to 1",
+            sum(g > 1.0 for g in (self.guidance_scale, self.action_guidance, self.memory_guidance)) <= 1,
+            f"guidance_scale ({self.guidance_scale}), action_guidance ({self.action_guidance}) and memory_guidance "
+            f"({self.memory_guidance}): more than one > 1 is not supported (each adds its own second DiT call per "
+            "step; the release's guidance already drops the actions and the memory): choose one and set the others to 1",
         )
 
 

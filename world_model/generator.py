@@ -19,7 +19,9 @@ memory frames have timestep 0 and are written back after every sampler step. Wit
 ``guidance_scale > 1`` (the base model) a second call per step uses the negative prompt, the null
 actions and no memory (spec §6 step 4). With ``action_guidance > 1`` (ours; for a model trained
 with action dropout) the second call keeps the prompt, camera code and memory and nulls only the
-actions, so the guidance amplifies what the actions add. The window's conditioning (camera code, memory,
+actions, so the guidance amplifies what the actions add. With ``memory_guidance > 1`` (ours) the second call of a
+window with memory keeps the prompt, camera code and actions and leaves out the retrieved memory (the window's own
+camera code and positions), so the guidance amplifies what the memory adds. The window's conditioning (camera code, memory,
 positions) and the sampling loop are :mod:`world_model.window`'s, the ones training calls.
 """
 
@@ -286,7 +288,8 @@ class StreamingGenerator:
         plucker, positions = win.plucker, win.positions
         kb_dev, ms_dev = win_kb.to(self.device, self.dtype), win_ms.to(self.device, self.dtype)
         guided = cfg.sampler.guidance_scale > 1.0
-        action_guided = cfg.sampler.action_guidance > 1.0  # SamplerConfig allows one of the two
+        action_guided = cfg.sampler.action_guidance > 1.0  # SamplerConfig allows one of the three
+        memory_guided = cfg.sampler.memory_guidance > 1.0 and memory is not None  # chunk 0 has no memory
         if guided or action_guided:
             null_kb, null_ms = torch.full_like(kb_dev, NULL_KEYBOARD), torch.full_like(ms_dev, NULL_MOUSE)
         if guided:  # the null branch: negative prompt, null actions, no memory
@@ -300,6 +303,9 @@ class StreamingGenerator:
             elif action_guided:  # the same prompt, camera, positions and memory (one cached conditioning)
                 v_null = self.model.dit(x, t_map, text, plucker, null_ms, null_kb, positions, memory)
                 v = cfg_combine(v, v_null, cfg.sampler.action_guidance)
+            elif memory_guided:  # the same prompt and actions; the window's camera code and positions, no memory
+                v_free = self.model.dit(x, t_map, text, win.window_plucker, ms_dev, kb_dev, win.latents, None)
+                v = cfg_combine(v, v_free, cfg.sampler.memory_guidance)
             return v
 
         # the same text, camera code and positions at every step: the DiT computes their part once
