@@ -470,6 +470,42 @@ def test_dmd_regression_term_pulls_the_student_to_the_teachers_sample(smoke_run,
         assert "regression" not in metrics and moved < 1e-3 * dopts.lr_student * n
 
 
+def test_memory_guided_sampling_adds_a_call_without_the_memory_and_the_teacher_uses_it(smoke_run):
+    from world_model.sampler import FlowUniPCSampler
+    from world_model.train.clips import ClipSampler
+    from world_model.train.dmd import DMDOptions
+    from world_model.train.pipeline import PipelineOptions, _dit_from, _dmd_opts, _latents, run_config
+    from world_model.train.rollout import sample_chunk
+
+    run, _ = smoke_run
+    opts = PipelineOptions.smoke()
+    cfg, dev = run_config(run, opts), torch.device("cpu")
+    train_lat, _ = _latents(run, dev)
+    batch = ClipSampler(train_lat, cfg, 2, use_memory=True, seed=0).build(torch.tensor([0, 1]), torch.tensor([1, 1]))
+    assert batch.memory is not None
+    model = _dit_from(run, "memory", cfg, dev)
+    sampler = FlowUniPCSampler.from_config(cfg.sampler)
+    noise = torch.randn(batch.latents[:, :, batch.num_context :].shape, generator=torch.Generator().manual_seed(0))
+    calls = []  # (positions' length, memory given) of every DiT call
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kw: calls.append((args[6].shape[1], kw.get("memory") is not None)), with_kwargs=True
+    )
+    try:
+        guided = sample_chunk(model, batch, noise, sampler, memory_guidance=2.0)
+    finally:
+        hook.remove()
+    window = batch.latents.shape[2]
+    assert calls == [(batch.positions.shape[1], True), (window, False)] * sampler.num_steps
+    plain = sample_chunk(model, batch, noise, sampler)
+    assert torch.equal(sample_chunk(model, batch, noise, sampler, memory_guidance=1.0), plain)
+    assert not torch.allclose(guided, plain)
+    with pytest.raises(ValueError, match="memory_guidance must be >= 1"):
+        sample_chunk(model, batch, noise, sampler, memory_guidance=0.5)
+    with pytest.raises(ValueError, match="teacher_memory_guidance must be >= 1"):
+        DMDOptions(teacher_memory_guidance=0.5)
+    assert _dmd_opts(PipelineOptions(dmd_teacher_memory_guidance=2.0)).teacher_memory_guidance == 2.0
+
+
 def test_dmd_distils_the_base_stage_where_the_memory_stage_did_not_run(smoke_run, tmp_path):
     """A continued session that skips the memory stage (its carried base is the last memory model): DMD's
     teacher, critic and student start from the base stage, and the export writes it beside the student."""
@@ -1290,7 +1326,7 @@ def test_ode_distillation_regresses_the_student_to_the_teachers_many_step_sample
     steps, sampled once per target_reuse steps from the same noise and history; the student approaches it."""
     from world_model.train.clips import ClipSampler
     from world_model.train.dmd import DMDOptions, DMDStage
-    from world_model.train.pipeline import PipelineOptions, _dit_from, _latents, run_config
+    from world_model.train.pipeline import PipelineOptions, _dit_from, _dmd_opts, _latents, run_config
     from world_model.train.rollout import sample_chunk
 
     run, _ = smoke_run

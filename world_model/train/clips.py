@@ -94,7 +94,9 @@ class ClipBatch:
     ``plucker`` [B, 6 s^2, M+F, h, w]; ``mouse`` [B, Nf, 2]; ``keyboard`` [B, Nf, 6]; ``positions``
     [B, M+F] int64; ``context`` [B, Lt, D]; ``chunk`` [B] chunk index (on the host); ``frames`` [B, Nf] absolute
     frame indices of the window (for pixel-space evaluation); ``segments`` [B] the store's segments
-    (on the host).
+    (on the host); ``window_plucker`` [B, 6 s^2, F, h, w] and ``window_positions`` [B, F]: the window's own camera
+    code and positions, without the memory frames' (the DiT's conditioning with the memory left out, for memory
+    guidance).
     """
 
     latents: Tensor
@@ -108,6 +110,14 @@ class ClipBatch:
     chunk: Tensor
     frames: Tensor
     segments: Tensor | None = None
+    window_plucker: Tensor | None = None
+    window_positions: Tensor | None = None
+
+    def without_memory(self) -> tuple[Tensor, Tensor]:
+        """(plucker, positions) of the window with the memory left out (the batch's own where it has none)."""
+        if self.memory is None:
+            return self.plucker, self.positions
+        return self.window_plucker, self.window_positions
 
 
 class ClipSampler:
@@ -214,4 +224,6 @@ class ClipSampler:
             chunk=chunks,
             frames=af,
             segments=segments,
+            window_plucker=win.window_plucker,
+            window_positions=win.latents,
         )

@@ -118,6 +118,7 @@ class PipelineOptions:
     dmd_rollout_reuse: int = 1  # steps one DMD self-rollout serves (DMDOptions.rollout_reuse)
     dmd_regression: float = 0.0  # weight of the student's regression to the teacher's sample (DMDOptions)
     dmd_teacher_steps: int = 0  # the sampler steps of the teacher's sample (0: the student's; DMDOptions.teacher_steps)
+    dmd_teacher_memory_guidance: float = 1.0  # memory guidance of the teacher's sample (DMDOptions; 1: off)
     dmd_weight: float = 1.0  # the distribution-matching term's weight (0: the regression alone, no critic)
     dmd_target_reuse: int = 1  # with the regression alone: steps one teacher sample serves (DMDOptions.target_reuse)
     # Adam's beta1 for the student and the critic (DMD2's 0: no momentum, for the distribution-matching term's
@@ -691,6 +692,7 @@ def _dmd_opts(opts: PipelineOptions):
         rollout_reuse=opts.dmd_rollout_reuse,
         regression_weight=opts.dmd_regression,
         teacher_steps=opts.dmd_teacher_steps,
+        teacher_memory_guidance=opts.dmd_teacher_memory_guidance,
         dmd_weight=opts.dmd_weight,
         target_reuse=opts.dmd_target_reuse,
         betas=(opts.dmd_beta1, 0.99),

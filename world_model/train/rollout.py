@@ -7,10 +7,12 @@ windows come from :meth:`ClipSampler.build`, i.e. from the generator's window co
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
-from world_model.sampler import FlowUniPCSampler
+from world_model.sampler import FlowUniPCSampler, cfg_combine
 from world_model.train.clips import ClipBatch, ClipSampler
 from world_model.train.flow import dit_forward
 from world_model.window import sample_window
@@ -26,17 +28,29 @@ def sample_chunk(
     *,
     grad_step: int | None = None,
     backprop: bool = False,
+    memory_guidance: float = 1.0,
 ) -> Tensor:
     """Sample the noisy frames of ``batch`` from ``noise`` [B, C, Fn, h, w]; returns [B, C, Fn, h, w].
 
     ``grad_step`` = i: steps before i run without gradients and the result is the clean estimate
     x̂0 = x − σ_i·v of step i, with gradients (DMD's random exit step). None: all steps, no grad, unless
-    ``backprop``: the final sample with gradients through every step.
+    ``backprop``: the final sample with gradients through every step. ``memory_guidance`` s > 1 (a batch with
+    memory): v = v_free + s·(v − v_free), v_free the DiT's velocity with the memory left out (as the generator's
+    ``SamplerConfig.memory_guidance``).
     """
+    if memory_guidance < 1.0:
+        raise ValueError(f"memory_guidance must be >= 1 (1: off), got {memory_guidance}")
     c = batch.num_context
+    free = None
+    if memory_guidance > 1.0 and batch.memory is not None:
+        plucker, positions = batch.without_memory()
+        free = dataclasses.replace(batch, memory=None, plucker=plucker, positions=positions)
 
     def velocity(window: Tensor, t: Tensor) -> Tensor:
-        return dit_forward(model, batch, window, t[:, c])  # t [B, F]: 0 on the context, t[:, c] after it
+        v = dit_forward(model, batch, window, t[:, c])  # t [B, F]: 0 on the context, t[:, c] after it
+        if free is not None:
+            v = cfg_combine(v, dit_forward(model, free, window, t[:, c]), memory_guidance)
+        return v
 
     context = batch.latents[:, :, :c]
     if grad_step is None and not backprop:
