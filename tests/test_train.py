@@ -1379,7 +1379,6 @@ def test_ode_distillation_regresses_the_student_to_the_teachers_many_step_sample
         PipelineOptions(dmd_weight=0.0)
     with pytest.raises(ValueError, match="betas"):
         PipelineOptions(dmd_beta1=1.0)
-    from world_model.train.pipeline import _dmd_opts
 
     assert _dmd_opts(PipelineOptions(dmd_beta1=0.9)).betas == (0.9, 0.99)
 
