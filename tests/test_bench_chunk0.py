@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.bench_loader import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("chunk0_onset", ROOT / "bench" / "chunk0_onset.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("chunk0_onset.py")
 
 
 def test_per_latent_groups_frames_caps_identical_ones_and_drops_the_tail():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.bench_loader import load_bench
 from world_model.config import tiny
 from world_model.model import random_world_model
 from world_model.runtime import RuntimeOptions
@@ -123,13 +124,7 @@ def test_trace_kernels_count_each_kernel_once_and_the_union_of_streams():
 
 
 def _env_bench_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("env_5b_bench", ROOT / "bench" / "env_5b.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("env_5b.py")
 
 
 @pytest.mark.gpu

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_loader import load_bench
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("memory_views", ROOT / "bench" / "memory_views.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("memory_views.py")
 
 
 def test_sheet_puts_each_models_start_and_return_beside_the_simulators_frame():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.bench_loader import load_bench
 from world_model.attention import attention_backends, set_attention_backend
 from world_model.config import DiTConfig, mg3_5b, tiny
 from world_model.dit import MatrixGameDiT, timestep_sinusoid
@@ -471,9 +471,7 @@ def test_5b_forward_on_gpu_bf16():
 
 
 def test_bench_tiny_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_dit_5b", ROOT / "bench" / "dit_5b.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("dit_5b.py")
     out = tmp_path / "r.json"
     result = bench.main(["--tiny", "--iters", "1", "--warmup", "0", "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -487,9 +485,7 @@ def test_bench_tiny_smoke(tmp_path):
 def test_bench_flop_count_matches_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
-    spec = importlib.util.spec_from_file_location("bench_dit_5b", ROOT / "bench" / "dit_5b.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("dit_5b.py")
     cfg = tiny().dit
     model = _model(cfg)
     inp = _inputs(cfg, B=1, M=2, F=3, h=4, w=6)

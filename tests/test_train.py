@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.bench_loader import load_bench
 from world_model.config import embedded, tiny
 from world_model.train.checkpoints import latest_checkpoint, load_sharded, save_checkpoint, save_sharded
 from world_model.train.clips import ClipSampler, LatentStore
@@ -1121,13 +1122,9 @@ def test_export_vae_puts_the_vae_stages_full_autoencoder_in_a_copy(smoke_run, tm
 def test_eval_snapshots_ranks_each_snapshot_on_the_test_levels(smoke_run, tmp_path):
     """bench/gpu/eval_snapshots.py: every snapshot into the exported model, reset and sharpness on the test
     levels, a row each beside the model's own."""
-    import importlib.util
 
     run, _ = smoke_run
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("eval_snapshots", root / "bench" / "gpu" / "eval_snapshots.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("gpu/eval_snapshots.py")
     out = tmp_path / "ev"
     assert mod.main([str(run / "sharpen"), "--model", str(run / "export"), "--out", str(out), "--every", "5"]) == 0
     rows = json.loads((out / "snapshots.json").read_text())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.bench_loader import load_bench
 from tests.vae_fixture import randomize_, small_vae_config, to_diffusers_names, write_vae_checkpoints
 from world_model.checkpoint import CheckpointError
 from world_model.config import VAEConfig
@@ -426,9 +426,7 @@ def test_broken_checkpoints_give_clear_errors(tmp_path, release_dir):
 
 
 def test_bench_tiny_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_vae", REPO / "bench" / "vae.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("vae.py")
     out = tmp_path / "vae.json"
     args = ["--tiny", "--height", "32", "--width", "32", "--frames", "8", "--first-latents", "1"]
     bench.main([*args, "--iters", "1", "--warmup", "0", "--out", str(out)])
