@@ -38,7 +38,7 @@ def sample_chunk(
     memory): v = v_free + s·(v − v_free), v_free the DiT's velocity with the memory left out (as the generator's
     ``SamplerConfig.memory_guidance``).
     """
-    if memory_guidance < 1.0:
+    if not memory_guidance >= 1.0:  # NaN too
         raise ValueError(f"memory_guidance must be >= 1 (1: off), got {memory_guidance}")
     c = batch.num_context
     free = None
