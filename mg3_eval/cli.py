@@ -163,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the evaluation, print the table; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.action_guidance is not None and not args.action_guidance >= 1.0:
-        parser.error(f"--action-guidance must be >= 1 (1: off), got {args.action_guidance}")
-    if args.memory_guidance is not None and not args.memory_guidance >= 1.0:
-        parser.error(f"--memory-guidance must be >= 1 (1: off), got {args.memory_guidance}")
+    guidance = {k: getattr(args, k) for k in ("action_guidance", "memory_guidance") if getattr(args, k) is not None}
+    for k, value in guidance.items():
+        if not value >= 1.0:
+            parser.error(f"--{k.replace('_', '-')} must be >= 1 (1: off), got {value}")
     if args.sampler_steps is not None and args.sampler_steps < 1:
         parser.error(f"--sampler-steps must be >= 1, got {args.sampler_steps}")
     import torch
@@ -204,17 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # unknown name, missing or incomplete folder, embedded weights absent
         print(f"mg3 eval: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2
-    if args.action_guidance is not None:  # the generator reads the sampler config of the model it is given
+    if guidance:  # the generator reads the sampler config of the model it is given
         try:
-            wm = wm.with_sampler(action_guidance=args.action_guidance)
-        except ValueError as e:  # the model guides with the release's CFG already (guidance_scale > 1)
-            print(f"mg3 eval: --action-guidance {args.action_guidance}: {e}", file=sys.stderr)
-            return 2
-    if args.memory_guidance is not None:
-        try:
-            wm = wm.with_sampler(memory_guidance=args.memory_guidance)
-        except ValueError as e:  # the model guides otherwise already
-            print(f"mg3 eval: --memory-guidance {args.memory_guidance}: {e}", file=sys.stderr)
+            wm = wm.with_sampler(**guidance)
+        except ValueError as e:  # the model guides otherwise already (e.g. the release's CFG), or two kinds at once
+            flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in guidance.items())
+            print(f"mg3 eval: {flags}: {e}", file=sys.stderr)
             return 2
     if args.sampler_steps is not None:
         wm = wm.with_sampler(num_steps=args.sampler_steps)

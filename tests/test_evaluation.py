@@ -590,7 +590,7 @@ def test_motion_in_a_later_chunk_after_standing_still():
 
 
 def test_eval_sampler_flags_reach_the_evaluated_model(monkeypatch, tmp_path, capsys):
-    """--action-guidance S and --sampler-steps N: the evaluated model's sampler carries them (what the generator
+    """--action-guidance S, --memory-guidance S and --sampler-steps N: the evaluated model's sampler carries them (what the generator
     reads); out-of-range values are usage errors before any model loads, and a model guided with the release's CFG
     refuses action guidance."""
     import dataclasses
@@ -617,6 +617,15 @@ def test_eval_sampler_flags_reach_the_evaluated_model(monkeypatch, tmp_path, cap
     with pytest.raises(SystemExit) as e:
         main(["--model", "tiny-random", "--out", out, "--action-guidance", "0.5"])
     assert e.value.code == 2
+    with pytest.raises(Evaluated) as e:  # --memory-guidance S the same way
+        main(["--model", "tiny-random", "--out", out, "--memory-guidance", "2"])
+    assert e.value.args[0].config.sampler.memory_guidance == 2.0
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "tiny-random", "--out", out, "--memory-guidance", "0.5"])
+    assert e.value.code == 2
+    capsys.readouterr()
+    assert main(["--model", "tiny-random", "--out", out, "--action-guidance", "2", "--memory-guidance", "2"]) == 2
+    assert "choose one" in capsys.readouterr().err  # one kind of guidance at a time
     with pytest.raises(Evaluated) as e:  # --sampler-steps N: the evaluated model samples in N steps
         main(["--model", "tiny-random", "--out", out, "--sampler-steps", "6"])
     assert e.value.args[0].config.sampler.num_steps == 6
