@@ -113,12 +113,6 @@ class ClipBatch:
     window_plucker: Tensor | None = None
     window_positions: Tensor | None = None
 
-    def without_memory(self) -> tuple[Tensor, Tensor]:
-        """(plucker, positions) of the window with the memory left out (the batch's own where it has none)."""
-        if self.memory is None:
-            return self.plucker, self.positions
-        return self.window_plucker, self.window_positions
-
 
 class ClipSampler:
     """Draws :class:`ClipBatch` es from a :class:`LatentStore`.

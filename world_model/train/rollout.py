@@ -43,8 +43,7 @@ def sample_chunk(
     c = batch.num_context
     free = None
     if memory_guidance > 1.0 and batch.memory is not None:
-        plucker, positions = batch.without_memory()
-        free = dataclasses.replace(batch, memory=None, plucker=plucker, positions=positions)
+        free = dataclasses.replace(batch, memory=None, plucker=batch.window_plucker, positions=batch.window_positions)
 
     def velocity(window: Tensor, t: Tensor) -> Tensor:
         v = dit_forward(model, batch, window, t[:, c])  # t [B, F]: 0 on the context, t[:, c] after it
