@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mg3_eval.protocols.memory import go_and_return_actions
-from mg3_eval.rollout import chunk_slices, generate_videos
+from mg3_eval.protocols.memory import go_and_return
 from mg3_eval.simulator import rest_starts
-from world_model.generator import StreamingGenerator
 from world_model.model import load_world_model
 
 
@@ -31,21 +29,9 @@ def views(model: str, episodes: list[int], *, num_starts: int = 24, seed: int = 
     starts = rest_starts(wm.config, num_starts, split="test", seed=seed + 1)
     if max(episodes) >= len(starts):
         raise ValueError(f"episodes must be < {len(starts)}, got {episodes}")
-    gen = StreamingGenerator(wm)
-    first, rest = gen.first_chunk_frames, gen.chunk_frames
-    kb, ms, n = go_and_return_actions(first, rest, away_chunks=3)
-    last = chunk_slices(first, rest, n)[-1]
     chosen = [starts[i] for i in episodes]
-    g = generate_videos(
-        wm,
-        np.stack([s.frame for s in chosen]),
-        [s.prompt for s in chosen],
-        np.broadcast_to(kb, (len(chosen), *kb.shape)),
-        np.broadcast_to(ms, (len(chosen), *ms.shape)),
-        seeds=[seed + i for i in episodes],
-        use_memory=True,
-    )
-    return [(s.frame, g.frames[j, first - 1], g.frames[j, last][-1]) for j, s in enumerate(chosen)]
+    r = go_and_return(wm, chosen, [seed + i for i in episodes], away_chunks=3)
+    return [(s.frame, r.frames[j, r.start.stop - 1], r.frames[j, r.back][-1]) for j, s in enumerate(chosen)]
 
 
 def sheet(rows: list[tuple[str, list[tuple[np.ndarray, ...]]]], episodes: list[int], scale: int) -> Image.Image:

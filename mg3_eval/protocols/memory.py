@@ -4,7 +4,7 @@ against the view at the start, with memory on and off."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from world_model.config import StreamConfig
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
 
-__all__ = ["go_and_return_actions", "memory"]
+__all__ = ["go_and_return_actions", "go_and_return", "memory"]
 
 
 def go_and_return_actions(
@@ -66,6 +66,44 @@ def go_and_return_actions(
     return kb, ms, away_chunks + 2
 
 
+class GoAndReturn(NamedTuple):
+    """A go-and-return rollout: ``frames`` uint8 [B, T, H, W, 3]; ``start``: the frames of chunk 0 (standing at the
+    start pose); ``back``: those of the last chunk (back there, standing still); ``half``: the frame half-way through
+    the moves (the farthest view)."""
+
+    frames: np.ndarray
+    start: slice
+    back: slice
+    half: int
+
+
+def go_and_return(
+    wm: WorldModel,
+    starts: Sequence[SimStart],
+    seeds: Sequence[int],
+    *,
+    away_chunks: int = 3,
+    walk_chunks: int = 0,
+    use_memory: bool = True,
+) -> GoAndReturn:
+    """Roll out the go-and-return trajectory (:func:`go_and_return_actions`) from each start, with its seed."""
+    gen = StreamingGenerator(wm)
+    first, rest = gen.first_chunk_frames, gen.chunk_frames
+    kb, ms, num_chunks = go_and_return_actions(first, rest, away_chunks=away_chunks, walk_chunks=walk_chunks)
+    n = len(starts)
+    g = generate_videos(
+        wm,
+        np.stack([s.frame for s in starts]),
+        [s.prompt for s in starts],
+        np.broadcast_to(kb, (n, *kb.shape)),
+        np.broadcast_to(ms, (n, *ms.shape)),
+        seeds=seeds,
+        use_memory=use_memory,
+    )
+    slices = chunk_slices(first, rest, num_chunks)
+    return GoAndReturn(g.frames, slices[0], slices[-1], first + (away_chunks * rest) // 2)
+
+
 def memory(
     wm: WorldModel,
     starts: Sequence[SimStart],
@@ -83,30 +121,24 @@ def memory(
     Also the PSNR of the view half-way (farthest from the start) against the same reference, which
     shows that the views in between really differ.
     """
-    gen = StreamingGenerator(wm)
-    first, rest = gen.first_chunk_frames, gen.chunk_frames
-    kb, ms, num_chunks = go_and_return_actions(first, rest, away_chunks=away_chunks, walk_chunks=walk_chunks)
-    last = chunk_slices(first, rest, num_chunks)[-1]
-    half = first + (away_chunks * rest) // 2  # half-way through the moves: the farthest view
     scores: dict[str, list[float]] = {"on": [], "off": [], "away": []}
     for idx in batched(len(starts), batch_size):
-        n = len(idx)
-        args = (
-            np.stack([starts[i].frame for i in idx]),
-            [starts[i].prompt for i in idx],
-            np.broadcast_to(kb, (n, *kb.shape)),
-            np.broadcast_to(ms, (n, *ms.shape)),
-        )
         for on in (True, False):
-            g = generate_videos(wm, *args, seeds=[seed + i for i in idx], use_memory=on)
-            for j in range(n):
-                ref = g.frames[j, first - reference_frames : first]  # [R, H, W, 3]
-                ret = g.frames[j, last]  # [t, H, W, 3]
+            r = go_and_return(
+                wm,
+                [starts[i] for i in idx],
+                [seed + i for i in idx],
+                away_chunks=away_chunks,
+                walk_chunks=walk_chunks,
+                use_memory=on,
+            )
+            for j in range(len(idx)):
+                ref = r.frames[j, r.start.stop - reference_frames : r.start.stop]  # [R, H, W, 3]
+                ret = r.frames[j, r.back]  # [t, H, W, 3]
                 db = psnr(ret[:, None], ref[None]).mean()  # [t, R] -> mean
                 scores["on" if on else "off"].append(float(db))
                 if on:
-                    away = g.frames[j, half]
-                    scores["away"].append(float(psnr(away, ref).mean()))
+                    scores["away"].append(float(psnr(r.frames[j, r.half], ref).mean()))
     on, off = np.mean(scores["on"]), np.mean(scores["off"])
     return {
         "episodes": len(starts),
