@@ -627,58 +627,6 @@ def test_ship_installs_an_export_and_keeps_the_card(smoke_run, tmp_path):
     assert json.loads((other / "config.json").read_text())["sampler"]["num_steps"] != 5  # the export unchanged
 
 
-def test_block_pattern_recovers_a_screen_door_beneath_the_worlds_detail():
-    from world_model.train.degrid import block_pattern
-
-    g = np.random.default_rng(0)
-    door = g.normal(0, 3, (3, 2, 2))
-    door -= door.mean(axis=(1, 2), keepdims=True)  # a pattern's own mean is the picture's, not the door's
-    world = g.uniform(100, 140, (16, 32, 48, 3))  # detail of std 12: ~0.13 left in a mean over 6,144 blocks
-    frames = world + np.tile(door.transpose(1, 2, 0), (16, 24, 1))  # [H, W, 3] tiled over the 2x2 grid
-    assert np.abs(block_pattern(frames, 2) - door).max() < 0.6
-    assert np.abs(block_pattern(world, 2)).max() < 0.6
-    with pytest.raises(ValueError, match="H, W, 3"):
-        block_pattern(frames[..., :2], 2)
-
-
-def test_degrid_takes_a_planted_screen_door_out_of_the_decoders_bias(smoke_run, tmp_path, monkeypatch):
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    from world_model.model import load_world_model
-    from world_model.train import degrid as dg
-    from world_model.vae import to_uint8_frames
-
-    run, _ = smoke_run
-    planted = tmp_path / "planted"
-    shutil.copytree(run / "export", planted)
-    weights = load_file(str(planted / "vae.safetensors"))
-    door = np.array([[[6.0, -6.0], [-6.0, 6.0]], [[4.0, 4.0], [-4.0, -4.0]], [[-5.0, 5.0], [-5.0, 5.0]]])
-    weights["decoder.head.2.bias"] = dg.fold_pattern(weights["decoder.head.2.bias"], -door)  # adds the door
-    save_file(weights, str(planted / "vae.safetensors"))
-    z = torch.randn(
-        2, load_world_model(str(planted)).config.vae.z_dim, 3, 8, 8, generator=torch.Generator().manual_seed(0)
-    )
-
-    def decoded(model, starts, seed, threads):  # the folder's own decoder on fixed latents, for the rollout
-        video, _ = load_world_model(model).vae.decode(z * 0.3)
-        return to_uint8_frames(video).numpy().reshape(-1, *video.shape[-2:], 3)
-
-    monkeypatch.setattr(dg, "_rollout_frames", decoded)
-    own = dg.block_pattern(decoded(str(run / "export"), 0, 0, 1), 2)
-    report = dg.degrid(planted, tmp_path / "out")
-    assert np.abs(np.array(report["pattern_uint8"]) - (own + door)).max() < 0.6
-    assert report["grid_share_after"] < 0.05 * report["grid_share_before"]
-    assert report["pattern_after_uint8_max"] < 0.6
-    fixed = load_file(str(tmp_path / "out" / "vae.safetensors"))
-    assert [k for k in weights if not torch.equal(weights[k], fixed[k])] == ["decoder.head.2.bias"]
-    assert json.loads((tmp_path / "out" / "degrid.json").read_text())["period"] == 2
-    assert not (tmp_path / "out.partial").exists()
-    with pytest.raises(FileExistsError):
-        dg.degrid(planted, tmp_path / "out")
-
-
 def _action_batch(b: int, nf: int = 7):
     """A ClipBatch with distinct, non-null actions (only keyboard and mouse matter to drop_actions)."""
     from world_model.train.clips import ClipBatch
