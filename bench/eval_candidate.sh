@@ -16,10 +16,10 @@ mkdir -p "$out"
 status=0
 for g in $groups; do
   case $g in
-    rs) parts=(--parts reset,sharpness); reference=$ref/metrics_session20_shipped_bf16_reset_sharpness_cpu.json ;;
-    paired) parts=(--parts fidelity,controllability --episodes 18); reference=$ref/metrics_session20_shipped_bf16_paired18_cpu.json ;;
-    memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session19_grown_int8_5steps_memory24_cpu.json ;;
-    motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session19_grown_int8_5steps_motion12_cpu.json ;;
+    rs) parts=(--parts reset,sharpness); reference=$ref/metrics_session30_ode_guided_rs_cpu.json ;;
+    paired) parts=(--parts fidelity,controllability --episodes 18); reference=$ref/metrics_session30_ode_guided_paired18_cpu.json ;;
+    memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session30_ode_guided_memory24_cpu.json ;;
+    motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session30_ode_guided_motion12_cpu.json ;;
     *) echo "eval_candidate: unknown group $g (rs, paired, memory, motion)" >&2; exit 2 ;;
   esac
   if ! mg3 eval --model "$model" --device cpu --threads 2 --sampler-steps "${STEPS:-5}" "${parts[@]}" \

@@ -665,7 +665,7 @@ def embedded() -> WorldModelConfig:
     GFLOP ~ 1.1 s (the shipped four: ~210 GFLOP; measured 1.80 s per chunk in all, 22.2 frames/s).
     The pruned decoder (widths 40/40/40/20, half the trained full decoder's 80/80/80/40) decoding 10
     latents -> 40 frames is ~42 GFLOP of 3x3x3 convolutions, ~0.3 s (measured 2026-12-02: 0.39 s;
-    the full decoder 1.00 s). Chunk ~1.4 s
+    the full decoder 1.00 s, which the model shipped since session 30 carries: 18.8-18.9 frames/s in bf16). Chunk ~1.4 s
     (measured on an idle 2-core EPYC: 1.66 s, 24.2 frames/s, `python bench/embedded_speed.py --model
     EXPORT --device cpu`; the first embedded model's narrower decoder: 1.50 s, 26.6 frames/s)
     < 2.3 s, i.e. >= 17.5 frames/s of 40. (The first embedded model's decoder, 32/32/32/16, was
@@ -677,7 +677,7 @@ def embedded() -> WorldModelConfig:
     vae = VAEConfig(
         z_dim=z,
         encoder_dim=32,
-        decoder_dim=40,  # full decoder 80/80/80/40; the shipped one is pruned to half, 40/40/40/20
+        decoder_dim=40,  # full decoder 80/80/80/40; the export's pruned to half, 40/40/40/20 (shipped: the full one)
         dim_mult=(1, 2, 2),
         num_res_blocks=1,
         temporal_downsample=(True, True),
