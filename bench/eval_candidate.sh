@@ -4,24 +4,33 @@
 # metrics before the next starts), then the paired comparison of each group with the shipped model's reference run.
 #   bash bench/eval_candidate.sh MODEL OUT [GROUP ...]
 # GROUP: rs (reset frame and sharpness, ~1.5 min), paired (chunk 0 and the actions' effect, 18 episodes, ~9-14 min),
-# memory (24 episodes, ~7 min), motion (12 starts, ~12 min); all four by default. STEPS=N sets the sampler steps (5).
+# memory (24 episodes, ~7 min), motion (12 starts, ~12 min); all four by default; stability (three rollouts of 121
+# chunks, ~15 min) only when named. STEPS=N sets the sampler steps (5).
 # Writes OUT/GROUP/metrics.json (+ its PNGs), OUT/GROUP.log and OUT/compare_GROUP.json; prints each comparison.
 set -u
-if [ $# -lt 2 ]; then echo "usage: bash bench/eval_candidate.sh MODEL OUT [rs|paired|memory|motion ...]" >&2; exit 2; fi
+if [ $# -lt 2 ]; then echo "usage: bash bench/eval_candidate.sh MODEL OUT [rs|paired|memory|motion|stability ...]" >&2; exit 2; fi
 model=$1; out=$2; shift 2
 groups=${*:-rs paired memory motion}
 cd "$(dirname "$0")/.."
 ref=docs/embedded
-mkdir -p "$out"
-status=0
-for g in $groups; do
-  case $g in
+# set parts and reference for group $1; 1 for an unknown group
+group() {
+  case $1 in
     rs) parts=(--parts reset,sharpness); reference=$ref/metrics_session30_ode_guided_rs_cpu.json ;;
     paired) parts=(--parts fidelity,controllability --episodes 18); reference=$ref/metrics_session30_ode_guided_paired18_cpu.json ;;
     memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session30_ode_guided_memory24_cpu.json ;;
     motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session30_ode_guided_motion12_cpu.json ;;
-    *) echo "eval_candidate: unknown group $g (rs, paired, memory, motion)" >&2; exit 2 ;;
+    stability) parts=(--parts stability); reference=$ref/metrics_session30_ode_guided_stability3_cpu.json ;;
+    *) return 1 ;;
   esac
+}
+for g in $groups; do  # every group checked before any runs
+  if ! group "$g"; then echo "eval_candidate: unknown group $g (rs, paired, memory, motion, stability)" >&2; exit 2; fi
+done
+mkdir -p "$out"
+status=0
+for g in $groups; do
+  group "$g"
   if ! mg3 eval --model "$model" --device cpu --threads 2 --sampler-steps "${STEPS:-5}" "${parts[@]}" \
       --out "$out/$g" > "$out/$g.log" 2>&1; then
     echo "eval_candidate: group $g failed; see $out/$g.log" >&2; status=1; continue
@@ -30,3 +39,4 @@ for g in $groups; do
   python -m mg3_eval.compare "$out/$g/metrics.json" "$reference" --json "$out/compare_$g.json" | tail -n +3
 done
 exit $status
+

@@ -1,0 +1,56 @@
+"""bench/eval_candidate.sh: its groups, their reference runs, and bad input refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "eval_candidate.sh"
+
+
+def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_every_reference_run_the_script_names_is_in_the_repository():
+    refs = re.findall(r"reference=\$ref/(\S+?\.json)", SCRIPT.read_text())
+    assert len(refs) == 5  # rs, paired, memory, motion, stability
+    for name in refs:
+        metrics = json.loads((ROOT / "docs" / "embedded" / name).read_text())
+        assert "model" in metrics, name
+
+
+def test_an_unknown_group_is_refused_before_any_group_runs(tmp_path):
+    out = tmp_path / "out"
+    r = _run(["M", str(out), "rs", "bogus"], tmp_path)
+    assert r.returncode == 2 and "unknown group bogus" in r.stderr and "stability" in r.stderr
+    assert not out.exists()
+    assert _run(["M"], tmp_path).returncode == 2
+
+
+def test_a_group_runs_mg3_eval_in_the_shipped_steps_and_pairs_it_with_its_reference(tmp_path):
+    reference = ROOT / "docs" / "embedded" / "metrics_session30_ode_guided_rs_cpu.json"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "mg3"  # writes the reference run as its own result and records its arguments
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$@" > {tmp_path}/args\n'
+        'while [ $# -gt 0 ]; do if [ "$1" = --out ]; then out=$2; fi; shift; done\n'
+        f'mkdir -p "$out" && cp {reference} "$out/metrics.json"\n'
+    )
+    fake.chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    r = _run(["MODEL_DIR", str(tmp_path / "out"), "rs"], tmp_path, PATH=path)
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "args").read_text().split()
+    assert args[:2] == ["eval", "--model"] and "MODEL_DIR" in args
+    assert args[args.index("--sampler-steps") + 1] == "5" and args[args.index("--parts") + 1] == "reset,sharpness"
+    compared = json.loads((tmp_path / "out" / "compare_rs.json").read_text())
+    assert compared["paired"]["reset frame PSNR dB"]["mean_diff"] == 0.0  # the reference against itself
