@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from mg3_eval.simulator import SimEpisode
+from mg3_eval.simulator import SimEpisode, SimStart
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
 from world_model.vae import to_uint8_frames
@@ -22,6 +22,7 @@ from world_model.vae import to_uint8_frames
 __all__ = [
     "Generated",
     "generate_videos",
+    "generate_from_starts",
     "rollout_episodes",
     "without_memory",
     "chunk_slices",
@@ -131,6 +132,22 @@ def generate_videos(
         env.close()
     out = np.concatenate(frames, 1) if frames else np.zeros((b, 0, s.height, s.width, 3), np.uint8)
     return Generated(out, seconds, finite)
+
+
+def generate_from_starts(
+    wm: WorldModel, starts: Sequence[SimStart], keyboard: np.ndarray, mouse: np.ndarray, **kwargs
+) -> Generated:
+    """:func:`generate_videos` from simulator starts (their frames and prompts), every env with the same per-frame
+    actions ``keyboard`` [T, K] and ``mouse`` [T, 2]; ``kwargs`` (``seeds`` among them) as there."""
+    n = len(starts)
+    return generate_videos(
+        wm,
+        np.stack([s.frame for s in starts]),
+        [s.prompt for s in starts],
+        np.broadcast_to(keyboard, (n, *keyboard.shape)),
+        np.broadcast_to(mouse, (n, *mouse.shape)),
+        **kwargs,
+    )
 
 
 def rollout_episodes(

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mg3_eval.metrics import psnr
-from mg3_eval.rollout import batched, chunk_slices, generate_videos
+from mg3_eval.rollout import batched, chunk_slices, generate_from_starts
 from mg3_eval.simulator import SimStart
 from world_model.config import StreamConfig
 from world_model.generator import StreamingGenerator
@@ -90,16 +90,7 @@ def go_and_return(
     gen = StreamingGenerator(wm)
     first, rest = gen.first_chunk_frames, gen.chunk_frames
     kb, ms, num_chunks = go_and_return_actions(first, rest, away_chunks=away_chunks, walk_chunks=walk_chunks)
-    n = len(starts)
-    g = generate_videos(
-        wm,
-        np.stack([s.frame for s in starts]),
-        [s.prompt for s in starts],
-        np.broadcast_to(kb, (n, *kb.shape)),
-        np.broadcast_to(ms, (n, *ms.shape)),
-        seeds=seeds,
-        use_memory=use_memory,
-    )
+    g = generate_from_starts(wm, starts, kb, ms, seeds=seeds, use_memory=use_memory)
     slices = chunk_slices(first, rest, num_chunks)
     return GoAndReturn(g.frames, slices[0], slices[-1], first + (away_chunks * rest) // 2)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mg3_eval.metrics import frame_stats, relative_change
-from mg3_eval.rollout import chunk_slices, generate_videos
+from mg3_eval.rollout import chunk_slices, generate_from_starts
 from mg3_eval.simulator import SimStart, doom_config_for, iter_commands
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
@@ -123,15 +123,8 @@ def stability(
         if k in marks:
             thumbs[k] = frames[0, -1]
 
-    g = generate_videos(
-        wm,
-        np.stack([s.frame for s in starts]),
-        [s.prompt for s in starts],
-        np.broadcast_to(kb, (b, *kb.shape)),
-        np.broadcast_to(ms, (b, *ms.shape)),
-        seeds=[seed + i for i in range(b)],
-        on_chunk=on_chunk,
-        keep_frames=False,
+    g = generate_from_starts(
+        wm, starts, kb, ms, seeds=[seed + i for i in range(b)], on_chunk=on_chunk, keep_frames=False
     )
     episodes, sim_thumbs = [], {}
     slices, doom = chunk_slices(first, rest, num_chunks), doom_config_for(wm.config)
