@@ -28,6 +28,7 @@ def _flags(*args: str) -> dict[str, str]:
 def test_the_session_commands_own_flags_win_over_the_plan():
     plain = _flags()
     assert "--memory-lr" in plain and "--memory-batch" in plain
+    assert float(plain["--checkpoint-minutes"]) > 0  # a slow stage checkpoints by wall time too (session 31)
     # the session command's flags reach the run through pipeline.json; the plan must not override them
     given = _flags("--given=--seed 25 --memory-lr 5e-05 --memory_batch=64 --frames 300000")
     assert given == {k: v for k, v in plain.items() if k not in ("--memory-lr", "--memory-batch")}

@@ -137,6 +137,37 @@ def test_loop_resumes_after_a_crash_and_records_status(tmp_path):
         run_loop(_Counter(), tmp_path / "c", LoopOptions(steps=2, snapshot_every=1, progress=False))
 
 
+class _SlowCounter(_Counter):
+    """Each step takes 40 s of a fake clock (the loop module's ``time``)."""
+
+    def __init__(self, clock: list[float]):
+        super().__init__()
+        self.clock = clock
+
+    def train_step(self, step):
+        self.clock[0] += 40.0
+        return super().train_step(step)
+
+
+def test_checkpoint_minutes_saves_a_slow_stage_by_wall_time(tmp_path, monkeypatch):
+    import types
+
+    import world_model.train.loop as loop_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    opts = LoopOptions(steps=6, checkpoint_every=1000, checkpoint_minutes=1.0, keep=10, progress=False)
+    run_loop(_SlowCounter(clock), tmp_path, opts)
+    # 40 s a step: due at 80 s (step 2), 80 s after that (step 4), and the final one (step 6)
+    saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert saved == [2, 4, 6]
+    by_steps = LoopOptions(steps=6, checkpoint_every=1000, keep=10, progress=False)  # 0: by steps only
+    run_loop(_SlowCounter(clock), tmp_path / "b", by_steps)
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").glob("step-*")] == ["step-000000006"]
+    with pytest.raises(ValueError, match="checkpoint_minutes"):
+        LoopOptions(steps=1, checkpoint_minutes=-1.0)
+
+
 class _Signaller(_Counter):
     """Sends itself ``sig`` during step ``at`` (as Ctrl-C or a job scheduler would)."""
 

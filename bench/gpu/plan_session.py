@@ -143,6 +143,10 @@ MEMORY_COOLDOWN = 0.3
 # every poll packs the newest checkpoint, so checkpoints twice as often halve what a lost machine takes with it
 # (a DiT stage's save is a few seconds every ~2 minutes)
 CHECKPOINT_EVERY = 500
+# Session 31 lost its machine in the DMD stage past step 190 (~0.8 steps/s guided at batch 48: 500 steps are ~10
+# minutes) with no checkpoint yet: every stage also checkpoints every CHECKPOINT_MINUTES of wall time, whatever its
+# rate, so that a poll (every ~5 minutes) always has a checkpoint at most this old to bring home
+CHECKPOINT_MINUTES = 3.0
 # stages that a share of 0 skips (the data stage's 0 only means it takes no time of its own). Session 27 carries a
 # trained VAE whose encoder stays as it is (the DiT learns its latents): its share of 0 must skip it in the first
 # call too, where every carried stage is reopened (session.sh appends these to both calls' --skip)
@@ -262,6 +266,7 @@ def main() -> None:
         "dmd-regression": DMD_REGRESSION,
         "sharpen-gen-batch": SHARPEN_GEN_BATCH,
         "checkpoint-every": CHECKPOINT_EVERY,
+        "checkpoint-minutes": CHECKPOINT_MINUTES,
     }
     # a flag of the session command (saved in pipeline.json by the data stage) wins: the plan's value of it would
     # override it on the `train all` command line (session 25 found --memory-lr so ignored)

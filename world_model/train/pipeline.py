@@ -161,6 +161,7 @@ class PipelineOptions:
     memory_cooldown: float = 0.0
     shares: str = ""  # budget shares overriding BUDGET_SHARE, e.g. "vae=0.3,base=0.4"
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 0.0  # also a checkpoint this often in wall time (LoopOptions; 0: by steps only)
     eval_every: int = 2000
     eval_segments: int = 16
     progress: bool = True
@@ -460,6 +461,7 @@ def _loop_opts(opts: PipelineOptions, steps: int, deadline: float | None):
     return LoopOptions(
         steps=steps,
         checkpoint_every=opts.checkpoint_every,
+        checkpoint_minutes=opts.checkpoint_minutes,
         eval_every=opts.eval_every,
         deadline=deadline,
         progress=opts.progress,
