@@ -39,4 +39,3 @@ for g in $groups; do
   python -m mg3_eval.compare "$out/$g/metrics.json" "$reference" --json "$out/compare_$g.json" | tail -n +3
 done
 exit $status
-
