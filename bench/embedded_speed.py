@@ -9,6 +9,7 @@ actions, frames copied to the host as an env user gets them; the median step giv
     python bench/embedded_speed.py --device cpu --camera-cache both --chunks 12 --json bench/results/embedded_cpu_camera_cache.json
     python bench/embedded_speed.py --device cpu --vae-pruning 0.5 0.25 0 --chunks 8 --json bench/results/embedded_cpu_decoder_widths.json
     python bench/embedded_speed.py --device cpu --dtype both --chunks 12 --json bench/results/embedded_cpu_dtypes.json
+    python bench/embedded_speed.py --device cpu --dtype both --quantize both --chunks 6 --json J
 
 ``--camera-cache both`` measures every batch size with the window's conditioning reused across sampler
 steps (``RuntimeOptions.camera_cache``) and without, alternating runs of 3 chunks so that a drift of
@@ -16,7 +17,8 @@ the machine's speed hits both alike. ``--vae-pruning P ...`` does the same for t
 with its VAE decoder at other widths (pruning rate P: width 1 - P of the full decoder; random weights,
 as the speed does not depend on the values): what a wider shipped decoder would cost. ``--dtype both`` compares
 fp32 with bf16 the same way (the default is the runtime's for the device: on a CPU bf16 where it has bf16
-instructions).
+instructions), ``--quantize both`` the float GEMMs with int8 ones (``RuntimeOptions.quantize``; the CPU default
+'auto' takes int8 for the embedded model where the CPU has int8 dot products).
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def measure(model, batch: int, chunks: int) -> dict:
         "frames_per_s_per_env": r["frames_per_s_per_env"],
         "chunk_seconds": r["chunk_seconds"],
     }
+
+
+def _setting(dtype: torch.dtype, quantize: str | None) -> str:
+    """A row's label when dtypes and GEMMs are compared: 'float32', 'float32+int8', ..."""
+    name = str(dtype).removeprefix("torch.")
+    return name if quantize is None else f"{name}+{quantize}"
 
 
 def _merge(runs: list[dict], **extra) -> dict:
@@ -94,6 +102,14 @@ def main() -> None:
         help="the model's dtype: the runtime's default for the device (on a CPU bf16 where it has bf16 "
         "instructions, world_model.runtime.default_cpu_dtype), one of them, or 'both' (alternating runs)",
     )
+    p.add_argument(
+        "--quantize",
+        choices=("default", "none", "int8", "both"),
+        default="default",
+        help="RuntimeOptions.quantize: the runtime's default for the device (on a CPU 'auto': int8 GEMMs for the "
+        "embedded model where the CPU has int8 dot products), none, int8, or 'both' (alternating runs; with "
+        "--dtype both, every pair)",
+    )
     p.add_argument("--json", default="bench_embedded_speed.json")
     args = p.parse_args()
     dtypes = {
@@ -102,8 +118,18 @@ def main() -> None:
         "bfloat16": [torch.bfloat16],
         "both": [torch.float32, torch.bfloat16],
     }[args.dtype]
-    if len(dtypes) > 1 and (args.camera_cache != "on" or args.vae_pruning is not None):
-        p.error("--dtype both compares dtypes alone: leave --camera-cache and --vae-pruning at their defaults")
+    quantizes = {
+        "default": [RuntimeOptions.for_device(args.device).quantize],
+        "none": [None],
+        "int8": ["int8"],
+        "both": [None, "int8"],
+    }[args.quantize]
+    combos = [(d, q) for d in dtypes for q in quantizes]
+    if len(combos) > 1 and (args.camera_cache != "on" or args.vae_pruning is not None):
+        p.error(
+            "--dtype both / --quantize both compare dtypes and GEMMs alone: leave --camera-cache and --vae-pruning "
+            "at their defaults"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.vae_pruning is not None:
@@ -111,22 +137,25 @@ def main() -> None:
             p.error("--vae-pruning measures with the camera cache on; leave --camera-cache at its default")
         if not all(0.0 <= r < 1.0 for r in args.vae_pruning):
             p.error(f"--vae-pruning rates must be in [0, 1), got {args.vae_pruning}")
-        runtime = RuntimeOptions.for_device(args.device, dtype=dtypes[0])
+        runtime = RuntimeOptions.for_device(args.device, dtype=dtypes[0], quantize=quantizes[0])
         cfg = load_world_model(args.model, runtime).config
         models = {
             r: random_world_model(cfg.replace(vae=cfg.vae.replace(pruning_rate=r)), runtime) for r in args.vae_pruning
         }
         key = "vae_pruning_rate"
-    elif len(dtypes) > 1:
+    elif len(combos) > 1:
         models = {
-            str(d).removeprefix("torch."): load_world_model(args.model, RuntimeOptions.for_device(args.device, dtype=d))
-            for d in dtypes
+            _setting(d, q): load_world_model(args.model, RuntimeOptions.for_device(args.device, dtype=d, quantize=q))
+            for d, q in combos
         }
-        key = "dtype"
+        key = "dtype" if len(quantizes) == 1 else "setting"
     else:
         settings = {"on": [True], "off": [False], "both": [True, False]}[args.camera_cache]
         models = {
-            c: load_world_model(args.model, RuntimeOptions.for_device(args.device, camera_cache=c, dtype=dtypes[0]))
+            c: load_world_model(
+                args.model,
+                RuntimeOptions.for_device(args.device, camera_cache=c, dtype=dtypes[0], quantize=quantizes[0]),
+            )
             for c in settings
         }
         key = "camera_cache"
@@ -149,13 +178,15 @@ def main() -> None:
     head, shown = {
         "vae_pruning_rate": ("decoder p", lambda v: f"{v:g}"),
         "dtype": ("dtype", str),
+        "setting": ("setting", str),
         "camera_cache": ("cam cache", lambda v: "on" if v else "off"),
     }[key]
-    print(f"{'envs':>5} {head:>9} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
+    width = max(9, *(len(shown(r[key])) for r in rows))
+    print(f"{'envs':>5} {head:>{width}} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
     for r in rows:
         setting = shown(r[key])
         print(
-            f"{r['batch']:>5} {setting:>9} {r['seconds_reset']:>8.3f} "
+            f"{r['batch']:>5} {setting:>{width}} {r['seconds_reset']:>8.3f} "
             f"{r['seconds_per_chunk']:>8.3f} {r['frames_per_s']:>9.1f} {r['frames_per_s_per_env']:>8.1f}"
         )
     out = {
@@ -167,6 +198,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "dtypes": sorted({str(m.runtime.dtype).removeprefix("torch.") for m in models.values()}),
+        "quantize": sorted({str(m.runtime.quantize) for m in models.values()}),
         "rows": rows,
     }
     with open(args.json, "w") as f:

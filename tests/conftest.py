@@ -14,6 +14,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The suite's numbers do not depend on the machine's CPU: default runtimes are fp32 (a user's default is bf16 where
 # the CPU has bf16 instructions, world_model.runtime.default_cpu_dtype; tests/test_runtime.py covers that choice).
 os.environ["MG3_CPU_DTYPE"] = "float32"
+# ... and float GEMMs (a user's fp32 default takes int8 GEMMs for the embedded model where the CPU has int8 dot
+# products, RuntimeOptions.quantize='auto'; tests/test_runtime.py covers that choice)
+os.environ["MG3_CPU_QUANTIZE"] = "none"
 
 
 def pytest_collection_modifyitems(config, items):

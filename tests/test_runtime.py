@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from dit_fixture import dit_inputs, random_dit
 from torch import nn
 
@@ -16,7 +17,15 @@ from world_model.attention import AttentionKernel, attention_backends, set_atten
 from world_model.config import DiTConfig, tiny
 from world_model.dit import MatrixGameDiT
 from world_model.model import load_world_model
-from world_model.quant import Float8Linear, default_fp8_layers, fp8_supported, quantize_linears, quantize_rows_fp8
+from world_model.quant import (
+    Float8Linear,
+    Int8Linear,
+    default_fp8_layers,
+    fp8_supported,
+    int8_rows,
+    quantize_linears,
+    quantize_rows_fp8,
+)
 from world_model.runtime import RuntimeOptions, apply_runtime, begins_graph_steps, compile_blocks
 
 
@@ -44,9 +53,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def test_int8_is_refused_with_the_fp8_alternative():
-    with pytest.raises(ValueError, match="quantize='fp8'"):
-        RuntimeOptions(quantize="int8")
+def test_int8_is_refused_on_a_gpu_with_the_fp8_alternative():
+    from world_model.runtime import check_runtime
+
+    with pytest.raises(ValueError, match="quantize='int8': INT8 GEMMs are offered on the CPU only.*quantize='fp8'"):
+        check_runtime(RuntimeOptions(device="cuda", dtype=torch.bfloat16, quantize="int8"))
+    check_runtime(RuntimeOptions(device="cpu", quantize="int8"))  # the CPU: fine
 
 
 @pytest.mark.parametrize(
@@ -54,7 +66,8 @@ def test_int8_is_refused_with_the_fp8_alternative():
     [
         ({"quantize": "fp8"}, "set dtype=torch.bfloat16"),
         ({"quantize": "fp8", "dtype": torch.bfloat16, "self_attn_projections": "fp32"}, "choose one"),
-        ({"quantize": "fp4"}, "None or 'fp8'"),
+        ({"quantize": "fp4"}, "None, 'fp8' \\(CUDA\\), 'int8' \\(CPU\\) or 'auto'"),
+        ({"quantize": "int8", "self_attn_projections": "fp32"}, "choose one"),
         ({"sequence_parallel": 0}, "int >= 1"),
         ({"compile": "yes"}, "True or False"),
         ({"attention": "fast"}, "attention must be one of"),
@@ -310,6 +323,95 @@ def test_quantize_linears_takes_the_block_linears_and_the_model_still_runs():
     with torch.no_grad():
         out = model(**inp)  # the CPU reference path
     assert 1e-4 < _rel(out, ref) < 0.1
+
+
+def test_int8_rows_round_to_the_nearest_step_of_each_row():
+    x = torch.randn(7, 64) * torch.logspace(-3, 3, 7)[:, None]
+    x[3] = 0  # an all-zero row: zeros, a finite scale
+    q, scale = int8_rows(x)
+    assert q.dtype == torch.int8 and scale.shape == (7, 1) and q.abs().max() == 127
+    assert torch.equal(q[3], torch.zeros_like(q[3])) and scale[3].item() > 0
+    assert ((q.float() * scale - x).abs() <= scale / 2 * (1 + 1e-5)).all()
+    assert (q.float() * scale - x).abs().max() > 0  # it really quantises
+    assert torch.equal(int8_rows(x.bfloat16())[0], int8_rows(x.bfloat16().float())[0])  # bf16 in: the same rows
+
+
+def test_int8_linear_is_close_to_the_float_linear_and_keeps_stored_integers():
+    from world_model.weights import quantize_rows_int8
+
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    stored, scale = quantize_rows_int8(layer.weight.detach())  # the embedded model's file format
+    with torch.no_grad():
+        layer.weight.copy_(stored.float() * scale.float()[:, None])  # what its loader hands the model
+    q = Int8Linear.from_linear(layer)
+    assert torch.equal(q.weight_int8_t.t(), stored)  # the GEMM multiplies the shipped integers
+    x = torch.randn(3, 5, 64)
+    out, ref = q(x), layer(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert 1e-4 < _rel(out, ref) < 2e-2  # the activations' rounding (bf16's is ~3e-3)
+    want = F.linear(int8_rows(x.reshape(-1, 64))[0].float() * int8_rows(x.reshape(-1, 64))[1], q.dequantized_weight())
+    assert torch.allclose(out.reshape(-1, 32), want + layer.bias, atol=1e-5)  # exactly the quantised product
+    assert q.weight.shape == layer.weight.shape and q.weight.dtype == torch.float32
+    no_bias = Int8Linear.from_linear(nn.Linear(64, 32, bias=False))
+    assert no_bias.bias is None and no_bias(x).shape == (3, 5, 32)
+
+
+def test_int8_weights_survive_dtype_casts_of_the_model():
+    q = Int8Linear.from_linear(nn.Linear(32, 16))
+    w, s = q.weight_int8_t.clone(), q.weight_scale.clone()
+    q.to(torch.bfloat16)
+    assert torch.equal(q.weight_int8_t, w) and q.weight_scale.dtype == torch.float32 and torch.equal(q.weight_scale, s)
+    assert q.dtype == torch.bfloat16 and q.bias.dtype == torch.bfloat16
+    assert q(torch.randn(2, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_quantize_int8_takes_the_block_linears_and_the_model_stays_close():
+    model = _model()
+    inp = _inputs(model.cfg)
+    with torch.no_grad():
+        ref = model(**inp)
+    apply_runtime(model, RuntimeOptions(device="cpu", quantize="int8"))
+    chosen = {n for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    assert chosen and all(n.startswith("blocks.") and "action_model" not in n for n in chosen)
+    assert "blocks.0.ffn.0" in chosen and "blocks.0.self_attn.q" in chosen
+    with torch.no_grad():
+        out = model(**inp)
+    assert 1e-4 < _rel(out, ref) < 0.05
+
+
+def test_auto_quantize_takes_int8_for_int8_stored_weights_in_fp32_on_an_int8_cpu(monkeypatch):
+    import world_model.runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "cpu_int8_native", lambda: True)
+    auto = RuntimeOptions(device="cpu", quantize="auto")
+    assert auto.resolve_quantize(True).quantize == "int8"
+    assert auto.resolve_quantize(False).quantize is None  # float weights: not quantised behind the user's back
+    assert dataclasses.replace(auto, dtype=torch.bfloat16).resolve_quantize(True).quantize is None  # did not pay
+    assert RuntimeOptions(device="cpu", quantize=None).resolve_quantize(True).quantize is None  # explicit wins
+    assert RuntimeOptions(device="cuda", dtype=torch.bfloat16, quantize="auto").resolve_quantize(True).quantize is None
+    monkeypatch.setattr(runtime_mod, "cpu_int8_native", lambda: False)
+    assert auto.resolve_quantize(True).quantize is None
+    model = _model()
+    apply_runtime(model, auto)  # unresolved 'auto' quantises nothing
+    assert not any(isinstance(m, Int8Linear) for m in model.modules())
+
+
+def test_loaders_resolve_auto_quantize_from_how_the_weights_are_stored(monkeypatch):
+    import world_model.runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "cpu_int8_native", lambda: True)
+    monkeypatch.delenv("MG3_CPU_QUANTIZE")  # the suite's "none" (conftest): a user's default
+    runtime = RuntimeOptions.for_device("cpu", dtype=torch.float32)
+    assert runtime.quantize == "auto"
+    default = load_world_model("default", runtime)  # stored in int8
+    assert default.runtime.quantize == "int8" and isinstance(default.dit.blocks[0].ffn[0], Int8Linear)
+    random = load_world_model("tiny-random", runtime)  # float weights
+    assert random.runtime.quantize is None and type(random.dit.blocks[0].ffn[0]) is nn.Linear
+    bf16 = load_world_model("default", dataclasses.replace(runtime, dtype=torch.bfloat16))
+    assert bf16.runtime.quantize is None and type(bf16.dit.blocks[0].ffn[0]) is nn.Linear
+    off = load_world_model("default", RuntimeOptions.for_device("cpu", dtype=torch.float32, quantize=None))
+    assert off.runtime.quantize is None and type(off.dit.blocks[0].ffn[0]) is nn.Linear
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,6 +829,26 @@ def test_fp8_rows_bench_runs_on_cpu(tmp_path):
     assert all(r["rel_error"] == 0 for r in rows if r["shape"] == "v_head_amax")  # the same maxima
 
 
+def test_int8_linear_bench_runs_on_cpu(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "int8.json"
+    cmd = [sys.executable, str(root / "bench" / "int8_linear.py"), "--tokens", "32", "--repeats", "2"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(out)], env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["in"], r["out"]) for r in rows] == [(320, 320), (320, 1024), (1024, 320)]
+    assert all(all(v > 0 for v in r["ms"].values()) for r in rows)
+    assert all(1e-4 < r["rel_error"]["int8"] < 3e-2 and r["rel_error"]["bf16"] < 1e-2 for r in rows)
+
+
 def test_fused_ffn_activations_keep_the_ffn():
     """fuse_ffn_activations moves each FP8 FFN's first bias and its GELU into the second layer's input
     quantisation: the same function (up to the bf16 rounding of the hidden activations it skips), the same
@@ -813,6 +935,29 @@ def test_cpu_bf16_native_reads_the_cpu_flags(tmp_path):
     assert not cpu_bf16_native(tmp_path / "missing")  # not Linux: no flags, fp32
 
 
+def test_cpu_int8_native_reads_the_cpu_flags(tmp_path):
+    from world_model.runtime import cpu_int8_native
+
+    for flags, want in (("avx2 avx512f avx512_vnni", True), ("avx2 avx_vnni", True), ("amx_int8 amx_tile", True)):
+        (f := tmp_path / "x").write_text(f"processor\t: 0\nflags\t\t: fpu {flags}\n")
+        assert cpu_int8_native(f) is want
+    (f := tmp_path / "y").write_text("flags\t\t: fpu avx2 fma avx512f avx512_bf16\n")
+    assert not cpu_int8_native(f) and not cpu_int8_native(tmp_path / "missing")
+
+
+def test_default_cpu_quantize_follows_the_variable(monkeypatch):
+    monkeypatch.delenv("MG3_CPU_QUANTIZE", raising=False)
+    assert RuntimeOptions.for_device("cpu").quantize == "auto"
+    assert RuntimeOptions.for_device("cuda").quantize is None
+    for name, want in (("none", None), ("int8", "int8"), ("auto", "auto")):
+        monkeypatch.setenv("MG3_CPU_QUANTIZE", name)
+        assert RuntimeOptions.for_device("cpu").quantize == want
+    assert RuntimeOptions.for_device("cpu", quantize=None).quantize is None  # explicit wins
+    monkeypatch.setenv("MG3_CPU_QUANTIZE", "fp8")
+    with pytest.raises(ValueError, match="MG3_CPU_QUANTIZE"):
+        RuntimeOptions.for_device("cpu")
+
+
 def test_default_cpu_dtype_follows_the_variable_then_the_cpu(monkeypatch):
     import world_model.runtime as runtime_mod
 
@@ -848,3 +993,22 @@ def test_embedded_model_in_bf16_on_the_cpu_matches_fp32():
         env.close()
     mse = ((frames[torch.float32] - frames[torch.bfloat16]) ** 2).mean()
     assert 10 * np.log10(255**2 / mse) > 40
+
+
+@pytest.mark.slow
+def test_embedded_model_with_int8_gemms_on_the_cpu_matches_fp32():
+    """The fp32 default on a CPU with int8 dot products (quantize='auto' -> 'int8'): the embedded model's frames
+    within rounding of plain fp32's over three chunks (measured 54-56 dB over four chunks, bf16's 54-56; session 32)."""
+    import numpy as np
+
+    from mg3_env import MatrixGameEnv
+
+    frames = {}
+    for quantize in (None, "int8"):
+        env = MatrixGameEnv(model=load_world_model("default", RuntimeOptions(device="cpu", quantize=quantize)))
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        frames[quantize] = [np.asarray(env.step(env.action_space.sample())[0]["frames"], np.float64) for _ in range(3)]
+        env.close()
+    for a, b in zip(frames[None], frames["int8"], strict=True):
+        assert 40 < 10 * np.log10(255**2 / ((a - b) ** 2).mean()) < 90  # close, and really quantised

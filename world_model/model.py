@@ -24,7 +24,8 @@ ours: the memory model before distillation) instead of the few-step distilled on
 
 Every loader applies the runtime options (attention backend, self-attention projection precision,
 8-bit linears, sequence parallelism, compilation) to the DiT once it is built, through
-:func:`~world_model.runtime.apply_runtime` (see :class:`~world_model.runtime.RuntimeOptions`).
+:func:`~world_model.runtime.apply_runtime` (see :class:`~world_model.runtime.RuntimeOptions`); ``quantize="auto"``
+(the CPU default) is resolved first from how the DiT's weights are stored (int8 for the embedded default).
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
     from world_model.dit import MatrixGameDiT
     from world_model.vae import WanVAE
 
+    runtime = runtime.resolve_quantize(False)  # float weights
     big = config.dit.dim >= 1024
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -231,6 +233,7 @@ def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distille
     from world_model.vae import load_vae
     from world_model.weights import is_moe_folder, load_dit, load_moe_dit
 
+    runtime = runtime.resolve_quantize(False)  # the release's weights are bf16
     if is_moe_folder(root):
         preset = mg3_28b_moe(distilled=distilled)
         boundary = preset.moe.boundary * preset.sampler.num_train_timesteps
@@ -325,6 +328,7 @@ def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: 
     finite check (it would read 20 GB once more)."""
     from world_model.checkpoint import check_state_dict, read_safetensors
     from world_model.vae import WanVAE
+    from world_model.weights import MOE_SUBFOLDERS, dit_folder, stores_int8
 
     config = read_exported_config(folder / "config.json")
     dit = load_exported_dit(folder, config, distilled=distilled, device=runtime.device, dtype=runtime.dtype)
@@ -333,6 +337,12 @@ def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: 
         if config.moe is not None
         else f"{'base' if not distilled else 'base_distilled'}_model"
     )
+    subfolders = (
+        [folder / sub for sub in MOE_SUBFOLDERS.values()]
+        if config.moe is not None
+        else [dit_folder(folder, "distilled" if distilled else "base")]
+    )
+    runtime = runtime.resolve_quantize(all(stores_int8(f) for f in subfolders))
     _check_finite(dit, f"{folder}/{layout} weights")
     dit = _apply_runtime(dit, runtime)
     vae = WanVAE(config.vae)

@@ -1,16 +1,28 @@
 """8-bit linear layers, applied to a built model from outside (the model files know nothing of them).
 
-``quantize="fp8"`` (``RuntimeOptions``) replaces chosen ``nn.Linear`` layers with
+``quantize="fp8"`` (``RuntimeOptions``, CUDA) replaces chosen ``nn.Linear`` layers with
 :class:`Float8Linear`: FP8 e4m3 weights scaled per output channel (computed once, from the
 weights), activations quantised per token (row) at each call, one ``torch._scaled_mm`` GEMM with
 row-wise scales and fp32 accumulation (fast accumulation), bf16 output, bias added after.
 
-Why FP8 and not INT8: on Hopper ``torch._int_mm`` ran no faster than the bf16 GEMM (557-772 TOP/s
+``quantize="int8"`` (``RuntimeOptions``, CPU) replaces them with :class:`Int8Linear`: the same scheme in
+int8 (symmetric, weights per output channel, activations per token at each call), one ``torch._int_mm``
+GEMM with int32 accumulation, dequantised in fp32, bias added, output in the model's dtype. On the
+2-core test VM (AMD EPYC, AVX-512 VNNI; session 32, 2 threads, ``bench/int8_linear.py``) at the embedded DiT's
+shapes ([1216, 320] tokens into 320 and 1024 outputs, and 1024 -> 320) the parts of a call take 0.1-0.3 ms
+(quantisation), 0.3-1.0 ms (``torch._int_mm``: 0.83-0.87 TOP/s, where fp32's GEMM reaches ~0.19 TFLOP/s) and
+0.07-0.4 ms (dequantisation) against fp32's 1.3-5.3 ms and bf16's 0.6-2.5 ms per layer; a whole call swings between 0.7 and
+3.3 ms from run to run (each output-sized temporary is a fresh allocation, and the VM's page faults then
+dominate). One layer's relative error is about 1e-2 (bf16: 3e-3). In the embedded model the fp32 chunk took
+2.7-3.0 s with int8 against 3.4-3.7 s without (``bench/embedded_speed.py --dtype both --quantize both``), its
+frames 54-56 dB from fp32's, as bf16's; in bf16 int8 did not pay.
+
+Why FP8 and not INT8 on a GPU: on Hopper ``torch._int_mm`` ran no faster than the bf16 GEMM (557-772 TOP/s
 against 763-783 TFLOP/s at the 5B DiT's shapes), while row-wise FP8 ``_scaled_mm`` ran 1,357-1,429
 TFLOP/s (reference/ecosystem.md). The GEMM needs compute capability 8.9 or newer (Ada, Hopper).
 One FP8 GEMM's relative error is about 4e-2 (bf16: 2e-3), so which layers to quantise is a choice:
 :func:`default_fp8_layers` takes the DiT blocks' attention, FFN and camera linears and leaves the
-embeddings, the head and the action modules in bf16.
+embeddings, the head and the action modules in bf16; INT8 takes the same layers.
 
 Off CUDA, :class:`Float8Linear` computes the same quantised product in fp32 (values and scales of
 the GEMM, dequantised): a reference for tests, slower than the float layer, so the runtime option
@@ -31,13 +43,19 @@ from world_model.fp8_rows import FP8, FP8_MAX, quantize_rows, quantize_rows_fp8
 __all__ = [
     "FP8_MAX",
     "Float8Linear",
+    "Int8Linear",
     "WeightInfo",
     "default_fp8_layers",
     "fp8_supported",
     "fuse_ffn_activations",
+    "int8_supported",
     "quantize_linears",
     "quantize_rows_fp8",
+    "int8_rows",
 ]
+
+INT8_MAX = 127
+_MIN_ROW_MAX = 1e-12  # an all-zero row keeps a finite scale
 
 
 def fp8_supported(device: str | torch.device) -> str | None:
@@ -53,6 +71,30 @@ def fp8_supported(device: str | torch.device) -> str | None:
     return None
 
 
+def int8_supported(device: str | torch.device) -> str | None:
+    """None when ``device`` runs :class:`Int8Linear` fast, else the reason it is not offered there."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return (
+            f"INT8 GEMMs are offered on the CPU only (got device {device.type!r}): on Hopper torch._int_mm measured "
+            "no faster than bf16"
+        )
+    return None
+
+
+def int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row: x [M, K] -> (q [M, K] int8 in [-127, 127], scale [M, 1] fp32), x ~ q * scale
+    (the activations' quantisation; ``world_model.weights.quantize_rows_int8`` is the storage format's, with
+    float16 scales: weights stored so come back through this as the same integers). Passes over x: its rows'
+    largest and smallest values (two reductions: no temporary of |x|), the scaling, the rounding in place, the cast
+    (|x| * 127 / max rounds to at most 127: no clamp). (``torch.linalg.vector_norm(ord=inf)`` for the maximum ran
+    15x slower on the CPU.)"""
+    xf = x.float()
+    amax = torch.maximum(xf.amax(dim=-1, keepdim=True), xf.amin(dim=-1, keepdim=True).neg_()).clamp_(min=_MIN_ROW_MAX)
+    q = torch.mul(xf, INT8_MAX / amax).round_().to(torch.int8)
+    return q, amax / INT8_MAX
+
+
 @dataclass(frozen=True)
 class WeightInfo:
     """What model code may ask of a quantised layer's ``weight``: its shape and the dtype the layer
@@ -62,7 +104,50 @@ class WeightInfo:
     dtype: torch.dtype
 
 
-class Float8Linear(nn.Module):
+class _RowScaledLinear(nn.Module):
+    """What :class:`Float8Linear` and :class:`Int8Linear` share: 8-bit weights [out, in] with an fp32 scale per
+    output channel (kept fp32 through dtype casts of the model), a bias and an output in ``dtype``; a subclass
+    computes the layer on 2-D inputs (:meth:`_affine`) and says how its weights dequantise."""
+
+    kind = ""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+
+    @property
+    def weight(self) -> WeightInfo:
+        return WeightInfo(torch.Size((self.out_features, self.in_features)), self.dtype)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """[out, in] fp32: the weights the GEMM multiplies by."""
+        raise NotImplementedError
+
+    def _affine(self, x2: torch.Tensor) -> torch.Tensor:
+        """x2 [M, in] -> x2 @ W^T + bias [M, out], in fp32 or ``dtype``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected x [..., {self.in_features}], got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        return self._affine(x.reshape(-1, self.in_features)).to(self.dtype).reshape(*lead, self.out_features)
+
+    def _apply(self, fn, recurse=True):
+        scale = self.weight_scale
+        super()._apply(fn, recurse)
+        if self.weight_scale.dtype != torch.float32:  # a dtype cast: keep the exact fp32 scales
+            self.weight_scale = scale.to(self.weight_scale.device)
+        self.dtype = fn(torch.empty(0, dtype=self.dtype)).dtype  # what the call does to a float tensor
+        return self
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, {self.kind}"
+
+
+class Float8Linear(_RowScaledLinear):
     """A linear layer with FP8 e4m3 weights (per output channel) and FP8 activations (per token).
 
     ``forward(x [..., in_features])`` -> ``[..., out_features]`` in ``dtype`` (bfloat16).
@@ -74,19 +159,17 @@ class Float8Linear(nn.Module):
     quantises its input (:func:`world_model.fp8_rows.quantize_rows`).
     """
 
+    kind = "fp8 e4m3"
     input_gelu: bool = False
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype = torch.bfloat16, device=None
     ) -> None:
-        super().__init__()
         for name, n in (("in_features", in_features), ("out_features", out_features)):
             if n % 16:
                 raise ValueError(f"FP8 GEMMs need {name} divisible by 16, got {n}; keep this layer in {dtype}")
-        self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
+        super().__init__(in_features, out_features, bias, dtype, device)
         self.register_buffer("weight_fp8", torch.zeros(out_features, in_features, dtype=torch.uint8, device=device))
-        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
         self.register_buffer("input_bias", None)
 
     @classmethod
@@ -103,25 +186,20 @@ class Float8Linear(nn.Module):
             layer.bias.copy_(linear.bias)
         return layer
 
-    @property
-    def weight(self) -> WeightInfo:
-        return WeightInfo(torch.Size((self.out_features, self.in_features)), self.dtype)
-
     def dequantized_weight(self) -> torch.Tensor:
-        """[out, in] fp32: the weights the GEMM multiplies by."""
         return self.weight_fp8.view(FP8).float() * self.weight_scale[:, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected x [..., {self.in_features}], got shape {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
+    def _affine(self, x2: torch.Tensor) -> torch.Tensor:
+        out = self._product(x2)
+        return out if self.bias is None else out + self.bias
+
+    def _product(self, x2: torch.Tensor) -> torch.Tensor:
         if self.input_gelu or self.input_bias is not None:  # the fused input (fuse_ffn_activations)
             xq, xs = quantize_rows(x2, gelu=self.input_gelu, bias=self.input_bias)
         else:
             xq, xs = quantize_rows_fp8(x2)  # [M, K] e4m3, [M, 1] fp32
-        if x.is_cuda:
-            out = torch._scaled_mm(
+        if x2.is_cuda:
+            return torch._scaled_mm(
                 xq,
                 self.weight_fp8.view(FP8).t(),  # [K, N], column-major as the GEMM wants
                 scale_a=xs,
@@ -129,28 +207,60 @@ class Float8Linear(nn.Module):
                 out_dtype=self.dtype,
                 use_fast_accum=True,
             )
-        else:  # the same quantised product, dequantised, in fp32 (a reference; see the module docstring)
-            out = F.linear(xq.float() * xs, self.dequantized_weight()).to(self.dtype)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*lead, self.out_features)
-
-    def _apply(self, fn, recurse=True):
-        scale = self.weight_scale
-        super()._apply(fn, recurse)
-        if self.weight_scale.dtype != torch.float32:  # a dtype cast: keep the exact fp32 scales
-            self.weight_scale = scale.to(self.weight_scale.device)
-        self.dtype = fn(torch.empty(0, dtype=self.dtype)).dtype  # what the call does to a float tensor
-        return self
+        # the same quantised product, dequantised, in fp32 (a reference; see the module docstring)
+        return F.linear(xq.float() * xs, self.dequantized_weight()).to(self.dtype)
 
     def extra_repr(self) -> str:
-        fused = ", input gelu_tanh(x + bias)" if self.input_gelu else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, fp8 e4m3{fused}"
+        return super().extra_repr() + (", input gelu_tanh(x + bias)" if self.input_gelu else "")
+
+
+class Int8Linear(_RowScaledLinear):
+    """A linear layer with int8 weights (per output channel) and int8 activations (per token), for the CPU.
+
+    ``forward(x [..., in_features])`` -> ``[..., out_features]`` in ``dtype`` (the model's: fp32 or bf16): the
+    input quantised per row (:func:`int8_rows`), one ``torch._int_mm`` GEMM (int32 accumulation, exact),
+    the product scaled by the row and channel scales in fp32, the bias added, cast to ``dtype``.
+    Buffers: ``weight_int8_t`` [in, out] (the GEMM's right operand, stored transposed and contiguous), ``weight_scale``
+    [out] fp32 (kept fp32 through dtype casts), ``bias``.
+    """
+
+    kind = "int8"
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype = torch.float32, device=None
+    ) -> None:
+        super().__init__(in_features, out_features, bias, dtype, device)
+        self.register_buffer("weight_int8_t", torch.zeros(in_features, out_features, dtype=torch.int8, device=device))
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype | None = None) -> Int8Linear:
+        """Quantise ``linear``'s weights (on their device); ``dtype`` defaults to the weights' dtype. Weights stored
+        in int8 with a scale per row (the embedded model's files) come back as the same integers."""
+        w = linear.weight
+        dtype = dtype or w.dtype
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype, w.device)
+        q, scale = int8_rows(w)
+        layer.weight_int8_t.copy_(q.t())
+        layer.weight_scale.copy_(scale[:, 0])
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias)
+        return layer
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight_int8_t.t().float() * self.weight_scale[:, None]
+
+    def _affine(self, x2: torch.Tensor) -> torch.Tensor:
+        xq, xs = int8_rows(x2)
+        # int32 x fp32 promotes to fp32 in the one pass; then the channel scale and the bias in place (each
+        # temporary of the size of the output costs a fresh allocation: on the CPU, page faults)
+        out = torch.mul(torch._int_mm(xq, self.weight_int8_t), xs).mul_(self.weight_scale)
+        return out if self.bias is None else out.add_(self.bias)
 
 
 def default_fp8_layers(name: str, layer: nn.Linear) -> bool:
-    """The linears ``quantize="fp8"`` takes: inside the DiT blocks (self- and cross-attention q/k/v/o,
-    FFN, camera injection), not the action modules, with both sizes divisible by 16."""
+    """The linears ``quantize="fp8"`` and ``"int8"`` take: inside the DiT blocks (self- and cross-attention
+    q/k/v/o, FFN, camera injection), not the action modules, with both sizes divisible by 16."""
     parts = name.split(".")
     in_block = "blocks" in parts and "action_model" not in parts
     return in_block and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
@@ -162,16 +272,18 @@ def quantize_linears(
     include: Callable[[str, nn.Linear], bool] = default_fp8_layers,
 ) -> list[str]:
     """Replace every ``nn.Linear`` of ``model`` for which ``include(name, layer)`` holds with its
-    :class:`Float8Linear`, in place; returns the names replaced (raises if none)."""
-    if mode != "fp8":
-        raise ValueError(f"quantize mode must be 'fp8', got {mode!r}")
+    :class:`Float8Linear` (``mode="fp8"``) or :class:`Int8Linear` (``"int8"``), in place; returns the names
+    replaced (raises if none)."""
+    layers = {"fp8": Float8Linear, "int8": Int8Linear}
+    if mode not in layers:
+        raise ValueError(f"quantize mode must be 'fp8' or 'int8', got {mode!r}")
     chosen = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear and include(n, m)]
     if not chosen:
-        raise ValueError(f"no linear layer of {type(model).__name__} was chosen for FP8")
+        raise ValueError(f"no linear layer of {type(model).__name__} was chosen for {mode}")
     for name, layer in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Float8Linear.from_linear(layer))
+        setattr(parent, child, layers[mode].from_linear(layer))
     return [n for n, _ in chosen]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,7 +38,7 @@ __all__ = [
 
 ATTENTION_BACKENDS = BACKENDS
 SELF_ATTN_PROJECTIONS = ("dtype", "fp32")
-QUANTIZE = (None, "fp8")
+QUANTIZE = (None, "fp8", "int8", "auto")
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,18 @@ class RuntimeOptions:
     Hopper, bf16): ``fa3_fp8`` quantizes q, k and v to FP8 e4m3 with one scale per batch element and head
     (``world_model.attention.fp8_heads``) and takes the scales into the kernel (measured on an H200 at the
     5B shapes: 721 TFLOP/s bf16 and 931 FP8, cuDNN 632).
-    ``quantize``: ``None`` or ``"fp8"``: the DiT blocks' attention, FFN and camera linears as FP8
-    e4m3 GEMMs (row-wise scales, ``world_model.quant``); needs ``dtype=torch.bfloat16`` and a CUDA
-    GPU of compute capability >= 8.9 (Ada, Hopper). INT8 is not offered: on Hopper ``torch._int_mm``
-    measured no faster than bf16.
+    ``quantize``: ``None``, ``"fp8"``, ``"int8"`` or ``"auto"``: the DiT blocks' attention, FFN and camera linears
+    as 8-bit GEMMs with row-wise scales (``world_model.quant``). ``"fp8"``: FP8 e4m3, needs
+    ``dtype=torch.bfloat16`` and a CUDA GPU of compute capability >= 8.9 (Ada, Hopper). ``"int8"``: int8
+    ``torch._int_mm`` GEMMs on the CPU, with fp32 or bf16 (on Hopper ``torch._int_mm`` measured no faster than
+    bf16, so it is refused on a GPU). ``"auto"`` (what :meth:`for_device` picks on a CPU): ``"int8"`` in fp32 for
+    a model whose DiT weights are stored in int8 with a scale per row (the embedded default: its GEMMs then multiply the very integers it ships,
+    and only the activations' rounding is new) on a CPU with int8 dot-product instructions
+    (:func:`cpu_int8_native`), else ``None``; the loaders resolve it (:meth:`resolve_quantize`), so a loaded
+    model's ``runtime.quantize`` says what runs. The embedded model on the 2-core test VM (session 32,
+    ``bench/embedded_speed.py --dtype both --quantize both``, two runs): a chunk 2.7 / 3.0 s in fp32 with int8
+    against 3.4 / 3.7 without, its frames 54-56 dB from fp32's (bf16's: 54-56); in bf16 int8 did not pay (2.4 / 2.7 s
+    against 2.2 / 2.7), so "auto" leaves bf16 alone.
     ``fp8_ffn_kernel`` (with ``quantize="fp8"``): each FFN's first bias and GELU move into its second layer's
     input quantisation, one Triton pass over the hidden rows (``world_model.fp8_rows``,
     ``world_model.quant.fuse_ffn_activations``) instead of inductor's; needs Triton (CUDA builds of torch).
@@ -138,13 +146,8 @@ class RuntimeOptions:
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
-        if self.quantize == "int8":
-            raise ValueError(
-                "quantize='int8' is not offered: torch._int_mm measured no faster than bf16 on Hopper; "
-                "use quantize='fp8' (FP8 e4m3 GEMMs, GPUs of compute capability >= 8.9) or None"
-            )
         if self.quantize not in QUANTIZE:
-            raise ValueError(f"quantize must be None or 'fp8', got {self.quantize!r}")
+            raise ValueError(f"quantize must be None, 'fp8' (CUDA), 'int8' (CPU) or 'auto', got {self.quantize!r}")
         if self.self_attn_projections not in SELF_ATTN_PROJECTIONS:
             raise ValueError(
                 f"self_attn_projections must be one of {SELF_ATTN_PROJECTIONS} ('dtype': in the runtime dtype, "
@@ -154,9 +157,9 @@ class RuntimeOptions:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
         if self.quantize == "fp8" and self.dtype != torch.bfloat16:
             raise ValueError(f"quantize='fp8' computes in bfloat16: set dtype=torch.bfloat16 (got {self.dtype})")
-        if self.quantize == "fp8" and self.self_attn_projections == "fp32":
+        if self.quantize in ("fp8", "int8") and self.self_attn_projections == "fp32":
             raise ValueError(
-                "quantize='fp8' and self_attn_projections='fp32' contradict each other (8-bit vs fp32 GEMMs "
+                f"quantize={self.quantize!r} and self_attn_projections='fp32' contradict each other (8-bit vs fp32 GEMMs "
                 "for the same layers): choose one"
             )
         if not isinstance(self.compile, bool):
@@ -207,12 +210,25 @@ class RuntimeOptions:
     @classmethod
     def for_device(cls, device: str | torch.device | None = None, **kw) -> RuntimeOptions:
         """Sensible defaults: bf16 on CUDA; on a CPU :func:`default_cpu_dtype` (bf16 where the CPU multiplies
-        bf16 natively, else fp32)."""
+        bf16 natively, else fp32) and :func:`default_cpu_quantize` (``"auto"``: int8 GEMMs for int8-stored weights
+        where the CPU has int8 dot products)."""
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = str(device)
-        dtype = torch.bfloat16 if device.startswith("cuda") else default_cpu_dtype()
-        return cls(device=device, dtype=kw.pop("dtype", dtype), **kw)
+        cpu = torch.device(device).type == "cpu"
+        dtype = default_cpu_dtype() if cpu else torch.bfloat16
+        quantize = default_cpu_quantize() if cpu else None
+        return cls(device=device, dtype=kw.pop("dtype", dtype), quantize=kw.pop("quantize", quantize), **kw)
+
+    def resolve_quantize(self, int8_weights: bool) -> RuntimeOptions:
+        """These options with ``quantize="auto"`` resolved for a model whose DiT weights are (``int8_weights``) or are
+        not stored in int8: ``"int8"`` in fp32 on a CPU with :func:`cpu_int8_native` for int8-stored weights, else
+        None. Other values are returned as they are."""
+        if self.quantize != "auto":
+            return self
+        cpu = torch.device(self.device).type == "cpu"
+        on = int8_weights and cpu and self.dtype == torch.float32 and cpu_int8_native()
+        return replace(self, quantize="int8" if on else None)
 
     @property
     def uses_camera_cache(self) -> bool:
@@ -226,18 +242,39 @@ class RuntimeOptions:
 
 
 _CPU_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_CPU_QUANTIZE = {"none": None, "int8": "int8", "auto": "auto"}
 
 
 def cpu_bf16_native(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this CPU has bf16 dot-product instructions (x86 ``avx512_bf16`` or ``amx_bf16``), read from the
     kernel's CPU flags; False where they cannot be read (not Linux). Without them oneDNN emulates bf16 GEMMs
     (not measured here: fp32 stays the default there)."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags(cpuinfo))
+
+
+def _cpu_flags(cpuinfo: str | Path) -> set[str]:
+    """The first ``flags`` line of ``cpuinfo`` (Linux's /proc/cpuinfo); empty where it cannot be read."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def cpu_int8_native(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has int8 dot-product instructions (x86 ``avx512_vnni``, ``avx_vnni`` or ``amx_int8``), read
+    from the flags of ``cpuinfo`` (False where there is none, e.g. not Linux: ``torch._int_mm`` is then not
+    known to be fast)."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags(cpuinfo))
+
+
+def default_cpu_quantize() -> str | None:
+    """The ``quantize`` a model runs with on the CPU by default: ``$MG3_CPU_QUANTIZE`` (``none``, ``int8`` or
+    ``auto``) when set, else ``"auto"`` (see :class:`RuntimeOptions`)."""
+    name = os.environ.get("MG3_CPU_QUANTIZE", "auto")
+    if name not in _CPU_QUANTIZE:
+        raise ValueError(f"MG3_CPU_QUANTIZE must be one of {sorted(_CPU_QUANTIZE)}, got {name!r}")
+    return _CPU_QUANTIZE[name]
 
 
 def default_cpu_dtype() -> torch.dtype:
@@ -272,12 +309,14 @@ def check_runtime(runtime: RuntimeOptions) -> None:
     """Raise ValueError, saying what to do, when an option cannot work on the runtime's device or setup
     (loaders call it before loading weights)."""
     from world_model.attention import check_attention_backend
-    from world_model.quant import fp8_supported
+    from world_model.quant import fp8_supported, int8_supported
 
     device = torch.device(runtime.device)
     check_attention_backend(runtime.attention, device, runtime.dtype)
     if runtime.quantize == "fp8" and (reason := fp8_supported(device)):
         raise ValueError(f"quantize='fp8': {reason}; use quantize=None on this device")
+    if runtime.quantize == "int8" and (reason := int8_supported(device)):
+        raise ValueError(f"quantize='int8': {reason}; use quantize='fp8' or None on this device")
     from world_model.fp8_rows import triton_available
 
     for option in ("fp8_ffn_kernel", "fp8_attention_kernel"):
@@ -381,7 +420,8 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
     """Apply ``runtime`` to a built DiT (a MatrixGameDiT or a MoEDiT) in place, once; returns it.
 
     Expects the DiT on ``runtime.device`` in ``runtime.dtype``. Checks every option first (see
-    :class:`RuntimeOptions`), so a refused option leaves the model untouched.
+    :class:`RuntimeOptions`), so a refused option leaves the model untouched. ``quantize="auto"`` quantises
+    nothing here (the DiT's storage is not known): the loaders resolve it first (:meth:`RuntimeOptions.resolve_quantize`).
     """
     from world_model.attention import set_attention_backend
     from world_model.fp8_attention import fuse_fp8_self_attention
@@ -396,8 +436,8 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
         set_attention_backend(expert, runtime.attention)
         if runtime.attention == "fa3_fp8":
             bound_qk_inputs(expert)
-        if runtime.quantize == "fp8":
-            quantize_linears(expert, "fp8")
+        if runtime.quantize in ("fp8", "int8"):  # "auto" unresolved (weights not known to be int8): off
+            quantize_linears(expert, runtime.quantize)
             if runtime.fp8_ffn_kernel:
                 fuse_ffn_activations(expert)
         if runtime.fp8_attention_kernel:

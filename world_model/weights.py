@@ -51,6 +51,7 @@ __all__ = [
     "write_dit_folder",
     "INT8_SCALE_SUFFIX",
     "quantize_rows_int8",
+    "stores_int8",
 ]
 
 RELEASE_REPO_ID = "Skywork/Matrix-Game-3.0"
@@ -241,6 +242,12 @@ def load_dit(
         raise ValueError(f"variant must be one of {sorted(DIT_SUBFOLDERS)}, got {variant!r}")
     folder = dit_folder(resolve_checkpoint(root, allow_patterns=[f"{DIT_SUBFOLDERS[variant]}/*"]), variant)
     return load_dit_folder(folder, device=device, dtype=dtype)
+
+
+def stores_int8(folder: str | Path) -> bool:
+    """Whether a DiT folder stores its weights in int8 with a scale per row (:func:`write_dit_folder` with
+    ``int8=True``, as the embedded default ships): read from the safetensors headers, no tensor data."""
+    return any(k.endswith(INT8_SCALE_SUFFIX) for keys in _weight_files(Path(folder)).values() for k in keys)
 
 
 def load_dit_folder(
