@@ -349,6 +349,7 @@ def test_play_cli_passes_runtime_options_to_the_loader(monkeypatch):
 
     import world_model.model
     from mg3_env.cli import main
+    from world_model.runtime import RuntimeOptions
 
     seen = []
 
@@ -357,10 +358,15 @@ def test_play_cli_passes_runtime_options_to_the_loader(monkeypatch):
         raise ValueError("stop here")
 
     monkeypatch.setattr(world_model.model, "load_world_model", fake_load)
+    monkeypatch.delenv("MG3_CPU_QUANTIZE")  # the suite's "none" (conftest): a user's default
     assert main(["play", "--model", "tiny-random", "--device", "cpu", "--compile", "--attention", "math"]) == 2
-    assert seen[0].compile and seen[0].attention == "math" and seen[0].quantize is None
+    assert seen[0].compile and seen[0].attention == "math" and seen[0].quantize == "auto"  # the CPU's default
     assert main(["play", "--model", "tiny-random", "--device", "cuda", "--quantize", "fp8"]) == 2
     assert seen[1].quantize == "fp8" and seen[1].dtype == torch.bfloat16 and not seen[1].compile
+    assert main(["play", "--model", "default", "--device", "cpu", "--quantize", "int8"]) == 2
+    assert seen[2].quantize == "int8" and seen[2].dtype == RuntimeOptions.for_device("cpu").dtype
+    assert main(["play", "--model", "default", "--device", "cpu", "--quantize", "none"]) == 2
+    assert seen[3].quantize is None
 
 
 def test_a_model_with_another_sampler_shares_its_weights():

@@ -308,13 +308,19 @@ def main(argv: list[str] | None = None) -> int:
         help="sampler steps per chunk (default: the model's; fewer are faster and blurrier, e.g. 3 for the "
         "embedded model to keep real time on a 2-core CPU)",
     )
-    g = p.add_argument_group("runtime options (world_model.runtime.RuntimeOptions; for a GPU)")
+    g = p.add_argument_group("runtime options (world_model.runtime.RuntimeOptions)")
     g.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile each DiT block: faster chunks after a cold start (about 2.5 minutes for the 5B on an H200)",
     )
-    g.add_argument("--quantize", choices=("fp8",), default=None, help="FP8 linears in the DiT blocks (Ada/Hopper)")
+    g.add_argument(
+        "--quantize",
+        choices=("fp8", "int8", "none"),
+        default=None,
+        help="8-bit linears in the DiT blocks: fp8 (Ada/Hopper GPUs), int8 (CPU), none (default: the device's, on a "
+        "CPU int8 in fp32 for the embedded model where the CPU has int8 dot products)",
+    )
     g.add_argument("--attention", default="auto", help="attention backend (auto, sdpa, cudnn, flash, ...)")
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
@@ -332,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         runtime = RuntimeOptions.for_device(
             args.device,
             compile=args.compile,
-            quantize=args.quantize,
             attention=args.attention,
-            **({"dtype": torch.bfloat16} if args.quantize else {}),  # FP8 computes in bf16 (on a GPU)
+            **({"quantize": None if args.quantize == "none" else args.quantize} if args.quantize else {}),
+            **({"dtype": torch.bfloat16} if args.quantize == "fp8" else {}),  # FP8 computes in bf16 (on a GPU)
         )
         model = compute.call(load_world_model, args.model, runtime)
     except ValueError as e:  # a bad or unrunnable option, a bad model folder: said before serving
