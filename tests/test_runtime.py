@@ -412,6 +412,9 @@ def test_loaders_resolve_auto_quantize_from_how_the_weights_are_stored(monkeypat
     assert bf16.runtime.quantize is None and type(bf16.dit.blocks[0].ffn[0]) is nn.Linear
     off = load_world_model("default", RuntimeOptions.for_device("cpu", dtype=torch.float32, quantize=None))
     assert off.runtime.quantize is None and type(off.dit.blocks[0].ffn[0]) is nn.Linear
+    with pytest.raises(ValueError, match="offered on the CPU only: it is not replicated to cuda"):
+        default.replicate("cuda")  # refused before anything is copied
+    assert default.replicate("cpu").runtime.quantize == "int8"
 
 
 # --------------------------------------------------------------------------------------------

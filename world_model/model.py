@@ -107,6 +107,11 @@ class WorldModel:
                 "a sequence-parallel model spans the ranks of a process group and is not replicated; "
                 "load one per device with sequence_parallel=1 instead"
             )
+        if self.runtime.quantize == "int8" and device.type != "cpu":
+            raise ValueError(
+                f"this model runs int8 GEMMs, offered on the CPU only: it is not replicated to {device}; load it "
+                "there instead (the device's default quantize, or quantize=None)"
+            )
         dit = _copy_module(self.dit, device)
         if self.runtime.compile:  # a copy runs eagerly until compiled again (on its own weights)
             compile_blocks(dit)
