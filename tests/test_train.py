@@ -562,6 +562,29 @@ def test_dmd_distils_the_base_stage_where_the_memory_stage_did_not_run(smoke_run
     assert json.loads((nxt / "export" / "status.json").read_text())["metrics"]["dit_source"] == "dmd"
 
 
+def test_held_out_evaluation_needs_a_decoder_checkpoint_not_a_finished_decoder_stage(smoke_run, tmp_path, caplog):
+    """A decoder stage stopped by SIGTERM ('interrupted') still decodes the held-out chunks (session 32's CPU run
+    had no evaluation for it); without any decoder checkpoint there is none, and the log says so."""
+    import shutil
+
+    from world_model.train.pipeline import PipelineOptions, _evaluator, _latents, run_config
+
+    run, _ = smoke_run
+    nxt = tmp_path / "run"
+    shutil.copytree(run, nxt)
+    shutil.rmtree(nxt / "sharpen")
+    status = json.loads((nxt / "decoder" / "status.json").read_text())
+    (nxt / "decoder" / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
+    opts = PipelineOptions.smoke()
+    cfg, dev = run_config(nxt, opts), torch.device("cpu")
+    _, held = _latents(nxt, dev)
+    assert _evaluator(nxt, opts, cfg, held, dev, memory=True) is not None
+    shutil.rmtree(nxt / "decoder" / "checkpoints")
+    with caplog.at_level("WARNING"):
+        assert _evaluator(nxt, opts, cfg, held, dev, memory=True) is None
+    assert "no held-out evaluation: no decoder checkpoint" in caplog.text
+
+
 def test_own_history_replaces_the_past_with_the_models_previous_chunk():
     """with_own_history: chunk k's window conditions on chunk k-1 as the model generated it (from its
     true context), every other latent and the targets stay the store's."""

@@ -617,11 +617,16 @@ def _latents(run: Path, dev):
 
 
 def _evaluator(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, held_lat, dev, *, memory: bool):
-    """Held-out chunks 0 and 1 of the model in training (``memory``: chunk 1 with retrieved memory)."""
+    """Held-out chunks 0 and 1 of the model in training (``memory``: chunk 1 with retrieved memory), decoded by the
+    shipped VAE (:func:`_shipped_vae`); None, said in the log, where no decoder has a checkpoint yet. A decoder stage
+    stopped in any way (interrupted too: session 32's CPU run lost its held-out curve to a decoder stopped by SIGTERM)
+    decodes as well as a finished one."""
+    from world_model.train.checkpoints import latest_checkpoint
     from world_model.train.clips import ClipSampler
     from world_model.train.evaluate import FirstChunkEval
 
-    if _stage_state(run, "decoder") not in ("done", "stopped"):
+    if all(latest_checkpoint(run / s) is None for s in ("sharpen", "decoder")):
+        log.warning("no held-out evaluation: no decoder checkpoint in %s (the decoder stage has not run)", run)
         return None
     held = _frames(run, "held_out")
     clips = ClipSampler(held_lat, cfg, 1, p_continue=0.0, use_memory=memory)
