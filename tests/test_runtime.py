@@ -852,6 +852,34 @@ def test_int8_linear_bench_runs_on_cpu(tmp_path):
     assert all(1e-4 < r["rel_error"]["int8"] < 3e-2 and r["rel_error"]["bf16"] < 1e-2 for r in rows)
 
 
+@pytest.mark.slow
+def test_int8_conv_bench_runs_on_cpu(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from world_model.quant import int8_convolution_available
+
+    if not int8_convolution_available():
+        pytest.skip("needs oneDNN's int8 convolution (an x86 torch with mkldnn)")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "int8_conv.json"
+    cmd = [sys.executable, str(root / "bench" / "int8_conv.py"), "--chunks", "1", "--repeats", "1"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(out)], env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    convs, decoders = result["convolutions"], result["decoder"]
+    assert len(convs) == 9 and all(r["ms"]["int8"] > 0 and 1e-3 < r["rel_error"] < 3e-2 for r in convs)
+    settings = [(r["dtype"], r["quantize"]) for r in decoders]
+    assert settings == [("float32", None), ("float32", "int8"), ("bfloat16", None), ("bfloat16", "int8")]
+    assert decoders[0]["psnr_vs_fp32"] == [float("inf")]
+    assert all(40 < r["psnr_vs_fp32"][0] < 90 for r in decoders[1:])
+
+
 def test_fused_ffn_activations_keep_the_ffn():
     """fuse_ffn_activations moves each FP8 FFN's first bias and its GELU into the second layer's input
     quantisation: the same function (up to the bf16 rounding of the hidden activations it skips), the same
@@ -1000,8 +1028,10 @@ def test_embedded_model_in_bf16_on_the_cpu_matches_fp32():
 
 @pytest.mark.slow
 def test_embedded_model_with_int8_gemms_on_the_cpu_matches_fp32():
-    """The fp32 default on a CPU with int8 dot products (quantize='auto' -> 'int8'): the embedded model's frames
-    within rounding of plain fp32's over three chunks (measured 54-56 dB over four chunks, bf16's 54-56; session 32)."""
+    """The fp32 default on a CPU with int8 dot products (quantize='auto' -> 'int8': the DiT's block linears and the
+    VAE decoder's convolutions): the embedded model's frames within rounding of plain fp32's over three chunks
+    (measured 54-56 dB over four chunks with int8 linears, bf16's 54-56, session 32; the decoder's int8
+    convolutions alone 56 dB, session 33, ``bench/int8_conv.py``)."""
     import numpy as np
 
     from mg3_env import MatrixGameEnv

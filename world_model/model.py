@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from world_model.config import WorldModelConfig, mg3_5b, mg3_28b_moe, tiny
-from world_model.runtime import RuntimeOptions, apply_runtime, check_runtime, compile_blocks, compile_decoder
+from world_model.runtime import RuntimeOptions, apply_runtime, apply_vae_runtime, check_runtime, compile_blocks
 
 if TYPE_CHECKING:
     from world_model.config import TextConfig
@@ -82,8 +82,7 @@ class WorldModel:
     _prompt_cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.runtime.compile_decoder:  # every constructor and copy (replicate, with_sampler) alike
-            compile_decoder(self.vae)
+        apply_vae_runtime(self.vae, self.runtime)  # every constructor and copy (replicate, with_sampler) alike
 
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """[B, text_len, dim] prompt embeddings on the model's device (cached per prompt)."""

@@ -32,6 +32,7 @@ __all__ = [
     "begins_graph_steps",
     "compile_blocks",
     "compile_decoder",
+    "apply_vae_runtime",
     "cpu_bf16_native",
     "default_cpu_dtype",
 ]
@@ -317,6 +318,11 @@ def check_runtime(runtime: RuntimeOptions) -> None:
         raise ValueError(f"quantize='fp8': {reason}; use quantize=None on this device")
     if runtime.quantize == "int8" and (reason := int8_supported(device)):
         raise ValueError(f"quantize='int8': {reason}; use quantize='fp8' or None on this device")
+    if runtime.quantize == "int8" and runtime.compile_decoder:
+        raise ValueError(
+            "quantize='int8' runs the VAE decoder's convolutions in int8, eagerly, and compile_decoder=True would "
+            "compile its float ones: set one of them"
+        )
     from world_model.fp8_rows import triton_available
 
     for option in ("fp8_ffn_kernel", "fp8_attention_kernel"):
@@ -414,6 +420,19 @@ def compile_decoder(vae: nn.Module) -> None:
     """``torch.compile`` the VAE's decoder in place, once (parameter names unchanged)."""
     if getattr(vae.decoder, "_compiled_call_impl", None) is None:
         vae.decoder.compile()
+
+
+def apply_vae_runtime(vae: nn.Module, runtime: RuntimeOptions) -> nn.Module:
+    """Apply ``runtime`` to a built VAE in place (idempotent, so every copy of a model may call it); returns it.
+    ``quantize="int8"``: the decoder's convolutions in int8 (:func:`world_model.quant.quantize_convs`);
+    ``compile_decoder``: the decoder compiled (:func:`compile_decoder`)."""
+    from world_model.quant import quantize_convs
+
+    if runtime.quantize == "int8":
+        quantize_convs(vae.decoder)
+    if runtime.compile_decoder:
+        compile_decoder(vae)
+    return vae
 
 
 def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:

@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, assign_state_dict, check_state_dict, read_torch_file
 from .config import VAEConfig
+
+if TYPE_CHECKING:
+    from .quant import Int8Conv
 
 __all__ = [
     "WanVAE",
@@ -121,11 +125,31 @@ def decoder_widths(cfg: VAEConfig) -> list[int]:
 _CL3D = torch.channels_last_3d
 
 
-def _conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride=(1, 1, 1), padding=(0, 0, 0)) -> Tensor:
-    """F.conv3d; fp32 on the CPU goes to oneDNN in channels_last_3d directly.
+def _conv3d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride=(1, 1, 1),
+    padding=(0, 0, 0),
+    int8: Int8Conv | None = None,
+    upsample: bool = False,
+) -> Tensor:
+    """F.conv3d (of x upsampled 2x in space, nearest, if ``upsample``); fp32 on the CPU goes to oneDNN in
+    channels_last_3d directly.
 
     (For batch 1 torch's dispatch picks its reference kernel, 10-15x slower on small 3-D inputs.)
+    ``int8``: the layer's int8 weights (``RuntimeOptions(quantize="int8")``, :func:`world_model.quant.quantize_convs`),
+    taken outside autograd and compiled code, for finite inputs; else the float weights run.
     """
+    if (
+        int8 is not None
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.compiler.is_compiling()
+        and (y := int8(x, weight, bias, upsample=upsample)) is not None
+    ):
+        return y
+    if upsample:
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
     cpu_fp32 = x.device.type == "cpu" and x.dtype == torch.float32
     # (compiled code takes F.conv3d: the compiler lowers it itself, and cannot trace the oneDNN call)
     if (
@@ -179,6 +203,7 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(cin, cout, (kt, kh, kw), padding=(0, kh // 2, kw // 2))
         self.cache_frames = kt - 1
         self.slot = -1  # set by _number_slots
+        self.int8: Int8Conv | None = None  # set by world_model.quant.quantize_convs
 
     def forward(self, x: Tensor, states: list[Tensor | None] | None = None) -> Tensor:  # type: ignore[override]
         k = self.cache_frames
@@ -187,7 +212,7 @@ class CausalConv3d(nn.Conv3d):
             x = F.pad(x, (0, 0, 0, 0, k, 0)) if prev is None else _prepend(prev, x)
             if states is not None:
                 states[self.slot] = _keep(x[:, :, -k:])
-        return _conv3d(x, self.weight, self.bias, self.stride, self.padding)
+        return _conv3d(x, self.weight, self.bias, self.stride, self.padding, self.int8)
 
 
 class CausalTimeDown(nn.Conv3d):
@@ -310,12 +335,12 @@ class Resample(nn.Module):
         self.resample = nn.ModuleDict({"1": conv})
         if temporal:
             self.time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1)) if up else CausalTimeDown(dim)
+        self.int8: Int8Conv | None = None  # the up-sampling conv's, set by world_model.quant.quantize_convs
 
     def _spatial(self, x: Tensor) -> Tensor:
         conv = self.resample["1"]
         if self.up:
-            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
-            return _conv3d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, 1, 1))
+            return _conv3d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, 1, 1), int8=self.int8, upsample=True)
         x = F.pad(x, (0, 1, 0, 1))
         return _conv3d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, 2, 2))
 
