@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 
 import torch
 
 from mg3_eval.protocols.speed import env_speed
 from world_model.model import load_world_model, random_world_model
-from world_model.runtime import RuntimeOptions
+from world_model.runtime import RuntimeOptions, cpu_name
 
 
 def measure(model, batch: int, chunks: int) -> dict:
@@ -173,7 +172,7 @@ def main() -> None:
             for c in settings:
                 parts[c].append(measure(models[c], b, 3))
         rows += [_merge(parts[c], **{key: c}) for c in settings]
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
     print(f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}")
     head, shown = {
         "vae_pruning_rate": ("decoder p", lambda v: f"{v:g}"),

@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from world_model.model import load_world_model
 from world_model.quant import Int8Conv, uint8_tensor
-from world_model.runtime import RuntimeOptions, cpu_int8_native
+from world_model.runtime import RuntimeOptions, cpu_int8_native, cpu_name
 from world_model.vae import _conv3d
 
 # (in, out, kernel, frames, side, upsampled) of the embedded decoder's convolutions for one 40-frame chunk
@@ -197,9 +196,7 @@ def main() -> None:
         p.error("--chunks and --repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(
-        f"CPU {platform.processor() or 'cpu'}, int8 dot products: {cpu_int8_native()}, threads {torch.get_num_threads()}"
-    )
+    print(f"CPU {cpu_name()}, int8 dot products: {cpu_int8_native()}, threads {torch.get_num_threads()}")
     convs = [conv_row(*shape, repeats=args.repeats * 2) for shape in SHAPES]
     print(
         f"{'conv':>24} {'fp32 ms':>8} {'int8 ms':>8} {'(quant':>7} {'conv)':>6} {'fp32 GF/s':>9} {'int8 GOP/s':>10} "
@@ -222,7 +219,7 @@ def main() -> None:
         ratio = statistics.mean(a / b for a, b in zip(r["sharpness"], r["sharpness_fp32"]))
         print(f"{name:>14} {r['seconds_per_chunk']:>8.3f} {min(r['psnr_vs_fp32']):>23.2f} {ratio:>17.4f}")
     out = {
-        "device_name": platform.processor() or "cpu",
+        "device_name": cpu_name(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from world_model.quant import Int8Linear, int8_rows
-from world_model.runtime import cpu_int8_native
+from world_model.runtime import cpu_int8_native, cpu_name
 
 SHAPES = ((320, 320), (320, 1024), (1024, 320))  # (in, out) of the embedded DiT's block linears
 
@@ -89,9 +88,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [measure(args.tokens, cin, cout, args.repeats) for cin, cout in SHAPES]
-    print(
-        f"CPU {platform.processor() or 'cpu'}, int8 dot products: {cpu_int8_native()}, threads {torch.get_num_threads()}"
-    )
+    print(f"CPU {cpu_name()}, int8 dot products: {cpu_int8_native()}, threads {torch.get_num_threads()}")
     print(
         f"{'shape':>18} {'fp32 ms':>8} {'bf16 ms':>8} {'int8 ms':>8} {'(quant':>7} {'gemm':>6} {'dequant)':>8} "
         f"{'int8 x fp32':>11} {'int8 err':>9} {'bf16 err':>9}"
@@ -105,7 +102,7 @@ def main() -> None:
             f"{r['rel_error']['int8']:>9.2e} {r['rel_error']['bf16']:>9.2e}"
         )
     out = {
-        "device_name": platform.processor() or "cpu",
+        "device_name": cpu_name(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

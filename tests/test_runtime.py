@@ -976,6 +976,17 @@ def test_cpu_int8_native_reads_the_cpu_flags(tmp_path):
     assert not cpu_int8_native(f) and not cpu_int8_native(tmp_path / "missing")
 
 
+def test_cpu_name_tells_the_generations_of_one_model_name_apart(tmp_path):
+    from world_model.runtime import cpu_name
+
+    block = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: {m}\nmodel name\t: AMD EPYC\n"
+    (f := tmp_path / "cpuinfo").write_text(block.format(n=0, m=2) + "\n" + block.format(n=1, m=9))
+    assert cpu_name(f) == "AMD EPYC (family 26, model 2)"  # the first processor's
+    (g := tmp_path / "bare").write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert cpu_name(g) == "Some CPU"
+    assert cpu_name(tmp_path / "missing")  # a name all the same (platform's, or "cpu")
+
+
 def test_default_cpu_quantize_follows_the_variable(monkeypatch):
     monkeypatch.delenv("MG3_CPU_QUANTIZE", raising=False)
     assert RuntimeOptions.for_device("cpu").quantize == "auto"

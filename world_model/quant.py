@@ -1,4 +1,5 @@
-"""8-bit linear layers, applied to a built model from outside (the model files know nothing of them).
+"""8-bit linear layers and convolutions, applied to a built model from outside (the model files know nothing of
+them but an empty slot on each decoder convolution, :func:`quantize_convs` fills it).
 
 ``quantize="fp8"`` (``RuntimeOptions``, CUDA) replaces chosen ``nn.Linear`` layers with
 :class:`Float8Linear`: FP8 e4m3 weights scaled per output channel (computed once, from the
@@ -16,6 +17,13 @@ shapes ([1216, 320] tokens into 320 and 1024 outputs, and 1024 -> 320) the parts
 dominate). One layer's relative error is about 1e-2 (bf16: 3e-3). In the embedded model the fp32 chunk took
 2.7-3.0 s with int8 against 3.4-3.7 s without (``bench/embedded_speed.py --dtype both --quantize both``), its
 frames 54-56 dB from fp32's, as bf16's; in bf16 int8 did not pay.
+
+``quantize="int8"`` also gives each convolution of the VAE decoder an :class:`Int8Conv` (:func:`quantize_convs`):
+oneDNN's u8 x s8 convolution with int32 accumulation, the input quantised per tensor at each call
+(:func:`uint8_tensor`), the up-sampling convolutions' input upsampled in uint8 after its quantisation (a quarter
+of the work). On the 2-core VM (session 33, ``bench/int8_conv.py``) the embedded decoder's convolutions ran at
+1.1-1.9 TOP/s in int8 against 0.27-0.52 TFLOP/s in fp32, and its whole decode of a 40-frame chunk 0.23 s against
+0.41-0.47 (bf16: 0.27), frames 56 dB from fp32's, sharpness 0.995 of fp32's.
 
 Why FP8 and not INT8 on a GPU: on Hopper ``torch._int_mm`` ran no faster than the bf16 GEMM (557-772 TOP/s
 against 763-783 TFLOP/s at the 5B DiT's shapes), while row-wise FP8 ``_scaled_mm`` ran 1,357-1,429

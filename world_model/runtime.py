@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "compile_decoder",
     "apply_vae_runtime",
     "cpu_bf16_native",
+    "cpu_name",
     "default_cpu_dtype",
 ]
 
@@ -58,7 +60,11 @@ class RuntimeOptions:
     as 8-bit GEMMs with row-wise scales (``world_model.quant``). ``"fp8"``: FP8 e4m3, needs
     ``dtype=torch.bfloat16`` and a CUDA GPU of compute capability >= 8.9 (Ada, Hopper). ``"int8"``: int8
     ``torch._int_mm`` GEMMs on the CPU, with fp32 or bf16 (on Hopper ``torch._int_mm`` measured no faster than
-    bf16, so it is refused on a GPU). ``"auto"`` (what :meth:`for_device` picks on a CPU): ``"int8"`` in fp32 for
+    bf16, so it is refused on a GPU), and the VAE decoder's convolutions as oneDNN int8 convolutions
+    (``world_model.quant.Int8Conv``: weights per output channel, activations per tensor; x86 builds of torch;
+    not with ``compile_decoder``). Session 33 on the 2-core VM (AMD EPYC family 26): the embedded decoder 0.41-0.47
+    s a 40-frame chunk in fp32, 0.23-0.25 with int8 convolutions, frames 56 dB from fp32's (``bench/int8_conv.py``);
+    the whole fp32 chunk 2.17 s, 1.31-1.46 with int8 linears and convolutions, frames 52-53 dB from fp32's. ``"auto"`` (what :meth:`for_device` picks on a CPU): ``"int8"`` in fp32 for
     a model whose DiT weights are stored in int8 with a scale per row (the embedded default: its GEMMs then multiply the very integers it ships,
     and only the activations' rounding is new) on a CPU with int8 dot-product instructions
     (:func:`cpu_int8_native`), else ``None``; the loaders resolve it (:meth:`resolve_quantize`), so a loaded
@@ -260,6 +266,28 @@ def _cpu_flags(cpuinfo: str | Path) -> set[str]:
     except OSError:
         return set()
     return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """This CPU as benches record it: its model name with its family and model numbers from ``cpuinfo`` (a VM's
+    name alone, e.g. "AMD EPYC", does not tell its generations apart: family 25 is Zen 3/4, 26 Zen 5); where that
+    cannot be read, ``platform.processor()`` or "cpu"."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        lines = []
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the first processor's block only
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or "cpu"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def cpu_int8_native(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
