@@ -217,11 +217,14 @@ def collect_idm_data(
     window: int = 5,
     size: int = 64,
     vae_of: WorldModel | None = None,
+    progress: bool = False,
 ) -> IDMData:
     """Simulator frames of ``split`` levels played with blocks of constant commands (every keyboard
     class x yaw class, random yaw rates and lengths), labelled by the measured motion. With
     ``vae_of``, each episode is cut to 1 + r*k frames and passed through that model's VAE
-    (:func:`vae_roundtrip`)."""
+    (:func:`vae_roundtrip`). ``progress``: a bar of the frames collected."""
+    from tqdm.auto import tqdm
+
     from world_model.data.doom import Command, DoomEngine
     from world_model.data.levels import levels_in_split
 
@@ -231,6 +234,8 @@ def collect_idm_data(
     clips = []
     total = 0
     e = 0
+    desc = f"IDM frames ({split} levels{', through the VAE' if vae_of is not None else ''})"
+    bar = tqdm(total=num_frames, unit="frame", desc=desc, disable=not progress)
     while total < num_frames:
         level = levels[int(rng.integers(len(levels)))]
         with DoomEngine(level, doom, seed=seed * 1000 + e) as engine:
@@ -270,6 +275,8 @@ def collect_idm_data(
         kb_l, ms_l = motion_labels(poses_arr, window)
         clips.append((idm_frames(frames_arr, size), kb_l, ms_l))
         total += len(frames)
+        bar.update(min(len(frames), bar.total - bar.n))
+    bar.close()
     return IDMData.build(clips, window).labelled()
 
 
@@ -286,8 +293,12 @@ def train_idm(
     seed: int = 0,
     width: int = 32,
     size: int = 64,
+    progress: bool = False,
 ) -> InverseDynamics:
-    """Train the IDM (AdamW, cosine schedule, random horizontal mirroring with swapped labels)."""
+    """Train the IDM (AdamW, cosine schedule, random horizontal mirroring with swapped labels); ``progress``: a bar
+    of the steps."""
+    from tqdm.auto import tqdm
+
     if len(data) == 0:
         raise ValueError("no labelled windows to train the inverse-dynamics model on")
     g = torch.Generator().manual_seed(seed)
@@ -299,6 +310,7 @@ def train_idm(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     kb_all, ms_all = torch.from_numpy(data.keyboard), torch.from_numpy(data.mouse)
     net.train()
+    bar = tqdm(total=steps, unit="step", desc="IDM training", disable=not progress)
     for _ in range(epochs):
         order = torch.randperm(len(data), generator=g).numpy()
         for a in range(0, len(order), batch_size):
@@ -314,6 +326,8 @@ def train_idm(
             loss.backward()
             opt.step()
             sched.step()
+            bar.update()
+    bar.close()
     return net.eval()
 
 

@@ -4,6 +4,7 @@ end-to-end ``mg3 eval`` on the smoke export of the training pipeline."""
 from __future__ import annotations
 
 import json
+import math
 from unittest.mock import ANY
 
 import numpy as np
@@ -198,6 +199,15 @@ def test_idm_learns_a_synthetic_easy_task():
     assert set(test.keyboard) == set(range(len(KEYBOARD_CLASSES))) and set(test.mouse) == set(range(len(MOUSE_CLASSES)))
     assert (pk == test.keyboard).mean() >= 0.9, (pk, test.keyboard)
     assert (pm == test.mouse).mean() >= 0.9, (pm, test.mouse)
+
+
+def test_idm_training_shows_its_steps_when_asked(capsys):
+    data = IDMData.build(_doom_like_clips(10, seed=0), window=5)
+    train_idm(data, epochs=1, batch_size=32, width=8, size=24, progress=True)
+    err = capsys.readouterr().err
+    assert "IDM training" in err and f"{math.ceil(len(data) / 32)}/{math.ceil(len(data) / 32)}" in err
+    train_idm(data, epochs=1, batch_size=32, width=8, size=24)  # quiet by default (library calls)
+    assert "IDM training" not in capsys.readouterr().err
 
 
 def test_idm_data_windows_stay_inside_clips():

@@ -136,26 +136,28 @@ def evaluate_control(
     idm_vae: bool = False,
     seed: int = 0,
     batch_size: int = 6,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """The control part of ``mg3 eval``: train the IDM on simulator frames of training levels (or
     load ``idm_path``), save it as ``out/idm.safetensors``, score it on held-out simulator frames of
     ``split``, then run :func:`control` from rest starts of ``split``. ``idm_vae``: the IDM trains
-    and scores on simulator video passed through the model's VAE."""
+    and scores on simulator video passed through the model's VAE. ``progress``: bars of the IDM's data and
+    training (minutes on a CPU)."""
     from safetensors.torch import load_file, save_file
 
     cfg = wm.config
     t0 = time.perf_counter()
     vae_of = wm if idm_vae else None
-    held = collect_idm_data(cfg, idm_held_out_frames, split=split, seed=seed + 7, vae_of=vae_of)
+    held = collect_idm_data(cfg, idm_held_out_frames, split=split, seed=seed + 7, vae_of=vae_of, progress=progress)
     if idm_path:
         net = InverseDynamics()
         net.load_state_dict(load_file(idm_path))
         net.eval()
         idm_info: dict[str, Any] = {"loaded_from": idm_path}
     else:
-        train = collect_idm_data(cfg, idm_train_frames, split="train", seed=seed, vae_of=vae_of)
+        train = collect_idm_data(cfg, idm_train_frames, split="train", seed=seed, vae_of=vae_of, progress=progress)
         t1 = time.perf_counter()
-        net = train_idm(train, epochs=idm_epochs, seed=seed)
+        net = train_idm(train, epochs=idm_epochs, seed=seed, progress=progress)
         save_file(net.state_dict(), str(out / "idm.safetensors"))
         idm_info = {
             "train_windows": len(train),
