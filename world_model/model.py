@@ -41,7 +41,14 @@ import torch
 from torch import Tensor, nn
 
 from world_model.config import WorldModelConfig, mg3_5b, mg3_28b_moe, tiny
-from world_model.runtime import RuntimeOptions, apply_runtime, apply_vae_runtime, check_runtime, compile_blocks
+from world_model.runtime import (
+    RuntimeOptions,
+    apply_process_runtime,
+    apply_runtime,
+    apply_vae_runtime,
+    check_runtime,
+    compile_blocks,
+)
 
 if TYPE_CHECKING:
     from world_model.config import TextConfig
@@ -83,6 +90,7 @@ class WorldModel:
 
     def __post_init__(self) -> None:
         apply_vae_runtime(self.vae, self.runtime)  # every constructor and copy (replicate, with_sampler) alike
+        apply_process_runtime(self.runtime)
 
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """[B, text_len, dim] prompt embeddings on the model's device (cached per prompt)."""
