@@ -314,7 +314,9 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     touched, and on a CPU those faults cost more than the arithmetic (two elementwise ops on 13.8M floats: 32 ms
     with the faults, 3.5 without). Measured on the 2-core VM (session 33, 8 chunks of the embedded model through
     the env): minor faults 590-630k -> 200-210k, a chunk 1.31-1.40 -> 1.24-1.37 s in fp32 with int8 and 1.43 ->
-    1.25 s in bf16; peak resident memory 892-900 -> 910-940 MB, which the process then keeps."""
+    1.25 s in bf16; peak resident memory 892-900 -> 910-940 MB, which the process then keeps. Best effort: where the
+    heap cannot grow in place (a long-lived process's address space, e.g. a whole test session's), glibc still
+    maps large blocks afresh."""
     global _kept_freed_memory
     if _kept_freed_memory:
         return True
