@@ -20,16 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from _cpu_bench import cpu_line, cpu_record, median_seconds
 
 from world_model.model import load_world_model
 from world_model.quant import Int8Conv, uint8_tensor
-from world_model.runtime import RuntimeOptions, cpu_int8_native, cpu_name
+from world_model.runtime import RuntimeOptions
 from world_model.vae import _conv3d
 
 # (in, out, kernel, frames, side, upsampled) of the embedded decoder's convolutions for one 40-frame chunk
@@ -45,16 +44,6 @@ SHAPES = (
     (40, 40, (3, 3, 3), 40, 64, False),
     (40, 12, (3, 3, 3), 40, 64, False),
 )
-
-
-def median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -81,10 +70,10 @@ def conv_row(
     if upsampled:
         xq = F.interpolate(xq, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
     s = {
-        "fp32": median_s(lambda: _conv3d(x, w, b, padding=padding, upsample=upsampled), repeats),
-        "int8": median_s(lambda: q(x, w, b, upsample=upsampled), repeats),
-        "int8_quantise": median_s(lambda: uint8_tensor(x), repeats),
-        "int8_conv": median_s(
+        "fp32": median_seconds(lambda: _conv3d(x, w, b, padding=padding, upsample=upsampled), repeats),
+        "int8": median_seconds(lambda: q(x, w, b, upsample=upsampled), repeats),
+        "int8_quantise": median_seconds(lambda: uint8_tensor(x), repeats),
+        "int8_conv": median_seconds(
             lambda: torch.ops.onednn.qconv_pointwise(
                 xq,
                 xs,
@@ -170,7 +159,7 @@ def decoder_rows(model_name: str, calls: list[tuple], repeats: int) -> list[dict
 
             videos = [v.float() for v in decode_all()]
             reference = reference or videos
-            seconds = median_s(decode_all, repeats) / len(calls)
+            seconds = median_seconds(decode_all, repeats) / len(calls)
             rows.append(
                 {
                     "dtype": str(dtype).removeprefix("torch."),
@@ -196,7 +185,7 @@ def main() -> None:
         p.error("--chunks and --repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"CPU {cpu_name()}, int8 dot products: {cpu_int8_native()}, threads {torch.get_num_threads()}")
+    print(cpu_line())
     convs = [conv_row(*shape, repeats=args.repeats * 2) for shape in SHAPES]
     print(
         f"{'conv':>24} {'fp32 ms':>8} {'int8 ms':>8} {'(quant':>7} {'conv)':>6} {'fp32 GF/s':>9} {'int8 GOP/s':>10} "
@@ -219,11 +208,7 @@ def main() -> None:
         ratio = statistics.mean(a / b for a, b in zip(r["sharpness"], r["sharpness_fp32"]))
         print(f"{name:>14} {r['seconds_per_chunk']:>8.3f} {min(r['psnr_vs_fp32']):>23.2f} {ratio:>17.4f}")
     out = {
-        "device_name": cpu_name(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu_int8_native": cpu_int8_native(),
+        **cpu_record(),
         "model": args.model,
         "convolutions": convs,
         "decoder": decoders,

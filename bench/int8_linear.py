@@ -15,28 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import time
 
 import torch
+from _cpu_bench import cpu_line, cpu_record, median_seconds
 from torch import nn
 
 from world_model.quant import Int8Linear, int8_rows
-from world_model.runtime import cpu_int8_native, cpu_name
 
 SHAPES = ((320, 320), (320, 1024), (1024, 320))  # (in, out) of the embedded DiT's block linears
 
 
 def median_ms(fn, repeats: int) -> float:
-    for _ in range(max(2, repeats // 10)):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, repeats, warmup=max(2, repeats // 10)) * 1e3
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,7 +78,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [measure(args.tokens, cin, cout, args.repeats) for cin, cout in SHAPES]
-    print(f"CPU {cpu_name()}, int8 dot products: {cpu_int8_native()}, threads {torch.get_num_threads()}")
+    print(cpu_line())
     print(
         f"{'shape':>18} {'fp32 ms':>8} {'bf16 ms':>8} {'int8 ms':>8} {'(quant':>7} {'gemm':>6} {'dequant)':>8} "
         f"{'int8 x fp32':>11} {'int8 err':>9} {'bf16 err':>9}"
@@ -101,14 +91,7 @@ def main() -> None:
             f"{m['int8_gemm']:>6.3f} {m['int8_dequantise']:>8.3f} {m['fp32'] / m['int8']:>10.2f}x "
             f"{r['rel_error']['int8']:>9.2e} {r['rel_error']['bf16']:>9.2e}"
         )
-    out = {
-        "device_name": cpu_name(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu_int8_native": cpu_int8_native(),
-        "rows": rows,
-    }
+    out = {**cpu_record(), "rows": rows}
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)
 
