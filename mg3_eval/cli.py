@@ -137,6 +137,11 @@ def _parser() -> argparse.ArgumentParser:
     count(g, "--idm-train-frames", "simulator frames (train levels) to train the inverse-dynamics model on")
     count(g, "--idm-held-out-frames", "simulator frames (evaluated levels) to score the inverse-dynamics model on")
     count(g, "--idm-epochs", "training epochs of the inverse-dynamics model")
+    count(
+        g,
+        "--idm-size",
+        "longest side in pixels of the frames the inverse-dynamics model sees (128: the embedded model's)",
+    )
     g.add_argument("--idm", default=None, help="reuse a trained IDM (idm.safetensors of an earlier run)")
     g.add_argument(
         "--idm-vae",

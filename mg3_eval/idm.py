@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -138,6 +139,33 @@ class InverseDynamics(nn.Module):
         )  # fmt: skip
         self.keyboard = nn.Linear(128, len(KEYBOARD_CLASSES))
         self.mouse = nn.Linear(128, len(MOUSE_CLASSES))
+
+    def save(self, path: str | Path) -> None:
+        """Its weights as safetensors, with its window, width and frame size in the metadata (:meth:`load`)."""
+        from safetensors.torch import save_file
+
+        meta = {"window": str(self.window), "width": str(self.features[0].out_channels), "size": str(self.size)}
+        save_file(self.state_dict(), str(path), metadata=meta)
+
+    @staticmethod
+    def saved_size(path: str | Path) -> int:
+        """The frame size an IDM file was trained on (64 for files written before the size was recorded)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("size", 64))
+
+    @classmethod
+    def load(cls, path: str | Path) -> InverseDynamics:
+        """An IDM saved by :meth:`save` (files without metadata: the defaults they were trained with), in eval mode."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        net = cls(int(meta.get("window", 5)), int(meta.get("width", 32)), int(meta.get("size", 64)))
+        net.load_state_dict(load_file(str(path)))
+        return net.eval()
 
     @torch.no_grad()
     def predict(

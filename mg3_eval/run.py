@@ -78,6 +78,7 @@ class EvalOptions:
     idm_epochs: int = 10  # held-out simulator accuracy ~0.93 keyboard, ~0.85 yaw (4 epochs: 0.83, 0.75)
     idm_path: str | None = None  # reuse a trained IDM (safetensors) instead of training one
     idm_vae: bool = False  # IDM trained and scored on simulator video passed through the model's VAE
+    idm_size: int = 64  # longest side of the IDM's luma frames (128: the embedded model's own; ~4x the training time)
     memory_episodes: int = 12
     memory_away_chunks: int = 3
     stability_episodes: int = 3  # rest starts on three levels, rolled out together
@@ -118,8 +119,15 @@ class EvalOptions:
                 f"stability_chunks ({self.stability_chunks}) must be at least 2 * stability_edge_chunks + 1 "
                 f"({2 * self.stability_edge_chunks + 1})"
             )
-        if self.idm_path is not None and not Path(self.idm_path).is_file():
-            raise ValueError(f"no IDM weights at {self.idm_path}")
+        if self.idm_size < 16:
+            raise ValueError(f"idm_size must be >= 16 pixels, got {self.idm_size}")
+        if self.idm_path is not None:
+            from mg3_eval.idm import InverseDynamics
+
+            if not Path(self.idm_path).is_file():
+                raise ValueError(f"no IDM weights at {self.idm_path}")
+            if (size := InverseDynamics.saved_size(self.idm_path)) != self.idm_size:
+                raise ValueError(f"the IDM at {self.idm_path} sees {size}-pixel frames: pass --idm-size {size}")
         if self.teacher is not None:
             from world_model.model import MODEL_NAMES
 
@@ -247,6 +255,7 @@ def run_evaluation(
                 idm_epochs=opts.idm_epochs,
                 idm_path=opts.idm_path,
                 idm_vae=opts.idm_vae,
+                idm_size=opts.idm_size,
                 seed=opts.seed,
                 batch_size=opts.batch_size,
             ),

@@ -210,6 +210,30 @@ def test_idm_training_shows_its_steps_when_asked(capsys):
     assert "IDM training" not in capsys.readouterr().err
 
 
+def test_idm_files_keep_their_shape_and_options_refuse_a_mismatched_size(tmp_path):
+    from safetensors.torch import save_file
+
+    from mg3_eval.idm import InverseDynamics
+    from mg3_eval.run import EvalOptions
+
+    torch.manual_seed(0)
+    net = InverseDynamics(window=5, width=8, size=128)
+    net.save(tmp_path / "idm.safetensors")
+    back = InverseDynamics.load(tmp_path / "idm.safetensors")
+    assert (back.window, back.size, back.features[0].out_channels) == (5, 128, 8) and not back.training
+    x = torch.randint(0, 255, (2, 5, 32, 32), dtype=torch.uint8)
+    assert all(torch.equal(a, b) for a, b in zip(net.eval()(x), back(x)))
+    old = InverseDynamics()  # a file of before the metadata: the defaults it was trained with
+    save_file(old.state_dict(), str(tmp_path / "old.safetensors"))
+    assert InverseDynamics.saved_size(tmp_path / "old.safetensors") == 64
+    assert InverseDynamics.load(tmp_path / "old.safetensors").size == 64
+    EvalOptions(parts=("control",), idm_path=str(tmp_path / "idm.safetensors"), idm_size=128)
+    with pytest.raises(ValueError, match="sees 128-pixel frames: pass --idm-size 128"):
+        EvalOptions(parts=("control",), idm_path=str(tmp_path / "idm.safetensors"))
+    with pytest.raises(ValueError, match="idm_size must be >= 16"):
+        EvalOptions(parts=("control",), idm_size=8)
+
+
 def test_idm_data_windows_stay_inside_clips():
     clips = [(np.full((7, 4, 4), i, np.uint8), np.array([0, -1, 1]), np.array([0, 0, -1])) for i in range(3)]
     data = IDMData.build(clips, window=5)

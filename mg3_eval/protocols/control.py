@@ -134,6 +134,7 @@ def evaluate_control(
     idm_epochs: int = 10,
     idm_path: str | None = None,
     idm_vae: bool = False,
+    idm_size: int = 64,
     seed: int = 0,
     batch_size: int = 6,
     progress: bool = True,
@@ -141,24 +142,27 @@ def evaluate_control(
     """The control part of ``mg3 eval``: train the IDM on simulator frames of training levels (or
     load ``idm_path``), save it as ``out/idm.safetensors``, score it on held-out simulator frames of
     ``split``, then run :func:`control` from rest starts of ``split``. ``idm_vae``: the IDM trains
-    and scores on simulator video passed through the model's VAE. ``progress``: bars of the IDM's data and
-    training (minutes on a CPU)."""
-    from safetensors.torch import load_file, save_file
+    and scores on simulator video passed through the model's VAE. ``idm_size``: the longest side of the luma
+    frames the IDM sees (a loaded IDM's own must match). ``progress``: bars of the IDM's data and training (minutes
+    on a CPU)."""
 
     cfg = wm.config
     t0 = time.perf_counter()
     vae_of = wm if idm_vae else None
-    held = collect_idm_data(cfg, idm_held_out_frames, split=split, seed=seed + 7, vae_of=vae_of, progress=progress)
+    if idm_path and InverseDynamics.saved_size(idm_path) != idm_size:
+        raise ValueError(
+            f"the IDM at {idm_path} sees {InverseDynamics.saved_size(idm_path)}-pixel frames, not {idm_size}"
+        )
+    collect = dict(vae_of=vae_of, size=idm_size, progress=progress)
+    held = collect_idm_data(cfg, idm_held_out_frames, split=split, seed=seed + 7, **collect)
     if idm_path:
-        net = InverseDynamics()
-        net.load_state_dict(load_file(idm_path))
-        net.eval()
+        net = InverseDynamics.load(idm_path)
         idm_info: dict[str, Any] = {"loaded_from": idm_path}
     else:
-        train = collect_idm_data(cfg, idm_train_frames, split="train", seed=seed, vae_of=vae_of, progress=progress)
+        train = collect_idm_data(cfg, idm_train_frames, split="train", seed=seed, **collect)
         t1 = time.perf_counter()
-        net = train_idm(train, epochs=idm_epochs, seed=seed, progress=progress)
-        save_file(net.state_dict(), str(out / "idm.safetensors"))
+        net = train_idm(train, epochs=idm_epochs, seed=seed, size=idm_size, progress=progress)
+        net.save(out / "idm.safetensors")
         idm_info = {
             "train_windows": len(train),
             "train_levels": "train split",
@@ -168,6 +172,7 @@ def evaluate_control(
         }
     pk, pm = idm_predict(net, held)
     idm_info.update(
+        frame_size=idm_size,
         view="simulator video through the model's VAE" if idm_vae else "simulator video",
         held_out_windows=len(held),
         held_out_levels=f"{split} split",
