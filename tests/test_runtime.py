@@ -1002,8 +1002,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def test_keep_freed_memory_spares_large_temporaries_their_page_faults():
-    """In a fresh process, as a user's (a long test process's heap may not extend in place, and then glibc maps
-    large blocks whatever the threshold)."""
+    """In fresh processes, as a user's, three of each: where the heap cannot grow in place (a long test process; at
+    times in a fresh one too, by where the libraries happen to be mapped) glibc still maps some blocks afresh, so the
+    sums are compared (measured: 0 faults with it in most processes, 2 of 5 temporaries faulted in at worst; 5 of 5
+    without it)."""
     import os
     import platform
     import subprocess
@@ -1013,8 +1015,8 @@ def test_keep_freed_memory_spares_large_temporaries_their_page_faults():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc's malloc only")
     root = Path(__file__).resolve().parents[1]
-    faults = {}
-    for mode in ("system", "keep"):
+    faults = {"system": 0, "keep": 0}
+    for mode in ("system", "keep") * 3:
         proc = subprocess.run(
             [sys.executable, "-c", _FAULTS_OF_TEMPORARIES, mode],
             env={**os.environ, "PYTHONPATH": str(root)},
@@ -1022,8 +1024,8 @@ def test_keep_freed_memory_spares_large_temporaries_their_page_faults():
             text=True,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
-        faults[mode] = int(proc.stdout.split()[-1])
-    assert faults["system"] > 40_000 and faults["keep"] < 4_000, faults
+        faults[mode] += int(proc.stdout.split()[-1])
+    assert faults["system"] > 3 * 40_000 and faults["keep"] < faults["system"] / 2, faults
 
 
 def test_cpu_models_keep_freed_memory_unless_the_variable_says_system(monkeypatch):
@@ -1043,6 +1045,32 @@ def test_cpu_models_keep_freed_memory_unless_the_variable_says_system(monkeypatc
     monkeypatch.setenv("MG3_CPU_MALLOC", "big")
     with pytest.raises(ValueError, match="MG3_CPU_MALLOC must be one of"):
         load_world_model("tiny-random", RuntimeOptions(device="cpu"))
+
+
+def test_gemm_attention_is_attention_and_auto_takes_it_on_a_cpu_in_bf16_within_its_memory_bound(monkeypatch):
+    import world_model.attention as attn
+    from world_model.attention import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 3, 16, generator=g) for n in (7, 9, 9))  # [B, L, N, D]
+    k_lens = torch.tensor([9, 5])
+    for lens in (None, k_lens):
+        torch.testing.assert_close(
+            attend(q, k, v, k_lens=lens, backend="gemm"),
+            attend(q, k, v, k_lens=lens, backend="math"),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    calls = []
+    real = attn._gemm_attention
+    monkeypatch.setattr(attn, "_gemm_attention", lambda *a: calls.append(a[0].dtype) or real(*a))
+    attend(q, k, v)  # fp32: SDPA
+    assert not calls
+    out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert calls == [torch.bfloat16] and (out.float() - attend(q, k, v)).abs().max() < 3e-2
+    monkeypatch.setattr(attn, "_AUTO_GEMM_MAX_SCORE_BYTES", 2 * 3 * 7 * 9 * 2 - 1)  # one byte short of the scores
+    attend(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert calls == [torch.bfloat16]  # too large: SDPA
 
 
 def test_default_cpu_quantize_follows_the_variable(monkeypatch):

@@ -51,9 +51,12 @@ class RuntimeOptions:
     """Device, dtype and kernel choices for inference.
 
     ``attention``: the backend recorded on every attention module of the DiT (self-, cross- and
-    action attention). ``auto`` uses flash-attn when installed and on CUDA, else torch SDPA with
-    its own dispatch (cuDNN on Hopper); ``sdpa`` lets torch choose; ``math``/``flash``/``efficient``/
-    ``cudnn`` pin one SDPA backend (a CPU has ``math`` and ``flash``); ``flash_attn`` requires the
+    action attention). ``auto`` uses flash-attn when installed and on CUDA; on a CPU in bf16 ``gemm`` (while
+    its scores fit 256 MB); else torch SDPA with its own dispatch (cuDNN on Hopper); ``sdpa`` lets torch
+    choose; ``math``/``flash``/``efficient``/``cudnn`` pin one SDPA backend (a CPU has ``math`` and ``flash``);
+    ``gemm``: the scores and the weighted sum as two batched GEMMs in the model's dtype, softmax between (session
+    33, the embedded model in bf16 on the 2-core VM: a chunk 1.38-1.56 -> 1.20 s, its frames 52-56 dB from fp32's as
+    with SDPA's flash kernel; in fp32 slower than that kernel); ``flash_attn`` requires the
     flash-attn package; ``fa3`` / ``fa3_fp8`` the FlashAttention-3 forward kernel (the ``fa3-fwd`` wheel,
     Hopper, bf16): ``fa3_fp8`` quantizes q, k and v to FP8 e4m3 with one scale per batch element and head
     (``world_model.attention.fp8_heads``) and takes the scales into the kernel (measured on an H200 at the
@@ -315,8 +318,8 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     with the faults, 3.5 without). Measured on the 2-core VM (session 33, 8 chunks of the embedded model through
     the env): minor faults 590-630k -> 200-210k, a chunk 1.31-1.40 -> 1.24-1.37 s in fp32 with int8 and 1.43 ->
     1.25 s in bf16; peak resident memory 892-900 -> 910-940 MB, which the process then keeps. Best effort: where the
-    heap cannot grow in place (a long-lived process's address space, e.g. a whole test session's), glibc still
-    maps large blocks afresh."""
+    heap cannot grow in place (a long-lived process's address space, e.g. a whole test session's, and at times a
+    fresh one's, by where its libraries happen to be mapped), glibc still maps some large blocks afresh."""
     global _kept_freed_memory
     if _kept_freed_memory:
         return True
