@@ -351,12 +351,14 @@ class Int8Conv:
 
     @torch.no_grad()
     def _pack(self, weight: torch.Tensor) -> None:
-        w = weight.detach().float()
-        scale = w.abs().amax(dim=(1, 2, 3, 4)).clamp_(min=_MIN_ROW_MAX) / INT8_MAX
-        q = torch.round(w / scale.view(-1, 1, 1, 1, 1)).to(torch.int8).contiguous(memory_format=torch.channels_last_3d)
-        self.weight_int8, self.scale = q, scale
+        w = weight.detach()
+        q, scale = int8_rows(w.reshape(w.shape[0], -1))  # one row per output channel, as the linears' weights
+        q = q.view(w.shape).contiguous(memory_format=torch.channels_last_3d)
+        self.weight_int8, self.scale = q, scale[:, 0].contiguous()
         self.zero_points = torch.zeros(w.shape[0], dtype=torch.int32)
-        self.packed = torch.ops.onednn.qconv_prepack(q, scale, 1.0, 0, self.stride, self.padding, [1, 1, 1], 1, None)
+        self.packed = torch.ops.onednn.qconv_prepack(
+            q, self.scale, 1.0, 0, self.stride, self.padding, [1, 1, 1], 1, None
+        )
         self._source = (weight.data_ptr(), weight._version, weight.dtype)
 
     def __deepcopy__(self, memo: dict) -> Int8Conv:
