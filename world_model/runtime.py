@@ -264,23 +264,13 @@ def cpu_bf16_native(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags(cpuinfo))
 
 
-def _cpu_flags(cpuinfo: str | Path) -> set[str]:
-    """The first ``flags`` line of ``cpuinfo`` (Linux's /proc/cpuinfo); empty where it cannot be read."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-
-
-def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """This CPU as benches record it: its model name with its family and model numbers from ``cpuinfo`` (a VM's
-    name alone, e.g. "AMD EPYC", does not tell its generations apart: family 25 is Zen 3/4, 26 Zen 5); where that
-    cannot be read, ``platform.processor()`` or "cpu"."""
+def _cpu_fields(cpuinfo: str | Path) -> dict[str, str]:
+    """The first processor's ``key: value`` lines of ``cpuinfo`` (Linux's /proc/cpuinfo); empty where it cannot be
+    read."""
     try:
         lines = Path(cpuinfo).read_text().splitlines()
     except OSError:
-        lines = []
+        return {}
     fields: dict[str, str] = {}
     for line in lines:
         key, sep, value = line.partition(":")
@@ -289,6 +279,19 @@ def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
                 break  # the first processor's block only
             continue
         fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _cpu_flags(cpuinfo: str | Path) -> set[str]:
+    """The first processor's ``flags`` of ``cpuinfo``; empty where it cannot be read."""
+    return set(_cpu_fields(cpuinfo).get("flags", "").split())
+
+
+def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """This CPU as benches record it: its model name with its family and model numbers from ``cpuinfo`` (a VM's
+    name alone, e.g. "AMD EPYC", does not tell its generations apart: family 25 is Zen 3/4, 26 Zen 5); where that
+    cannot be read, ``platform.processor()`` or "cpu"."""
+    fields = _cpu_fields(cpuinfo)
     name = fields.get("model name") or platform.processor() or "cpu"
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']})"
