@@ -149,14 +149,13 @@ def evaluate_control(
     cfg = wm.config
     t0 = time.perf_counter()
     vae_of = wm if idm_vae else None
-    if idm_path and InverseDynamics.saved_size(idm_path) != idm_size:
-        raise ValueError(
-            f"the IDM at {idm_path} sees {InverseDynamics.saved_size(idm_path)}-pixel frames, not {idm_size}"
-        )
+    loaded = InverseDynamics.load(idm_path) if idm_path else None
+    if loaded is not None and loaded.size != idm_size:
+        raise ValueError(f"the IDM at {idm_path} sees {loaded.size}-pixel frames, not {idm_size}")
     collect = dict(vae_of=vae_of, size=idm_size, progress=progress)
     held = collect_idm_data(cfg, idm_held_out_frames, split=split, seed=seed + 7, **collect)
-    if idm_path:
-        net = InverseDynamics.load(idm_path)
+    if loaded is not None:
+        net = loaded
         idm_info: dict[str, Any] = {"loaded_from": idm_path}
     else:
         train = collect_idm_data(cfg, idm_train_frames, split="train", seed=seed, **collect)
