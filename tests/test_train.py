@@ -306,6 +306,25 @@ def test_slim_takes_the_first_stage_with_a_checkpoint_and_checks_before_writing(
     assert not (tmp_path / "none").exists()
 
 
+def test_a_slim_of_a_running_stage_is_labelled_with_its_checkpoints_step(smoke_run, tmp_path):
+    """A stage still training has a status ahead of its newest checkpoint: the slim holds that checkpoint's
+    weights and says its step, not the status's (session 34's poll named a pack by one step and held another)."""
+    import shutil
+
+    from world_model.train.slim import slim_run
+
+    run, _ = smoke_run
+    live = tmp_path / "run"
+    shutil.copytree(run / "base", live / "base")
+    ck = latest_checkpoint(live / "base")
+    status = json.loads((live / "base" / "status.json").read_text())
+    status.update(state="running", step=int(ck.name.removeprefix("step-")) + 7)
+    (live / "base" / "status.json").write_text(json.dumps(status))
+    slim_run(live, tmp_path / "slim", ["base"])
+    assert latest_checkpoint(tmp_path / "slim" / "base").name == ck.name
+    assert json.loads((tmp_path / "slim" / "base" / "status.json").read_text())["step"] == status["step"] - 7
+
+
 def test_a_slimmed_dit_continues_as_the_next_sessions_base(smoke_run, tmp_path):
     """The memory model's EMA slimmed as ``base`` (bf16, weights only) seeds the next run's base stage:
     it resumes at the slimmed step from those weights, with a fresh optimiser."""

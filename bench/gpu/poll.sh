@@ -30,10 +30,13 @@ if [ -n "$ck" ] && [ $finished = 0 ]; then  # once done, the export (~40 MB) rep
   stage=$(basename "$(dirname "$(dirname "$ck")")"); step=$(basename "$ck")
   if [ ! -f "/tmp/packed_ck_${stage}_$step" ] && [ "$(du -sm "$ck" | cut -f1)" -gt 60 ]; then
     # a DiT stage's checkpoint (optimizer, error buffer: 353 MB in session 18) is over what a call brings back: its
-    # weights alone, as a slim of that stage (world_model/train/slim.py; bf16 DiT), with the stage's metrics
+    # weights alone, as a slim of that stage (world_model/train/slim.py; bf16 DiT), with the stage's metrics; named
+    # by the step the slim holds (its latest: session 34's stage wrote step 380 between the find and the slim, and
+    # the pack named step-344 held step 380)
     rm -rf /tmp/pollslim && PYTHONPATH=/tmp/site:/tmp/mg3 python3 -m world_model.train.slim --run /tmp/mg3/runs/embedded \
       --out /tmp/pollslim --stages "$stage" --dit-dtype bfloat16 > /dev/null \
       && cp /tmp/mg3/runs/embedded/"$stage"/metrics.jsonl /tmp/pollslim/"$stage"/ \
+      && step=$(cat /tmp/pollslim/"$stage"/checkpoints/latest) \
       && tar -cf - -C /tmp/pollslim . | split -b 15M -d - "$OUT/slim_${stage}_$step.tar.part-" \
       && touch "/tmp/packed_ck_${stage}_$step" && echo "poll: packed $stage's weights at $step ($(du -sh /tmp/pollslim | cut -f1))"
   elif [ ! -f "/tmp/packed_ck_${stage}_$step" ]; then

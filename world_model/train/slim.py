@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from world_model.train.checkpoints import load_latest, save_checkpoint
+from world_model.train.checkpoints import latest_checkpoint, load_sharded, save_checkpoint
 from world_model.train.status import StatusFile, read_status
 
 __all__ = ["slim_run", "slim_from_export", "KEEP"]
@@ -76,11 +76,12 @@ def slim_run(
         for stage in options:
             if stage not in KEEP:
                 raise ValueError(f"cannot slim stage {stage!r}; stages with weights are {sorted(KEEP)}")
-        found = next(((s, st) for s in options if (st := load_latest(run / s)) is not None), None)
+        found = next(((s, ck) for s in options if (ck := latest_checkpoint(run / s)) is not None), None)
         if found is None:
             raise FileNotFoundError(f"no checkpoint in {' or '.join(str(run / s) for s in options)}")
         chosen.append(found)
-    for stage, state in chosen:
+    for stage, ck in chosen:
+        state = load_sharded(ck)
         sub = state
         for key in KEEP[stage]:
             sub = sub[key]
@@ -91,7 +92,8 @@ def slim_run(
         dest = out / target
         shutil.rmtree(dest, ignore_errors=True)
         source = read_status(run / stage) or {}
-        step = int(source.get("step", 0))
+        # the checkpoint's own step: a running stage's status is ahead of its newest checkpoint
+        step = int(ck.name.removeprefix("step-"))
         save_checkpoint(_nest(KEEP[target], sub), dest, step, keep=1, max_shard_bytes=15 * 2**20)
         # an encoder-only vae stage (slim_from_export) stays marked so in every later slim
         extra = {"encoder_only": True} if source.get("encoder_only") else {}
