@@ -322,7 +322,9 @@ def test_a_slim_of_a_running_stage_is_labelled_with_its_checkpoints_step(smoke_r
     (live / "base" / "status.json").write_text(json.dumps(status))
     slim_run(live, tmp_path / "slim", ["base"])
     assert latest_checkpoint(tmp_path / "slim" / "base").name == ck.name
-    assert json.loads((tmp_path / "slim" / "base" / "status.json").read_text())["step"] == status["step"] - 7
+    slimmed = json.loads((tmp_path / "slim" / "base" / "status.json").read_text())
+    assert slimmed["step"] == status["step"] - 7
+    assert slimmed["state"] == "done" and slimmed["stage_state"] == "running"  # export_from_poll.sh warns on it
 
 
 def test_a_slimmed_dit_continues_as_the_next_sessions_base(smoke_run, tmp_path):
@@ -1374,7 +1376,10 @@ def test_export_from_poll_exports_the_polled_stage(smoke_run, tmp_path):
     script = Path(__file__).parents[1] / "bench" / "gpu" / "export_from_poll.sh"
     env = {**os.environ, "PYTHON": sys.executable}
     out = tmp_path / "rebuilt"
-    subprocess.run(["bash", str(script), str(tmp_path / "prev.tar"), str(poll), str(out)], check=True, env=env)
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path / "prev.tar"), str(poll), str(out)], check=True, env=env, capture_output=True
+    )
+    assert b"warning" not in done.stderr  # the polled stage had finished
     status = json.loads((out / "export" / "status.json").read_text())
     assert status["state"] == "done" and status["metrics"]["dit_source"] == "memory"
     cfg, dit, vae = read_exported(out / "export")
@@ -1389,6 +1394,19 @@ def test_export_from_poll_exports_the_polled_stage(smoke_run, tmp_path):
         ["bash", str(script), str(tmp_path / "prev.tar"), str(poll), str(out)], env=env, capture_output=True
     )
     assert again.returncode == 1 and b"exists" in again.stderr
+    # a stage still training when the poll slimmed it exports too, with a warning
+    status_file = polled / "memory" / "status.json"
+    status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "stage_state": "running"}))
+    data = subprocess.run(["tar", "-cf", "-", "-C", str(polled), "."], check=True, capture_output=True).stdout
+    (tmp_path / "poll2").mkdir()
+    (tmp_path / "poll2" / "slim_memory_step-000000007.tar.part-00").write_bytes(data)
+    running = subprocess.run(
+        ["bash", str(script), str(tmp_path / "prev.tar"), str(tmp_path / "poll2"), str(tmp_path / "rebuilt2")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    assert b"memory's state is 'running', not done" in running.stderr
 
 
 def test_ode_distillation_regresses_the_student_to_the_teachers_many_step_sample_without_a_critic(smoke_run):

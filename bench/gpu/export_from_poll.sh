@@ -21,7 +21,8 @@ cd "$(dirname "$0")/../.."
 source bench/gpu/poll_run.sh
 rebuild_run "$prev" "$poll" export_from_poll
 [ -f "$work/pipeline.json" ] && cp "$work/pipeline.json" "$work/run/"
-state=$("${PYTHON:-python3}" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("state", "?"))' \
+# the state of the stage when the poll slimmed it (a slim's own state is always done)
+state=$("${PYTHON:-python3}" -c 'import json, sys; s = json.load(open(sys.argv[1])); print(s.get("stage_state", s.get("state", "?")))' \
   "$work/run/$stage/status.json" 2>/dev/null || echo "?")
 [ "$state" = done ] || echo "export_from_poll: warning: $stage's state is '$state', not done" >&2
 skip=$(echo data vae decoder encode base memory dmd sharpen | tr ' ' ',')

@@ -97,7 +97,10 @@ def slim_run(
         save_checkpoint(_nest(KEEP[target], sub), dest, step, keep=1, max_shard_bytes=15 * 2**20)
         # an encoder-only vae stage (slim_from_export) stays marked so in every later slim
         extra = {"encoder_only": True} if source.get("encoder_only") else {}
-        StatusFile(dest, target).update(state="done", step=step, slimmed_from=str(run / stage), **extra)
+        # the slim itself is done; the stage it came from may have been still training (a poll's slim)
+        StatusFile(dest, target).update(
+            state="done", step=step, slimmed_from=str(run / stage), stage_state=source.get("state", "?"), **extra
+        )
     stats = run / "latents" / "stats.json"
     if stats.exists():
         (out / "latents").mkdir(parents=True, exist_ok=True)
