@@ -29,6 +29,7 @@ __all__ = [
     "save_sharded",
     "load_sharded",
     "save_checkpoint",
+    "checkpoint_step",
     "latest_checkpoint",
     "load_latest",
     "flatten_state",
@@ -157,6 +158,11 @@ def save_checkpoint(
     for old in done[: max(0, len(done) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step of a checkpoint folder ``<run>/checkpoints/step-NNNNNNNNN`` (as :func:`save_checkpoint` names it)."""
+    return int(Path(path).name.removeprefix("step-"))
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -101,7 +101,7 @@ def grow_checkpoint(stage: str | Path, cfg: DiTConfig, add: int) -> int:
     that DiT's config. The run then trains it with ``--dit-layers`` the new count (``session.sh`` with GROW=N
     does both on the GPU machine, so that the carried weights stay the small ones). Its block count is the
     checkpoint's own (a checkpoint grown before has more blocks than ``cfg`` says). Returns the new count."""
-    from world_model.train.checkpoints import latest_checkpoint, load_latest, save_checkpoint
+    from world_model.train.checkpoints import checkpoint_step, latest_checkpoint, load_latest, save_checkpoint
 
     stage = Path(stage)
     state, path = load_latest(stage), latest_checkpoint(stage)
@@ -115,7 +115,7 @@ def grow_checkpoint(stage: str | Path, cfg: DiTConfig, add: int) -> int:
     grown = grow_dit(dit, add).state_dict()
     dtype = next(v.dtype for v in weights.values() if v.is_floating_point())  # as slimmed (bf16): exact for the old
     state["stage"]["ema"]["model"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in grown.items()}
-    save_checkpoint(state, stage, int(path.name.split("-")[1]), keep=1, max_shard_bytes=15 * 2**20)
+    save_checkpoint(state, stage, checkpoint_step(path), keep=1, max_shard_bytes=15 * 2**20)
     return cfg.num_layers + add
 
 

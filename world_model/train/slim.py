@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from world_model.train.checkpoints import latest_checkpoint, load_sharded, save_checkpoint
+from world_model.train.checkpoints import checkpoint_step, latest_checkpoint, load_sharded, save_checkpoint
 from world_model.train.status import StatusFile, read_status
 
 __all__ = ["slim_run", "slim_from_export", "KEEP"]
@@ -93,7 +93,7 @@ def slim_run(
         shutil.rmtree(dest, ignore_errors=True)
         source = read_status(run / stage) or {}
         # the checkpoint's own step: a running stage's status is ahead of its newest checkpoint
-        step = int(ck.name.removeprefix("step-"))
+        step = checkpoint_step(ck)
         save_checkpoint(_nest(KEEP[target], sub), dest, step, keep=1, max_shard_bytes=15 * 2**20)
         # an encoder-only vae stage (slim_from_export) stays marked so in every later slim
         extra = {"encoder_only": True} if source.get("encoder_only") else {}
