@@ -1103,6 +1103,44 @@ def test_the_export_and_the_slim_take_the_sharpened_decoder(smoke_run, tmp_path)
     assert all(torch.equal(carried[k], v) for k, v in sharp.items())
 
 
+def test_the_sharpen_stage_sharpens_the_full_decoder_which_the_export_then_ships(smoke_run, tmp_path):
+    """sharpen_decoder="full": the stage starts from the vae stage's full decoder (the one shipped since session 30),
+    trains it, and the export ships it (pruning 0 in its config); a run that holds one kind does not go on as the
+    other, and another value raises."""
+    import dataclasses
+    import shutil
+
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.export import read_exported
+    from world_model.train.pipeline import PipelineOptions, run_stage
+
+    run, _ = smoke_run
+    nxt = tmp_path / "run"
+    shutil.copytree(run, nxt)
+    for stage in ("sharpen", "export", "export_memory"):
+        shutil.rmtree(nxt / stage, ignore_errors=True)
+    opts = dataclasses.replace(PipelineOptions.smoke(), sharpen_decoder="full")
+    assert run_stage(nxt, "sharpen", opts)["state"] == "done"
+    assert json.loads((nxt / "sharpen" / "status.json").read_text())["decoder"] == "full"
+    sharp = load_latest(nxt / "sharpen")["stage"]["student"]
+    full = load_latest(nxt / "vae")["stage"]["vae"]
+    pruned = load_latest(nxt / "decoder")["stage"]["student"]
+    dec = [k for k in sharp if k.startswith("decoder.")]
+    assert dec and all(sharp[k].shape == full[k].shape for k in dec)
+    assert any(sharp[k].shape != pruned[k].shape for k in dec)  # the full width, not the pruned one
+    assert any(not torch.equal(sharp[k], full[k]) for k in dec)  # and it trained
+    assert run_stage(nxt, "export", opts)["state"] == "done"
+    cfg, _, vae = read_exported(nxt / "export")
+    assert cfg.vae.pruning_rate == 0.0
+    exported = vae.state_dict()
+    for k in dec:
+        torch.testing.assert_close(exported[k], sharp[k].bfloat16().float(), atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="holds the full decoder"):
+        run_stage(nxt, "sharpen", PipelineOptions.smoke())
+    with pytest.raises(ValueError, match="sharpen_decoder"):
+        PipelineOptions(sharpen_decoder="wide")
+
+
 def test_sharpen_snapshots_become_exported_models(smoke_run, tmp_path):
     """The sharpen stage writes its decoder every --sharpen-snapshot-every steps (the smoke run: each step);
     `export decoder` puts one into a copy of an exported folder: its decoder, the folder's encoder."""

@@ -58,6 +58,7 @@ PRESETS = {"embedded": embedded, "tiny": tiny, "tiny32": _tiny32}
 
 
 COMPILABLE = ("vae", "decoder", "base", "memory")
+SHARPEN_DECODERS = ("pruned", "full")
 
 
 @dataclass
@@ -136,6 +137,10 @@ class PipelineOptions:
     sharpen_snapshot_every: int = 500  # its decoder written every that many steps (sharpen/snapshots; 0: none)
     sharpen_pool: int = 64  # generated chunks held at once (SharpenOptions.pool_size)
     sharpen_refresh: int = 25  # steps between refreshes of the pool (SharpenOptions.refresh_every)
+    # the decoder it sharpens: "pruned" (the decoder stage's, shipped until session 30) or "full" (the vae stage's
+    # full decoder, the one shipped since session 30; its encoder stays frozen, so the latents and the DiT stay
+    # valid), which the export then ships in place of the pruned one
+    sharpen_decoder: str = "pruned"
     # stages that torch.compile their network, comma-separated: the flow stages' DiT blocks ("base", "memory"), the
     # VAE stages' training encode and decode ("vae", "decoder"); "" or "none": none ("true": base,memory)
     # (true/false: both/none). Per-block compilation took ~95 s cold on an H200 (2026-12-01) for a 2.2-2.4x faster
@@ -213,6 +218,8 @@ class PipelineOptions:
             raise ValueError(f"dit_layers must be >= 1 (0: the preset's), got {self.dit_layers}")
         if self.sampler_steps < 0:
             raise ValueError(f"sampler_steps must be >= 1 (0: the preset's), got {self.sampler_steps}")
+        if self.sharpen_decoder not in SHARPEN_DECODERS:
+            raise ValueError(f"sharpen_decoder must be one of {SHARPEN_DECODERS}, got {self.sharpen_decoder!r}")
         _dmd_opts(self)  # the distillation's options raise now, not when its stage starts after the others
         value = self.compile
         if isinstance(value, bool) or str(value).lower() in ("true", "false", "none"):
@@ -499,17 +506,28 @@ def _shipped_vae(
     run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device, *, stages: tuple[str, ...] = ("sharpen", "decoder")
 ) -> torch.nn.Module:
     """The shipped VAE (encoder + pruned decoder), with ``cfg``'s statistics: from the first of ``stages``
-    with a checkpoint (the sharpen stage's decoder once it has trained, else the decoder stage's)."""
-    from world_model.train.autoencoder import load_weights
+    with a checkpoint (the sharpen stage's decoder once it has trained, else the decoder stage's). A sharpen stage
+    that trained the full decoder (``sharpen_decoder`` "full") gives the full VAE: ``vae.cfg.pruning_rate`` says
+    which, read from the checkpoint's tensors (a poll's slim of a stage stopped mid-way has no final status)."""
     from world_model.train.checkpoints import load_latest
+
+    found = next(((s, st) for s, st in ((s, load_latest(run / s)) for s in stages) if st is not None), None)
+    if found is None:
+        raise RuntimeError(f"no checkpoint in {' or '.join(str(run / s) for s in stages)}")
+    return _vae_holding(found[1]["stage"]["student"], cfg, device, f"{run / found[0]}")
+
+
+def _vae_holding(weights: dict, cfg: WorldModelConfig, device, where: str) -> torch.nn.Module:
+    """A VAE of ``cfg``'s with ``weights`` loaded: its pruned decoder (``cfg.vae.pruning_rate``) where they fit that,
+    else the full one (pruning 0); every parameter must come from ``weights``."""
+    from world_model.train.autoencoder import load_weights
     from world_model.vae import WanVAE
 
-    vae = WanVAE(cfg.vae).to(device)
-    state = next((st for st in (load_latest(run / s) for s in stages) if st is not None), None)
-    if state is None:
-        raise RuntimeError(f"no checkpoint in {' or '.join(str(run / s) for s in stages)}")
-    load_weights(vae, state["stage"]["student"])
-    return vae.eval()
+    for vcfg in dict.fromkeys((cfg.vae, cfg.vae.replace(pruning_rate=0.0))):
+        vae = WanVAE(vcfg)
+        if not load_weights(vae, weights):
+            return vae.to(device).eval()
+    raise RuntimeError(f"{where}'s VAE fits neither the pruned ({cfg.vae.pruning_rate}) nor the full decoder")
 
 
 def _stage_vae(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
@@ -750,11 +768,13 @@ def _final_dit(run: Path) -> str:
 
 def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
     from world_model.sampler import FlowUniPCSampler
+    from world_model.train.checkpoints import latest_checkpoint
     from world_model.train.clips import ClipSampler
     from world_model.train.loop import run_loop
     from world_model.train.sharpen import GeneratedChunks, SharpenOptions, SharpenStage
 
-    _need(run, "decoder", for_stage="sharpen")
+    full = opts.sharpen_decoder == "full"
+    _need(run, "vae" if full else "decoder", for_stage="sharpen")
     _need(run, "encode", for_stage="sharpen")
     source = _final_dit(run)
     cfg, dev = run_config(run, opts), _device()
@@ -777,9 +797,16 @@ def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     )
     held_pool = GeneratedChunks(dit, ClipSampler(held_lat, cfg, 1, use_memory=True), sampler, sopts, amp=amp)
     vopts = replace(_vae_opts(opts, 0), gan_ramp=opts.sharpen_gan_ramp)
-    log.info("sharpen: the decoder learns the latents of the %s stage's DiT", source)
+    log.info("sharpen: the %s decoder learns the latents of the %s stage's DiT", opts.sharpen_decoder, source)
+    if latest_checkpoint(run / "sharpen") is not None:  # going on: the decoder its checkpoints hold
+        held = _shipped_vae(run, opts, cfg, torch.device("cpu"), stages=("sharpen",)).cfg.pruning_rate == 0.0
+        if held != full:
+            raise RuntimeError(
+                f"{run / 'sharpen'} holds the {'full' if held else 'pruned'} decoder; sharpen_decoder is "
+                f"{opts.sharpen_decoder!r}"
+            )
     stage = SharpenStage(
-        _shipped_vae(run, opts, cfg, dev, stages=("decoder",)),
+        _teacher_vae(run, opts, cfg, dev) if full else _shipped_vae(run, opts, cfg, dev, stages=("decoder",)),
         pool,
         _clip_frames(run, "train", vopts.clip_frames, dev, opts.seed + 3),
         _clip_frames(run, "held_out", vopts.clip_frames, dev),
@@ -789,7 +816,7 @@ def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     )
     loop = replace(_loop_opts(opts, opts.sharpen_steps, deadline), snapshot_every=opts.sharpen_snapshot_every)
     result = run_loop(stage, run / "sharpen", loop)
-    StatusFile.existing(run / "sharpen", "sharpen").update(dit_source=source)
+    StatusFile.existing(run / "sharpen", "sharpen").update(dit_source=source, decoder=opts.sharpen_decoder)
     return result
 
 
@@ -800,6 +827,7 @@ def _stage_export(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     source = _final_dit(run)
     dit = _dit_from(run, source, cfg, dev)
     vae = _shipped_vae(run, opts, cfg, dev)
+    cfg = cfg.replace(vae=vae.cfg)  # the full decoder's pruning where the sharpen stage trained that one
     stages = ("vae", "decoder", "base", "memory", "dmd", "sharpen")
     metrics = {s: (read_status(run / s) or {}).get("eval", {}) for s in stages}
     metrics["dit_source"] = source
