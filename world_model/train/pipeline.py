@@ -126,8 +126,8 @@ class PipelineOptions:
     # alternating updates; the regression alone is plain supervised learning, where 0.9 averages its noisy gradients)
     dmd_beta1: float = 0.0
     dmd_regression_target: str = "exit"  # "exit" or "chain" (DMDOptions.regression_target)
-    # the sharpen stage (world_model.train.sharpen): the pruned decoder trained adversarially on the DiT's own
-    # latents; its batch of true clips is vae_batch, its learning rate vae_lr
+    # the sharpen stage (world_model.train.sharpen): the shipped decoder (sharpen_decoder) trained adversarially on
+    # the DiT's own latents; its batch of true clips is vae_batch, its learning rate vae_lr
     sharpen_steps: int = 4_000
     sharpen_gen_batch: int = 8  # generated crops per step (SharpenOptions.gen_batch)
     sharpen_anchor: float = 1.0  # weight of the low-pass anchor to the starting decoder (SharpenOptions)

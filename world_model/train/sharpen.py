@@ -1,4 +1,6 @@
-"""Sharpen the pruned decoder on the DiT's own latents (stage ``sharpen``, after DMD, before export).
+"""Sharpen the shipped decoder on the DiT's own latents (stage ``sharpen``, after DMD, before export): the
+pruned one of the decoder stage, or with ``PipelineOptions.sharpen_decoder`` "full" the vae stage's full decoder
+(shipped since session 30; the class below trains whichever VAE it is given).
 
 The decoder stages learn to decode the *encoder's* latents, yet what a user sees is the decoding of the
 *DiT's* latents: a few-step sample is smoother than an encoding (the test levels, session 12: the shipped
