@@ -1039,6 +1039,37 @@ def test_sharpen_stage_trains_the_decoder_alone_on_generated_latents(smoke_run):
     assert all(torch.equal(before[k], v) for k, v in again.reference.state_dict().items())
 
 
+def test_sharpen_stage_takes_the_vae_grid_penalty_on_the_true_clips(smoke_run):
+    """--vae-grid (VAEOptions.grid_weight) in the sharpen stage: the penalty on the true clips' error the decoder
+    stages take (session 28's recipe against the screen door), added to the loss after the adaptive weight; without
+    it no such term (it was silently ignored by this stage before session 35)."""
+    from world_model.train.autoencoder import VAEOptions
+    from world_model.train.pipeline import PipelineOptions, _clip_frames, _shipped_vae
+    from world_model.train.sharpen import SharpenStage
+
+    run, _ = smoke_run
+    opts = PipelineOptions.smoke()
+    cfg, _, pool = _sharpen_parts(run, opts)
+    dev = torch.device("cpu")
+    frames = _clip_frames(run, "train", 17, dev)
+    losses = {}
+    for weight in (0.0, 1e3):
+        vopts = VAEOptions(
+            batch_size=1, gan_start=0, warmup_steps=1, lr=0.0, eval_clips=2, amp=False, grid_weight=weight
+        )
+        torch.manual_seed(0)
+        pool.latents = None  # the same first refresh for both
+        stage = SharpenStage(
+            _shipped_vae(run, opts, cfg, dev, stages=("decoder",)), pool, frames, None, vopts, pool.opts
+        )
+        torch.manual_seed(1)
+        losses[weight] = stage.train_step(0)
+    assert "grid_true" not in losses[0.0] and losses[1e3]["grid_true"] > 0
+    torch.testing.assert_close(
+        losses[1e3]["loss"], losses[0.0]["loss"] + 1e3 * losses[1e3]["grid_true"], rtol=1e-4, atol=1e-5
+    )
+
+
 def test_sharpen_stage_hands_on_a_moving_average_of_its_decoder(smoke_run):
     """SharpenOptions.ema_decay: the snapshot, the checkpoint's student and the evaluation take the average
     (shadow += (1 - d) (live - shadow) from the starting decoder, no ramp), the live decoder trains on; a resumed stage gets both back,

@@ -226,6 +226,8 @@ class SharpenStage(_Base):
         with torch.enable_grad() if s.grid_weight else torch.no_grad():  # off: a metric only, no graph
             grid = grid_share(gen - anchor_to.float(), penalty=True)
         terms = {"ssim": ssim(frames_2d(out), frames_2d(x))}
+        if o.grid_weight > 0:  # the decoder stages' penalty on the true clips' error (--vae-grid), as in session 28
+            terms["grid_true"] = grid_share(out - x, penalty=True)
         if self._gan_on(step):
             with self._autocast():
                 terms["gan_g"] = self._generator_loss([gen, out])
@@ -233,6 +235,8 @@ class SharpenStage(_Base):
         # the grid penalty after the adversarial term's adaptive weight, which it would otherwise inflate (its
         # gradient at the last layer dwarfs reconstruction's while a grid is there: a CPU check's loss went to ~10)
         loss = self._weighted(terms, rec, step) + s.grid_weight * grid
+        if "grid_true" in terms:  # after the adaptive weight too (autoencoder._Base._weighted says why)
+            loss = loss + o.grid_weight * terms["grid_true"]
         gnorm = self._step(step, loss)
         self.optim.step()
         if self.ema is not None:
