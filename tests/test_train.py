@@ -15,7 +15,13 @@ import torch
 
 from tests.bench_loader import load_bench
 from world_model.config import embedded, tiny
-from world_model.train.checkpoints import latest_checkpoint, load_sharded, save_checkpoint, save_sharded
+from world_model.train.checkpoints import (
+    checkpoint_step,
+    latest_checkpoint,
+    load_sharded,
+    save_checkpoint,
+    save_sharded,
+)
 from world_model.train.clips import ClipSampler, LatentStore
 from world_model.train.error_buffer import ErrorBuffer, ErrorBufferOptions
 from world_model.train.frames import FrameStore, segment_starts, synthetic_store
@@ -159,7 +165,7 @@ def test_checkpoint_minutes_saves_a_slow_stage_by_wall_time(tmp_path, monkeypatc
     opts = LoopOptions(steps=6, checkpoint_every=1000, checkpoint_minutes=1.0, keep=10, progress=False)
     run_loop(_SlowCounter(clock), tmp_path, opts)
     # 40 s a step: due at 80 s (step 2), 80 s after that (step 4), and the final one (step 6)
-    saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").glob("step-*"))
+    saved = sorted(checkpoint_step(p) for p in (tmp_path / "checkpoints").glob("step-*"))
     assert saved == [2, 4, 6]
     by_steps = LoopOptions(steps=6, checkpoint_every=1000, keep=10, progress=False)  # 0: by steps only
     run_loop(_SlowCounter(clock), tmp_path / "b", by_steps)
@@ -318,7 +324,7 @@ def test_a_slim_of_a_running_stage_is_labelled_with_its_checkpoints_step(smoke_r
     shutil.copytree(run / "base", live / "base")
     ck = latest_checkpoint(live / "base")
     status = json.loads((live / "base" / "status.json").read_text())
-    status.update(state="running", step=int(ck.name.removeprefix("step-")) + 7)
+    status.update(state="running", step=checkpoint_step(ck) + 7)
     (live / "base" / "status.json").write_text(json.dumps(status))
     slim_run(live, tmp_path / "slim", ["base"])
     assert latest_checkpoint(tmp_path / "slim" / "base").name == ck.name
