@@ -261,7 +261,7 @@ class SharpenStage(_Base):
         vals, sharp_out, sharp_true, grid = self._round_trip(self.shipped, self.held_out)
         real = sharp_true.mean()
         result = {
-            "psnr_pruned": vals.mean().item(),
+            "psnr_decoder": vals.mean().item(),
             "sharpness_ratio": (sharp_out.mean() / real).item(),
             "grid_share": grid.item(),
         }
