@@ -14,7 +14,7 @@ from torch import nn
 
 from world_model.config import VAEConfig
 from world_model.train.clips import LatentStore
-from world_model.train.frames import FrameStore, segment_starts
+from world_model.train.frames import FrameStore, mirrored_actions, segment_starts
 
 __all__ = ["segment_video", "latent_statistics", "encode_store"]
 
@@ -58,6 +58,7 @@ def encode_store(
     stride_latents: int | None = None,
     progress: bool = True,
     amp: bool | None = None,
+    mirror: bool = False,
 ) -> LatentStore:
     """Encode every segment of ``store`` with ``vae`` (its config's statistics) into a LatentStore.
 
@@ -65,6 +66,9 @@ def encode_store(
     ``amp``: encode under bf16 autocast, as the VAE stage trains the encoder (None: on a GPU). The
     latents are stored in bf16 either way; session 8's fp32 encode of 468k frames took 145 s of the
     H200's half-hour.
+    ``mirror``: every segment a second time, its frames flipped left-right, with the mirrored actions and poses
+    (:func:`~world_model.train.frames.mirrored_actions`): segments ``S..2S-1`` are the mirrors of ``0..S-1``, and
+    the per-frame arrays hold the mirrored frames' after the recorded ones (frame ``i``'s mirror is ``N + i``).
     """
     from tqdm.auto import tqdm
 
@@ -80,17 +84,25 @@ def encode_store(
     episode_of = np.searchsorted(store.starts, starts, side="right") - 1
     seg_prompt = torch.tensor([prompts.index(store.prompts[e]) for e in episode_of], dtype=torch.int64)
     amp = device.type == "cuda" if amp is None else amp
+    arrays = [tuple(np.asarray(a, np.float32) for a in (store.mouse, store.keyboard, store.poses))]
+    if mirror:
+        arrays.append(mirrored_actions(*arrays[0]))
     out = []
-    for i in tqdm(range(0, len(starts), batch_size), desc="encode", disable=not progress):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            z = vae.encode(segment_video(store, starts[i : i + batch_size], frames, device))  # [b, C, Fs, h, w]
-        out.append(z.transpose(1, 2).to(torch.bfloat16).cpu())
+    with tqdm(total=len(starts) * len(arrays), desc="encode", disable=not progress) as bar:
+        for flip in range(len(arrays)):
+            for i in range(0, len(starts), batch_size):
+                x = segment_video(store, starts[i : i + batch_size], frames, device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    z = vae.encode(x.flip(-1) if flip else x)  # [b, C, Fs, h, w]
+                out.append(z.transpose(1, 2).to(torch.bfloat16).cpu())
+                bar.update(len(x))
+    n = len(store.frames)
     return LatentStore(
         latents=torch.cat(out),
-        seg_start=torch.as_tensor(starts),
-        mouse=torch.as_tensor(np.asarray(store.mouse, np.float32)),
-        keyboard=torch.as_tensor(np.asarray(store.keyboard, np.float32)),
-        poses=torch.as_tensor(np.asarray(store.poses, np.float32)),
+        seg_start=torch.as_tensor(np.concatenate([starts + k * n for k in range(len(arrays))])),
+        mouse=torch.as_tensor(np.concatenate([a[0] for a in arrays])),
+        keyboard=torch.as_tensor(np.concatenate([a[1] for a in arrays])),
+        poses=torch.as_tensor(np.concatenate([a[2] for a in arrays])),
         text=text,
-        seg_prompt=seg_prompt,
+        seg_prompt=seg_prompt.repeat(len(arrays)),
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FrameStore", "synthetic_store", "segment_starts"]
+__all__ = ["FrameStore", "synthetic_store", "segment_starts", "mirrored_actions"]
 
 _ARRAYS = ("frames", "mouse", "keyboard", "poses", "starts")
 
@@ -165,6 +165,31 @@ def segment_starts(store: FrameStore, segment_frames: int, stride: int | None = 
         sl = store.episode(e)
         out.extend(range(sl.start, sl.stop - segment_frames + 1, stride))
     return np.asarray(out, dtype=np.int64)
+
+
+def mirrored_actions(
+    mouse: np.ndarray, keyboard: np.ndarray, poses: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The actions and poses of frames seen in a left-right mirror (the frames flipped along their width).
+
+    The mirror is the world's reflection through its x-z plane: a yaw turn and the yaw angle change sign, the
+    strafe keys (left, right: keyboard columns 2 and 3) swap, the lateral coordinate y changes sign; pitch, the
+    forward/back keys, x and z stay. So the camera's path in the mirrored world is the one the flipped frames
+    show, and integrating the mirrored actions from the mirrored start pose gives the mirrored poses
+    (``world_model.camera``'s recurrence is symmetric under it). Arrays [N, 2], [N, 6], [N, 5]; new arrays.
+    """
+    if mouse.shape[-1] != 2 or keyboard.shape[-1] < 4 or poses.shape[-1] != 5:
+        raise ValueError(
+            f"expected mouse [N, 2], keyboard [N, >=4], poses [N, 5], got {mouse.shape}, {keyboard.shape}, {poses.shape}"
+        )
+    mouse = mouse.copy()
+    mouse[..., 1] = -mouse[..., 1]
+    keyboard = keyboard.copy()
+    keyboard[..., [2, 3]] = keyboard[..., [3, 2]]
+    poses = poses.copy()
+    poses[..., 1] = -poses[..., 1]
+    poses[..., 4] = -poses[..., 4]
+    return mouse, keyboard, poses
 
 
 def _integrate(mouse: np.ndarray, keyboard: np.ndarray, speed: float, deg_per_unit: float) -> np.ndarray:
