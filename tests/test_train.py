@@ -1562,3 +1562,29 @@ def test_sampler_steps_set_what_the_stages_sample_with_and_what_the_export_says(
     assert json.loads((nxt / "export" / "config.json").read_text())["sampler"]["num_steps"] == preset + 2
     with pytest.raises(ValueError, match="sampler_steps"):
         PipelineOptions(sampler_steps=-1)
+
+
+def test_a_slim_from_an_export_with_the_full_decoder_carries_the_whole_autoencoder(smoke_run, tmp_path):
+    """slim --from-export of a model with the full decoder (as shipped since session 30): the ``vae`` stage is the
+    whole autoencoder (not encoder-only), which the sharpen stage's full decoder starts from, and the decoder the
+    DiT stages evaluate with and the export ships is that full one."""
+    from world_model.train.checkpoints import load_latest
+    from world_model.train.export import main as export_main
+    from world_model.train.export import read_exported
+    from world_model.train.pipeline import PipelineOptions, _shipped_vae, _teacher_vae, run_config, vae_is_encoder_only
+    from world_model.train.slim import slim_from_export
+
+    run, _ = smoke_run
+    export_main(["vae", "--model", str(run / "export"), "--vae", str(run / "vae"), "--out", str(tmp_path / "m")])
+    slim = slim_from_export(tmp_path / "m", tmp_path / "slim")
+    cfg, _, vae = read_exported(tmp_path / "m")
+    assert not vae_is_encoder_only(slim)
+    own = vae.state_dict()
+    carried = load_latest(slim / "vae")["stage"]["vae"]
+    assert carried.keys() == own.keys() and all(torch.equal(carried[k], v) for k, v in own.items())
+    opts = PipelineOptions.smoke()
+    teacher = _teacher_vae(slim, opts, run_config(slim, opts), torch.device("cpu"))
+    assert all(torch.equal(v, own[k]) for k, v in teacher.state_dict().items())
+    assert _shipped_vae(slim, opts, run_config(slim, opts), torch.device("cpu")).cfg.pruning_rate == 0.0
+    pruned = slim_from_export(run / "export", tmp_path / "pruned")  # a pruned decoder: the encoder alone, as before
+    assert vae_is_encoder_only(pruned)

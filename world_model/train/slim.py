@@ -114,11 +114,13 @@ def slim_from_export(
     export: str | Path, out: str | Path, steps: dict[str, int] | None = None, *, dit_as: str = "base"
 ) -> Path:
     """A slim made from an exported (or shipped) model folder, for when a run's own slim is lost: the
-    ``decoder`` stage (the exported VAE: encoder and pruned decoder), ``base`` (the exported DiT) and the
-    latent statistics of its config. An export has no full-width decoder, so the ``vae`` stage holds the
-    encoder side only, marked ``encoder_only``: the encode stage and the DiT stages go on from it, the
-    vae stage does not train, and the decoder stage trains the pruned decoder on the true frames instead
-    of distilling it. ``dit_as="student"`` writes the exported DiT as a carried DMD ``student`` (and the
+    ``decoder`` stage (the exported VAE: encoder and decoder, which the DiT stages' held-out evaluation and the
+    export decode with), ``base`` (the exported DiT) and the latent statistics of its config. An export with the
+    full decoder (pruning 0: shipped since session 30) is the ``vae`` stage as well, a whole autoencoder (the
+    sharpen stage's ``--sharpen-decoder full`` starts from it). An export with a pruned decoder has no full-width
+    one, so its ``vae`` stage holds the encoder side only, marked ``encoder_only``: the encode stage and the DiT
+    stages go on from it, the vae stage does not train, and the decoder stage trains the pruned decoder on the
+    true frames instead of distilling it. ``dit_as="student"`` writes the exported DiT as a carried DMD ``student`` (and the
     statistics) only: a shipped DMD student that the next DMD stage goes on from, its teacher taken from an
     earlier export. From a folder of two experts (``combine_experts``) the high-noise expert is the ``base``
     and the low-noise one the ``student``. ``steps`` sets the stage steps recorded (the export's run)."""
@@ -135,7 +137,9 @@ def slim_from_export(
     vae_state = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
     encoder = {k: v for k, v in vae_state.items() if not is_decoder_side(k)}
     dit_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in dit.state_dict().items()}
-    stages = [("vae", encoder, {"encoder_only": True}), ("decoder", vae_state, {})] if dit_as == "base" else []
+    full = vae.cfg.pruning_rate == 0.0
+    autoencoder = ("vae", vae_state, {}) if full else ("vae", encoder, {"encoder_only": True})
+    stages = [autoencoder, ("decoder", vae_state, {})] if dit_as == "base" else []
     for stage, state, extra in (*stages, (dit_as, dit_state, {})):
         dest = out / stage
         shutil.rmtree(dest, ignore_errors=True)
