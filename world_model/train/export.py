@@ -32,7 +32,7 @@ from torch import nn
 from world_model.checkpoint import read_safetensors
 from world_model.config import WorldModelConfig
 
-__all__ = ["export_model", "read_exported", "exported_size_bytes", "combine_experts"]
+__all__ = ["export_model", "read_exported", "exported_size_bytes", "combine_experts", "stored_vae_dtype"]
 
 SHARD_BYTES = 16 * 1024 * 1024
 
@@ -191,6 +191,14 @@ def combine_experts(
     return out
 
 
+def stored_vae_dtype(model: str | Path) -> torch.dtype:
+    """The dtype a model folder stores its VAE in (``vae.safetensors``, from one tensor: bf16 from :func:`export_model`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(model) / "vae.safetensors"), "pt") as f:
+        return f.get_tensor(next(iter(f.keys()))).dtype
+
+
 def with_decoder(
     model: str | Path, decoder: str | Path | Sequence[str | Path], out: str | Path, *, blend: float = 1.0
 ) -> Path:
@@ -242,8 +250,6 @@ def with_vae(model: str | Path, vae_stage: str | Path, out: str | Path) -> Path:
     distilled from it (session 26: the full decoder 29.76 dB, the pruned one distilled for 1,792 steps 0.9 dB
     below). Every parameter must come from the stage's checkpoint (another width raises); ``out`` is written
     beside itself and moved into place. Returns ``out``."""
-    from safetensors import safe_open
-
     from world_model.train.autoencoder import load_weights
     from world_model.train.checkpoints import load_latest
     from world_model.vae import WanVAE
@@ -261,8 +267,7 @@ def with_vae(model: str | Path, vae_stage: str | Path, out: str | Path) -> Path:
     left = load_weights(vae, weights)
     if left:
         raise ValueError(f"{vae_stage}'s VAE does not fit {model}'s config for {left[:5]}: another width")
-    with safe_open(str(model / "vae.safetensors"), "pt") as f:  # the folder's dtype, from one tensor
-        dtype = f.get_tensor(next(iter(f.keys()))).dtype
+    dtype = stored_vae_dtype(model)
     vae_state = {k: v.detach().to(dtype).contiguous() for k, v in vae.state_dict().items()}
     note = f"\nVAE: `{vae_stage}` at step {state.get('step', '?')}, its full decoder (pruning 0), in place of this folder's.\n"
     return _copy_with_vae(model, out, vae_state, note, cfg)

@@ -125,7 +125,7 @@ def slim_from_export(
     earlier export. From a folder of two experts (``combine_experts``) the high-noise expert is the ``base``
     and the low-noise one the ``student``. ``steps`` sets the stage steps recorded (the export's run)."""
     from world_model.train.autoencoder import is_decoder_side
-    from world_model.train.export import read_exported
+    from world_model.train.export import read_exported, stored_vae_dtype
 
     if dit_as not in ("base", "student"):
         raise ValueError(f"dit_as must be 'base' or 'student', got {dit_as!r}")
@@ -134,7 +134,10 @@ def slim_from_export(
     cfg, dit, vae = read_exported(export)
     if cfg.moe is not None:  # two experts: the high-noise one (a memory model) is the base, the low-noise one
         dit = dit.high_noise if dit_as == "base" else dit.low_noise  # (a DMD student) the student
-    vae_state = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
+    # the autoencoder in the dtype the folder stores it in (bf16 from export_model): a full one is two stages here, and
+    # in fp32 session 37's carry (both 14 MB, a 43 MB DiT) was over the 64 MiB a call sends
+    dtype = stored_vae_dtype(export)
+    vae_state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in vae.state_dict().items()}
     encoder = {k: v for k, v in vae_state.items() if not is_decoder_side(k)}
     dit_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in dit.state_dict().items()}
     full = vae.cfg.pruning_rate == 0.0
