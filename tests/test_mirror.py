@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +107,39 @@ def test_encode_store_mirror_appends_the_mirrored_segments_that_the_clip_sampler
 def test_mirrored_actions_refuse_arrays_of_the_wrong_width():
     with pytest.raises(ValueError, match="expected mouse"):
         mirrored_actions(np.zeros((4, 3)), np.zeros((4, 6)), np.zeros((4, 5)))
+
+
+def test_the_mirror_flag_reaches_the_encode_stage_for_the_train_split_only(monkeypatch, tmp_path):
+    """``train encode --mirror true``: PipelineOptions.mirror; the encode stage mirrors the train split's segments, not
+    the held-out ones; a value that is neither true nor false is refused (a typo must not read as false)."""
+    from world_model.train import encode, pipeline
+    from world_model.train.__main__ import _parser
+
+    assert _parser().parse_args(["encode", "--run", "r", "--mirror", "true"]).opt_mirror is True
+    assert _parser().parse_args(["encode", "--run", "r", "--mirror", "off"]).opt_mirror is False
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["encode", "--run", "r", "--mirror", "ture"])
+    seen = {}
+
+    class Encoded:  # what the stage does with an encoded store: save it, count its segments
+        num_segments = 1
+
+        def save(self, folder):
+            pass
+
+    def fake_encode(vae, store, segment_latents, text, **kw):
+        seen[len(seen)] = kw["mirror"]
+        return Encoded()
+
+    monkeypatch.setattr(encode, "encode_store", fake_encode)
+    monkeypatch.setattr(pipeline, "_need", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "_frames", lambda run, split: synthetic_store(1, 40, (32, 32)))
+    monkeypatch.setattr(pipeline, "_teacher_vae", lambda *a, **k: _tiny_vae(tiny(32, 32)))
+    opts = pipeline.PipelineOptions.smoke()
+    for mirror in (True, False):
+        seen.clear()
+        (tmp_path / "latents").mkdir(exist_ok=True)
+        z = tiny(32, 32).vae.z_dim
+        (tmp_path / "latents" / "stats.json").write_text(json.dumps({"mean": [0.0] * z, "std": [1.0] * z}))
+        pipeline._stage_encode(tmp_path, dataclasses.replace(opts, mirror=mirror, vae_train_encoder=False), None)
+        assert seen == {0: mirror, 1: False}  # the train split, then the held-out one as recorded

@@ -21,6 +21,16 @@ from world_model.train.pipeline import STAGES, PipelineOptions, run_pipeline, ru
 from world_model.train.status import read_status, reopen
 
 
+def _boolean(value: str) -> bool:
+    """A flag's true/false value; anything else is an error (a typo must not read as false)."""
+    v = value.lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m world_model.train", description=__doc__.split("\n")[0])
     p.add_argument("command", choices=(*STAGES, "all", "status"))
@@ -36,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for f in dataclasses.fields(PipelineOptions):
         if f.type in ("int", "float", "str", "bool") and f.name not in ("progress",):
-            kind = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}[f.type]
+            kind = {"int": int, "float": float, "str": str, "bool": _boolean}[f.type]
             p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, dest=f"opt_{f.name}")
     return p
 
