@@ -16,11 +16,11 @@ ref=docs/embedded
 # set parts and reference for group $1; 1 for an unknown group
 group() {
   case $1 in
-    rs) parts=(--parts reset,sharpness); reference=$ref/metrics_session31_ode_guided_step181_rs_cpu.json ;;
-    paired) parts=(--parts fidelity,controllability --episodes 18); reference=$ref/metrics_session31_ode_guided_step181_paired18_cpu.json ;;
-    memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session31_ode_guided_step181_memory24_cpu.json ;;
-    motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session31_ode_guided_step181_motion12_cpu.json ;;
-    stability) parts=(--parts stability); reference=$ref/metrics_session31_ode_guided_step181_stability3_cpu.json ;;
+    rs) parts=(--parts reset,sharpness); reference=$ref/metrics_session36_sharpen4983_rs_cpu.json ;;
+    paired) parts=(--parts fidelity,controllability --episodes 18); reference=$ref/metrics_session36_sharpen4983_paired18_cpu.json ;;
+    memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session36_sharpen4983_memory24_cpu.json ;;
+    motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session36_sharpen4983_motion12_cpu.json ;;
+    stability) parts=(--parts stability); reference=$ref/metrics_session36_sharpen4983_stability3_cpu.json ;;
     *) return 1 ;;
   esac
 }
