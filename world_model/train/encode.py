@@ -87,18 +87,18 @@ def encode_store(
     arrays = [tuple(np.asarray(a, np.float32) for a in (store.mouse, store.keyboard, store.poses))]
     if mirror:
         arrays.append(mirrored_actions(*arrays[0]))
-    out = []
+    out: list[list[torch.Tensor]] = [[] for _ in arrays]  # [recorded, mirrored] latents, batch by batch
     with tqdm(total=len(starts) * len(arrays), desc="encode", disable=not progress) as bar:
-        for flip in range(len(arrays)):
-            for i in range(0, len(starts), batch_size):
-                x = segment_video(store, starts[i : i + batch_size], frames, device)
+        for i in range(0, len(starts), batch_size):
+            x = segment_video(store, starts[i : i + batch_size], frames, device)  # read once, encoded as each view
+            for flip, latents in enumerate(out):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     z = vae.encode(x.flip(-1) if flip else x)  # [b, C, Fs, h, w]
-                out.append(z.transpose(1, 2).to(torch.bfloat16).cpu())
+                latents.append(z.transpose(1, 2).to(torch.bfloat16).cpu())
                 bar.update(len(x))
     n = len(store.frames)
     return LatentStore(
-        latents=torch.cat(out),
+        latents=torch.cat([z for latents in out for z in latents]),
         seg_start=torch.as_tensor(np.concatenate([starts + k * n for k in range(len(arrays))])),
         mouse=torch.as_tensor(np.concatenate([a[0] for a in arrays])),
         keyboard=torch.as_tensor(np.concatenate([a[1] for a in arrays])),

@@ -510,7 +510,7 @@ def _teacher_vae(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device
 def _shipped_vae(
     run: Path, opts: PipelineOptions, cfg: WorldModelConfig, device, *, stages: tuple[str, ...] = ("sharpen", "decoder")
 ) -> torch.nn.Module:
-    """The shipped VAE (encoder + pruned decoder), with ``cfg``'s statistics: from the first of ``stages``
+    """The shipped VAE (encoder + decoder), with ``cfg``'s statistics: from the first of ``stages``
     with a checkpoint (the sharpen stage's decoder once it has trained, else the decoder stage's). A sharpen stage
     that trained the full decoder (``sharpen_decoder`` "full") gives the full VAE: ``vae.cfg.pruning_rate`` says
     which, read from the checkpoint's tensors (a poll's slim of a stage stopped mid-way has no final status)."""
