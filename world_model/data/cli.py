@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--tics-per-frame", type=int, default=2, help="35/tics fps (default 2 = 17.5 fps)")
     g.add_argument("--crf", type=int, default=20)
     g.add_argument("--preset", default="veryfast")
+    g.add_argument(
+        "--spawn-anywhere", type=float, default=0.0, metavar="SHARE",
+        help="share of the train levels' episodes that begin at a random point and heading instead of the start (0-1)",
+    )  # fmt: skip
     g.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("summary", help="print a dataset's statistics")
     s.add_argument("root")
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = GenerateConfig(
             frames=args.frames, width=args.resolution[0], height=args.resolution[1], workers=args.workers,
             seed=args.seed, episode_frames=args.episode_frames, levels=tuple(args.levels) if args.levels else None,
-            tics_per_frame=args.tics_per_frame, crf=args.crf, preset=args.preset,
+            tics_per_frame=args.tics_per_frame, crf=args.crf, preset=args.preset, spawn_anywhere=args.spawn_anywhere,
         )  # fmt: skip
         t0 = time.perf_counter()
         reader = generate_dataset(args.out, cfg, progress=not args.no_progress)

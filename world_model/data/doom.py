@@ -24,9 +24,10 @@ import numpy as np
 from world_model.data.levels import Level
 from world_model.data.poses import wrap_degrees
 
-__all__ = ["DoomConfig", "Command", "DoomEngine", "doom_to_pose", "describe_look", "DOOM_TIC_RATE"]
+__all__ = ["DoomConfig", "Command", "DoomEngine", "doom_to_pose", "describe_look", "DOOM_TIC_RATE", "SPAWNS"]
 
 DOOM_TIC_RATE = 35
+SPAWNS = ("start", "anywhere")
 WARMUP_TICS = 8  # ViZDoom ignores input for the first ~7 tics of an episode
 # 4:3 render modes (horizontal FOV 90 deg with square pixels); other aspects are centre crops of these
 _NATIVE_4X3 = ((160, 120), (200, 150), (256, 192), (320, 240), (400, 300), (512, 384), (640, 480), (800, 600),
@@ -50,12 +51,17 @@ class DoomConfig:
     tics_per_frame: int = 2
     god_mode: bool = True  # damaging floors and crushers do not end episodes
     allow_use: bool = True  # the USE key exists (opens doors); not part of the MG3 action
+    # where an episode begins: "start" (the level's start spot) or "anywhere" (a point drawn uniformly over the
+    # level's floor and a random heading, from the episode's seed: world_model.data.spawn)
+    spawn: str = "start"
 
     def __post_init__(self) -> None:
         if self.width % 2 or self.height % 2 or self.width <= 0 or self.height <= 0:
             raise ValueError(f"resolution must be positive and even (H.264), got {self.width}x{self.height}")
         if self.tics_per_frame < 1:
             raise ValueError(f"tics_per_frame must be >= 1, got {self.tics_per_frame}")
+        if self.spawn not in SPAWNS:
+            raise ValueError(f"spawn must be one of {SPAWNS}, got {self.spawn!r}")
         _native_mode(self.width, self.height)  # raises when too large
 
     @property
@@ -177,9 +183,12 @@ class DoomEngine:
         game.set_episode_timeout(0)
         game.set_mode(vzd.Mode.PLAYER)
         game.set_seed(int(seed) % (2**31))
+        game.set_sectors_info_enabled(cfg.spawn == "anywhere")
         game.init()
         self.game = game
         self._pose = np.zeros(5)
+        self._seed = int(seed)
+        self._geometry = None  # the level's sector outlines, read at the first reset that spawns anywhere
 
     @property
     def fps(self) -> float:
@@ -196,17 +205,45 @@ class DoomEngine:
         return {n: float(self.game.get_game_variable(v)) for n, v in zip(names, self._vars)}
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Start a new episode at the level's start; returns (frame [H, W, 3], pose [5])."""
+        """Start a new episode at the level's start (or, with ``cfg.spawn == "anywhere"``, at a point and heading
+        drawn from the seed); returns (frame [H, W, 3], pose [5])."""
         if seed is not None:
+            self._seed = int(seed)
             self.game.set_seed(int(seed) % (2**31))
         self.game.new_episode()
         if self.cfg.god_mode:
             self.game.send_game_command("god")
         self.game.make_action(self._action(Command()), WARMUP_TICS)
+        if self.cfg.spawn == "anywhere":
+            self._spawn_anywhere()
         frame, pose = self._observe()
         if frame is None:
             raise RuntimeError(f"{self.level.name}: the episode ended during warm-up")
         return frame, pose
+
+    def _spawn_anywhere(self) -> None:
+        """Warp to a spawn point of the level and turn to a random heading (both from the episode's seed)."""
+        from world_model.data.spawn import LevelGeometry
+
+        state = self.game.get_state()
+        if state is None:
+            raise RuntimeError(f"{self.level.name}: the episode ended during warm-up")
+        if self._geometry is None:
+            self._geometry = LevelGeometry.from_sectors(state.sectors)
+        rng = np.random.default_rng([self._seed % (2**63), 0x59A3])
+        point = self._geometry.sample(rng)
+        if point is None:
+            raise RuntimeError(f"{self.level.name}: no spawn point found on the level's floor")
+        x, y = point
+        self.game.send_game_command(f"warp {x:.3f} {y:.3f}")
+        heading = float(rng.uniform(-180.0, 180.0))
+        self.game.make_action(self._action(Command(yaw=heading), per_tic=1.0), 1)  # the warp and the turn, one tic
+        self.game.make_action(self._action(Command()), 1)  # a tic at rest, as the start spot's warm-up ends
+        r = self.doom_readings()
+        if abs(r["x"] - x) > 1.0 or abs(r["y"] - y) > 1.0:
+            raise RuntimeError(
+                f"{self.level.name}: the warp to ({x:.1f}, {y:.1f}) landed at ({r['x']:.1f}, {r['y']:.1f})"
+            )
 
     def step(self, command: Command) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
         """Apply ``command`` for one frame; returns (frame, pose, finished). When the level ends

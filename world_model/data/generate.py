@@ -15,7 +15,7 @@ import os
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,9 @@ from world_model.data.levels import LEVELS, Level, get_level
 from world_model.data.poses import wrap_degrees
 from world_model.data.video import VideoEncoder
 
-__all__ = ["RecordedEpisode", "record_episode", "GenerateConfig", "generate_dataset", "DEGREES_PER_MOUSE_UNIT"]
+__all__ = [
+    "RecordedEpisode", "record_episode", "GenerateConfig", "generate_dataset", "plan_spawn", "DEGREES_PER_MOUSE_UNIT",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,15 @@ class GenerateConfig:
     preset: str = "veryfast"
     max_retries: int = 2
     explorer: ExplorerConfig = field(default_factory=ExplorerConfig)
+    # the share of the train levels' episodes that begin anywhere on the level (plan_spawn); validation and test
+    # levels' episodes begin at the start spot, as the evaluation's do
+    spawn_anywhere: float = 0.0
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.episode_frames < 1 or self.workers < 1:
             raise ValueError("frames, episode_frames and workers must be >= 1")
+        if not 0.0 <= self.spawn_anywhere <= 1.0:
+            raise ValueError(f"spawn_anywhere is a share in [0, 1], got {self.spawn_anywhere}")
         DoomConfig(self.width, self.height, self.tics_per_frame)  # validates the resolution
 
     def level_list(self) -> tuple[Level, ...]:
@@ -146,6 +153,14 @@ class GenerateConfig:
 
 def _plan_seed(seed: int, plan: int) -> int:
     return int(np.random.SeedSequence([seed, plan]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def plan_spawn(seed: int, plan: int, share: float) -> str:
+    """Where plan ``plan``'s episode begins (DoomConfig.spawn): "anywhere" for a ``share`` of the plans, drawn
+    from (seed, plan) alone, so that a plan's episode is the same however many plans run."""
+    if share <= 0.0:
+        return "start"
+    return "anywhere" if np.random.default_rng([seed, plan, 13]).random() < share else "start"
 
 
 def _plan_level(seed: int, plan: int, levels: tuple[Level, ...]) -> Level:
@@ -267,9 +282,11 @@ def generate_dataset(out: str | Path, cfg: GenerateConfig, *, progress: bool = T
                 if shortfall <= 0:
                     break
                 wave = [
-                    _Job(p, _plan_level(cfg.seed, p, levels).name, cfg.episode_frames, _plan_seed(cfg.seed, p), doom,
+                    _Job(p, lv.name, cfg.episode_frames, _plan_seed(cfg.seed, p), replace(doom, spawn=spawn),
                          cfg.explorer, str(staging), cfg.crf, cfg.preset)
                     for p in range(next_plan, next_plan + -(-shortfall // cfg.episode_frames))
+                    for lv in [_plan_level(cfg.seed, p, levels)]
+                    for spawn in [plan_spawn(cfg.seed, p, cfg.spawn_anywhere if lv.split == "train" else 0.0)]
                 ]  # fmt: skip
                 next_plan += len(wave)
                 pool = _run_wave(
@@ -368,7 +385,7 @@ def _commit_staged(writer: DatasetWriter, job: _Job, meta: dict[str, Any]) -> No
         if "video_n" in z.files:
             stats = VideoStats(int(z["video_n"]), z["video_s1"], z["video_s2"], z["video_lo"], z["video_hi"])
     level = get_level(job.level)
-    extra = {k: meta[k] for k in ("plan", "finished_early", "num_stuck", "uses")}
+    extra = {k: meta[k] for k in ("plan", "finished_early", "num_stuck", "uses")} | {"spawn": job.doom.spawn}
     writer.add_encoded_episode(
         f"{stem}.mp4", keyboard, mouse, poses, meta["prompt"], seed=job.seed, split=level.split, level=level.name,
         extra_meta=extra, video_stats=stats,
@@ -383,6 +400,8 @@ def _info_extra(cfg: GenerateConfig, doom: DoomConfig, levels: tuple[Level, ...]
             "seed": cfg.seed, "width": cfg.width, "height": cfg.height, "episode_frames": cfg.episode_frames,
             "tics_per_frame": cfg.tics_per_frame, "levels": [lv.name for lv in levels],
             "explorer": asdict(cfg.explorer),
+            # only when used: a dataset generated before the option existed continues with the same settings
+            **({"spawn_anywhere": cfg.spawn_anywhere} if cfg.spawn_anywhere else {}),
         },
         "camera": {
             "model": "pinhole", "fx": fx, "fy": fy, "cx": cx, "cy": cy, "horizontal_fov_deg_native": 90.0,

@@ -56,32 +56,39 @@ class EngineFramesConfig:
     episode_frames: int = 1000
     held_out_every: int = 10  # every n-th episode plays a validation level
     shard_frames: int = 50_000
+    # the share of train episodes that begin anywhere on their level (world_model.data.spawn); held-out episodes
+    # begin at the start spot, as the evaluation's do
+    spawn_anywhere: float = 0.0
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.episode_frames < 1 or self.workers < 1 or self.shard_frames < 1:
             raise ValueError(f"frames, episode_frames, workers and shard_frames must be >= 1, got {self}")
+        if not 0.0 <= self.spawn_anywhere <= 1.0:
+            raise ValueError(f"spawn_anywhere is a share in [0, 1], got {self.spawn_anywhere}")
         if self.held_out_every < 2:
             raise ValueError(f"held_out_every must be >= 2, got {self.held_out_every}")
 
 
-def _plan(cfg: EngineFramesConfig, p: int) -> tuple[str, str, int]:
-    """(split, level name, episode seed) of plan index p: deterministic for cfg.seed."""
-    from world_model.data.generate import _plan_level, _plan_seed
+def _plan(cfg: EngineFramesConfig, p: int) -> tuple[str, str, int, str]:
+    """(split, level name, episode seed, spawn) of plan index p: deterministic for cfg.seed."""
+    from world_model.data.generate import _plan_level, _plan_seed, plan_spawn
     from world_model.data.levels import levels_in_split
 
     split = "held_out" if p % cfg.held_out_every == cfg.held_out_every - 1 else "train"
     levels = levels_in_split("validation" if split == "held_out" else "train")
-    return split, _plan_level(cfg.seed, p, levels).name, _plan_seed(cfg.seed, p)
+    spawn = plan_spawn(cfg.seed, p, cfg.spawn_anywhere) if split == "train" else "start"
+    return split, _plan_level(cfg.seed, p, levels).name, _plan_seed(cfg.seed, p), spawn
 
 
-def record_episode_store(args: tuple[str, int, int, int, int]) -> FrameStore:
-    """One episode -> a one-episode FrameStore (uint8 frames, actions, poses, prompt): the recorder pool's worker."""
+def record_episode_store(args: tuple[str, int, int, int, int, str]) -> FrameStore:
+    """One episode -> a one-episode FrameStore (uint8 frames, actions, poses, prompt): the recorder pool's worker.
+    ``args``: level name, seed, frames, width, height, spawn (DoomConfig.spawn)."""
     from world_model.data.doom import DoomConfig
     from world_model.data.generate import record_episode
     from world_model.data.levels import get_level
 
-    level, seed, length, width, height = args
-    doom = DoomConfig(width, height)
+    level, seed, length, width, height, spawn = args
+    doom = DoomConfig(width, height, spawn=spawn)
     ep = record_episode(get_level(level), length, seed=seed, doom=doom)
     return FrameStore(
         frames=ep.frames,
@@ -144,8 +151,9 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
     running: dict[Future, int] = {}
 
     def submit(pool: ProcessPoolExecutor, p: int) -> None:
-        _, level, seed = _plan(cfg, p)
-        running[pool.submit(record_episode_store, (level, seed, cfg.episode_frames, cfg.width, cfg.height))] = p
+        _, level, seed, spawn = _plan(cfg, p)
+        args = (level, seed, cfg.episode_frames, cfg.width, cfg.height, spawn)
+        running[pool.submit(record_episode_store, args)] = p
 
     def planned_train() -> int:  # train frames committed or in flight (upper bound per episode)
         in_flight = sum(1 for p in [*running.values(), *ready] if _plan(cfg, p)[0] == "train")
@@ -225,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-frames", type=int, default=50_000)
     p.add_argument("--episode-frames", type=int, default=1000)
+    p.add_argument("--spawn-anywhere", type=float, default=0.0, help="share of train episodes begun anywhere (0-1)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -236,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=a.seed,
         episode_frames=a.episode_frames,
         shard_frames=a.shard_frames,
+        spawn_anywhere=a.spawn_anywhere,
     )
     print(json.dumps(record_frames(a.out, cfg, progress=not a.no_progress)))
 

@@ -94,6 +94,10 @@ class PipelineOptions:
     # model's chunk-0 gain over repeat-first (pooled) was +2.08 dB on 18 episodes of the train levels and +0.80 on
     # the test levels: it knows the levels it saw. The held-out split stays as recorded
     mirror: bool = False
+    # the share of train episodes that begin at a random point and heading of their level instead of its start
+    # spot (engine_frames; world_model.data.spawn): the explorer stays near where it begins (6 train levels, 1,000
+    # frames: 9-29 cells of 128 map units), so start-spot episodes show each level's start room and little else
+    spawn_anywhere: float = 0.0
     vae_steps: int = 20_000
     vae_batch: int = 16
     vae_lr: float = 3e-4
@@ -215,6 +219,10 @@ class PipelineOptions:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout}")
         if not 0.0 <= self.p_continue <= 1.0:
             raise ValueError(f"p_continue must be in [0, 1], got {self.p_continue}")
+        if not 0.0 <= self.spawn_anywhere <= 1.0:
+            raise ValueError(f"spawn_anywhere is a share in [0, 1], got {self.spawn_anywhere}")
+        if self.spawn_anywhere and self.fake_data:
+            raise ValueError("spawn_anywhere needs the ViZDoom engine's levels; fake_data has none")
         if not 0 <= self.segment_stride <= self.segment_latents:
             raise ValueError(f"segment_stride must be in [0, segment_latents] (0: disjoint), got {self.segment_stride}")
         if self.vae_encoder_dim < 0:
@@ -326,6 +334,7 @@ def _stage_data(run: Path, opts: PipelineOptions, deadline: float | None) -> dic
             workers=opts.workers,
             seed=opts.seed,
             episode_frames=opts.episode_frames,
+            spawn_anywhere=opts.spawn_anywhere,
         )
         reader = generate_dataset(out / "dataset", gen, progress=opts.progress)
         train = FrameStore.from_dataset(out / "dataset", episodes=reader.split_indices("train"))
@@ -363,7 +372,7 @@ def _start_engine_frames(run: Path, opts: PipelineOptions, status: StatusFile) -
             sys.executable, "-m", "world_model.train.engine_frames", "--out", str(frames),
             "--frames", str(opts.frames), "--size", str(cfg.stream.height), str(cfg.stream.width),
             "--workers", str(opts.workers), "--seed", str(opts.seed), "--no-progress",
-            "--episode-frames", str(opts.episode_frames),
+            "--episode-frames", str(opts.episode_frames), "--spawn-anywhere", str(opts.spawn_anywhere),
             "--shard-frames", str(max(opts.episode_frames, min(50_000, opts.frames // 10))),
         ]  # fmt: skip
         log_file = open(run / "data" / "engine_frames.log", "ab")  # noqa: SIM115 - handed to the child

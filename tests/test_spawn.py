@@ -1,0 +1,142 @@
+"""Episodes that begin anywhere on a level: the floor geometry (world_model.data.spawn), the engine's warp, and
+the share of episodes the recorders spawn so (generate, engine_frames, the pipeline's option)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from world_model.data.spawn import LevelGeometry
+
+
+def _square(x0: float, y0: float, x1: float, y1: float) -> list[SimpleNamespace]:
+    return [
+        SimpleNamespace(x1=a, y1=b, x2=c, y2=d)
+        for a, b, c, d in ((x0, y0, x1, y0), (x1, y0, x1, y1), (x1, y1, x0, y1), (x0, y1, x0, y0))
+    ]
+
+
+def _room_with_pillar() -> LevelGeometry:
+    """A 512-unit room (floor 0, ceiling 128) holding a pillar sector 200..300 (floor = ceiling: solid), whose
+    four lines bound both sectors, as Doom's two-sided lines do; a low crawlway 1000..1100 (ceiling 40)."""
+    pillar = _square(200, 200, 300, 300)
+    sectors = [
+        SimpleNamespace(floor_height=0.0, ceiling_height=128.0, lines=_square(0, 0, 512, 512) + pillar),
+        SimpleNamespace(floor_height=64.0, ceiling_height=64.0, lines=pillar),
+        SimpleNamespace(floor_height=0.0, ceiling_height=40.0, lines=_square(1000, 0, 1100, 100)),
+    ]
+    return LevelGeometry.from_sectors(sectors)
+
+
+def test_sector_at_counts_crossings_per_sector():
+    g = _room_with_pillar()
+    points = np.array([[100, 100], [250, 250], [400, 450], [700, 100], [1050, 50], [-5, 10]], np.float64)
+    np.testing.assert_array_equal(g.sector_at(points), [0, 1, 0, -1, 2, -1])
+
+
+def test_spawn_mask_wants_headroom_and_clearance():
+    g = _room_with_pillar()
+    points = np.array([[100, 100], [250, 250], [10, 100], [185, 250], [1050, 50], [400, 400]], np.float64)
+    # pillar (no headroom), 10 from a wall, 15 from the pillar, the crawlway (40 < 64): refused
+    np.testing.assert_array_equal(g.spawn_mask(points), [True, False, False, False, False, True])
+    np.testing.assert_allclose(g.clearance(points[:4]), [100, 50, 10, 15])
+
+
+def test_sample_is_uniform_over_the_floor_and_seeded():
+    g = _room_with_pillar()
+    a = [g.sample(np.random.default_rng([3, i])) for i in range(200)]
+    assert a == [g.sample(np.random.default_rng([3, i])) for i in range(200)]
+    pts = np.array(a)
+    assert g.spawn_mask(pts).all()
+    # uniform over the room's free floor: both halves (split at the pillar's centre) about equally often
+    left = (pts[:, 0] < 256).mean()
+    assert 0.38 < left < 0.62
+    low = LevelGeometry.from_sectors(
+        [SimpleNamespace(floor_height=0.0, ceiling_height=40.0, lines=_square(0, 0, 99, 99))]
+    )
+    assert low.sample(np.random.default_rng(0), tries=2) is None
+
+
+def test_geometry_refuses_malformed_input():
+    with pytest.raises(ValueError, match="without lines"):
+        LevelGeometry(np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(1), np.ones(1))
+    with pytest.raises(ValueError, match="sorted"):
+        LevelGeometry(np.zeros((2, 4)), np.array([1, 0]), np.zeros(2), np.ones(2))
+
+
+def test_plan_spawn_share_is_per_plan():
+    from world_model.data.generate import plan_spawn
+
+    assert {plan_spawn(1, p, 0.0) for p in range(100)} == {"start"}
+    assert {plan_spawn(1, p, 1.0) for p in range(100)} == {"anywhere"}
+    half = [plan_spawn(1, p, 0.5) for p in range(400)]
+    assert 150 < half.count("anywhere") < 250
+    assert half[:50] == [plan_spawn(1, p, 0.5) for p in range(50)]  # a plan's draw is its own
+
+
+def test_engine_frames_spawns_train_episodes_only():
+    from world_model.train.engine_frames import EngineFramesConfig, _plan
+
+    cfg = EngineFramesConfig(frames=100, spawn_anywhere=1.0, held_out_every=3)
+    spawns = {_plan(cfg, p)[0]: set() for p in range(3)}
+    for p in range(30):
+        split, _, _, spawn = _plan(cfg, p)
+        spawns[split].add(spawn)
+    assert spawns == {"train": {"anywhere"}, "held_out": {"start"}}
+    with pytest.raises(ValueError, match="share"):
+        EngineFramesConfig(frames=100, spawn_anywhere=1.5)
+
+
+def test_options_refuse_a_share_they_cannot_use():
+    from world_model.data.doom import DoomConfig
+    from world_model.data.generate import GenerateConfig
+    from world_model.train.pipeline import PipelineOptions
+
+    with pytest.raises(ValueError, match="spawn"):
+        DoomConfig(64, 48, spawn="random")
+    with pytest.raises(ValueError, match="share"):
+        GenerateConfig(frames=10, spawn_anywhere=-0.1)
+    with pytest.raises(ValueError, match="share"):
+        PipelineOptions(spawn_anywhere=2.0)
+    with pytest.raises(ValueError, match="fake_data"):
+        PipelineOptions(spawn_anywhere=0.5, fake_data=True)
+
+
+def test_the_engine_warps_anywhere_deterministically(tmp_path):
+    pytest.importorskip("vizdoom")
+    from world_model.data.doom import Command, DoomConfig, DoomEngine
+    from world_model.data.levels import get_level
+
+    level = get_level("E1M3")  # the explorer stays in its start room (9 cells of 128 units in 1,000 frames)
+    with DoomEngine(level, DoomConfig(64, 48), workdir=tmp_path / "s") as engine:
+        _, start = engine.reset(seed=1)
+    poses, frames = [], []
+    with DoomEngine(level, DoomConfig(64, 48, spawn="anywhere"), workdir=tmp_path / "a") as engine:
+        for seed in (1, 2, 1):
+            frame, pose = engine.reset(seed=seed)
+            r = engine.doom_readings()
+            poses.append(pose)
+            frames.append(frame)
+            assert r["z"] - 41.0 in set(engine._geometry.floor)  # the eye at the floor's height + 41
+            _, after, done = engine.step(Command(forward=True))
+            assert not done and np.all(np.isfinite(after))
+    np.testing.assert_array_equal(poses[0], poses[2])
+    np.testing.assert_array_equal(frames[0], frames[2])
+    assert np.linalg.norm(poses[0][:2] - poses[1][:2]) > 1.0  # another seed, another place
+    assert np.linalg.norm(poses[0][:2] - start[:2]) > 1.0 and abs(poses[0][3]) < 1e-6  # level, not the start spot
+
+
+def test_generate_records_the_spawn_of_each_episode(tmp_path):
+    pytest.importorskip("vizdoom")
+    pytest.importorskip("av")
+    from world_model.data.generate import GenerateConfig, generate_dataset
+
+    cfg = GenerateConfig(
+        frames=40, width=64, height=48, seed=2, episode_frames=20, levels=("E1M1", "E1M9"), spawn_anywhere=1.0
+    )
+    reader = generate_dataset(tmp_path / "d", cfg, progress=False)
+    spawns = {e.level: e.extra["spawn"] for e in reader.episodes}
+    assert spawns == {"freedoom1/E1M1": "anywhere", "freedoom1/E1M9": "start"}  # E1M9: a validation level
+    assert reader.meta["generate"]["spawn_anywhere"] == 1.0
