@@ -106,7 +106,7 @@ def test_options_refuse_a_share_they_cannot_use():
 
 def test_the_engine_warps_anywhere_deterministically(tmp_path):
     pytest.importorskip("vizdoom")
-    from world_model.data.doom import Command, DoomConfig, DoomEngine
+    from world_model.data.doom import Command, DoomConfig, DoomEngine, level_geometry
     from world_model.data.levels import get_level
 
     level = get_level("E1M3")  # the explorer stays in its start room (9 cells of 128 units in 1,000 frames)
@@ -119,7 +119,7 @@ def test_the_engine_warps_anywhere_deterministically(tmp_path):
             r = engine.doom_readings()
             poses.append(pose)
             frames.append(frame)
-            assert r["z"] - 41.0 in set(engine._geometry.floor)  # the eye at the floor's height + 41
+            assert r["z"] - 41.0 in set(level_geometry(level).floor)  # the eye at the floor's height + 41
             _, after, done = engine.step(Command(forward=True))
             assert not done and np.all(np.isfinite(after))
     np.testing.assert_array_equal(poses[0], poses[2])
