@@ -140,3 +140,28 @@ def test_generate_records_the_spawn_of_each_episode(tmp_path):
     spawns = {e.level: e.extra["spawn"] for e in reader.episodes}
     assert spawns == {"freedoom1/E1M1": "anywhere", "freedoom1/E1M9": "start"}  # E1M9: a validation level
     assert reader.meta["generate"]["spawn_anywhere"] == 1.0
+
+
+def test_the_pipeline_hands_the_share_to_the_recorder_it_starts(tmp_path, monkeypatch):
+    import subprocess
+
+    from world_model.train.engine_frames import main as recorder_main
+    from world_model.train.pipeline import PipelineOptions, run_stage
+
+    started = []
+
+    class Started(Exception):
+        pass
+
+    def fake_popen(cmd, **kwargs):
+        started.append(cmd)
+        raise Started
+
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    with pytest.raises(Started):
+        run_stage(tmp_path / "run", "data", PipelineOptions(spawn_anywhere=0.75, frames=1000, seed=4))
+    (cmd,) = started
+    assert cmd[cmd.index("--spawn-anywhere") + 1] == "0.75"
+    # the recorder's own command line parses it into its config (run for 0 frames: refused before recording)
+    with pytest.raises(ValueError, match="share"):
+        recorder_main([*cmd[3:], "--spawn-anywhere", "1.5"])
