@@ -143,6 +143,31 @@ def test_loop_resumes_after_a_crash_and_records_status(tmp_path):
         run_loop(_Counter(), tmp_path / "c", LoopOptions(steps=2, snapshot_every=1, progress=False))
 
 
+class _Evaluated(_Counter):
+    def evaluate(self):
+        return {"w": float(self.w)}
+
+
+def test_loop_evaluates_before_the_first_step_when_asked(tmp_path):
+    def evals(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["w"]) for r in rows if r["kind"] == "eval"]
+
+    run_loop(_Evaluated(), tmp_path / "a", LoopOptions(steps=4, eval_every=2, eval_at_start=True, progress=False))
+    assert evals(tmp_path / "a") == [(0, 0.0), (2, 2.0), (4, 4.0)]  # the carried model's point first
+    run_loop(_Evaluated(), tmp_path / "b", LoopOptions(steps=4, eval_every=2, progress=False))
+    assert evals(tmp_path / "b") == [(2, 2.0), (4, 4.0)]
+    # resumed: the point is where it goes on from
+    run_loop(_Evaluated(), tmp_path / "b", LoopOptions(steps=6, eval_every=2, eval_at_start=True, progress=False))
+    assert evals(tmp_path / "b")[2:] == [(4, 4.0), (6, 6.0)]
+    with pytest.raises(ValueError, match="no evaluate"):  # an option that would do nothing
+        run_loop(_Counter(), tmp_path / "c", LoopOptions(steps=2, eval_at_start=True, progress=False))
+    from world_model.train.pipeline import PipelineOptions, _loop_opts
+
+    assert _loop_opts(PipelineOptions(eval_at_start=True), 10, None).eval_at_start  # --eval-at-start true
+    assert not _loop_opts(PipelineOptions(), 10, None).eval_at_start
+
+
 class _SlowCounter(_Counter):
     """Each step takes 40 s of a fake clock (the loop module's ``time``)."""
 

@@ -177,6 +177,7 @@ class PipelineOptions:
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 0.0  # also a checkpoint this often in wall time (LoopOptions; 0: by steps only)
     eval_every: int = 2000
+    eval_at_start: bool = False  # each stage also evaluates before its first step (LoopOptions.eval_at_start)
     eval_segments: int = 16
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -484,6 +485,7 @@ def _loop_opts(opts: PipelineOptions, steps: int, deadline: float | None):
         checkpoint_every=opts.checkpoint_every,
         checkpoint_minutes=opts.checkpoint_minutes,
         eval_every=opts.eval_every,
+        eval_at_start=opts.eval_at_start,
         deadline=deadline,
         progress=opts.progress,
         log_every=1 if steps < 100 else 10,
