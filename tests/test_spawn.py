@@ -165,3 +165,17 @@ def test_the_pipeline_hands_the_share_to_the_recorder_it_starts(tmp_path, monkey
     # the recorder's own command line parses it into its config (run for 0 frames: refused before recording)
     with pytest.raises(ValueError, match="share"):
         recorder_main([*cmd[3:], "--spawn-anywhere", "1.5"])
+
+
+def test_no_secret_message_is_drawn_over_the_frames(tmp_path):
+    """MAP08, seed 505, spawned anywhere, lands in a secret sector: ZDoom prints "A SECRET IS REVEALED!" in gold
+    across the frame (167 gold pixels in the first frame before the engine turned the message off)."""
+    pytest.importorskip("vizdoom")
+    from world_model.data.doom import DoomConfig
+    from world_model.data.generate import record_episode
+    from world_model.data.levels import get_level
+
+    ep = record_episode(get_level("MAP08"), 2, seed=505, doom=DoomConfig(128, 128, spawn="anywhere"), workdir=tmp_path)
+    x = ep.frames[0].astype(int)
+    gold = (x[..., 0] > 180) & (x[..., 1] > 120) & (x[..., 2] < 90) & (x[..., 0] - x[..., 2] > 120)
+    assert gold.sum() < 10

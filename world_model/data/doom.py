@@ -205,7 +205,9 @@ class DoomEngine:
         game.set_render_screen_flashes(False)
         game.set_window_visible(False)
         game.set_sound_enabled(False)
-        game.add_game_args("-nomonsters +freelook 1 +movebob 0 +stillbob 0 +sv_cheats 1")
+        # cl_showsecretmessage 0: entering a secret sector would print "A SECRET IS REVEALED!" across the frames for
+        # seconds (a mid-screen print, which set_render_messages does not hide)
+        game.add_game_args("-nomonsters +freelook 1 +movebob 0 +stillbob 0 +sv_cheats 1 +cl_showsecretmessage 0")
         buttons = [vzd.Button.MOVE_FORWARD, vzd.Button.MOVE_BACKWARD, vzd.Button.MOVE_LEFT, vzd.Button.MOVE_RIGHT]
         buttons += [vzd.Button.TURN_LEFT_RIGHT_DELTA, vzd.Button.LOOK_UP_DOWN_DELTA]
         if cfg.allow_use:
