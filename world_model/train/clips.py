@@ -18,6 +18,7 @@ conditioning (camera code, memory selection, positions) comes from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -72,6 +73,25 @@ class LatentStore:
         mv = lambda t: t.to(device)  # noqa: E731
         return LatentStore(
             lat, *(mv(t) for t in (self.seg_start, self.mouse, self.keyboard, self.poses, self.text, self.seg_prompt))
+        )
+
+    @classmethod
+    def concat(cls, stores: list[LatentStore]) -> LatentStore:
+        """The segments of ``stores`` in order, in one store: each store's frame indices (``seg_start``) and prompt
+        indices (``seg_prompt``) moved past the stores before it (each keeps its own prompt embeddings)."""
+        if not stores:
+            raise ValueError("no latent stores to concatenate")
+        frames = list(accumulate((len(s.mouse) for s in stores[:-1]), initial=0))
+        prompts = list(accumulate((len(s.text) for s in stores[:-1]), initial=0))
+        cat = lambda name: torch.cat([getattr(s, name) for s in stores])  # noqa: E731
+        return cls(
+            latents=cat("latents"),
+            seg_start=torch.cat([s.seg_start + f for s, f in zip(stores, frames)]),
+            mouse=cat("mouse"),
+            keyboard=cat("keyboard"),
+            poses=cat("poses"),
+            text=cat("text"),
+            seg_prompt=torch.cat([s.seg_prompt + p for s, p in zip(stores, prompts)]),
         )
 
     def save(self, folder: str | Path) -> None:

@@ -16,7 +16,7 @@ from world_model.config import VAEConfig
 from world_model.train.clips import LatentStore
 from world_model.train.frames import FrameStore, mirrored_actions, segment_starts
 
-__all__ = ["segment_video", "latent_statistics", "encode_store"]
+__all__ = ["segment_video", "latent_statistics", "encode_store", "NoSegmentError"]
 
 
 def segment_video(store: FrameStore, starts: np.ndarray, frames: int, device: torch.device) -> torch.Tensor:
@@ -45,6 +45,10 @@ def latent_statistics(
     mean = s1 / n
     std = (s2 / n - mean.pow(2)).clamp_min(1e-8).sqrt()
     return tuple(mean.tolist()), tuple(std.clamp_min(1e-3).tolist())
+
+
+class NoSegmentError(ValueError):
+    """No episode of a store is long enough for one segment."""
 
 
 @torch.no_grad()
@@ -77,7 +81,7 @@ def encode_store(
     frames = 1 + r * (segment_latents - 1)
     starts = segment_starts(store, frames, r * stride_latents if stride_latents else frames)
     if len(starts) == 0:
-        raise ValueError(f"no episode holds a segment of {frames} frames ({segment_latents} latents)")
+        raise NoSegmentError(f"no episode holds a segment of {frames} frames ({segment_latents} latents)")
     device = next(vae.parameters()).device
     prompts = sorted(set(store.prompts))
     text = torch.cat([text_encoder.encode(prompts[i : i + 64]).float().cpu() for i in range(0, len(prompts), 64)])

@@ -22,12 +22,15 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from world_model.config import WorldModelConfig, embedded, tiny
 from world_model.train.status import StatusFile, read_status
+
+if TYPE_CHECKING:
+    from world_model.train.clips import LatentStore
 
 __all__ = ["STAGES", "PipelineOptions", "run_config", "run_stage", "run_pipeline"]
 
@@ -616,7 +619,6 @@ def _stage_encode(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     base_cfg, dev = preset_config(opts), _device()
     status = StatusFile(run / "latents", "encode")
     status.update(state="running")
-    train, held = _frames(run, "train"), _frames(run, "held_out")
     stats = run / "latents" / "stats.json"
     if stats.exists() and not opts.vae_train_encoder:
         # a frozen encoder and a carried (or earlier) normalisation: keep it, so that a continued DiT
@@ -626,29 +628,64 @@ def _stage_encode(run: Path, opts: PipelineOptions, deadline: float | None) -> d
     else:
         r = base_cfg.vae.temporal_stride
         raw = _teacher_vae(run, opts, base_cfg.replace(vae=identity_stats(base_cfg.vae)), dev)
-        mean, std = latent_statistics(raw, train, 1 + r * (opts.segment_latents - 1))
+        mean, std = latent_statistics(raw, _frames(run, "train"), 1 + r * (opts.segment_latents - 1))
         stats.write_text(json.dumps({"mean": mean, "std": std}) + "\n")
         status.update(stats="measured")
     cfg = run_config(run, opts)
     vae = _teacher_vae(run, opts, cfg, dev)
     text = make_text_encoder(cfg.text, device=dev)
-    for name, store in (("train", train), ("held_out", held)):
-        batch = 32 if dev.type == "cuda" else 4  # segments per encoder call
+    for name in ("train", "held_out"):
         stride = opts.segment_stride if name == "train" and opts.segment_stride else None
-        enc = encode_store(
-            vae,
-            store,
-            opts.segment_latents,
-            text,
-            batch_size=batch,
-            stride_latents=stride,
-            progress=opts.progress,
-            mirror=opts.mirror and name == "train",
-        )
+
+        def encode(store, name=name, stride=stride):
+            return encode_store(
+                vae,
+                store,
+                opts.segment_latents,
+                text,
+                batch_size=32 if dev.type == "cuda" else 4,  # segments per encoder call
+                stride_latents=stride,
+                progress=opts.progress,
+                mirror=opts.mirror and name == "train",
+            )
+
+        enc = _encode_split(run, name, encode, lambda n, name=name: status.update(**{f"{name}_segments": n}))
         enc.save(run / "latents" / name)
         status.update(**{f"{name}_segments": enc.num_segments})
     status.update(state="done")
     return dict(status.data)
+
+
+def _encode_split(run: Path, split: str, encode, report) -> LatentStore:
+    """``encode`` (FrameStore -> LatentStore) of the run's ``split``. Raw shards (engine_frames runs) are encoded as
+    the recorder writes them, so that encoding overlaps recording instead of following it (600k frames: ~100 s of
+    the GPU's encode after ~107 s of recording, session 37); ``report(segments)`` after each shard."""
+    from world_model.train.clips import LatentStore
+    from world_model.train.encode import NoSegmentError
+    from world_model.train.engine_frames import ShardFeed
+
+    frames = run / "data" / "frames"
+    if not frames.exists():
+        return encode(_frames(run, split))
+    feed, parts = ShardFeed(frames / split), []
+    status = StatusFile.existing(run / "data", "data")  # the recorder's pid, as the data stage wrote it
+    while True:
+        finished = feed.finished  # read first: once the recorder is done, new() holds every shard it wrote
+        for shard in feed.new():
+            try:
+                parts.append(encode(shard))
+            except NoSegmentError:  # a shard of short episodes (level exits, teleporters) may hold no segment
+                continue
+            report(sum(p.num_segments for p in parts))
+        if finished:
+            break
+        if not _alive(status.data.get("pid")) and not feed.finished:
+            raise RuntimeError(f"the frame recorder stopped early; see {run / 'data' / 'engine_frames.log'}")
+        time.sleep(2.0)
+    _wait_for_frames(run)  # marks the data stage done
+    if not parts:
+        raise NoSegmentError(f"no episode of the {split} split holds a whole segment")
+    return LatentStore.concat(parts)
 
 
 def _latents(run: Path, dev):
