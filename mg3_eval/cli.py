@@ -28,6 +28,7 @@ crop of the training data. Smoke run of every part on random weights (~10 s):
 
 def _parser() -> argparse.ArgumentParser:
     from mg3_eval.run import PARTS, EvalOptions
+    from world_model.data.doom import SPAWNS
     from world_model.model import MODEL_NAMES
 
     d = EvalOptions()
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)} (default: all)"
     )
     p.add_argument("--split", default=d.split, choices=("train", "validation", "test"), help="levels (default: test)")
+    p.add_argument(
+        "--spawn", default=d.spawn, choices=SPAWNS,
+        help="where the recorded episodes of sharpness, fidelity, controllability and distillation begin: the "
+        "level's start spot (default) or anywhere on it",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
     p.add_argument(
         "--action-guidance",

@@ -27,6 +27,7 @@ from mg3_eval.protocols.speed import env_speed
 from mg3_eval.protocols.stability import stability
 from mg3_eval.report import json_default, line_plot, save_strip, targets_table
 from mg3_eval.simulator import record_test_episodes, rest_starts
+from world_model.data.doom import SPAWNS
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
 
@@ -47,6 +48,7 @@ PARTS = (
     "stability",
     "speed",
 )
+RECORDED_PARTS = ("sharpness", "fidelity", "controllability", "distillation")  # on record_test_episodes' episodes
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class EvalOptions:
 
     parts: tuple[str, ...] = PARTS
     split: str = "test"
+    # where the recorded episodes (the parts sharpness, fidelity, controllability, distillation) begin: "start", the
+    # level's start spot (the model card's measures), or "anywhere" on the level (DoomConfig.spawn): on the train
+    # levels, views away from the start rooms that the training episodes began in before --spawn-anywhere
+    spawn: str = "start"
     reset_episodes: int = 6
     sharpness_episodes: int = 6
     sharpness_chunks: int = 3
@@ -94,6 +100,13 @@ class EvalOptions:
             raise ValueError(f"unknown evaluation parts {bad or '(none)'}; expected some of {list(PARTS)}")
         if self.split not in ("train", "validation", "test"):
             raise ValueError(f"split must be train, validation or test, got {self.split!r}")
+        if self.spawn not in SPAWNS:
+            raise ValueError(f"spawn must be one of {SPAWNS}, got {self.spawn!r}")
+        if self.spawn != "start" and set(self.parts) - set(RECORDED_PARTS):
+            raise ValueError(
+                f"spawn={self.spawn!r} applies to the parts on recorded episodes ({', '.join(RECORDED_PARTS)}); "
+                f"the others begin at their own start states: {sorted(set(self.parts) - set(RECORDED_PARTS))}"
+            )
         positive = (
             "reset_episodes", "sharpness_episodes", "sharpness_chunks", "controllability_chunks", "motion_episodes",
             "fidelity_episodes", "fidelity_chunks", "teacher_episodes", "control_episodes", "control_chunks",
@@ -173,7 +186,7 @@ def run_evaluation(
         log.info("evaluation: %s done in %.1f s", part, seconds[part])
         return r
 
-    counts = {  # the parts on recorded episodes: (episodes, chunks)
+    counts = {  # the parts on recorded episodes (RECORDED_PARTS): (episodes, chunks)
         "sharpness": (opts.sharpness_episodes, opts.sharpness_chunks),
         "fidelity": (opts.fidelity_episodes, opts.fidelity_chunks),
         "controllability": (opts.controllability_episodes, opts.controllability_chunks),
@@ -191,7 +204,10 @@ def run_evaluation(
         n_ep = max(counts[p][0] for p in parts & set(counts))
         chunks = max(counts[p][1] for p in parts & set(counts))
         frames = gen.first_chunk_frames + (chunks - 1) * gen.chunk_frames
-        episodes = timed("record", lambda: record_test_episodes(cfg, n_ep, frames, split=opts.split, seed=opts.seed))
+        episodes = timed(
+            "record",
+            lambda: record_test_episodes(cfg, n_ep, frames, split=opts.split, seed=opts.seed, spawn=opts.spawn),
+        )
     if "reset" in parts:
         starts = rest_starts(cfg, opts.reset_episodes, split=opts.split, seed=opts.seed)
         r = timed("reset", lambda: reset_frames(wm, starts, seed=opts.seed, batch_size=opts.batch_size))

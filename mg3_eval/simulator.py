@@ -55,16 +55,24 @@ class SimEpisode:
 
 
 def record_test_episodes(
-    cfg: WorldModelConfig, n: int, num_frames: int, *, split: str = "test", seed: int = 0, workdir=None
+    cfg: WorldModelConfig,
+    n: int,
+    num_frames: int,
+    *,
+    split: str = "test",
+    seed: int = 0,
+    workdir=None,
+    spawn: str = "start",
 ) -> list[SimEpisode]:
     """``n`` episodes of ``num_frames`` frames played by the data engine's explorer (the training
-    policy) from the spawn of the levels of ``split``, taken in turn. Episodes cut short by a level
+    policy) from the spawn of the levels of ``split`` (``spawn="anywhere"``: from a point and heading of the level
+    drawn from the episode's seed, DoomConfig.spawn), taken in turn. Episodes cut short by a level
     exit or a teleporter are replaced by another seed of the same level."""
     from world_model.data.generate import record_episode
     from world_model.data.levels import levels_in_split
 
     levels = levels_in_split(split)
-    doom = doom_config_for(cfg)
+    doom = dataclasses.replace(doom_config_for(cfg), spawn=spawn)
     out: list[SimEpisode] = []
     attempt = 0
     while len(out) < n:

@@ -401,7 +401,8 @@ def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch
     assert main(["eval", "--model", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "cannot load model" in capsys.readouterr().err
     bad_options = (["--parts", "fidelity,colour"], ["--episodes", "0"], ["--stability-chunks", "16"], ["--idm", "x.st"])
-    for bad in (*bad_options, ["--teacher", str(tmp_path)], ["--split", "all"]):
+    spawn_for_all = ["--spawn", "anywhere"]  # with every part: motion, control, memory ... begin at their own starts
+    for bad in (*bad_options, ["--teacher", str(tmp_path)], ["--split", "all"], spawn_for_all, ["--spawn", "x"]):
         with pytest.raises(SystemExit) as e:
             main(["eval", "--model", "tiny-random", "--out", str(out), *bad])
         assert e.value.code == 2, bad

@@ -179,3 +179,18 @@ def test_no_secret_message_is_drawn_over_the_frames(tmp_path):
     x = ep.frames[0].astype(int)
     gold = (x[..., 0] > 180) & (x[..., 1] > 120) & (x[..., 2] < 90) & (x[..., 0] - x[..., 2] > 120)
     assert gold.sum() < 10
+
+
+def test_the_evaluation_records_episodes_begun_anywhere(tmp_path):
+    pytest.importorskip("vizdoom")
+    from mg3_eval.simulator import record_test_episodes
+    from world_model.config import tiny
+
+    cfg = tiny(32, 32)
+    start = record_test_episodes(cfg, 2, 12, split="train", workdir=tmp_path)
+    anywhere = record_test_episodes(cfg, 2, 12, split="train", workdir=tmp_path, spawn="anywhere")
+    again = record_test_episodes(cfg, 2, 12, split="train", workdir=tmp_path, spawn="anywhere")
+    assert [e.level for e in anywhere] == [e.level for e in start]
+    for s, a, b in zip(start, anywhere, again):
+        assert np.linalg.norm(s.poses[0, :2] - a.poses[0, :2]) > 1.0
+        np.testing.assert_array_equal(a.frames, b.frames)
