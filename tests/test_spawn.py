@@ -140,6 +140,11 @@ def test_generate_records_the_spawn_of_each_episode(tmp_path):
     spawns = {e.level: e.extra["spawn"] for e in reader.episodes}
     assert spawns == {"freedoom1/E1M1": "anywhere", "freedoom1/E1M9": "start"}  # E1M9: a validation level
     assert reader.meta["generate"]["spawn_anywhere"] == 1.0
+    from world_model.data.summary import format_summary, summarize
+
+    summary = summarize(tmp_path / "d")
+    assert summary["frames_per_spawn"] == {"anywhere": 20, "start": 20} and summary["cells_visited"] >= 2
+    assert "per spawn {'anywhere': 20, 'start': 20}" in format_summary(summary)
 
 
 def test_the_pipeline_hands_the_share_to_the_recorder_it_starts(tmp_path, monkeypatch):

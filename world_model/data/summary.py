@@ -22,8 +22,10 @@ __all__ = [
     "action_histogram",
     "format_action_histogram",
     "ACTION_CLASSES",
+    "COVERAGE_CELL",
 ]
 
+COVERAGE_CELL = 128.0  # map units: the side of the cells summarize counts (bench/spawn_coverage.py's default)
 _YAW_BINS = np.array([-np.inf, -6, -3, -1.5, -0.3, 0.3, 1.5, 3, 6, np.inf])  # degrees per frame
 
 DEAD_DEG = 0.3  # the release's mouse deadzone: 0.02 units x 15 deg per unit
@@ -139,6 +141,8 @@ def summarize(root: str | Path) -> dict[str, Any]:
     pitch_hist = np.zeros(len(_YAW_BINS) - 1, np.int64)
     per_level: dict[str, int] = {}
     per_split: dict[str, int] = {}
+    per_spawn: dict[str, int] = {}
+    cells: set[tuple[str, int, int]] = set()  # (level, x, y) cells of COVERAGE_CELL map units the camera visited
     fwd, side = [], []
     all_mouse, all_keys, all_poses = [], [], []
     for ep in reader.iter_episodes(frames=False):
@@ -151,6 +155,10 @@ def summarize(root: str | Path) -> dict[str, Any]:
         pitch_hist += np.histogram(deg[:, 0], _YAW_BINS)[0]
         per_level[ep.info.level or "?"] = per_level.get(ep.info.level or "?", 0) + len(ep)
         per_split[ep.info.split] = per_split.get(ep.info.split, 0) + len(ep)
+        spawn = ep.info.extra.get("spawn", "start")  # datasets from before the option began at the start spot
+        per_spawn[spawn] = per_spawn.get(spawn, 0) + len(ep)
+        xy = np.unique(np.floor(ep.poses[:, :2] / COVERAGE_CELL).astype(np.int64), axis=0)
+        cells.update((ep.info.level or "?", int(x), int(y)) for x, y in xy)
         fwd += _steady_speed(ep.poses, ep.keyboard, 0)
         side += _steady_speed(ep.poses, ep.keyboard, 3) + _steady_speed(ep.poses, ep.keyboard, 2)
     frames = reader.num_frames
@@ -174,6 +182,8 @@ def summarize(root: str | Path) -> dict[str, Any]:
         "mb_per_hour": size / 1e6 / hours if hours > 0 else math.nan,
         "levels": dict(sorted(per_level.items())),
         "frames_per_split": per_split,
+        "frames_per_spawn": per_spawn,
+        "cells_visited": len(cells),
         "key_press_fraction": {n: float(k / max(frames, 1)) for n, k in zip(KEYBOARD_NAMES, keys)},
         "yaw_deg_per_frame_histogram": dict(zip(bins, yaw_hist.tolist())),
         "pitch_deg_per_frame_histogram": dict(zip(bins, pitch_hist.tolist())),
@@ -187,7 +197,8 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"episodes {s['episodes']}, frames {s['frames']}, {s['hours']:.3f} h at {s['fps']:g} fps, "
         f"{s['resolution'][0]}x{s['resolution'][1]}, {s['bytes'] / 1e6:.1f} MB ({s['mb_per_hour']:.0f} MB/h)",
-        f"levels {len(s['levels'])}; frames per split {s['frames_per_split']}",
+        f"levels {len(s['levels'])}; frames per split {s['frames_per_split']}; per spawn {s['frames_per_spawn']}; "
+        f"{s['cells_visited']} cells of {COVERAGE_CELL:g} map units visited",
         "key press fraction " + ", ".join(f"{k} {v:.2f}" for k, v in s["key_press_fraction"].items()),
         "yaw deg/frame " + ", ".join(f"{k} {v}" for k, v in s["yaw_deg_per_frame_histogram"].items()),
         "pitch deg/frame " + ", ".join(f"{k} {v}" for k, v in s["pitch_deg_per_frame_histogram"].items()),
