@@ -3,6 +3,7 @@ the share of episodes the recorders spawn so (generate, engine_frames, the pipel
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -199,3 +200,38 @@ def test_the_evaluation_records_episodes_begun_anywhere(tmp_path):
     for s, a, b in zip(start, anywhere, again):
         assert np.linalg.norm(s.poses[0, :2] - a.poses[0, :2]) > 1.0
         np.testing.assert_array_equal(a.frames, b.frames)
+
+
+def test_the_wad_geometry_is_what_vizdoom_reports(tmp_path):
+    """LevelGeometry.from_wad against ViZDoom's own ``state.sectors``: the same floors and ceilings, every line
+    ViZDoom lists; the WAD's rows add the second side of a line with one sector on both sides (an inner line of a
+    sector, which the even-odd rule must count twice to cancel: ViZDoom lists it once)."""
+    pytest.importorskip("vizdoom")
+    from collections import Counter
+
+    import vizdoom
+
+    from world_model.data.doom import level_geometry
+    from world_model.data.levels import get_level
+
+    level = get_level("E1M1")
+    game = vizdoom.DoomGame()
+    game.set_doom_game_path(str(Path(vizdoom.__file__).parent / level.wad))
+    game.set_doom_map(level.map)
+    game.set_doom_config_path(str(tmp_path / "_vizdoom.ini"))
+    game.set_window_visible(False)
+    game.set_sound_enabled(False)
+    game.set_sectors_info_enabled(True)
+    game.init()
+    try:
+        game.new_episode()
+        reported = LevelGeometry.from_sectors(game.get_state().sectors)
+    finally:
+        game.close()
+    wad = level_geometry(level)
+    np.testing.assert_array_equal(wad.floor, reported.floor)
+    np.testing.assert_array_equal(wad.ceiling, reported.ceiling)
+    rows = lambda g: Counter((int(s), tuple(line)) for s, line in zip(g.sector, g.lines))  # noqa: E731
+    extra = rows(wad) - rows(reported)
+    assert not rows(reported) - rows(wad) and 0 < sum(extra.values()) < 20
+    assert all(rows(wad)[key] == 2 for key in extra)  # both sides of an inner line
