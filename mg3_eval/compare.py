@@ -50,12 +50,29 @@ SCALARS = (
     ("stability contrast change", "stability.relative_change.contrast"),
 )
 # options that must agree for episodes to pair (those of the parts compared are checked too)
-_SHARED = ("split", "seed")
+_SHARED = ("split", "seed", "spawn")
+_BEFORE = {"spawn": "start"}  # an option's value in runs made before it existed
 
 
 def _mismatch(a: dict, b: dict, keys: tuple[str, ...]) -> list[str]:
     oa, ob = a.get("options", {}), b.get("options", {})
-    return [f"{k}: {oa.get(k)!r} vs {ob.get(k)!r}" for k in keys if oa.get(k) != ob.get(k)]
+    va = {k: oa.get(k, _BEFORE.get(k)) for k in keys}
+    vb = {k: ob.get(k, _BEFORE.get(k)) for k in keys}
+    return [f"{k}: {va[k]!r} vs {vb[k]!r}" for k in keys if va[k] != vb[k]]
+
+
+def _baseline_mismatch(a: dict, b: dict) -> str | None:
+    """Where both runs scored chunk 0, the episode whose repeat-first baseline differs (the simulator showed them
+    other frames: episodes begun anywhere move with the spawn rule, levels with the engine), else None."""
+    ca, cb = get_path(a, "fidelity.chunk0"), get_path(b, "fidelity.chunk0")
+    if not ca or not cb or "gain_per_episode" not in ca or "gain_per_episode" not in cb:
+        return None
+    ra = [m - g for m, g in zip(ca["per_episode"], ca["gain_per_episode"])]
+    rb = [m - g for m, g in zip(cb["per_episode"], cb["gain_per_episode"])]
+    for i, (x, y) in enumerate(zip(ra, rb)):
+        if abs(x - y) > 1e-3:
+            return f"episode {i}: repeat-first {x:.3f} vs {y:.3f} dB"
+    return None
 
 
 def _name(metrics: dict) -> Any:
@@ -66,10 +83,13 @@ def _name(metrics: dict) -> Any:
 def compare(candidate: dict, reference: dict) -> dict[str, Any]:
     """Paired and side-by-side differences of two metrics.json dicts (candidate - reference).
 
-    Raises ValueError when the runs cannot be paired (another split or seed); a per-episode measure
+    Raises ValueError when the runs cannot be paired (another split, seed or spawn, or other simulator frames: the
+    repeat-first baselines of chunk 0 differ); a per-episode measure
     whose episode count differs between the runs is left out with the reason."""
     if bad := _mismatch(candidate, reference, _SHARED):
         raise ValueError(f"the runs saw different episodes ({'; '.join(bad)}); evaluate both with the same options")
+    if bad := _baseline_mismatch(candidate, reference):
+        raise ValueError(f"the runs saw different simulator frames ({bad}); evaluate both with the same code")
     paired, skipped = {}, {}
     for name, path, count in PAIRED:
         a, b = get_path(candidate, path), get_path(reference, path)

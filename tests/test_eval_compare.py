@@ -53,3 +53,17 @@ def test_cli_prints_writes_json_and_refuses_unreadable_input(tmp_path, capsys):
     assert "chunk-0 PSNR dB" in capsys.readouterr().out
     assert json.loads(out.read_text())["paired"]["chunk-0 PSNR dB"]["mean_diff"] == pytest.approx(0.5)
     assert main([str(a), str(tmp_path / "missing.json")]) == 2
+
+
+def test_runs_of_other_spawns_or_other_simulator_frames_do_not_pair():
+    anywhere = _run("new", [20.0], [1.0])
+    anywhere["options"]["spawn"] = "anywhere"
+    with pytest.raises(ValueError, match="spawn: 'anywhere' vs 'start'"):  # a run from before the option: "start"
+        compare(anywhere, _run("old", [20.0], [1.0]))
+    a, b = _run("new", [21.0, 20.0], [1.0]), _run("old", [20.0, 19.0], [1.0])
+    a["fidelity"]["chunk0"]["gain_per_episode"] = [2.0, 1.0]  # repeat-first 19.0 and 19.0
+    b["fidelity"]["chunk0"]["gain_per_episode"] = [1.0, 0.0]  # 19.0 and 19.0: the same frames
+    assert compare(a, b)["paired"]["chunk-0 PSNR dB"]["mean_diff"] == pytest.approx(1.0)
+    b["fidelity"]["chunk0"]["gain_per_episode"] = [1.0, 0.5]  # episode 1's baseline 18.5: other frames
+    with pytest.raises(ValueError, match="different simulator frames.*episode 1"):
+        compare(a, b)
