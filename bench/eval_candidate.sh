@@ -6,7 +6,7 @@
 # GROUP: rs (reset frame and sharpness, ~1.5 min), paired (chunk 0 and the actions' effect, 18 episodes, ~9-14 min),
 # memory (24 episodes, ~7 min), motion (12 starts, ~12 min); all four by default; stability (three rollouts of 121
 # chunks, ~15 min) and anywhere (chunk 0 on the train levels away from their start spots, 18 episodes, ~3 min; the
-# shipped model gains +0.41 dB there, +1.93 from their start spots) only when named. STEPS=N sets the sampler steps (5).
+# shipped model gains +0.92 dB there, +1.93 from their start spots) only when named. STEPS=N sets the sampler steps (5).
 # Writes OUT/GROUP/metrics.json (+ its PNGs), OUT/GROUP.log and OUT/compare_GROUP.json; prints each comparison.
 set -u
 if [ $# -lt 2 ]; then echo "usage: bash bench/eval_candidate.sh MODEL OUT [rs|paired|memory|motion|stability|anywhere ...]" >&2; exit 2; fi
