@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -418,15 +419,18 @@ def _alive(pid: int | None) -> bool:
         return True  # not our child (another process started it): it exists
 
 
-def _wait_for_frames(run: Path) -> None:
-    """Block until the raw-frame recorder has finished (engine_frames runs)."""
+def _wait_for_frames(run: Path, while_waiting: Callable[[], None] | None = None) -> None:
+    """Block until the raw-frame recorder has finished (engine_frames runs), calling ``while_waiting`` (if given)
+    every poll meanwhile."""
     from world_model.train.engine_frames import DONE
 
     frames = run / "data" / "frames"
     status = StatusFile.existing(run / "data", "data")  # the recorder's pid, as the data stage wrote it
     while not (frames / DONE).exists():
-        if not _alive(status.data.get("pid")):
+        if not _alive(status.data.get("pid")) and not (frames / DONE).exists():
             raise RuntimeError(f"the frame recorder stopped early; see {run / 'data' / 'engine_frames.log'}")
+        if while_waiting is not None:
+            while_waiting()
         time.sleep(2.0)
     status.update(state="done", metrics=json.loads((frames / DONE).read_text()))
 
@@ -668,21 +672,17 @@ def _encode_split(run: Path, split: str, encode, report) -> LatentStore:
     if not frames.exists():
         return encode(_frames(run, split))
     feed, parts = ShardFeed(frames / split), []
-    status = StatusFile.existing(run / "data", "data")  # the recorder's pid, as the data stage wrote it
-    while True:
-        finished = feed.finished  # read first: once the recorder is done, new() holds every shard it wrote
+
+    def take() -> None:
         for shard in feed.new():
             try:
                 parts.append(encode(shard))
             except NoSegmentError:  # a shard of short episodes (level exits, teleporters) may hold no segment
                 continue
             report(sum(p.num_segments for p in parts))
-        if finished:
-            break
-        if not _alive(status.data.get("pid")) and not feed.finished:
-            raise RuntimeError(f"the frame recorder stopped early; see {run / 'data' / 'engine_frames.log'}")
-        time.sleep(2.0)
-    _wait_for_frames(run)  # marks the data stage done
+
+    _wait_for_frames(run, while_waiting=take)  # marks the data stage done
+    take()  # the shards written since the last poll: the recorder is done, so these are the last
     if not parts:
         raise NoSegmentError(f"no episode of the {split} split holds a whole segment")
     return LatentStore.concat(parts)
