@@ -29,11 +29,12 @@ def _cells(args: tuple[str, int, int, str, float]) -> list[tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> dict:
     from world_model.data.levels import levels_in_split
+    from world_model.data.summary import COVERAGE_CELL
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=2, help="episodes per level and mode")
     p.add_argument("--frames", type=int, default=1000)
-    p.add_argument("--cell", type=float, default=128.0)
+    p.add_argument("--cell", type=float, default=COVERAGE_CELL, help="map units (mg3 data summary's cells)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--levels", type=int, default=0, help="the first N train levels (0: all 56)")
     p.add_argument("--out")
