@@ -48,7 +48,14 @@ PARTS = (
     "stability",
     "speed",
 )
-RECORDED_PARTS = ("sharpness", "fidelity", "controllability", "distillation")  # on record_test_episodes' episodes
+# the parts on record_test_episodes' episodes: the EvalOptions fields of their (episodes, chunks); distillation
+# scores chunk 0 alone
+RECORDED_PARTS = {
+    "sharpness": ("sharpness_episodes", "sharpness_chunks"),
+    "fidelity": ("fidelity_episodes", "fidelity_chunks"),
+    "controllability": ("controllability_episodes", "controllability_chunks"),
+    "distillation": ("teacher_episodes", None),
+}
 
 
 @dataclass(frozen=True)
@@ -186,11 +193,9 @@ def run_evaluation(
         log.info("evaluation: %s done in %.1f s", part, seconds[part])
         return r
 
-    counts = {  # the parts on recorded episodes (RECORDED_PARTS): (episodes, chunks)
-        "sharpness": (opts.sharpness_episodes, opts.sharpness_chunks),
-        "fidelity": (opts.fidelity_episodes, opts.fidelity_chunks),
-        "controllability": (opts.controllability_episodes, opts.controllability_chunks),
-        "distillation": (opts.teacher_episodes, 1),
+    counts = {  # the parts on recorded episodes: (episodes, chunks)
+        part: (getattr(opts, episodes), getattr(opts, chunks) if chunks else 1)
+        for part, (episodes, chunks) in RECORDED_PARTS.items()
     }
 
     def on_episodes(part: str, fn: Callable[..., dict[str, Any]]) -> dict[str, Any]:

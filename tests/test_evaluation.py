@@ -39,7 +39,7 @@ from mg3_eval.protocols.memory import go_and_return_actions
 from mg3_eval.protocols.motion import motion_ratios
 from mg3_eval.report import TARGETS
 from mg3_eval.rollout import chunk_slices
-from mg3_eval.run import PARTS
+from mg3_eval.run import PARTS, RECORDED_PARTS, EvalOptions
 from mg3_eval.simulator import SimEpisode
 from world_model.camera import integrate_poses
 from world_model.config import StreamConfig
@@ -413,6 +413,14 @@ def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch
     assert main(["eval", "--model", "tiny-random", "--out", str(out), *args]) == 2
     err = capsys.readouterr().err
     assert "cannot load a model the evaluation needs" in err and str(teacher) in err
+
+
+def test_recorded_parts_name_their_episode_and_chunk_options():
+    """Each part on the recorded episodes is a part, and the option fields it reads its counts from exist."""
+    opts = EvalOptions(parts=tuple(RECORDED_PARTS))
+    for part, fields in RECORDED_PARTS.items():
+        assert part in PARTS
+        assert all(isinstance(getattr(opts, f), int) and getattr(opts, f) >= 1 for f in fields if f is not None)
 
 
 # ---- sharpness, image motion ---------------------------------------------------------------------------

@@ -1197,7 +1197,7 @@ def test_the_sharpen_stage_sharpens_the_full_decoder_which_the_export_then_ships
     exported = vae.state_dict()
     for k in dec:
         torch.testing.assert_close(exported[k], sharp[k].bfloat16().float(), atol=0, rtol=0)
-    with pytest.raises(RuntimeError, match="holds the full decoder"):
+    with pytest.raises(RuntimeError, match="holds the full decoder; this stage trains the pruned one"):
         run_stage(nxt, "sharpen", PipelineOptions.smoke())
     with pytest.raises(ValueError, match="sharpen_decoder"):
         PipelineOptions(sharpen_decoder="wide")

@@ -31,7 +31,8 @@ from world_model.data.poses import wrap_degrees
 from world_model.data.video import VideoEncoder
 
 __all__ = [
-    "RecordedEpisode", "record_episode", "GenerateConfig", "generate_dataset", "plan_spawn", "DEGREES_PER_MOUSE_UNIT",
+    "RecordedEpisode", "record_episode", "GenerateConfig", "generate_dataset", "plan_spawn",
+    "check_spawn_share", "DEGREES_PER_MOUSE_UNIT",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,7 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.frames < 1 or self.episode_frames < 1 or self.workers < 1:
             raise ValueError("frames, episode_frames and workers must be >= 1")
-        if not 0.0 <= self.spawn_anywhere <= 1.0:
-            raise ValueError(f"spawn_anywhere is a share in [0, 1], got {self.spawn_anywhere}")
+        check_spawn_share(self.spawn_anywhere)
         DoomConfig(self.width, self.height, self.tics_per_frame)  # validates the resolution
 
     def level_list(self) -> tuple[Level, ...]:
@@ -153,6 +153,12 @@ class GenerateConfig:
 
 def _plan_seed(seed: int, plan: int) -> int:
     return int(np.random.SeedSequence([seed, plan]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def check_spawn_share(share: float) -> None:
+    """Refuse a share of episodes begun anywhere (``spawn_anywhere``) outside [0, 1]."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"spawn_anywhere is a share in [0, 1], got {share}")
 
 
 def plan_spawn(seed: int, plan: int, share: float) -> str:

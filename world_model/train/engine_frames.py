@@ -63,8 +63,9 @@ class EngineFramesConfig:
     def __post_init__(self) -> None:
         if self.frames < 1 or self.episode_frames < 1 or self.workers < 1 or self.shard_frames < 1:
             raise ValueError(f"frames, episode_frames, workers and shard_frames must be >= 1, got {self}")
-        if not 0.0 <= self.spawn_anywhere <= 1.0:
-            raise ValueError(f"spawn_anywhere is a share in [0, 1], got {self.spawn_anywhere}")
+        from world_model.data.generate import check_spawn_share
+
+        check_spawn_share(self.spawn_anywhere)
         if self.held_out_every < 2:
             raise ValueError(f"held_out_every must be >= 2, got {self.held_out_every}")
 

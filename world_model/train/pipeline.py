@@ -224,8 +224,9 @@ class PipelineOptions:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout}")
         if not 0.0 <= self.p_continue <= 1.0:
             raise ValueError(f"p_continue must be in [0, 1], got {self.p_continue}")
-        if not 0.0 <= self.spawn_anywhere <= 1.0:
-            raise ValueError(f"spawn_anywhere is a share in [0, 1], got {self.spawn_anywhere}")
+        from world_model.data.generate import check_spawn_share
+
+        check_spawn_share(self.spawn_anywhere)
         if self.spawn_anywhere and self.fake_data:
             raise ValueError("spawn_anywhere needs the ViZDoom engine's levels; fake_data has none")
         if not 0 <= self.segment_stride <= self.segment_latents:
@@ -828,7 +829,6 @@ def _final_dit(run: Path) -> str:
 
 def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> dict:
     from world_model.sampler import FlowUniPCSampler
-    from world_model.train.checkpoints import latest_checkpoint
     from world_model.train.clips import ClipSampler
     from world_model.train.loop import run_loop
     from world_model.train.sharpen import GeneratedChunks, SharpenOptions, SharpenStage
@@ -858,13 +858,6 @@ def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     held_pool = GeneratedChunks(dit, ClipSampler(held_lat, cfg, 1, use_memory=True), sampler, sopts, amp=amp)
     vopts = replace(_vae_opts(opts, 0), gan_ramp=opts.sharpen_gan_ramp)
     log.info("sharpen: the %s decoder learns the latents of the %s stage's DiT", opts.sharpen_decoder, source)
-    if latest_checkpoint(run / "sharpen") is not None:  # going on: the decoder its checkpoints hold
-        held = _shipped_vae(run, opts, cfg, torch.device("cpu"), stages=("sharpen",)).cfg.pruning_rate == 0.0
-        if held != full:
-            raise RuntimeError(
-                f"{run / 'sharpen'} holds the {'full' if held else 'pruned'} decoder; sharpen_decoder is "
-                f"{opts.sharpen_decoder!r}"
-            )
     stage = SharpenStage(
         _teacher_vae(run, opts, cfg, dev) if full else _shipped_vae(run, opts, cfg, dev, stages=("decoder",)),
         pool,

@@ -305,6 +305,13 @@ class SharpenStage(_Base):
     def load_state_dict(self, state: dict) -> None:
         """A full checkpoint resumes exactly (its reference decoder too); a slimmed one continues."""
         decoder = {k: v for k, v in state["student"].items() if is_decoder_side(k)}
+        mine = self.vae.state_dict()
+        if any(k in mine and v.shape != mine[k].shape for k, v in decoder.items()):
+            full = self.vae.cfg.pruning_rate == 0.0
+            raise RuntimeError(
+                f"the checkpoint holds the {'pruned' if full else 'full'} decoder; this stage trains the "
+                f"{'full' if full else 'pruned'} one (a run's sharpen stage goes on with the decoder it began with)"
+            )
         self.vae.load_state_dict(
             {k: v for k, v in state.get("live", decoder).items() if is_decoder_side(k)}, strict=False
         )
