@@ -19,7 +19,7 @@ _EPILOG = """\
 The simulator renders at the model's own resolution (128x128 for the embedded model) with the
 crop of the training data. Smoke run of every part on random weights (~10 s):
   mg3 eval --model tiny-random --out /tmp/eval --episodes 1 --fidelity-chunks 2 --control-chunks 2 \\
-    --idm-train-frames 300 --idm-held-out-frames 120 --idm-epochs 1 --memory-away-chunks 1 \\
+    --idm train --idm-train-frames 300 --idm-held-out-frames 120 --idm-epochs 1 --memory-away-chunks 1 \\
     --stability-chunks 3 --stability-edge-chunks 1 --speed-chunks 1 --sharpness-chunks 1 \\
     --controllability-chunks 1
 (--episodes 1 gives controllability 2 episodes: it shuffles actions across clips.)
@@ -148,12 +148,18 @@ def _parser() -> argparse.ArgumentParser:
         "--idm-size",
         "longest side in pixels of the frames the inverse-dynamics model sees (128: the embedded model's)",
     )
-    g.add_argument("--idm", default=None, help="reuse a trained IDM (idm.safetensors of an earlier run)")
+    g.add_argument(
+        "--idm",
+        default=d.idm,
+        help="the inverse-dynamics model that reads the video: shipped (the package's, trained on 288,000 simulator "
+        "frames of the train levels), train (one trained here: --idm-train-frames, --idm-epochs), or the "
+        "idm.safetensors of an earlier run (default: shipped)",
+    )
     g.add_argument(
         "--idm-vae",
         action="store_true",
-        help="train and score the IDM on simulator video passed through the model's VAE (the decoder's blur "
-        "without the model's dynamics); the default scores it on the simulator's own frames",
+        help="the IDM reads simulator video passed through the model's VAE (the decoder's blur without the "
+        "model's dynamics; with --idm train or a file trained so); the default reads the simulator's own frames",
     )
     g = p.add_argument_group("memory")
     count(g, "--memory-episodes", "go-and-return episodes", episodes=True)
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     def episodes(specific: int | None, default: int) -> int:
         return specific if specific is not None else args.episodes if args.episodes is not None else default
 
-    # every EvalOptions field has a flag of its name (--idm for idm_path); an episode count the user
+    # every EvalOptions field has a flag of its name; an episode count the user
     # leaves unset takes --episodes, then the default
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalOptions) if hasattr(args, f.name)}
     for name in values:
@@ -201,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             values[name] = episodes(values[name], getattr(d, name))
     if args.controllability_episodes is None:  # it shuffles actions across episodes: at least 2
         values["controllability_episodes"] = max(2, values["controllability_episodes"])
-    values.update(parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()), idm_path=args.idm)
+    values.update(parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
     try:
         opts = EvalOptions(**values)
     except ValueError as e:

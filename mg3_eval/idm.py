@@ -6,6 +6,7 @@ Keyboard classes: none, forward, back, left, right (strafes); yaw classes: none,
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from world_model.config import WorldModelConfig
 from world_model.model import WorldModel
 
 __all__ = [
+    "SHIPPED_IDM",
     "KEYBOARD_CLASSES",
     "MOUSE_CLASSES",
     "motion_labels",
@@ -35,7 +37,12 @@ __all__ = [
     "idm_predict",
     "accuracy",
     "confusion",
+    "idm_scores",
 ]
+
+# the IDM the control part reads the model's video with by default: trained on simulator frames of the train levels
+# (``python -m mg3_eval.idm_build``; its recipe and held-out scores in the file's metadata, InverseDynamics.info)
+SHIPPED_IDM = Path(__file__).with_name("assets") / "idm.safetensors"
 
 
 KEYBOARD_CLASSES = ("none", "forward", "back", "left", "right")
@@ -140,12 +147,23 @@ class InverseDynamics(nn.Module):
         self.keyboard = nn.Linear(128, len(KEYBOARD_CLASSES))
         self.mouse = nn.Linear(128, len(MOUSE_CLASSES))
 
-    def save(self, path: str | Path) -> None:
-        """Its weights as safetensors, with its window, width and frame size in the metadata (:meth:`load`)."""
+    def save(self, path: str | Path, info: dict | None = None) -> None:
+        """Its weights as safetensors, with its window, width and frame size in the metadata (:meth:`load`) and
+        ``info`` (JSON: how it was trained, what it scored; :meth:`info`)."""
         from safetensors.torch import save_file
 
         meta = {"window": str(self.window), "width": str(self.features[0].out_channels), "size": str(self.size)}
+        if info is not None:
+            meta["info"] = json.dumps(info)
         save_file(self.state_dict(), str(path), metadata=meta)
+
+    @staticmethod
+    def info(path: str | Path) -> dict:
+        """The ``info`` an IDM file was saved with (empty for files saved without)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("info", "{}"))
 
     @staticmethod
     def saved_size(path: str | Path) -> int:
@@ -370,6 +388,18 @@ def idm_predict(net: InverseDynamics, data: IDMData, batch_size: int = 512) -> t
         ms.append(lm.argmax(1).numpy())
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)  # noqa: E731
     return cat(kb), cat(ms)
+
+
+def idm_scores(net: InverseDynamics, data: IDMData) -> dict[str, object]:
+    """Accuracy and confusion (rows: label, columns: prediction) of ``net`` on the labelled windows of ``data``."""
+    pk, pm = idm_predict(net, data)
+    return {
+        "windows": len(data),
+        "keyboard_accuracy": accuracy(pk, data.keyboard),
+        "mouse_accuracy": accuracy(pm, data.mouse),
+        "keyboard_confusion": confusion(pk, data.keyboard, len(KEYBOARD_CLASSES)),
+        "mouse_confusion": confusion(pm, data.mouse, len(MOUSE_CLASSES)),
+    }
 
 
 def accuracy(pred: np.ndarray, label: np.ndarray, mask: np.ndarray | None = None) -> float | None:

@@ -61,9 +61,9 @@ RECORDED_PARTS = {
 @dataclass(frozen=True)
 class EvalOptions:
     """What :func:`run_evaluation` does. The defaults are the full evaluation of the embedded model:
-    every protocol covers the six test levels (control and memory: from the spawn and from a second
-    point of each level). Episode counts trade time for confidence; at 128x128 on a 2-core CPU a
-    chunk of the embedded model takes ~1.4 s per episode."""
+    every protocol covers the six test levels (memory: from the spawn and from a second point of each
+    level; control: from three points of each level, each twice). Episode counts trade time for
+    confidence; at 128x128 on a 2-core CPU a chunk of the embedded model takes ~1.4 s per episode."""
 
     parts: tuple[str, ...] = PARTS
     split: str = "test"
@@ -84,13 +84,16 @@ class EvalOptions:
     motion_yaw_rates: tuple[float, float] = (0.1, 0.25)  # release units per frame (1 unit = 15 degrees)
     motion_pitch_rates: tuple[float, float] = (0.05, 0.1)
     motion_lead_chunks: int = 0  # chunks of standing still before the measured one (0: the first chunk)
-    control_episodes: int = 12
+    control_episodes: int = 36  # ~3 minutes on a 2-core CPU; 12 (348 windows) moved the mouse score by 0.08
     control_chunks: int = 4
+    # the inverse-dynamics model that reads the video: "shipped" (mg3_eval.idm.SHIPPED_IDM, trained on 288,000
+    # simulator frames: held-out yaw ~0.91), "train" (one trained here with the idm_train_* options below: 24,000
+    # frames, held-out yaw ~0.85), or the path of a saved one (idm.safetensors of a "train" run)
+    idm: str = "shipped"
     idm_train_frames: int = 24_000
     idm_held_out_frames: int = 4_000
     idm_epochs: int = 10  # held-out simulator accuracy ~0.93 keyboard, ~0.85 yaw (4 epochs: 0.83, 0.75)
-    idm_path: str | None = None  # reuse a trained IDM (safetensors) instead of training one
-    idm_vae: bool = False  # IDM trained and scored on simulator video passed through the model's VAE
+    idm_vae: bool = False  # the IDM reads simulator video passed through the model's VAE (needs idm "train" or a file)
     idm_size: int = 64  # longest side of the IDM's luma frames (128: the embedded model's own; ~4x the training time)
     memory_episodes: int = 12
     memory_away_chunks: int = 3
@@ -141,13 +144,27 @@ class EvalOptions:
             )
         if self.idm_size < 16:
             raise ValueError(f"idm_size must be >= 16 pixels, got {self.idm_size}")
-        if self.idm_path is not None:
+        if self.idm != "train":
+            trained_here = [f for f in ("idm_train_frames", "idm_epochs") if getattr(self, f) != _DEFAULTS[f]]
+            if trained_here:
+                raise ValueError(f"{', '.join(trained_here)} apply to idm='train', not to idm={self.idm!r}")
+        if self.idm == "shipped" and (self.idm_vae or self.idm_size != _DEFAULTS["idm_size"]):
+            raise ValueError(
+                f"the shipped IDM reads the simulator's own frames at {_DEFAULTS['idm_size']} pixels; idm_vae and "
+                f"idm_size need idm='train' or a file trained so"
+            )
+        if self.idm not in ("train", "shipped"):
             from mg3_eval.idm import InverseDynamics
 
-            if not Path(self.idm_path).is_file():
-                raise ValueError(f"no IDM weights at {self.idm_path}")
-            if (size := InverseDynamics.saved_size(self.idm_path)) != self.idm_size:
-                raise ValueError(f"the IDM at {self.idm_path} sees {size}-pixel frames: pass --idm-size {size}")
+            if not Path(self.idm).is_file():
+                raise ValueError(f"idm must be shipped, train or an IDM file; no file at {self.idm}")
+            if (size := InverseDynamics.saved_size(self.idm)) != self.idm_size:
+                raise ValueError(f"the IDM at {self.idm} sees {size}-pixel frames: pass --idm-size {size}")
+            view = InverseDynamics.info(self.idm).get("view")  # None: saved before the info (the caller's word)
+            if view is not None and view.endswith("VAE") != self.idm_vae:
+                raise ValueError(
+                    f"the IDM at {self.idm} was trained on {view}: {'drop' if self.idm_vae else 'pass'} idm_vae"
+                )
         if self.teacher is not None:
             from world_model.model import MODEL_NAMES
 
@@ -155,8 +172,11 @@ class EvalOptions:
                 raise ValueError(f"teacher must be a registry name or a folder with base_model/, got {self.teacher!r}")
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalOptions)}
+
+
 def run_evaluation(
-    model: str | Path | WorldModel, out: str | Path, opts: EvalOptions = EvalOptions(), *, runtime=None
+    model: str | Path | WorldModel, out: str | Path, opts: EvalOptions | None = None, *, runtime=None
 ) -> dict[str, Any]:
     """Run the parts of ``opts`` on ``model`` (a loaded model, a registry name or a model folder) at
     its own resolution; writes ``out/metrics.json`` and PNG plots; returns the metrics (with
@@ -166,6 +186,7 @@ def run_evaluation(
     from world_model.model import load_world_model
     from world_model.runtime import RuntimeOptions
 
+    opts = opts if opts is not None else EvalOptions()
     runtime = runtime or (model.runtime if isinstance(model, WorldModel) else RuntimeOptions.for_device())
     wm = model if isinstance(model, WorldModel) else load_world_model(model, runtime)
     out = Path(out)
@@ -271,10 +292,10 @@ def run_evaluation(
                 split=opts.split,
                 episodes=opts.control_episodes,
                 chunks=opts.control_chunks,
+                idm=opts.idm,
                 idm_train_frames=opts.idm_train_frames,
                 idm_held_out_frames=opts.idm_held_out_frames,
                 idm_epochs=opts.idm_epochs,
-                idm_path=opts.idm_path,
                 idm_vae=opts.idm_vae,
                 idm_size=opts.idm_size,
                 seed=opts.seed,

@@ -227,11 +227,33 @@ def test_idm_files_keep_their_shape_and_options_refuse_a_mismatched_size(tmp_pat
     save_file(old.state_dict(), str(tmp_path / "old.safetensors"))
     assert InverseDynamics.saved_size(tmp_path / "old.safetensors") == 64
     assert InverseDynamics.load(tmp_path / "old.safetensors").size == 64
-    EvalOptions(parts=("control",), idm_path=str(tmp_path / "idm.safetensors"), idm_size=128)
+    EvalOptions(parts=("control",), idm=str(tmp_path / "idm.safetensors"), idm_size=128)
     with pytest.raises(ValueError, match="sees 128-pixel frames: pass --idm-size 128"):
-        EvalOptions(parts=("control",), idm_path=str(tmp_path / "idm.safetensors"))
+        EvalOptions(parts=("control",), idm=str(tmp_path / "idm.safetensors"))
     with pytest.raises(ValueError, match="idm_size must be >= 16"):
-        EvalOptions(parts=("control",), idm_size=8)
+        EvalOptions(parts=("control",), idm="train", idm_size=8)
+    net.save(tmp_path / "vae.safetensors", {"view": "simulator video through the model's VAE", "epochs": 3})
+    assert InverseDynamics.info(tmp_path / "vae.safetensors")["epochs"] == 3
+    assert InverseDynamics.info(tmp_path / "old.safetensors") == {}
+    EvalOptions(parts=("control",), idm=str(tmp_path / "vae.safetensors"), idm_size=128, idm_vae=True)
+    with pytest.raises(ValueError, match="was trained on simulator video through the model's VAE: pass idm_vae"):
+        EvalOptions(parts=("control",), idm=str(tmp_path / "vae.safetensors"), idm_size=128)
+
+
+def test_idm_options_apply_only_where_they_do_something(tmp_path):
+    """The training options need idm="train"; the shipped IDM reads sharp 64-pixel frames; a missing file is refused."""
+    from mg3_eval.run import EvalOptions
+
+    EvalOptions(parts=("control",), idm="train", idm_train_frames=300, idm_epochs=1, idm_vae=True, idm_size=128)
+    for bad, match in (
+        (dict(idm_train_frames=300), "idm_train_frames apply to idm='train', not to idm='shipped'"),
+        (dict(idm_epochs=3, idm=str(tmp_path)), "idm_epochs apply to idm='train'"),
+        (dict(idm_vae=True), "the shipped IDM reads the simulator's own frames"),
+        (dict(idm_size=128), "the shipped IDM reads the simulator's own frames at 64 pixels"),
+        (dict(idm=str(tmp_path / "none.safetensors")), "idm must be shipped, train or an IDM file"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            EvalOptions(parts=("control",), **bad)
 
 
 def test_idm_data_windows_stay_inside_clips():
@@ -323,11 +345,11 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     from mg3_env.cli import main
 
     out = tmp_path / "eval"
-    sizes = {"--episodes": 1, "--fidelity-chunks": 2, "--control-chunks": 2, "--idm-train-frames": 300}
-    sizes |= {"--idm-held-out-frames": 120, "--idm-epochs": 1, "--memory-away-chunks": 1, "--stability-chunks": 3}
-    sizes |= {"--stability-edge-chunks": 1, "--speed-chunks": 1}
+    sizes = {"--episodes": 1, "--fidelity-chunks": 2, "--control-chunks": 2, "--idm-held-out-frames": 120}
+    sizes |= {"--memory-away-chunks": 1, "--stability-chunks": 3, "--stability-edge-chunks": 1, "--speed-chunks": 1}
     small = [str(x) for kv in sizes.items() for x in kv]
-    parts = ["--parts", ",".join(_FIRST_PARTS)]
+    train_idm = ["--idm", "train", "--idm-train-frames", "300", "--idm-epochs", "1"]
+    parts = ["--parts", ",".join(_FIRST_PARTS), *train_idm]
     assert main(["eval", "--model", str(smoke_export), "--out", str(out), *small, *parts]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert {"fidelity", "distillation", "control", "memory", "stability", "speed", "targets"} <= set(m)
@@ -359,16 +381,43 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     assert m2["control"]["idm"]["loaded_from"] == str(out / "idm.safetensors")
     for k in ("held_out_keyboard_accuracy", "held_out_mouse_accuracy"):
         assert m2["control"]["idm"][k] == m["control"]["idm"][k], k
-    assert m["control"]["idm"]["view"] == "simulator video"
+    assert m["control"]["idm"]["view"] == "simulator video" == m2["control"]["idm"]["trained"]["view"]
+    trained = m2["control"]["idm"]["trained"]
+    assert (
+        trained["train_frames"] == 300
+        and trained["held_out_mouse_accuracy"] == m["control"]["idm"]["held_out_mouse_accuracy"]
+    )
+    by_key = m["control"]["model"]["mouse_accuracy_by_keyboard"]
+    assert set(by_key) == {"none", "forward", "back", "left", "right"}
 
     vae_view = tmp_path / "vae_view"  # the IDM trained and scored on simulator video through the VAE
-    assert (
-        main(["eval", "--model", str(smoke_export), "--out", str(vae_view), *small, "--parts", "control", "--idm-vae"])
-        == 0
-    )
+    args = [*small, "--parts", "control", *train_idm, "--idm-vae"]
+    assert main(["eval", "--model", str(smoke_export), "--out", str(vae_view), *args]) == 0
     m3 = json.loads((vae_view / "metrics.json").read_text())
     assert m3["control"]["idm"]["view"] == "simulator video through the model's VAE"
     assert m3["control"]["idm"]["held_out_windows"] > 0 and 0 <= m3["control"]["sim"]["mouse_accuracy"] <= 1
+    for wrong in (["--idm", str(vae_view / "idm.safetensors")], ["--idm", str(out / "idm.safetensors"), "--idm-vae"]):
+        with pytest.raises(SystemExit) as e:  # an IDM read on the other kind of video: refused before anything runs
+            main(
+                [
+                    "eval",
+                    "--model",
+                    str(smoke_export),
+                    "--out",
+                    str(tmp_path / "no"),
+                    *small,
+                    "--parts",
+                    "control",
+                    *wrong,
+                ]
+            )
+        assert e.value.code == 2 and not (tmp_path / "no").exists()
+
+    shipped = tmp_path / "shipped"  # the default: the package's IDM
+    assert main(["eval", "--model", str(smoke_export), "--out", str(shipped), *small, "--parts", "control"]) == 0
+    m4 = json.loads((shipped / "metrics.json").read_text())["control"]["idm"]
+    assert m4["loaded_from"] == "shipped" and m4["trained"]["train_frames"] == 288_000
+    assert not (shipped / "idm.safetensors").exists()
 
 
 def test_vae_roundtrip_keeps_shape_and_is_the_vae_reconstruction():

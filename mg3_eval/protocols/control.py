@@ -14,12 +14,13 @@ import numpy as np
 from mg3_eval.idm import (
     KEYBOARD_CLASSES,
     MOUSE_CLASSES,
+    SHIPPED_IDM,
     InverseDynamics,
     accuracy,
     collect_idm_data,
     command_actions,
     confusion,
-    idm_predict,
+    idm_scores,
     motion_labels,
     train_idm,
 )
@@ -116,6 +117,8 @@ def control(
                 "keyboard_accuracy": accuracy(pk, lk, feasible),
                 "mouse_accuracy": accuracy(pm, lm, feasible),
             },
+            # the yaw read while each key is commanded (a strafe that pans like a turn reads as one)
+            "mouse_accuracy_by_keyboard": {c: accuracy(pm, lm, lk == i) for i, c in enumerate(KEYBOARD_CLASSES)},
         }
     out["feasible_windows"] = int(feasible.sum())
     out["feasible_fraction"] = float(feasible.mean()) if len(feasible) else None
@@ -127,60 +130,65 @@ def evaluate_control(
     out: Path,
     *,
     split: str = "test",
-    episodes: int = 12,
+    episodes: int = 36,
     chunks: int = 4,
+    idm: str = "shipped",
     idm_train_frames: int = 24_000,
     idm_held_out_frames: int = 4_000,
     idm_epochs: int = 10,
-    idm_path: str | None = None,
     idm_vae: bool = False,
     idm_size: int = 64,
     seed: int = 0,
     batch_size: int = 6,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The control part of ``mg3 eval``: train the IDM on simulator frames of training levels (or
-    load ``idm_path``), save it as ``out/idm.safetensors``, score it on held-out simulator frames of
-    ``split``, then run :func:`control` from rest starts of ``split``. ``idm_vae``: the IDM trains
-    and scores on simulator video passed through the model's VAE. ``idm_size``: the longest side of the luma
-    frames the IDM sees (a loaded IDM's own must match). ``progress``: bars of the IDM's data and training (minutes
-    on a CPU)."""
+    """The control part of ``mg3 eval``: the IDM (``idm``: "shipped", :data:`SHIPPED_IDM`; "train", one trained
+    here on ``idm_train_frames`` simulator frames of training levels, saved as ``out/idm.safetensors``; else the path
+    of a saved one) scored on held-out simulator frames of ``split``, then :func:`control` from rest starts of
+    ``split``. ``idm_vae``: the IDM reads simulator video passed through the model's VAE (trained so here, or a saved
+    one that was). ``idm_size``: the longest side of the luma frames the IDM sees (a loaded IDM's own must match).
+    ``progress``: bars of the IDM's data and training (minutes on a CPU)."""
 
     cfg = wm.config
     t0 = time.perf_counter()
     vae_of = wm if idm_vae else None
-    loaded = InverseDynamics.load(idm_path) if idm_path else None
-    if loaded is not None and loaded.size != idm_size:
-        raise ValueError(f"the IDM at {idm_path} sees {loaded.size}-pixel frames, not {idm_size}")
+    view = "simulator video through the model's VAE" if idm_vae else "simulator video"
     collect = dict(vae_of=vae_of, size=idm_size, progress=progress)
-    held = collect_idm_data(cfg, idm_held_out_frames, split=split, seed=seed + 7, **collect)
-    if loaded is not None:
-        net = loaded
-        idm_info: dict[str, Any] = {"loaded_from": idm_path}
-    else:
+    if idm == "train":
         train = collect_idm_data(cfg, idm_train_frames, split="train", seed=seed, **collect)
         t1 = time.perf_counter()
         net = train_idm(train, epochs=idm_epochs, seed=seed, size=idm_size, progress=progress)
-        net.save(out / "idm.safetensors")
-        idm_info = {
+        idm_info: dict[str, Any] = {
+            "view": view,
+            "train_frames": idm_train_frames,
             "train_windows": len(train),
             "train_levels": "train split",
+            "epochs": idm_epochs,
+            "seed": seed,
             "train_seconds": time.perf_counter() - t1,
             "train_keyboard_classes": np.bincount(train.keyboard, minlength=len(KEYBOARD_CLASSES)).tolist(),
             "train_mouse_classes": np.bincount(train.mouse, minlength=len(MOUSE_CLASSES)).tolist(),
         }
-    pk, pm = idm_predict(net, held)
+    else:
+        path = SHIPPED_IDM if idm == "shipped" else Path(idm)
+        net = InverseDynamics.load(path)
+        if net.size != idm_size:
+            raise ValueError(f"the IDM at {path} sees {net.size}-pixel frames, not {idm_size}")
+        saved = InverseDynamics.info(path)
+        if saved.get("view", view) != view:  # files saved before the info: the caller's word
+            raise ValueError(f"the IDM at {path} was trained on {saved['view']}; this run reads {view}")
+        idm_info = {"loaded_from": "shipped" if idm == "shipped" else str(path), "trained": saved}
+    held = collect_idm_data(cfg, idm_held_out_frames, split=split, seed=seed + 7, **collect)
+    scores = idm_scores(net, held)
     idm_info.update(
         frame_size=idm_size,
-        view="simulator video through the model's VAE" if idm_vae else "simulator video",
-        held_out_windows=len(held),
+        view=view,
         held_out_levels=f"{split} split",
-        held_out_keyboard_accuracy=accuracy(pk, held.keyboard),
-        held_out_mouse_accuracy=accuracy(pm, held.mouse),
-        held_out_keyboard_confusion=confusion(pk, held.keyboard, len(KEYBOARD_CLASSES)),
-        held_out_mouse_confusion=confusion(pm, held.mouse, len(MOUSE_CLASSES)),
+        **{f"held_out_{k}": v for k, v in scores.items()},
         seconds=time.perf_counter() - t0,
     )
+    if idm == "train":  # with its recipe and held-out scores (InverseDynamics.info), for --idm PATH later
+        net.save(out / "idm.safetensors", idm_info)
     starts = rest_starts(cfg, episodes, split=split, seed=seed + 2)
     res = control(
         wm,
