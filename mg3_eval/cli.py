@@ -140,9 +140,13 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("control")
     count(g, "--control-episodes", "episodes of commanded actions", episodes=True)
     count(g, "--control-chunks", "chunks per episode (one commanded keyboard and yaw class each)")
-    count(g, "--idm-train-frames", "simulator frames (train levels) to train the inverse-dynamics model on")
+    count(
+        g,
+        "--idm-train-frames",
+        "with --idm train: simulator frames (train levels) to train the inverse-dynamics model on",
+    )
     count(g, "--idm-held-out-frames", "simulator frames (evaluated levels) to score the inverse-dynamics model on")
-    count(g, "--idm-epochs", "training epochs of the inverse-dynamics model")
+    count(g, "--idm-epochs", "with --idm train: training epochs of the inverse-dynamics model")
     count(
         g,
         "--idm-size",
