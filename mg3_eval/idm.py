@@ -38,6 +38,7 @@ __all__ = [
     "accuracy",
     "confusion",
     "idm_scores",
+    "data_info",
 ]
 
 # the IDM the control part reads the model's video with by default: trained on simulator frames of the train levels
@@ -388,6 +389,16 @@ def idm_predict(net: InverseDynamics, data: IDMData, batch_size: int = 512) -> t
         ms.append(lm.argmax(1).numpy())
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)  # noqa: E731
     return cat(kb), cat(ms)
+
+
+def data_info(train: IDMData) -> dict[str, object]:
+    """What an IDM was trained on, for its info: windows and the count of each class."""
+    return {
+        "train_windows": len(train),
+        "train_levels": "train split",
+        "train_keyboard_classes": np.bincount(train.keyboard, minlength=len(KEYBOARD_CLASSES)).tolist(),
+        "train_mouse_classes": np.bincount(train.mouse, minlength=len(MOUSE_CLASSES)).tolist(),
+    }
 
 
 def idm_scores(net: InverseDynamics, data: IDMData) -> dict[str, object]:

@@ -20,6 +20,7 @@ from mg3_eval.idm import (
     collect_idm_data,
     command_actions,
     confusion,
+    data_info,
     idm_scores,
     motion_labels,
     train_idm,
@@ -161,13 +162,10 @@ def evaluate_control(
         idm_info: dict[str, Any] = {
             "view": view,
             "train_frames": idm_train_frames,
-            "train_windows": len(train),
-            "train_levels": "train split",
+            **data_info(train),
             "epochs": idm_epochs,
             "seed": seed,
             "train_seconds": time.perf_counter() - t1,
-            "train_keyboard_classes": np.bincount(train.keyboard, minlength=len(KEYBOARD_CLASSES)).tolist(),
-            "train_mouse_classes": np.bincount(train.mouse, minlength=len(MOUSE_CLASSES)).tolist(),
         }
     else:
         path = SHIPPED_IDM if idm == "shipped" else Path(idm)
