@@ -87,7 +87,7 @@ class EvalOptions:
     control_episodes: int = 36  # ~3 minutes on a 2-core CPU; 12 (348 windows) moved the mouse score by 0.08
     control_chunks: int = 4
     # the inverse-dynamics model that reads the video: "shipped" (mg3_eval.idm.SHIPPED_IDM, trained on 288,000
-    # simulator frames: held-out yaw ~0.91), "train" (one trained here with the idm_train_* options below: 24,000
+    # simulator frames: held-out yaw 0.90), "train" (one trained here with the idm_train_* options below: 24,000
     # frames, held-out yaw ~0.85), or the path of a saved one (idm.safetensors of a "train" run)
     idm: str = "shipped"
     idm_train_frames: int = 24_000
