@@ -20,6 +20,8 @@ __all__ = [
     "SimStart",
     "doom_config_for",
     "record_test_episodes",
+    "EVAL_EXPLORER",
+    "eval_explorer",
     "rest_starts",
     "play_commands",
     "play_command_sets",
@@ -81,11 +83,30 @@ def record_test_episodes(
         level = levels[len(out) % len(levels)]
         ep_seed = seed * 100_003 + attempt
         attempt += 1
-        ep = record_episode(level, num_frames, seed=ep_seed, doom=doom, workdir=workdir)
+        ep = record_episode(level, num_frames, seed=ep_seed, doom=doom, explorer=eval_explorer(), workdir=workdir)
         if len(ep.poses) < num_frames:
             continue
         out.append(SimEpisode(level.name, ep_seed, ep.prompt, ep.frames, ep.keyboard, ep.mouse, ep.poses))
     return out
+
+
+# The data engine's explorer as the evaluation plays it, pinned to the values every stored metrics file was made with
+# (sessions up to 38): a run's episodes pair with another's only while they play the same actions, so a new default
+# of the training data's explorer (world_model.data.explorer.ExplorerConfig) must not move them.
+EVAL_EXPLORER: dict[str, float | int | bool] = {
+    "min_turn_rate": 0.5, "max_turn_rate": 8.0, "pitch_limit": 30.0, "min_pitch_rate": 0.6, "max_pitch_rate": 3.0,
+    "look_while_moving": 0.55, "stuck_frames": 8, "stuck_distance": 6.0, "use_when_stuck": True,
+    "walk": 0.16, "walk_turn": 0.10, "turn": 0.11, "strafe": 0.20, "look": 0.30, "back": 0.06, "pause": 0.05,
+    "turn_and_return": 0.07, "walk_and_return": 0.07,
+}  # fmt: skip
+
+
+def eval_explorer(*, look: bool = True):
+    """The explorer config of :func:`record_test_episodes` (:data:`EVAL_EXPLORER`); ``look=False``: the camera kept
+    level, as the rest starts walk."""
+    from world_model.data.explorer import ExplorerConfig
+
+    return ExplorerConfig(**{**EVAL_EXPLORER, **({} if look else {"look": 0.0})})
 
 
 @dataclass
@@ -110,9 +131,9 @@ _SETTLE_FRAMES = 24  # no-op frames after walking: Doom's momentum has died out 
 
 
 def _start_explorer(seed: int):
-    from world_model.data.explorer import Explorer, ExplorerConfig
+    from world_model.data.explorer import Explorer
 
-    return Explorer(seed, ExplorerConfig(look=0.0))
+    return Explorer(seed, eval_explorer(look=False))
 
 
 def _replay_start(engine, start: SimStart) -> tuple[np.ndarray, np.ndarray, bool]:

@@ -464,6 +464,31 @@ def test_mg3_eval_reports_bad_arguments_and_missing_models(tmp_path, monkeypatch
     assert "cannot load a model the evaluation needs" in err and str(teacher) in err
 
 
+def test_the_evaluation_plays_a_pinned_explorer(monkeypatch, tmp_path):
+    """Recorded episodes and rest starts play EVAL_EXPLORER, every ExplorerConfig field pinned, whatever the data
+    explorer's defaults become (a new default would move every episode and unpair the stored references)."""
+    import dataclasses
+
+    import mg3_eval.simulator as sim
+    import world_model.data.explorer as explorer_module
+    from world_model.config import tiny
+    from world_model.data.explorer import ExplorerConfig
+
+    assert set(sim.EVAL_EXPLORER) == {f.name for f in dataclasses.fields(ExplorerConfig)}
+    assert sim.eval_explorer(look=False).look == 0.0 and sim.eval_explorer().look == sim.EVAL_EXPLORER["look"]
+    real = ExplorerConfig.__init__
+
+    def more_strafes(self, *args, **kwargs):  # the data's explorer with another default: the evaluation's unmoved
+        real(self, *args, **{"strafe": 0.9, **kwargs})
+
+    reference = sim.record_test_episodes(tiny(32, 32), 1, 40, split="test", workdir=tmp_path)
+    monkeypatch.setattr(explorer_module.ExplorerConfig, "__init__", more_strafes)
+    assert ExplorerConfig().strafe == 0.9
+    moved = sim.record_test_episodes(tiny(32, 32), 1, 40, split="test", workdir=tmp_path)
+    np.testing.assert_array_equal(moved[0].keyboard, reference[0].keyboard)
+    np.testing.assert_array_equal(moved[0].frames, reference[0].frames)
+
+
 def test_recorded_parts_name_their_episode_and_chunk_options():
     """Each part on the recorded episodes is a part, and the option fields it reads its counts from exist."""
     opts = EvalOptions(parts=tuple(RECORDED_PARTS))
