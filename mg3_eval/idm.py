@@ -39,6 +39,8 @@ __all__ = [
     "confusion",
     "idm_scores",
     "data_info",
+    "idm_view",
+    "check_idm_file",
 ]
 
 # the IDM the control part reads the model's video with by default: trained on simulator frames of the train levels
@@ -389,6 +391,21 @@ def idm_predict(net: InverseDynamics, data: IDMData, batch_size: int = 512) -> t
         ms.append(lm.argmax(1).numpy())
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)  # noqa: E731
     return cat(kb), cat(ms)
+
+
+def idm_view(vae: bool) -> str:
+    """What an IDM reads (its info's "view"): the simulator's own video, or that video through a model's VAE."""
+    return "simulator video through the model's VAE" if vae else "simulator video"
+
+
+def check_idm_file(path: str | Path, *, size: int, vae: bool) -> None:
+    """Refuse an IDM file that reads other frames than a run's: another frame size, or another view (a file saved
+    before its info was recorded has none: the caller's word). Reads the file's metadata only."""
+    if (saved := InverseDynamics.saved_size(path)) != size:
+        raise ValueError(f"the IDM at {path} sees {saved}-pixel frames: pass --idm-size {saved}")
+    view = InverseDynamics.info(path).get("view")
+    if view is not None and view != idm_view(vae):
+        raise ValueError(f"the IDM at {path} was trained on {view}: {'drop' if vae else 'pass'} idm_vae")
 
 
 def data_info(train: IDMData) -> dict[str, object]:

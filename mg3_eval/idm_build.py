@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 
-from mg3_eval.idm import SHIPPED_IDM, InverseDynamics, collect_idm_data, data_info, idm_scores, train_idm
+from mg3_eval.idm import (
+    SHIPPED_IDM,
+    InverseDynamics,
+    collect_idm_data,
+    data_info,
+    idm_scores,
+    idm_view,
+    train_idm,
+)
 from world_model.config import WorldModelConfig
 
 __all__ = ["build_idm", "main"]
@@ -45,7 +53,7 @@ def build_idm(
     t1 = time.perf_counter()
     net = train_idm(train, epochs=epochs, seed=seed, width=width, size=size, progress=progress)
     info = {
-        "view": "simulator video",
+        "view": idm_view(vae=False),
         "resolution": [cfg.stream.height, cfg.stream.width],
         "frame_size": size,
         "width": width,
@@ -60,6 +68,9 @@ def build_idm(
         **{f"held_out_{k}": v for k, v in idm_scores(net, held).items()},
     }
     return net, info
+
+
+_COUNTS = ("frames", "epochs", "held_out_frames", "width")  # options that must be >= 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
-    small = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in COUNTS and v < 1]
+    small = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in _COUNTS and v < 1]
     if small:
         p.error(f"expected counts >= 1, got {', '.join(small)}")
     if args.size < 16:
@@ -121,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     return 0
 
-
-COUNTS = ("frames", "epochs", "held_out_frames", "width")
 
 if __name__ == "__main__":
     raise SystemExit(main())

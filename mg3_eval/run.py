@@ -154,17 +154,11 @@ class EvalOptions:
                 f"idm_size need idm='train' or a file trained so"
             )
         if self.idm not in ("train", "shipped"):
-            from mg3_eval.idm import InverseDynamics
+            from mg3_eval.idm import check_idm_file
 
             if not Path(self.idm).is_file():
                 raise ValueError(f"idm must be shipped, train or an IDM file; no file at {self.idm}")
-            if (size := InverseDynamics.saved_size(self.idm)) != self.idm_size:
-                raise ValueError(f"the IDM at {self.idm} sees {size}-pixel frames: pass --idm-size {size}")
-            view = InverseDynamics.info(self.idm).get("view")  # None: saved before the info (the caller's word)
-            if view is not None and view.endswith("VAE") != self.idm_vae:
-                raise ValueError(
-                    f"the IDM at {self.idm} was trained on {view}: {'drop' if self.idm_vae else 'pass'} idm_vae"
-                )
+            check_idm_file(self.idm, size=self.idm_size, vae=self.idm_vae)
         if self.teacher is not None:
             from world_model.model import MODEL_NAMES
 
