@@ -43,11 +43,11 @@ def episodes(n: int) -> tuple[list, list]:
     train_levels = [lv.name for lv in levels_in_split("train")]
     held_levels = [lv.name for lv in levels_in_split("validation")]
     train = [
-        record_episode_store((train_levels[i * 9 % len(train_levels)], 300 + i, 300, 128, 128, "start"))
+        record_episode_store((train_levels[i * 9 % len(train_levels)], 300 + i, 300, 128, 128, "start", ""))
         for i in range(n)
     ]
     held = [
-        record_episode_store((held_levels[i % len(held_levels)], 900 + i, 300, 128, 128, "start")) for i in range(2)
+        record_episode_store((held_levels[i % len(held_levels)], 900 + i, 300, 128, 128, "start", "")) for i in range(2)
     ]
     return train, held
 

@@ -81,10 +81,10 @@ def test_engine_frames_spawns_train_episodes_only():
     from world_model.train.engine_frames import EngineFramesConfig, _plan
 
     cfg = EngineFramesConfig(frames=100, spawn_anywhere=1.0, held_out_every=3)
-    spawns = {_plan(cfg, p)[0]: set() for p in range(3)}
+    spawns = {_plan(cfg, p).split: set() for p in range(3)}
     for p in range(30):
-        split, _, _, spawn = _plan(cfg, p)
-        spawns[split].add(spawn)
+        plan = _plan(cfg, p)
+        spawns[plan.split].add(plan.spawn)
     assert spawns == {"train": {"anywhere"}, "held_out": {"start"}}
     with pytest.raises(ValueError, match="share"):
         EngineFramesConfig(frames=100, spawn_anywhere=1.5)

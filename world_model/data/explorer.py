@@ -27,13 +27,13 @@ than ``stuck_distance``, the plan is dropped and a recovery runs (press USE once
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from world_model.data.doom import Command
 
-__all__ = ["ExplorerConfig", "Explorer"]
+__all__ = ["ExplorerConfig", "Explorer", "explorer_from_spec"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,33 @@ class ExplorerConfig:
             raise ValueError(f"stuck_frames must be >= 2, got {self.stuck_frames}")
         if min(getattr(self, b) for b in _BEHAVIOURS) < 0 or sum(getattr(self, b) for b in _BEHAVIOURS) <= 0:
             raise ValueError("behaviour weights must be >= 0 with a positive sum")
+
+
+def explorer_from_spec(spec: str, base: ExplorerConfig | None = None) -> ExplorerConfig:
+    """``base`` (default: ``ExplorerConfig()``) with the fields a ``"name=value,name=value"`` spec names replaced,
+    e.g. ``"strafe=0.4"``; ``""`` is ``base`` itself. An unknown name or a value of the wrong kind raises."""
+    base = base or ExplorerConfig()
+    kinds = {f.name: type(getattr(base, f.name)) for f in fields(ExplorerConfig)}
+    changes: dict[str, float | int | bool] = {}
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        name, eq, value = (x.strip() for x in item.partition("="))
+        if not eq or name not in kinds:
+            raise ValueError(
+                f"explorer spec {spec!r}: expected name=value with a name of {', '.join(kinds)}, got {item!r}"
+            )
+        if name in changes:
+            raise ValueError(f"explorer spec {spec!r} names {name} twice")
+        kind = kinds[name]
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                changes[name] = value.lower() == "true"
+            else:
+                changes[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"explorer spec {spec!r}: {name} takes a {kind.__name__}, got {value!r}") from None
+    return replace(base, **changes)
 
 
 _MIN_ROTATION = 0.5  # degrees per frame; smaller rotations fall in the release's mouse deadzone (0.3 deg)

@@ -26,6 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -59,8 +60,14 @@ class EngineFramesConfig:
     # the share of train episodes that begin anywhere on their level (world_model.data.spawn); held-out episodes
     # begin at the start spot, as the evaluation's do
     spawn_anywhere: float = 0.0
+    # the explorer of the train episodes, as changes to ExplorerConfig's defaults ("strafe=0.4": explorer_from_spec);
+    # held-out episodes play the defaults, so that the held-out curve measures the same episodes
+    explorer: str = ""
 
     def __post_init__(self) -> None:
+        from world_model.data.explorer import explorer_from_spec
+
+        explorer_from_spec(self.explorer)  # raises on a bad spec before any episode is recorded
         if self.frames < 1 or self.episode_frames < 1 or self.workers < 1 or self.shard_frames < 1:
             raise ValueError(f"frames, episode_frames, workers and shard_frames must be >= 1, got {self}")
         from world_model.data.generate import check_spawn_share
@@ -70,27 +77,37 @@ class EngineFramesConfig:
             raise ValueError(f"held_out_every must be >= 2, got {self.held_out_every}")
 
 
-def _plan(cfg: EngineFramesConfig, p: int) -> tuple[str, str, int, str]:
-    """(split, level name, episode seed, spawn) of plan index p: deterministic for cfg.seed."""
+class _Plan(NamedTuple):
+    split: str  # "train" or "held_out"
+    level: str
+    seed: int  # the episode's
+    spawn: str  # DoomConfig.spawn
+    explorer: str  # explorer_from_spec's spec
+
+
+def _plan(cfg: EngineFramesConfig, p: int) -> _Plan:
+    """Plan index p's episode: deterministic for cfg.seed."""
     from world_model.data.generate import _plan_level, _plan_seed, plan_spawn
     from world_model.data.levels import levels_in_split
 
     split = "held_out" if p % cfg.held_out_every == cfg.held_out_every - 1 else "train"
     levels = levels_in_split("validation" if split == "held_out" else "train")
     spawn = plan_spawn(cfg.seed, p, cfg.spawn_anywhere) if split == "train" else "start"
-    return split, _plan_level(cfg.seed, p, levels).name, _plan_seed(cfg.seed, p), spawn
+    explorer = cfg.explorer if split == "train" else ""
+    return _Plan(split, _plan_level(cfg.seed, p, levels).name, _plan_seed(cfg.seed, p), spawn, explorer)
 
 
-def record_episode_store(args: tuple[str, int, int, int, int, str]) -> FrameStore:
+def record_episode_store(args: tuple[str, int, int, int, int, str, str]) -> FrameStore:
     """One episode -> a one-episode FrameStore (uint8 frames, actions, poses, prompt): the recorder pool's worker.
-    ``args``: level name, seed, frames, width, height, spawn (DoomConfig.spawn)."""
+    ``args``: level name, seed, frames, width, height, spawn (DoomConfig.spawn), explorer spec (explorer_from_spec)."""
     from world_model.data.doom import DoomConfig
+    from world_model.data.explorer import explorer_from_spec
     from world_model.data.generate import record_episode
     from world_model.data.levels import get_level
 
-    level, seed, length, width, height, spawn = args
+    level, seed, length, width, height, spawn, explorer = args
     doom = DoomConfig(width, height, spawn=spawn)
-    ep = record_episode(get_level(level), length, seed=seed, doom=doom)
+    ep = record_episode(get_level(level), length, seed=seed, doom=doom, explorer=explorer_from_spec(explorer))
     return FrameStore(
         frames=ep.frames,
         mouse=ep.mouse,
@@ -152,12 +169,12 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
     running: dict[Future, int] = {}
 
     def submit(pool: ProcessPoolExecutor, p: int) -> None:
-        _, level, seed, spawn = _plan(cfg, p)
-        args = (level, seed, cfg.episode_frames, cfg.width, cfg.height, spawn)
+        plan = _plan(cfg, p)
+        args = (plan.level, plan.seed, cfg.episode_frames, cfg.width, cfg.height, plan.spawn, plan.explorer)
         running[pool.submit(record_episode_store, args)] = p
 
     def planned_train() -> int:  # train frames committed or in flight (upper bound per episode)
-        in_flight = sum(1 for p in [*running.values(), *ready] if _plan(cfg, p)[0] == "train")
+        in_flight = sum(1 for p in [*running.values(), *ready] if _plan(cfg, p).split == "train")
         return (
             writers["train"].frames
             + sum(len(e.frames) for e in writers["train"].episodes)
@@ -186,7 +203,7 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
             while next_commit in ready:
                 ep = ready.pop(next_commit)
                 if ep is not None:
-                    split = _plan(cfg, next_commit)[0]
+                    split = _plan(cfg, next_commit).split
                     writers[split].add(ep)
                     if split == "train":
                         bar.update(len(ep.frames))
@@ -235,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shard-frames", type=int, default=50_000)
     p.add_argument("--episode-frames", type=int, default=1000)
     p.add_argument("--spawn-anywhere", type=float, default=0.0, help="share of train episodes begun anywhere (0-1)")
+    p.add_argument(
+        "--explorer", default="", help='the train episodes\' explorer, changes to its defaults ("strafe=0.4")'
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -247,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         episode_frames=a.episode_frames,
         shard_frames=a.shard_frames,
         spawn_anywhere=a.spawn_anywhere,
+        explorer=a.explorer,
     )
     print(json.dumps(record_frames(a.out, cfg, progress=not a.no_progress)))
 

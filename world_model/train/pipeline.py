@@ -102,6 +102,9 @@ class PipelineOptions:
     # spot (engine_frames; world_model.data.spawn): the explorer stays near where it begins (6 train levels, 1,000
     # frames: 9-29 cells of 128 map units), so start-spot episodes show each level's start room and little else
     spawn_anywhere: float = 0.0
+    # the train episodes' explorer, as changes to ExplorerConfig's defaults ("strafe=0.4": explorer_from_spec;
+    # engine_frames); the held-out episodes play the defaults, so that the held-out curve measures the same episodes
+    explorer: str = ""
     vae_steps: int = 20_000
     vae_batch: int = 16
     vae_lr: float = 3e-4
@@ -229,6 +232,15 @@ class PipelineOptions:
         check_spawn_share(self.spawn_anywhere)
         if self.spawn_anywhere and self.fake_data:
             raise ValueError("spawn_anywhere needs the ViZDoom engine's levels; fake_data has none")
+        if self.explorer:
+            from world_model.data.explorer import explorer_from_spec
+
+            explorer_from_spec(self.explorer)
+            if self.fake_data or not self.engine_frames:
+                raise ValueError(
+                    "explorer changes the engine_frames recorder's train episodes; "
+                    "fake_data has no explorer and the H.264 dataset path (engine_frames=False) plays the defaults"
+                )
         if not 0 <= self.segment_stride <= self.segment_latents:
             raise ValueError(f"segment_stride must be in [0, segment_latents] (0: disjoint), got {self.segment_stride}")
         if self.vae_encoder_dim < 0:
@@ -379,6 +391,7 @@ def _start_engine_frames(run: Path, opts: PipelineOptions, status: StatusFile) -
             "--frames", str(opts.frames), "--size", str(cfg.stream.height), str(cfg.stream.width),
             "--workers", str(opts.workers), "--seed", str(opts.seed), "--no-progress",
             "--episode-frames", str(opts.episode_frames), "--spawn-anywhere", str(opts.spawn_anywhere),
+            "--explorer", opts.explorer,
             "--shard-frames", str(max(opts.episode_frames, min(50_000, opts.frames // 10))),
         ]  # fmt: skip
         log_file = open(run / "data" / "engine_frames.log", "ab")  # noqa: SIM115 - handed to the child
