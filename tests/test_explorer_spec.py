@@ -90,3 +90,14 @@ def test_the_recorder_plays_the_explorer_it_is_given(tmp_path):
     strafe = (kb[:, 2] != kb[:, 3]) & (kb[:, 0] == 0) & (kb[:, 1] == 0)
     # the rest: recoveries from walls (USE, back up, turn away); the default explorer strafes without a turn ~4 %
     assert len(kb) >= 120 and strafe.mean() > 0.4
+
+
+def test_the_data_engine_cli_takes_an_explorer(capsys):
+    from world_model.data.cli import _parser
+
+    args = _parser().parse_args(["generate", "--out", "d", "--frames", "10", "--explorer", "strafe=0.4,look=0"])
+    assert args.explorer == ExplorerConfig(strafe=0.4, look=0.0)
+    assert _parser().parse_args(["generate", "--out", "d", "--frames", "10"]).explorer is None
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["generate", "--out", "d", "--frames", "10", "--explorer", "strafes=0.4"])
+    assert "strafes=0.4" in capsys.readouterr().err

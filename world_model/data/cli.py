@@ -19,6 +19,15 @@ def _resolution(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _explorer(text: str):
+    from world_model.data.explorer import explorer_from_spec
+
+    try:
+        return explorer_from_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mg3 data", description="ViZDoom/Freedoom datasets in the LeRobot v3 layout")
     sub = p.add_subparsers(dest="command", required=True)
@@ -36,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--spawn-anywhere", type=float, default=0.0, metavar="SHARE",
         help="share of the train levels' episodes that begin at a random point and heading instead of the start (0-1)",
+    )  # fmt: skip
+    g.add_argument(
+        "--explorer", type=_explorer, default=None, metavar="SPEC",
+        help='the exploring policy as changes to its defaults, e.g. "strafe=0.4,look=0" (ExplorerConfig fields)',
     )  # fmt: skip
     g.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("summary", help="print a dataset's statistics")
@@ -58,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             frames=args.frames, width=args.resolution[0], height=args.resolution[1], workers=args.workers,
             seed=args.seed, episode_frames=args.episode_frames, levels=tuple(args.levels) if args.levels else None,
             tics_per_frame=args.tics_per_frame, crf=args.crf, preset=args.preset, spawn_anywhere=args.spawn_anywhere,
+            **({"explorer": args.explorer} if args.explorer is not None else {}),
         )  # fmt: skip
         t0 = time.perf_counter()
         reader = generate_dataset(args.out, cfg, progress=not args.no_progress)
