@@ -1,0 +1,154 @@
+"""Which input moves the picture while the model strafes: the strafe key, or the camera code the env integrates
+from it? A diagnostic of issue 13's mouse control (the model's strafes read as turns).
+
+From the start spot of each level it plays one chunk of each condition and measures the horizontal pan of the frames
+(pixels per frame, the shift that best aligns consecutive frames' grey images, averaged over the chunk):
+
+- the simulator strafing left (ViZDoom, the same start);
+- the model with the strafe key and the camera code integrated from it (what the env does);
+- the strafe key with the camera code of standing still (the keys' translation taken out of the integrated poses);
+- no key with the camera code of a left strafe;
+- a left turn at 2 degrees a frame (its pan does not depend on the depth: ~2.8 pixels at 90 degrees over 128).
+
+    python bench/strafe_pathways.py --model default --split test --levels 6 --json bench/results/strafe_pathways_test_cpu.json
+
+With ``--frames DIR`` (a raw-frame recording, ``python -m world_model.train.engine_frames --out DIR ...``) it measures
+the same pan over the recording's train frames of a strafe without W/S or rotation instead: what the DiT is taught.
+
+The camera code is changed by wrapping ``world_model.generator.integrate_poses`` for the chunk (the env's own
+integration is the only place the keys become poses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+
+CONDITIONS = {
+    # name: (strafe key held, yaw mouse units per frame, camera code: "keys" | "still" | "strafe")
+    "model, strafe key, camera as integrated": (True, 0.0, "keys"),
+    "model, strafe key, camera standing still": (True, 0.0, "still"),
+    "model, no key, camera of a strafe": (False, 0.0, "strafe"),
+    "model, turn left 2 deg/frame": (False, -2.0 / 15.0, "keys"),
+}
+
+
+def horizontal_pan(frames: np.ndarray, radius: int = 16) -> float:
+    """Mean |shift| in pixels between consecutive frames [T, H, W, 3], by least squares over the overlap."""
+    grey = frames.astype(np.float32).mean(-1)
+    w = grey.shape[2]
+
+    def shift(a: np.ndarray, b: np.ndarray) -> int:
+        def err(s: int) -> float:
+            return float(np.mean((a[:, max(0, -s) : w - max(0, s)] - b[:, max(0, s) : w - max(0, -s)]) ** 2))
+
+        return min(range(-radius, radius + 1), key=err)
+
+    return float(np.mean([abs(shift(grey[i], grey[i + 1])) for i in range(len(grey) - 1)]))
+
+
+@contextlib.contextmanager
+def camera_code(mode: str) -> Iterator[None]:
+    """The env's pose integration for the duration: from the keys ("keys"), without the keys' translation
+    ("still"), or as if A were held ("strafe"); the mouse is integrated as given in every mode."""
+    import world_model.generator as generator
+    from world_model.camera import integrate_poses
+
+    def integrate(keyboard, mouse, start, cfg):
+        if mode != "keys":
+            keyboard = keyboard.clone()
+            keyboard[..., :4] = 0
+            if mode == "strafe":
+                keyboard[..., 2] = 1
+        return integrate_poses(keyboard, mouse, start, cfg)
+
+    generator.integrate_poses = integrate
+    try:
+        yield
+    finally:
+        generator.integrate_poses = integrate_poses
+
+
+def recorded_strafe_pan(folder: str, samples: int = 600) -> dict[str, float]:
+    """The pan of ``samples`` random frame pairs of a strafe (A xor D, no W/S, no rotation) in a recording's train
+    split, and the share of them in which the camera moved (more than 3 map units; the rest: against a wall)."""
+    from pathlib import Path
+
+    from world_model.train.engine_frames import load_shards
+    from world_model.train.frames import FrameStore
+
+    store = FrameStore.concat(load_shards(Path(folder) / "train"))
+    kb, mouse = store.keyboard, store.mouse
+    last = np.zeros(len(kb), bool)
+    last[store.starts[1:] - 1] = True  # an episode's last frame has no next frame
+    pure = (kb[:, 2] != kb[:, 3]) & (kb[:, 0] == 0) & (kb[:, 1] == 0) & (np.abs(mouse).max(1) < 0.02) & ~last
+    idx = np.random.default_rng(0).permutation(np.nonzero(pure)[0])[:samples]
+    pans = np.array([horizontal_pan(store.frames[i : i + 2]) for i in idx])
+    moved = np.linalg.norm(store.poses[idx + 1, :2] - store.poses[idx, :2], axis=1) > 3
+    return {
+        "pairs": int(len(idx)),
+        "strafe_share": float(pure.mean()),
+        "pan": float(pans.mean()),
+        "moving_share": float(moved.mean()),
+        "pan_moving": float(pans[moved].mean()),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mg3_env.env import MatrixGameEnv
+    from world_model.data.doom import Command, DoomConfig, DoomEngine, describe_look
+    from world_model.data.levels import levels_in_split
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--levels", type=int, default=6, help="levels, spread over the split's list")
+    p.add_argument("--frames", default=None, help="a raw-frame recording: measure its strafes instead")
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    if a.frames:
+        result = recorded_strafe_pan(a.frames)
+        print(json.dumps(result))
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"frames": a.frames, **result}, f, indent=1)
+        return
+    env = MatrixGameEnv(model=a.model)
+    v = env.vector_env
+    size = (v.single_observation_space["frames"].shape[2], v.single_observation_space["frames"].shape[1])
+    levels = levels_in_split(a.split)
+    levels = levels[:: max(1, len(levels) // a.levels)][: a.levels]
+    rows: dict[str, dict[str, float]] = {}
+    for level in levels:
+        with DoomEngine(level, DoomConfig(*size), seed=0, workdir=tempfile.mkdtemp()) as engine:
+            image, _ = engine.reset()
+            sim = [image] + [engine.step(Command(left=True))[0] for _ in range(v.frames_per_chunk)]
+        row = {"simulator, strafe left": horizontal_pan(np.stack(sim))}
+        for name, (strafe, yaw, mode) in CONDITIONS.items():
+            env.reset(options={"image": image, "prompt": level.prompt(describe_look(image))})
+            keyboard = np.zeros((v.frames_per_chunk, v.keyboard_dim), np.float32)
+            keyboard[:, 2] = float(strafe)
+            mouse = np.zeros((v.frames_per_chunk, 2), np.float32)
+            mouse[:, 1] = yaw
+            with camera_code(mode):
+                obs, *_ = env.step({"keyboard": keyboard, "mouse": mouse})
+            row[name] = horizontal_pan(obs["frames"])
+        rows[level.name] = row
+        print(level.name, {k: round(x, 2) for k, x in row.items()}, flush=True)
+    env.close()
+    mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in next(iter(rows.values()))}
+    print(f"\nmean |pan| px/frame over {len(rows)} {a.split} levels' start spots, one chunk each")
+    for k, x in mean.items():
+        print(f"  {k:45s} {x:6.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"model": a.model, "split": a.split, "mean": mean, "per_level": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
