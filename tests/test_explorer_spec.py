@@ -19,6 +19,7 @@ def test_a_spec_changes_the_named_fields_and_refuses_the_rest():
     assert (cfg.strafe, cfg.stuck_frames, cfg.use_when_stuck) == (0.4, 12, False)
     assert dataclasses.replace(cfg, strafe=0.2, stuck_frames=8, use_when_stuck=True) == ExplorerConfig()
     assert explorer_from_spec("walk=0.5", base=cfg).strafe == 0.4  # on top of another config
+    assert explorer_from_spec("look=0.5", base=ExplorerConfig(look=0)).look == 0.5  # the field's kind, not the value's
     for bad, match in [
         ("strafes=0.4", "name=value with a name of"),
         ("strafe", "name=value"),

@@ -83,7 +83,7 @@ def explorer_from_spec(spec: str, base: ExplorerConfig | None = None) -> Explore
     """``base`` (default: ``ExplorerConfig()``) with the fields a ``"name=value,name=value"`` spec names replaced,
     e.g. ``"strafe=0.4"``; ``""`` is ``base`` itself. An unknown name or a value of the wrong kind raises."""
     base = base or ExplorerConfig()
-    kinds = {f.name: type(getattr(base, f.name)) for f in fields(ExplorerConfig)}
+    kinds = {f.name: {"float": float, "int": int, "bool": bool}[str(f.type)] for f in fields(ExplorerConfig)}
     changes: dict[str, float | int | bool] = {}
     for item in filter(None, (i.strip() for i in spec.split(","))):
         name, eq, value = (x.strip() for x in item.partition("="))
