@@ -1,7 +1,8 @@
 """Which input moves the picture while the model strafes: the strafe key, or the camera code the env integrates
 from it? A diagnostic of issue 13's mouse control (the model's strafes read as turns).
 
-From the start spot of each level it plays one chunk of each condition and measures the horizontal pan of the frames
+From the start spot of each level (or, with ``--spawn anywhere --starts K``, from K random points and headings of each)
+it plays one chunk of each condition and measures the horizontal pan of the frames
 (pixels per frame, the shift that best aligns consecutive frames' grey images, averaged over the chunk):
 
 - the simulator strafing left (ViZDoom, the same start);
@@ -11,6 +12,10 @@ From the start spot of each level it plays one chunk of each condition and measu
 - a left turn at 2 degrees a frame (its pan does not depend on the depth: ~2.8 pixels at 90 degrees over 128).
 
     python bench/strafe_pathways.py --model default --split test --levels 6 --json bench/results/strafe_pathways_test_cpu.json
+
+The summary also gives the correlation, over the starts, of the model's pan (key and camera code as integrated) with
+the simulator's: a model that draws the parallax follows the depth of each place, one that slides by a fixed amount
+does not.
 
 With ``--frames DIR`` (a raw-frame recording, ``python -m world_model.train.engine_frames --out DIR ...``) it measures
 the same pan over the recording's train frames of a strafe without W/S or rotation instead: what the DiT is taught.
@@ -108,9 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
     p.add_argument("--levels", type=int, default=6, help="levels, spread over the split's list")
+    p.add_argument("--spawn", default="start", choices=("start", "anywhere"), help="where each chunk begins")
+    p.add_argument("--starts", type=int, default=1, help="starts per level (seeds of the spawn point with 'anywhere')")
     p.add_argument("--frames", default=None, help="a raw-frame recording: measure its strafes instead")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    if a.starts < 1 or (a.starts > 1 and a.spawn == "start"):
+        p.error("--starts takes 1 or more, and more than 1 only with --spawn anywhere (the start spot is one place)")
     if a.frames:
         result = recorded_strafe_pan(a.frames)
         print(json.dumps(result))
@@ -124,8 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     levels = levels_in_split(a.split)
     levels = levels[:: max(1, len(levels) // a.levels)][: a.levels]
     rows: dict[str, dict[str, float]] = {}
-    for level in levels:
-        with DoomEngine(level, DoomConfig(*size), seed=0, workdir=tempfile.mkdtemp()) as engine:
+    for level, seed in ((lv, s) for lv in levels for s in range(a.starts)):
+        with DoomEngine(level, DoomConfig(*size, spawn=a.spawn), seed=seed, workdir=tempfile.mkdtemp()) as engine:
             image, _ = engine.reset()
             sim = [image] + [engine.step(Command(left=True))[0] for _ in range(v.frames_per_chunk)]
         row = {"simulator, strafe left": horizontal_pan(np.stack(sim))}
@@ -138,16 +147,23 @@ def main(argv: list[str] | None = None) -> None:
             with camera_code(mode):
                 obs, *_ = env.step({"keyboard": keyboard, "mouse": mouse})
             row[name] = horizontal_pan(obs["frames"])
-        rows[level.name] = row
-        print(level.name, {k: round(x, 2) for k, x in row.items()}, flush=True)
+        key = level.name if a.spawn == "start" else f"{level.name}#{seed}"
+        rows[key] = row
+        print(key, {k: round(x, 2) for k, x in row.items()}, flush=True)
     env.close()
     mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in next(iter(rows.values()))}
-    print(f"\nmean |pan| px/frame over {len(rows)} {a.split} levels' start spots, one chunk each")
+    sim_pan = [r["simulator, strafe left"] for r in rows.values()]
+    model_pan = [r["model, strafe key, camera as integrated"] for r in rows.values()]
+    corr = float(np.corrcoef(sim_pan, model_pan)[0, 1]) if len(rows) > 2 and np.std(sim_pan) > 0 else float("nan")
+    where = "start spots" if a.spawn == "start" else "random points"
+    print(f"\nmean |pan| px/frame over {len(rows)} {a.split}-level {where}, one chunk each")
     for k, x in mean.items():
         print(f"  {k:45s} {x:6.2f}")
+    print(f"  correlation of the model's strafe pan with the simulator's over the starts: {corr:.2f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "split": a.split, "mean": mean, "per_level": rows}, f, indent=1)
+            out = {"model": a.model, "split": a.split, "spawn": a.spawn, "starts_per_level": a.starts}
+            json.dump({**out, "mean": mean, "correlation_with_simulator": corr, "per_level": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,11 @@ def test_a_recordings_strafe_pan(tmp_path):
     result = load_bench("strafe_pathways.py").recorded_strafe_pan(str(out), samples=50)
     assert result["pairs"] == 50 and result["strafe_share"] > 0.3  # 4 in 10 strafes turn
     assert result["pan"] > 0.5 and 0 < result["moving_share"] <= 1  # strafing slides the view
+
+
+def test_more_starts_than_one_need_random_points(capsys):
+    mod = load_bench("strafe_pathways.py")
+    for argv in (["--starts", "2"], ["--starts", "0", "--spawn", "anywhere"]):
+        with pytest.raises(SystemExit):
+            mod.main(argv)  # refused before any model or engine is loaded
+        assert "--starts" in capsys.readouterr().err
