@@ -80,18 +80,19 @@ def camera_code(mode: str) -> Iterator[None]:
 
 
 def recorded_strafe_pan(folder: str, samples: int = 600) -> dict[str, float]:
-    """The pan of ``samples`` random frame pairs of a strafe (A xor D, no W/S, no rotation) in a recording's train
-    split, and the share of them in which the camera moved (more than 3 map units; the rest: against a wall)."""
+    """The pan of ``samples`` random frame pairs of a strafe (the action class "strafe": A or D without W/S or a
+    rotation) in a recording's train split, and the share of them in which the camera moved (more than 3 map units;
+    the rest: against a wall)."""
     from pathlib import Path
 
+    from world_model.data.summary import action_masks
     from world_model.train.engine_frames import load_shards
     from world_model.train.frames import FrameStore
 
     store = FrameStore.concat(load_shards(Path(folder) / "train"))
-    kb, mouse = store.keyboard, store.mouse
-    last = np.zeros(len(kb), bool)
+    last = np.zeros(len(store.keyboard), bool)
     last[store.starts[1:] - 1] = True  # an episode's last frame has no next frame
-    pure = (kb[:, 2] != kb[:, 3]) & (kb[:, 0] == 0) & (kb[:, 1] == 0) & (np.abs(mouse).max(1) < 0.02) & ~last
+    pure = action_masks(store.mouse, store.keyboard)["strafe"] & ~last
     idx = np.random.default_rng(0).permutation(np.nonzero(pure)[0])[:samples]
     pans = np.array([horizontal_pan(store.frames[i : i + 2]) for i in idx])
     moved = np.linalg.norm(store.poses[idx + 1, :2] - store.poses[idx, :2], axis=1) > 3

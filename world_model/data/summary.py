@@ -20,6 +20,7 @@ __all__ = [
     "plot_pose_coverage",
     "format_summary",
     "action_histogram",
+    "action_masks",
     "format_action_histogram",
     "ACTION_CLASSES",
     "COVERAGE_CELL",
@@ -49,29 +50,26 @@ ACTION_CLASSES = (
 )
 
 
-def action_histogram(
-    mouse: np.ndarray, keyboard: np.ndarray, poses: np.ndarray | None = None, *, degrees_per_unit: float = 15.0
-) -> dict[str, Any]:
-    """Per-frame action classes of recorded actions.
-
-    ``mouse`` [T, 2] (pitch, yaw) in release units, ``keyboard`` [T, >=4] W S A D multi-hot, ``poses``
-    [T, 5] optional (for the fraction of frames whose camera is pitched). Returns fractions of T:
-    ``classes`` (the :data:`ACTION_CLASSES` partition), ``yaw_rate`` (|yaw| bins over all frames,
-    ``dead`` = under the deadzone), ``pitch`` (frames with pitch motion up / down / any, any of them
-    while a key is held, and ``pose |pitch| >= 1 deg``) and ``frames``.
-    """
+def _rotations(mouse: np.ndarray, degrees_per_unit: float) -> tuple[np.ndarray, np.ndarray]:
+    """(pitch change, |yaw| change) in degrees per frame of ``mouse`` [T, 2] in release units."""
     deg = np.asarray(mouse, np.float64).reshape(-1, 2) * degrees_per_unit
-    kb = np.asarray(keyboard).reshape(len(deg), -1)[:, :4] > 0.5
-    t = len(deg)
-    pitch, yaw = deg[:, 0], np.abs(deg[:, 1])
+    return deg[:, 0], np.abs(deg[:, 1])
+
+
+def action_masks(mouse: np.ndarray, keyboard: np.ndarray, *, degrees_per_unit: float = 15.0) -> dict[str, np.ndarray]:
+    """The frames of each :data:`ACTION_CLASSES` class: boolean [T] per class (at most one true per frame; none for
+    combinations the explorer never makes, e.g. W+S together). ``mouse`` [T, 2] (pitch, yaw) in release units,
+    ``keyboard`` [T, >=4] W S A D multi-hot."""
+    pitch, yaw = _rotations(mouse, degrees_per_unit)
+    kb = np.asarray(keyboard).reshape(len(pitch), -1)[:, :4] > 0.5
     fwd, back = kb[:, 0] & ~kb[:, 1], kb[:, 1] & ~kb[:, 0]
     strafe = (kb[:, 2] ^ kb[:, 3]) & ~fwd & ~back
     key = kb.any(1)
     p_live, y_live = np.abs(pitch) >= DEAD_DEG, yaw >= DEAD_DEG
     rot = p_live | y_live
-    lo, b2, b4, b8 = TURN_RATE_BINS
+    _, b2, b4, b8 = TURN_RATE_BINS
     turn = ~key & y_live & ~p_live
-    masks = {
+    return {
         "still": ~key & ~rot,
         "forward": fwd & ~rot,
         "back": back & ~rot,
@@ -87,6 +85,25 @@ def action_histogram(
         "strafe+turn": strafe & y_live & ~p_live,
         "move+pitch": key & p_live,
     }
+
+
+def action_histogram(
+    mouse: np.ndarray, keyboard: np.ndarray, poses: np.ndarray | None = None, *, degrees_per_unit: float = 15.0
+) -> dict[str, Any]:
+    """Per-frame action classes of recorded actions.
+
+    ``mouse`` [T, 2] (pitch, yaw) in release units, ``keyboard`` [T, >=4] W S A D multi-hot, ``poses``
+    [T, 5] optional (for the fraction of frames whose camera is pitched). Returns fractions of T:
+    ``classes`` (the :data:`ACTION_CLASSES` partition, :func:`action_masks`), ``yaw_rate`` (|yaw| bins over all
+    frames, ``dead`` = under the deadzone), ``pitch`` (frames with pitch motion up / down / any, any of them
+    while a key is held, and ``pose |pitch| >= 1 deg``) and ``frames``.
+    """
+    masks = action_masks(mouse, keyboard, degrees_per_unit=degrees_per_unit)
+    pitch, yaw = _rotations(mouse, degrees_per_unit)
+    t = len(pitch)
+    key = (np.asarray(keyboard).reshape(t, -1)[:, :4] > 0.5).any(1)
+    p_live = np.abs(pitch) >= DEAD_DEG
+    lo, b2, b4, b8 = TURN_RATE_BINS
     counted = np.zeros(t, np.int64)
     for m in masks.values():
         counted += m
