@@ -43,9 +43,10 @@ CONDITIONS = {
 }
 
 
-def horizontal_pan(frames: np.ndarray, radius: int = 16) -> float:
-    """Mean |shift| in pixels between consecutive frames [T, H, W, 3], by least squares over the overlap."""
-    grey = frames.astype(np.float32).mean(-1)
+def horizontal_pan(frames: np.ndarray, radius: int = 16, rows: slice = slice(None)) -> float:
+    """Mean |shift| in pixels between consecutive frames [T, H, W, 3] (of the given rows), by least squares over
+    the overlap."""
+    grey = frames[:, rows].astype(np.float32).mean(-1)
     w = grey.shape[2]
 
     def shift(a: np.ndarray, b: np.ndarray) -> int:
@@ -55,6 +56,20 @@ def horizontal_pan(frames: np.ndarray, radius: int = 16) -> float:
         return min(range(-radius, radius + 1), key=err)
 
     return float(np.mean([abs(shift(grey[i], grey[i + 1])) for i in range(len(grey) - 1)]))
+
+
+def band_pans(frames: np.ndarray, bands: int = 3) -> list[float]:
+    """The pan of each horizontal band of rows, top to bottom. A turn shifts every row alike (Doom's view turns about
+    the vertical axis), a sideways step shifts the near floor and ceiling (the top and bottom bands) more than the
+    far walls in the middle: the parallax an inverse-dynamics model can tell a strafe from a turn by."""
+    h = frames.shape[1]
+    edges = np.linspace(0, h, bands + 1).round().astype(int)
+    return [horizontal_pan(frames, rows=slice(int(a), int(b))) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def parallax(bands: list[float]) -> float:
+    """(top + bottom) / 2 - middle of three band pans, in pixels a frame: ~0 for a turn, > 0 for a step aside."""
+    return (bands[0] + bands[-1]) / 2 - bands[len(bands) // 2]
 
 
 @contextlib.contextmanager
@@ -134,11 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     levels = levels_in_split(a.split)
     levels = levels[:: max(1, len(levels) // a.levels)][: a.levels]
     rows: dict[str, dict[str, float]] = {}
+    band_rows: dict[str, dict[str, list[float]]] = {}
     for level, seed in ((lv, s) for lv in levels for s in range(a.starts)):
         with DoomEngine(level, DoomConfig(*size, spawn=a.spawn), seed=seed, workdir=tempfile.mkdtemp()) as engine:
             image, _ = engine.reset()
             sim = [image] + [engine.step(Command(left=True))[0] for _ in range(v.frames_per_chunk)]
         row = {"simulator, strafe left": horizontal_pan(np.stack(sim))}
+        band_row = {"simulator, strafe left": band_pans(np.stack(sim))}
         for name, (strafe, yaw, mode) in CONDITIONS.items():
             env.reset(options={"image": image, "prompt": level.prompt(describe_look(image))})
             keyboard = np.zeros((v.frames_per_chunk, v.keyboard_dim), np.float32)
@@ -148,11 +165,14 @@ def main(argv: list[str] | None = None) -> None:
             with camera_code(mode):
                 obs, *_ = env.step({"keyboard": keyboard, "mouse": mouse})
             row[name] = horizontal_pan(obs["frames"])
+            band_row[name] = band_pans(obs["frames"])
         key = level.name if a.spawn == "start" else f"{level.name}#{seed}"
         rows[key] = row
+        band_rows[key] = band_row
         print(key, {k: round(x, 2) for k, x in row.items()}, flush=True)
     env.close()
     mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in next(iter(rows.values()))}
+    bands = {k: np.mean([r[k] for r in band_rows.values()], axis=0).tolist() for k in mean}
     sim_pan = [r["simulator, strafe left"] for r in rows.values()]
     model_pan = [r["model, strafe key, camera as integrated"] for r in rows.values()]
     corr = float(np.corrcoef(sim_pan, model_pan)[0, 1]) if len(rows) > 2 and np.std(sim_pan) > 0 else float("nan")
@@ -161,10 +181,15 @@ def main(argv: list[str] | None = None) -> None:
     for k, x in mean.items():
         print(f"  {k:45s} {x:6.2f}")
     print(f"  correlation of the model's strafe pan with the simulator's over the starts: {corr:.2f}")
+    print("\nthe pan of the top / middle / bottom third of the rows, and the parallax (top + bottom) / 2 - middle")
+    for k, b in bands.items():
+        print(f"  {k:45s} {' / '.join(f'{x:.2f}' for x in b):20s} {parallax(b):+6.2f}")
     if a.json:
         with open(a.json, "w") as f:
             out = {"model": a.model, "split": a.split, "spawn": a.spawn, "starts_per_level": a.starts}
-            json.dump({**out, "mean": mean, "correlation_with_simulator": corr, "per_level": rows}, f, indent=1)
+            bands_out = {"bands_mean": bands, "parallax_mean": {k: parallax(b) for k, b in bands.items()}}
+            per = {"per_level": rows, "bands_per_level": band_rows}
+            json.dump({**out, "mean": mean, "correlation_with_simulator": corr, **bands_out, **per}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,21 @@ def test_the_pan_is_the_shift_between_frames():
     assert mod.horizontal_pan(np.stack([wide[:, :64]] * 4)) == 0.0
 
 
+def test_the_bands_tell_a_step_aside_from_a_turn():
+    mod = load_bench("strafe_pathways.py")
+    rng = np.random.default_rng(1)
+    wide = rng.integers(0, 255, (30, 120, 3)).astype(np.uint8)
+    turn = np.stack([wide[:, 30 - 2 * i : 94 - 2 * i] for i in range(5)])
+    assert mod.band_pans(turn) == [2.0, 2.0, 2.0] and mod.parallax(mod.band_pans(turn)) == 0.0
+    # a step aside: the near top and bottom bands slide 4 pixels a frame, the far middle 1
+    step = np.concatenate([turn[:, :10] * 0, turn[:, 10:20], turn[:, 20:] * 0], axis=1)
+    for i in range(5):
+        step[i, :10] = wide[:10, 30 - 4 * i : 94 - 4 * i]
+        step[i, 10:20] = wide[10:20, 30 - i : 94 - i]
+        step[i, 20:] = wide[20:, 30 - 4 * i : 94 - 4 * i]
+    assert mod.band_pans(step) == [4.0, 1.0, 4.0] and mod.parallax(mod.band_pans(step)) == 3.0
+
+
 def test_the_camera_code_modes_change_the_poses_and_are_undone():
     import world_model.generator as generator
     from world_model.camera import integrate_poses
