@@ -28,6 +28,7 @@ import torch
 from mg3_eval.metrics import psnr_pooled
 from mg3_eval.rollout import generate_videos
 from mg3_eval.simulator import SimEpisode, record_test_episodes
+from world_model.data.levels import split_level_prompt
 from world_model.generator import StreamingGenerator
 from world_model.model import load_world_model
 from world_model.runtime import RuntimeOptions
@@ -35,20 +36,12 @@ from world_model.runtime import RuntimeOptions
 VARIANTS = ("as recorded", "another level's title", "look only")
 
 
-def split_prompt(prompt: str) -> tuple[str, str]:
-    """A level prompt -> (the title sentence, the look sentence): ``Level.prompt``'s two sentences."""
-    head, sep, look = prompt.partition(" level. ")
-    if not sep:
-        raise ValueError(f"not a level prompt (no ' level. '): {prompt!r}")
-    return head + " level.", look
-
-
 def variant_prompts(episodes: list[SimEpisode], variant: str) -> list[str]:
     """The episodes' prompts under ``variant`` (one of :data:`VARIANTS`). *another level's title* takes the title of
     the next episode whose level differs (in turn), so every episode gets a real title that is not its own."""
     if variant == "as recorded":
         return [e.prompt for e in episodes]
-    parts = [split_prompt(e.prompt) for e in episodes]
+    parts = [split_level_prompt(e.prompt) for e in episodes]
     if variant == "look only":
         return [look for _, look in parts]
     if variant != "another level's title":

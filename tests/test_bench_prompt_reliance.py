@@ -7,7 +7,7 @@ import pytest
 
 from mg3_eval.simulator import SimEpisode
 from tests.bench_loader import load_bench
-from world_model.data.levels import levels_in_split
+from world_model.data.levels import levels_in_split, split_level_prompt
 
 
 def _episodes(names: list[str]) -> list[SimEpisode]:
@@ -23,14 +23,14 @@ def test_the_variants_swap_or_drop_the_title_and_keep_the_look():
     eps = _episodes([train[0], train[0], train[1]])
     recorded = mod.variant_prompts(eps, "as recorded")
     assert recorded == [e.prompt for e in eps]
-    title = [mod.split_prompt(p)[0] for p in recorded]
+    title = [split_level_prompt(p)[0] for p in recorded]
     looks = mod.variant_prompts(eps, "look only")
-    assert looks == [mod.split_prompt(p)[1] for p in recorded] and all(lk.startswith("A dark place") for lk in looks)
+    assert looks == [split_level_prompt(p)[1] for p in recorded] and all(lk.startswith("A dark place") for lk in looks)
     swapped = mod.variant_prompts(eps, "another level's title")
     for i, s in enumerate(swapped):
-        head, look = mod.split_prompt(s)
+        head, look = split_level_prompt(s)
         assert look == looks[i] and head != title[i] and head in title  # a real title, never the episode's own
-    assert mod.split_prompt(swapped[0])[0] == title[2]  # the next episode of another level
+    assert split_level_prompt(swapped[0])[0] == title[2]  # the next episode of another level
 
 
 def test_the_variants_refuse_what_they_cannot_do():
@@ -41,4 +41,4 @@ def test_the_variants_refuse_what_they_cannot_do():
     with pytest.raises(ValueError, match="unknown variant"):
         mod.variant_prompts(_episodes([train[0], train[1]]), "no such")
     with pytest.raises(ValueError, match="not a level prompt"):
-        mod.split_prompt("a picture of a room")
+        split_level_prompt("a picture of a room")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Level", "LEVELS", "SPLITS", "get_level", "levels_in_split"]
+__all__ = ["Level", "LEVELS", "SPLITS", "get_level", "levels_in_split", "split_level_prompt"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -52,6 +52,14 @@ class Level:
         """The level's prompt: its title and map plus a short description of how it looks."""
         game = "Freedoom: Phase 1" if self.wad == "freedoom1.wad" else "Freedoom: Phase 2"
         return f"First-person walk through {self.title} ({self.map}), a {game} level. {look}"
+
+
+def split_level_prompt(prompt: str) -> tuple[str, str]:
+    """A :meth:`Level.prompt` -> (the sentence naming the level, the look sentence)."""
+    head, sep, look = prompt.partition(" level. ")
+    if not sep or not head.startswith("First-person walk through "):
+        raise ValueError(f"not a level prompt (First-person walk through ... level. LOOK): {prompt!r}")
+    return head + " level.", look
 
 
 def _build() -> tuple[Level, ...]:

@@ -8,11 +8,14 @@ are embedded once with the model's text encoder.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 from torch import nn
 
 from world_model.config import VAEConfig
+from world_model.data.levels import split_level_prompt
 from world_model.train.clips import LatentStore
 from world_model.train.frames import FrameStore, mirrored_actions, segment_starts
 
@@ -47,6 +50,19 @@ def latent_statistics(
     return tuple(mean.tolist()), tuple(std.clamp_min(1e-3).tolist())
 
 
+def titled_episodes(store: FrameStore, share: float) -> np.ndarray:
+    """Which episodes of ``store`` keep the level's name in their prompt: bool [E], about ``share`` of them. Each
+    episode's lot is drawn from its first frame's index and its prompt (a hash), so that it does not depend on how a
+    recording is cut into shards or on the order they are encoded in."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"title_share must be in [0, 1], got {share}")
+    lots = [
+        zlib.crc32(f"{int(start)}:{prompt}".encode()) / 2**32
+        for start, prompt in zip(store.starts[:-1], store.prompts, strict=True)
+    ]
+    return np.asarray(lots) < share
+
+
 class NoSegmentError(ValueError):
     """No episode of a store is long enough for one segment."""
 
@@ -63,6 +79,7 @@ def encode_store(
     progress: bool = True,
     amp: bool | None = None,
     mirror: bool = False,
+    title_share: float = 1.0,
 ) -> LatentStore:
     """Encode every segment of ``store`` with ``vae`` (its config's statistics) into a LatentStore.
 
@@ -73,6 +90,10 @@ def encode_store(
     ``mirror``: every segment a second time, its frames flipped left-right, with the mirrored actions and poses
     (:func:`~world_model.train.frames.mirrored_actions`): segments ``S..2S-1`` are the mirrors of ``0..S-1``, and
     the per-frame arrays hold the mirrored frames' after the recorded ones (frame ``i``'s mirror is ``N + i``).
+    ``title_share``: the share of episodes whose segments keep the prompt that names their level
+    (:meth:`~world_model.data.levels.Level.prompt`); the rest carry its look sentence alone, so that the DiT cannot
+    recall a level from its name instead of reading the first frame (:func:`titled_episodes`; the prompts must be
+    level prompts when it is below 1).
     """
     from tqdm.auto import tqdm
 
@@ -83,10 +104,12 @@ def encode_store(
     if len(starts) == 0:
         raise NoSegmentError(f"no episode holds a segment of {frames} frames ({segment_latents} latents)")
     device = next(vae.parameters()).device
-    prompts = sorted(set(store.prompts))
+    keep = titled_episodes(store, title_share)
+    episode_prompts = [p if k else split_level_prompt(p)[1] for p, k in zip(store.prompts, keep, strict=True)]
+    prompts = sorted(set(episode_prompts))
     text = torch.cat([text_encoder.encode(prompts[i : i + 64]).float().cpu() for i in range(0, len(prompts), 64)])
     episode_of = np.searchsorted(store.starts, starts, side="right") - 1
-    seg_prompt = torch.tensor([prompts.index(store.prompts[e]) for e in episode_of], dtype=torch.int64)
+    seg_prompt = torch.tensor([prompts.index(episode_prompts[e]) for e in episode_of], dtype=torch.int64)
     amp = device.type == "cuda" if amp is None else amp
     arrays = [tuple(np.asarray(a, np.float32) for a in (store.mouse, store.keyboard, store.poses))]
     if mirror:

@@ -105,6 +105,11 @@ class PipelineOptions:
     # the train episodes' explorer, as changes to ExplorerConfig's defaults ("strafe=0.4": explorer_from_spec;
     # engine_frames); the held-out episodes play the defaults, so that the held-out curve measures the same episodes
     explorer: str = ""
+    # the share of train episodes whose prompt names their level (encode.titled_episodes); the rest carry the look
+    # sentence alone. Session 40 (bench/prompt_reliance.py): the shipped model's chunk-0 gain on train levels fell by
+    # 1.1 dB with another level's title in the prompt: it recalls levels by name, which no unseen level and no user's
+    # picture has. The held-out split keeps the titles, so that the held-out curve measures the same prompts
+    prompt_title: float = 1.0
     vae_steps: int = 20_000
     vae_batch: int = 16
     vae_lr: float = 3e-4
@@ -241,6 +246,12 @@ class PipelineOptions:
                     "explorer changes the engine_frames recorder's train episodes; "
                     "fake_data has no explorer and the H.264 dataset path (engine_frames=False) plays the defaults"
                 )
+        if not 0.0 <= self.prompt_title <= 1.0:
+            raise ValueError(f"prompt_title must be in [0, 1], got {self.prompt_title}")
+        if self.prompt_title < 1.0 and self.fake_data:
+            raise ValueError(
+                "prompt_title below 1 drops the level names of level prompts; fake_data's prompts have none"
+            )
         if not 0 <= self.segment_stride <= self.segment_latents:
             raise ValueError(f"segment_stride must be in [0, segment_latents] (0: disjoint), got {self.segment_stride}")
         if self.vae_encoder_dim < 0:
@@ -665,6 +676,7 @@ def _stage_encode(run: Path, opts: PipelineOptions, deadline: float | None) -> d
                 stride_latents=stride,
                 progress=opts.progress,
                 mirror=opts.mirror and name == "train",
+                title_share=opts.prompt_title if name == "train" else 1.0,
             )
 
         enc = _encode_split(run, name, encode, lambda n, name=name: status.update(**{f"{name}_segments": n}))
