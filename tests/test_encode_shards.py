@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -66,9 +65,9 @@ def test_concat_keeps_each_segment_with_its_frames_and_prompt(encoder):
         LatentStore.concat([])
 
 
-def _recording(tmp_path, shards, *, write_later: int):
+def _recording(tmp_path, shards, *, write_later: int, gate: threading.Event):
     """A run whose recorder (a sleeping process) has written the first shards; a thread writes the rest and
-    done.json a moment later."""
+    done.json once ``gate`` is set (or after 60 s: an encode that waits for the whole recording never sets it)."""
     from world_model.train.engine_frames import DONE
 
     run = tmp_path / "run"
@@ -81,7 +80,7 @@ def _recording(tmp_path, shards, *, write_later: int):
         s.save(train / f"part-{i:04d}")
 
     def finish():
-        time.sleep(2.5)
+        gate.wait(60)
         for i, s in enumerate(later, start=len(now)):
             s.save(train / f"part-{i:04d}")
         (run / "data" / "frames" / DONE).write_text(json.dumps({"train": 1}))
@@ -95,12 +94,15 @@ def test_shards_are_encoded_as_they_land(tmp_path, encoder):
     from world_model.train.pipeline import _encode_split
 
     shards = _shards()
-    run, recorder, thread = _recording(tmp_path, shards, write_later=1)
+    gate = threading.Event()
+    run, recorder, thread = _recording(tmp_path, shards, write_later=1, gate=gate)
     reports, last_written = [], []
     last = run / "data" / "frames" / "train" / "part-0002"
 
     def encode(store):
         last_written.append(last.exists())
+        if len(last_written) == 2:  # the recorder writes its last shard while the second is encoded (not on a timer:
+            gate.set()  # a loaded 2-core machine took longer than the 2.5 s once waited for the first two)
         return encoder(store, mirror=True)
 
     try:
