@@ -19,7 +19,6 @@ loses little to a wrong or missing title.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 import numpy as np
@@ -74,7 +73,6 @@ def main(argv: list[str] | None = None) -> None:
         wm = wm.with_sampler(num_steps=a.sampler_steps)
     t = StreamingGenerator(wm).first_chunk_frames
     eps = record_test_episodes(wm.config, a.episodes, t, split=a.split, spawn=a.spawn)
-    eps = [dataclasses.replace(e, frames=e.frames[:t], keyboard=e.keyboard[:t], mouse=e.mouse[:t]) for e in eps]
     truth = np.stack([e.frames for e in eps])
     repeat = psnr_pooled(np.broadcast_to(truth[:, :1], truth[:, 1:].shape), truth[:, 1:])
     kb, ms = np.stack([e.keyboard for e in eps]), np.stack([e.mouse for e in eps])
