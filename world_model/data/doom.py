@@ -157,6 +157,10 @@ def level_geometry(level: Level) -> LevelGeometry:
     (MAP15: 2.4 against 0.31 ms), and ViZDoom cannot turn the report off after ``init``."""
     from world_model.data.spawn import LevelGeometry
 
+    if level.generated is not None:
+        from world_model.data.procgen import generate_map
+
+        return generate_map(level.generated).geometry
     vzd = _vizdoom()
     return LevelGeometry.from_wad(os.path.join(os.path.dirname(vzd.__file__), level.wad), level.map)
 
@@ -181,6 +185,11 @@ class DoomEngine:
         self._native = (nw, nh)
         game = vzd.DoomGame()
         game.set_doom_game_path(os.path.join(os.path.dirname(vzd.__file__), level.wad))
+        if level.generated is not None:  # its map, written as a PWAD next to ViZDoom's ini (world_model.data.procgen)
+            from world_model.data.procgen import generate_map
+
+            wad = generate_map(level.generated).write_wad(Path(workdir) / f"generated-{level.generated}.wad")
+            game.set_doom_scenario_path(str(wad))
         game.set_doom_map(level.map)
         game.set_doom_config_path(str(Path(workdir) / "_vizdoom.ini"))
         game.set_screen_resolution(getattr(vzd.ScreenResolution, f"RES_{nw}X{nh}"))

@@ -1,16 +1,21 @@
-"""The Freedoom 1 and 2 levels shipped with ViZDoom: names, titles, train/validation/test split.
+"""The Freedoom 1 and 2 levels shipped with ViZDoom: names, titles, train/validation/test split; generated levels.
 
 Titles are the levels' own names (the ``HUSTR_*`` strings of the WADs' DEHACKED lumps). The split is
 by level so that evaluation can use levels never trained on: in the fixed order below (Freedoom 1
 E1M1..E4M9, then Freedoom 2 MAP01..MAP32), level i goes to validation if i % 10 == 8, to test if
 i % 10 == 9, else to train (56 / 6 / 6 levels).
+
+Generated levels (:mod:`world_model.data.procgen`) are named ``generated/<seed>``: a new map for every seed, in the
+looks of the train levels, always in the train split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Level", "LEVELS", "SPLITS", "get_level", "levels_in_split", "split_level_prompt"]
+import numpy as np
+
+__all__ = ["Level", "LEVELS", "SPLITS", "get_level", "generated_level", "levels_in_split", "split_level_prompt"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -36,20 +41,27 @@ _FREEDOOM2 = (
 
 @dataclass(frozen=True)
 class Level:
-    """One level: ``wad`` is ``freedoom1.wad`` or ``freedoom2.wad``, ``map`` e.g. ``E1M1`` or ``MAP01``."""
+    """One level: ``wad`` is ``freedoom1.wad`` or ``freedoom2.wad``, ``map`` e.g. ``E1M1`` or ``MAP01``;
+    ``generated`` the seed of a generated level (its map is MAP01 of a PWAD made from the seed, on freedoom2.wad)."""
 
     wad: str
     map: str
     title: str
     split: str
+    generated: int | None = None
 
     @property
     def name(self) -> str:
-        """A unique name such as ``freedoom2/MAP01``."""
+        """A unique name such as ``freedoom2/MAP01`` or ``generated/17``."""
+        if self.generated is not None:
+            return f"generated/{self.generated}"
         return f"{self.wad.removesuffix('.wad')}/{self.map}"
 
     def prompt(self, look: str) -> str:
-        """The level's prompt: its title and map plus a short description of how it looks."""
+        """The level's prompt: its title and map plus a short description of how it looks. Every generated level
+        has the same title (no name to recall a room by)."""
+        if self.generated is not None:
+            return f"First-person walk through {self.title} (a generated map), a Freedoom: Phase 2 level. {look}"
         game = "Freedoom: Phase 1" if self.wad == "freedoom1.wad" else "Freedoom: Phase 2"
         return f"First-person walk through {self.title} ({self.map}), a {game} level. {look}"
 
@@ -76,8 +88,23 @@ def _build() -> tuple[Level, ...]:
 LEVELS: tuple[Level, ...] = _build()
 
 
+GENERATED_TITLE = "Generated Rooms"
+
+
+def generated_level(seed: int) -> Level:
+    """Generated level ``seed`` (>= 0): a train level whose map :func:`world_model.data.procgen.generate_map` makes."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"a generated level's seed is an integer >= 0, got {seed!r}")
+    return Level("freedoom2.wad", "MAP01", GENERATED_TITLE, "train", generated=int(seed))
+
+
 def get_level(name: str) -> Level:
-    """A level by name: ``freedoom2/MAP01``, or just ``MAP01`` / ``E1M1``."""
+    """A level by name: ``freedoom2/MAP01``, or just ``MAP01`` / ``E1M1``; ``generated/17`` for a generated one."""
+    if name.startswith("generated/"):
+        digits = name.removeprefix("generated/")
+        if not digits.isdigit():
+            raise KeyError(f"a generated level is named generated/<seed> (digits), got {name!r}")
+        return generated_level(int(digits))
     for level in LEVELS:
         if name in (level.name, level.map):
             return level

@@ -36,6 +36,7 @@ __all__ = [
     "EngineFramesConfig",
     "record_frames",
     "record_episode_store",
+    "plan_generated",
     "load_shards",
     "shard_folders",
     "ShardFeed",
@@ -63,6 +64,10 @@ class EngineFramesConfig:
     # the explorer of the train episodes, as changes to ExplorerConfig's defaults ("strafe=0.4": explorer_from_spec);
     # held-out episodes play the defaults, so that the held-out curve measures the same episodes
     explorer: str = ""
+    # the share of train episodes played on a generated level (world_model.data.procgen: a new map from each such
+    # episode's seed, in the train levels' looks) instead of one of the 56 train levels; held-out episodes play the
+    # validation levels
+    generated_levels: float = 0.0
 
     def __post_init__(self) -> None:
         from world_model.data.explorer import explorer_from_spec
@@ -73,6 +78,8 @@ class EngineFramesConfig:
         from world_model.data.generate import check_spawn_share
 
         check_spawn_share(self.spawn_anywhere)
+        if not 0.0 <= self.generated_levels <= 1.0:
+            raise ValueError(f"generated_levels is a share in [0, 1], got {self.generated_levels}")
         if self.held_out_every < 2:
             raise ValueError(f"held_out_every must be >= 2, got {self.held_out_every}")
 
@@ -94,7 +101,16 @@ def _plan(cfg: EngineFramesConfig, p: int) -> _Plan:
     levels = levels_in_split("validation" if split == "held_out" else "train")
     spawn = plan_spawn(cfg.seed, p, cfg.spawn_anywhere) if split == "train" else "start"
     explorer = cfg.explorer if split == "train" else ""
-    return _Plan(split, _plan_level(cfg.seed, p, levels).name, _plan_seed(cfg.seed, p), spawn, explorer)
+    seed = _plan_seed(cfg.seed, p)
+    if split == "train" and plan_generated(cfg.seed, p, cfg.generated_levels):
+        return _Plan(split, f"generated/{seed}", seed, spawn, explorer)  # a new map for this episode alone
+    return _Plan(split, _plan_level(cfg.seed, p, levels).name, seed, spawn, explorer)
+
+
+def plan_generated(seed: int, plan: int, share: float) -> bool:
+    """Whether plan ``plan``'s train episode plays a generated level: true for a ``share`` of the plans, drawn from
+    (seed, plan) alone (as :func:`world_model.data.generate.plan_spawn`)."""
+    return share > 0.0 and bool(np.random.default_rng([seed, plan, 17]).random() < share)
 
 
 def record_episode_store(args: tuple[str, int, int, int, int, str, str]) -> FrameStore:
@@ -255,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--explorer", default="", help='the train episodes\' explorer, changes to its defaults ("strafe=0.4")'
     )
+    p.add_argument(
+        "--generated-levels", type=float, default=0.0, help="share of train episodes on generated levels (0-1)"
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -268,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         shard_frames=a.shard_frames,
         spawn_anywhere=a.spawn_anywhere,
         explorer=a.explorer,
+        generated_levels=a.generated_levels,
     )
     print(json.dumps(record_frames(a.out, cfg, progress=not a.no_progress)))
 

@@ -110,6 +110,9 @@ class PipelineOptions:
     # 1.1 dB with another level's title in the prompt: it recalls levels by name, which no unseen level and no user's
     # picture has. The held-out split keeps the titles, so that the held-out curve measures the same prompts
     prompt_title: float = 1.0
+    # the share of train episodes played on generated levels (world_model.data.procgen; engine_frames): a new map
+    # for every such episode, in the train levels' looks, against 56 levels whose rooms the DiT learns to recall
+    generated_levels: float = 0.0
     vae_steps: int = 20_000
     vae_batch: int = 16
     vae_lr: float = 3e-4
@@ -246,6 +249,13 @@ class PipelineOptions:
                     "explorer changes the engine_frames recorder's train episodes; "
                     "fake_data has no explorer and the H.264 dataset path (engine_frames=False) plays the defaults"
                 )
+        if not 0.0 <= self.generated_levels <= 1.0:
+            raise ValueError(f"generated_levels must be in [0, 1], got {self.generated_levels}")
+        if self.generated_levels and (self.fake_data or not self.engine_frames):
+            raise ValueError(
+                "generated_levels is a share of the engine_frames recorder's train episodes; "
+                "fake_data has no levels and the H.264 dataset path (engine_frames=False) plays the Freedoom levels"
+            )
         if not 0.0 <= self.prompt_title <= 1.0:
             raise ValueError(f"prompt_title must be in [0, 1], got {self.prompt_title}")
         if self.prompt_title < 1.0 and self.fake_data:
@@ -402,7 +412,7 @@ def _start_engine_frames(run: Path, opts: PipelineOptions, status: StatusFile) -
             "--frames", str(opts.frames), "--size", str(cfg.stream.height), str(cfg.stream.width),
             "--workers", str(opts.workers), "--seed", str(opts.seed), "--no-progress",
             "--episode-frames", str(opts.episode_frames), "--spawn-anywhere", str(opts.spawn_anywhere),
-            "--explorer", opts.explorer,
+            "--explorer", opts.explorer, "--generated-levels", str(opts.generated_levels),
             "--shard-frames", str(max(opts.episode_frames, min(50_000, opts.frames // 10))),
         ]  # fmt: skip
         log_file = open(run / "data" / "engine_frames.log", "ab")  # noqa: SIM115 - handed to the child
