@@ -129,3 +129,18 @@ def test_the_recorder_records_generated_episodes(tmp_path):
     train = FrameStore.concat([FrameStore.load(p) for p in sorted((out / "train").glob("part-*"))])
     assert len(train.frames) >= 120 and all(lv.startswith("generated/") for lv in train.levels)
     assert all("Generated Rooms" in p for p in train.prompts)
+
+
+def test_the_bench_compares_generated_with_train_levels(tmp_path):
+    from tests.bench_loader import load_bench
+
+    mod = load_bench("generated_levels.py")
+    out, png = tmp_path / "r.json", tmp_path / "s.png"
+    r = mod.main(["--levels", "1", "--frames", "30", "--workers", "1", "--out", str(out), "--png", str(png)])
+    assert r["generated levels"]["episodes"][0]["level"] == "generated/0"
+    assert not r["train levels"]["episodes"][0]["level"].startswith("generated/")
+    for group in ("train levels", "generated levels"):
+        assert r[group]["cells"] >= 1 and r[group]["sharpness"] > 0
+    from PIL import Image
+
+    assert Image.open(png).size == (2 * 128, 2 * 128)  # two views of one episode, a row per group
