@@ -13,6 +13,7 @@ frame-to-frame change, the recording's frames/s. Prints a table, writes JSON wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -64,9 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
         "generated levels": [f"generated/{a.seed + i}" for i in range(len(picks))],
     }
     rows, views = {}, {}
-    with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as pool:
+    # one worker plays in this process (as the tests import this file, which a spawned worker could not)
+    pool = ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) if a.workers > 1 else None
+    with pool or contextlib.nullcontext():
         for group, names in groups.items():
-            eps = list(pool.map(_episode, [(n, 1000 + i, a.frames) for i, n in enumerate(names)]))
+            jobs = [(n, 1000 + i, a.frames) for i, n in enumerate(names)]
+            eps = list(pool.map(_episode, jobs) if pool else map(_episode, jobs))
             views[group] = np.concatenate([e.pop("views") for e in eps], axis=0)
             keys = ("cells", "stuck", "sharpness", "brightness", "change", "fps")
             rows[group] = {"episodes": eps, **{k: float(np.mean([e[k] for e in eps])) for k in keys}}
