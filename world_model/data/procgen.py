@@ -36,6 +36,9 @@ GENERATED_WAD = "freedoom2.wad"  # the IWAD whose textures a generated map uses
 TILE = 64  # map units per grid tile
 STEP = 24  # the highest floor step the player climbs
 # solid decorations (Doom thing types Freedoom draws): lamps, columns, barrels, torches, trees
+# flats drawn as lights (those of them the train levels use on a ceiling beside a wall are the fixtures' flats)
+_LIGHT_FLATS = frozenset({"TLITE6_1", "TLITE6_4", "TLITE6_5", "TLITE6_6", "GRNLITE1", "CEIL1_2", "CEIL1_3", "FLAT17",
+                          "FLAT2", "FLAT22", "CEIL3_4", "FLOOR1_7"})  # fmt: skip
 _DECORATIONS = (2028, 85, 86, 48, 30, 31, 32, 33, 36, 37, 2035, 44, 45, 46, 55, 56, 57, 35, 43, 54)
 
 
@@ -254,6 +257,7 @@ def generate_map(seed: int, *, size: int = 40) -> GeneratedMap:
     def style() -> Style:
         return styles[int(rng.choice(len(styles), p=p))]
 
+    lights = sorted({st.ceiling for st in styles} & _LIGHT_FLATS)
     rooms = _place_rooms(rng, size, int(rng.integers(6, 13)))
     grid = np.full((size, size), -1, np.int64)  # [x, y] -> sector, -1 = solid
     sectors: list[_Sector] = []
@@ -288,6 +292,14 @@ def generate_map(seed: int, *, size: int = 40) -> GeneratedMap:
                 ring = grid[cx - 1 : cx + 2, cy - 1 : cy + 2]
                 if (cx, cy) != r.centre and np.all(ring == s):
                     grid[cx, cy] = -1
+        # light fixtures: single ceiling tiles 8 units lower, a light flat of the train levels, brighter
+        if lights and base.style.ceiling != "F_SKY1":
+            for _ in range(int(rng.integers(0, 5))):
+                cx, cy = r.x0 + int(rng.integers(0, w)), r.y0 + int(rng.integers(0, h))
+                if grid[cx, cy] == s:
+                    light = min(255, base.style.light + int(rng.choice([32, 48, 64])))
+                    look = Style(base.style.wall, base.style.floor, lights[int(rng.integers(len(lights)))], light)
+                    grid[cx, cy] = add(_Sector(base.floor, base.ceiling - 8, look))
     # corridors: L-shaped, 1-3 tiles wide, carved through solid tiles only
     for a, b in _links(rng, rooms):
         (ax, ay), (bx, by) = rooms[a].centre, rooms[b].centre
@@ -304,7 +316,8 @@ def generate_map(seed: int, *, size: int = 40) -> GeneratedMap:
                         grid[x, y] = s
         # columns never cut a corridor off: a corridor's tiles are carved after them, through solid tiles
     grid = _keep_reachable(grid, rooms[0].centre)
-    udmf, geometry = _udmf(grid, sectors, rng)
+    accents = {s: style().wall for s in room_sector}  # a second wall texture of each room
+    udmf, geometry = _udmf(grid, sectors, rng, accents)
     sx, sy = rooms[0].centre
     start = ((sx + 0.5) * TILE, (sy + 0.5) * TILE, float(rng.integers(0, 8) * 45))
     things = _decorations(rng, grid, rooms, room_sector, start)
@@ -344,7 +357,7 @@ def _thing(x: float, y: float, angle: float, kind: int) -> str:
     return f"thing{{x={x:.1f};y={y:.1f};angle={int(angle)};type={kind};{flags}}}\n"
 
 
-def _udmf(grid: np.ndarray, sectors: list[_Sector], rng) -> tuple[str, LevelGeometry]:
+def _udmf(grid: np.ndarray, sectors: list[_Sector], rng, accents: dict[int, str]) -> tuple[str, LevelGeometry]:
     """Lines along the tile edges where the sector changes (runs of equal sectors merged into one line), the
     UDMF text of vertices, sides, lines and sectors, and the sectors' outlines."""
     used = np.unique(grid[grid >= 0])
@@ -396,8 +409,9 @@ def _udmf(grid: np.ndarray, sectors: list[_Sector], rng) -> tuple[str, LevelGeom
             if s < 0:
                 continue
             look = sectors[s].style
-            if back < 0:
-                stext.append(f'sidedef{{sector={renumber[s]};texturemiddle="{look.wall}";}}\n')
+            if back < 0:  # a wall: now and then in the accent of its area
+                wall = accents[s] if s in accents and rng.random() < 0.25 else look.wall
+                stext.append(f'sidedef{{sector={renumber[s]};texturemiddle="{wall}";}}\n')
             else:
                 stext.append(f'sidedef{{sector={renumber[s]};texturetop="{look.wall}";texturebottom="{look.wall}";}}\n')
             sides.append(len(stext) - 1)
