@@ -3,7 +3,8 @@
 56 train levels are 56 sets of rooms; a DiT trained on them draws those rooms back (their chunk-0 gain is ~2 dB
 higher than on levels it never saw). A generated level is a new layout from its seed alone: rooms of several
 sizes, heights and lights on a grid of 64-unit tiles, joined by corridors (a spanning tree plus a few loops), with
-columns, raised or sunken floors and solid decorations that show parallax when the player walks past them. Each
+columns, raised or sunken floors, ceiling lights, a second wall texture on some walls and solid decorations that
+show parallax when the player walks past them. Each
 room's walls, floor, ceiling and light are those of one wall of a train level (a one-sided line's middle texture,
 its sector's flats and light level, drawn in proportion to how often the train levels use them), so a generated
 level looks like Freedoom and never shows a texture only the held-out levels use.
