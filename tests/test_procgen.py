@@ -144,3 +144,24 @@ def test_the_bench_compares_generated_with_train_levels(tmp_path):
     from PIL import Image
 
     assert Image.open(png).size == (2 * 128, 2 * 128)  # two views of one episode, a row per group
+
+
+def test_a_hung_engine_stops_the_recorder_with_what_it_recorded(tmp_path):
+    import json
+    import time
+
+    from tests.recorder_workers import hang_on_odd_seeds
+    from world_model.train.engine_frames import DONE, EngineFramesConfig, _plan, record_frames
+
+    cfg = EngineFramesConfig(frames=64, episode_frames=8, workers=2, shard_frames=8, stall_seconds=20.0)
+    t0 = time.perf_counter()
+    result = record_frames(tmp_path / "f", cfg, progress=False, worker=hang_on_odd_seeds)
+    assert time.perf_counter() - t0 < 60  # not the hour the hung workers sleep
+    plans = [_plan(cfg, p) for p in range(16)]
+    # the plans that hung (odd seeds) and those queued behind them
+    assert result["stalled"] and any(plans[p].seed % 2 for p in result["stalled"])
+    assert all(plans[p].seed % 2 == 0 for p in range(min(result["stalled"])))
+    assert result["train"] > 0 and result["train"] % 8 == 0  # the episodes that did finish were kept
+    assert json.loads((tmp_path / "f" / DONE).read_text()) == result
+    with pytest.raises(ValueError, match="stall_seconds"):
+        EngineFramesConfig(frames=8, stall_seconds=0)

@@ -68,6 +68,9 @@ class EngineFramesConfig:
     # episode's seed, in the train levels' looks) instead of one of the 56 train levels; held-out episodes play the
     # validation levels
     generated_levels: float = 0.0
+    # when no episode finishes for this long, the recorder stops: it kills its workers, commits what it has and marks
+    # done.json "stalled" (a hung engine must not hold a GPU session's trainers, which wait for done.json, forever)
+    stall_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         from world_model.data.explorer import explorer_from_spec
@@ -80,6 +83,8 @@ class EngineFramesConfig:
         check_spawn_share(self.spawn_anywhere)
         if not 0.0 <= self.generated_levels <= 1.0:
             raise ValueError(f"generated_levels is a share in [0, 1], got {self.generated_levels}")
+        if self.stall_seconds <= 0:
+            raise ValueError(f"stall_seconds must be > 0, got {self.stall_seconds}")
         if self.held_out_every < 2:
             raise ValueError(f"held_out_every must be >= 2, got {self.held_out_every}")
 
@@ -162,8 +167,12 @@ class _ShardWriter:
         log.info("%s: shard %d written, %d frames in this split", self.folder.name, self.parts - 1, self.frames)
 
 
-def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = True) -> dict[str, int]:
-    """Record episodes until the train split holds ``cfg.frames`` frames; returns frames per split."""
+def record_frames(
+    out: str | Path, cfg: EngineFramesConfig, *, progress: bool = True, worker=record_episode_store
+) -> dict[str, int]:
+    """Record episodes until the train split holds ``cfg.frames`` frames; returns frames per split (and, when no
+    episode finished for ``cfg.stall_seconds``, ``"stalled"``: the plans still running, whose workers were killed).
+    ``worker`` plays one episode (:func:`record_episode_store`; a picklable stand-in in tests)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -180,6 +189,7 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
     bar = tqdm(total=cfg.frames, unit="frame", disable=not progress)
     log.info("recording %d train frames with %d workers", cfg.frames, cfg.workers)
     ready: dict[int, FrameStore | None] = {}
+    stalled: list[int] = []
     next_commit = next_plan = 0
     attempts: dict[int, int] = {}
     running: dict[Future, int] = {}
@@ -187,7 +197,14 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
     def submit(pool: ProcessPoolExecutor, p: int) -> None:
         plan = _plan(cfg, p)
         args = (plan.level, plan.seed, cfg.episode_frames, cfg.width, cfg.height, plan.spawn, plan.explorer)
-        running[pool.submit(record_episode_store, args)] = p
+        running[pool.submit(worker, args)] = p
+
+    def commit(p: int, ep: FrameStore | None) -> None:
+        if ep is not None:
+            split = _plan(cfg, p).split
+            writers[split].add(ep)
+            if split == "train":
+                bar.update(len(ep.frames))
 
     def planned_train() -> int:  # train frames committed or in flight (upper bound per episode)
         in_flight = sum(1 for p in [*running.values(), *ready] if _plan(cfg, p).split == "train")
@@ -204,7 +221,15 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
                 next_plan += 1
             if not running:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running, timeout=cfg.stall_seconds, return_when=FIRST_COMPLETED)
+            if not finished:
+                stalled = sorted(running.values())
+                log.error(
+                    "no episode finished in %.0f s (plans %s: %s): stopping with the frames recorded",
+                    cfg.stall_seconds, stalled, sorted({_plan(cfg, p).level for p in stalled}),
+                )  # fmt: skip
+                _kill_workers(pool)
+                break
             for fut in finished:
                 p = running.pop(fut)
                 try:
@@ -217,19 +242,25 @@ def record_frames(out: str | Path, cfg: EngineFramesConfig, *, progress: bool = 
                     else:
                         ready[p] = None
             while next_commit in ready:
-                ep = ready.pop(next_commit)
-                if ep is not None:
-                    split = _plan(cfg, next_commit).split
-                    writers[split].add(ep)
-                    if split == "train":
-                        bar.update(len(ep.frames))
+                commit(next_commit, ready.pop(next_commit))
                 next_commit += 1
+    for p in sorted(ready):  # after a stall: the episodes that finished behind the plans that hung
+        commit(p, ready.pop(p))
     for w in writers.values():
         w.flush()
     bar.close()
-    result = {s: w.frames for s, w in writers.items()}
+    result: dict = {s: w.frames for s, w in writers.items()}
+    if stalled:
+        result["stalled"] = stalled
     (out / DONE).write_text(json.dumps(result) + "\n")
     return result
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's worker processes (hung in an engine: shutdown would wait for them forever) and drop its queue."""
+    for proc in list(getattr(pool, "_processes", {}).values()):  # CPython's executor keeps them there (3.9-3.13)
+        proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def shard_folders(folder: str | Path) -> list[Path]:
@@ -274,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--generated-levels", type=float, default=0.0, help="share of train episodes on generated levels (0-1)"
     )
+    p.add_argument(
+        "--stall-seconds", type=float, default=300.0, help="stop when no episode finishes for this long (default 300)"
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -288,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         spawn_anywhere=a.spawn_anywhere,
         explorer=a.explorer,
         generated_levels=a.generated_levels,
+        stall_seconds=a.stall_seconds,
     )
     print(json.dumps(record_frames(a.out, cfg, progress=not a.no_progress)))
 
