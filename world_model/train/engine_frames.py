@@ -12,7 +12,10 @@ later shards are still being written::
     <out>/held_out/part-0000/ ...                         episodes of the validation levels
     <out>/done.json                                       written last (frames per split)
 
-Test levels are never played here. A failed episode is retried once, then left out (logged). An\nunfinished output folder is refused: recording is deterministic, so it is simply deleted and redone.
+Test levels are never played here. A failed episode is retried once, then left out (logged). When no episode
+finishes for ``stall_seconds`` (an engine hung), the recorder kills its workers, keeps the episodes that finished
+and writes ``done.json`` with the plans it gave up (``"stalled"``), so that trainers waiting for it go on. An
+unfinished output folder is refused: recording is deterministic, so it is simply deleted and redone.
 
     python -m world_model.train.engine_frames --out runs/frames --frames 1000000 --workers 15
 """
