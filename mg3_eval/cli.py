@@ -50,7 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)} (default: all)"
     )
-    p.add_argument("--split", default=d.split, choices=("train", "validation", "test"), help="levels (default: test)")
+    p.add_argument(
+        "--split",
+        default=d.split,
+        choices=("train", "validation", "test", "generated"),
+        help="levels (default: test; generated: 12 generated levels no training episode plays)",
+    )
     p.add_argument(
         "--spawn", default=d.spawn, choices=SPAWNS,
         help="where the recorded episodes of sharpness, fidelity, controllability and distillation begin: the "

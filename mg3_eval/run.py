@@ -108,8 +108,8 @@ class EvalOptions:
         bad = sorted(set(self.parts) - set(PARTS))
         if not self.parts or bad:
             raise ValueError(f"unknown evaluation parts {bad or '(none)'}; expected some of {list(PARTS)}")
-        if self.split not in ("train", "validation", "test"):
-            raise ValueError(f"split must be train, validation or test, got {self.split!r}")
+        if self.split not in ("train", "validation", "test", "generated"):
+            raise ValueError(f"split must be train, validation, test or generated, got {self.split!r}")
         if self.spawn not in SPAWNS:
             raise ValueError(f"spawn must be one of {SPAWNS}, got {self.spawn!r}")
         if self.spawn != "start" and set(self.parts) - set(RECORDED_PARTS):

@@ -165,3 +165,20 @@ def test_a_hung_engine_stops_the_recorder_with_what_it_recorded(tmp_path):
     assert json.loads((tmp_path / "f" / DONE).read_text()) == result
     with pytest.raises(ValueError, match="stall_seconds"):
         EngineFramesConfig(frames=8, stall_seconds=0)
+
+
+def test_the_evaluation_has_generated_levels_no_training_episode_plays():
+    from mg3_eval.cli import _parser as eval_parser
+    from mg3_eval.run import EvalOptions
+    from world_model.data.generate import _plan_seed
+    from world_model.data.levels import GENERATED_EVAL_SEED
+
+    levels = levels_in_split("generated")
+    assert len(levels) == 12 and all(lv.generated >= GENERATED_EVAL_SEED for lv in levels)
+    assert max(_plan_seed(s, p) for s in range(3) for p in range(2000)) < GENERATED_EVAL_SEED
+    assert EvalOptions(split="generated").split == "generated"
+    with pytest.raises(ValueError, match="generated"):
+        EvalOptions(split="elsewhere")
+    assert eval_parser().parse_args(["--out", "o", "--split", "generated"]).split == "generated"
+    with pytest.raises(ValueError, match="generated"):
+        levels_in_split("elsewhere")

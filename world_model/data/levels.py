@@ -111,7 +111,15 @@ def get_level(name: str) -> Level:
     raise KeyError(f"unknown level {name!r}; known levels are e.g. {LEVELS[0].name}, {LEVELS[-1].name}")
 
 
+# generated levels for evaluation: seeds from 2**31 up, which no recorder's episode draws (their seeds are below 2**31)
+GENERATED_EVAL_SEED = 2**31
+GENERATED_EVAL_LEVELS = 12
+
+
 def levels_in_split(split: str) -> tuple[Level, ...]:
+    """The levels of ``split``; ``"generated"``: 12 generated levels no training episode plays (for evaluation)."""
+    if split == "generated":
+        return tuple(generated_level(GENERATED_EVAL_SEED + i) for i in range(GENERATED_EVAL_LEVELS))
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ValueError(f"split must be one of {SPLITS} or 'generated', got {split!r}")
     return tuple(level for level in LEVELS if level.split == split)
