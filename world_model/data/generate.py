@@ -31,8 +31,8 @@ from world_model.data.poses import wrap_degrees
 from world_model.data.video import VideoEncoder
 
 __all__ = [
-    "RecordedEpisode", "record_episode", "GenerateConfig", "generate_dataset", "plan_spawn",
-    "check_spawn_share", "DEGREES_PER_MOUSE_UNIT",
+    "RecordedEpisode", "record_episode", "GenerateConfig", "generate_dataset", "plan_spawn", "plan_generated",
+    "check_share", "DEGREES_PER_MOUSE_UNIT",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.frames < 1 or self.episode_frames < 1 or self.workers < 1:
             raise ValueError("frames, episode_frames and workers must be >= 1")
-        check_spawn_share(self.spawn_anywhere)
+        check_share(self.spawn_anywhere)
         DoomConfig(self.width, self.height, self.tics_per_frame)  # validates the resolution
 
     def level_list(self) -> tuple[Level, ...]:
@@ -155,18 +155,29 @@ def _plan_seed(seed: int, plan: int) -> int:
     return int(np.random.SeedSequence([seed, plan]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def check_spawn_share(share: float) -> None:
-    """Refuse a share of episodes begun anywhere (``spawn_anywhere``) outside [0, 1]."""
+def check_share(share: float, name: str = "spawn_anywhere") -> None:
+    """Refuse a share of episodes (``spawn_anywhere``, ``generated_levels``, ...) outside [0, 1]."""
     if not 0.0 <= share <= 1.0:
-        raise ValueError(f"spawn_anywhere is a share in [0, 1], got {share}")
+        raise ValueError(f"{name} is a share in [0, 1], got {share}")
+
+
+def _plan_lot(seed: int, plan: int, salt: int) -> float:
+    """A uniform draw in [0, 1) from (seed, plan) alone, so that a plan's episode is the same however many plans run;
+    ``salt`` keeps the draws of different choices apart."""
+    return float(np.random.default_rng([seed, plan, salt]).random())
 
 
 def plan_spawn(seed: int, plan: int, share: float) -> str:
-    """Where plan ``plan``'s episode begins (DoomConfig.spawn): "anywhere" for a ``share`` of the plans, drawn
-    from (seed, plan) alone, so that a plan's episode is the same however many plans run."""
+    """Where plan ``plan``'s episode begins (DoomConfig.spawn): "anywhere" for a ``share`` of the plans."""
     if share <= 0.0:
         return "start"
-    return "anywhere" if np.random.default_rng([seed, plan, 13]).random() < share else "start"
+    return "anywhere" if _plan_lot(seed, plan, 13) < share else "start"
+
+
+def plan_generated(seed: int, plan: int, share: float) -> bool:
+    """Whether plan ``plan``'s train episode plays a generated level (world_model.data.procgen): true for a
+    ``share`` of the plans."""
+    return share > 0.0 and _plan_lot(seed, plan, 17) < share
 
 
 def _plan_level(seed: int, plan: int, levels: tuple[Level, ...]) -> Level:

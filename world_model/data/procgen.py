@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from world_model.data.spawn import LevelGeometry
+from world_model.data.spawn import LevelGeometry, _map_lumps, wad_directory
 
 __all__ = ["GeneratedMap", "Style", "generate_map", "train_styles", "GENERATED_PREFIX", "GENERATED_WAD"]
 
@@ -69,7 +69,10 @@ class GeneratedMap:
     geometry: LevelGeometry
     start: tuple[float, float, float]  # x, y, angle (degrees) in Doom map units
     rooms: int
-    sectors: int
+
+    @property
+    def sectors(self) -> int:
+        return len(self.geometry.floor)
 
     def wad_bytes(self) -> bytes:
         """A PWAD holding the map as MAP01 (marker, TEXTMAP, ENDMAP)."""
@@ -98,20 +101,16 @@ def _pwad(lumps: list[tuple[str, bytes]]) -> bytes:
 # ------------------------------------------------------------------------------------------------
 
 
-def _wad_directory(f) -> tuple[list[tuple[int, int]], list[str]]:
-    kind, count, at = struct.unpack("<4sii", f.read(12))
-    if kind not in (b"IWAD", b"PWAD"):
-        raise ValueError(f"{f.name} is not a WAD file")
-    f.seek(at)
-    raw = [struct.unpack("<ii8s", f.read(16)) for _ in range(count)]
-    return [(o, s) for o, s, _ in raw], [n.rstrip(b"\0").decode("ascii", "replace") for _, _, n in raw]
+def _name(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("ascii", "replace").upper()
 
 
+@functools.lru_cache(maxsize=4)
 def _texture_sizes(wad: Path) -> dict[str, tuple[int, int]]:
     """Wall textures of a WAD's TEXTURE1/TEXTURE2 lumps -> (width, height)."""
     out: dict[str, tuple[int, int]] = {}
     with open(wad, "rb") as f:
-        where, names = _wad_directory(f)
+        where, names = wad_directory(f)
         for lump in ("TEXTURE1", "TEXTURE2"):
             if lump not in names:
                 continue
@@ -121,20 +120,13 @@ def _texture_sizes(wad: Path) -> dict[str, tuple[int, int]]:
             count = struct.unpack_from("<i", data, 0)[0]
             for at in struct.unpack_from(f"<{count}i", data, 4):
                 name, _, width, height = struct.unpack_from("<8siHH", data, at)
-                out[name.rstrip(b"\0").decode("ascii", "replace").upper()] = (width, height)
+                out[_name(name)] = (width, height)
     return out
 
 
 def _map_walls(wad: Path, map_name: str) -> list[Style]:
     """One Style per one-sided line of a Doom-format map (its middle texture, its sector's flats and light)."""
-    with open(wad, "rb") as f:
-        where, names = _wad_directory(f)
-        start = names.index(map_name) + 1
-        lumps = {}
-        for (offset, size), name in zip(where[start : start + 11], names[start : start + 11]):
-            if name in ("LINEDEFS", "SIDEDEFS", "SECTORS") and name not in lumps:
-                f.seek(offset)
-                lumps[name] = f.read(size)
+    lumps = _map_lumps(Path(wad), map_name)
     line = np.frombuffer(lumps["LINEDEFS"], np.dtype([("pad", "<u2", 5), ("right", "<u2"), ("left", "<u2")]))
     side = np.frombuffer(lumps["SIDEDEFS"], np.dtype([("x", "<i2"), ("y", "<i2"), ("tex", "S8", 3), ("sector", "<u2")]))
     sector = np.frombuffer(
@@ -145,14 +137,7 @@ def _map_walls(wad: Path, map_name: str) -> list[Style]:
     for right in line["right"][line["left"] == 0xFFFF]:
         s = side[right]
         sec = sector[s["sector"]]
-        out.append(
-            Style(
-                s["tex"][2].rstrip(b"\0").decode("ascii", "replace").upper(),
-                sec["flats"][0].rstrip(b"\0").decode("ascii", "replace").upper(),
-                sec["flats"][1].rstrip(b"\0").decode("ascii", "replace").upper(),
-                int(sec["light"]),
-            )
-        )
+        out.append(Style(_name(s["tex"][2]), _name(sec["flats"][0]), _name(sec["flats"][1]), int(sec["light"])))
     return out
 
 
@@ -176,24 +161,18 @@ def train_styles() -> tuple[tuple[Style, ...], np.ndarray]:
 
     root = Path(os.path.dirname(_vizdoom().__file__))
     counts: dict[Style, int] = {}
-    sizes_by_wad: dict[str, dict[str, tuple[int, int]]] = {}
+    generated_sizes = _texture_sizes(root / GENERATED_WAD)
     for level in levels_in_split("train"):
-        if level.wad not in sizes_by_wad:
-            sizes_by_wad[level.wad] = _texture_sizes(root / level.wad)
+        sizes = _texture_sizes(root / level.wad)
         for style in _map_walls(root / level.wad, level.map):
             # the texture must exist in the IWAD the generated map loads with, at the same size
-            if _usable(style, sizes_by_wad[level.wad]) and _usable(style, _gen_sizes(root)):
+            if _usable(style, sizes) and _usable(style, generated_sizes):
                 counts[style] = counts.get(style, 0) + 1
     if not counts:
         raise RuntimeError("no usable wall of the train levels was found")
     styles = tuple(sorted(counts, key=lambda s: (s.wall, s.floor, s.ceiling, s.light)))
     p = np.array([counts[s] for s in styles], np.float64)
     return styles, p / p.sum()
-
-
-@functools.lru_cache(maxsize=1)
-def _gen_sizes(root: Path) -> dict[str, tuple[int, int]]:
-    return _texture_sizes(root / GENERATED_WAD)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,8 +225,10 @@ def _links(rng: np.random.Generator, rooms: list[_Room]) -> list[tuple[int, int]
     return links
 
 
+@functools.lru_cache(maxsize=8)
 def generate_map(seed: int, *, size: int = 40) -> GeneratedMap:
-    """The map of generated level ``seed`` (deterministic: the same seed gives the same map everywhere).
+    """The map of generated level ``seed`` (deterministic: the same seed gives the same map everywhere; cached, as
+    an episode's engine writes its WAD and its spawn point reads its geometry).
 
     ``size`` is the grid's side in 64-unit tiles (40: 2,560 map units, the extent of a mid-sized Freedoom level)."""
     if size < 16:
@@ -323,8 +304,7 @@ def generate_map(seed: int, *, size: int = 40) -> GeneratedMap:
     start = ((sx + 0.5) * TILE, (sy + 0.5) * TILE, float(rng.integers(0, 8) * 45))
     things = _decorations(rng, grid, rooms, room_sector, start)
     udmf += _thing(*start, 1) + "".join(_thing(x, y, 0.0, t) for x, y, t in things)
-    used = len(np.unique(grid[grid >= 0]))
-    return GeneratedMap(int(seed), udmf, geometry, start, len(rooms), used)
+    return GeneratedMap(int(seed), udmf, geometry, start, len(rooms))
 
 
 def _keep_reachable(grid: np.ndarray, start: tuple[int, int]) -> np.ndarray:
@@ -358,43 +338,35 @@ def _thing(x: float, y: float, angle: float, kind: int) -> str:
     return f"thing{{x={x:.1f};y={y:.1f};angle={int(angle)};type={kind};{flags}}}\n"
 
 
+def _edge_runs(grid: np.ndarray):
+    """The tile edges across the grid's second axis where the sector changes, merged along its first axis into runs
+    of the same pair: (j, i0, i1, sector of tile [i, j - 1], sector of tile [i, j]) for i in [i0, i1), -1 = solid.
+    ``grid`` gives the horizontal edges of a [x, y] grid; its transpose the vertical ones."""
+    size_i, size_j = grid.shape
+    padded = np.full((size_i, size_j + 2), -1, np.int64)
+    padded[:, 1:-1] = grid
+    for j in range(size_j + 1):
+        run = None
+        for i in range(size_i + 1):
+            pair = (int(padded[i, j]), int(padded[i, j + 1])) if i < size_i else None
+            if run is not None and pair != run[1]:
+                yield j, run[0], i, *run[1]
+                run = None
+            if pair is not None and pair[0] != pair[1] and run is None:
+                run = (i, pair)
+
+
 def _udmf(grid: np.ndarray, sectors: list[_Sector], rng, accents: dict[int, str]) -> tuple[str, LevelGeometry]:
     """Lines along the tile edges where the sector changes (runs of equal sectors merged into one line), the
     UDMF text of vertices, sides, lines and sectors, and the sectors' outlines."""
     used = np.unique(grid[grid >= 0])
     renumber = {int(s): i for i, s in enumerate(used)}
-    size_x, size_y = grid.shape
     segments: list[tuple[tuple[int, int], tuple[int, int], int, int]] = []  # v1, v2, front, back (-1: none)
 
-    def cell(x: int, y: int) -> int:
-        return int(grid[x, y]) if 0 <= x < size_x and 0 <= y < size_y else -1
-
-    for y in range(size_y + 1):  # horizontal edges: the tile below (y - 1) and above (y)
-        run = None
-        for x in range(size_x + 1):
-            pair = (cell(x, y - 1), cell(x, y)) if x < size_x else None
-            if run is not None and pair != run[1]:
-                (below, above), x0 = run[1], run[0]
-                if below >= 0:  # going +x the right-hand (front) side is below
-                    segments.append(((x0, y), (x, y), below, above))
-                else:
-                    segments.append(((x, y), (x0, y), above, below))
-                run = None
-            if pair is not None and pair[0] != pair[1] and run is None:
-                run = (x, pair)
-    for x in range(size_x + 1):  # vertical edges: the tile left (x - 1) and right (x)
-        run = None
-        for y in range(size_y + 1):
-            pair = (cell(x - 1, y), cell(x, y)) if y < size_y else None
-            if run is not None and pair != run[1]:
-                (left, right), y0 = run[1], run[0]
-                if right >= 0:  # going +y the right-hand (front) side is the right tile
-                    segments.append(((x, y0), (x, y), right, left))
-                else:
-                    segments.append(((x, y), (x, y0), left, right))
-                run = None
-            if pair is not None and pair[0] != pair[1] and run is None:
-                run = (y, pair)
+    for y, x0, x1, below, above in _edge_runs(grid):  # horizontal edges: going +x the front side is below
+        segments.append(((x0, y), (x1, y), below, above) if below >= 0 else ((x1, y), (x0, y), above, below))
+    for x, y0, y1, left, right in _edge_runs(grid.T):  # vertical edges: going +y the front side is the right tile
+        segments.append(((x, y0), (x, y1), right, left) if right >= 0 else ((x, y1), (x, y0), left, right))
 
     vertex: dict[tuple[int, int], int] = {}
     out = ['namespace = "zdoom";\n']

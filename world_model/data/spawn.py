@@ -140,22 +140,27 @@ class LevelGeometry:
 _MAP_LUMPS = ("VERTEXES", "LINEDEFS", "SIDEDEFS", "SECTORS")
 
 
-def _map_lumps(wad: Path, map_name: str) -> dict[str, bytes]:
-    """The lumps ``_MAP_LUMPS`` of map ``map_name`` (its marker lump, e.g. E1M1 or MAP01, and the lumps after it)."""
+def wad_directory(f) -> tuple[list[tuple[int, int]], list[str]]:
+    """An open WAD file's directory: (offset, size) of each lump and its name, in order."""
     import struct
 
+    kind, count, at = struct.unpack("<4sii", f.read(12))
+    if kind not in (b"IWAD", b"PWAD"):
+        raise ValueError(f"{f.name} is not a WAD file")
+    f.seek(at)
+    raw = [struct.unpack("<ii8s", f.read(16)) for _ in range(count)]
+    return [(o, s) for o, s, _ in raw], [n.rstrip(b"\0").decode("ascii", "replace") for _, _, n in raw]
+
+
+def _map_lumps(wad: Path, map_name: str) -> dict[str, bytes]:
+    """The lumps ``_MAP_LUMPS`` of map ``map_name`` (its marker lump, e.g. E1M1 or MAP01, and the lumps after it)."""
     with open(wad, "rb") as f:
-        kind, count, at = struct.unpack("<4sii", f.read(12))
-        if kind not in (b"IWAD", b"PWAD"):
-            raise ValueError(f"{wad} is not a WAD file")
-        f.seek(at)
-        directory = [struct.unpack("<ii8s", f.read(16)) for _ in range(count)]
-        names = [name.rstrip(b"\0").decode("ascii", "replace") for _, _, name in directory]
+        where, names = wad_directory(f)
         if map_name not in names:
             raise ValueError(f"{wad} holds no map {map_name}")
         start = names.index(map_name) + 1
         out: dict[str, bytes] = {}
-        for (offset, size, _), name in zip(directory[start : start + 11], names[start : start + 11]):
+        for (offset, size), name in zip(where[start : start + 11], names[start : start + 11]):
             if name in _MAP_LUMPS and name not in out:
                 f.seek(offset)
                 out[name] = f.read(size)

@@ -39,7 +39,6 @@ __all__ = [
     "EngineFramesConfig",
     "record_frames",
     "record_episode_store",
-    "plan_generated",
     "load_shards",
     "shard_folders",
     "ShardFeed",
@@ -81,11 +80,10 @@ class EngineFramesConfig:
         explorer_from_spec(self.explorer)  # raises on a bad spec before any episode is recorded
         if self.frames < 1 or self.episode_frames < 1 or self.workers < 1 or self.shard_frames < 1:
             raise ValueError(f"frames, episode_frames, workers and shard_frames must be >= 1, got {self}")
-        from world_model.data.generate import check_spawn_share
+        from world_model.data.generate import check_share
 
-        check_spawn_share(self.spawn_anywhere)
-        if not 0.0 <= self.generated_levels <= 1.0:
-            raise ValueError(f"generated_levels is a share in [0, 1], got {self.generated_levels}")
+        check_share(self.spawn_anywhere)
+        check_share(self.generated_levels, "generated_levels")
         if self.stall_seconds <= 0:
             raise ValueError(f"stall_seconds must be > 0, got {self.stall_seconds}")
         if self.held_out_every < 2:
@@ -102,7 +100,7 @@ class _Plan(NamedTuple):
 
 def _plan(cfg: EngineFramesConfig, p: int) -> _Plan:
     """Plan index p's episode: deterministic for cfg.seed."""
-    from world_model.data.generate import _plan_level, _plan_seed, plan_spawn
+    from world_model.data.generate import _plan_level, _plan_seed, plan_generated, plan_spawn
     from world_model.data.levels import levels_in_split
 
     split = "held_out" if p % cfg.held_out_every == cfg.held_out_every - 1 else "train"
@@ -113,12 +111,6 @@ def _plan(cfg: EngineFramesConfig, p: int) -> _Plan:
     if split == "train" and plan_generated(cfg.seed, p, cfg.generated_levels):
         return _Plan(split, f"generated/{seed}", seed, spawn, explorer)  # a new map for this episode alone
     return _Plan(split, _plan_level(cfg.seed, p, levels).name, seed, spawn, explorer)
-
-
-def plan_generated(seed: int, plan: int, share: float) -> bool:
-    """Whether plan ``plan``'s train episode plays a generated level: true for a ``share`` of the plans, drawn from
-    (seed, plan) alone (as :func:`world_model.data.generate.plan_spawn`)."""
-    return share > 0.0 and bool(np.random.default_rng([seed, plan, 17]).random() < share)
 
 
 def record_episode_store(args: tuple[str, int, int, int, int, str, str]) -> FrameStore:

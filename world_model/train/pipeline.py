@@ -235,9 +235,9 @@ class PipelineOptions:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout}")
         if not 0.0 <= self.p_continue <= 1.0:
             raise ValueError(f"p_continue must be in [0, 1], got {self.p_continue}")
-        from world_model.data.generate import check_spawn_share
+        from world_model.data.generate import check_share
 
-        check_spawn_share(self.spawn_anywhere)
+        check_share(self.spawn_anywhere)
         if self.spawn_anywhere and self.fake_data:
             raise ValueError("spawn_anywhere needs the ViZDoom engine's levels; fake_data has none")
         if self.explorer:
@@ -249,15 +249,13 @@ class PipelineOptions:
                     "explorer changes the engine_frames recorder's train episodes; "
                     "fake_data has no explorer and the H.264 dataset path (engine_frames=False) plays the defaults"
                 )
-        if not 0.0 <= self.generated_levels <= 1.0:
-            raise ValueError(f"generated_levels must be in [0, 1], got {self.generated_levels}")
+        check_share(self.generated_levels, "generated_levels")
         if self.generated_levels and (self.fake_data or not self.engine_frames):
             raise ValueError(
                 "generated_levels is a share of the engine_frames recorder's train episodes; "
                 "fake_data has no levels and the H.264 dataset path (engine_frames=False) plays the Freedoom levels"
             )
-        if not 0.0 <= self.prompt_title <= 1.0:
-            raise ValueError(f"prompt_title must be in [0, 1], got {self.prompt_title}")
+        check_share(self.prompt_title, "prompt_title")
         if self.prompt_title < 1.0 and self.fake_data:
             raise ValueError(
                 "prompt_title below 1 drops the level names of level prompts; fake_data's prompts have none"
