@@ -44,7 +44,8 @@ class SimEpisode:
     """Simulator frames with the actions that produced them (action i moves frame i to i + 1).
 
     ``frames`` uint8 [T, H, W, 3]; ``keyboard`` float32 [T, 6]; ``mouse`` float32 [T, 2] in release
-    units; ``poses`` float64 [T, 5].
+    units; ``poses`` float64 [T, 5]; ``depth`` float32 [T, H, W] in map units when recorded with it
+    (:func:`record_test_episodes`, ``depth=True``).
     """
 
     level: str
@@ -54,6 +55,7 @@ class SimEpisode:
     keyboard: np.ndarray
     mouse: np.ndarray
     poses: np.ndarray
+    depth: np.ndarray | None = None
 
 
 def record_test_episodes(
@@ -65,16 +67,18 @@ def record_test_episodes(
     seed: int = 0,
     workdir=None,
     spawn: str = "start",
+    depth: bool = False,
 ) -> list[SimEpisode]:
     """``n`` episodes of ``num_frames`` frames played by the data engine's explorer (the training
     policy) from the spawn of the levels of ``split`` (``spawn="anywhere"``: from a point and heading of the level
     drawn from the episode's seed, DoomConfig.spawn), taken in turn. Episodes cut short by a level
-    exit or a teleporter are replaced by another seed of the same level."""
+    exit or a teleporter are replaced by another seed of the same level. ``depth``: each frame's depth as well
+    (DoomEngine.depth; the frames are the same with it)."""
     from world_model.data.generate import record_episode
     from world_model.data.levels import levels_in_split
 
     levels = levels_in_split(split)
-    doom = dataclasses.replace(doom_config_for(cfg), spawn=spawn)
+    doom = dataclasses.replace(doom_config_for(cfg), spawn=spawn, depth=depth)
     out: list[SimEpisode] = []
     attempt = 0
     while len(out) < n:
@@ -86,7 +90,7 @@ def record_test_episodes(
         ep = record_episode(level, num_frames, seed=ep_seed, doom=doom, explorer=eval_explorer(), workdir=workdir)
         if len(ep.poses) < num_frames:
             continue
-        out.append(SimEpisode(level.name, ep_seed, ep.prompt, ep.frames, ep.keyboard, ep.mouse, ep.poses))
+        out.append(SimEpisode(level.name, ep_seed, ep.prompt, ep.frames, ep.keyboard, ep.mouse, ep.poses, ep.depth))
     return out
 
 

@@ -36,12 +36,16 @@ __all__ = [
     "doom_to_pose",
     "describe_look",
     "DOOM_TIC_RATE",
+    "DEPTH_UNIT",
     "SPAWNS",
     "level_geometry",
 ]
 
 DOOM_TIC_RATE = 35
 SPAWNS = ("start", "anywhere")
+# map units per step of ViZDoom's 8-bit depth buffer (measured: walking straight at a wall, the buffer's value falls
+# one step per 7.1-7.4 units of the walk; tests/test_depth_oracle.py checks it)
+DEPTH_UNIT = 7.2
 WARMUP_TICS = 8  # ViZDoom ignores input for the first ~7 tics of an episode
 # 4:3 render modes (horizontal FOV 90 deg with square pixels); other aspects are centre crops of these
 _NATIVE_4X3 = ((160, 120), (200, 150), (256, 192), (320, 240), (400, 300), (512, 384), (640, 480), (800, 600),
@@ -68,6 +72,8 @@ class DoomConfig:
     # where an episode begins: "start" (the level's start spot) or "anywhere" (a point drawn uniformly over the
     # level's floor and a random heading, from the episode's seed: world_model.data.spawn)
     spawn: str = "start"
+    # also render the depth buffer (DoomEngine.depth: distance along the view in map units, per pixel of the frames)
+    depth: bool = False
 
     def __post_init__(self) -> None:
         if self.width % 2 or self.height % 2 or self.width <= 0 or self.height <= 0:
@@ -194,6 +200,7 @@ class DoomEngine:
         game.set_doom_config_path(str(Path(workdir) / "_vizdoom.ini"))
         game.set_screen_resolution(getattr(vzd.ScreenResolution, f"RES_{nw}X{nh}"))
         game.set_screen_format(vzd.ScreenFormat.RGB24)
+        game.set_depth_buffer_enabled(cfg.depth)
         for setter in ("hud", "minimal_hud", "weapon", "crosshair", "messages", "particles", "effects_sprites"):
             getattr(game, f"set_render_{setter}")(False)
         game.set_render_screen_flashes(False)
@@ -282,6 +289,22 @@ class DoomEngine:
         frame, pose = self._observe()
         return frame, pose, frame is None
 
+    def depth(self) -> np.ndarray:
+        """The current frame's depth, float32 [H, W] in map units (``cfg.depth`` must be on): the distance along the
+        horizontal view direction of what each pixel shows (Doom's renderer draws walls by it), in steps of
+        :data:`DEPTH_UNIT`, cropped and resized as the frames are (nearest: no depth between two surfaces)."""
+        if not self.cfg.depth:
+            raise RuntimeError("the depth buffer is off: DoomConfig(depth=True) renders it")
+        state = self.game.get_state()
+        if state is None:
+            raise RuntimeError("no current frame (the episode has ended)")
+        d = self._crop(state.depth_buffer)
+        if d.shape != (self.cfg.height, self.cfg.width):
+            rows = (np.arange(self.cfg.height) + 0.5) * d.shape[0] / self.cfg.height
+            cols = (np.arange(self.cfg.width) + 0.5) * d.shape[1] / self.cfg.width
+            d = d[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+        return d.astype(np.float32) * DEPTH_UNIT
+
     def close(self) -> None:
         self.game.close()
         if self._tmp is not None:
@@ -309,10 +332,13 @@ class DoomEngine:
         pose = doom_to_pose(r["x"], r["y"], r["z"], r["angle"], r["pitch"])
         return self._frame(state.screen_buffer), pose
 
-    def _frame(self, screen: np.ndarray) -> np.ndarray:
+    def _crop(self, screen: np.ndarray) -> np.ndarray:
         nh, nw = screen.shape[:2]
         top, left = (nh - self._crop_h) // 2, (nw - self._crop_w) // 2
-        crop = screen[top : top + self._crop_h, left : left + self._crop_w]
+        return screen[top : top + self._crop_h, left : left + self._crop_w]
+
+    def _frame(self, screen: np.ndarray) -> np.ndarray:
+        crop = self._crop(screen)
         if crop.shape[:2] == (self.cfg.height, self.cfg.width):
             return np.ascontiguousarray(crop)
         from PIL import Image

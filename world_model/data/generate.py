@@ -54,6 +54,7 @@ class RecordedEpisode:
     finished_early: bool
     num_stuck: int
     uses: int
+    depth: np.ndarray | None = None  # float32 [T, H, W] map units, with DoomConfig(depth=True) (DoomEngine.depth)
 
 
 def record_episode(
@@ -79,11 +80,12 @@ def record_episode(
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     doom = doom or DoomConfig()
     policy = Explorer(seed, explorer or ExplorerConfig())
-    keyboard, mouse, poses, kept = [], [], [], []
+    keyboard, mouse, poses, kept, depths = [], [], [], [], []
     uses = 0
     finished = False
     with DoomEngine(level, doom, seed=seed, workdir=workdir) as engine:
         frame, pose = engine.reset()
+        depth = engine.depth() if doom.depth else None
         prompt = level.prompt(describe_look(frame))
         for _ in range(num_frames):
             cmd: Command = policy.act(pose)
@@ -100,6 +102,9 @@ def record_episode(
                 video.write(frame)
             else:
                 kept.append(frame)
+            if depth is not None:
+                depths.append(depth)
+                depth = engine.depth()
             frame, pose = next_frame, next_pose
     t = len(poses)
     return RecordedEpisode(
@@ -113,6 +118,7 @@ def record_episode(
         finished_early=finished,
         num_stuck=policy.num_stuck,
         uses=uses,
+        depth=np.stack(depths) if depths else None,
     )
 
 
