@@ -13,7 +13,7 @@ depth, and scores per episode, each against repeat-first:
 - ``model`` (with ``--metrics``, a metrics.json of ``mg3 eval --parts fidelity`` on the same split, episodes and
   seed): the model's pooled chunk-0 gain per episode.
 
-Prints a table, writes JSON with ``--json`` and a strip with ``--png`` (per episode: the simulator's frames above
+Prints a table, writes JSON with ``--json`` and a strip with ``--png`` (the first four episodes: the simulator's frames above
 the oracle's, at frames 8, 24, 40, 56).
 
     python bench/chunk0_oracle.py --split test --episodes 18 --metrics M/metrics.json \\
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         from PIL import Image
 
         Path(a.png).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.concatenate(strips[:6], 0)).save(a.png)
+        Image.fromarray(np.concatenate(strips[:4], 0)).save(a.png)
     return result
 
 
