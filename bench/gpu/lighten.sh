@@ -27,7 +27,8 @@ case "${1:-}" in
       done
       rm -rf .carry/hold
     fi
-    git checkout -- $emb docs bench/gpu/state
+    # only what `out` removed (deleted tracked files): an edit made meanwhile (the model card) stays
+    git ls-files -d -z -- $emb docs bench/gpu/state | xargs -0 -r git checkout --
     git status --short -- $emb docs bench/gpu/state
     echo "embedded weights back"
     ;;
