@@ -169,7 +169,7 @@ class PartProbe:
     """Device time of each part (``begin``/``end`` around its calls), the latents every decode got,
     while ``flops`` holds an active FlopCounterMode each part's FLOPs per aten op, and on CUDA the
     peak of allocated memory within each part and outside them (``peak_bytes``: which part sets the
-    run's peak; the probe resets the allocator's peak statistic at every part boundary)."""
+    run's peak; the probe resets the allocator's peak statistic when made and at every part boundary)."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
@@ -177,6 +177,8 @@ class PartProbe:
         self.flops: FlopCounterMode | None = None
         self.flops_by_part: dict[str, Counter] = {p: Counter() for p in PARTS}
         self.peak_bytes: dict[str, int] = {p: 0 for p in (*PARTS, "outside")}
+        if self.cuda:  # from here on: a peak the process reached before (another run, a test) is not this run's
+            torch.cuda.reset_peak_memory_stats(device)
         self.clear()
 
     def _fold_peak(self, where: str) -> None:
