@@ -14,7 +14,7 @@ depth, and scores per episode, each against repeat-first:
   seed): the model's pooled chunk-0 gain per episode.
 
 Prints a table, writes JSON with ``--json`` and a strip with ``--png`` (the first four episodes: the simulator's frames above
-the oracle's, at frames 8, 24, 40, 56).
+the oracle's, at four frames across chunk 0: 8, 24, 40 and 56 of 57).
 
     python bench/chunk0_oracle.py --split test --episodes 18 --metrics M/metrics.json \\
         --json bench/results/chunk0_oracle_test_cpu.json --png docs/embedded/chunk0_oracle_test.png
@@ -27,8 +27,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-STRIP_FRAMES = (8, 24, 40, 56)
 
 
 def _blur(frame: np.ndarray, sigma: float) -> np.ndarray:
@@ -67,11 +65,9 @@ def score_episode(ep, first: int, intrinsics, *, blurs: tuple[float, ...], fill_
     }
     for s in blurs:
         out[f"blur_{s:g}"] = pooled(_blur(f0, s)[None])
+    picks = np.round(np.linspace((first - 1) / 7, first - 1, 4)).astype(int)  # 8, 24, 40, 56 of 57 frames
     out["strip"] = np.concatenate(
-        [
-            np.concatenate([ep.frames[t] for t in STRIP_FRAMES], 1),
-            np.concatenate([oracle[t - 1] for t in STRIP_FRAMES], 1),
-        ]
+        [np.concatenate([ep.frames[t] for t in picks], 1), np.concatenate([oracle[t - 1] for t in picks], 1)]
     )
     return out
 
@@ -96,6 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json")
     p.add_argument("--png")
     a = p.parse_args(argv)
+    if a.episodes < 1 or a.chunks < 1:
+        p.error("--episodes and --chunks must be >= 1")
     blurs = tuple(float(s) for s in a.blurs.split(",") if s)
 
     if a.config is None:
