@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     from mg3_eval.simulator import doom_config_for, record_test_episodes
     from world_model.config import WorldModelConfig
     from world_model.data.doom import SPAWNS
-    from world_model.data.levels import SPLITS
+    from world_model.data.levels import EVAL_SPLITS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--split", default="test", choices=(*SPLITS, "generated"))
+    p.add_argument("--split", default="test", choices=EVAL_SPLITS)
     p.add_argument("--episodes", type=int, default=18)
     p.add_argument("--seed", type=int, default=0, help="the evaluation's seed (mg3 eval --seed)")
     p.add_argument("--spawn", default="start", choices=SPAWNS)

@@ -29,6 +29,7 @@ crop of the training data. Smoke run of every part on random weights (~10 s):
 def _parser() -> argparse.ArgumentParser:
     from mg3_eval.run import PARTS, EvalOptions
     from world_model.data.doom import SPAWNS
+    from world_model.data.levels import EVAL_SPLITS
     from world_model.model import MODEL_NAMES
 
     d = EvalOptions()
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split",
         default=d.split,
-        choices=("train", "validation", "test", "generated"),
+        choices=EVAL_SPLITS,
         help="levels (default: test; generated: 12 generated levels no training episode plays)",
     )
     p.add_argument(

@@ -28,6 +28,7 @@ from mg3_eval.protocols.stability import stability
 from mg3_eval.report import json_default, line_plot, save_strip, targets_table
 from mg3_eval.simulator import record_test_episodes, rest_starts
 from world_model.data.doom import SPAWNS
+from world_model.data.levels import EVAL_SPLITS
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
 
@@ -108,8 +109,8 @@ class EvalOptions:
         bad = sorted(set(self.parts) - set(PARTS))
         if not self.parts or bad:
             raise ValueError(f"unknown evaluation parts {bad or '(none)'}; expected some of {list(PARTS)}")
-        if self.split not in ("train", "validation", "test", "generated"):
-            raise ValueError(f"split must be train, validation, test or generated, got {self.split!r}")
+        if self.split not in EVAL_SPLITS:
+            raise ValueError(f"split must be one of {EVAL_SPLITS}, got {self.split!r}")
         if self.spawn not in SPAWNS:
             raise ValueError(f"spawn must be one of {SPAWNS}, got {self.spawn!r}")
         if self.spawn != "start" and set(self.parts) - set(RECORDED_PARTS):

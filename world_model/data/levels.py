@@ -15,9 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Level", "LEVELS", "SPLITS", "get_level", "generated_level", "levels_in_split", "split_level_prompt"]
+__all__ = [
+    "Level",
+    "LEVELS",
+    "SPLITS",
+    "EVAL_SPLITS",
+    "get_level",
+    "generated_level",
+    "levels_in_split",
+    "split_level_prompt",
+]
 
 SPLITS = ("train", "validation", "test")
+# what levels_in_split (and so the evaluation) takes: the splits and 12 generated levels no training episode plays
+EVAL_SPLITS = (*SPLITS, "generated")
 
 _FREEDOOM1 = (
     "Outer Prison", "Communications Center", "Waste Disposal", "Supply Depot", "Armory", "Training Facility",
@@ -121,5 +132,5 @@ def levels_in_split(split: str) -> tuple[Level, ...]:
     if split == "generated":
         return tuple(generated_level(GENERATED_EVAL_SEED + i) for i in range(GENERATED_EVAL_LEVELS))
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} or 'generated', got {split!r}")
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
     return tuple(level for level in LEVELS if level.split == split)
