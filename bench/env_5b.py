@@ -104,6 +104,7 @@ class BenchConfig:
     fp8_ffn_kernel: bool = False
     fp8_attention_kernel: bool = False
     cuda_graphs: bool = False
+    residual: str = "fp32"
 
     def runtime(self, device: str, dtype: torch.dtype) -> RuntimeOptions:
         """The options on ``device`` in ``dtype`` (FP8 computes in bf16 whatever the run's dtype)."""
@@ -120,6 +121,7 @@ class BenchConfig:
             fp8_ffn_kernel=self.fp8_ffn_kernel,
             fp8_attention_kernel=self.fp8_attention_kernel,
             cuda_graphs=self.cuda_graphs,
+            residual=self.residual,
         )
 
 
@@ -906,6 +908,13 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="keep the text encoder's weights in host memory between encodings (RuntimeOptions.text_offload)",
     )
+    p.add_argument(
+        "--residual",
+        choices=("fp32", "dtype", "both"),
+        default="fp32",
+        help="the DiT's residual stream (RuntimeOptions.residual): fp32 (the release's) or dtype (bf16); both: the "
+        "chosen configuration with fp32, then with bf16, measured against it (after the eager one with --against-eager)",
+    )
     p.add_argument("--matmul-tflops", type=float, default=MATMUL_TFLOPS, help="bf16 GEMM ceiling (H200, 5B shapes)")
     p.add_argument("--fp8-tflops", type=float, default=FP8_TFLOPS, help="FP8 row-wise GEMM ceiling (H200)")
     p.add_argument("--attention-tflops", type=float, default=ATTENTION_TFLOPS, help="attention ceiling (H200 cuDNN)")
@@ -932,6 +941,10 @@ def parse_args() -> argparse.Namespace:
         p.error("--cudnn-benchmark times cuDNN's convolution algorithms: it needs a GPU --device")
     if args.cuda_graphs and not args.compile:
         p.error("--cuda-graphs replays the compiled blocks as CUDA graphs: it needs --compile")
+    if args.residual != "fp32" and torch.device(args.device).type == "cpu" and args.quantize != "fp8":
+        p.error("--residual dtype stores the residual stream in the run's dtype, float32 on a CPU: it needs a GPU")
+    if args.residual != "fp32" and args.ablation:
+        p.error("--residual chooses the measured configuration's residual stream: not with --ablation")
     return args
 
 
@@ -997,9 +1010,10 @@ def main() -> None:
         label += ", fused FFN quantisation" if args.fp8_ffn_kernel else ""
         label += ", fused q/k quantisation" if args.fp8_attention_kernel else ""
         label += ", CUDA graphs" if args.cuda_graphs else ""
+        residuals = ["fp32", "dtype"] if args.residual == "both" else [args.residual]
         configs = [
             BenchConfig(
-                label,
+                label + (", bf16 residual" if residual == "dtype" else ""),
                 args.attention,
                 args.quantize,
                 args.compile,
@@ -1010,7 +1024,9 @@ def main() -> None:
                 args.fp8_ffn_kernel,
                 args.fp8_attention_kernel,
                 args.cuda_graphs,
+                residual,
             )
+            for residual in residuals
         ]
         if args.against_eager:  # the eager configuration first: the chosen one's accuracy is measured against it
             eager_attention = args.eager_attention or args.attention

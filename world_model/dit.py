@@ -15,7 +15,8 @@ Parameter names are the checkpoint's keys (spec §2.2), so a release state dict 
 Dtypes follow the release (spec §3): with bf16 weights the linears run in bf16 and attention in
 bf16, while the timestep embedding, the modulation, the LayerNorms, the gated residual adds and the
 output head run in fp32 (the release wraps them in fp32 autocast regions). The residual stream is
-fp32 from the first gated add on. With fp32 weights everything is fp32. The release also runs each
+fp32 from the first gated add on (or bf16 between the blocks' steps after :meth:`MatrixGameDiT.set_residual_dtype`,
+``RuntimeOptions.residual``: fewer bytes for the memory-bound passes, each step still computed in fp32). With fp32 weights everything is fp32. The release also runs each
 block's self-attention q/k/v/o projections as fp32 GEMMs (spec §15.6); here they run in the weights'
 dtype by default (faster), or in fp32 like the release after
 :meth:`MatrixGameDiT.set_self_attn_projection_dtype` (``RuntimeOptions.self_attn_projections``).
@@ -184,7 +185,14 @@ class CameraModulation(NamedTuple):
 
 
 class DiTBlock(nn.Module):
-    """One transformer block (spec §3 step 6). ``has_action`` adds ``action_model``."""
+    """One transformer block (spec §3 step 6). ``has_action`` adds ``action_model``.
+
+    ``residual_dtype`` (None: fp32, the release's) is the dtype the residual stream is stored in between the
+    block's steps; :meth:`MatrixGameDiT.set_residual_dtype` sets it from ``RuntimeOptions.residual``. Each step
+    still computes in fp32 and rounds its result once: bf16 halves the bytes that the memory-bound passes
+    (norms, modulation, gated adds, camera injection) read and write."""
+
+    residual_dtype: torch.dtype | None = None
 
     def __init__(self, cfg: DiTConfig, has_action: bool) -> None:
         super().__init__()
@@ -238,7 +246,7 @@ class DiTBlock(nn.Module):
         x = _gated_add(x, y, gate1)
 
         scale, shift = cam if isinstance(cam, CameraModulation) else self.camera_modulation(cam)
-        x = x * scale + shift
+        x = self._residual(x * scale + shift)  # fp32 x: the product and sum in fp32, rounded once
 
         if self.replace_residual_with_norm3:  # release quirk (spec §13.1): the residual is LN3(x)
             x = self._norm3(x)
@@ -250,7 +258,11 @@ class DiTBlock(nn.Module):
             x = self.action_model(x, grid, mouse, keyboard, num_memory)
 
         y = self.ffn(_modulate(_layer_norm(x, self.eps), shift2, scale2).to(self.ffn[0].weight.dtype))
-        return _gated_add(x, y, gate2)
+        return self._residual(_gated_add(x, y, gate2))
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        """x (computed in fp32) stored as the residual stream is: as it is, or rounded to ``residual_dtype``."""
+        return x if self.residual_dtype is None else x.to(self.residual_dtype)
 
 
 class Head(nn.Module):
@@ -371,6 +383,14 @@ class MatrixGameDiT(nn.Module):
             raise ValueError(f"expected None or a float dtype for the self-attention projections, got {dtype}")
         for block in self.blocks:
             block.self_attn.projection_dtype = dtype
+
+    def set_residual_dtype(self, dtype: torch.dtype | None) -> None:
+        """Store every block's residual stream in ``dtype`` (None: fp32, the release's; see :class:`DiTBlock`).
+        Set from ``RuntimeOptions.residual`` when a model is loaded."""
+        if dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"expected None (fp32) or a 16-bit float dtype for the residual stream, got {dtype}")
+        for block in self.blocks:
+            block.residual_dtype = dtype
 
     # ----------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ __all__ = [
     "RuntimeOptions",
     "ATTENTION_BACKENDS",
     "SELF_ATTN_PROJECTIONS",
+    "RESIDUAL",
     "QUANTIZE",
     "apply_runtime",
     "check_runtime",
@@ -43,6 +44,7 @@ __all__ = [
 
 ATTENTION_BACKENDS = BACKENDS
 SELF_ATTN_PROJECTIONS = ("dtype", "fp32")
+RESIDUAL = ("fp32", "dtype")
 QUANTIZE = (None, "fp8", "int8", "auto")
 
 
@@ -112,6 +114,12 @@ class RuntimeOptions:
     the release's speed (on one H200 at 5B shapes the release's fp32 GEMMs took 0.84 s of each
     4.74 s chunk). fp32 GEMMs follow torch's float32 matmul precision, "highest" (no TF32) unless
     the program changed it, as in the release. With ``dtype=float32`` both choices are the same.
+    ``residual``: the dtype the DiT's residual stream is stored in between the steps of a block (the gated adds, the
+    camera injection, the cross-attention and action residuals). ``"fp32"`` (default) as the release; ``"dtype"``
+    in ``dtype`` (bf16 or fp16; refused with float32, where it would change nothing): each step still computes in
+    fp32 and rounds its result once, and the memory-bound passes around the GEMMs (LayerNorms, modulation, gated adds,
+    FP8 row quantisation) read and write half the bytes of the [L, D] stream (session 17's profile of the fastest 5B
+    chunk: ~0.21 s of its 1.17 in such inductor-fused passes).
     ``text_device``: where the text encoder runs (None: ``device``).
     ``text_offload``: keep the text encoder's weights in (pinned) host memory and copy them to the
     text device only while a new prompt is encoded (prompt embeddings are cached, so a reset with a
@@ -146,6 +154,7 @@ class RuntimeOptions:
     compile: bool = False
     text_device: str | None = None  # where the text encoder runs (None: same as device)
     self_attn_projections: str = "dtype"  # "dtype" (fast) or "fp32" (the release's numbers)
+    residual: str = "fp32"  # the DiT's residual stream: "fp32" (the release's) or "dtype" (bf16: half the bytes)
     sequence_parallel: int = 1  # ranks one DiT forward is split over (1: off)
     camera_cache: bool | None = None  # reuse a window's conditioning across sampler steps (None: auto)
     text_offload: bool = False  # text encoder weights in host memory between encodings
@@ -167,6 +176,16 @@ class RuntimeOptions:
             )
         if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
+        if self.residual not in RESIDUAL:
+            raise ValueError(
+                f"residual must be one of {RESIDUAL} ('fp32': the release's residual stream; 'dtype': stored in the "
+                f"runtime dtype), got {self.residual!r}"
+            )
+        if self.residual == "dtype" and self.dtype == torch.float32:
+            raise ValueError(
+                "residual='dtype' stores the residual stream in the runtime dtype, which is float32 here (the same as "
+                "residual='fp32'): set dtype=torch.bfloat16 or leave residual='fp32'"
+            )
         if self.quantize == "fp8" and self.dtype != torch.bfloat16:
             raise ValueError(f"quantize='fp8' computes in bfloat16: set dtype=torch.bfloat16 (got {self.dtype})")
         if self.quantize in ("fp8", "int8") and self.self_attn_projections == "fp32":
@@ -246,6 +265,11 @@ class RuntimeOptions:
     def uses_camera_cache(self) -> bool:
         """``camera_cache`` resolved: None means on unless sequence parallelism is."""
         return self.sequence_parallel == 1 if self.camera_cache is None else self.camera_cache
+
+    @property
+    def residual_dtype(self) -> torch.dtype | None:
+        """The dtype for ``MatrixGameDiT.set_residual_dtype`` (None: fp32)."""
+        return self.dtype if self.residual == "dtype" else None
 
     @property
     def self_attn_projection_dtype(self) -> torch.dtype | None:
@@ -540,6 +564,7 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
     check_runtime(runtime)
     for expert in experts:
         expert.set_self_attn_projection_dtype(runtime.self_attn_projection_dtype)
+        expert.set_residual_dtype(runtime.residual_dtype)
         expert.camera_cache = runtime.uses_camera_cache
         set_attention_backend(expert, runtime.attention)
         if runtime.attention == "fa3_fp8":
