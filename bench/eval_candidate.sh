@@ -13,15 +13,15 @@ if [ $# -lt 2 ]; then echo "usage: bash bench/eval_candidate.sh MODEL OUT [rs|pa
 model=$1; out=$2; shift 2
 groups=${*:-rs paired memory motion}
 cd "$(dirname "$0")/.."
-ref=docs/embedded
+ref=docs/embedded  # the shipped model's reference runs (session 41's student; anywhere: session 36's model)
 # set parts and reference for group $1; 1 for an unknown group
 group() {
   case $1 in
-    rs) parts=(--parts reset,sharpness); reference=$ref/metrics_session36_sharpen4983_rs_cpu.json ;;
-    paired) parts=(--parts fidelity,controllability --episodes 18); reference=$ref/metrics_session36_sharpen4983_paired18_cpu.json ;;
-    memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session36_sharpen4983_memory24_cpu.json ;;
-    motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session36_sharpen4983_motion12_cpu.json ;;
-    stability) parts=(--parts stability); reference=$ref/metrics_session36_sharpen4983_stability3_cpu.json ;;
+    rs) parts=(--parts reset,sharpness); reference=$ref/metrics_session41_student724_rs_cpu.json ;;
+    paired) parts=(--parts fidelity,controllability --episodes 18); reference=$ref/metrics_session41_student724_paired18_cpu.json ;;
+    memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session41_student724_memory24_cpu.json ;;
+    motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session41_student724_motion12_cpu.json ;;
+    stability) parts=(--parts stability); reference=$ref/metrics_session41_student724_stability3_cpu.json ;;
     anywhere) parts=(--parts fidelity --episodes 18 --split train --spawn anywhere); reference=$ref/metrics_session36_shipped_fidelity18_train_levels_anywhere_cpu.json ;;
     *) return 1 ;;
   esac
