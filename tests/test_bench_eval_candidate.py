@@ -35,7 +35,7 @@ def test_an_unknown_group_is_refused_before_any_group_runs(tmp_path):
 
 
 def test_a_group_runs_mg3_eval_in_the_shipped_steps_and_pairs_it_with_its_reference(tmp_path):
-    reference = ROOT / "docs" / "embedded" / "metrics_session36_sharpen4983_rs_cpu.json"
+    reference = ROOT / "docs" / "embedded" / "metrics_session41_student724_rs_cpu.json"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "mg3"  # writes the reference run as its own result and records its arguments
