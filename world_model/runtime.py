@@ -119,7 +119,9 @@ class RuntimeOptions:
     in ``dtype`` (bf16 or fp16; refused with float32, where it would change nothing): each step still computes in
     fp32 and rounds its result once, and the memory-bound passes around the GEMMs (LayerNorms, modulation, gated adds,
     FP8 row quantisation) read and write half the bytes of the [L, D] stream (session 17's profile of the fastest 5B
-    chunk: ~0.21 s of its 1.17 in such inductor-fused passes).
+    chunk: ~0.21 s of its 1.17 in such inductor-fused passes). Measured on an H100 (session 43, the fastest
+    configuration, ``bench/results/env_5b_residual_session43_h100.json``): the DiT 1.022 s a chunk against 1.037, its
+    frames 49.7 dB from the fp32 stream's; off by default (the release's numbers first).
     ``text_device``: where the text encoder runs (None: ``device``).
     ``text_offload``: keep the text encoder's weights in (pinned) host memory and copy them to the
     text device only while a new prompt is encoded (prompt embeddings are cached, so a reset with a
