@@ -57,7 +57,15 @@ from world_model.attention import AttentionKernel
 from world_model.config import DiTConfig
 from world_model.rope import apply_rope, rope_cos_sin
 
-__all__ = ["MatrixGameDiT", "DiTBlock", "CameraModulation", "QKVAttention", "reuse_conditioning", "timestep_sinusoid"]
+__all__ = [
+    "MatrixGameDiT",
+    "DiTBlock",
+    "CameraModulation",
+    "CleanTokens",
+    "QKVAttention",
+    "reuse_conditioning",
+    "timestep_sinusoid",
+]
 
 
 def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -87,6 +95,15 @@ def _layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) -
     if norm is not None:
         weight, bias = norm.weight.float(), norm.bias.float()
     return F.layer_norm(x.float(), x.shape[-1:], weight, bias, eps).to(x.dtype)
+
+
+def _tokens_from(cam: torch.Tensor | CameraModulation, skip: int) -> torch.Tensor | CameraModulation:
+    """A block's camera input (tokens [B, L, D] or its modulation) without its first ``skip`` tokens."""
+    if not skip:
+        return cam
+    if isinstance(cam, CameraModulation):
+        return CameraModulation(cam.scale[:, skip:], cam.shift[:, skip:])
+    return cam[:, skip:]
 
 
 def _per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -156,13 +173,19 @@ class SelfAttention(QKVAttention):
 
     projection_dtype: torch.dtype | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [B, L, D] -> [B, L, D]; cos/sin [B, L, N, Dh/2] rotate q and k (fp32), attention in weight dtype."""
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, clean: CleanTokens | None = None
+    ) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]; cos/sin [B, L, N, Dh/2] rotate q and k (fp32), attention in weight dtype.
+        ``clean`` (the context cache, :class:`CleanTokens`): keep the first ``clean.n`` tokens' keys and values, or
+        attend to the kept ones before x's own (x then holds the noisy tokens alone)."""
         dtype, kernel_dtype = self.projection_dtype, self.q.weight.dtype
         q = apply_rope(self._heads(self.norm_q(_project(self.q, x, dtype))), cos, sin)  # [B, L, N, Dh] fp32
-        k = apply_rope(self._heads(self.norm_k(_project(self.k, x, dtype))), cos, sin)
-        v = self._heads(_project(self.v, x, dtype))
-        out = self.attn(q.to(kernel_dtype), k.to(kernel_dtype), v.to(kernel_dtype))  # [B, L, N, Dh]
+        k = apply_rope(self._heads(self.norm_k(_project(self.k, x, dtype))), cos, sin).to(kernel_dtype)
+        v = self._heads(_project(self.v, x, dtype)).to(kernel_dtype)
+        if clean is not None:
+            k, v = clean.keys_values(k, v)
+        out = self.attn(q.to(kernel_dtype), k, v)  # [B, L, N, Dh]
         return _project(self.o, out.flatten(2), dtype)
 
 
@@ -182,6 +205,35 @@ class CameraModulation(NamedTuple):
 
     scale: torch.Tensor
     shift: torch.Tensor
+
+
+class CleanTokens:
+    """One block's share of the context cache (``RuntimeOptions.context_cache``): the keys and values of a window's
+    clean tokens (memory and context frames, timestep 0; the first ``n`` tokens) in its self-attention and their
+    hidden states where its action module reads them, kept at the window's first sampler step (``recording``) and
+    used in place of recomputing them at its later steps, when the block sees the noisy tokens alone."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.recording = True
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.action_input: torch.Tensor | None = None
+
+    def keys_values(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recording: keep the clean tokens' k, v [B, n, N, Dh] and return k, v; later: the kept ones before k, v."""
+        if self.recording:
+            self.k, self.v = k[:, : self.n].clone(), v[:, : self.n].clone()  # not views: the rest is freed
+            return k, v
+        return torch.cat([self.k, k], dim=1), torch.cat([self.v, v], dim=1)
+
+    def action_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The tokens the action module runs on: recording, x itself (its clean tokens kept); later, the kept clean
+        tokens before x's noisy ones."""
+        if self.recording:
+            self.action_input = x[:, : self.n].clone()
+            return x
+        return torch.cat([self.action_input, x], dim=1)
 
 
 class DiTBlock(nn.Module):
@@ -230,6 +282,7 @@ class DiTBlock(nn.Module):
         mouse: torch.Tensor | None,
         keyboard: torch.Tensor | None,
         num_memory: int,
+        clean: CleanTokens | None = None,
     ) -> torch.Tensor:
         """x [B, L, D] (fp32 after the first block), e0 [B, T, 6, D] fp32 per-frame timestep
         projection, context [B, Lt, D] embedded text, cam [B, L, D] embedded camera tokens, or this
@@ -238,11 +291,15 @@ class DiTBlock(nn.Module):
         e0 may also hold one row per run of consecutive tokens that share a timestep (runs of equal
         length): sequence parallelism (world_model.parallel) hands a block one rank's tokens, and
         e0 per run of them, through hooks.
+
+        ``clean`` (the context cache): at a window's first step, keep the clean tokens' keys, values and action
+        inputs; at its later steps x, e0, cos, sin and cam hold the noisy frames' tokens alone (grid stays the
+        whole window's: the action module runs on the kept clean tokens and these).
         """
         mod = self.modulation.float() + e0  # [B, T, 6, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
 
-        y = self.self_attn(_modulate(_layer_norm(x, self.eps), shift1, scale1), cos, sin)
+        y = self.self_attn(_modulate(_layer_norm(x, self.eps), shift1, scale1), cos, sin, clean)
         x = _gated_add(x, y, gate1)
 
         scale, shift = cam if isinstance(cam, CameraModulation) else self.camera_modulation(cam)
@@ -255,7 +312,10 @@ class DiTBlock(nn.Module):
             x = x + self.cross_attn(self._norm3(x), context)
 
         if self.action_model is not None:
-            x = self.action_model(x, grid, mouse, keyboard, num_memory)
+            if clean is None:
+                x = self.action_model(x, grid, mouse, keyboard, num_memory)
+            else:  # over the whole window's tokens; the kept clean ones' outputs are not used again
+                x = self.action_model(clean.action_tokens(x), grid, mouse, keyboard, num_memory)[:, -x.shape[1] :]
 
         y = self.ffn(_modulate(_layer_norm(x, self.eps), shift2, scale2).to(self.ffn[0].weight.dtype))
         return self._residual(_gated_add(x, y, gate2))
@@ -290,6 +350,18 @@ class _Conditioning:
         self.versions = tuple(t._version for t in key)
         self.context, self.cam, self.cos, self.sin = context, cam, cos, sin
         self.modulations: dict[int, CameraModulation] | None = {} if per_block else None
+        self.clean: list[tuple[tuple, list[CleanTokens]]] = []  # the context cache: per (mouse, keyboard, memory)
+
+    def clean_tokens(self, inputs: tuple, n: int, num_blocks: int) -> list[CleanTokens]:
+        """The context cache's per-block records for the forwards with these (mouse, keyboard, memory) tensors (the
+        same objects: a guidance branch with other actions or no memory has its own), new ones (recording) at the
+        first."""
+        for key, blocks in self.clean:
+            if all(a is b for a, b in zip(key, inputs)):
+                return blocks
+        blocks = [CleanTokens(n) for _ in range(num_blocks)]
+        self.clean.append((inputs, blocks))
+        return blocks
 
     def matches(self, key: tuple[torch.Tensor, ...]) -> bool:
         """The same tensor objects, unchanged in place since (the entry holds them, so ids stay unique)."""
@@ -317,6 +389,7 @@ class MatrixGameDiT(nn.Module):
     """
 
     camera_cache: bool = True
+    context_cache: bool = False  # RuntimeOptions.context_cache (an approximation; off: the release's computation)
     camera_modulation_fn = None  # None: DiTBlock.camera_modulation
 
     def __init__(self, cfg: DiTConfig) -> None:
@@ -426,30 +499,61 @@ class MatrixGameDiT(nn.Module):
             x = torch.cat([memory.to(x.dtype), x], dim=2)  # [B, C, T, h, w], T = M + F
             t = torch.cat([t.new_zeros(B, M), t], dim=1)  # [B, T]
         wdtype = self.patch_embedding.weight.dtype
-        x = self.patch_embedding(x.to(wdtype))  # [B, D, T, h', w'] with h' = h / ph, w' = w / pw
-        grid = tuple(x.shape[2:])  # token grid (T, h', w')
+        grid = (x.shape[2], x.shape[3] // ph, x.shape[4] // pw)  # token grid (T, h', w')
+        cond = self._conditioning(context, plucker, positions, grid)
+        clean = self._clean_tokens(cond, mouse, keyboard, memory, M, grid)
+        c = 0  # window frames the blocks skip: a context cache's later steps skip the clean ones
+        if clean is not None and not clean[0].recording:
+            c = clean[0].n // (grid[1] * grid[2]) - M
+            x, t = x[:, :, M + c :], t[:, M + c :]
         # [B, L, D], L = T * h' * w', frame-major; contiguous, as every block's output is: the compiled
         # blocks then share one graph per shape (a transposed first input was a graph of its own)
-        x = x.flatten(2).transpose(1, 2).contiguous()
+        x = self.patch_embedding(x.to(wdtype)).flatten(2).transpose(1, 2).contiguous()
 
         e, e0 = self._time_embedding(t)
-        cond = self._conditioning(context, plucker, positions, grid)
+        skip = grid[1] * grid[2] * (M + c) if c else 0  # tokens not computed (the clean ones, kept)
+        cos, sin = (cond.cos[:, skip:], cond.sin[:, skip:]) if skip else (cond.cos, cond.sin)
         for i, block in enumerate(self.blocks):
             x = block(
                 x,
                 e0,
-                cond.cos,
-                cond.sin,
+                cos,
+                sin,
                 cond.context,
-                cond.camera(i, block, self.camera_modulation_fn),
+                _tokens_from(cond.camera(i, block, self.camera_modulation_fn), skip),
                 grid,
                 mouse,
                 keyboard,
                 M,
+                None if clean is None else clean[i],
             )
+        if clean is not None:
+            for record in clean:
+                record.recording = False
 
         out = self.head(x, e)  # [B, L, ph * pw * out_dim] fp32
+        if skip:  # the clean window frames' flow is not computed: zeros (samplers step the noisy frames alone)
+            v = self.unpatchify(out, (grid[0] - M - c, grid[1], grid[2]))
+            return torch.cat([v.new_zeros(v.shape[0], v.shape[1], c, *v.shape[3:]), v], dim=2)
         return self.unpatchify(out, grid)[:, :, M:]
+
+    def _clean_tokens(
+        self, cond: _Conditioning, mouse, keyboard, memory, num_memory: int, grid: tuple[int, int, int]
+    ) -> list[CleanTokens] | None:
+        """The context cache's records for this forward (see :class:`CleanTokens`), or None where it is off: the
+        DiT's ``context_cache`` off, no cached conditioning (no scope open, or gradients on), or a scope opened
+        without ``context_frames``."""
+        frames = getattr(_scope, "context_frames", None)
+        if not self.context_cache or frames is None or cond.modulations is None:  # modulations: a scope's cache
+            return None
+        if num_memory + frames == 0:  # nothing clean to keep
+            return None
+        if not 0 < num_memory + frames < grid[0]:
+            raise ValueError(
+                f"context_frames={frames} of a window of {grid[0] - num_memory} frames: no noisy frame left"
+            )
+        n = (num_memory + frames) * grid[1] * grid[2]
+        return cond.clean_tokens((mouse, keyboard, memory), n, len(self.blocks))
 
     def _conditioning(
         self, context: torch.Tensor, plucker: torch.Tensor, positions: torch.Tensor, grid: tuple[int, int, int]
@@ -552,17 +656,32 @@ _scope = threading.local()  # per thread: {id(model): [_Conditioning]} of the op
 
 
 @contextmanager
-def reuse_conditioning(dit: nn.Module) -> Iterator[None]:
+def reuse_conditioning(dit: nn.Module, context_frames: int | None = None) -> Iterator[None]:
     """Scope of one window's sampling: inside it every :class:`MatrixGameDiT` in ``dit`` (itself, or
     the experts of a MoE) with ``camera_cache`` on computes the text embedding, camera tokens, RoPE
     and per-block camera modulation once per distinct (context, plucker, positions) tensors and
     reuses them (exact), while gradients are off. Caches are dropped on exit. A scope belongs to its
     thread (threads sharing a model, e.g. device groups of a vector env, each have their own); in
-    one thread scopes do not nest."""
+    one thread scopes do not nest.
+
+    ``context_frames`` (c): the window's first c frames are clean context (timestep 0), the same latents at every
+    call in the scope (``window.sample_window``'s contract; not checked, which would wait for the device). A DiT with
+    ``context_cache`` on (``RuntimeOptions.context_cache``) then computes the clean tokens (memory and context) at
+    the first call for each (mouse, keyboard, memory) tensors only, keeps each block's keys and values of them
+    (:class:`CleanTokens`), and at the later calls runs its blocks on the noisy frames' tokens alone, attending to the
+    kept ones: the clean tokens' hidden states frozen at the first step (an approximation: the release recomputes
+    them at every step, where they attend to the partly denoised frames). The clean frames' flow is then returned as
+    zeros."""
     if getattr(_scope, "caches", None) is not None:
         raise RuntimeError("reuse_conditioning scopes do not nest: one window at a time per thread")
+    if context_frames is not None and (isinstance(context_frames, bool) or not isinstance(context_frames, int)):
+        raise ValueError(f"context_frames must be None or an int, got {context_frames!r}")
+    if context_frames is not None and context_frames < 0:
+        raise ValueError(f"context_frames must be >= 0, got {context_frames}")
     _scope.caches = {id(m): [] for m in dit.modules() if isinstance(m, MatrixGameDiT)}
+    _scope.context_frames = context_frames
     try:
         yield
     finally:
         _scope.caches = None
+        _scope.context_frames = None

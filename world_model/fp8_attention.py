@@ -219,7 +219,9 @@ class FP8SelfAttention(SelfAttention):
     under the same names, and ``forward(x, cos, sin)`` as the original's, its output within FP8 attention's error of
     the original's with backend 'fa3_fp8'."""
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, clean=None) -> torch.Tensor:
+        if clean is not None:  # RuntimeOptions refuses the pair; a model put together by hand gets this
+            raise ValueError("the fused FP8 self-attention does not attend to kept clean tokens (context_cache)")
         B, L, D = x.shape
         n = self.num_heads
         dtype = self.q.weight.dtype

@@ -309,7 +309,8 @@ class StreamingGenerator:
             return v
 
         # the same text, camera code and positions at every step: the DiT computes their part once
-        with reuse_conditioning(self.model.dit):
+        # (and with RuntimeOptions.context_cache the clean frames' tokens once: the context's num_cond latents)
+        with reuse_conditioning(self.model.dit, context_frames=num_cond):
             x = sample_window(velocity, cond, noise[:, :, num_cond:], self.sampler)  # [n, C, F - num_cond, h, w]
 
         # history and decode

@@ -1,0 +1,135 @@
+"""RuntimeOptions.context_cache: a window's clean tokens (memory and context frames) through the DiT blocks at the
+first sampler step only, their keys and values kept for the later steps (an approximation of the release's
+computation), checked on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_dit import _inputs, _model
+
+from world_model.config import tiny
+from world_model.dit import reuse_conditioning
+from world_model.model import random_world_model
+from world_model.runtime import RuntimeOptions
+
+
+def _block_tokens(model) -> list[int]:
+    """Forward hooks recording how many tokens the first block gets at each call."""
+    seen: list[int] = []
+    model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    return seen
+
+
+def test_kept_clean_tokens_give_the_exact_flow_when_the_noisy_frames_are_unchanged():
+    """With the same noisy latents at the second call, the kept clean tokens are exactly what recomputing them would
+    give: the noisy frames' flow equals the full forward's (to fp32 rounding), while the blocks see the noisy tokens
+    alone; the clean window frame's flow is zeros."""
+    cfg = tiny().dit
+    model = _model(cfg)
+    model.context_cache = True
+    inp = _inputs(cfg, B=2, M=2, F=3, h=4, w=4)  # frame 0 of the window clean (t 0), two noisy
+    with torch.no_grad():
+        ref = model(**inp)
+    seen = _block_tokens(model)
+    with torch.no_grad(), reuse_conditioning(model, context_frames=1):
+        first = model(**inp)
+        again = model(**inp)
+    assert seen == [5 * 4, 2 * 4]  # (2 memory + 3 window frames) x 2 x 2 tokens, then the 2 noisy frames' tokens
+    assert torch.equal(first, ref)  # the first step is the full forward
+    torch.testing.assert_close(again[:, :, 1:], ref[:, :, 1:], rtol=1e-5, atol=1e-5)
+    assert torch.equal(again[:, :, :1], torch.zeros_like(again[:, :, :1]))
+
+
+def test_later_steps_differ_only_by_the_clean_tokens_states_and_each_guidance_branch_keeps_its_own():
+    cfg = tiny().dit
+    model = _model(cfg)
+    model.context_cache = True
+    inp = _inputs(cfg, B=1, M=2, F=3, h=4, w=4)
+    step2 = {**inp, "x": inp["x"].clone(), "t": inp["t"] * 0.7}
+    step2["x"][:, :, 1:] += 0.5 * torch.randn_like(step2["x"][:, :, 1:])  # the sampler moved the noisy frames
+    null_keyboard = torch.zeros_like(inp["keyboard"])
+    with torch.no_grad():
+        exact = model(**step2)
+        exact_null = model(**{**step2, "keyboard": null_keyboard})
+    seen = _block_tokens(model)
+    with torch.no_grad(), reuse_conditioning(model, context_frames=1):
+        model(**inp)
+        model(**{**inp, "keyboard": null_keyboard})  # another branch (other actions): recorded apart
+        cached = model(**step2)
+        cached_null = model(**{**step2, "keyboard": null_keyboard})
+    assert seen == [20, 20, 8, 8]
+    err = float((cached[:, :, 1:] - exact[:, :, 1:]).norm() / exact[:, :, 1:].norm())
+    err_null = float((cached_null[:, :, 1:] - exact_null[:, :, 1:]).norm() / exact_null[:, :, 1:].norm())
+    print(f"relative error of the noisy frames' flow with the clean tokens kept: {err:.3e} / null keys {err_null:.3e}")
+    assert 1e-6 < err < 0.5 and 1e-6 < err_null < 0.5  # an approximation, and a close one
+    assert not torch.allclose(cached, cached_null)  # the null branch used its own kept tokens
+
+
+def test_off_outside_a_scope_without_context_frames_or_with_the_switch_off():
+    cfg = tiny().dit
+    model = _model(cfg)
+    inp = _inputs(cfg, B=1, M=1, F=3, h=4, w=4)
+    seen = _block_tokens(model)
+    with torch.no_grad(), reuse_conditioning(model, context_frames=1):  # the DiT's switch off (the default)
+        model(**inp)
+        model(**inp)
+    model.context_cache = True
+    with torch.no_grad(), reuse_conditioning(model):  # no context_frames
+        model(**inp)
+        model(**inp)
+    with torch.no_grad():  # no scope
+        model(**inp)
+        model(**inp)
+    assert seen == [16] * 6
+    with (
+        pytest.raises(ValueError, match="no noisy frame left"),
+        torch.no_grad(),
+        reuse_conditioning(model, context_frames=3),
+    ):
+        model(**inp)
+    with pytest.raises(ValueError, match="context_frames must be >= 0"), reuse_conditioning(model, context_frames=-1):
+        pass
+
+
+def test_the_env_with_the_context_cache_runs_its_blocks_on_fewer_tokens_and_stays_close():
+    """Through the env: chunk 0 (the image latent clean) and later chunks (memory and context clean) run their
+    later sampler steps on the noisy tokens alone; the frames move away from the exact ones, not far."""
+    from mg3_env import MatrixGameEnv
+
+    cfg = tiny(16, 16)
+    act = {"keyboard": np.array([1, 0, 0, 0, 0, 0], np.int8), "mouse": np.array([0.0, 0.1], np.float32)}
+    frames, seen = [], []
+    for cache in (False, True):
+        model = random_world_model(cfg, RuntimeOptions(context_cache=cache))
+        assert model.dit.context_cache is cache
+        seen.append(_block_tokens(model.dit))
+        env = MatrixGameEnv(model=model, max_chunks=3)
+        obs, _ = env.reset(seed=0)
+        out = [obs["frames"]] + [env.step(act)[0]["frames"] for _ in range(2)]
+        env.close()
+        frames.append(np.concatenate(out).astype(np.float64))
+    steps = cfg.sampler.num_steps
+    exact, cached = seen
+    assert len(exact) == len(cached) == 3 * steps
+    for k in range(3):  # per chunk: the same first step, fewer tokens after it
+        assert cached[k * steps] == exact[k * steps]
+        assert all(n < exact[k * steps] for n in cached[k * steps + 1 : (k + 1) * steps])
+    mse = float(((frames[0] - frames[1]) ** 2).mean())
+    print(f"frames with the context cache against without: {10 * np.log10(255.0**2 / max(mse, 1e-12)):.1f} dB")
+    assert mse > 0  # the option reaches the frames
+
+
+def test_runtime_option_refuses_what_it_cannot_combine_with():
+    assert RuntimeOptions().context_cache is False
+    with pytest.raises(ValueError, match="context_cache must be True or False"):
+        RuntimeOptions(context_cache=1)
+    with pytest.raises(ValueError, match="leave camera_cache on"):
+        RuntimeOptions(context_cache=True, camera_cache=False)
+    with pytest.raises(ValueError, match="sequence_parallel > 1 is not supported"):
+        RuntimeOptions(context_cache=True, camera_cache=True, sequence_parallel=2)
+    with pytest.raises(ValueError, match="does not attend to kept tokens"):
+        RuntimeOptions(
+            context_cache=True, dtype=torch.bfloat16, attention="fa3_fp8", fp8_attention_kernel=True, device="cuda"
+        )
