@@ -10,6 +10,7 @@ actions, frames copied to the host as an env user gets them; the median step giv
     python bench/embedded_speed.py --device cpu --vae-pruning 0.5 0.25 0 --chunks 8 --json bench/results/embedded_cpu_decoder_widths.json
     python bench/embedded_speed.py --device cpu --dtype both --chunks 12 --json bench/results/embedded_cpu_dtypes.json
     python bench/embedded_speed.py --device cpu --dtype both --quantize both --chunks 6 --json J
+    python bench/embedded_speed.py --device cpu --context-cache both --chunks 12 --json J
 
 ``--camera-cache both`` measures every batch size with the window's conditioning reused across sampler
 steps (``RuntimeOptions.camera_cache``) and without, alternating runs of 3 chunks so that a drift of
@@ -86,6 +87,13 @@ def main() -> None:
         help="RuntimeOptions.camera_cache; 'both' measures each batch size with and without (alternating)",
     )
     p.add_argument(
+        "--context-cache",
+        choices=("off", "on", "both"),
+        default="off",
+        help="RuntimeOptions.context_cache (the window's clean tokens through the DiT once per chunk: an "
+        "approximation); 'both' measures each batch size with and without (alternating)",
+    )
+    p.add_argument(
         "--vae-pruning",
         type=float,
         nargs="+",
@@ -124,11 +132,14 @@ def main() -> None:
         "both": [None, "int8"],
     }[args.quantize]
     combos = [(d, q) for d in dtypes for q in quantizes]
+    if args.context_cache == "both" and (len(combos) > 1 or args.camera_cache != "on" or args.vae_pruning is not None):
+        p.error("--context-cache both compares the context cache alone: leave the other comparisons at their defaults")
     if len(combos) > 1 and (args.camera_cache != "on" or args.vae_pruning is not None):
         p.error(
             "--dtype both / --quantize both compare dtypes and GEMMs alone: leave --camera-cache and --vae-pruning "
             "at their defaults"
         )
+    context_cache = args.context_cache == "on"
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.vae_pruning is not None:
@@ -136,15 +147,28 @@ def main() -> None:
             p.error("--vae-pruning measures with the camera cache on; leave --camera-cache at its default")
         if not all(0.0 <= r < 1.0 for r in args.vae_pruning):
             p.error(f"--vae-pruning rates must be in [0, 1), got {args.vae_pruning}")
-        runtime = RuntimeOptions.for_device(args.device, dtype=dtypes[0], quantize=quantizes[0])
+        runtime = RuntimeOptions.for_device(
+            args.device, dtype=dtypes[0], quantize=quantizes[0], context_cache=context_cache
+        )
         cfg = load_world_model(args.model, runtime).config
         models = {
             r: random_world_model(cfg.replace(vae=cfg.vae.replace(pruning_rate=r)), runtime) for r in args.vae_pruning
         }
         key = "vae_pruning_rate"
+    elif args.context_cache == "both":
+        models = {
+            c: load_world_model(
+                args.model,
+                RuntimeOptions.for_device(args.device, context_cache=c, dtype=dtypes[0], quantize=quantizes[0]),
+            )
+            for c in (False, True)
+        }
+        key = "context_cache"
     elif len(combos) > 1:
         models = {
-            _setting(d, q): load_world_model(args.model, RuntimeOptions.for_device(args.device, dtype=d, quantize=q))
+            _setting(d, q): load_world_model(
+                args.model, RuntimeOptions.for_device(args.device, dtype=d, quantize=q, context_cache=context_cache)
+            )
             for d, q in combos
         }
         key = "dtype" if len(quantizes) == 1 else "setting"
@@ -153,7 +177,9 @@ def main() -> None:
         models = {
             c: load_world_model(
                 args.model,
-                RuntimeOptions.for_device(args.device, camera_cache=c, dtype=dtypes[0], quantize=quantizes[0]),
+                RuntimeOptions.for_device(
+                    args.device, camera_cache=c, dtype=dtypes[0], quantize=quantizes[0], context_cache=context_cache
+                ),
             )
             for c in settings
         }
@@ -179,6 +205,7 @@ def main() -> None:
         "dtype": ("dtype", str),
         "setting": ("setting", str),
         "camera_cache": ("cam cache", lambda v: "on" if v else "off"),
+        "context_cache": ("ctx cache", lambda v: "on" if v else "off"),
     }[key]
     width = max(9, *(len(shown(r[key])) for r in rows))
     print(f"{'envs':>5} {head:>{width}} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
@@ -198,6 +225,7 @@ def main() -> None:
         "torch": torch.__version__,
         "dtypes": sorted({str(m.runtime.dtype).removeprefix("torch.") for m in models.values()}),
         "quantize": sorted({str(m.runtime.quantize) for m in models.values()}),
+        "context_cache": sorted({m.runtime.context_cache for m in models.values()}),
         "rows": rows,
     }
     with open(args.json, "w") as f:

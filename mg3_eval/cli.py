@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
+        "--context-cache",
+        action="store_true",
+        help="RuntimeOptions(context_cache=True): the window's clean tokens through the DiT once per chunk, kept for "
+        "the later sampler steps (an approximation; measure what it costs)",
+    )
+    p.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)} (default: all)"
     )
     p.add_argument(
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    runtime = RuntimeOptions.for_device(args.device)
+    runtime = RuntimeOptions.for_device(args.device, context_cache=args.context_cache)
     try:
         wm = load_world_model(args.model, runtime)
     except (ValueError, OSError) as e:  # unknown name, missing or incomplete folder, embedded weights absent

@@ -195,7 +195,11 @@ def run_evaluation(
             "memory_guidance": cfg.sampler.memory_guidance,
         },
         "options": dataclasses.asdict(opts),
-        "runtime": {"device": wm.runtime.device, "dtype": str(wm.runtime.dtype).removeprefix("torch.")},
+        "runtime": {
+            "device": wm.runtime.device,
+            "dtype": str(wm.runtime.dtype).removeprefix("torch."),
+            **({"context_cache": True} if wm.runtime.context_cache else {}),
+        },
         "torch_threads": torch.get_num_threads(),
     }
     seconds: dict[str, float] = {}

@@ -391,9 +391,10 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     assert set(by_key) == {"none", "forward", "back", "left", "right"}
 
     vae_view = tmp_path / "vae_view"  # the IDM trained and scored on simulator video through the VAE
-    args = [*small, "--parts", "control", *train_idm, "--idm-vae"]
+    args = [*small, "--parts", "control", *train_idm, "--idm-vae", "--context-cache"]
     assert main(["eval", "--model", str(smoke_export), "--out", str(vae_view), *args]) == 0
     m3 = json.loads((vae_view / "metrics.json").read_text())
+    assert m3["runtime"] == {"device": "cpu", "dtype": "float32", "context_cache": True}  # --context-cache reached it
     assert m3["control"]["idm"]["view"] == "simulator video through the model's VAE"
     assert m3["control"]["idm"]["held_out_windows"] > 0 and 0 <= m3["control"]["sim"]["mouse_accuracy"] <= 1
     for wrong in (["--idm", str(vae_view / "idm.safetensors")], ["--idm", str(out / "idm.safetensors"), "--idm-vae"]):
