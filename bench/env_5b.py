@@ -105,6 +105,7 @@ class BenchConfig:
     fp8_attention_kernel: bool = False
     cuda_graphs: bool = False
     residual: str = "fp32"
+    context_cache: bool = False
 
     def runtime(self, device: str, dtype: torch.dtype) -> RuntimeOptions:
         """The options on ``device`` in ``dtype`` (FP8 computes in bf16 whatever the run's dtype)."""
@@ -122,6 +123,7 @@ class BenchConfig:
             fp8_attention_kernel=self.fp8_attention_kernel,
             cuda_graphs=self.cuda_graphs,
             residual=self.residual,
+            context_cache=self.context_cache,
         )
 
 
@@ -915,6 +917,14 @@ def parse_args() -> argparse.Namespace:
         help="the DiT's residual stream (RuntimeOptions.residual): fp32 (the release's) or dtype (bf16); both: the "
         "chosen configuration with fp32, then with bf16, measured against it (after the eager one with --against-eager)",
     )
+    p.add_argument(
+        "--context-cache",
+        choices=("off", "on", "both"),
+        default="off",
+        help="the window's clean tokens through the DiT once per chunk (RuntimeOptions.context_cache, an "
+        "approximation); both: the chosen configuration without, then with it, measured against it (with --residual "
+        "both: every pair)",
+    )
     p.add_argument("--matmul-tflops", type=float, default=MATMUL_TFLOPS, help="bf16 GEMM ceiling (H200, 5B shapes)")
     p.add_argument("--fp8-tflops", type=float, default=FP8_TFLOPS, help="FP8 row-wise GEMM ceiling (H200)")
     p.add_argument("--attention-tflops", type=float, default=ATTENTION_TFLOPS, help="attention ceiling (H200 cuDNN)")
@@ -945,6 +955,12 @@ def parse_args() -> argparse.Namespace:
         p.error("--residual dtype stores the residual stream in the run's dtype, float32 on a CPU: it needs a GPU")
     if args.residual != "fp32" and args.ablation:
         p.error("--residual chooses the measured configuration's residual stream: not with --ablation")
+    if args.context_cache != "off" and args.ablation:
+        p.error("--context-cache chooses the measured configuration's sampling: not with --ablation")
+    if args.context_cache != "off" and args.camera_cache == "off":
+        p.error("--context-cache keeps the clean tokens in the camera cache's scope: it needs --camera-cache on")
+    if args.context_cache != "off" and args.fp8_attention_kernel:
+        p.error("--context-cache: the fused FP8 self-attention does not attend to kept tokens (--fp8-attention-kernel)")
     return args
 
 
@@ -1011,9 +1027,10 @@ def main() -> None:
         label += ", fused q/k quantisation" if args.fp8_attention_kernel else ""
         label += ", CUDA graphs" if args.cuda_graphs else ""
         residuals = ["fp32", "dtype"] if args.residual == "both" else [args.residual]
+        contexts = {"off": [False], "on": [True], "both": [False, True]}[args.context_cache]
         configs = [
             BenchConfig(
-                label + (", bf16 residual" if residual == "dtype" else ""),
+                label + (", bf16 residual" if residual == "dtype" else "") + (", context cache" if context else ""),
                 args.attention,
                 args.quantize,
                 args.compile,
@@ -1025,8 +1042,10 @@ def main() -> None:
                 args.fp8_attention_kernel,
                 args.cuda_graphs,
                 residual,
+                context,
             )
             for residual in residuals
+            for context in contexts
         ]
         if args.against_eager:  # the eager configuration first: the chosen one's accuracy is measured against it
             eager_attention = args.eager_attention or args.attention

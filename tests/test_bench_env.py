@@ -78,6 +78,9 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
         (["--cudnn-benchmark"], "needs a GPU --device"),
         (["--eager-attention", "cudnn"], "it needs --against-eager"),
         (["--cuda-graphs"], "it needs --compile"),
+        (["--residual", "both"], "it needs a GPU"),
+        (["--context-cache", "on", "--ablation"], "not with --ablation"),
+        (["--context-cache", "both", "--camera-cache", "off"], "it needs --camera-cache on"),
     ],
 )
 def test_env_bench_refuses_flags_that_would_do_nothing(tmp_path, extra, message):
@@ -87,6 +90,21 @@ def test_env_bench_refuses_flags_that_would_do_nothing(tmp_path, extra, message)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_env_bench_measures_the_context_cache_against_the_same_configuration_without(tmp_path):
+    """--context-cache both: the chosen configuration, then the same with the context cache, its latents and frames
+    measured against the first (an approximation: not bit-identical)."""
+    out = tmp_path / "ctx.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "env_5b.py"), "--config", "tiny", "--device", "cpu", "--chunks", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd += ["--context-cache", "both", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref, cached = json.loads(out.read_text())["configs"]
+    assert ref["options"]["context_cache"] is False and cached["options"]["context_cache"] is True
+    assert cached["label"].endswith(", context cache") and "accuracy" in cached
+    assert max(cached["accuracy"]["latent_rel_l2"]) > 0
 
 
 def test_kernel_kinds_name_where_device_time_goes():
