@@ -514,19 +514,10 @@ class MatrixGameDiT(nn.Module):
         skip = grid[1] * grid[2] * (M + c) if c else 0  # tokens not computed (the clean ones, kept)
         cos, sin = (cond.cos[:, skip:], cond.sin[:, skip:]) if skip else (cond.cos, cond.sin)
         for i, block in enumerate(self.blocks):
-            x = block(
-                x,
-                e0,
-                cos,
-                sin,
-                cond.context,
-                _tokens_from(cond.camera(i, block, self.camera_modulation_fn), skip),
-                grid,
-                mouse,
-                keyboard,
-                M,
-                None if clean is None else clean[i],
-            )
+            cam = _tokens_from(cond.camera(i, block, self.camera_modulation_fn), skip)
+            args = (x, e0, cos, sin, cond.context, cam, grid, mouse, keyboard, M)
+            # the ten positional arguments sequence parallelism's hooks expect, the kept tokens only when cached
+            x = block(*args) if clean is None else block(*args, clean[i])
         if clean is not None:
             for record in clean:
                 record.recording = False
