@@ -40,6 +40,11 @@ def test_kept_clean_tokens_give_the_exact_flow_when_the_noisy_frames_are_unchang
     assert torch.equal(first, ref)  # the first step is the full forward
     torch.testing.assert_close(again[:, :, 1:], ref[:, :, 1:], rtol=1e-5, atol=1e-5)
     assert torch.equal(again[:, :, :1], torch.zeros_like(again[:, :, :1]))
+    with torch.no_grad(), reuse_conditioning(model, context_frames=0):  # the memory alone kept
+        model(**inp)
+        memory_only = model(**inp)
+    assert seen[2:] == [5 * 4, 3 * 4]
+    torch.testing.assert_close(memory_only, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_later_steps_differ_only_by_the_clean_tokens_states_and_each_guidance_branch_keeps_its_own():

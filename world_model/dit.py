@@ -502,16 +502,16 @@ class MatrixGameDiT(nn.Module):
         grid = (x.shape[2], x.shape[3] // ph, x.shape[4] // pw)  # token grid (T, h', w')
         cond = self._conditioning(context, plucker, positions, grid)
         clean = self._clean_tokens(cond, mouse, keyboard, memory, M, grid)
-        c = 0  # window frames the blocks skip: a context cache's later steps skip the clean ones
+        skip = kept = 0  # tokens and frames (memory first) the blocks skip: a context cache's later steps keep them
         if clean is not None and not clean[0].recording:
-            c = clean[0].n // (grid[1] * grid[2]) - M
-            x, t = x[:, :, M + c :], t[:, M + c :]
+            skip = clean[0].n
+            kept = skip // (grid[1] * grid[2])
+            x, t = x[:, :, kept:], t[:, kept:]
         # [B, L, D], L = T * h' * w', frame-major; contiguous, as every block's output is: the compiled
         # blocks then share one graph per shape (a transposed first input was a graph of its own)
         x = self.patch_embedding(x.to(wdtype)).flatten(2).transpose(1, 2).contiguous()
 
         e, e0 = self._time_embedding(t)
-        skip = grid[1] * grid[2] * (M + c) if c else 0  # tokens not computed (the clean ones, kept)
         cos, sin = (cond.cos[:, skip:], cond.sin[:, skip:]) if skip else (cond.cos, cond.sin)
         for i, block in enumerate(self.blocks):
             cam = _tokens_from(cond.camera(i, block, self.camera_modulation_fn), skip)
@@ -524,8 +524,8 @@ class MatrixGameDiT(nn.Module):
 
         out = self.head(x, e)  # [B, L, ph * pw * out_dim] fp32
         if skip:  # the clean window frames' flow is not computed: zeros (samplers step the noisy frames alone)
-            v = self.unpatchify(out, (grid[0] - M - c, grid[1], grid[2]))
-            return torch.cat([v.new_zeros(v.shape[0], v.shape[1], c, *v.shape[3:]), v], dim=2)
+            v = self.unpatchify(out, (grid[0] - kept, grid[1], grid[2]))
+            return torch.cat([v.new_zeros(v.shape[0], v.shape[1], kept - M, *v.shape[3:]), v], dim=2)
         return self.unpatchify(out, grid)[:, :, M:]
 
     def _clean_tokens(
