@@ -608,6 +608,19 @@ def applied_options(model: WorldModel) -> dict[str, object]:
     }
 
 
+def block_graphs() -> dict[str, object]:
+    """How many graphs dynamo holds for the blocks' forward (shared by every block) against its recompile limit: at
+    the limit, a later variant ran eagerly (session 44's context cache on the H100, before compile_blocks raised it)."""
+    import torch._dynamo.config as dynamo_config
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from world_model.dit import DiTBlock
+
+    graphs = len(_debug_get_cache_entry_list(DiTBlock.forward.__code__))
+    limit = dynamo_config.recompile_limit
+    return {"graphs": graphs, "recompile_limit": limit, "limit_reached": graphs >= limit}
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
@@ -682,6 +695,8 @@ def measure(bench: BenchConfig, setup: Setup, ref: tuple[Rollout, float] | None)
         with probed(model, probe):
             r = roll_out(driver, probe, setup.device, setup.warmup, setup.chunks)
             entry.update(summarize(r, int(r.frames[-1].shape[0])))
+            if bench.compile:
+                entry["block_graphs"] = block_graphs()
             if cuda:  # the probe resets the peak statistic at part boundaries: the run's peak is the max
                 entry["peak_gib_by_part"] = by_part = probe.peak_gib()
                 entry["peak_gib"] = max(by_part.values())
@@ -705,7 +720,11 @@ def options(bench: BenchConfig) -> dict[str, object]:
 
 def progress(e: dict) -> str:
     parts = ", ".join(f"{p} {t:.3f}" for p, t in e["parts_s"].items())
-    return f"{e['chunk_s_mean']:.3f} s/chunk ({parts}), {e['fps']:.2f} frames/s, cold {e['cold_s']:.1f} s"
+    line = f"{e['chunk_s_mean']:.3f} s/chunk ({parts}), {e['fps']:.2f} frames/s, cold {e['cold_s']:.1f} s"
+    graphs = e.get("block_graphs")
+    if graphs and graphs["limit_reached"]:
+        line += f"; the blocks' {graphs['graphs']} graphs reached dynamo's recompile limit: later variants ran eagerly"
+    return line
 
 
 def run_configs(configs: list[BenchConfig], setup: Setup, result: dict, path: str) -> None:

@@ -160,3 +160,18 @@ def test_part_probe_attributes_the_peak_to_the_part_that_allocated_it():
     peaks = probe.peak_gib()
     assert peaks["decode"] >= base + 0.25 > peaks["dit"] and peaks["outside"] < base + 0.1
     del x
+
+
+def test_bench_reports_the_blocks_graphs_against_dynamos_limit():
+    """A compiled configuration records how many graphs the blocks' shared forward holds and whether that reached
+    dynamo's recompile limit (where later variants run eagerly); the progress line says so when it did."""
+    import torch._dynamo
+
+    bench = load_bench("env_5b.py")
+    torch._dynamo.reset()
+    graphs = bench.block_graphs()
+    assert graphs["graphs"] == 0 and not graphs["limit_reached"] and graphs["recompile_limit"] >= 8
+    entry = {"chunk_s_mean": 1.0, "fps": 40.0, "cold_s": 9.0, "parts_s": {"dit": 0.7}}
+    assert "recompile limit" not in bench.progress(entry)
+    entry["block_graphs"] = {"graphs": 8, "recompile_limit": 8, "limit_reached": True}
+    assert "ran eagerly" in bench.progress(entry)

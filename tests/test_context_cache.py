@@ -170,3 +170,50 @@ def test_compiled_blocks_keep_their_graphs_across_chunks_with_the_context_cache(
     assert graphs[2] == graphs[3] > 0  # compiled: nothing new after chunk 2
     mse = float(((frames[0] - frames[1]) ** 2).mean())
     assert 10 * np.log10(255.0**2 / max(mse, 1e-12)) > 30  # compiled against eager, both with the context cache
+
+
+@pytest.fixture
+def dynamo_recompile_limit():
+    """Dynamo's recompile limit, restored after the test."""
+    import torch._dynamo.config as dynamo_config
+
+    before = dynamo_config.recompile_limit
+    yield dynamo_config
+    dynamo_config.recompile_limit = before
+
+
+def test_compiling_the_blocks_makes_room_for_each_kind_of_block(dynamo_recompile_limit):
+    """The blocks share one compiled code object: compile_blocks raises dynamo's recompile limit to
+    GRAPHS_PER_BLOCK_KIND per kind of block (tiny: block 0 with an action module, block 1 without), never lowers it."""
+    from world_model.runtime import GRAPHS_PER_BLOCK_KIND, compile_blocks
+
+    dynamo_recompile_limit.recompile_limit = 3
+    compile_blocks(random_world_model(tiny(16, 16), RuntimeOptions()).dit)
+    assert dynamo_recompile_limit.recompile_limit == 2 * GRAPHS_PER_BLOCK_KIND
+    dynamo_recompile_limit.recompile_limit = 500
+    compile_blocks(random_world_model(tiny(16, 16), RuntimeOptions()).dit)
+    assert dynamo_recompile_limit.recompile_limit == 500
+
+
+@pytest.mark.slow
+def test_compiled_blocks_with_the_context_cache_compile_every_variant(dynamo_recompile_limit):
+    """With the context cache a tiny env's block forward compiles 8 graphs (2 kinds of block x chunk 0, the growing
+    window, its recording and its cached steps); where the process's limit is below that, compile_blocks' raise keeps
+    them all compiled instead of running the later ones eagerly (session 44: the 5B's later steps ran so)."""
+    import torch._dynamo
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from mg3_env import MatrixGameEnv
+    from world_model.dit import DiTBlock
+
+    torch._dynamo.reset()
+    dynamo_recompile_limit.recompile_limit = 4
+    env = MatrixGameEnv(model=random_world_model(tiny(16, 16), RuntimeOptions(compile=True, context_cache=True)))
+    act = {"keyboard": np.array([1, 0, 0, 0, 0, 0], np.int8), "mouse": np.array([0.0, 0.1], np.float32)}
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(act)
+    env.close()
+    graphs = len(_debug_get_cache_entry_list(DiTBlock.forward.__code__))
+    torch._dynamo.reset()
+    assert graphs > 4
