@@ -117,8 +117,17 @@ def main() -> None:
         "embedded model where the CPU has int8 dot products), none, int8, or 'both' (alternating runs; with "
         "--dtype both, every pair)",
     )
+    p.add_argument(
+        "--sampler-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the sampler's steps per chunk (default: the model's own, its config's sampler.num_steps)",
+    )
     p.add_argument("--json", default="bench_embedded_speed.json")
     args = p.parse_args()
+    if args.sampler_steps is not None and args.sampler_steps < 1:
+        p.error(f"--sampler-steps must be >= 1, got {args.sampler_steps}")
     dtypes = {
         "default": [RuntimeOptions.for_device(args.device).dtype],
         "float32": [torch.float32],
@@ -184,6 +193,8 @@ def main() -> None:
             for c in settings
         }
         key = "camera_cache"
+    if args.sampler_steps is not None:
+        models = {k: m.with_sampler(num_steps=args.sampler_steps) for k, m in models.items()}
     settings = list(models)
     # one untimed warm-up (allocator, kernels, cuDNN autotuning)
     for model in models.values():
@@ -199,7 +210,10 @@ def main() -> None:
                 parts[c].append(measure(models[c], b, 3))
         rows += [_merge(parts[c], **{key: c}) for c in settings]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
-    print(f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}")
+    steps = "/".join(str(n) for n in sorted({m.config.sampler.num_steps for m in models.values()}))
+    print(
+        f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}, {steps} sampler steps"
+    )
     head, shown = {
         "vae_pruning_rate": ("decoder p", lambda v: f"{v:g}"),
         "dtype": ("dtype", str),
@@ -226,6 +240,7 @@ def main() -> None:
         "dtypes": sorted({str(m.runtime.dtype).removeprefix("torch.") for m in models.values()}),
         "quantize": sorted({str(m.runtime.quantize) for m in models.values()}),
         "context_cache": sorted({m.runtime.context_cache for m in models.values()}),
+        "sampler_steps": sorted({m.config.sampler.num_steps for m in models.values()}),
         "rows": rows,
     }
     with open(args.json, "w") as f:
