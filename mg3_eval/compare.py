@@ -23,15 +23,27 @@ from mg3_eval.report import get_path
 
 __all__ = ["PAIRED", "SCALARS", "compare", "format_comparison", "main"]
 
-# per-episode measures: (name, dotted path of a list, its part's episode-count option); "better"
-# counts the episodes where the candidate's value is higher
+# per-episode measures: (name, dotted path of a list, its part's episode-count option, whether higher is better);
+# "better" counts the episodes where the candidate's value is the better one. A path "a.b[*].c.d" takes c.d of every
+# element of the list at a.b (the stability part keeps each rollout's changes in its episodes).
 PAIRED = (
-    ("chunk-0 PSNR dB", "fidelity.chunk0.per_episode", "fidelity_episodes"),
-    ("chunk-0 PSNR of the pooled error dB", "fidelity.chunk0.pooled.per_episode", "fidelity_episodes"),
-    ("ΔPSNR true vs shuffled actions dB, per clip", "controllability.delta_db_per_clip", "controllability_episodes"),
-    ("return view, memory on, dB", "memory.per_episode_on", "memory_episodes"),
-    ("return view, memory off (the baseline), dB", "memory.per_episode_off", "memory_episodes"),
-    ("reset frame PSNR dB", "reset.per_start", "reset_episodes"),
+    ("chunk-0 PSNR dB", "fidelity.chunk0.per_episode", "fidelity_episodes", True),
+    ("chunk-0 PSNR of the pooled error dB", "fidelity.chunk0.pooled.per_episode", "fidelity_episodes", True),
+    (
+        "ΔPSNR true vs shuffled actions dB, per clip",
+        "controllability.delta_db_per_clip",
+        "controllability_episodes",
+        True,
+    ),
+    ("return view, memory on, dB", "memory.per_episode_on", "memory_episodes", True),
+    ("return view, memory off (the baseline), dB", "memory.per_episode_off", "memory_episodes", True),
+    ("reset frame PSNR dB", "reset.per_start", "reset_episodes", True),
+    *(
+        (f"rollout {stat} change (lower is better)", path, "stability_episodes", False)
+        for stat, path in (
+            (s, f"stability.episodes[*].relative_change.{s}") for s in ("brightness", "contrast", "sharpness")
+        )
+    ),
 )
 # scalar measures shown side by side (no per-episode values to pair)
 SCALARS = (
@@ -47,7 +59,9 @@ SCALARS = (
     ("pitch fast / simulator's", "motion.actions.pitch_fast.ratio.tilt"),
     ("forward change / simulator's", "motion.actions.forward.ratio.change"),
     ("strafe pan / simulator's", "motion.actions.strafe.ratio.pan"),
+    ("stability brightness change", "stability.relative_change.brightness"),
     ("stability contrast change", "stability.relative_change.contrast"),
+    ("stability sharpness change", "stability.relative_change.sharpness"),
 )
 # options that must agree for episodes to pair (those of the parts compared are checked too)
 _SHARED = ("split", "seed", "spawn")
@@ -75,6 +89,18 @@ def _baseline_mismatch(a: dict, b: dict) -> str | None:
     return None
 
 
+def _values(metrics: dict, path: str) -> list | None:
+    """The list at ``path`` (see :data:`PAIRED`), or None where a key is missing."""
+    if "[*]." not in path:
+        return get_path(metrics, path)
+    head, tail = path.split("[*].", 1)
+    items = get_path(metrics, head)
+    if not isinstance(items, list):
+        return None
+    values = [get_path(item, tail) for item in items]
+    return None if any(v is None for v in values) else values
+
+
 def _name(metrics: dict) -> Any:
     model = metrics.get("model")
     return model.get("model") if isinstance(model, dict) else model
@@ -91,8 +117,8 @@ def compare(candidate: dict, reference: dict) -> dict[str, Any]:
     if bad := _baseline_mismatch(candidate, reference):
         raise ValueError(f"the runs saw different simulator frames ({bad}); evaluate both with the same code")
     paired, skipped = {}, {}
-    for name, path, count in PAIRED:
-        a, b = get_path(candidate, path), get_path(reference, path)
+    for name, path, count, higher_better in PAIRED:
+        a, b = _values(candidate, path), _values(reference, path)
         if a is None or b is None:
             continue
         if len(a) != len(b) or _mismatch(candidate, reference, (count,)):
@@ -108,7 +134,7 @@ def compare(candidate: dict, reference: dict) -> dict[str, Any]:
             "reference": sum(b) / n,
             "mean_diff": mean,
             "stderr": se,
-            "candidate_better": sum(x > 0 for x in d),
+            "candidate_better": sum((x > 0) if higher_better else (x < 0) for x in d),
         }
     scalars = {}
     for name, path in SCALARS:

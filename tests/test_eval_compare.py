@@ -67,3 +67,24 @@ def test_runs_of_other_spawns_or_other_simulator_frames_do_not_pair():
     b["fidelity"]["chunk0"]["gain_per_episode"] = [1.0, 0.5]  # episode 1's baseline 18.5: other frames
     with pytest.raises(ValueError, match="different simulator frames.*episode 1"):
         compare(a, b)
+
+
+def test_stability_pairs_each_rollout_and_lower_change_is_better():
+    """The stability part's rollouts pair one by one (its episodes' relative changes): the candidate is better where its
+    change is smaller; runs of other rollout counts do not pair."""
+
+    def run(name: str, brightness: list[float]) -> dict:
+        eps = [{"relative_change": {"brightness": b, "contrast": 0.1, "sharpness": 0.05}} for b in brightness]
+        return {
+            "model": {"model": name},
+            "options": {"split": "test", "seed": 0, "stability_episodes": len(brightness)},
+            "stability": {"episodes": eps, "relative_change": {"brightness": sum(brightness) / len(brightness)}},
+        }
+
+    c = compare(run("new", [0.10, 0.30, 0.05]), run("old", [0.20, 0.20, 0.10]))
+    p = c["paired"]["rollout brightness change (lower is better)"]
+    assert p["mean_diff"] == pytest.approx(-0.05 / 3) and p["candidate_better"] == 2 and p["episodes"] == 3
+    assert c["paired"]["rollout contrast change (lower is better)"]["candidate_better"] == 0
+    assert c["scalars"]["stability brightness change"]["diff"] == pytest.approx(-0.05 / 3)
+    other = compare(run("new", [0.1, 0.2]), run("old", [0.2, 0.2, 0.1]))
+    assert "rollout brightness change (lower is better)" in other["skipped"]
