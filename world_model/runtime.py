@@ -94,7 +94,9 @@ class RuntimeOptions:
     inductor's 0.36, which does not round as the eager path does; its second form, session 20: 0.79 against 0.42, the chunk
     1.172 s against 1.179): off by default, also in the fastest configuration.
     ``compile``: ``torch.compile`` each DiT block (regional compilation: the first forward of each
-    new input shape compiles, about a minute at 5B scale; later ones are fast).
+    new input shape compiles, about a minute at 5B scale; later ones are fast). The blocks share one compiled code
+    object, so :func:`compile_blocks` raises dynamo's recompile limit (process-wide, never lowered) to
+    :data:`GRAPHS_PER_BLOCK_KIND` graphs per kind of block: past the limit, dynamo runs new variants eagerly.
     ``cuda_graphs`` (with ``compile``, on CUDA): the compiled blocks replay CUDA graphs (``torch.compile``'s
     "reduce-overhead" mode: one graph per block and input shape, recorded at its second call), so a block's
     ~100 kernels launch as one; each DiT forward begins a new graph step
