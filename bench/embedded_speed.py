@@ -210,9 +210,10 @@ def main() -> None:
                 parts[c].append(measure(models[c], b, 3))
         rows += [_merge(parts[c], **{key: c}) for c in settings]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
-    steps = "/".join(str(n) for n in sorted({m.config.sampler.num_steps for m in models.values()}))
+    steps = sorted({m.config.sampler.num_steps for m in models.values()})
     print(
-        f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}, {steps} sampler steps"
+        f"model {args.model} on {args.device} ({name}), torch threads {torch.get_num_threads()}, "
+        f"{'/'.join(map(str, steps))} sampler steps"
     )
     head, shown = {
         "vae_pruning_rate": ("decoder p", lambda v: f"{v:g}"),
@@ -240,7 +241,7 @@ def main() -> None:
         "dtypes": sorted({str(m.runtime.dtype).removeprefix("torch.") for m in models.values()}),
         "quantize": sorted({str(m.runtime.quantize) for m in models.values()}),
         "context_cache": sorted({m.runtime.context_cache for m in models.values()}),
-        "sampler_steps": sorted({m.config.sampler.num_steps for m in models.values()}),
+        "sampler_steps": steps,
         "rows": rows,
     }
     with open(args.json, "w") as f:

@@ -611,13 +611,13 @@ def applied_options(model: WorldModel) -> dict[str, object]:
 def block_graphs() -> dict[str, object]:
     """How many graphs dynamo holds for the blocks' forward (shared by every block) against its recompile limit: at
     the limit, a later variant ran eagerly (session 44's context cache on the H100, before compile_blocks raised it)."""
-    import torch._dynamo.config as dynamo_config
     from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 
     from world_model.dit import DiTBlock
+    from world_model.runtime import recompile_limit
 
     graphs = len(_debug_get_cache_entry_list(DiTBlock.forward.__code__))
-    limit = dynamo_config.recompile_limit
+    limit = recompile_limit()
     return {"graphs": graphs, "recompile_limit": limit, "limit_reached": graphs >= limit}
 
 

@@ -39,10 +39,13 @@ PAIRED = (
     ("return view, memory off (the baseline), dB", "memory.per_episode_off", "memory_episodes", True),
     ("reset frame PSNR dB", "reset.per_start", "reset_episodes", True),
     *(
-        (f"rollout {stat} change (lower is better)", path, "stability_episodes", False)
-        for stat, path in (
-            (s, f"stability.episodes[*].relative_change.{s}") for s in ("brightness", "contrast", "sharpness")
+        (
+            f"rollout {s} change (lower is better)",
+            f"stability.episodes[*].relative_change.{s}",
+            "stability_episodes",
+            False,
         )
+        for s in ("brightness", "contrast", "sharpness")
     ),
 )
 # scalar measures shown side by side (no per-episode values to pair)

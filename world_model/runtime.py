@@ -25,6 +25,7 @@ from world_model.attention import BACKENDS
 __all__ = [
     "RuntimeOptions",
     "GRAPHS_PER_BLOCK_KIND",
+    "recompile_limit",
     "ATTENTION_BACKENDS",
     "SELF_ATTN_PROJECTIONS",
     "RESIDUAL",
@@ -550,12 +551,24 @@ def _block_kind(block: nn.Module) -> tuple:
     return tuple((name, type(m).__name__) for name, m in block.named_modules())
 
 
-def _raise_recompile_limit(limit: int) -> None:
-    """Dynamo's recompile limit per code object raised to ``limit`` (never lowered)."""
+def _recompile_limit_name():
+    """Dynamo's config module and the name of its recompile limit per code object (``cache_size_limit`` before
+    torch renamed it)."""
     import torch._dynamo.config as dynamo_config
 
-    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
+    return dynamo_config, "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+
+
+def recompile_limit() -> int:
+    """Dynamo's recompile limit per code object, as :func:`compile_blocks` leaves it."""
+    config, name = _recompile_limit_name()
+    return getattr(config, name)
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    """Dynamo's recompile limit per code object raised to ``limit`` (never lowered)."""
+    config, name = _recompile_limit_name()
+    setattr(config, name, max(getattr(config, name), limit))
 
 
 def begins_graph_steps(dit: nn.Module) -> bool:
