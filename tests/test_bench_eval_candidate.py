@@ -34,8 +34,8 @@ def test_an_unknown_group_is_refused_before_any_group_runs(tmp_path):
     assert _run(["M"], tmp_path).returncode == 2
 
 
-def test_a_group_runs_mg3_eval_in_the_shipped_steps_and_pairs_it_with_its_reference(tmp_path):
-    reference = ROOT / "docs" / "embedded" / "metrics_session41_student724_rs_cpu.json"
+def test_a_group_runs_mg3_eval_in_the_candidates_steps_and_pairs_it_with_its_reference(tmp_path):
+    reference = ROOT / "docs" / "embedded" / "metrics_session46_student283_8steps_rs_cpu.json"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "mg3"  # writes the reference run as its own result and records its arguments
@@ -51,6 +51,10 @@ def test_a_group_runs_mg3_eval_in_the_shipped_steps_and_pairs_it_with_its_refere
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
     assert args[:2] == ["eval", "--model"] and "MODEL_DIR" in args
-    assert args[args.index("--sampler-steps") + 1] == "5" and args[args.index("--parts") + 1] == "reset,sharpness"
+    assert "--sampler-steps" not in args and args[args.index("--parts") + 1] == "reset,sharpness"  # its own steps
     compared = json.loads((tmp_path / "out" / "compare_rs.json").read_text())
     assert compared["paired"]["reset frame PSNR dB"]["mean_diff"] == 0.0  # the reference against itself
+    r = _run(["MODEL_DIR", str(tmp_path / "out16"), "rs"], tmp_path, PATH=path, STEPS="16")
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "args").read_text().split()
+    assert args[args.index("--sampler-steps") + 1] == "16"

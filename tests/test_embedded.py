@@ -26,7 +26,7 @@ def test_default_loads_by_name_with_its_own_first_frame_and_prompt():
     wm = load_world_model("default")
     assert wm.config.name == "mg3-embedded"
     assert not wm.random_weights
-    assert (wm.config.sampler.num_steps, wm.config.sampler.shift) == (5, 3.0)  # since session 19 (model card)
+    assert (wm.config.sampler.num_steps, wm.config.sampler.shift) == (8, 3.0)  # 8 since session 46 (model card)
     assert wm.default_image is not None and wm.default_image.endswith("default_image.png")
     assert "Freedoom" in (wm.default_prompt or "")
 
