@@ -31,9 +31,9 @@ for g in $groups; do  # every group checked before any runs
 done
 mkdir -p "$out"
 status=0
+steps=(); if [ -n "${STEPS:-}" ]; then steps=(--sampler-steps "$STEPS"); fi  # none: the candidate's own
 for g in $groups; do
   group "$g"
-  steps=(); if [ -n "${STEPS:-}" ]; then steps=(--sampler-steps "$STEPS"); fi
   if ! mg3 eval --model "$model" --device cpu --threads 2 "${steps[@]}" "${parts[@]}" \
       --out "$out/$g" > "$out/$g.log" 2>&1; then
     echo "eval_candidate: group $g failed; see $out/$g.log" >&2; status=1; continue
