@@ -6,7 +6,8 @@
 # GROUP: rs (reset frame and sharpness, ~1.5 min), paired (chunk 0 and the actions' effect, 18 episodes, ~9-14 min),
 # memory (24 episodes, ~7 min), motion (12 starts, ~12 min); all four by default; stability (three rollouts of 121
 # chunks, ~15 min) and anywhere (chunk 0 on the train levels away from their start spots, 18 episodes, ~3 min; the
-# shipped model gains +0.92 dB there, +1.93 from their start spots) only when named. STEPS=N sets the sampler steps (default: the candidate's own).
+# shipped model gains +0.92 dB there, +1.93 from their start spots) only when named. STEPS=N sets the sampler steps (default: the candidate's own);
+# EVAL_ARGS adds mg3 eval options to every group (e.g. EVAL_ARGS=--context-cache).
 # Writes OUT/GROUP/metrics.json (+ its PNGs), OUT/GROUP.log and OUT/compare_GROUP.json; prints each comparison.
 set -u
 if [ $# -lt 2 ]; then echo "usage: bash bench/eval_candidate.sh MODEL OUT [rs|paired|memory|motion|stability|anywhere ...]" >&2; exit 2; fi
@@ -32,9 +33,10 @@ done
 mkdir -p "$out"
 status=0
 steps=(); if [ -n "${STEPS:-}" ]; then steps=(--sampler-steps "$STEPS"); fi  # none: the candidate's own
+read -r -a extra <<< "${EVAL_ARGS:-}"
 for g in $groups; do
   group "$g"
-  if ! mg3 eval --model "$model" --device cpu --threads 2 "${steps[@]}" "${parts[@]}" \
+  if ! mg3 eval --model "$model" --device cpu --threads 2 "${steps[@]}" "${extra[@]}" "${parts[@]}" \
       --out "$out/$g" > "$out/$g.log" 2>&1; then
     echo "eval_candidate: group $g failed; see $out/$g.log" >&2; status=1; continue
   fi

@@ -58,3 +58,7 @@ def test_a_group_runs_mg3_eval_in_the_candidates_steps_and_pairs_it_with_its_ref
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
     assert args[args.index("--sampler-steps") + 1] == "16"
+    r = _run(["MODEL_DIR", str(tmp_path / "outcc"), "rs"], tmp_path, PATH=path, EVAL_ARGS="--context-cache --seed 3")
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "args").read_text().split()
+    assert "--context-cache" in args and args[args.index("--seed") + 1] == "3"  # EVAL_ARGS reach every group
