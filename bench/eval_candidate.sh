@@ -5,12 +5,12 @@
 #   bash bench/eval_candidate.sh MODEL OUT [GROUP ...]
 # GROUP: rs (reset frame and sharpness, ~1.5 min), paired (chunk 0 and the actions' effect, 18 episodes, ~9-14 min),
 # memory (24 episodes, ~7 min), motion (12 starts, ~12 min); all four by default; stability (three rollouts of 121
-# chunks, ~15 min) and anywhere (chunk 0 on the train levels away from their start spots, 18 episodes, ~3 min; the
+# chunks, ~15 min), control (the inverse-dynamics model's key and mouse accuracy, 1,044 windows, ~5 min) and anywhere (chunk 0 on the train levels away from their start spots, 18 episodes, ~3 min; the
 # shipped model gains +0.92 dB there, +1.93 from their start spots) only when named. STEPS=N sets the sampler steps (default: the candidate's own);
 # EVAL_ARGS adds mg3 eval options to every group (e.g. EVAL_ARGS=--context-cache).
 # Writes OUT/GROUP/metrics.json (+ its PNGs), OUT/GROUP.log and OUT/compare_GROUP.json; prints each comparison.
 set -u
-if [ $# -lt 2 ]; then echo "usage: bash bench/eval_candidate.sh MODEL OUT [rs|paired|memory|motion|stability|anywhere ...]" >&2; exit 2; fi
+if [ $# -lt 2 ]; then echo "usage: bash bench/eval_candidate.sh MODEL OUT [rs|paired|memory|motion|stability|control|anywhere ...]" >&2; exit 2; fi
 model=$1; out=$2; shift 2
 groups=${*:-rs paired memory motion}
 cd "$(dirname "$0")/.."
@@ -23,12 +23,13 @@ group() {
     memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session46_student283_8steps_memory24_cpu.json ;;
     motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session46_student283_8steps_motion12_cpu.json ;;
     stability) parts=(--parts stability); reference=$ref/metrics_session46_student283_8steps_stability3_cpu.json ;;
+    control) parts=(--parts control); reference=$ref/metrics_session46_student283_8steps_control_cpu.json ;;
     anywhere) parts=(--parts fidelity --episodes 18 --split train --spawn anywhere); reference=$ref/metrics_session36_shipped_fidelity18_train_levels_anywhere_cpu.json ;;
     *) return 1 ;;
   esac
 }
 for g in $groups; do  # every group checked before any runs
-  if ! group "$g"; then echo "eval_candidate: unknown group $g (rs, paired, memory, motion, stability, anywhere)" >&2; exit 2; fi
+  if ! group "$g"; then echo "eval_candidate: unknown group $g (rs, paired, memory, motion, stability, control, anywhere)" >&2; exit 2; fi
 done
 mkdir -p "$out"
 status=0

@@ -65,6 +65,10 @@ SCALARS = (
     ("stability brightness change", "stability.relative_change.brightness"),
     ("stability contrast change", "stability.relative_change.contrast"),
     ("stability sharpness change", "stability.relative_change.sharpness"),
+    ("control keys accuracy", "control.model.keyboard_accuracy"),
+    ("control mouse accuracy", "control.model.mouse_accuracy"),
+    ("control keys, feasible windows", "control.model.feasible.keyboard_accuracy"),
+    ("control mouse, feasible windows", "control.model.feasible.mouse_accuracy"),
 )
 # options that must agree for episodes to pair (those of the parts compared are checked too)
 _SHARED = ("split", "seed", "spawn")

@@ -20,7 +20,7 @@ def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedPro
 
 def test_every_reference_run_the_script_names_is_in_the_repository():
     refs = re.findall(r"reference=\$ref/(\S+?\.json)", SCRIPT.read_text())
-    assert len(refs) == 6  # rs, paired, memory, motion, stability, anywhere
+    assert len(refs) == 7  # rs, paired, memory, motion, stability, control, anywhere
     for name in refs:
         metrics = json.loads((ROOT / "docs" / "embedded" / name).read_text())
         assert "model" in metrics, name

@@ -88,3 +88,16 @@ def test_stability_pairs_each_rollout_and_lower_change_is_better():
     assert c["scalars"]["stability brightness change"]["diff"] == pytest.approx(-0.05 / 3)
     other = compare(run("new", [0.1, 0.2]), run("old", [0.2, 0.2, 0.1]))
     assert "rollout brightness change (lower is better)" in other["skipped"]
+
+
+def test_control_accuracies_are_shown_side_by_side():
+    def run(name: str, keys: float, mouse: float) -> dict:
+        r = _run(name, [20.0], [1.0])
+        feasible = {"keyboard_accuracy": keys + 0.01, "mouse_accuracy": mouse + 0.05}
+        r["control"] = {"model": {"keyboard_accuracy": keys, "mouse_accuracy": mouse, "feasible": feasible}}
+        return r
+
+    c = compare(run("new", 0.92, 0.80), run("old", 0.94, 0.82))
+    assert c["scalars"]["control keys accuracy"]["diff"] == pytest.approx(-0.02)
+    assert c["scalars"]["control mouse, feasible windows"]["candidate"] == pytest.approx(0.85)
+    assert "control mouse accuracy" in format_comparison(c)
