@@ -26,8 +26,10 @@ def demo(
     seed: int = 0,
     image: str | None = None,
     prompt: str | None = None,
+    context_cache: bool = False,
 ) -> dict[str, Path]:
-    """Run the scripted explorer for ``chunks`` steps; returns the paths written."""
+    """Run the scripted explorer for ``chunks`` steps; returns the paths written. ``context_cache``:
+    ``RuntimeOptions.context_cache`` (faster, an approximation)."""
     import numpy as np
 
     from agents.explorer import Explorer
@@ -40,7 +42,7 @@ def demo(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    wm = load_world_model(model, RuntimeOptions.for_device(device))
+    wm = load_world_model(model, RuntimeOptions.for_device(device, context_cache=context_cache))
     env = RecordEpisodes(
         MatrixGameEnv(model=wm, image=image, prompt=prompt, max_chunks=chunks, render_mode="rgb_array"),
         out / "dataset",
@@ -88,10 +90,16 @@ def _demo_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image", default=None, help="first frame (PNG/JPEG); default: the model's own")
     p.add_argument("--prompt", default=None)
+    p.add_argument(
+        "--context-cache",
+        action="store_true",
+        help="the window's clean tokens through the DiT once per chunk (faster, an approximation; model card)",
+    )
     args = p.parse_args(argv)
     paths = demo(
-        args.model, args.chunks, args.out, device=args.device, seed=args.seed, image=args.image, prompt=args.prompt
-    )
+        args.model, args.chunks, args.out, device=args.device, seed=args.seed, image=args.image, prompt=args.prompt,
+        context_cache=args.context_cache,
+    )  # fmt: skip
     print(f"video:   {paths['video']}")
     print(f"dataset: {paths['dataset']}")
     print(f"strip:   {paths['strip']} (the input image, the reset frame, then the last frame of every chunk)")

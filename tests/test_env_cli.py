@@ -30,3 +30,19 @@ def test_data_dispatch_and_unknown_command(capsys):
     assert e.value.code == 0
     assert main(["fly"]) == 2
     assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_demo_context_cache_reaches_the_loaded_model(monkeypatch, tmp_path):
+    import world_model.model
+
+    seen = []
+
+    def fake_load(name, runtime):
+        seen.append(runtime)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(world_model.model, "load_world_model", fake_load)
+    for flag in ([], ["--context-cache"]):
+        with pytest.raises(ValueError, match="stop here"):
+            main(["demo", "--model", "tiny-random", "--out", str(tmp_path), "--device", "cpu", *flag])
+    assert [r.context_cache for r in seen] == [False, True]

@@ -344,7 +344,7 @@ def test_play_cli_refuses_bad_options(capsys):
 
 
 def test_play_cli_passes_runtime_options_to_the_loader(monkeypatch):
-    """mg3 play --compile / --quantize / --attention reach RuntimeOptions of the loaded model."""
+    """mg3 play --compile / --quantize / --attention / --context-cache reach RuntimeOptions of the loaded model."""
     import torch
 
     import world_model.model
@@ -366,7 +366,9 @@ def test_play_cli_passes_runtime_options_to_the_loader(monkeypatch):
     assert main(["play", "--model", "default", "--device", "cpu", "--quantize", "int8"]) == 2
     assert seen[2].quantize == "int8" and seen[2].dtype == RuntimeOptions.for_device("cpu").dtype
     assert main(["play", "--model", "default", "--device", "cpu", "--quantize", "none"]) == 2
-    assert seen[3].quantize is None
+    assert seen[3].quantize is None and not seen[3].context_cache
+    assert main(["play", "--model", "default", "--device", "cpu", "--context-cache"]) == 2
+    assert seen[4].context_cache
 
 
 def test_a_model_with_another_sampler_shares_its_weights():
