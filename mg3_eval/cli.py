@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         "the later sampler steps (an approximation; measure what it costs)",
     )
     p.add_argument(
+        "--context-cache-refresh",
+        type=int,
+        default=0,
+        metavar="R",
+        help="with --context-cache: recompute the clean tokens every R-th sampler step (default 0: the first only)",
+    )
+    p.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)} (default: all)"
     )
     p.add_argument(
@@ -231,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    runtime = RuntimeOptions.for_device(args.device, context_cache=args.context_cache)
+    try:
+        runtime = RuntimeOptions.for_device(
+            args.device, context_cache=args.context_cache, context_cache_refresh=args.context_cache_refresh
+        )
+    except ValueError as e:  # e.g. --context-cache-refresh without --context-cache
+        parser.error(str(e))
     try:
         wm = load_world_model(args.model, runtime)
     except (ValueError, OSError) as e:  # unknown name, missing or incomplete folder, embedded weights absent

@@ -199,6 +199,7 @@ def run_evaluation(
             "device": wm.runtime.device,
             "dtype": str(wm.runtime.dtype).removeprefix("torch."),
             **({"context_cache": True} if wm.runtime.context_cache else {}),
+            **({"context_cache_refresh": r} if (r := wm.runtime.context_cache_refresh) else {}),
         },
         "torch_threads": torch.get_num_threads(),
     }

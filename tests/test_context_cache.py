@@ -217,3 +217,44 @@ def test_compiled_blocks_with_the_context_cache_compile_every_variant(dynamo_rec
     graphs = len(_debug_get_cache_entry_list(DiTBlock.forward.__code__))
     torch._dynamo.reset()
     assert graphs > 4
+
+
+def test_refresh_recomputes_the_clean_tokens_every_r_th_step():
+    """context_cache_refresh=2: steps 0 and 2 run the whole window (the second one exactly the full forward on its
+    inputs), steps 1 and 3 the noisy tokens alone."""
+    cfg = tiny().dit
+    model = _model(cfg)
+    model.context_cache, model.context_cache_refresh = True, 2
+    inp = _inputs(cfg, B=1, M=2, F=3, h=4, w=4)
+    step = {**inp, "x": inp["x"].clone(), "t": inp["t"] * 0.5}
+    step["x"][:, :, 1:] += 0.5 * torch.randn_like(step["x"][:, :, 1:])
+    with torch.no_grad():
+        exact = model(**step)
+    seen = _block_tokens(model)
+    with torch.no_grad(), reuse_conditioning(model, context_frames=1):
+        model(**inp)
+        model(**inp)
+        refreshed = model(**step)
+        model(**step)
+    assert seen == [20, 8, 20, 8]
+    assert torch.equal(refreshed, exact)  # a refresh step is the full forward
+
+
+def test_runtime_refresh_option_is_checked_and_reaches_the_dit():
+    assert RuntimeOptions().context_cache_refresh == 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="context_cache_refresh must be an int >= 0"):
+            RuntimeOptions(context_cache=True, context_cache_refresh=bad)
+    with pytest.raises(ValueError, match="set context_cache=True too"):
+        RuntimeOptions(context_cache_refresh=2)
+    model = random_world_model(tiny(16, 16), RuntimeOptions(context_cache=True, context_cache_refresh=3))
+    assert model.dit.context_cache_refresh == 3
+
+
+def test_eval_refuses_a_refresh_without_the_cache(tmp_path, capsys):
+    from mg3_env.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--model", "tiny-random", "--out", str(tmp_path), "--context-cache-refresh", "2"])
+    assert e.value.code == 2 and "set context_cache=True too" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written

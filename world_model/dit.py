@@ -216,6 +216,7 @@ class CleanTokens:
     def __init__(self, n: int) -> None:
         self.n = n
         self.recording = True
+        self.calls = 0  # forwards run with this record (the window's sampler steps of its branch)
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.action_input: torch.Tensor | None = None
@@ -390,6 +391,7 @@ class MatrixGameDiT(nn.Module):
 
     camera_cache: bool = True
     context_cache: bool = False  # RuntimeOptions.context_cache (an approximation; off: the release's computation)
+    context_cache_refresh: int = 0  # RuntimeOptions.context_cache_refresh: re-record every r-th step (0: never)
     camera_modulation_fn = None  # None: DiTBlock.camera_modulation
 
     def __init__(self, cfg: DiTConfig) -> None:
@@ -503,6 +505,10 @@ class MatrixGameDiT(nn.Module):
         cond = self._conditioning(context, plucker, positions, grid)
         clean = self._clean_tokens(cond, mouse, keyboard, memory, M, grid)
         skip = kept = 0  # tokens and frames (memory first) the blocks skip: a context cache's later steps keep them
+        r = self.context_cache_refresh
+        if clean is not None and r and clean[0].calls % r == 0:  # a refresh step: the clean tokens recomputed
+            for record in clean:
+                record.recording = True
         if clean is not None and not clean[0].recording:
             skip = clean[0].n
             kept = skip // (grid[1] * grid[2])
@@ -521,6 +527,7 @@ class MatrixGameDiT(nn.Module):
         if clean is not None:
             for record in clean:
                 record.recording = False
+                record.calls += 1
 
         out = self.head(x, e)  # [B, L, ph * pw * out_dim] fp32
         if skip:  # the clean window frames' flow is not computed: zeros (samplers step the noisy frames alone)

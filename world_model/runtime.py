@@ -146,7 +146,9 @@ class RuntimeOptions:
     they keep their first step's states. What it saves: a 5B window of 5 memory + 4 context + 10 noisy latents
     (16,720 tokens) runs 8,800 tokens at steps 2 and 3, so the blocks' GEMMs and attention of a 3-step chunk fall to
     (1 + 2 x 0.53) / 3 = 69 %. Needs ``camera_cache`` (its scope holds the kept tokens); not with
-    ``fp8_attention_kernel`` or ``sequence_parallel``.
+    ``fp8_attention_kernel`` or ``sequence_parallel``. ``context_cache_refresh`` (r >= 1, with ``context_cache``):
+    the clean tokens recomputed, and kept anew, at every r-th sampler step of a window (steps 0, r, 2r, ...): of 8 steps,
+    r = 4 runs them twice; 0 (default): at the first step only.
     ``decode_segment``: latents per VAE decoder call when a chunk is decoded (the result is the same
     up to rounding for any value). 4 is the release's (``WAN_VAE_SEGMENT_SIZE``); 1 holds the
     decoder activations of one latent (4 frames) instead of four (16 frames) at a time: on the CPU
@@ -173,6 +175,7 @@ class RuntimeOptions:
     sequence_parallel: int = 1  # ranks one DiT forward is split over (1: off)
     camera_cache: bool | None = None  # reuse a window's conditioning across sampler steps (None: auto)
     context_cache: bool = False  # the clean tokens through the blocks once per chunk (an approximation)
+    context_cache_refresh: int = 0  # with context_cache: recompute the clean tokens every r-th sampler step (0: never)
     text_offload: bool = False  # text encoder weights in host memory between encodings
     decode_segment: int = 4  # latents per VAE decoder call (the release's 4)
     compile_decoder: bool = False  # torch.compile the VAE decoder
@@ -238,6 +241,20 @@ class RuntimeOptions:
             raise ValueError(f"camera_cache must be None (auto), True or False, got {self.camera_cache!r}")
         if not isinstance(self.context_cache, bool):
             raise ValueError(f"context_cache must be True or False, got {self.context_cache!r}")
+        if (
+            isinstance(self.context_cache_refresh, bool)
+            or not isinstance(self.context_cache_refresh, int)
+            or self.context_cache_refresh < 0
+        ):
+            raise ValueError(
+                f"context_cache_refresh must be an int >= 0 (0: the clean tokens at a window's first sampler step "
+                f"only), got {self.context_cache_refresh!r}"
+            )
+        if self.context_cache_refresh and not self.context_cache:
+            raise ValueError(
+                f"context_cache_refresh={self.context_cache_refresh} refreshes the context cache's kept tokens: set "
+                "context_cache=True too"
+            )
         if self.context_cache and not self.uses_camera_cache:
             raise ValueError(
                 "context_cache=True keeps the clean tokens in the camera cache's scope: leave camera_cache on "
@@ -639,6 +656,7 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
         expert.set_residual_dtype(runtime.residual_dtype)
         expert.camera_cache = runtime.uses_camera_cache
         expert.context_cache = runtime.context_cache
+        expert.context_cache_refresh = runtime.context_cache_refresh
         set_attention_backend(expert, runtime.attention)
         if runtime.attention == "fa3_fp8":
             bound_qk_inputs(expert)
