@@ -38,6 +38,8 @@ PAIRED = (
     ("return view, memory on, dB", "memory.per_episode_on", "memory_episodes", True),
     ("return view, memory off (the baseline), dB", "memory.per_episode_off", "memory_episodes", True),
     ("reset frame PSNR dB", "reset.per_start", "reset_episodes", True),
+    ("control keys accuracy, per episode", "control.model.per_episode.keyboard", "control_episodes", True),
+    ("control mouse accuracy, per episode", "control.model.per_episode.mouse", "control_episodes", True),
     *(
         (
             f"rollout {s} change (lower is better)",

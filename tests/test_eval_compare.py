@@ -101,3 +101,16 @@ def test_control_accuracies_are_shown_side_by_side():
     assert c["scalars"]["control keys accuracy"]["diff"] == pytest.approx(-0.02)
     assert c["scalars"]["control mouse, feasible windows"]["candidate"] == pytest.approx(0.85)
     assert "control mouse accuracy" in format_comparison(c)
+
+
+def test_control_runs_pair_by_episode():
+    def run(name: str, mouse: list[float]) -> dict:
+        r = _run(name, [20.0], [1.0])
+        r["options"]["control_episodes"] = len(mouse)
+        r["control"] = {"model": {"per_episode": {"keyboard": [1.0] * len(mouse), "mouse": mouse}}}
+        return r
+
+    c = compare(run("new", [0.8, 0.9, 0.7]), run("old", [0.9, 0.9, 0.9]))
+    p = c["paired"]["control mouse accuracy, per episode"]
+    assert p["mean_diff"] == pytest.approx(-0.1) and p["candidate_better"] == 0 and p["episodes"] == 3
+    assert c["paired"]["control keys accuracy, per episode"]["mean_diff"] == 0.0

@@ -389,6 +389,9 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     )
     by_key = m["control"]["model"]["mouse_accuracy_by_keyboard"]
     assert set(by_key) == {"none", "forward", "back", "left", "right"}
+    per_ep = m["control"]["model"]["per_episode"]  # each episode's windows: their mean is the whole run's
+    assert len(per_ep["keyboard"]) == len(per_ep["mouse"]) == m["control"]["episodes"]
+    assert np.mean(per_ep["mouse"]) == pytest.approx(m["control"]["model"]["mouse_accuracy"])
 
     vae_view = tmp_path / "vae_view"  # the IDM trained and scored on simulator video through the VAE
     args = [*small, "--parts", "control", *train_idm, "--idm-vae", "--context-cache"]

@@ -63,7 +63,7 @@ def control(
     start (``sim_through_vae``: its video passed through the model's VAE, for an IDM trained so). Scores (``model``, ``sim``): IDM accuracy against the commanded classes on the model's
     video and on the simulator's (the simulator's is the ceiling the IDM allows), and the same
     restricted to the windows where the simulator moved as commanded (``feasible``: walls stop the
-    player, and a model that learned that is not wrong)."""
+    player, and a model that learned that is not wrong); ``per_episode``: each episode's accuracies, for pairing."""
     gen = StreamingGenerator(wm)
     first, rest = gen.first_chunk_frames, gen.chunk_frames
     slices = chunk_slices(first, rest, num_chunks)
@@ -122,6 +122,11 @@ def control(
             },
             # the yaw read while each key is commanded (a strafe that pans like a turn reads as one)
             "mouse_accuracy_by_keyboard": {c: accuracy(pm, lm, lk == i) for i, c in enumerate(KEYBOARD_CLASSES)},
+            # each episode's share of its windows read right: two models' runs pair by episode (mg3_eval.compare)
+            "per_episode": {
+                "keyboard": [float(np.mean(p == t)) for p, t in zip(res[name][0], labels_kb)],
+                "mouse": [float(np.mean(p == t)) for p, t in zip(res[name][1], labels_ms)],
+            },
         }
     out["feasible_windows"] = int(feasible.sum())
     out["feasible_fraction"] = float(feasible.mean()) if len(feasible) else None
