@@ -73,6 +73,11 @@ def _merge(runs: list[dict], **extra) -> dict:
     }
 
 
+def _cache_label(cache: bool, refresh: int) -> str:
+    """A context-cache setting as the table and the JSON name it: off, on, or on/rR (refreshed every R-th step)."""
+    return "off" if not cache else "on" if not refresh else f"on/r{refresh}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default", help="registry name or model folder")
@@ -92,6 +97,15 @@ def main() -> None:
         default="off",
         help="RuntimeOptions.context_cache (the window's clean tokens through the DiT once per chunk: an "
         "approximation); 'both' measures each batch size with and without (alternating)",
+    )
+    p.add_argument(
+        "--context-cache-refresh",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="R",
+        help="RuntimeOptions.context_cache_refresh of the cached runs (the clean tokens recomputed every R-th step; "
+        "default 0: the first only); several values: one cached setting each, alternating",
     )
     p.add_argument(
         "--vae-pruning",
@@ -149,6 +163,13 @@ def main() -> None:
             "at their defaults"
         )
     context_cache = args.context_cache == "on"
+    refreshes = args.context_cache_refresh
+    if any(r < 0 for r in refreshes):
+        p.error(f"--context-cache-refresh values must be >= 0, got {refreshes}")
+    if refreshes != [0] and args.context_cache == "off":
+        p.error("--context-cache-refresh sets the cached runs' refresh: add --context-cache on or both")
+    if len(refreshes) > 1 and args.context_cache == "on" and (len(combos) > 1 or args.camera_cache != "on"):
+        p.error("several --context-cache-refresh values compare the refresh alone: leave the other comparisons alone")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.vae_pruning is not None:
@@ -157,26 +178,36 @@ def main() -> None:
         if not all(0.0 <= r < 1.0 for r in args.vae_pruning):
             p.error(f"--vae-pruning rates must be in [0, 1), got {args.vae_pruning}")
         runtime = RuntimeOptions.for_device(
-            args.device, dtype=dtypes[0], quantize=quantizes[0], context_cache=context_cache
+            args.device,
+            dtype=dtypes[0],
+            quantize=quantizes[0],
+            context_cache=context_cache,
+            context_cache_refresh=refreshes[0],
         )
         cfg = load_world_model(args.model, runtime).config
         models = {
             r: random_world_model(cfg.replace(vae=cfg.vae.replace(pruning_rate=r)), runtime) for r in args.vae_pruning
         }
         key = "vae_pruning_rate"
-    elif args.context_cache == "both":
+    elif args.context_cache == "both" or len(refreshes) > 1:
+        cached = [(True, r) for r in refreshes]
         models = {
-            c: load_world_model(
+            _cache_label(c, r): load_world_model(
                 args.model,
-                RuntimeOptions.for_device(args.device, context_cache=c, dtype=dtypes[0], quantize=quantizes[0]),
+                RuntimeOptions.for_device(
+                    args.device, context_cache=c, context_cache_refresh=r, dtype=dtypes[0], quantize=quantizes[0]
+                ),
             )
-            for c in (False, True)
+            for c, r in ([(False, 0)] if args.context_cache == "both" else []) + cached
         }
         key = "context_cache"
     elif len(combos) > 1:
         models = {
             _setting(d, q): load_world_model(
-                args.model, RuntimeOptions.for_device(args.device, dtype=d, quantize=q, context_cache=context_cache)
+                args.model,
+                RuntimeOptions.for_device(
+                    args.device, dtype=d, quantize=q, context_cache=context_cache, context_cache_refresh=refreshes[0]
+                ),
             )
             for d, q in combos
         }
@@ -187,7 +218,12 @@ def main() -> None:
             c: load_world_model(
                 args.model,
                 RuntimeOptions.for_device(
-                    args.device, camera_cache=c, dtype=dtypes[0], quantize=quantizes[0], context_cache=context_cache
+                    args.device,
+                    camera_cache=c,
+                    dtype=dtypes[0],
+                    quantize=quantizes[0],
+                    context_cache=context_cache,
+                    context_cache_refresh=refreshes[0],
                 ),
             )
             for c in settings
@@ -220,7 +256,7 @@ def main() -> None:
         "dtype": ("dtype", str),
         "setting": ("setting", str),
         "camera_cache": ("cam cache", lambda v: "on" if v else "off"),
-        "context_cache": ("ctx cache", lambda v: "on" if v else "off"),
+        "context_cache": ("ctx cache", str),
     }[key]
     width = max(9, *(len(shown(r[key])) for r in rows))
     print(f"{'envs':>5} {head:>{width}} {'reset s':>8} {'chunk s':>8} {'frames/s':>9} {'per env':>8}")
@@ -241,6 +277,7 @@ def main() -> None:
         "dtypes": sorted({str(m.runtime.dtype).removeprefix("torch.") for m in models.values()}),
         "quantize": sorted({str(m.runtime.quantize) for m in models.values()}),
         "context_cache": sorted({m.runtime.context_cache for m in models.values()}),
+        "context_cache_refresh": sorted({m.runtime.context_cache_refresh for m in models.values()}),
         "sampler_steps": steps,
         "rows": rows,
     }

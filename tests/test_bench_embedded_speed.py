@@ -26,3 +26,14 @@ def test_sampler_steps_are_applied_and_recorded(tmp_path):
     assert "2 sampler steps" in r.stdout
     bad = _run(tmp_path, "--sampler-steps", "0")
     assert bad.returncode == 2 and "--sampler-steps must be >= 1" in bad.stderr
+
+
+def test_context_cache_refresh_settings_are_measured_apart(tmp_path):
+    """--context-cache both --context-cache-refresh 0 2: the exact run and one cached run per refresh, each a row."""
+    r = _run(tmp_path, "--context-cache", "both", "--context-cache-refresh", "0", "2")
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert [row["context_cache"] for row in out["rows"]] == ["off", "on", "on/r2"]
+    assert out["context_cache_refresh"] == [0, 2] and "on/r2" in r.stdout
+    bad = _run(tmp_path, "--context-cache-refresh", "2")
+    assert bad.returncode == 2 and "add --context-cache on or both" in bad.stderr
