@@ -23,7 +23,7 @@ group() {
     memory) parts=(--parts memory --memory-episodes 24); reference=$ref/metrics_session46_student283_8steps_memory24_cpu.json ;;
     motion) parts=(--parts motion --motion-episodes 12); reference=$ref/metrics_session46_student283_8steps_motion12_cpu.json ;;
     stability) parts=(--parts stability); reference=$ref/metrics_session46_student283_8steps_stability3_cpu.json ;;
-    control) parts=(--parts control); reference=$ref/metrics_session46_student283_8steps_control_cpu.json ;;
+    control) parts=(--parts control); reference=$ref/metrics_session47_shipped_control_cpu.json ;;  # session 47 re-ran it: per episode
     anywhere) parts=(--parts fidelity --episodes 18 --split train --spawn anywhere); reference=$ref/metrics_session36_shipped_fidelity18_train_levels_anywhere_cpu.json ;;
     *) return 1 ;;
   esac
