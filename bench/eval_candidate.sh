@@ -7,7 +7,8 @@
 # memory (24 episodes, ~7 min), motion (12 starts, ~12 min); all four by default; stability (three rollouts of 121
 # chunks, ~15 min), control (the inverse-dynamics model's key and mouse accuracy, 1,044 windows, ~5 min) and anywhere (chunk 0 on the train levels away from their start spots, 18 episodes, ~3 min; the
 # shipped model gains +0.92 dB there, +1.93 from their start spots) only when named. STEPS=N sets the sampler steps (default: the candidate's own);
-# EVAL_ARGS adds mg3 eval options to every group (e.g. EVAL_ARGS=--context-cache).
+# exact (--context-cache off, as the reference runs) unless EVAL_ARGS, mg3 eval options added to every group, says
+# otherwise (e.g. EVAL_ARGS='--context-cache on --context-cache-refresh 2').
 # Writes OUT/GROUP/metrics.json (+ its PNGs), OUT/GROUP.log and OUT/compare_GROUP.json; prints each comparison.
 set -u
 if [ $# -lt 2 ]; then echo "usage: bash bench/eval_candidate.sh MODEL OUT [rs|paired|memory|motion|stability|control|anywhere ...]" >&2; exit 2; fi
@@ -37,7 +38,7 @@ steps=(); if [ -n "${STEPS:-}" ]; then steps=(--sampler-steps "$STEPS"); fi  # n
 read -r -a extra <<< "${EVAL_ARGS:-}"
 for g in $groups; do
   group "$g"
-  if ! mg3 eval --model "$model" --device cpu --threads 2 "${steps[@]}" "${extra[@]}" "${parts[@]}" \
+  if ! mg3 eval --model "$model" --device cpu --threads 2 --context-cache off "${steps[@]}" "${extra[@]}" "${parts[@]}" \
       --out "$out/$g" > "$out/$g.log" 2>&1; then
     echo "eval_candidate: group $g failed; see $out/$g.log" >&2; status=1; continue
   fi

@@ -26,10 +26,10 @@ def demo(
     seed: int = 0,
     image: str | None = None,
     prompt: str | None = None,
-    context_cache: bool = False,
+    context_cache: bool | str = "auto",
 ) -> dict[str, Path]:
     """Run the scripted explorer for ``chunks`` steps; returns the paths written. ``context_cache``:
-    ``RuntimeOptions.context_cache`` (faster, an approximation)."""
+    ``RuntimeOptions.context_cache`` (True, False or "auto": the device's default)."""
     import numpy as np
 
     from agents.explorer import Explorer
@@ -82,6 +82,8 @@ def demo(
 
 
 def _demo_main(argv: list[str]) -> int:
+    from world_model.runtime import CONTEXT_CACHE_CHOICES, CONTEXT_CACHE_HELP
+
     p = argparse.ArgumentParser(prog="mg3 demo", description="Scripted exploration: writes an mp4 and a dataset.")
     p.add_argument("--model", default="default", help="registry name or model folder (default: the embedded model)")
     p.add_argument("--chunks", type=int, default=8, help="chunks to generate after the first (default 8)")
@@ -90,15 +92,11 @@ def _demo_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image", default=None, help="first frame (PNG/JPEG); default: the model's own")
     p.add_argument("--prompt", default=None)
-    p.add_argument(
-        "--context-cache",
-        action="store_true",
-        help="the window's clean tokens through the DiT once per chunk (faster, an approximation; model card)",
-    )
+    p.add_argument("--context-cache", choices=("auto", "on", "off"), default="auto", help=CONTEXT_CACHE_HELP)
     args = p.parse_args(argv)
     paths = demo(
         args.model, args.chunks, args.out, device=args.device, seed=args.seed, image=args.image, prompt=args.prompt,
-        context_cache=args.context_cache,
+        context_cache=CONTEXT_CACHE_CHOICES[args.context_cache],
     )  # fmt: skip
     print(f"video:   {paths['video']}")
     print(f"dataset: {paths['dataset']}")

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     from world_model.data.doom import SPAWNS
     from world_model.data.levels import EVAL_SPLITS
     from world_model.model import MODEL_NAMES
+    from world_model.runtime import CONTEXT_CACHE_HELP
 
     d = EvalOptions()
     p = argparse.ArgumentParser(
@@ -48,18 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (metrics.json, PNG plots, idm.safetensors)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument(
-        "--context-cache",
-        action="store_true",
-        help="RuntimeOptions(context_cache=True): the window's clean tokens through the DiT once per chunk, kept for "
-        "the later sampler steps (an approximation; measure what it costs)",
-    )
+    p.add_argument("--context-cache", choices=("auto", "on", "off"), default="auto", help=CONTEXT_CACHE_HELP)
     p.add_argument(
         "--context-cache-refresh",
         type=int,
         default=0,
         metavar="R",
-        help="with --context-cache: recompute the clean tokens every R-th sampler step (default 0: the first only)",
+        help="with --context-cache on: recompute the clean tokens every R-th sampler step (default 0: the first only)",
     )
     p.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)} (default: all)"
@@ -215,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     from mg3_eval.run import EvalOptions, run_evaluation
     from world_model.checkpoint import CheckpointError
     from world_model.model import load_world_model
-    from world_model.runtime import RuntimeOptions
+    from world_model.runtime import CONTEXT_CACHE_CHOICES, RuntimeOptions
 
     d = EvalOptions()
 
@@ -240,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         runtime = RuntimeOptions.for_device(
-            args.device, context_cache=args.context_cache, context_cache_refresh=args.context_cache_refresh
+            args.device,
+            context_cache=CONTEXT_CACHE_CHOICES[args.context_cache],
+            context_cache_refresh=args.context_cache_refresh,
         )
     except ValueError as e:  # e.g. --context-cache-refresh without --context-cache
         parser.error(str(e))

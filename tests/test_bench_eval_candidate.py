@@ -52,13 +52,15 @@ def test_a_group_runs_mg3_eval_in_the_candidates_steps_and_pairs_it_with_its_ref
     args = (tmp_path / "args").read_text().split()
     assert args[:2] == ["eval", "--model"] and "MODEL_DIR" in args
     assert "--sampler-steps" not in args and args[args.index("--parts") + 1] == "reset,sharpness"  # its own steps
+    assert args[args.index("--context-cache") + 1] == "off"  # exact, as the reference runs
     compared = json.loads((tmp_path / "out" / "compare_rs.json").read_text())
     assert compared["paired"]["reset frame PSNR dB"]["mean_diff"] == 0.0  # the reference against itself
     r = _run(["MODEL_DIR", str(tmp_path / "out16"), "rs"], tmp_path, PATH=path, STEPS="16")
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
     assert args[args.index("--sampler-steps") + 1] == "16"
-    r = _run(["MODEL_DIR", str(tmp_path / "outcc"), "rs"], tmp_path, PATH=path, EVAL_ARGS="--context-cache --seed 3")
+    r = _run(["MODEL_DIR", str(tmp_path / "outcc"), "rs"], tmp_path, PATH=path, EVAL_ARGS="--context-cache on --seed 3")
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
-    assert "--context-cache" in args and args[args.index("--seed") + 1] == "3"  # EVAL_ARGS reach every group
+    assert args[len(args) - 1 - args[::-1].index("--context-cache") + 1] == "on"  # the last one, EVAL_ARGS', wins
+    assert args[args.index("--seed") + 1] == "3"  # EVAL_ARGS reach every group

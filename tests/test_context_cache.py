@@ -128,7 +128,7 @@ def test_the_env_with_the_context_cache_runs_its_blocks_on_fewer_tokens_and_stay
 
 def test_runtime_option_refuses_what_it_cannot_combine_with():
     assert RuntimeOptions().context_cache is False
-    with pytest.raises(ValueError, match="context_cache must be True or False"):
+    with pytest.raises(ValueError, match="context_cache must be True, False or 'auto'"):
         RuntimeOptions(context_cache=1)
     with pytest.raises(ValueError, match="leave camera_cache on"):
         RuntimeOptions(context_cache=True, camera_cache=False)
@@ -255,6 +255,44 @@ def test_eval_refuses_a_refresh_without_the_cache(tmp_path, capsys):
     from mg3_env.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["eval", "--model", "tiny-random", "--out", str(tmp_path), "--context-cache-refresh", "2"])
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny-random",
+                "--out",
+                str(tmp_path),
+                "--context-cache-refresh",
+                "2",
+                "--context-cache",
+                "off",
+            ]
+        )
     assert e.value.code == 2 and "set context_cache=True too" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_auto_is_the_cpus_default_and_follows_the_models_sampler_config():
+    """for_device on a CPU asks for "auto": on, with its refresh, for a model whose sampler config names the refresh
+    it was measured with; off for the others, on CUDA, and where the options could not run it."""
+    assert RuntimeOptions.for_device("cpu").context_cache == "auto"
+    assert RuntimeOptions.for_device("cuda").context_cache is False
+    assert RuntimeOptions().context_cache is False  # the release's computation unless asked
+    auto = RuntimeOptions.for_device("cpu")
+    assert (auto.resolve_context_cache(2).context_cache, auto.resolve_context_cache(2).context_cache_refresh) == (
+        True,
+        2,
+    )
+    assert auto.resolve_context_cache(None).context_cache is False
+    assert RuntimeOptions(device="cuda", context_cache="auto").resolve_context_cache(2).context_cache is False
+    assert RuntimeOptions(context_cache="auto", camera_cache=False).resolve_context_cache(2).context_cache is False
+    assert RuntimeOptions(context_cache=True).resolve_context_cache(2).context_cache_refresh == 0  # asked: as asked
+    measured = tiny(16, 16)
+    measured = measured.replace(sampler=measured.sampler.replace(context_cache_refresh=2))
+    on = random_world_model(measured, RuntimeOptions.for_device("cpu"))
+    assert on.runtime.context_cache is True and on.dit.context_cache and on.dit.context_cache_refresh == 2
+    off = random_world_model(tiny(16, 16), RuntimeOptions.for_device("cpu"))
+    assert off.runtime.context_cache is False and not off.dit.context_cache
+    assert not random_world_model(measured, RuntimeOptions.for_device("cpu", context_cache=False)).dit.context_cache
+    with pytest.raises(ValueError, match="must be None or an int >= 0"):
+        measured.sampler.replace(context_cache_refresh=-1)

@@ -42,7 +42,7 @@ def test_demo_context_cache_reaches_the_loaded_model(monkeypatch, tmp_path):
         raise ValueError("stop here")
 
     monkeypatch.setattr(world_model.model, "load_world_model", fake_load)
-    for flag in ([], ["--context-cache"]):
+    for flag in ([], ["--context-cache", "on"], ["--context-cache", "off"]):
         with pytest.raises(ValueError, match="stop here"):
             main(["demo", "--model", "tiny-random", "--out", str(tmp_path), "--device", "cpu", *flag])
-    assert [r.context_cache for r in seen] == [False, True]
+    assert [r.context_cache for r in seen] == ["auto", True, False]  # auto: the model's (resolved at load)

@@ -394,7 +394,7 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     assert np.mean(per_ep["mouse"]) == pytest.approx(m["control"]["model"]["mouse_accuracy"])
 
     vae_view = tmp_path / "vae_view"  # the IDM trained and scored on simulator video through the VAE
-    args = [*small, "--parts", "control", *train_idm, "--idm-vae", "--context-cache"]
+    args = [*small, "--parts", "control", *train_idm, "--idm-vae", "--context-cache", "on"]
     assert main(["eval", "--model", str(smoke_export), "--out", str(vae_view), *args]) == 0
     m3 = json.loads((vae_view / "metrics.json").read_text())
     assert m3["runtime"] == {"device": "cpu", "dtype": "float32", "context_cache": True}  # --context-cache reached it

@@ -366,9 +366,9 @@ def test_play_cli_passes_runtime_options_to_the_loader(monkeypatch):
     assert main(["play", "--model", "default", "--device", "cpu", "--quantize", "int8"]) == 2
     assert seen[2].quantize == "int8" and seen[2].dtype == RuntimeOptions.for_device("cpu").dtype
     assert main(["play", "--model", "default", "--device", "cpu", "--quantize", "none"]) == 2
-    assert seen[3].quantize is None and not seen[3].context_cache
-    assert main(["play", "--model", "default", "--device", "cpu", "--context-cache"]) == 2
-    assert seen[4].context_cache
+    assert seen[3].quantize is None and seen[3].context_cache == "auto"  # the model's (resolved at load)
+    assert main(["play", "--model", "default", "--device", "cpu", "--context-cache", "on"]) == 2
+    assert seen[4].context_cache is True
 
 
 def test_a_model_with_another_sampler_shares_its_weights():

@@ -701,6 +701,8 @@ def test_flow_stage_trains_on_its_own_history():
 def test_ship_installs_an_export_and_keeps_the_card(smoke_run, tmp_path):
     import shutil
 
+    from world_model.model import load_world_model
+    from world_model.runtime import RuntimeOptions
     from world_model.train.ship import ship
 
     run, _ = smoke_run
@@ -731,6 +733,12 @@ def test_ship_installs_an_export_and_keeps_the_card(smoke_run, tmp_path):
     assert ship(other, target, new_geometry=True, sampler_steps=5) == target
     assert json.loads((target / "config.json").read_text())["sampler"]["num_steps"] == 5
     assert json.loads((other / "config.json").read_text())["sampler"]["num_steps"] != 5  # the export unchanged
+    with pytest.raises(ValueError, match="context_cache_refresh"):
+        ship(other, target, new_geometry=True, context_cache_refresh=-1)
+    assert json.loads((target / "config.json").read_text())["sampler"]["num_steps"] == 5  # refused: unchanged
+    ship(other, target, new_geometry=True, context_cache_refresh=2)
+    assert json.loads((target / "config.json").read_text())["sampler"]["context_cache_refresh"] == 2
+    assert load_world_model(str(target), RuntimeOptions.for_device("cpu")).runtime.context_cache_refresh == 2
 
 
 def _action_batch(b: int, nf: int = 7):

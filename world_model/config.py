@@ -391,9 +391,17 @@ class SamplerConfig(_Config):
     # memory guidance (ours): > 1 adds a DiT call per sampler step of a window with memory, the same prompt, camera
     # and actions without the retrieved memory, v = v_free + s·(v − v_free): it amplifies what the memory adds
     memory_guidance: float = 1.0
+    # the context cache this model was measured with (ours): None, not measured; r >= 0, the refresh with which
+    # RuntimeOptions(context_cache="auto") (a CPU's default) runs it (RuntimeOptions.context_cache_refresh)
+    context_cache_refresh: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.num_steps >= 1, f"num_steps ({self.num_steps}) must be >= 1")
+        _check(
+            self.context_cache_refresh is None
+            or (type(self.context_cache_refresh) is int and self.context_cache_refresh >= 0),
+            f"context_cache_refresh ({self.context_cache_refresh!r}) must be None or an int >= 0",
+        )
         _check(self.shift > 0, f"shift ({self.shift}) must be positive")
         _check(self.guidance_scale >= 1.0, f"guidance_scale ({self.guidance_scale}) must be >= 1")
         _check(self.action_guidance >= 1.0, f"action_guidance ({self.action_guidance}) must be >= 1 (1: off)")

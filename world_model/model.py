@@ -192,7 +192,7 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
     from world_model.dit import MatrixGameDiT
     from world_model.vae import WanVAE
 
-    runtime = runtime.resolve_quantize(False)  # float weights
+    runtime = runtime.resolve_quantize(False).resolve_context_cache(config.sampler.context_cache_refresh)  # float
     big = config.dit.dim >= 1024
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -245,7 +245,7 @@ def _load_release(root: str | Path, runtime: RuntimeOptions, name: str, distille
     from world_model.vae import load_vae
     from world_model.weights import is_moe_folder, load_dit, load_moe_dit
 
-    runtime = runtime.resolve_quantize(False)  # the release's weights are bf16
+    runtime = runtime.resolve_quantize(False).resolve_context_cache(None)  # bf16 weights; the release's computation
     if is_moe_folder(root):
         preset = mg3_28b_moe(distilled=distilled)
         boundary = preset.moe.boundary * preset.sampler.num_train_timesteps
@@ -355,6 +355,7 @@ def _load_exported(folder: Path, runtime: RuntimeOptions, name: str, distilled: 
         else [dit_folder(folder, "distilled" if distilled else "base")]
     )
     runtime = runtime.resolve_quantize(all(stores_int8(f) for f in subfolders))
+    runtime = runtime.resolve_context_cache(config.sampler.context_cache_refresh)
     _check_finite(dit, f"{folder}/{layout} weights")
     dit = _apply_runtime(dit, runtime)
     vae = WanVAE(config.vae)

@@ -138,7 +138,9 @@ class RuntimeOptions:
     of the three camera branches per chunk. ``None`` (default): on, except under sequence parallelism
     (there the cached modulation is computed on all tokens by every rank, slower than each rank's
     share per step); ``True``/``False`` force it.
-    ``context_cache`` (an approximation, off by default): within a chunk's sampling, the window's clean tokens (memory
+    ``context_cache`` (an approximation, off by default; ``"auto"``, :meth:`for_device`'s on a CPU: on where the
+    model's ``SamplerConfig.context_cache_refresh`` says it was measured with it, see :meth:`resolve_context_cache`):
+    within a chunk's sampling, the window's clean tokens (memory
     and context frames, timestep 0) go through the DiT blocks at the first sampler step only; each block keeps their
     keys and values (and the action module's inputs), and the later steps run the blocks on the noisy frames' tokens
     alone, attending to the kept ones (``world_model.dit.CleanTokens``, ``reuse_conditioning(context_frames=...)``).
@@ -174,7 +176,7 @@ class RuntimeOptions:
     residual: str = "fp32"  # the DiT's residual stream: "fp32" (the release's) or "dtype" (bf16: half the bytes)
     sequence_parallel: int = 1  # ranks one DiT forward is split over (1: off)
     camera_cache: bool | None = None  # reuse a window's conditioning across sampler steps (None: auto)
-    context_cache: bool = False  # the clean tokens through the blocks once per chunk (an approximation)
+    context_cache: bool | str = False  # the clean tokens through the blocks once per chunk (an approximation); "auto"
     context_cache_refresh: int = 0  # with context_cache: recompute the clean tokens every r-th sampler step (0: never)
     text_offload: bool = False  # text encoder weights in host memory between encodings
     decode_segment: int = 4  # latents per VAE decoder call (the release's 4)
@@ -239,8 +241,8 @@ class RuntimeOptions:
             )
         if self.camera_cache is not None and not isinstance(self.camera_cache, bool):
             raise ValueError(f"camera_cache must be None (auto), True or False, got {self.camera_cache!r}")
-        if not isinstance(self.context_cache, bool):
-            raise ValueError(f"context_cache must be True or False, got {self.context_cache!r}")
+        if not isinstance(self.context_cache, bool) and self.context_cache != "auto":
+            raise ValueError(f"context_cache must be True, False or 'auto', got {self.context_cache!r}")
         if (
             isinstance(self.context_cache_refresh, bool)
             or not isinstance(self.context_cache_refresh, int)
@@ -250,22 +252,22 @@ class RuntimeOptions:
                 f"context_cache_refresh must be an int >= 0 (0: the clean tokens at a window's first sampler step "
                 f"only), got {self.context_cache_refresh!r}"
             )
-        if self.context_cache_refresh and not self.context_cache:
+        if self.context_cache_refresh and self.context_cache is not True:
             raise ValueError(
                 f"context_cache_refresh={self.context_cache_refresh} refreshes the context cache's kept tokens: set "
                 "context_cache=True too"
             )
-        if self.context_cache and not self.uses_camera_cache:
+        if self.context_cache is True and not self.uses_camera_cache:
             raise ValueError(
                 "context_cache=True keeps the clean tokens in the camera cache's scope: leave camera_cache on "
                 f"(got camera_cache={self.camera_cache!r}, sequence_parallel={self.sequence_parallel})"
             )
-        if self.context_cache and self.sequence_parallel > 1:
+        if self.context_cache is True and self.sequence_parallel > 1:
             raise ValueError(
                 "context_cache=True with sequence_parallel > 1 is not supported (each rank holds a share of the "
                 "tokens, not the clean ones): choose one"
             )
-        if self.context_cache and self.fp8_attention_kernel:
+        if self.context_cache is True and self.fp8_attention_kernel:
             raise ValueError(
                 "context_cache=True with fp8_attention_kernel=True is not supported (the fused self-attention "
                 "does not attend to kept tokens): choose one"
@@ -291,15 +293,30 @@ class RuntimeOptions:
     @classmethod
     def for_device(cls, device: str | torch.device | None = None, **kw) -> RuntimeOptions:
         """Sensible defaults: bf16 on CUDA; on a CPU :func:`default_cpu_dtype` (bf16 where the CPU multiplies
-        bf16 natively, else fp32) and :func:`default_cpu_quantize` (``"auto"``: int8 GEMMs for int8-stored weights
-        where the CPU has int8 dot products)."""
+        bf16 natively, else fp32), :func:`default_cpu_quantize` (``"auto"``: int8 GEMMs for int8-stored weights
+        where the CPU has int8 dot products) and ``context_cache="auto"`` (on for a model whose sampler config
+        names the refresh it was measured with: the embedded model; see :meth:`resolve_context_cache`)."""
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = str(device)
         cpu = torch.device(device).type == "cpu"
         dtype = default_cpu_dtype() if cpu else torch.bfloat16
         quantize = default_cpu_quantize() if cpu else None
+        if cpu and "context_cache" not in kw and not kw.get("context_cache_refresh"):
+            kw["context_cache"] = "auto"  # on for a model measured with it (its sampler config says how)
         return cls(device=device, dtype=kw.pop("dtype", dtype), quantize=kw.pop("quantize", quantize), **kw)
+
+    def resolve_context_cache(self, refresh: int | None) -> RuntimeOptions:
+        """These options with ``context_cache="auto"`` resolved for a model whose sampler was measured with the
+        context cache at ``refresh`` (``SamplerConfig.context_cache_refresh``; None: not measured): on, with that
+        refresh, on a CPU where the cache can run (camera cache on, no sequence parallelism or fused FP8
+        self-attention); else off. Other values are returned as they are."""
+        if self.context_cache != "auto":
+            return self
+        cpu = torch.device(self.device).type == "cpu"
+        on = refresh is not None and cpu and self.uses_camera_cache and self.sequence_parallel == 1
+        on = on and not self.fp8_attention_kernel
+        return replace(self, context_cache=on, context_cache_refresh=refresh if on else 0)
 
     def resolve_quantize(self, int8_weights: bool) -> RuntimeOptions:
         """These options with ``quantize="auto"`` resolved for a model whose DiT weights are (``int8_weights``) or are
@@ -326,6 +343,13 @@ class RuntimeOptions:
         """The dtype for ``MatrixGameDiT.set_self_attn_projection_dtype`` (None: the weights')."""
         return torch.float32 if self.self_attn_projections == "fp32" else None
 
+
+# the command lines' --context-cache choices -> RuntimeOptions.context_cache
+CONTEXT_CACHE_CHOICES = {"auto": "auto", "on": True, "off": False}
+CONTEXT_CACHE_HELP = (
+    "the window's clean tokens through the DiT once per chunk (RuntimeOptions.context_cache, an approximation): "
+    "auto (default) on for a model measured with it on a CPU (the embedded model, refreshed every 2nd step), on, off"
+)
 
 _CPU_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _CPU_QUANTIZE = {"none": None, "int8": "int8", "auto": "auto"}
@@ -655,7 +679,7 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
         expert.set_self_attn_projection_dtype(runtime.self_attn_projection_dtype)
         expert.set_residual_dtype(runtime.residual_dtype)
         expert.camera_cache = runtime.uses_camera_cache
-        expert.context_cache = runtime.context_cache
+        expert.context_cache = runtime.context_cache is True  # "auto" unresolved (the model's sampler not known): off
         expert.context_cache_refresh = runtime.context_cache_refresh
         set_attention_backend(expert, runtime.attention)
         if runtime.attention == "fa3_fp8":

@@ -289,6 +289,8 @@ def _is_loopback(host: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """``mg3 play``: serve the play page until Ctrl+C."""
+    from world_model.runtime import CONTEXT_CACHE_HELP
+
     p = argparse.ArgumentParser(
         prog="mg3 play", description="Walk through a world model in the browser (keyboard and mouse)."
     )
@@ -322,12 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "CPU int8 in fp32 for the embedded model where the CPU has int8 dot products)",
     )
     g.add_argument("--attention", default="auto", help="attention backend (auto, sdpa, cudnn, flash, ...)")
-    g.add_argument(
-        "--context-cache",
-        action="store_true",
-        help="the window's clean tokens through the DiT once per chunk (an approximation): the embedded model 32 "
-        "against 24 frames/s on a 2-core CPU, its actions read back a little less often (model card)",
-    )
+    g.add_argument("--context-cache", choices=("auto", "on", "off"), default="auto", help=CONTEXT_CACHE_HELP)
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
@@ -337,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from world_model.model import load_world_model
-    from world_model.runtime import RuntimeOptions
+    from world_model.runtime import CONTEXT_CACHE_CHOICES, RuntimeOptions
 
     compute = ComputeThread()  # the model is loaded on the thread that will step it (see mg3_env.play.compute)
     try:
@@ -345,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             compile=args.compile,
             attention=args.attention,
-            context_cache=args.context_cache,
+            context_cache=CONTEXT_CACHE_CHOICES[args.context_cache],
             **({"quantize": None if args.quantize == "none" else args.quantize} if args.quantize else {}),
             **({"dtype": torch.bfloat16} if args.quantize == "fp8" else {}),  # FP8 computes in bf16 (on a GPU)
         )

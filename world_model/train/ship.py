@@ -7,10 +7,12 @@ latent grid) unless ``--new-geometry``, and its weights fit the package budget (
 weights and ``config.json`` replace the shipped ones in one step (written beside the folder, then
 swapped in); the model card ``README.md``, ``default_image.png`` and ``default_prompt.txt`` stay,
 for the card to be updated by hand with the evaluation. ``--sampler-steps N`` ships it sampled in N steps (its
-``config.json``'s ``sampler.num_steps``; what ``mg3 eval --sampler-steps N`` measured). Anything wrong raises
+``config.json``'s ``sampler.num_steps``; what ``mg3 eval --sampler-steps N`` measured); ``--context-cache-refresh R``
+writes ``sampler.context_cache_refresh`` (the context cache it was measured with, ``mg3 eval --context-cache on
+--context-cache-refresh R``: a CPU's default then runs it so; without it the model runs exact). Anything wrong raises
 before a file changes.
 
-    python -m world_model.train.ship runs/embedded/export [--sampler-steps 5]
+    python -m world_model.train.ship runs/embedded/export [--sampler-steps 5] [--context-cache-refresh 2]
     mg3 demo --out mg3_demo && cp mg3_demo/strip.png docs/demo_strip.png   # the README's strip
 """
 
@@ -47,9 +49,11 @@ def ship(
     *,
     new_geometry: bool = False,
     sampler_steps: int | None = None,
+    context_cache_refresh: int | None = None,
 ) -> Path:
     """Check ``export`` and install it into ``target`` (default: the embedded model's folder), sampled in
-    ``sampler_steps`` steps when given (else as its config says)."""
+    ``sampler_steps`` steps when given (else as its config says), with ``sampler.context_cache_refresh`` set to
+    ``context_cache_refresh`` when given."""
     from world_model.model import EMBEDDED_DIR, load_world_model
 
     export = Path(export)
@@ -70,6 +74,8 @@ def ship(
     new = load_world_model(str(export))  # the strict loader: names, shapes, finiteness
     if sampler_steps is not None:
         new = new.with_sampler(num_steps=int(sampler_steps))  # the config's own checks, before a file changes
+    if context_cache_refresh is not None:
+        new = new.with_sampler(context_cache_refresh=context_cache_refresh)
     if not new_geometry and (target / "config.json").exists():
         old = load_world_model(str(target))
         if _geometry(old.config) != _geometry(new.config):
@@ -80,8 +86,8 @@ def ship(
     staging = target.with_name(target.name + ".shipping")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(export, staging, ignore=shutil.ignore_patterns("README.md", "status.json"))
-    if sampler_steps is not None:
-        new.config.save(staging / "config.json")  # as the export wrote it, with the new step count
+    if sampler_steps is not None or context_cache_refresh is not None:
+        new.config.save(staging / "config.json")  # as the export wrote it, with the new sampler settings
     for name in KEPT:
         if (target / name).exists():
             shutil.copy2(target / name, staging / name)
@@ -100,8 +106,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target", default=None, help="default: world_model/assets/embedded")
     p.add_argument("--new-geometry", action="store_true", help="allow another frame size, frame rate or latent grid")
     p.add_argument("--sampler-steps", type=int, default=None, help="sampler steps to ship it with (default: its own)")
+    p.add_argument(
+        "--context-cache-refresh",
+        type=int,
+        default=None,
+        metavar="R",
+        help="the context cache's refresh it was measured with, written into its config (a CPU's default then runs "
+        "it so; default: as its config says)",
+    )
     args = p.parse_args(argv)
-    out = ship(args.export, args.target, new_geometry=args.new_geometry, sampler_steps=args.sampler_steps)
+    out = ship(
+        args.export,
+        args.target,
+        new_geometry=args.new_geometry,
+        sampler_steps=args.sampler_steps,
+        context_cache_refresh=args.context_cache_refresh,
+    )
     print(f"installed {args.export} into {out}; now: mg3 eval, the model card, mg3 demo for docs/demo_strip.png")
 
 
