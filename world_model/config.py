@@ -392,7 +392,8 @@ class SamplerConfig(_Config):
     # and actions without the retrieved memory, v = v_free + s·(v − v_free): it amplifies what the memory adds
     memory_guidance: float = 1.0
     # the context cache this model was measured with (ours): None, not measured; r >= 0, the refresh with which
-    # RuntimeOptions(context_cache="auto") (a CPU's default) runs it (RuntimeOptions.context_cache_refresh)
+    # RuntimeOptions(context_cache="auto") (a CPU's default) runs it (RuntimeOptions.context_cache_refresh); read when
+    # the model is loaded (WorldModel.with_sampler changes the config, not the loaded DiT's cache)
     context_cache_refresh: int | None = None
 
     def __post_init__(self) -> None:
