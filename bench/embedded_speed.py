@@ -93,10 +93,11 @@ def main() -> None:
     )
     p.add_argument(
         "--context-cache",
-        choices=("off", "on", "both"),
-        default="off",
+        choices=("auto", "off", "on", "both"),
+        default="auto",
         help="RuntimeOptions.context_cache (the window's clean tokens through the DiT once per chunk: an "
-        "approximation); 'both' measures each batch size with and without (alternating)",
+        "approximation): auto (default) as the device's default runs the model (a CPU: on for the embedded model, "
+        "refreshed as its config says); 'both' measures each batch size exact and cached (alternating)",
     )
     p.add_argument(
         "--context-cache-refresh",
@@ -162,11 +163,11 @@ def main() -> None:
             "--dtype both / --quantize both compare dtypes and GEMMs alone: leave --camera-cache and --vae-pruning "
             "at their defaults"
         )
-    context_cache = args.context_cache == "on"
+    context_cache = {"auto": "auto", "on": True, "off": False, "both": False}[args.context_cache]
     refreshes = args.context_cache_refresh
     if any(r < 0 for r in refreshes):
         p.error(f"--context-cache-refresh values must be >= 0, got {refreshes}")
-    if refreshes != [0] and args.context_cache == "off":
+    if refreshes != [0] and args.context_cache in ("off", "auto"):
         p.error("--context-cache-refresh sets the cached runs' refresh: add --context-cache on or both")
     if len(refreshes) > 1 and args.context_cache == "on" and (len(combos) > 1 or args.camera_cache != "on"):
         p.error("several --context-cache-refresh values compare the refresh alone: leave the other comparisons alone")
@@ -276,7 +277,7 @@ def main() -> None:
         "torch": torch.__version__,
         "dtypes": sorted({str(m.runtime.dtype).removeprefix("torch.") for m in models.values()}),
         "quantize": sorted({str(m.runtime.quantize) for m in models.values()}),
-        "context_cache": sorted({m.runtime.context_cache for m in models.values()}),
+        "context_cache": sorted({m.runtime.context_cache for m in models.values()}),  # as resolved at load
         "context_cache_refresh": sorted({m.runtime.context_cache_refresh for m in models.values()}),
         "sampler_steps": steps,
         "rows": rows,

@@ -37,3 +37,7 @@ def test_context_cache_refresh_settings_are_measured_apart(tmp_path):
     assert out["context_cache_refresh"] == [0, 2] and "on/r2" in r.stdout
     bad = _run(tmp_path, "--context-cache-refresh", "2")
     assert bad.returncode == 2 and "add --context-cache on or both" in bad.stderr
+    r = _run(tmp_path)  # auto, the default: as the device's default runs it (this model names no refresh: exact)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["context_cache"] == [False] and out["context_cache_refresh"] == [0]
