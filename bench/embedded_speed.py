@@ -33,7 +33,7 @@ import torch
 
 from mg3_eval.protocols.speed import env_speed
 from world_model.model import load_world_model, random_world_model
-from world_model.runtime import RuntimeOptions, cpu_name
+from world_model.runtime import CONTEXT_CACHE_CHOICES, RuntimeOptions, cpu_name
 
 
 def measure(model, batch: int, chunks: int) -> dict:
@@ -93,7 +93,7 @@ def main() -> None:
     )
     p.add_argument(
         "--context-cache",
-        choices=("auto", "off", "on", "both"),
+        choices=(*CONTEXT_CACHE_CHOICES, "both"),
         default="auto",
         help="RuntimeOptions.context_cache (the window's clean tokens through the DiT once per chunk: an "
         "approximation): auto (default) as the device's default runs the model (a CPU: on for the embedded model, "
@@ -163,7 +163,7 @@ def main() -> None:
             "--dtype both / --quantize both compare dtypes and GEMMs alone: leave --camera-cache and --vae-pruning "
             "at their defaults"
         )
-    context_cache = {"auto": "auto", "on": True, "off": False, "both": False}[args.context_cache]
+    context_cache = {**CONTEXT_CACHE_CHOICES, "both": False}[args.context_cache]
     refreshes = args.context_cache_refresh
     if any(r < 0 for r in refreshes):
         p.error(f"--context-cache-refresh values must be >= 0, got {refreshes}")

@@ -92,7 +92,7 @@ def _demo_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image", default=None, help="first frame (PNG/JPEG); default: the model's own")
     p.add_argument("--prompt", default=None)
-    p.add_argument("--context-cache", choices=("auto", "on", "off"), default="auto", help=CONTEXT_CACHE_HELP)
+    p.add_argument("--context-cache", choices=tuple(CONTEXT_CACHE_CHOICES), default="auto", help=CONTEXT_CACHE_HELP)
     args = p.parse_args(argv)
     paths = demo(
         args.model, args.chunks, args.out, device=args.device, seed=args.seed, image=args.image, prompt=args.prompt,

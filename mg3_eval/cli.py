@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     from world_model.data.doom import SPAWNS
     from world_model.data.levels import EVAL_SPLITS
     from world_model.model import MODEL_NAMES
-    from world_model.runtime import CONTEXT_CACHE_HELP
+    from world_model.runtime import CONTEXT_CACHE_CHOICES, CONTEXT_CACHE_HELP
 
     d = EvalOptions()
     p = argparse.ArgumentParser(
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (metrics.json, PNG plots, idm.safetensors)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--context-cache", choices=("auto", "on", "off"), default="auto", help=CONTEXT_CACHE_HELP)
+    p.add_argument("--context-cache", choices=tuple(CONTEXT_CACHE_CHOICES), default="auto", help=CONTEXT_CACHE_HELP)
     p.add_argument(
         "--context-cache-refresh",
         type=int,

@@ -221,6 +221,13 @@ class CleanTokens:
         self.v: torch.Tensor | None = None
         self.action_input: torch.Tensor | None = None
 
+    def begin_step(self, refresh: int) -> None:
+        """Before a forward: record at the first step and, with ``refresh`` r > 0, at every r-th one after it."""
+        self.recording = self.calls == 0 or (refresh > 0 and self.calls % refresh == 0)
+
+    def end_step(self) -> None:
+        self.calls += 1
+
     def keys_values(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Recording: keep the clean tokens' k, v [B, n, N, Dh] and return k, v; later: the kept ones before k, v."""
         if self.recording:
@@ -505,10 +512,9 @@ class MatrixGameDiT(nn.Module):
         cond = self._conditioning(context, plucker, positions, grid)
         clean = self._clean_tokens(cond, mouse, keyboard, memory, M, grid)
         skip = kept = 0  # tokens and frames (memory first) the blocks skip: a context cache's later steps keep them
-        r = self.context_cache_refresh
-        if clean is not None and r and clean[0].calls % r == 0:  # a refresh step: the clean tokens recomputed
+        if clean is not None:
             for record in clean:
-                record.recording = True
+                record.begin_step(self.context_cache_refresh)
         if clean is not None and not clean[0].recording:
             skip = clean[0].n
             kept = skip // (grid[1] * grid[2])
@@ -526,8 +532,7 @@ class MatrixGameDiT(nn.Module):
             x = block(*args) if clean is None else block(*args, clean[i])
         if clean is not None:
             for record in clean:
-                record.recording = False
-                record.calls += 1
+                record.end_step()
 
         out = self.head(x, e)  # [B, L, ph * pw * out_dim] fp32
         if skip:  # the clean window frames' flow is not computed: zeros (samplers step the noisy frames alone)

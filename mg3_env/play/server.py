@@ -289,7 +289,7 @@ def _is_loopback(host: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """``mg3 play``: serve the play page until Ctrl+C."""
-    from world_model.runtime import CONTEXT_CACHE_HELP
+    from world_model.runtime import CONTEXT_CACHE_CHOICES, CONTEXT_CACHE_HELP
 
     p = argparse.ArgumentParser(
         prog="mg3 play", description="Walk through a world model in the browser (keyboard and mouse)."
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "CPU int8 in fp32 for the embedded model where the CPU has int8 dot products)",
     )
     g.add_argument("--attention", default="auto", help="attention backend (auto, sdpa, cudnn, flash, ...)")
-    g.add_argument("--context-cache", choices=("auto", "on", "off"), default="auto", help=CONTEXT_CACHE_HELP)
+    g.add_argument("--context-cache", choices=tuple(CONTEXT_CACHE_CHOICES), default="auto", help=CONTEXT_CACHE_HELP)
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from world_model.model import load_world_model
-    from world_model.runtime import CONTEXT_CACHE_CHOICES, RuntimeOptions
+    from world_model.runtime import RuntimeOptions
 
     compute = ComputeThread()  # the model is loaded on the thread that will step it (see mg3_env.play.compute)
     try:
