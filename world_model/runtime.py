@@ -257,21 +257,8 @@ class RuntimeOptions:
                 f"context_cache_refresh={self.context_cache_refresh} refreshes the context cache's kept tokens: set "
                 "context_cache=True too"
             )
-        if self.context_cache is True and not self.uses_camera_cache:
-            raise ValueError(
-                "context_cache=True keeps the clean tokens in the camera cache's scope: leave camera_cache on "
-                f"(got camera_cache={self.camera_cache!r}, sequence_parallel={self.sequence_parallel})"
-            )
-        if self.context_cache is True and self.sequence_parallel > 1:
-            raise ValueError(
-                "context_cache=True with sequence_parallel > 1 is not supported (each rank holds a share of the "
-                "tokens, not the clean ones): choose one"
-            )
-        if self.context_cache is True and self.fp8_attention_kernel:
-            raise ValueError(
-                "context_cache=True with fp8_attention_kernel=True is not supported (the fused self-attention "
-                "does not attend to kept tokens): choose one"
-            )
+        if self.context_cache is True and (conflict := self.context_cache_conflict()):
+            raise ValueError(f"context_cache=True {conflict}")
         if not isinstance(self.text_offload, bool):
             raise ValueError(f"text_offload must be True or False, got {self.text_offload!r}")
         if self.text_offload and torch.device(self.text_device or self.device).type == "cpu":
@@ -289,6 +276,27 @@ class RuntimeOptions:
                 "compile=True with sequence_parallel > 1 is not supported yet (the collectives would break "
                 "the compiled graphs): choose one"
             )
+
+    def context_cache_conflict(self) -> str | None:
+        """Why the context cache cannot run with these options (the reason, completing "context_cache=True ..."),
+        or None where it can: the one rule both ``__post_init__``'s refusal and :meth:`resolve_context_cache`
+        follow."""
+        if not self.uses_camera_cache:
+            return (
+                "keeps the clean tokens in the camera cache's scope: leave camera_cache on "
+                f"(got camera_cache={self.camera_cache!r}, sequence_parallel={self.sequence_parallel})"
+            )
+        if self.sequence_parallel > 1:
+            return (
+                "with sequence_parallel > 1 is not supported (each rank holds a share of the tokens, not the clean "
+                "ones): choose one"
+            )
+        if self.fp8_attention_kernel:
+            return (
+                "with fp8_attention_kernel=True is not supported (the fused self-attention does not attend to kept "
+                "tokens): choose one"
+            )
+        return None
 
     @classmethod
     def for_device(cls, device: str | torch.device | None = None, **kw) -> RuntimeOptions:
@@ -314,8 +322,7 @@ class RuntimeOptions:
         if self.context_cache != "auto":
             return self
         cpu = torch.device(self.device).type == "cpu"
-        on = refresh is not None and cpu and self.uses_camera_cache and self.sequence_parallel == 1
-        on = on and not self.fp8_attention_kernel
+        on = refresh is not None and cpu and self.context_cache_conflict() is None
         return replace(self, context_cache=on, context_cache_refresh=refresh if on else 0)
 
     def resolve_quantize(self, int8_weights: bool) -> RuntimeOptions:
