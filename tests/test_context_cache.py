@@ -10,7 +10,7 @@ import torch
 from test_dit import _inputs, _model
 
 from world_model.config import tiny
-from world_model.dit import reuse_conditioning
+from world_model.dit import CleanTokens, reuse_conditioning
 from world_model.model import random_world_model
 from world_model.runtime import RuntimeOptions
 
@@ -140,6 +140,29 @@ def test_runtime_option_refuses_what_it_cannot_combine_with():
         )
 
 
+def test_compact_gives_kept_views_storage_of_their_own_and_leaves_owned_ones():
+    """What a compiled block records (a view of the whole window's keys, values and hidden states: inductor drops
+    the clone of a leading slice) gets storage of its own after the block, so that the window's buffers are freed;
+    what eager code recorded (its own storage already) stays the same tensor."""
+    record = CleanTokens(3)
+    k, v, x = torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4), torch.randn(1, 8, 16)
+    record.k, record.v, record.action_input = k[:, :3], v[:, :3], x[:, :3]  # as the compiled graph returns them
+    record.compact()
+    for kept, whole in ((record.k, k), (record.v, v), (record.action_input, x)):
+        assert kept.untyped_storage().nbytes() == kept.numel() * kept.element_size()
+        assert kept.untyped_storage().data_ptr() != whole.untyped_storage().data_ptr()
+        assert torch.equal(kept, whole[:, :3])
+    owned = record.k
+    record.compact()
+    assert record.k is owned  # already its own: not copied again
+    record.begin_step(0)
+    record.end_step()
+    record.begin_step(0)  # a later step (not recording) keeps what it has
+    record.k = k[:, :3]
+    record.compact()
+    assert record.k.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+
+
 @pytest.mark.gpu
 def test_compiled_blocks_keep_their_graphs_across_chunks_with_the_context_cache():
     """The compiled blocks (CUDA, bf16) take the kept tokens as inputs: after the first chunks compiled them (chunk 0's
@@ -196,10 +219,11 @@ def test_compiling_the_blocks_makes_room_for_each_kind_of_block(dynamo_recompile
 
 
 @pytest.mark.slow
-def test_compiled_blocks_with_the_context_cache_compile_every_variant(dynamo_recompile_limit):
+def test_compiled_blocks_with_the_context_cache_compile_every_variant(dynamo_recompile_limit, monkeypatch):
     """With the context cache a tiny env's block forward compiles 8 graphs (2 kinds of block x chunk 0, the growing
     window, its recording and its cached steps); where the process's limit is below that, compile_blocks' raise keeps
-    them all compiled instead of running the later ones eagerly (session 44: the 5B's later steps ran so)."""
+    them all compiled instead of running the later ones eagerly (session 44: the 5B's later steps ran so). What the
+    compiled recordings keep has storage of its own (CleanTokens.compact)."""
     import torch._dynamo
     from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 
@@ -208,6 +232,15 @@ def test_compiled_blocks_with_the_context_cache_compile_every_variant(dynamo_rec
 
     torch._dynamo.reset()
     dynamo_recompile_limit.recompile_limit = 4
+    kept: list[tuple[int, int]] = []  # (storage bytes, tensor bytes) of each kept tensor after its block
+    compact = CleanTokens.compact
+
+    def checked_compact(record: CleanTokens) -> None:
+        compact(record)
+        if record.recording:
+            kept.extend((t.untyped_storage().nbytes(), t.numel() * t.element_size()) for t in (record.k, record.v))
+
+    monkeypatch.setattr(CleanTokens, "compact", checked_compact)
     env = MatrixGameEnv(model=random_world_model(tiny(16, 16), RuntimeOptions(compile=True, context_cache=True)))
     act = {"keyboard": np.array([1, 0, 0, 0, 0, 0], np.int8), "mouse": np.array([0.0, 0.1], np.float32)}
     env.reset(seed=0)
@@ -217,6 +250,8 @@ def test_compiled_blocks_with_the_context_cache_compile_every_variant(dynamo_rec
     graphs = len(_debug_get_cache_entry_list(DiTBlock.forward.__code__))
     torch._dynamo.reset()
     assert graphs > 4
+    # the compiled recordings were views of the whole window (2.1x their bytes on the 5B, session 48): compacted
+    assert kept and all(s == n for s, n in kept)
 
 
 def test_refresh_recomputes_the_clean_tokens_every_r_th_step():

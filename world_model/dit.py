@@ -243,6 +243,18 @@ class CleanTokens:
             return x
         return torch.cat([self.action_input, x], dim=1)
 
+    def compact(self) -> None:
+        """After the block's forward, outside its compiled graph: the kept tensors in storage of their own. A compiled
+        block drops the ``clone`` of a leading slice (inductor removes a copy whose output has its input's sizes and
+        strides) and returns a view of the whole window's keys, values and hidden states, which then stay alive:
+        on the 5B 2.1x the kept bytes (8.6 GiB where 4.1 were kept, session 48). Eager, a no-op."""
+        if not self.recording:
+            return
+        for name in ("k", "v", "action_input"):
+            t = getattr(self, name)
+            if t is not None and t.untyped_storage().nbytes() > t.numel() * t.element_size():
+                setattr(self, name, t.clone())
+
 
 class DiTBlock(nn.Module):
     """One transformer block (spec §3 step 6). ``has_action`` adds ``action_model``.
@@ -529,7 +541,11 @@ class MatrixGameDiT(nn.Module):
             cam = _tokens_from(cond.camera(i, block, self.camera_modulation_fn), skip)
             args = (x, e0, cos, sin, cond.context, cam, grid, mouse, keyboard, M)
             # the ten positional arguments sequence parallelism's hooks expect, the kept tokens only when cached
-            x = block(*args) if clean is None else block(*args, clean[i])
+            if clean is None:
+                x = block(*args)
+            else:
+                x = block(*args, clean[i])
+                clean[i].compact()  # before the next block: each block's whole-window buffers freed in turn
         if clean is not None:
             for record in clean:
                 record.end_step()
