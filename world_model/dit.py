@@ -231,7 +231,7 @@ class CleanTokens:
     def keys_values(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Recording: keep the clean tokens' k, v [B, n, N, Dh] and return k, v; later: the kept ones before k, v."""
         if self.recording:
-            self.k, self.v = k[:, : self.n].clone(), v[:, : self.n].clone()  # not views: the rest is freed
+            self.k, self.v = k[:, : self.n].clone(), v[:, : self.n].clone()  # eager: not views (compiled: compact())
             return k, v
         return torch.cat([self.k, k], dim=1), torch.cat([self.v, v], dim=1)
 
