@@ -223,6 +223,30 @@ def test_batch_equals_separate_calls(first_clip, M):
     assert not torch.allclose(out[0], mod(x[:1], grid, mouse[:1], keyboard[1:2], M)[0])
 
 
+@pytest.mark.parametrize("first_clip, M", [(True, 1), (False, 2)])
+def test_context_cache_runs_the_noisy_frames_alone_with_the_kept_mouse_keys(first_clip, M):
+    """The DiT's context cache: the recording call is the plain forward and keeps the mouse branch's keys and values
+    of the clean frames (memory + 1 context frame) alone; a later call on the noisy frames' tokens gives their rows of
+    the plain forward (to fp32 rounding), computing nothing for the clean ones."""
+    from world_model.dit import CleanTokens
+
+    mod = _randomize(ActionModule(CFG))
+    x, grid, mouse, keyboard = _inputs(2, M, 3, 2, 3, first_clip)
+    S = grid[1] * grid[2]
+    n = (M + 1) * S  # memory and one context frame clean
+    plain = mod(x, grid, mouse, keyboard, M)
+    record = CleanTokens(n)
+    record.begin_step(0)
+    torch.testing.assert_close(mod(x, grid, mouse, keyboard, M, record), plain, rtol=0, atol=0)
+    assert record.mouse_k.shape[:2] == (2 * S, M + 1) and record.mouse_v.shape == record.mouse_k.shape
+    record.end_step()
+    record.begin_step(0)
+    cached = mod(x[:, n:], grid, mouse, keyboard, M, record)
+    torch.testing.assert_close(cached, plain[:, n:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="with 3 frames kept" if M == 2 else "with 2 frames kept"):
+        mod(x, grid, mouse, keyboard, M, record)  # a later step given the whole window
+
+
 def test_norm_weight_flag_matters_only_when_weights_differ_from_one():
     release = ActionModule(CFG)
     fixed = ActionModule(CFG.replace(apply_qk_norm_weight=True))

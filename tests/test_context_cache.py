@@ -141,14 +141,14 @@ def test_runtime_option_refuses_what_it_cannot_combine_with():
 
 
 def test_compact_gives_kept_views_storage_of_their_own_and_leaves_owned_ones():
-    """What a compiled block records (a view of the whole window's keys, values and hidden states: inductor drops
+    """What a compiled block records (a view of the whole window's keys and values: inductor drops
     the clone of a leading slice) gets storage of its own after the block, so that the window's buffers are freed;
     what eager code recorded (its own storage already) stays the same tensor."""
     record = CleanTokens(3)
-    k, v, x = torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4), torch.randn(1, 8, 16)
-    record.k, record.v, record.action_input = k[:, :3], v[:, :3], x[:, :3]  # as the compiled graph returns them
+    k, v, mk = torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4)
+    record.k, record.v, record.mouse_k = k[:, :3], v[:, :3], mk[:, :3]  # as the compiled graph returns them
     record.compact()
-    for kept, whole in ((record.k, k), (record.v, v), (record.action_input, x)):
+    for kept, whole in ((record.k, k), (record.v, v), (record.mouse_k, mk)):
         assert kept.untyped_storage().nbytes() == kept.numel() * kept.element_size()
         assert kept.untyped_storage().data_ptr() != whole.untyped_storage().data_ptr()
         assert torch.equal(kept, whole[:, :3])

@@ -22,12 +22,17 @@ fp32; the residuals are added in the dtype of ``x`` (fp32 in the DiT's residual 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 from einops import rearrange, repeat
 
 from world_model.attention import AttentionKernel
 from world_model.config import ActionConfig
+
+if TYPE_CHECKING:
+    from world_model.dit import CleanTokens
 
 __all__ = ["NULL_MOUSE", "NULL_KEYBOARD", "ActionModule", "num_action_latents", "group_frames"]
 
@@ -183,12 +188,18 @@ class ActionModule(nn.Module):
         mouse: torch.Tensor | None,
         keyboard: torch.Tensor | None,
         num_memory: int,
+        clean: CleanTokens | None = None,
     ) -> torch.Tensor:
         """Add the mouse and keyboard residuals to x.
 
         x [B, L, D]: valid tokens, frame-major, L = T*h*w with grid = (T, h, w) and the M = num_memory
         memory frames first. mouse [B, Nf, mouse_dim_in], keyboard [B, Nf, keyboard_dim_in]: the
         window's per-pixel-frame actions, covering the T - M window latents. Returns [B, L, D].
+
+        ``clean`` (the DiT's context cache, :class:`world_model.dit.CleanTokens`): at a window's first step the mouse
+        branch's keys and values of the clean frames (the first ``clean.n`` tokens) are kept; at its later steps x
+        holds the last frames' tokens alone (the noisy ones), their queries attend to the kept keys before their own,
+        and only their residuals are computed (the keyboard branch's queries are per token, its keys the actions').
         """
         c = self.cfg
         T = grid[0]
@@ -202,7 +213,7 @@ class ActionModule(nn.Module):
         # RoPE time positions: memory 0..M-1, window 0..N-1 (both restart at 0).
         # (made on x's device: a copy from host memory would wait for the GPU's queue, once per block)
         positions = torch.cat([torch.arange(num_memory, device=x.device), torch.arange(n, device=x.device)])
-        return self.forward_windows(x, grid, mouse_w, keyboard_w, positions)
+        return self.forward_windows(x, grid, mouse_w, keyboard_w, positions, clean)
 
     def _windows(
         self,
@@ -241,40 +252,48 @@ class ActionModule(nn.Module):
         mouse_windows: torch.Tensor | None,
         keyboard_windows: torch.Tensor | None,
         positions: torch.Tensor,
+        clean: CleanTokens | None = None,
     ) -> torch.Tensor:
         """The module on already-grouped actions: mouse/keyboard windows [B, T, W*r, C], positions [T].
 
-        ``forward`` builds the windows (memory null windows first) and the restarting positions.
+        ``forward`` builds the windows (memory null windows first) and the restarting positions; ``clean`` as there
+        (at a cached step x holds the last T - clean.n / (h*w) frames' tokens).
         """
         c = self.cfg
         T, h, w = grid
         S = h * w
-        if x.ndim != 3 or x.shape[1] != T * S or x.shape[2] != c.img_hidden_size:
+        frames = T if clean is None or clean.recording else T - clean.n // S  # the frames x holds: the last ones
+        if x.ndim != 3 or x.shape[1] != frames * S or x.shape[2] != c.img_hidden_size:
             raise ValueError(
-                f"expected x [B, L={T}*{h}*{w}={T * S}, {c.img_hidden_size}] for grid {tuple(grid)}, "
-                f"got shape {tuple(x.shape)}"
+                f"expected x [B, L={frames}*{h}*{w}={frames * S}, {c.img_hidden_size}] for grid {tuple(grid)}"
+                f"{'' if frames == T else f' with {T - frames} frames kept'}, got shape {tuple(x.shape)}"
             )
         if positions.shape != (T,):
             raise ValueError(f"expected positions [T={T}], got shape {tuple(positions.shape)}")
         if c.enable_mouse:
-            x = x + self._mouse(x, mouse_windows, T, S, positions).to(x.dtype)
+            x = x + self._mouse(x, mouse_windows, T, S, positions, clean).to(x.dtype)
         if c.enable_keyboard:
             x = x + self._keyboard(x, keyboard_windows, T, S, positions).to(x.dtype)
         return x
 
-    def _mouse(self, x: torch.Tensor, windows: torch.Tensor, T: int, S: int, positions: torch.Tensor) -> torch.Tensor:
+    def _mouse(
+        self, x: torch.Tensor, windows: torch.Tensor, T: int, S: int, positions: torch.Tensor, clean: CleanTokens | None
+    ) -> torch.Tensor:
         c = self.cfg
         dtype = self.t_qkv.weight.dtype
-        xs = rearrange(x.to(dtype), "b (t s) d -> (b s) t d", t=T)  # [B*S, T, D]
-        m = repeat(windows.to(dtype), "b t f c -> (b s) t (f c)", s=S)  # [B*S, T, W*r*C]
-        hidden = self.mouse_mlp(torch.cat([xs, m], dim=-1))  # [B*S, T, mouse_hidden]
+        Tq = x.shape[1] // S  # the frames whose residuals are computed: the last Tq of the T (all but a cache's)
+        xs = rearrange(x.to(dtype), "b (t s) d -> (b s) t d", t=Tq)  # [B*S, Tq, D]
+        m = repeat(windows[:, T - Tq :].to(dtype), "b t f c -> (b s) t (f c)", s=S)  # [B*S, Tq, W*r*C]
+        hidden = self.mouse_mlp(torch.cat([xs, m], dim=-1))  # [B*S, Tq, mouse_hidden]
         q, k, v = rearrange(self.t_qkv(hidden), "bs t (k n d) -> k bs t n d", k=3, n=c.heads_num)
         if c.qk_norm:
             q, k = self.img_attn_q_norm(q), self.img_attn_k_norm(k)
-        cos, sin = _rope_cos_sin(positions, c.mouse_qk_dim_list[0], c.rope_theta, _at_least_fp32(dtype))  # [T, r]
-        cos, sin = cos[:, None], sin[:, None]  # [T, 1, r] against [B*S, T, N, Dh]
+        cos, sin = _rope_cos_sin(positions[T - Tq :], c.mouse_qk_dim_list[0], c.rope_theta, _at_least_fp32(dtype))
+        cos, sin = cos[:, None], sin[:, None]  # [Tq, 1, r] against [B*S, Tq, N, Dh]
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-        out = self.mouse_attn(q, k, v)  # [B*S, T, N, Dh]
+        if clean is not None:  # kept: the clean frames' keys and values, before these frames' own
+            k, v = clean.mouse_keys_values(k, v, clean.n // S)
+        out = self.mouse_attn(q, k, v)  # [B*S, Tq, N, Dh]
         out = rearrange(out, "(b s) t n d -> b (t s) (n d)", s=S)
         return self.proj_mouse(out)
 
@@ -283,15 +302,16 @@ class ActionModule(nn.Module):
     ) -> torch.Tensor:
         c = self.cfg
         dtype = self.keyboard_attn_kv.weight.dtype
+        Tq = x.shape[1] // S  # the last Tq frames' queries (each token's own); the keys are all T frames' actions
         emb = self.keyboard_embed(windows.to(dtype))  # [B, T, W*r, hidden]
         kv = self.keyboard_attn_kv(rearrange(emb, "b t f c -> b t (f c)"))  # [B, T, 2*kb_hidden]
         k, v = rearrange(kv, "b t (k n d) -> k b t n d", k=2, n=c.heads_num)  # [B, T, N, Dh]
-        q = rearrange(self.mouse_attn_q(x.to(dtype)), "b (t s) (n d) -> b t s n d", t=T, n=c.heads_num)
+        q = rearrange(self.mouse_attn_q(x.to(dtype)), "b (t s) (n d) -> b t s n d", t=Tq, n=c.heads_num)
         if c.qk_norm:
             q, k = self.key_attn_q_norm(q), self.key_attn_k_norm(k)
         cos, sin = _rope_cos_sin(positions, c.rope_dim_list[0], c.rope_theta, _at_least_fp32(dtype))  # [T, r]
         k = _apply_rope(k, cos[:, None], sin[:, None])  # [B, T, N, Dh]
-        q = _apply_rope(q, cos[:, None, None], sin[:, None, None])  # [B, T, S, N, Dh]
+        q = _apply_rope(q, cos[T - Tq :, None, None], sin[T - Tq :, None, None])  # [B, Tq, S, N, Dh]
         q = rearrange(q, "b t s n d -> b (t s) n d")
         # Every spatial location shares its batch item's T keyboard keys, so the S*T queries of one
         # item attend to that item's keys directly: the release's per-location tiling (correct for

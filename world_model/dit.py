@@ -209,9 +209,10 @@ class CameraModulation(NamedTuple):
 
 class CleanTokens:
     """One block's share of the context cache (``RuntimeOptions.context_cache``): the keys and values of a window's
-    clean tokens (memory and context frames, timestep 0; the first ``n`` tokens) in its self-attention and their
-    hidden states where its action module reads them, kept at the window's first sampler step (``recording``) and
-    used in place of recomputing them at its later steps, when the block sees the noisy tokens alone."""
+    clean tokens (memory and context frames, timestep 0; the first ``n`` tokens) in its self-attention and, in a
+    block with an action module, its mouse branch's keys and values of their frames, kept at the window's first
+    sampler step (``recording``) and used in place of recomputing them at its later steps, when the block sees the
+    noisy tokens alone."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -219,7 +220,8 @@ class CleanTokens:
         self.calls = 0  # forwards run with this record (the window's sampler steps of its branch)
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
-        self.action_input: torch.Tensor | None = None
+        self.mouse_k: torch.Tensor | None = None
+        self.mouse_v: torch.Tensor | None = None
 
     def begin_step(self, refresh: int) -> None:
         """Before a forward: record at the first step and, with ``refresh`` r > 0, at every r-th one after it."""
@@ -235,22 +237,22 @@ class CleanTokens:
             return k, v
         return torch.cat([self.k, k], dim=1), torch.cat([self.v, v], dim=1)
 
-    def action_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """The tokens the action module runs on: recording, x itself (its clean tokens kept); later, the kept clean
-        tokens before x's noisy ones."""
+    def mouse_keys_values(self, k: torch.Tensor, v: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The action module's mouse branch (attention over time per spatial location, k, v [B*S, T, N, Dh]):
+        recording, keep the first ``frames`` (the clean ones) and return k, v; later, the kept ones before k, v."""
         if self.recording:
-            self.action_input = x[:, : self.n].clone()
-            return x
-        return torch.cat([self.action_input, x], dim=1)
+            self.mouse_k, self.mouse_v = k[:, :frames].clone(), v[:, :frames].clone()
+            return k, v
+        return torch.cat([self.mouse_k, k], dim=1), torch.cat([self.mouse_v, v], dim=1)
 
     def compact(self) -> None:
         """After the block's forward, outside its compiled graph: the kept tensors in storage of their own. A compiled
         block drops the ``clone`` of a leading slice (inductor removes a copy whose output has its input's sizes and
-        strides) and returns a view of the whole window's keys, values and hidden states, which then stay alive:
-        on the 5B 2.1x the kept bytes (8.6 GiB where 4.1 were kept, session 48). Eager, a no-op."""
+        strides) and returns a view of the whole window's keys and values, which then stay alive: on the 5B 2.1x the
+        kept bytes (8.6 GiB where 4.1 were kept, session 48). Eager, a no-op."""
         if not self.recording:
             return
-        for name in ("k", "v", "action_input"):
+        for name in ("k", "v", "mouse_k", "mouse_v"):
             t = getattr(self, name)
             if t is not None and t.untyped_storage().nbytes() > t.numel() * t.element_size():
                 setattr(self, name, t.clone())
@@ -312,9 +314,9 @@ class DiTBlock(nn.Module):
         length): sequence parallelism (world_model.parallel) hands a block one rank's tokens, and
         e0 per run of them, through hooks.
 
-        ``clean`` (the context cache): at a window's first step, keep the clean tokens' keys, values and action
-        inputs; at its later steps x, e0, cos, sin and cam hold the noisy frames' tokens alone (grid stays the
-        whole window's: the action module runs on the kept clean tokens and these).
+        ``clean`` (the context cache): at a window's first step, keep the clean tokens' keys and values (and the
+        action module's mouse branch's); at its later steps x, e0, cos, sin and cam hold the noisy frames' tokens
+        alone (grid stays the whole window's: the action module's windows and positions cover all its frames).
         """
         mod = self.modulation.float() + e0  # [B, T, 6, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
@@ -331,11 +333,8 @@ class DiTBlock(nn.Module):
         else:  # standard Wan: x + CrossAttn(LN3(x))
             x = x + self.cross_attn(self._norm3(x), context)
 
-        if self.action_model is not None:
-            if clean is None:
-                x = self.action_model(x, grid, mouse, keyboard, num_memory)
-            else:  # over the whole window's tokens; the kept clean ones' outputs are not used again
-                x = self.action_model(clean.action_tokens(x), grid, mouse, keyboard, num_memory)[:, -x.shape[1] :]
+        if self.action_model is not None:  # with a cache's later step, on the noisy tokens and the kept mouse keys
+            x = self.action_model(x, grid, mouse, keyboard, num_memory, clean)
 
         y = self.ffn(_modulate(_layer_norm(x, self.eps), shift2, scale2).to(self.ffn[0].weight.dtype))
         return self._residual(_gated_add(x, y, gate2))
