@@ -142,8 +142,10 @@ class RuntimeOptions:
     model's ``SamplerConfig.context_cache_refresh`` says it was measured with it, see :meth:`resolve_context_cache`):
     within a chunk's sampling, the window's clean tokens (memory
     and context frames, timestep 0) go through the DiT blocks at the first sampler step only; each block keeps their
-    keys and values (and the action module's inputs), and the later steps run the blocks on the noisy frames' tokens
-    alone, attending to the kept ones (``world_model.dit.CleanTokens``, ``reuse_conditioning(context_frames=...)``).
+    keys and values (and its action module's mouse branch's), and the later steps run the blocks on the noisy frames'
+    tokens alone, attending to the kept ones (``world_model.dit.CleanTokens``, ``reuse_conditioning(context_frames=...)``).
+    What it holds on the 5B: 30 blocks x 7,920 clean tokens' keys and values in bf16 (2.7 GiB) and the 15 action
+    blocks' mouse keys and values (0.45 GiB).
     The release recomputes the clean tokens at every step, where they attend to the partly denoised frames; here
     they keep their first step's states. What it saves: a 5B window of 5 memory + 4 context + 10 noisy latents
     (16,720 tokens) runs 8,800 tokens at steps 2 and 3, so the blocks' GEMMs and attention of a 3-step chunk fall to
