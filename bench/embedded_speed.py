@@ -173,18 +173,20 @@ def main() -> None:
         p.error("several --context-cache-refresh values compare the refresh alone: leave the other comparisons alone")
     if args.threads:
         torch.set_num_threads(args.threads)
+
+    def options(**changes) -> RuntimeOptions:
+        """The device's runtime with the first dtype, GEMMs and context cache asked for, and ``changes``."""
+        kw = dict(
+            dtype=dtypes[0], quantize=quantizes[0], context_cache=context_cache, context_cache_refresh=refreshes[0]
+        )
+        return RuntimeOptions.for_device(args.device, **{**kw, **changes})
+
     if args.vae_pruning is not None:
         if args.camera_cache != "on":
             p.error("--vae-pruning measures with the camera cache on; leave --camera-cache at its default")
         if not all(0.0 <= r < 1.0 for r in args.vae_pruning):
             p.error(f"--vae-pruning rates must be in [0, 1), got {args.vae_pruning}")
-        runtime = RuntimeOptions.for_device(
-            args.device,
-            dtype=dtypes[0],
-            quantize=quantizes[0],
-            context_cache=context_cache,
-            context_cache_refresh=refreshes[0],
-        )
+        runtime = options()
         cfg = load_world_model(args.model, runtime).config
         models = {
             r: random_world_model(cfg.replace(vae=cfg.vae.replace(pruning_rate=r)), runtime) for r in args.vae_pruning
@@ -193,42 +195,16 @@ def main() -> None:
     elif args.context_cache == "both" or len(refreshes) > 1:
         cached = [(True, r) for r in refreshes]
         models = {
-            _cache_label(c, r): load_world_model(
-                args.model,
-                RuntimeOptions.for_device(
-                    args.device, context_cache=c, context_cache_refresh=r, dtype=dtypes[0], quantize=quantizes[0]
-                ),
-            )
+            _cache_label(c, r): load_world_model(args.model, options(context_cache=c, context_cache_refresh=r))
             for c, r in ([(False, 0)] if args.context_cache == "both" else []) + cached
         }
         key = "context_cache"
     elif len(combos) > 1:
-        models = {
-            _setting(d, q): load_world_model(
-                args.model,
-                RuntimeOptions.for_device(
-                    args.device, dtype=d, quantize=q, context_cache=context_cache, context_cache_refresh=refreshes[0]
-                ),
-            )
-            for d, q in combos
-        }
+        models = {_setting(d, q): load_world_model(args.model, options(dtype=d, quantize=q)) for d, q in combos}
         key = "dtype" if len(quantizes) == 1 else "setting"
     else:
         settings = {"on": [True], "off": [False], "both": [True, False]}[args.camera_cache]
-        models = {
-            c: load_world_model(
-                args.model,
-                RuntimeOptions.for_device(
-                    args.device,
-                    camera_cache=c,
-                    dtype=dtypes[0],
-                    quantize=quantizes[0],
-                    context_cache=context_cache,
-                    context_cache_refresh=refreshes[0],
-                ),
-            )
-            for c in settings
-        }
+        models = {c: load_world_model(args.model, options(camera_cache=c)) for c in settings}
         key = "camera_cache"
     if args.sampler_steps is not None:
         models = {k: m.with_sampler(num_steps=args.sampler_steps) for k, m in models.items()}
