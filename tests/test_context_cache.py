@@ -259,14 +259,14 @@ def test_refresh_recomputes_the_clean_tokens_every_r_th_step():
     inputs), steps 1 and 3 the noisy tokens alone."""
     cfg = tiny().dit
     model = _model(cfg)
-    model.context_cache, model.context_cache_refresh = True, 2
+    model.context_cache = True
     inp = _inputs(cfg, B=1, M=2, F=3, h=4, w=4)
     step = {**inp, "x": inp["x"].clone(), "t": inp["t"] * 0.5}
     step["x"][:, :, 1:] += 0.5 * torch.randn_like(step["x"][:, :, 1:])
     with torch.no_grad():
         exact = model(**step)
     seen = _block_tokens(model)
-    with torch.no_grad(), reuse_conditioning(model, context_frames=1):
+    with torch.no_grad(), reuse_conditioning(model, context_frames=1, context_cache_refresh=2):
         model(**inp)
         model(**inp)
         refreshed = model(**step)
@@ -275,15 +275,45 @@ def test_refresh_recomputes_the_clean_tokens_every_r_th_step():
     assert torch.equal(refreshed, exact)  # a refresh step is the full forward
 
 
-def test_runtime_refresh_option_is_checked_and_reaches_the_dit():
+def _full_window_steps(model, steps: int) -> list[int]:
+    """The sampler steps of an env's second chunk at which the first block sees the whole window."""
+    from mg3_env import MatrixGameEnv
+
+    seen = _block_tokens(model.dit)
+    env = MatrixGameEnv(model=model, max_chunks=2)
+    env.reset(seed=0)
+    env.step({"keyboard": np.array([1, 0, 0, 0, 0, 0], np.int8), "mouse": np.array([0.0, 0.1], np.float32)})
+    env.close()
+    chunk = seen[steps:]
+    assert len(chunk) == steps
+    return [i for i, n in enumerate(chunk) if n == max(chunk)]
+
+
+def test_runtime_refresh_option_is_checked_and_reaches_the_sampling():
+    """RuntimeOptions.context_cache_refresh r: the env's windows run the whole window at every r-th sampler step;
+    WorldModel.with_sampler(context_cache_refresh=r) changes it on a loaded model that runs the cache."""
     assert RuntimeOptions().context_cache_refresh == 0
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="context_cache_refresh must be an int >= 0"):
             RuntimeOptions(context_cache=True, context_cache_refresh=bad)
+        with (
+            pytest.raises(ValueError, match="context_cache_refresh must be an int >= 0"),
+            reuse_conditioning(_model(tiny().dit), context_frames=1, context_cache_refresh=bad),
+        ):
+            pass
     with pytest.raises(ValueError, match="set context_cache=True too"):
         RuntimeOptions(context_cache_refresh=2)
-    model = random_world_model(tiny(16, 16), RuntimeOptions(context_cache=True, context_cache_refresh=3))
-    assert model.dit.context_cache_refresh == 3
+    cfg = tiny(16, 16)
+    cfg = cfg.replace(sampler=cfg.sampler.replace(num_steps=6))
+    assert _full_window_steps(random_world_model(cfg, RuntimeOptions(context_cache=True)), 6) == [0]
+    model = random_world_model(cfg, RuntimeOptions(context_cache=True, context_cache_refresh=3))
+    assert _full_window_steps(model, 6) == [0, 3]
+    changed = model.with_sampler(context_cache_refresh=2)
+    assert changed.runtime.context_cache_refresh == 2 and changed.config.sampler.context_cache_refresh == 2
+    assert _full_window_steps(changed, 6) == [0, 2, 4]
+    assert _full_window_steps(model, 6) == [0, 3]  # the model it came from (the same weights) as it was
+    off = random_world_model(cfg, RuntimeOptions()).with_sampler(context_cache_refresh=2)
+    assert off.runtime.context_cache is False and off.config.sampler.context_cache_refresh == 2  # recorded only
 
 
 def test_eval_refuses_a_refresh_without_the_cache(tmp_path, capsys):
@@ -325,7 +355,7 @@ def test_auto_is_the_cpus_default_and_follows_the_models_sampler_config():
     measured = tiny(16, 16)
     measured = measured.replace(sampler=measured.sampler.replace(context_cache_refresh=2))
     on = random_world_model(measured, RuntimeOptions.for_device("cpu"))
-    assert on.runtime.context_cache is True and on.dit.context_cache and on.dit.context_cache_refresh == 2
+    assert on.runtime.context_cache is True and on.dit.context_cache and on.runtime.context_cache_refresh == 2
     off = random_world_model(tiny(16, 16), RuntimeOptions.for_device("cpu"))
     assert off.runtime.context_cache is False and not off.dit.context_cache
     assert not random_world_model(measured, RuntimeOptions.for_device("cpu", context_cache=False)).dit.context_cache

@@ -393,7 +393,7 @@ class SamplerConfig(_Config):
     memory_guidance: float = 1.0
     # the context cache this model was measured with (ours): None, not measured; r >= 0, the refresh with which
     # RuntimeOptions(context_cache="auto") (a CPU's default) runs it (RuntimeOptions.context_cache_refresh); read when
-    # the model is loaded (WorldModel.with_sampler changes the config, not the loaded DiT's cache)
+    # the model is loaded (WorldModel.with_sampler also sets a loaded model's refresh where it runs the cache)
     context_cache_refresh: int | None = None
 
     def __post_init__(self) -> None:

@@ -409,7 +409,6 @@ class MatrixGameDiT(nn.Module):
 
     camera_cache: bool = True
     context_cache: bool = False  # RuntimeOptions.context_cache (an approximation; off: the release's computation)
-    context_cache_refresh: int = 0  # RuntimeOptions.context_cache_refresh: re-record every r-th step (0: never)
     camera_modulation_fn = None  # None: DiTBlock.camera_modulation
 
     def __init__(self, cfg: DiTConfig) -> None:
@@ -525,7 +524,7 @@ class MatrixGameDiT(nn.Module):
         skip = kept = 0  # tokens and frames (memory first) the blocks skip: a context cache's later steps keep them
         if clean is not None:
             for record in clean:
-                record.begin_step(self.context_cache_refresh)
+                record.begin_step(_scope.context_cache_refresh)
         if clean is not None and not clean[0].recording:
             skip = clean[0].n
             kept = skip // (grid[1] * grid[2])
@@ -674,7 +673,9 @@ _scope = threading.local()  # per thread: {id(model): [_Conditioning]} of the op
 
 
 @contextmanager
-def reuse_conditioning(dit: nn.Module, context_frames: int | None = None) -> Iterator[None]:
+def reuse_conditioning(
+    dit: nn.Module, context_frames: int | None = None, context_cache_refresh: int = 0
+) -> Iterator[None]:
     """Scope of one window's sampling: inside it every :class:`MatrixGameDiT` in ``dit`` (itself, or
     the experts of a MoE) with ``camera_cache`` on computes the text embedding, camera tokens, RoPE
     and per-block camera modulation once per distinct (context, plucker, positions) tensors and
@@ -689,17 +690,26 @@ def reuse_conditioning(dit: nn.Module, context_frames: int | None = None) -> Ite
     (:class:`CleanTokens`), and at the later calls runs its blocks on the noisy frames' tokens alone, attending to the
     kept ones: the clean tokens' hidden states frozen at the first step (an approximation: the release recomputes
     them at every step, where they attend to the partly denoised frames). The clean frames' flow is then returned as
-    zeros."""
+    zeros. ``context_cache_refresh`` (r > 0, ``RuntimeOptions.context_cache_refresh``): they are recomputed and kept
+    again at every r-th call of a record (0: the first call only)."""
     if getattr(_scope, "caches", None) is not None:
         raise RuntimeError("reuse_conditioning scopes do not nest: one window at a time per thread")
     if context_frames is not None and (isinstance(context_frames, bool) or not isinstance(context_frames, int)):
         raise ValueError(f"context_frames must be None or an int, got {context_frames!r}")
     if context_frames is not None and context_frames < 0:
         raise ValueError(f"context_frames must be >= 0, got {context_frames}")
+    if (
+        isinstance(context_cache_refresh, bool)
+        or not isinstance(context_cache_refresh, int)
+        or context_cache_refresh < 0
+    ):
+        raise ValueError(f"context_cache_refresh must be an int >= 0, got {context_cache_refresh!r}")
     _scope.caches = {id(m): [] for m in dit.modules() if isinstance(m, MatrixGameDiT)}
     _scope.context_frames = context_frames
+    _scope.context_cache_refresh = context_cache_refresh
     try:
         yield
     finally:
         _scope.caches = None
         _scope.context_frames = None
+        _scope.context_cache_refresh = 0

@@ -310,7 +310,8 @@ class StreamingGenerator:
 
         # the same text, camera code and positions at every step: the DiT computes their part once
         # (and with RuntimeOptions.context_cache the clean frames' tokens once: the context's num_cond latents)
-        with reuse_conditioning(self.model.dit, context_frames=num_cond):
+        refresh = self.model.runtime.context_cache_refresh
+        with reuse_conditioning(self.model.dit, context_frames=num_cond, context_cache_refresh=refresh):
             x = sample_window(velocity, cond, noise[:, :, num_cond:], self.sampler)  # [n, C, F - num_cond, h, w]
 
         # history and decode

@@ -132,8 +132,17 @@ class WorldModel:
 
     def with_sampler(self, **changes: object) -> WorldModel:
         """This model (the same weights, not copied) sampling with ``changes`` to its sampler config
-        (e.g. ``num_steps=3``, ``action_guidance=2``); a bad value raises the config's error."""
-        return replace(self, config=self.config.replace(sampler=self.config.sampler.replace(**changes)))
+        (e.g. ``num_steps=3``, ``action_guidance=2``); a bad value raises the config's error.
+
+        ``context_cache_refresh=r`` (an int) records the context cache the model is measured with (written when it
+        is saved, read by ``RuntimeOptions(context_cache="auto")`` at a later load) and, where this model runs the
+        context cache, makes it refresh every r-th step from now on (``runtime.context_cache_refresh``)."""
+        config = self.config.replace(sampler=self.config.sampler.replace(**changes))
+        runtime = self.runtime
+        refresh = changes.get("context_cache_refresh")
+        if refresh is not None and runtime.context_cache is True:
+            runtime = replace(runtime, context_cache_refresh=refresh)
+        return replace(self, config=config, runtime=runtime)
 
     def describe(self) -> dict[str, object]:
         """Facts for ``info`` and dataset metadata."""

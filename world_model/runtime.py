@@ -689,7 +689,6 @@ def apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
         expert.set_residual_dtype(runtime.residual_dtype)
         expert.camera_cache = runtime.uses_camera_cache
         expert.context_cache = runtime.context_cache is True  # "auto" unresolved (the model's sampler not known): off
-        expert.context_cache_refresh = runtime.context_cache_refresh
         set_attention_backend(expert, runtime.attention)
         if runtime.attention == "fa3_fp8":
             bound_qk_inputs(expert)
