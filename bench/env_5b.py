@@ -181,6 +181,7 @@ class PartProbe:
         self.flops: FlopCounterMode | None = None
         self.flops_by_part: dict[str, Counter] = {p: Counter() for p in PARTS}
         self.peak_bytes: dict[str, int] = {p: 0 for p in (*PARTS, "outside")}
+        self.peak_reserved_bytes = 0  # what the caching allocator held at most (nvidia-smi's view less the context)
         if self.cuda:  # from here on: a peak the process reached before (another run, a test) is not this run's
             torch.cuda.reset_peak_memory_stats(device)
         self.clear()
@@ -189,6 +190,7 @@ class PartProbe:
         """The allocator's peak since the last boundary belongs to ``where``; start a new interval."""
         if self.cuda:
             self.peak_bytes[where] = max(self.peak_bytes[where], torch.cuda.max_memory_allocated(self.device))
+            self.peak_reserved_bytes = max(self.peak_reserved_bytes, torch.cuda.max_memory_reserved(self.device))
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def peak_gib(self) -> dict[str, float]:
@@ -700,6 +702,7 @@ def measure(bench: BenchConfig, setup: Setup, ref: tuple[Rollout, float] | None)
             if cuda:  # the probe resets the peak statistic at part boundaries: the run's peak is the max
                 entry["peak_gib_by_part"] = by_part = probe.peak_gib()
                 entry["peak_gib"] = max(by_part.values())
+                entry["peak_reserved_gib"] = probe.peak_reserved_bytes / 2**30  # blocks the build left cached in it
             else:
                 entry["peak_gib"] = None
             if ref is None and not (bench.compile or bench.quantize):
@@ -777,6 +780,7 @@ COLUMNS = (  # header, width, value of a measured entry
     ("host s", 7, lambda e: _fmt(e["parts_s"]["host"], ".3f")),
     ("held GiB", 9, lambda e: _fmt(e.get("resident_gib"), ".1f")),
     ("peak GiB", 9, lambda e: _fmt(e["peak_gib"], ".1f")),
+    ("reserved GiB", 13, lambda e: _fmt(e.get("peak_reserved_gib"), ".1f")),
     ("in DiT/dec/out", 15, lambda e: "/".join(_fmt(v, ".1f") for v in e.get("peak_gib_by_part", {}).values()) or "-"),
     ("reset s", 8, lambda e: _fmt(e["reset_s_warm"], ".3f")),
     ("cold s", 7, lambda e: _fmt(e["cold_s"], ".1f")),
