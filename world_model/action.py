@@ -97,6 +97,21 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.cat([(head * cos + rotated * sin).to(x.dtype), tail], dim=-1)
 
 
+def xavier_init(module: nn.Module, norms: tuple[type[nn.Module], ...]) -> None:
+    """The release's training init of ``module``'s linears and norms, in ``modules()`` order: Xavier-uniform
+    weights and zero biases for each ``nn.Linear``, unit weights and zero biases for each module of a ``norms``
+    type."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, norms):
+            nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
 class _HeadRMSNorm(nn.Module):
     """RMSNorm over the head dim. The release ignores ``weight`` (spec §13.2) unless ``apply_weight``."""
 
@@ -166,15 +181,7 @@ class ActionModule(nn.Module):
 
     def reset_parameters(self) -> None:
         """Training init (spec §2.2): Xavier-uniform linears, zero biases, zero output projections."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, _HeadRMSNorm)):
-                nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_init(self, (nn.LayerNorm, _HeadRMSNorm))
         for name in ("proj_mouse", "proj_keyboard"):
             if hasattr(self, name):
                 nn.init.zeros_(getattr(self, name).weight)

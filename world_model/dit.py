@@ -52,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from world_model.action import ActionModule
+from world_model.action import ActionModule, xavier_init
 from world_model.attention import AttentionKernel
 from world_model.config import DiTConfig
 from world_model.rope import apply_rope, rope_cos_sin
@@ -437,15 +437,7 @@ class MatrixGameDiT(nn.Module):
         """Training init (spec §2.2): Xavier-uniform linears and patch embedding, zero biases,
         normal(0.02) text/time embeddings, zero head and camera scale/shift, randn/sqrt(dim)
         modulations; action modules use their own init. Works on the meta device."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, RMSNorm)):
-                nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_init(self, (nn.LayerNorm, RMSNorm))
         w = self.patch_embedding.weight  # Xavier on the [out, in * patch] view
         bound = math.sqrt(6.0 / (w.shape[0] + w[0].numel()))
         nn.init.uniform_(w, -bound, bound)
