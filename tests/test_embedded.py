@@ -30,7 +30,7 @@ def test_default_loads_by_name_with_its_own_first_frame_and_prompt():
     # a CPU's default runs it with the context cache refreshed every 2nd step (measured in session 47, model card)
     assert wm.config.sampler.context_cache_refresh == 2
     if wm.runtime.device == "cpu":
-        assert wm.runtime.context_cache is True and wm.dit.context_cache_refresh == 2
+        assert wm.runtime.context_cache is True and wm.runtime.context_cache_refresh == 2
     assert wm.default_image is not None and wm.default_image.endswith("default_image.png")
     assert "Freedoom" in (wm.default_prompt or "")
 
