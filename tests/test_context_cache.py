@@ -361,3 +361,47 @@ def test_auto_is_the_cpus_default_and_follows_the_models_sampler_config():
     assert not random_world_model(measured, RuntimeOptions.for_device("cpu", context_cache=False)).dit.context_cache
     with pytest.raises(ValueError, match="must be None or an int >= 0"):
         measured.sampler.replace(context_cache_refresh=-1)
+
+
+def test_the_5b_keeps_its_clean_tokens_keys_and_values_alone_in_bf16():
+    """The release's shapes on the meta device (no memory used): a chunk's window (5 memory, 4 context, 10 new latents
+    of 44x80) keeps per block its 7,920 clean tokens' keys and values, and per action block the mouse branch's, all in
+    bf16 and nothing else: 3.17 GiB for one env (session 48 measured 23.8 GiB of peak where hidden states in fp32 and
+    whole-window views were kept; the peak's budget is 24 GB)."""
+    from world_model import dit as dit_module
+    from world_model.config import mg3_5b
+    from world_model.dit import MatrixGameDiT
+
+    cfg = mg3_5b()
+    d, s = cfg.dit, cfg.stream
+    with torch.device("meta"):
+        model = MatrixGameDiT(d).to(torch.bfloat16)
+    model.context_cache = True
+    M, F, h, w = 5, s.past_latents + s.new_latents, s.height // 16, s.width // 16
+    with torch.device("meta"):
+        inp = {
+            "x": torch.empty(1, d.in_dim, F, h, w),
+            "t": torch.zeros(1, F),
+            "context": torch.empty(1, 10, d.text_dim),
+            "plucker": torch.empty(1, d.plucker_channels, M + F, h, w),
+            "mouse": torch.empty(1, 4 * F, 2),
+            "keyboard": torch.empty(1, 4 * F, 6),
+            "positions": torch.arange(M + F)[None],
+            "memory": torch.empty(1, d.in_dim, M, h, w),
+        }
+    seen = _block_tokens(model)
+    with torch.no_grad(), reuse_conditioning(model, context_frames=s.past_latents):
+        model(**inp)
+        model(**inp)  # a cached step
+        (conditioning,) = dit_module._scope.caches[id(model)]  # the scope's one conditioning
+        ((_, records),) = conditioning.clean
+    n = (M + s.past_latents) * (h // 2) * (w // 2)
+    assert n == 7920 and seen == [n + s.new_latents * (h // 2) * (w // 2), s.new_latents * (h // 2) * (w // 2)]
+    kept = {name: [getattr(r, name) for r in records] for name in ("k", "v", "mouse_k", "mouse_v")}
+    action_blocks = sum(b.action_model is not None for b in model.blocks)
+    assert action_blocks == 15 and len(records) == d.num_layers == 30
+    assert all(t.dtype == torch.bfloat16 for ts in kept.values() for t in ts if t is not None)
+    nbytes = {name: sum(t.numel() * t.element_size() for t in ts if t is not None) for name, ts in kept.items()}
+    assert nbytes["k"] == nbytes["v"] == d.num_layers * n * d.dim * 2
+    assert nbytes["mouse_k"] == nbytes["mouse_v"] == action_blocks * n * d.action_config.mouse_hidden_dim * 2
+    assert round(sum(nbytes.values()) / 2**30, 2) == 3.17
