@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from world_model.checks import whole
+
 __all__ = ["rollouts", "make_policy"]
 
 
@@ -76,8 +78,7 @@ def rollouts(
     from world_model.model import WorldModel, load_world_model
     from world_model.runtime import RuntimeOptions
 
-    if not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+    whole(episodes, "episodes", 1)
     wm = model if isinstance(model, WorldModel) else load_world_model(model, RuntimeOptions.for_device(device))
     env = MatrixGameVectorEnv(num_envs, model=wm, max_chunks=max_chunks)
     rec = RecordVectorEpisodes(env, out, max_episodes=episodes)

@@ -50,6 +50,7 @@ from mg3_env.spaces import (
     validate_batched_action,
     validate_prompt,
 )
+from world_model.checks import whole
 from world_model.generator import ChunkActions, ChunkOutput, StreamingGenerator, StreamState
 from world_model.model import WorldModel, load_world_model
 from world_model.runtime import RuntimeOptions
@@ -168,8 +169,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         render_mode: str | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
     ) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        num_envs = whole(num_envs, "num_envs", 1)
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be None, 'rgb_array' or 'rgb_array_list', got {render_mode!r}")
         self._groups = self._build_groups(int(num_envs), model, runtime, devices)
@@ -180,11 +180,9 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         self.model = self.generator.model  # text encoding and metadata
         cfg = self.model.config
         capacity = (cfg.dit.rope_max_len - cfg.stream.first_latents) // cfg.stream.new_latents
-        if not isinstance(max_chunks, (int, np.integer)) or not 1 <= max_chunks <= capacity:
-            raise ValueError(
-                f"max_chunks must be an int in [1, {capacity}] (the model's RoPE table holds "
-                f"{cfg.dit.rope_max_len} latents), got {max_chunks!r}"
-            )
+        whole(
+            max_chunks, "max_chunks", 1, capacity, note=f"the model's RoPE table holds {cfg.dit.rope_max_len} latents"
+        )
         self.num_envs = int(num_envs)
         self.max_chunks = int(max_chunks)
         self.reward_fn = reward_fn

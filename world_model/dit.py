@@ -54,6 +54,7 @@ from einops import rearrange
 
 from world_model.action import ActionModule, xavier_init
 from world_model.attention import AttentionKernel
+from world_model.checks import whole, whole_or_none
 from world_model.config import DiTConfig
 from world_model.rope import apply_rope, rope_cos_sin
 
@@ -686,16 +687,8 @@ def reuse_conditioning(
     again at every r-th call of a record (0: the first call only)."""
     if getattr(_scope, "caches", None) is not None:
         raise RuntimeError("reuse_conditioning scopes do not nest: one window at a time per thread")
-    if context_frames is not None and (isinstance(context_frames, bool) or not isinstance(context_frames, int)):
-        raise ValueError(f"context_frames must be None or an int, got {context_frames!r}")
-    if context_frames is not None and context_frames < 0:
-        raise ValueError(f"context_frames must be >= 0, got {context_frames}")
-    if (
-        isinstance(context_cache_refresh, bool)
-        or not isinstance(context_cache_refresh, int)
-        or context_cache_refresh < 0
-    ):
-        raise ValueError(f"context_cache_refresh must be an int >= 0, got {context_cache_refresh!r}")
+    whole_or_none(context_frames, "context_frames", note="None: all")
+    whole(context_cache_refresh, "context_cache_refresh", note="0: the first call only")
     _scope.caches = {id(m): [] for m in dit.modules() if isinstance(m, MatrixGameDiT)}
     _scope.context_frames = context_frames
     _scope.context_cache_refresh = context_cache_refresh

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from world_model.attention import BACKENDS
+from world_model.checks import whole
 
 __all__ = [
     "RuntimeOptions",
@@ -235,25 +236,17 @@ class RuntimeOptions:
                 "fp8_attention_kernel=True makes the FP8 inputs of the FlashAttention-3 FP8 kernel: set "
                 f"attention='fa3_fp8' too (got {self.attention!r})"
             )
-        if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
-            raise ValueError(f"sequence_parallel must be an int >= 1 (1: off), got {self.sequence_parallel!r}")
-        if isinstance(self.decode_segment, bool) or not isinstance(self.decode_segment, int) or self.decode_segment < 1:
-            raise ValueError(
-                f"decode_segment must be an int >= 1 (latents per decoder call), got {self.decode_segment!r}"
-            )
+        whole(self.sequence_parallel, "sequence_parallel", 1, note="1: off")
+        whole(self.decode_segment, "decode_segment", 1, note="latents per decoder call")
         if self.camera_cache is not None and not isinstance(self.camera_cache, bool):
             raise ValueError(f"camera_cache must be None (auto), True or False, got {self.camera_cache!r}")
         if not isinstance(self.context_cache, bool) and self.context_cache != "auto":
             raise ValueError(f"context_cache must be True, False or 'auto', got {self.context_cache!r}")
-        if (
-            isinstance(self.context_cache_refresh, bool)
-            or not isinstance(self.context_cache_refresh, int)
-            or self.context_cache_refresh < 0
-        ):
-            raise ValueError(
-                f"context_cache_refresh must be an int >= 0 (0: the clean tokens at a window's first sampler step "
-                f"only), got {self.context_cache_refresh!r}"
-            )
+        whole(
+            self.context_cache_refresh,
+            "context_cache_refresh",
+            note="0: the clean tokens at a window's first sampler step only",
+        )
         if self.context_cache_refresh and self.context_cache is not True:
             raise ValueError(
                 f"context_cache_refresh={self.context_cache_refresh} refreshes the context cache's kept tokens: set "

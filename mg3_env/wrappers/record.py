@@ -22,6 +22,8 @@ import gymnasium
 import numpy as np
 import torch
 
+from world_model.checks import whole_or_none
+
 __all__ = ["RecordEpisodes", "RecordVectorEpisodes"]
 
 
@@ -158,8 +160,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         super().__init__(env)
         from gymnasium.vector import AutoresetMode
 
-        if encode_threads is not None and (isinstance(encode_threads, bool) or encode_threads < 1):
-            raise ValueError(f"encode_threads must be None (auto) or an int >= 1, got {encode_threads!r}")
+        whole_or_none(encode_threads, "encode_threads", 1, note="None: auto")
 
         base = env.unwrapped
         model = getattr(base, "model", None)

@@ -16,6 +16,7 @@ import numpy as np
 from mg3_eval.metrics import motion_measures
 from mg3_eval.rollout import batched, generate_videos
 from mg3_eval.simulator import SimStart, doom_config_for, play_command_sets
+from world_model.checks import whole
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
 
@@ -107,8 +108,7 @@ def motion(
     ``lead_chunks`` = k > 0: the motion is the (k+1)-th chunk's, after k chunks of standing still (both the
     simulator and the model), and its measures are that chunk's (``lead_frames`` before it): what a rollout that
     is already under way does with a new action; 0 measures the first chunk."""
-    if isinstance(lead_chunks, bool) or not isinstance(lead_chunks, int) or lead_chunks < 0:
-        raise ValueError(f"lead_chunks must be an int >= 0, got {lead_chunks!r}")
+    whole(lead_chunks, "lead_chunks")
     gen = StreamingGenerator(wm)
     t = gen.chunk_frames if lead_chunks else gen.first_chunk_frames
     lead = gen.first_chunk_frames + (lead_chunks - 1) * gen.chunk_frames if lead_chunks else 0

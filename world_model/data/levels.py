@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from world_model.checks import whole
 
 __all__ = [
     "Level",
@@ -104,9 +104,8 @@ GENERATED_TITLE = "Generated Rooms"
 
 def generated_level(seed: int) -> Level:
     """Generated level ``seed`` (>= 0): a train level whose map :func:`world_model.data.procgen.generate_map` makes."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"a generated level's seed is an integer >= 0, got {seed!r}")
-    return Level("freedoom2.wad", "MAP01", GENERATED_TITLE, "train", generated=int(seed))
+    seed = whole(seed, "a generated level's seed")
+    return Level("freedoom2.wad", "MAP01", GENERATED_TITLE, "train", generated=seed)
 
 
 def get_level(name: str) -> Level:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from world_model.checks import whole
 from world_model.config import VAEConfig
 from world_model.train.frames import FrameStore
 from world_model.train.loop import Warmup
@@ -119,8 +120,7 @@ class VAEOptions:
     def __post_init__(self) -> None:
         if self.gan_lambda_every < 1:
             raise ValueError(f"gan_lambda_every must be >= 1 (1: every step), got {self.gan_lambda_every}")
-        if not isinstance(self.disc_translate, int) or self.disc_translate < 0:
-            raise ValueError(f"disc_translate must be an int >= 0 (pixels; 0: off), got {self.disc_translate!r}")
+        whole(self.disc_translate, "disc_translate", note="pixels; 0: off")
         if not self.grid_weight >= 0:
             raise ValueError(f"grid_weight must be >= 0 (0: off), got {self.grid_weight!r}")
 

@@ -22,6 +22,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from world_model.checks import whole_or_none
 from world_model.train.export import exported_size_bytes
 
 __all__ = ["ship", "MAX_BYTES", "KEPT"]
@@ -62,10 +63,7 @@ def ship(
     missing = [name for name in layout if not (export / name).exists()]
     if missing:
         raise FileNotFoundError(f"{export} is not an exported model folder: it lacks {', '.join(missing)}")
-    if sampler_steps is not None and (
-        isinstance(sampler_steps, bool) or int(sampler_steps) != sampler_steps or sampler_steps < 1
-    ):
-        raise ValueError(f"sampler_steps must be a positive integer, got {sampler_steps!r}")
+    whole_or_none(sampler_steps, "sampler_steps", 1, note="None: the export's own")
     size = exported_size_bytes(export)
     if size > MAX_BYTES:
         raise ValueError(

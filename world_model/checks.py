@@ -1,0 +1,26 @@
+"""Argument checks the packages share: one rule, one wording.
+
+A count, an index or a seed is an integer: ``True`` is not 1 and ``2.0`` is not 2 here (Python counts ``bool`` among
+the ints, so ``isinstance(x, int)`` alone lets ``num_envs=True`` through as one env)."""
+
+from __future__ import annotations
+
+from numbers import Integral
+from typing import Any
+
+
+def whole(value: Any, name: str, low: int = 0, high: int | None = None, note: str = "") -> int:
+    """``value`` as an ``int`` in ``[low, high]`` (no upper bound where ``high`` is None); a bool, a float, a string
+    or a number out of range raises ``ValueError`` naming ``name`` (``note``, if given, follows the rule in brackets,
+    e.g. ``"1: off"``). NumPy integers pass."""
+    rule = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+    if note:
+        rule += f" ({note})"
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return int(value)
+
+
+def whole_or_none(value: Any, name: str, low: int = 0, high: int | None = None, note: str = "") -> int | None:
+    """:func:`whole`, where ``None`` (whatever it means to the caller: auto, all, off) passes as itself."""
+    return None if value is None else whole(value, name, low, high, note)
