@@ -864,6 +864,25 @@ def model_config(name: str, vae_pruning: float) -> WorldModelConfig:
     )
 
 
+# the flags that choose the one configuration measured without --ablation
+_CONFIG_FLAGS = (
+    "attention",
+    "quantize",
+    "compile",
+    "camera_cache",
+    "decode_segment",
+    "text_offload",
+    "compile_decoder",
+    "fp8_ffn_kernel",
+    "fp8_attention_kernel",
+    "cuda_graphs",
+    "against_eager",
+    "eager_attention",
+    "residual",
+    "context_cache",
+)
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", choices=("5b", "tiny"), default="5b", help="tiny: world_model.config.tiny() (CPU smoke)")
@@ -976,10 +995,10 @@ def parse_args() -> argparse.Namespace:
         p.error("--cuda-graphs replays the compiled blocks as CUDA graphs: it needs --compile")
     if args.residual != "fp32" and torch.device(args.device).type == "cpu" and args.quantize != "fp8":
         p.error("--residual dtype stores the residual stream in the run's dtype, float32 on a CPU: it needs a GPU")
-    if args.residual != "fp32" and args.ablation:
-        p.error("--residual chooses the measured configuration's residual stream: not with --ablation")
-    if args.context_cache != "off" and args.ablation:
-        p.error("--context-cache chooses the measured configuration's sampling: not with --ablation")
+    if args.ablation:  # the ablation measures its own fixed configurations: a flag that chooses one is refused
+        chosen = ["--" + name.replace("_", "-") for name in _CONFIG_FLAGS if getattr(args, name) != p.get_default(name)]
+        if chosen:
+            p.error(f"{', '.join(chosen)} choose the measured configuration: not with --ablation (its own list)")
     if args.context_cache != "off" and args.camera_cache == "off":
         p.error("--context-cache keeps the clean tokens in the camera cache's scope: it needs --camera-cache on")
     if args.context_cache != "off" and args.fp8_attention_kernel:

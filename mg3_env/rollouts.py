@@ -79,6 +79,10 @@ def rollouts(
     from world_model.runtime import RuntimeOptions
 
     whole(episodes, "episodes", 1)
+    if isinstance(model, WorldModel) and device is not None:
+        raise ValueError(
+            f"device={device!r} is where a model loaded by name runs; the WorldModel given runs on its own"
+        )
     wm = model if isinstance(model, WorldModel) else load_world_model(model, RuntimeOptions.for_device(device))
     env = MatrixGameVectorEnv(num_envs, model=wm, max_chunks=max_chunks)
     rec = RecordVectorEpisodes(env, out, max_episodes=episodes)

@@ -80,12 +80,25 @@ class SB3VecEnv(VecEnv):
 
     def reset(self):
         seed = None if self._seeds[0] is None else [int(s) for s in self._seeds]
-        obs, infos = self.env.reset(seed=seed)
+        obs, infos = self.env.reset(seed=seed, options=self._batched_options())
         self._keep_chunks()
         self.reset_infos = per_env_infos(infos, self.num_envs)
         self._reset_seeds()
         self._reset_options()
         return obs
+
+    def _batched_options(self) -> dict[str, list[Any]] | None:
+        """SB3's per-env reset options (``set_options``) as the vector env takes them: each key's values in env
+        order (``{"prompt": [p0, p1, ...]}``); None where no env has any."""
+        options = self._options
+        if not any(options):
+            return None
+        keys = set().union(*options)
+        if any(set(o) != keys for o in options):
+            raise ValueError(
+                f"set_options: the envs reset together and need the same option keys, got {[sorted(o) for o in options]}"
+            )
+        return {k: [o[k] for o in options] for k in sorted(keys)}
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = actions
@@ -125,17 +138,31 @@ class SB3VecEnv(VecEnv):
         if self.keeps_chunks:
             self._chunks = [list(frames) for frames in self.env.render()]
 
+    # The envs are one vector env: an attribute or a method is the batch's, read or called once for all of them.
     def get_attr(self, attr_name: str, indices=None) -> list[Any]:
         return [getattr(self.env, attr_name)] * len(self._get_indices(indices))
 
     def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        self._all_envs(indices, "set_attr")
         setattr(self.env, attr_name, value)
 
     def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
-        return [getattr(self.env, method_name)(*method_args, **method_kwargs)] * len(self._get_indices(indices))
+        self._all_envs(indices, "env_method")
+        return [getattr(self.env, method_name)(*method_args, **method_kwargs)] * self.num_envs
 
     def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
-        return [False] * len(self._get_indices(indices))
+        env, wrapped = self.env, False
+        while env is not None and not wrapped:
+            wrapped = isinstance(env, wrapper_class)
+            env = getattr(env, "env", None)
+        return [wrapped] * len(self._get_indices(indices))
+
+    def _all_envs(self, indices, what: str) -> None:
+        if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
+            raise ValueError(
+                f"{what}: the envs are one vector env, whose attributes and methods are the batch's; "
+                f"indices must name all {self.num_envs} envs (or be None), got {indices!r}"
+            )
 
 
 class VecChunkVideoRecorder(VecVideoRecorder):

@@ -444,6 +444,11 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         num_envs: int, model: str | WorldModel, runtime: RuntimeOptions | None, devices: Any
     ) -> list[_DeviceGroup]:
         """Load the model once (on the first device), copy it to each other device, one group per entry."""
+        if isinstance(model, WorldModel) and runtime is not None:
+            raise ValueError(
+                "runtime applies to a model the env loads by name or folder; a loaded WorldModel runs with its own "
+                "(model.runtime): load it with this runtime instead"
+            )
         if devices is None:
             if not isinstance(model, WorldModel):
                 model = load_world_model(model, runtime)

@@ -70,3 +70,31 @@ def test_sb3_adapter_terminal_observation(model):
     assert dones.tolist() == [True, True] and rewards[0] > 0
     assert infos[0]["terminal_observation"].shape == (16, 16, 3) and infos[0]["TimeLimit.truncated"]
     env.close()
+
+
+def test_sb3_adapter_passes_reset_options_and_refuses_per_env_attributes(model, monkeypatch):
+    from gymnasium.wrappers.vector import NormalizeReward
+
+    from agents.ppo import make_sb3_env
+    from mg3_env.wrappers.rl import DiscreteActions
+
+    env = make_sb3_env(model, num_envs=2, max_chunks=2)
+    seen, reset = [], env.env.reset
+    monkeypatch.setattr(env.env, "reset", lambda **kw: seen.append(kw["options"]) or reset(**kw))
+    env.set_options({"prompt": "a dark corridor"})  # SB3: one dict for every env
+    env.reset()
+    env.set_options([{"prompt": "a"}, {"prompt": "b"}])
+    env.reset()
+    env.reset()  # SB3 forgets the options after a reset
+    assert seen == [{"prompt": ["a dark corridor"] * 2}, {"prompt": ["a", "b"]}, None]
+    env.set_options([{"prompt": "a"}, {}])
+    with pytest.raises(ValueError, match="same option keys"):
+        env.reset()
+    # one vector env: its attributes and methods are the batch's, for all envs or none
+    with pytest.raises(ValueError, match="indices must name all 2 envs"):
+        env.set_attr("reward_fn", None, indices=[0])
+    env.set_attr("max_chunks", 2, indices=[1, 0])
+    assert env.get_attr("max_chunks", indices=[1]) == [2]
+    assert env.env_is_wrapped(DiscreteActions) == [True, True]
+    assert env.env_is_wrapped(NormalizeReward) == [False, False]
+    env.close()

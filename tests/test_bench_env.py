@@ -80,6 +80,8 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
         (["--cuda-graphs"], "it needs --compile"),
         (["--residual", "both"], "it needs a GPU"),
         (["--context-cache", "on", "--ablation"], "not with --ablation"),
+        (["--ablation", "--compile"], "--compile choose the measured configuration"),  # was dropped in silence
+        (["--ablation", "--attention", "math", "--decode-segment", "1"], "--attention, --decode-segment choose"),
         (["--context-cache", "both", "--camera-cache", "off"], "it needs --camera-cache on"),
     ],
 )

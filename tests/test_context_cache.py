@@ -94,7 +94,10 @@ def test_off_outside_a_scope_without_context_frames_or_with_the_switch_off():
         reuse_conditioning(model, context_frames=3),
     ):
         model(**inp)
-    with pytest.raises(ValueError, match="context_frames must be an int >= 0"), reuse_conditioning(model, context_frames=-1):
+    with (
+        pytest.raises(ValueError, match="context_frames must be an int >= 0"),
+        reuse_conditioning(model, context_frames=-1),
+    ):
         pass
 
 

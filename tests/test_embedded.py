@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mg3_env import MatrixGameEnv
 from world_model.model import EMBEDDED_DIR, load_world_model
@@ -38,6 +39,17 @@ def test_default_loads_by_name_with_its_own_first_frame_and_prompt():
 def test_the_teacher_is_not_shipped_and_says_where_it_is():
     with pytest.raises(ValueError, match="not shipped"):
         load_world_model("default-teacher")
+    with pytest.raises(ValueError, match="not shipped"):  # the same model asked for as the default's base variant
+        load_world_model("default", variant="base")  # (was: the distilled default, the variant ignored)
+
+
+def test_variant_and_seed_are_refused_where_they_would_do_nothing():
+    with pytest.raises(ValueError, match="has none"):
+        load_world_model("tiny-random", variant="base")
+    with pytest.raises(ValueError, match="seed picks the weights of the random models"):
+        load_world_model("default", seed=3)
+    a, b = load_world_model("tiny-random", seed=1), load_world_model("tiny-random", seed=2)
+    assert not torch.equal(next(a.dit.parameters()), next(b.dit.parameters()))
 
 
 def test_env_without_arguments_runs_the_embedded_model():

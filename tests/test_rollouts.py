@@ -122,3 +122,14 @@ def test_mg3_rollouts_command(tmp_path, capsys, monkeypatch):
     assert len(reader) == 5 and all(e.length == 97 for e in reader.episodes)
     with pytest.raises(ValueError, match="module:callable"):
         main(["rollouts", "--model", "tiny", "--policy", "bogus", "--out", str(tmp_path / "x")])
+
+
+def test_a_loaded_model_refuses_a_device_or_runtime_it_would_not_use(model, tmp_path):
+    from mg3_env.rollouts import rollouts
+    from world_model.runtime import RuntimeOptions
+
+    with pytest.raises(ValueError, match="runs on its own"):
+        rollouts(model, device="cpu", out=tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="runs with its own"):
+        MatrixGameVectorEnv(2, model=model, runtime=RuntimeOptions(device="cpu"))

@@ -492,6 +492,19 @@ def test_replicate_recompiles_the_copy():
     assert all(b._compiled_call_impl is not None for b in copy_.dit.blocks)
 
 
+def test_replicate_compiles_the_copy_with_the_models_cuda_graphs(monkeypatch):
+    import dataclasses
+
+    import world_model.model as model_module
+
+    wm = load_world_model("tiny-random", RuntimeOptions(compile=True))
+    wm = dataclasses.replace(wm, runtime=dataclasses.replace(wm.runtime, cuda_graphs=True))  # as on a GPU
+    calls = []
+    monkeypatch.setattr(model_module, "compile_blocks", lambda dit, **kw: calls.append(kw))
+    wm.replicate("cpu")
+    assert calls == [{"cuda_graphs": True}]  # the copy replays graphs as the model does (was: compiled without)
+
+
 # --------------------------------------------------------------------------------------------
 # compile_decoder: the VAE decoder as one compiled region, same frames as eager
 # --------------------------------------------------------------------------------------------

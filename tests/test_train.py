@@ -1621,3 +1621,25 @@ def test_a_slim_from_an_export_with_the_full_decoder_carries_the_whole_autoencod
     assert _shipped_vae(slim, opts, run_config(slim, opts), torch.device("cpu")).cfg.pruning_rate == 0.0
     pruned = slim_from_export(run / "export", tmp_path / "pruned")  # a pruned decoder: the encoder alone, as before
     assert vae_is_encoder_only(pruned)
+
+
+def test_the_training_command_refuses_flags_it_would_not_use(tmp_path, capsys):
+    from world_model.train import pipeline
+    from world_model.train.__main__ import main
+
+    run = str(tmp_path / "r")
+    for argv, said in (
+        (["base", "--run", run, "--budget-minutes", "5"], "only 'all' takes them"),
+        (["data", "--run", run, "--skip", "vae"], "only 'all' takes them"),
+        (["status", "--run", run, "--smoke"], "takes --run alone"),
+        (["status", "--run", run, "--seed", "3"], "takes --run alone"),
+        (["all", "--run", run, "--skip", "dmdd"], "unknown stage 'dmdd'"),  # a typo skipped nothing before
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match="unknown stage 'vea'"):
+        pipeline.run_pipeline(tmp_path / "r", skip=("vea",))
+    with pytest.raises(ValueError, match="unknown stage 'bass'"):
+        pipeline.run_pipeline(tmp_path / "r", only=("bass",))

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from world_model.checks import whole
 from world_model.config import WorldModelConfig, mg3_5b, mg3_28b_moe, tiny
 from world_model.runtime import (
     RuntimeOptions,
@@ -119,9 +120,11 @@ class WorldModel:
                 f"this model runs int8 GEMMs, offered on the CPU only: it is not replicated to {device}; load it "
                 "there instead (the device's default quantize, or quantize=None)"
             )
+        # a copy runs eagerly until compiled again, on its own weights (a deep copy drops a module's compiled call;
+        # the VAE's: __post_init__)
         dit = _copy_module(self.dit, device)
-        if self.runtime.compile:  # a copy runs eagerly until compiled again (on its own weights)
-            compile_blocks(dit)
+        if self.runtime.compile:
+            compile_blocks(dit, cuda_graphs=self.runtime.cuda_graphs)
         return replace(
             self,
             dit=dit,
@@ -437,6 +440,8 @@ _REGISTRY: dict[str, Callable[[RuntimeOptions, int], WorldModel]] = {
     "default-teacher": lambda rt, seed: _default(rt, seed, distilled=False),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+# a registry model -> its many-step model (``variant="base"``; the registry names each variant itself)
+BASE_VARIANTS: dict[str, str] = {"default": "default-teacher", "mg3-5b": "mg3-5b-base"}
 
 
 def load_world_model(
@@ -448,17 +453,28 @@ def load_world_model(
 ) -> WorldModel:
     """Load a model by registry name (:data:`MODEL_NAMES`) or from a release-layout folder.
 
-    ``seed`` fixes the weights of the random models; ``runtime`` defaults to
-    :meth:`RuntimeOptions.for_device` (bf16 on CUDA; on a CPU bf16 where it has bf16 instructions, else fp32); ``variant`` (``"distilled"`` or
-    ``"base"``) picks the few-step or the many-step model of a folder.
+    ``seed`` fixes the weights of the random models (``*-random``; any other model's weights are read, and a seed
+    other than 0 raises); ``runtime`` defaults to :meth:`RuntimeOptions.for_device` (bf16 on CUDA; on a CPU bf16
+    where it has bf16 instructions, else fp32); ``variant`` (``"distilled"`` or ``"base"``) picks the few-step or
+    the many-step model of a folder, or of a registry model that has both (:data:`BASE_VARIANTS`: ``"default"``
+    with ``variant="base"`` is ``"default-teacher"``).
     """
     if variant not in ("distilled", "base"):
         raise ValueError(f"variant must be 'distilled' or 'base', got {variant!r}")
-    runtime = runtime or RuntimeOptions.for_device()
-    check_runtime(runtime)  # before any weights are read
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"model must be a name or a path, got {type(name_or_path).__name__}")
     key = str(name_or_path)
+    if whole(seed, "seed") != 0 and not key.endswith("-random"):
+        raise ValueError(f"seed picks the weights of the random models ('*-random'); {key!r} reads its weights")
+    if variant == "base" and key in _REGISTRY:
+        if key not in BASE_VARIANTS:
+            raise ValueError(
+                f"variant='base' loads the many-step model of {sorted(BASE_VARIANTS)} or of a folder; "
+                f"{key!r} has none (a registry name names its variant itself)"
+            )
+        key = BASE_VARIANTS[key]
+    runtime = runtime or RuntimeOptions.for_device()
+    check_runtime(runtime)  # before any weights are read
     if key in _REGISTRY:
         return _REGISTRY[key](runtime, seed)
     path = Path(key).expanduser()

@@ -14,21 +14,18 @@ from world_model.model import WorldModel
 __all__ = ["teacher_for", "distillation"]
 
 
-_TEACHERS = {"default": "default-teacher", "mg3-5b": "mg3-5b-base"}  # registry model -> its many-step model
-
-
 def teacher_for(wm: WorldModel, runtime, teacher: str | None = None) -> WorldModel | None:
     """The many-step teacher: ``teacher`` (a registry name, or a folder whose ``base_model/`` is
     loaded) when given, else the model's own (``base_model/`` of its folder), or None."""
-    from world_model.model import EMBEDDED_DIR, load_world_model
+    from world_model.model import BASE_VARIANTS, EMBEDDED_DIR, load_world_model
 
     if teacher is not None:
         folder = Path(teacher).expanduser().is_dir()
         return load_world_model(teacher, runtime, variant="base" if folder else "distilled")
     if wm.name == "default" and not (EMBEDDED_DIR / "base_model").is_dir():
         return None
-    if wm.name in _TEACHERS:
-        return load_world_model(_TEACHERS[wm.name], runtime)
+    if wm.name in BASE_VARIANTS:
+        return load_world_model(wm.name, runtime, variant="base")
     path = Path(wm.name).expanduser()
     if path.is_dir() and (path / "base_model").is_dir():
         return load_world_model(path, runtime, variant="base")

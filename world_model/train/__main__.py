@@ -51,8 +51,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flags the command would not use are an error, not a silent no-op."""
+    given = [f"--{k[4:].replace('_', '-')}" for k, v in vars(args).items() if k.startswith("opt_") and v is not None]
+    if args.command != "all":
+        given_all = [f for f, v in (("--budget-minutes", args.budget_minutes), ("--skip", args.skip)) if v]
+        if given_all:
+            parser.error(f"{', '.join(given_all)}: only 'all' takes them (a single stage runs to its own end)")
+    if args.command == "status":
+        extra = given + [f for f, v in (("--smoke", args.smoke), ("--reopen", args.reopen)) if v]
+        if extra:
+            parser.error(f"status reads the run's status files and takes --run alone, got {', '.join(extra)}")
+    unknown = [s for s in args.skip.split(",") if s and s not in STAGES]
+    if unknown:
+        parser.error(f"--skip: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_flags(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run: Path = args.run
     if args.command == "status":

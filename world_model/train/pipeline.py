@@ -995,6 +995,9 @@ def run_pipeline(
 ) -> dict:
     """Run all stages in order within ``budget_minutes`` (shares in BUDGET_SHARE; a stage's unused
     time passes on to the next). Done stages are skipped; returns the pipeline status."""
+    for name in (*skip, *(only or ())):
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r} in skip / only; stages are {STAGES}")
     run = Path(run)
     opts = _options(run, opts)
     status = StatusFile(run, "pipeline")
