@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mg3_eval.report import format_table
-    from mg3_eval.run import EvalOptions, run_evaluation
+    from mg3_eval.run import EvalOptions, option_part, run_evaluation
     from world_model.checkpoint import CheckpointError
     from world_model.model import load_world_model
     from world_model.runtime import CONTEXT_CACHE_CHOICES, RuntimeOptions
@@ -231,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         opts = EvalOptions(**values)
     except ValueError as e:
         parser.error(str(e))
+    idle = [  # a flag of a part left out would do nothing
+        f"--{name.replace('_', '-')}"
+        for name in values
+        if option_part(name) not in (None, *opts.parts) and getattr(args, name) != parser.get_default(name)
+    ]
+    if idle:
+        parser.error(f"{', '.join(idle)}: options of parts that --parts {args.parts} leaves out")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

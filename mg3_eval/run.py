@@ -32,7 +32,7 @@ from world_model.data.levels import EVAL_SPLITS
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
 
-__all__ = ["PARTS", "EvalOptions", "run_evaluation"]
+__all__ = ["PARTS", "EvalOptions", "option_part", "run_evaluation"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,27 @@ PARTS = (
 )
 # the parts on record_test_episodes' episodes: the EvalOptions fields of their (episodes, chunks); distillation
 # scores chunk 0 alone
+# the part that reads an option, by the option's name (the others, parts, split, spawn, seed, batch_size: every part's)
+_OPTION_PREFIXES = (
+    ("reset_", "reset"),
+    ("sharpness_", "sharpness"),
+    ("fidelity_", "fidelity"),
+    ("teacher", "distillation"),
+    ("controllability_", "controllability"),
+    ("motion_", "motion"),
+    ("control_", "control"),
+    ("idm", "control"),
+    ("memory_", "memory"),
+    ("stability_", "stability"),
+    ("speed_", "speed"),
+)
+
+
+def option_part(name: str) -> str | None:
+    """The part of the evaluation that reads :class:`EvalOptions` field ``name`` (None: every part)."""
+    return next((part for prefix, part in _OPTION_PREFIXES if name.startswith(prefix)), None)
+
+
 RECORDED_PARTS = {
     "sharpness": ("sharpness_episodes", "sharpness_chunks"),
     "fidelity": ("fidelity_episodes", "fidelity_chunks"),
@@ -293,9 +314,9 @@ def run_evaluation(
                 episodes=opts.control_episodes,
                 chunks=opts.control_chunks,
                 idm=opts.idm,
-                idm_train_frames=opts.idm_train_frames,
+                idm_train_frames=opts.idm_train_frames if opts.idm == "train" else None,
                 idm_held_out_frames=opts.idm_held_out_frames,
-                idm_epochs=opts.idm_epochs,
+                idm_epochs=opts.idm_epochs if opts.idm == "train" else None,
                 idm_vae=opts.idm_vae,
                 idm_size=opts.idm_size,
                 seed=opts.seed,

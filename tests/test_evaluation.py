@@ -3,6 +3,7 @@ end-to-end ``mg3 eval`` on the smoke export of the training pipeline."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from unittest.mock import ANY
@@ -856,3 +857,33 @@ def test_iter_commands_plays_what_play_commands_plays():
     assert len(streamed) == len(frames) == 31 and np.array_equal(streamed[0][0], start.frame)
     assert np.array_equal(np.stack([f for f, _ in streamed]), frames)
     assert np.array_equal(np.stack([p for _, p in streamed]), poses)
+
+
+def test_eval_refuses_options_of_parts_it_does_not_run(tmp_path, capsys):
+    """A part's flag given with --parts that leave the part out would do nothing: refused before anything loads."""
+    from mg3_eval.cli import main
+    from mg3_eval.run import option_part
+
+    out = str(tmp_path / "eval")
+    for extra, said in (
+        (["--parts", "reset", "--fidelity-chunks", "5"], "--fidelity-chunks: options of parts"),
+        (["--parts", "memory", "--idm", "train", "--idm-epochs", "3"], "--idm, --idm-epochs: options of parts"),
+        (["--parts", "fidelity", "--teacher-episodes", "2"], "--teacher-episodes: options of parts"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(["--model", "tiny-random", "--out", out, *extra])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+    # every option belongs to one part, or to all of them
+    every = {"parts", "split", "spawn", "seed", "batch_size"}
+    for f in dataclasses.fields(EvalOptions):
+        assert (option_part(f.name) is None) == (f.name in every), f.name
+        assert option_part(f.name) in (None, *PARTS)
+
+
+def test_control_refuses_idm_training_options_for_an_idm_it_loads(tmp_path):
+    from mg3_eval.protocols.control import evaluate_control
+    from world_model.model import load_world_model
+
+    with pytest.raises(ValueError, match="idm_epochs apply to idm='train', not to idm='shipped'"):
+        evaluate_control(load_world_model("tiny-random"), tmp_path, idm="shipped", idm_epochs=3)

@@ -130,3 +130,16 @@ def test_export_int8_halves_the_dits_bytes_and_keeps_the_rest(tmp_path):
     with torch.no_grad():
         ra, rb = a(**inputs), b(**inputs)
     assert 0 < float((ra - rb).norm() / ra.norm()) < 0.03
+
+
+def test_grow_refuses_the_other_sources_flags(tmp_path, capsys):
+    from world_model.train.grow import main
+
+    for argv, said in (
+        (["--checkpoint", str(tmp_path / "base"), "--add-blocks", "1", "--out", str(tmp_path / "o")], "in place"),
+        (["--model", "default", "--add-blocks", "1", "--out", str(tmp_path / "o"), "--config", "tiny"], "--config"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

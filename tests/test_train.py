@@ -488,6 +488,13 @@ def test_a_slim_from_an_export_carries_its_weights_and_trains_the_decoder_on_fra
     assert all(torch.equal(carried[k], v.bfloat16()) for k, v in dit.state_dict().items())
     with pytest.raises(SystemExit):
         slim_main(["--out", str(tmp_path / "x")])  # neither --run nor --from-export
+    for argv in (  # a flag of the other source would do nothing
+        ["--from-export", str(run / "export"), "--out", str(tmp_path / "y"), "--dit-dtype", "bfloat16"],
+        ["--run", str(run), "--out", str(tmp_path / "y"), "--steps", "vae=3"],
+    ):
+        with pytest.raises(SystemExit):
+            slim_main(argv)
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.parametrize("reuse, expected", [(1, 7), (3, 3)])

@@ -141,9 +141,9 @@ def evaluate_control(
     episodes: int = 36,
     chunks: int = 4,
     idm: str = "shipped",
-    idm_train_frames: int = 24_000,
+    idm_train_frames: int | None = None,
     idm_held_out_frames: int = 4_000,
-    idm_epochs: int = 10,
+    idm_epochs: int | None = None,
     idm_vae: bool = False,
     idm_size: int = 64,
     seed: int = 0,
@@ -151,18 +151,23 @@ def evaluate_control(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The control part of ``mg3 eval``: the IDM (``idm``: "shipped", :data:`SHIPPED_IDM`; "train", one trained
-    here on ``idm_train_frames`` simulator frames of training levels, saved as ``out/idm.safetensors``; else the path
-    of a saved one) scored on held-out simulator frames of ``split``, then :func:`control` from rest starts of
+    here on ``idm_train_frames`` simulator frames of training levels (default 24,000) for ``idm_epochs`` (default 10),
+    saved as ``out/idm.safetensors``; else the path of a saved one, and those two are refused) scored on held-out simulator frames of ``split``, then :func:`control` from rest starts of
     ``split``. ``idm_vae``: the IDM reads simulator video passed through the model's VAE (trained so here, or a saved
     one that was). ``idm_size``: the longest side of the luma frames the IDM sees (a loaded IDM's own must match).
     ``progress``: bars of the IDM's data and training (minutes on a CPU)."""
 
+    given = [k for k, v in (("idm_train_frames", idm_train_frames), ("idm_epochs", idm_epochs)) if v is not None]
+    if idm != "train" and given:
+        raise ValueError(f"{', '.join(given)} apply to idm='train', not to idm={idm!r}")
     cfg = wm.config
     t0 = time.perf_counter()
     vae_of = wm if idm_vae else None
     view = idm_view(idm_vae)
     collect = dict(vae_of=vae_of, size=idm_size, progress=progress)
     if idm == "train":
+        idm_train_frames = 24_000 if idm_train_frames is None else idm_train_frames
+        idm_epochs = 10 if idm_epochs is None else idm_epochs
         train = collect_idm_data(cfg, idm_train_frames, split="train", seed=seed, **collect)
         t1 = time.perf_counter()
         net = train_idm(train, epochs=idm_epochs, seed=seed, size=idm_size, progress=progress)

@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--add-blocks", type=int, required=True, help="blocks to append after the last")
     p.add_argument("--out", help="with --model: the grown folder")
     args = p.parse_args(argv)
+    if args.checkpoint and args.out:
+        p.error("--out: --checkpoint grows the stage folder in place")
+    if args.model and args.config != p.get_default("config"):
+        p.error("--config: --model reads its DiT's config from the folder")
     if args.checkpoint:
         from world_model.train.pipeline import PRESETS
 

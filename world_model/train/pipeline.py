@@ -21,9 +21,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -195,7 +195,6 @@ class PipelineOptions:
     eval_at_start: bool = False  # each stage also evaluates before its first step (LoopOptions.eval_at_start)
     eval_segments: int = 16
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def smoke(cls) -> PipelineOptions:
@@ -238,6 +237,12 @@ class PipelineOptions:
         from world_model.data.generate import check_share
 
         check_share(self.spawn_anywhere)
+        defaults = {f.name: f.default for f in fields(self)}
+        if self.vae_start_frames != defaults["vae_start_frames"] and (self.fake_data or not self.engine_frames):
+            raise ValueError("vae_start_frames is when the VAE starts beside the engine_frames recorder: not with "
+                             "fake_data or engine_frames=False, which make the whole dataset first")  # fmt: skip
+        if self.workers != defaults["workers"] and self.fake_data:
+            raise ValueError("workers are the ViZDoom engine's processes; fake_data makes its frames in this one")
         if self.spawn_anywhere and self.fake_data:
             raise ValueError("spawn_anywhere needs the ViZDoom engine's levels; fake_data has none")
         if self.explorer:

@@ -177,6 +177,16 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if (args.run is None) == (args.from_export is None):
         p.error("give exactly one of --run and --from-export")
+    # each source takes its own flags: another's would do nothing
+    idle = (
+        [("--stages", args.stages != p.get_default("stages")), ("--as", args.rename), ("--dit-dtype", args.dit_dtype),
+         ("--vae-dtype", args.vae_dtype)]
+        if args.from_export
+        else [("--steps", args.steps), ("--dit-as", args.dit_as != p.get_default("dit_as"))]
+    )  # fmt: skip
+    idle = [flag for flag, given in idle if given]
+    if idle:
+        p.error(f"{', '.join(idle)}: not with {'--from-export' if args.from_export else '--run'}")
     if args.from_export:
         steps = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.steps.split(",") if kv)}
         out = slim_from_export(args.from_export, args.out, steps, dit_as=args.dit_as)
