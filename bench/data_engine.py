@@ -56,6 +56,13 @@ def main() -> None:
     p.add_argument("--out-dir", default=None, help="dataset folder for --generate (default: a temp folder)")
     p.add_argument("--gen-resolution", default="160x120")
     args = p.parse_args()
+    idle = [
+        f"--{k.replace('_', '-')}"
+        for k in ("workers", "out_dir", "gen_resolution")
+        if getattr(args, k) != p.get_default(k)
+    ]
+    if idle and not args.generate:
+        p.error(f"{', '.join(idle)}: options of the --generate run")
 
     rows = []
     for res in args.resolutions:
@@ -73,7 +80,9 @@ def main() -> None:
         w, h = (int(v) for v in args.gen_resolution.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(args.out_dir or Path(tmp) / "ds")
-            cfg = GenerateConfig(frames=args.generate, width=w, height=h, workers=args.workers, seed=0)
+            cfg = GenerateConfig(
+                frames=args.generate, width=w, height=h, workers=args.workers, seed=0, preset=args.preset
+            )
             t0 = time.perf_counter()
             reader = generate_dataset(out, cfg)
             dt = time.perf_counter() - t0

@@ -182,6 +182,8 @@ def main() -> None:
         return RuntimeOptions.for_device(args.device, **{**kw, **changes})
 
     if args.vae_pruning is not None:
+        if len(refreshes) > 1:
+            p.error("--vae-pruning compares decoders alone: give one --context-cache-refresh value at most")
         if args.camera_cache != "on":
             p.error("--vae-pruning measures with the camera cache on; leave --camera-cache at its default")
         if not all(0.0 <= r < 1.0 for r in args.vae_pruning):

@@ -981,6 +981,8 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.chunks < 1:
         p.error(f"--chunks must be >= 1, got {args.chunks}")
+    if args.config == "tiny" and args.vae_pruning != p.get_default("vae_pruning"):
+        p.error("--vae-pruning sets the 5B's decoder: the tiny config has its own")
     if args.text_offload and torch.device(args.device).type == "cpu":
         p.error("--text-offload moves the text encoder between host and GPU: it needs a GPU --device")
     if args.eager_attention and not args.against_eager:

@@ -148,6 +148,8 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true", help="smoke test: each 'GPU' is a CPU device group")
     p.add_argument("--out", default="bench/results/vector_gpus.json")
     args = p.parse_args()
+    if args.model != "mg3-5b-random" and args.vae_pruning != p.get_default("vae_pruning"):
+        p.error("--vae-pruning sets the random 5B's decoder: a loaded model has its own")
 
     if args.cpu:
         available, names = max(args.gpus or [1]), ["cpu"] * max(args.gpus or [1])

@@ -81,6 +81,7 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
         (["--residual", "both"], "it needs a GPU"),
         (["--context-cache", "on", "--ablation"], "not with --ablation"),
         (["--ablation", "--compile"], "--compile choose the measured configuration"),  # was dropped in silence
+        (["--vae-pruning", "0.5"], "the tiny config has its own"),
         (["--ablation", "--attention", "math", "--decode-segment", "1"], "--attention, --decode-segment choose"),
         (["--context-cache", "both", "--camera-cache", "off"], "it needs --camera-cache on"),
     ],
