@@ -375,6 +375,7 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
 
     again = tmp_path / "again"
     args = ["--parts", "control,distillation", "--idm", str(out / "idm.safetensors"), "--teacher", str(smoke_export)]
+    small = ["--episodes", "1", "--control-chunks", "2", "--idm-held-out-frames", "120"]  # the other parts' refused
     assert main(["eval", "--model", str(smoke_export), "--out", str(again), *small, *args]) == 0
     m2 = json.loads((again / "metrics.json").read_text())
     assert set(m2) & set(PARTS) == {"control", "distillation"} and not (again / "idm.safetensors").exists()
