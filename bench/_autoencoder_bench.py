@@ -8,6 +8,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from world_model.checks import positive_arg
+
 
 def add_options(p: argparse.ArgumentParser, *, steps: int, every: int) -> None:
     p.add_argument("--vae-tar", required=True, help="a tar holding vae/ (a vae stage folder with a checkpoint)")
@@ -18,7 +20,7 @@ def add_options(p: argparse.ArgumentParser, *, steps: int, every: int) -> None:
     p.add_argument("--eval-clips", type=int, default=6)
     p.add_argument("--episodes", type=int, default=6, help="training episodes of 300 frames (two held out)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_arg, default=2)
     p.add_argument("--json", default=None)
 
 

@@ -24,6 +24,7 @@ from mg3_eval.metrics import psnr
 from mg3_eval.protocols.fidelity import latent_means
 from mg3_eval.rollout import generate_videos, vae_roundtrip
 from mg3_eval.simulator import record_test_episodes
+from world_model.checks import positive_arg
 from world_model.generator import StreamingGenerator
 from world_model.model import load_world_model
 from world_model.runtime import RuntimeOptions
@@ -40,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--episodes", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=positive_arg, default=2)
     ap.add_argument("--json", default=None, help="write the result here too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -32,6 +32,7 @@ import statistics
 import torch
 
 from mg3_eval.protocols.speed import env_speed
+from world_model.checks import positive_arg
 from world_model.model import load_world_model, random_world_model
 from world_model.runtime import CONTEXT_CACHE_CHOICES, RuntimeOptions, cpu_name
 
@@ -84,7 +85,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batches", type=int, nargs="+", default=[1])
     p.add_argument("--chunks", type=int, default=5, help="timed steps per batch size")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_arg, default=None, help="torch CPU threads")
     p.add_argument(
         "--camera-cache",
         choices=("on", "off", "both"),

@@ -23,6 +23,7 @@ import torch
 from mg3_eval.metrics import image_shift, luma
 from mg3_eval.rollout import generate_videos
 from mg3_eval.simulator import doom_config_for, play_commands, rest_starts
+from world_model.checks import positive_arg
 from world_model.generator import StreamingGenerator
 from world_model.model import load_world_model
 from world_model.runtime import RuntimeOptions
@@ -42,7 +43,7 @@ def main() -> None:
     p.add_argument("--starts", type=int, default=6, help="rest starts (one per level, then further points)")
     p.add_argument("--yaws", type=float, nargs="+", default=[0.0, 0.15, -0.15, 0.35, -0.35])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_arg, default=None)
     p.add_argument("--json", default="bench_embedded_yaw.json")
     args = p.parse_args()
     if args.threads:

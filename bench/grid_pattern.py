@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mg3_eval.metrics import sharpness
+from world_model.checks import positive_arg
 from world_model.train.autoencoder import fixed_grid_share
 
 
@@ -75,7 +76,7 @@ def main() -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--chunks", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_arg, default=2)
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)

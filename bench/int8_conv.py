@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from _cpu_bench import cpu_line, cpu_record, median_seconds
 
+from world_model.checks import positive_arg
 from world_model.model import load_world_model
 from world_model.quant import Int8Conv, uint8_tensor
 from world_model.runtime import RuntimeOptions
@@ -178,7 +179,7 @@ def main() -> None:
     p.add_argument("--model", default="default", help="registry name or model folder (its VAE is measured)")
     p.add_argument("--chunks", type=int, default=4, help="rollout chunks whose latents the decoder rows decode")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_arg, default=None, help="torch CPU threads")
     p.add_argument("--json", default="bench_int8_conv.json")
     args = p.parse_args()
     if args.chunks < 1 or args.repeats < 1:

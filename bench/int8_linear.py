@@ -20,6 +20,7 @@ import torch
 from _cpu_bench import cpu_line, cpu_record, median_seconds
 from torch import nn
 
+from world_model.checks import positive_arg
 from world_model.quant import Int8Linear, int8_rows
 
 SHAPES = ((320, 320), (320, 1024), (1024, 320))  # (in, out) of the embedded DiT's block linears
@@ -70,7 +71,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=1216)
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_arg, default=None, help="torch CPU threads")
     p.add_argument("--json", default="bench_int8_linear.json")
     args = p.parse_args()
     if args.tokens < 1 or args.repeats < 1:

@@ -21,6 +21,8 @@ import time
 import numpy as np
 import torch
 
+from world_model.checks import positive_arg
+
 CHUNKS = (5, 50, 100, 200)
 
 
@@ -110,7 +112,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--env", action="store_true", help="also step the embedded model to the last chunk")
     p.add_argument("--model", default="default")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_arg, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.threads:

@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import sys
 
+from world_model.checks import positive_arg
+
 __all__ = ["main"]
 
 _EPILOG = """\
@@ -48,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (metrics.json, PNG plots, idm.safetensors)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_arg, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--context-cache", choices=tuple(CONTEXT_CACHE_CHOICES), default="auto", help=CONTEXT_CACHE_HELP)
     p.add_argument(
         "--context-cache-refresh",

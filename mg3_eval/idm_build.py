@@ -29,6 +29,7 @@ from mg3_eval.idm import (
     idm_view,
     train_idm,
 )
+from world_model.checks import positive_arg
 from world_model.config import WorldModelConfig
 
 __all__ = ["build_idm", "main"]
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "the keys at 0.964 against 0.956, in 3x the training time)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_arg, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
     small = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in _COUNTS and v < 1]
     if small:

@@ -39,3 +39,14 @@ def test_the_rule_says_no_upper_bound_where_there_is_none():
 def test_a_bool_or_a_float_is_no_count(make):
     with pytest.raises(ValueError, match="must be an int"):
         make()
+
+
+def test_thread_counts_on_the_command_line_are_positive():
+    import argparse
+
+    from world_model.checks import positive_arg
+
+    assert positive_arg("2") == 2
+    for text in ("0", "-1", "1.5", "two"):
+        with pytest.raises(argparse.ArgumentTypeError, match="an integer >= 1"):
+            positive_arg(text)

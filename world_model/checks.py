@@ -24,3 +24,13 @@ def whole(value: Any, name: str, low: int = 0, high: int | None = None, note: st
 def whole_or_none(value: Any, name: str, low: int = 0, high: int | None = None, note: str = "") -> int | None:
     """:func:`whole`, where ``None`` (whatever it means to the caller: auto, all, off) passes as itself."""
     return None if value is None else whole(value, name, low, high, note)
+
+
+def positive_arg(text: str) -> int:
+    """An argparse ``type``: an int >= 1 (``--threads 0`` is an error, not torch's default in disguise)."""
+    import argparse
+
+    try:
+        return whole(int(text), "the value", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
