@@ -232,6 +232,9 @@ def main() -> None:
     stages = set(a.stages.split(","))
     if stages - {"vae", "decoder", "flow", "distill"}:
         p.error(f"--stages: among vae, decoder, flow, distill, got {a.stages}")
+    if a.gan_lambda_every and (a.gan_lambda_every < 2 or "vae" not in stages):
+        p.error("--gan-lambda-every N adds VAE rows with the adversary every N-th step: N >= 2 (1 is the rows it "
+                "always runs), with the vae stage")  # fmt: skip
     if "vae" in stages:
         for compiled in (False,) if a.no_compile else (False, True):  # a compiled row's first step compiles (warmup_s)
             add(vae_row, cfg, device, b(32), False, False, warmup, steps, compiled)
