@@ -96,7 +96,8 @@ class SB3VecEnv(VecEnv):
         keys = set().union(*options)
         if any(set(o) != keys for o in options):
             raise ValueError(
-                f"set_options: the envs reset together and need the same option keys, got {[sorted(o) for o in options]}"
+                "set_options: the envs reset together and need the same option keys, "
+                f"got {[sorted(o) for o in options]}"
             )
         return {k: [o[k] for o in options] for k in sorted(keys)}
 

@@ -152,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
         "--teacher",
         default=None,
         help="the many-step teacher: a registry name, or a model folder whose base_model/ is loaded (default: the "
-        "model's own: default-teacher for default, base_model/ of a model folder; where it has none, the part is skipped)",
+        "model's own: default-teacher for default, base_model/ of a model folder; where it has none, the part is "
+        "skipped)",
     )
     g = p.add_argument_group("control")
     count(g, "--control-episodes", "episodes of commanded actions", episodes=True)

@@ -151,11 +151,12 @@ def evaluate_control(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The control part of ``mg3 eval``: the IDM (``idm``: "shipped", :data:`SHIPPED_IDM`; "train", one trained
-    here on ``idm_train_frames`` simulator frames of training levels (default 24,000) for ``idm_epochs`` (default 10),
-    saved as ``out/idm.safetensors``; else the path of a saved one, and those two are refused) scored on held-out simulator frames of ``split``, then :func:`control` from rest starts of
-    ``split``. ``idm_vae``: the IDM reads simulator video passed through the model's VAE (trained so here, or a saved
-    one that was). ``idm_size``: the longest side of the luma frames the IDM sees (a loaded IDM's own must match).
-    ``progress``: bars of the IDM's data and training (minutes on a CPU)."""
+    here on ``idm_train_frames`` simulator frames of training levels (default 24,000) for ``idm_epochs`` (default
+    10), saved as ``out/idm.safetensors``; else the path of a saved one, where those two are refused) scored on
+    held-out simulator frames of ``split``, then :func:`control` from rest starts of ``split``. ``idm_vae``: the IDM
+    reads simulator video passed through the model's VAE (trained so here, or a saved one that was). ``idm_size``:
+    the longest side of the luma frames the IDM sees (a loaded IDM's own must match). ``progress``: bars of the IDM's
+    data and training (minutes on a CPU)."""
 
     given = [k for k, v in (("idm_train_frames", idm_train_frames), ("idm_epochs", idm_epochs)) if v is not None]
     if idm != "train" and given:
