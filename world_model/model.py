@@ -20,7 +20,9 @@
   ``high_noise_model/`` and ``low_noise_model/`` (``world_model.train.export.combine_experts``).
 
 ``variant="base"`` loads the many-step base model of a folder (release: 50 steps with guidance;
-ours: the memory model before distillation) instead of the few-step distilled one.
+ours: the memory model before distillation) instead of the few-step distilled one; of a registry name, the
+name's many-step twin (``"mg3-5b"`` -> ``"mg3-5b-base"``, ``"default"`` -> ``"default-teacher"``), and a name without
+one raises. ``seed`` draws the weights of the ``*-random`` models; elsewhere a seed other than 0 raises.
 
 Every loader applies the runtime options (attention backend, self-attention projection precision,
 8-bit linears, sequence parallelism, compilation) to the DiT once it is built, through
