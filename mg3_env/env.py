@@ -69,7 +69,6 @@ class MatrixGameEnv(gymnasium.Env):
         return self.vector_env.model
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
         options = dict(options or {})
         if "reset_mask" in options:
             raise ValueError("reset_mask is a vector-env option; a single env always resets")
@@ -80,6 +79,7 @@ class MatrixGameEnv(gymnasium.Env):
         if isinstance(options.get("image"), (list, tuple)) or isinstance(options.get("prompt"), (list, tuple)):
             raise TypeError("a single env takes one image and one prompt, not a list")
         obs, info = self.vector_env.reset(seed=seed, options=options)
+        super().reset(seed=seed)  # only once the reset is done: a refused one leaves the env's seed as it was
         return _unbatch(obs), _unbatch_info(info)
 
     def step(self, action: Any):

@@ -85,8 +85,12 @@ def rollouts(
         )
     wm = model if isinstance(model, WorldModel) else load_world_model(model, RuntimeOptions.for_device(device))
     env = MatrixGameVectorEnv(num_envs, model=wm, max_chunks=max_chunks)
-    rec = RecordVectorEpisodes(env, out, max_episodes=episodes)
-    act = make_policy(policy, num_envs, env.frames_per_chunk, seed)
+    try:  # the policy before the dataset: a bad one leaves no folder or lock behind
+        act = make_policy(policy, num_envs, env.frames_per_chunk, seed)
+        rec = RecordVectorEpisodes(env, out, max_episodes=episodes)
+    except BaseException:
+        env.close()
+        raise
     t0 = time.perf_counter()
     bar = tqdm(total=episodes, unit="episode", disable=not progress, desc="mg3 rollouts")
     try:

@@ -496,3 +496,36 @@ def test_headless_page_plays_reports_and_measures(model):
     assert all(c["decodeMs"] >= 0 and c["frames"] > 0 for c in end["chunks"])
     assert end["latencies"] and all(x["ms"] > 0 for x in end["latencies"])
     assert end["pose"][0] > 0  # W held: moved forward along +x
+
+
+def test_a_reset_the_env_refuses_keeps_the_sessions_image_and_prompt(model, monkeypatch):
+    from websockets.asyncio.client import connect
+
+    from mg3_env.env import MatrixGameEnv
+
+    reset = MatrixGameEnv.reset
+
+    def refusing(self, *, seed=None, options=None):
+        if (options or {}).get("prompt") == "refuse me":
+            raise ValueError("refused")
+        return reset(self, seed=seed, options=options)
+
+    monkeypatch.setattr(MatrixGameEnv, "reset", refusing)
+
+    async def play(url):
+        async with connect(url.replace("http://", "ws://") + "ws") as ws:
+            await _next(ws, "chunk")
+            await ws.send(json.dumps({"type": "reset", "prompt": "a green field", "seed": 3}))
+            header, _ = await _next(ws, "chunk")
+            while header["prompt"] != "a green field":
+                header, _ = await _next(ws, "chunk")
+            await ws.send(json.dumps({"type": "reset", "prompt": "refuse me"}))
+            assert "reset failed: refused" in (await _next(ws, "error"))["message"]
+            await ws.send(json.dumps({"type": "reset", "seed": 4}))  # a plain reset: the prompt kept from before
+            header, _ = await _next(ws, "chunk")
+            while header.get("seed") != 4:
+                header, _ = await _next(ws, "chunk")
+            assert header["prompt"] == "a green field"  # was "refuse me" again, refused again
+
+    with _serve(model, max_chunks=8) as url:
+        asyncio.run(play(url))

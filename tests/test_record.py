@@ -110,3 +110,16 @@ def test_sigkill_mid_episode_keeps_earlier_episodes(model, tmp_path):
     reader = DatasetReader(root)
     assert len(reader) == 2 and reader.load_episode(1).prompt == "third"
     assert reader.load_episode(0, frames=True).frames.shape == (137, H, W, 3)
+
+
+def test_a_refused_reset_leaves_the_episode_recording_and_the_seed_as_they_were(model, tmp_path):
+    env = RecordEpisodes(MatrixGameEnv(model=model, max_chunks=4), tmp_path / "ds", crf=0)
+    env.reset(seed=1, options={"prompt": "a red room"})
+    env.step({"keyboard": [1, 0, 0, 0, 0, 0], "mouse": [0.0, 0.1]})
+    with pytest.raises(ValueError):
+        env.reset(seed=7, options={"prompt": ""})  # refused: an empty prompt
+    assert env.unwrapped.np_random_seed == 1  # was 7 while the env stayed in episode 1
+    env.step({"keyboard": [1, 0, 0, 0, 0, 0], "mouse": [0.0, 0.1]})  # the episode goes on, recorded
+    env.close()
+    reader = DatasetReader(tmp_path / "ds")
+    assert len(reader) == 1 and len(reader.load_episode(0)) == 57 + 40 + 40  # was 57 + 40: recording had stopped

@@ -122,6 +122,7 @@ def test_mg3_rollouts_command(tmp_path, capsys, monkeypatch):
     assert len(reader) == 5 and all(e.length == 97 for e in reader.episodes)
     with pytest.raises(ValueError, match="module:callable"):
         main(["rollouts", "--model", "tiny", "--policy", "bogus", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()  # the policy is checked before the dataset is made (and locked)
 
 
 def test_a_loaded_model_refuses_a_device_or_runtime_it_would_not_use(model, tmp_path):

@@ -191,6 +191,7 @@ class Session:
                 self._request_reset(ResetMessage(None, None, None))
 
     async def _reset(self, msg: ResetMessage) -> None:
+        before = self.image, self.prompt  # kept where the env refuses the new ones
         if msg.image == "upload":
             self.image = self.uploaded
         elif msg.image is not None:
@@ -205,6 +206,7 @@ class Session:
         try:
             header, frames = await self.server.compute.run(self._first_chunk, seed, episode, seq)
         except (ValueError, TypeError) as e:  # e.g. an image or prompt the env refuses
+            self.image, self.prompt = before  # the next reset (the automatic one too) goes back to them
             self.episode_over = True
             self._send_json({"type": "error", "message": f"reset failed: {e}", "request": "reset"})
             return

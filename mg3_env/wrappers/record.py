@@ -88,8 +88,8 @@ class RecordEpisodes(gymnasium.Wrapper):
         return self.writer.root
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)  # a refused reset leaves the episode recording
         self._finish()
-        obs, info = self.env.reset(seed=seed, options=options)
         meta = {
             "model": self.model_meta["model"],
             "random_weights": self.model_meta["random_weights"],
