@@ -10,7 +10,7 @@ import pytest
 
 from mg3_env.cli import main
 from mg3_env.vector import MatrixGameVectorEnv
-from mg3_env.wrappers.record import RecordVectorEpisodes
+from mg3_env.wrappers.record import RecordingError, RecordVectorEpisodes
 from world_model.config import tiny
 from world_model.data.format import STATS_PATH, DatasetReader, validate_dataset
 from world_model.data.video import VideoEncoder, decode_video
@@ -99,8 +99,10 @@ def test_vector_recording_encodes_the_envs_in_parallel_and_reports_a_failed_enco
     threads.clear()
     fail["on"] = True
     action = {"keyboard": np.zeros((3, 6)), "mouse": np.zeros((3, 2))}
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RecordingError, match="disk full") as failed:
         rec.step(action)
+    assert isinstance(failed.value.__cause__, OSError) and len(failed.value.step) == 5  # the step, handed back
+    assert failed.value.step[0]["frames"].shape[:2] == (3, 40)
     assert len(threads) == 3  # every env's encoder ran its chunk before the error was raised
     for (
         ep
@@ -134,3 +136,31 @@ def test_a_loaded_model_refuses_a_device_or_runtime_it_would_not_use(model, tmp_
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="runs with its own"):
         MatrixGameVectorEnv(2, model=model, runtime=RuntimeOptions(device="cpu"))
+
+
+def test_one_envs_failed_encoder_loses_no_other_envs_episode(model, tmp_path, monkeypatch):
+    """An env that autoresets in the step where another env's encoder fails still gets its new episode opened
+    (the failure used to skip it: that episode was never written)."""
+    write, fail = VideoEncoder.write, {"encoder": None}
+
+    def failing(self, frames):
+        if self is fail["encoder"]:
+            raise OSError("disk full")
+        return write(self, frames)
+
+    monkeypatch.setattr(VideoEncoder, "write", failing)
+    rec = RecordVectorEpisodes(MatrixGameVectorEnv(2, model=model, max_chunks=3), tmp_path / "ds")
+    action = {"keyboard": np.zeros((2, 6)), "mouse": np.zeros((2, 2))}
+    rec.reset(seed=[1, 2])
+    rec.step(action)
+    rec.reset(options={"reset_mask": [False, True]})  # the envs out of phase: env 1 starts again
+    rec.step(action)
+    rec.step(action)  # env 0's third step: truncated (max_chunks)
+    fail["encoder"] = rec._open[1]["encoder"]
+    with pytest.raises(RecordingError):
+        rec.step(action)  # env 0 autoresets, env 1's encoder fails
+    assert rec._open[0] is not None and rec._open[0]["encoder"].num_frames == 57  # env 0's new episode, recorded
+    fail["encoder"] = None
+    rec.close()
+    reader = DatasetReader(tmp_path / "ds")
+    assert [e.length for e in reader.episodes if e.extra["env"] == 0] == [57 + 3 * 40, 57]

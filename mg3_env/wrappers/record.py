@@ -8,7 +8,9 @@ including the whole first chunk (57 frames for the release) that ``reset`` retur
 
 Crash safety comes from the writer: an episode reaches the dataset only when it ends (truncation,
 the next ``reset``, or ``close``); a crash mid-episode leaves the earlier episodes intact, and
-re-opening the folder appends after them.
+re-opening the folder appends after them. A writer that fails after the env stepped raises
+:class:`RecordingError`, which hands back the step's result (``.step``); a refused ``reset`` leaves the
+episode in progress recording.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ import torch
 
 from world_model.checks import whole_or_none
 
-__all__ = ["RecordEpisodes", "RecordVectorEpisodes"]
+__all__ = ["RecordEpisodes", "RecordVectorEpisodes", "RecordingError"]
+
+
+class RecordingError(RuntimeError):
+    """The dataset writer failed after the env had stepped (its ``__cause__``: the writer's error). The step is
+    done and is handed back in ``step`` (the tuple ``step()`` would have returned); the episodes go on."""
+
+    def __init__(self, message: str, step: tuple) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def _encode(episode: dict[str, Any], frames: np.ndarray) -> None:
@@ -107,12 +118,16 @@ class RecordEpisodes(gymnasium.Wrapper):
         return obs, info
 
     def step(self, action: Any):
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        result = self.env.step(action)
+        obs, reward, terminated, truncated, info = result
         if self._recording:
-            self.writer.add_frames(obs["frames"], info["keyboard"], info["mouse"], obs["pose"], c2w=obs["c2w"])
-            if terminated or truncated:
-                self._finish()
-        return obs, reward, terminated, truncated, info
+            try:
+                self.writer.add_frames(obs["frames"], info["keyboard"], info["mouse"], obs["pose"], c2w=obs["c2w"])
+                if terminated or truncated:
+                    self._finish()
+            except Exception as e:
+                raise RecordingError(f"the step was not recorded: {e}; its result is in .step", result) from e
+        return result
 
     def close(self) -> None:
         """Publish the episode in progress, release the dataset, close the env."""
@@ -196,26 +211,37 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         return obs, infos
 
     def step(self, actions: Any):
-        obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        result = self.env.step(actions)
+        obs, rewards, terminated, truncated, infos = result
         new = infos.get("_first_chunk_frames", np.zeros(self.num_envs, bool))
         going = [i for i in range(self.num_envs) if self._open[i] is not None and not new[i]]
-        self._add_all(
-            [
-                (i, obs["frames"][i], infos["keyboard"][i], infos["mouse"][i], obs["pose"][i], obs["c2w"][i])
-                for i in going
-            ]
-        )
-        for i in going:
-            if terminated[i] or truncated[i]:
-                self._finish(i)
-        self._begin_from(infos)
-        return obs, rewards, terminated, truncated, infos
+        # every env's share is done before an error is raised: one env's failure loses no other env's episode
+        errors = [
+            _call(
+                self._add_all,
+                [
+                    (i, obs["frames"][i], infos["keyboard"][i], infos["mouse"][i], obs["pose"][i], obs["c2w"][i])
+                    for i in going
+                ],
+            )
+        ]
+        errors += [_call(self._finish, i) for i in going if terminated[i] or truncated[i]]
+        errors.append(_call(self._begin_from, infos))
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise RecordingError(
+                f"the step was not wholly recorded: {first}; its result is in .step", result
+            ) from first
+        return result
 
     def close(self, **kwargs: Any) -> None:
-        """Publish the episodes in progress (up to ``max_episodes``), release the dataset, close the env."""
+        """Publish the episodes in progress (up to ``max_episodes``; each env's, whichever fails), release the
+        dataset, close the env."""
         try:
-            for i in range(self.num_envs):
-                self._finish(i)
+            errors = [_call(self._finish, i) for i in range(self.num_envs)]
+            first = next((e for e in errors if e is not None), None)
+            if first is not None:
+                raise first
         finally:
             if self._pool is not None:
                 self._pool.shutdown()
@@ -286,17 +312,21 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         if self.done:
             ep["encoder"].abort()
             return
-        ep["encoder"].close()
-        arrays = {k: np.concatenate(v) for k, v in ep["arrays"].items()}
-        meta = {
-            "model": self.model_meta["model"],
-            "random_weights": self.model_meta["random_weights"],
-            "pose_source": "commanded",
-            "env": int(i),
-        }
-        index = self.writer.add_encoded_episode(
-            ep["encoder"].path, arrays["keyboard"], arrays["mouse"], arrays["poses"], ep["prompt"],
-            c2w=arrays["c2w"], seed=ep["seed"], split=self.split, extra_meta=meta, video_stats=ep["stats"],
-        )  # fmt: skip
+        try:
+            ep["encoder"].close()
+            arrays = {k: np.concatenate(v) for k, v in ep["arrays"].items()}
+            meta = {
+                "model": self.model_meta["model"],
+                "random_weights": self.model_meta["random_weights"],
+                "pose_source": "commanded",
+                "env": int(i),
+            }
+            index = self.writer.add_encoded_episode(
+                ep["encoder"].path, arrays["keyboard"], arrays["mouse"], arrays["poses"], ep["prompt"],
+                c2w=arrays["c2w"], seed=ep["seed"], split=self.split, extra_meta=meta, video_stats=ep["stats"],
+            )  # fmt: skip
+        except BaseException:
+            ep["encoder"].abort()  # no temporary video left behind by an episode that could not be published
+            raise
         self.episodes_written.append(index)
         self.episode_envs.append(int(i))
