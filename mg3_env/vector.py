@@ -493,7 +493,13 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         if self._pool is None or len(groups) < 2:
             return [_on_device(g.device, fn, g) for g in groups]
         futures = [self._pool.submit(_on_device, g.device, fn, g) for g in groups]
-        wait(futures)
+        try:
+            wait(futures)
+        except BaseException:  # e.g. Ctrl-C: the groups already running still write their state; the undo that
+            for f in futures:  # follows must come after them (it used to restore the state under them)
+                f.cancel()
+            wait(futures)
+            raise
         return [f.result() for f in futures]
 
     def _set_obs(self, i: int, out: ChunkOutput) -> dict[str, np.ndarray]:

@@ -207,3 +207,29 @@ def test_single_env_reward_raising_records_nothing_twice(model, tmp_path):
     e.close()
     ds = DatasetReader(tmp_path / "ds")
     assert len(ds) == 1 and ds.num_frames == 57 + 2 * 40
+
+
+def test_an_interrupt_while_the_device_groups_run_is_undone_after_they_finish(model, monkeypatch):
+    """Ctrl-C arrives in the main thread while the groups' threads generate: the undo waits for them, so no group
+    writes its state after it was restored (the groups stayed out of step: chunks [1, 1] then [1, 2])."""
+    import mg3_env.vector as vector
+
+    v = MatrixGameVectorEnv(4, model=model, devices=["cpu", "cpu"])
+    v.reset(seed=1)
+    before = _summary(v)
+    real_wait, calls = vector.wait, []
+
+    def interrupted(futures, *args, **kwargs):
+        calls.append(len(futures))
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C while the threads run
+        return real_wait(futures, *args, **kwargs)
+
+    monkeypatch.setattr(vector, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        v.step(_act(4))
+    _assert_same(before, _summary(v))
+    assert [c for st in v.stream_states for c in st.chunk] == [1, 1, 1, 1]  # and it stays so: no thread is left
+    obs = v.step(_act(4))[0]
+    assert obs["chunk_index"][:, 0].tolist() == [1, 1, 1, 1]
+    v.close()
