@@ -113,7 +113,12 @@ class StreamState:
 
 
 class StreamingGenerator:
-    """Runs the streaming loop of a :class:`~world_model.model.WorldModel` on a batch of envs."""
+    """Runs the streaming loop of a :class:`~world_model.model.WorldModel` on a batch of envs.
+
+    Its ``reset_`` and ``step`` check their inputs before changing anything, but an error inside the work itself (a
+    failed decode, an out-of-memory) can leave the :class:`StreamState` half advanced. The envs make every call
+    all-or-nothing on top of it (``MatrixGameVectorEnv`` snapshots the state and restores it on failure); a caller of
+    the generator itself keeps a copy of the state where it needs the same."""
 
     def __init__(self, model: WorldModel) -> None:
         self.model = model
