@@ -117,8 +117,8 @@ class StreamingGenerator:
 
     Its ``reset_`` and ``step`` check their inputs before changing anything, but an error inside the work itself (a
     failed decode, an out-of-memory) can leave the :class:`StreamState` half advanced. The envs make every call
-    all-or-nothing on top of it (``MatrixGameVectorEnv`` snapshots the state and restores it on failure); a caller of
-    the generator itself keeps a copy of the state where it needs the same."""
+    all-or-nothing on top of it (``MatrixGameVectorEnv`` snapshots what a call may change, ``mg3_env.vector._snapshot``,
+    and restores it on failure); a caller of the generator itself does the same where it needs to."""
 
     def __init__(self, model: WorldModel) -> None:
         self.model = model
