@@ -1650,3 +1650,13 @@ def test_the_training_command_refuses_flags_it_would_not_use(tmp_path, capsys):
         pipeline.run_pipeline(tmp_path / "r", skip=("vea",))
     with pytest.raises(ValueError, match="unknown stage 'bass'"):
         pipeline.run_pipeline(tmp_path / "r", only=("bass",))
+
+
+def test_pipeline_options_refuse_recorder_settings_without_the_recorder():
+    from world_model.train.pipeline import PipelineOptions
+
+    with pytest.raises(ValueError, match="vae_start_frames is when the VAE starts beside the engine_frames"):
+        PipelineOptions(vae_start_frames=10, engine_frames=False)
+    with pytest.raises(ValueError, match="workers are the ViZDoom engine's processes"):
+        PipelineOptions(workers=4, fake_data=True)
+    assert PipelineOptions(vae_start_frames=10).vae_start_frames == 10  # with the recorder: taken
