@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from world_model.checks import changed_flags
 from world_model.data.doom import DoomConfig
 from world_model.data.generate import GenerateConfig, generate_dataset, record_episode
 from world_model.data.levels import get_level
@@ -56,11 +57,7 @@ def main() -> None:
     p.add_argument("--out-dir", default=None, help="dataset folder for --generate (default: a temp folder)")
     p.add_argument("--gen-resolution", default="160x120")
     args = p.parse_args()
-    idle = [
-        f"--{k.replace('_', '-')}"
-        for k in ("workers", "out_dir", "gen_resolution")
-        if getattr(args, k) != p.get_default(k)
-    ]
+    idle = changed_flags(p, args, ("workers", "out_dir", "gen_resolution"))
     if idle and not args.generate:
         p.error(f"{', '.join(idle)}: options of the --generate run")
 

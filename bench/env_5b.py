@@ -75,6 +75,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 from world_model.attention import attention_backends, flash_attn_available
+from world_model.checks import changed_flags
 from world_model.config import VAEConfig, WorldModelConfig, mg3_5b, tiny
 from world_model.model import WorldModel, random_world_model
 from world_model.quant import Float8Linear, default_fp8_layers
@@ -998,7 +999,7 @@ def parse_args() -> argparse.Namespace:
     if args.residual != "fp32" and torch.device(args.device).type == "cpu" and args.quantize != "fp8":
         p.error("--residual dtype stores the residual stream in the run's dtype, float32 on a CPU: it needs a GPU")
     if args.ablation:  # the ablation measures its own fixed configurations: a flag that chooses one is refused
-        chosen = ["--" + name.replace("_", "-") for name in _CONFIG_FLAGS if getattr(args, name) != p.get_default(name)]
+        chosen = changed_flags(p, args, _CONFIG_FLAGS)
         if chosen:
             p.error(f"{', '.join(chosen)} choose the measured configuration: not with --ablation (its own list)")
     if args.context_cache != "off" and args.camera_cache == "off":

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import sys
 
-from world_model.checks import positive_arg
+from world_model.checks import changed_flags, positive_arg
 
 __all__ = ["main"]
 
@@ -234,11 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         opts = EvalOptions(**values)
     except ValueError as e:
         parser.error(str(e))
-    idle = [  # a flag of a part left out would do nothing
-        f"--{name.replace('_', '-')}"
-        for name in values
-        if option_part(name) not in (None, *opts.parts) and getattr(args, name) != parser.get_default(name)
-    ]
+    # a flag of a part left out would do nothing
+    idle = changed_flags(parser, args, [name for name in values if option_part(name) not in (None, *opts.parts)])
     if idle:
         parser.error(f"{', '.join(idle)}: options of parts that --parts {args.parts} leaves out")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

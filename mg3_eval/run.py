@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mg3_eval.protocols.control import evaluate_control
+from mg3_eval.protocols.control import IDM_EPOCHS, IDM_TRAIN_FRAMES, evaluate_control
 from mg3_eval.protocols.controllability import controllability
 from mg3_eval.protocols.distillation import distillation, teacher_for
 from mg3_eval.protocols.fidelity import fidelity, save_fidelity_strip
@@ -112,9 +112,9 @@ class EvalOptions:
     # simulator frames: held-out yaw 0.90), "train" (one trained here with the idm_train_* options below: 24,000
     # frames, held-out yaw ~0.85), or the path of a saved one (idm.safetensors of a "train" run)
     idm: str = "shipped"
-    idm_train_frames: int = 24_000
+    idm_train_frames: int = IDM_TRAIN_FRAMES
     idm_held_out_frames: int = 4_000
-    idm_epochs: int = 10  # held-out simulator accuracy ~0.93 keyboard, ~0.85 yaw (4 epochs: 0.83, 0.75)
+    idm_epochs: int = IDM_EPOCHS  # held-out simulator accuracy ~0.93 keyboard, ~0.85 yaw (4 epochs: 0.83, 0.75)
     idm_vae: bool = False  # the IDM reads simulator video passed through the model's VAE (needs idm "train" or a file)
     idm_size: int = 64  # longest side of the IDM's luma frames (128: the embedded model's own; ~4x the training time)
     memory_episodes: int = 12

@@ -50,3 +50,16 @@ def test_thread_counts_on_the_command_line_are_positive():
     for text in ("0", "-1", "1.5", "two"):
         with pytest.raises(argparse.ArgumentTypeError, match="an integer >= 1"):
             positive_arg(text)
+
+
+def test_changed_flags_names_the_options_given_by_their_flag():
+    import argparse
+
+    from world_model.checks import changed_flags
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--as", dest="rename", default="")
+    p.add_argument("--dit-dtype", default=None)
+    p.add_argument("--steps", type=int, default=3)
+    args = p.parse_args(["--as", "memory=base", "--steps", "3"])  # --steps at its default: not a change
+    assert changed_flags(p, args, ("rename", "dit_dtype", "steps")) == ["--as"]

@@ -34,3 +34,10 @@ def positive_arg(text: str) -> int:
         return whole(int(text), "the value", 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+
+
+def changed_flags(parser: Any, args: Any, dests: Any) -> list[str]:
+    """The option strings (``--as``, ``--fidelity-chunks``) of the argparse ``dests`` whose value in ``args`` is not
+    the ``parser``'s default: the flags a user gave, for refusing those a run would not use."""
+    flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    return [flag[d] for d in dests if getattr(args, d) != parser.get_default(d)]

@@ -133,6 +133,11 @@ def control(
     return out
 
 
+# the IDM the control part trains with idm="train" (EvalOptions' defaults too)
+IDM_TRAIN_FRAMES = 24_000
+IDM_EPOCHS = 10
+
+
 def evaluate_control(
     wm: WorldModel,
     out: Path,
@@ -167,8 +172,8 @@ def evaluate_control(
     view = idm_view(idm_vae)
     collect = dict(vae_of=vae_of, size=idm_size, progress=progress)
     if idm == "train":
-        idm_train_frames = 24_000 if idm_train_frames is None else idm_train_frames
-        idm_epochs = 10 if idm_epochs is None else idm_epochs
+        idm_train_frames = IDM_TRAIN_FRAMES if idm_train_frames is None else idm_train_frames
+        idm_epochs = IDM_EPOCHS if idm_epochs is None else idm_epochs
         train = collect_idm_data(cfg, idm_train_frames, split="train", seed=seed, **collect)
         t1 = time.perf_counter()
         net = train_idm(train, epochs=idm_epochs, seed=seed, size=idm_size, progress=progress)

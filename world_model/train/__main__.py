@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from world_model.checks import changed_flags
 from world_model.train.pipeline import STAGES, PipelineOptions, run_pipeline, run_stage
 from world_model.train.status import read_status, reopen
 
@@ -53,13 +54,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Flags the command would not use are an error, not a silent no-op."""
-    given = [f"--{k[4:].replace('_', '-')}" for k, v in vars(args).items() if k.startswith("opt_") and v is not None]
     if args.command != "all":
-        given_all = [f for f, v in (("--budget-minutes", args.budget_minutes), ("--skip", args.skip)) if v]
+        given_all = changed_flags(parser, args, ("budget_minutes", "skip"))
         if given_all:
             parser.error(f"{', '.join(given_all)}: only 'all' takes them (a single stage runs to its own end)")
     if args.command == "status":
-        extra = given + [f for f, v in (("--smoke", args.smoke), ("--reopen", args.reopen)) if v]
+        options = [k for k in vars(args) if k.startswith("opt_")]
+        extra = changed_flags(parser, args, (*options, "smoke", "reopen"))
         if extra:
             parser.error(f"status reads the run's status files and takes --run alone, got {', '.join(extra)}")
     unknown = [s for s in args.skip.split(",") if s and s not in STAGES]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from world_model.checks import changed_flags
 from world_model.train.checkpoints import checkpoint_step, latest_checkpoint, load_sharded, save_checkpoint
 from world_model.train.status import StatusFile, read_status
 
@@ -178,13 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     if (args.run is None) == (args.from_export is None):
         p.error("give exactly one of --run and --from-export")
     # each source takes its own flags: another's would do nothing
-    idle = (
-        [("--stages", args.stages != p.get_default("stages")), ("--as", args.rename), ("--dit-dtype", args.dit_dtype),
-         ("--vae-dtype", args.vae_dtype)]
-        if args.from_export
-        else [("--steps", args.steps), ("--dit-as", args.dit_as != p.get_default("dit_as"))]
-    )  # fmt: skip
-    idle = [flag for flag, given in idle if given]
+    other = ("stages", "rename", "dit_dtype", "vae_dtype") if args.from_export else ("steps", "dit_as")
+    idle = changed_flags(p, args, other)
     if idle:
         p.error(f"{', '.join(idle)}: not with {'--from-export' if args.from_export else '--run'}")
     if args.from_export:
