@@ -48,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"registry name ({', '.join(MODEL_NAMES)}) or a model folder, e.g. a training run's export/ "
         "(default: default, the embedded model)",
     )
-    p.add_argument("--out", required=True, help="output folder (metrics.json, PNG plots, idm.safetensors)")
+    p.add_argument(
+        "--out",
+        default="mg3_eval",
+        help="output folder: metrics.json, PNG plots, idm.safetensors (default: mg3_eval; a run replaces its files)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=positive_arg, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--context-cache", choices=tuple(CONTEXT_CACHE_CHOICES), default="auto", help=CONTEXT_CACHE_HELP)
