@@ -296,3 +296,52 @@ def test_an_encoded_episode_with_its_stats_is_published_without_decoding_its_vid
                 w.add_encoded_episode(tmp_path / "b" / name, keyboard, mouse, poses, "a prompt", video_stats=s)
     got = json.loads((tmp_path / "b" / "meta" / "stats.json").read_text())
     assert got["observation.images.rgb"] == expected["observation.images.rgb"]
+
+
+@pytest.mark.parametrize("failing", ["the video's move", "the episodes table"])
+def test_a_failed_end_episode_keeps_the_episode_for_a_retry(tmp_path, monkeypatch, failing):
+    """A full disk while an episode is published: the episode stays in progress (it used to be dropped), and
+    ``end_episode`` again publishes it whole, also where the first try had already moved its video."""
+    import world_model.data.format as fmt
+
+    publish, seen = fmt._publish, []
+
+    def full_once(tmp, final):
+        hit = final.suffix == ".mp4" if failing == "the video's move" else "meta/episodes" in final.as_posix()
+        if hit and not seen:
+            seen.append(final)
+            raise OSError("disk full")
+        publish(tmp, final)
+
+    f, k, m, p = _episode(17, 3)
+    with DatasetWriter(tmp_path / "ds", fps=17.5, height=H, width=W) as w:
+        w.add_episode(*_episode(9, 1), "first")
+        w.begin_episode("second", seed=5)
+        w.add_frames(f, k, m, p)
+        monkeypatch.setattr(fmt, "_publish", full_once)
+        with pytest.raises(OSError, match="disk full"):
+            w.end_episode()
+        with pytest.raises(DatasetError, match="begin_episode called twice"):
+            w.begin_episode("third")  # still in progress
+        assert w.end_episode() == 1
+    reader = validate_dataset(tmp_path / "ds")
+    ep = reader.load_episode(1)
+    assert len(reader) == 2 and ep.prompt == "second" and len(ep) == 17 and _psnr(ep.frames, f) > 30
+    assert not [q for q in (tmp_path / "ds").rglob("*") if ".tmp" in q.name]
+
+
+def test_add_episode_is_all_or_nothing(tmp_path, monkeypatch):
+    import world_model.data.format as fmt
+
+    def full(tmp, final):
+        raise OSError("disk full")
+
+    with DatasetWriter(tmp_path / "ds", fps=17.5, height=H, width=W) as w:
+        publish = fmt._publish
+        monkeypatch.setattr(fmt, "_publish", full)
+        with pytest.raises(OSError, match="disk full"):
+            w.add_episode(*_episode(9, 1), "first")
+        monkeypatch.setattr(fmt, "_publish", publish)
+        assert w.add_episode(*_episode(9, 2), "second") == 0  # no episode left in progress
+    reader = validate_dataset(tmp_path / "ds")
+    assert [e.prompt for e in (reader.load_episode(0),)] == ["second"]

@@ -123,3 +123,30 @@ def test_a_refused_reset_leaves_the_episode_recording_and_the_seed_as_they_were(
     env.close()
     reader = DatasetReader(tmp_path / "ds")
     assert len(reader) == 1 and len(reader.load_episode(0)) == 57 + 40 + 40  # was 57 + 40: recording had stopped
+
+
+def test_a_writer_failing_at_reset_hands_the_reset_back_and_records_the_next_episode(model, tmp_path, monkeypatch):
+    from mg3_env.wrappers.record import RecordingError
+    from world_model.data.format import DatasetWriter
+
+    env = RecordEpisodes(MatrixGameEnv(model=model, max_chunks=4), tmp_path / "ds", crf=0)
+    action = {"keyboard": [1, 0, 0, 0, 0, 0], "mouse": [0.0, 0.1]}
+    env.reset(seed=1, options={"prompt": "a red room"})
+    env.step(action)
+    commit = DatasetWriter._commit
+
+    def full(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DatasetWriter, "_commit", full)
+    with pytest.raises(RecordingError, match="disk full") as failed:
+        env.reset(seed=2, options={"prompt": "a blue room"})  # the red room cannot be published
+    obs, info = failed.value.result  # the reset is done: handed back
+    assert info["prompt"] == "a blue room" and info["seed"] == 2 and obs["frames"].shape[1:] == (H, W, 3)
+    monkeypatch.setattr(DatasetWriter, "_commit", commit)
+    env.step(action)  # the blue room records (the failed reset used to leave it unrecorded)
+    env.close()
+    reader = DatasetReader(tmp_path / "ds")
+    assert len(reader) == 1 and reader.load_episode(0).prompt == "a blue room"
+    assert len(reader.load_episode(0)) == 57 + 40
+    assert not [p for p in (tmp_path / "ds").rglob("*") if ".tmp" in p.name]  # the red room's video removed

@@ -101,12 +101,11 @@ def test_vector_recording_encodes_the_envs_in_parallel_and_reports_a_failed_enco
     action = {"keyboard": np.zeros((3, 6)), "mouse": np.zeros((3, 2))}
     with pytest.raises(RecordingError, match="disk full") as failed:
         rec.step(action)
-    assert isinstance(failed.value.__cause__, OSError) and len(failed.value.step) == 5  # the step, handed back
-    assert failed.value.step[0]["frames"].shape[:2] == (3, 40)
+    assert isinstance(failed.value.__cause__, OSError) and len(failed.value.result) == 5  # the step, handed back
+    assert failed.value.result[0]["frames"].shape[:2] == (3, 40)
     assert len(threads) == 3  # every env's encoder ran its chunk before the error was raised
-    for (
-        ep
-    ) in rec._open:  # each episode in progress: its video and its table in step (the failed env: 57, the others 97)
+    # each episode in progress: its video and its table in step (the failed env: 57, the others 97)
+    for ep in rec._open:
         assert ep["encoder"].num_frames == sum(len(a) for a in ep["arrays"]["keyboard"]) in (57, 97)
     assert sorted(ep["encoder"].num_frames for ep in rec._open) == [57, 97, 97]
     rec.close()

@@ -8,9 +8,9 @@ including the whole first chunk (57 frames for the release) that ``reset`` retur
 
 Crash safety comes from the writer: an episode reaches the dataset only when it ends (truncation,
 the next ``reset``, or ``close``); a crash mid-episode leaves the earlier episodes intact, and
-re-opening the folder appends after them. A writer that fails after the env stepped raises
-:class:`RecordingError`, which hands back the step's result (``.step``); a refused ``reset`` leaves the
-episode in progress recording.
+re-opening the folder appends after them. A writer that fails after the env stepped or reset raises
+:class:`RecordingError`, which hands back what ``step`` or ``reset`` would have returned (``.result``); a
+refused ``reset`` leaves the episode in progress recording.
 """
 
 from __future__ import annotations
@@ -30,12 +30,22 @@ __all__ = ["RecordEpisodes", "RecordVectorEpisodes", "RecordingError"]
 
 
 class RecordingError(RuntimeError):
-    """The dataset writer failed after the env had stepped (its ``__cause__``: the writer's error). The step is
-    done and is handed back in ``step`` (the tuple ``step()`` would have returned); the episodes go on."""
+    """The dataset writer failed after the env had stepped or reset (its ``__cause__``: the writer's first error).
+    The env's call is done and its return value is handed back in ``result`` (the tuple ``step()`` or ``reset()``
+    would have returned); the episodes go on, an episode whose start could not be recorded unrecorded."""
 
-    def __init__(self, message: str, step: tuple) -> None:
+    def __init__(self, message: str, result: tuple) -> None:
         super().__init__(message)
-        self.step = step
+        self.result = result
+
+
+def _raise_first(errors: list[BaseException | None], what: str, result: tuple) -> None:
+    """Raise :class:`RecordingError` from the first of ``errors`` (None: that share succeeded), if any."""
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise RecordingError(
+            f"the {what} was not wholly recorded: {first}; its result is in .result", result
+        ) from first
 
 
 def _encode(episode: dict[str, Any], frames: np.ndarray) -> None:
@@ -100,33 +110,19 @@ class RecordEpisodes(gymnasium.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)  # a refused reset leaves the episode recording
-        self._finish()
-        meta = {
-            "model": self.model_meta["model"],
-            "random_weights": self.model_meta["random_weights"],
-            "pose_source": "commanded",
-        }
-        self.writer.begin_episode(info["prompt"], seed=info["seed"], split=self.split, extra_meta=meta)
-        self._recording = True
-        self.writer.add_frames(
-            info["first_chunk_frames"],
-            info["first_chunk_keyboard"],
-            info["first_chunk_mouse"],
-            info["first_chunk_pose"],
-            c2w=info["first_chunk_c2w"],
-        )
+        # the new episode begins whether or not the last one could be published
+        _raise_first([_call(self._finish), _call(self._begin, info)], "reset", (obs, info))
         return obs, info
 
     def step(self, action: Any):
         result = self.env.step(action)
         obs, reward, terminated, truncated, info = result
         if self._recording:
-            try:
-                self.writer.add_frames(obs["frames"], info["keyboard"], info["mouse"], obs["pose"], c2w=obs["c2w"])
-                if terminated or truncated:
-                    self._finish()
-            except Exception as e:
-                raise RecordingError(f"the step was not recorded: {e}; its result is in .step", result) from e
+            add = self.writer.add_frames
+            errors = [_call(lambda: add(obs["frames"], info["keyboard"], info["mouse"], obs["pose"], c2w=obs["c2w"]))]
+            if terminated or truncated:
+                errors.append(_call(self._finish))
+            _raise_first(errors, "step", result)
         return result
 
     def close(self) -> None:
@@ -137,10 +133,34 @@ class RecordEpisodes(gymnasium.Wrapper):
             self.writer.close()
             super().close()
 
+    def _begin(self, info: dict[str, Any]) -> None:
+        meta = {
+            "model": self.model_meta["model"],
+            "random_weights": self.model_meta["random_weights"],
+            "pose_source": "commanded",
+        }
+        self.writer.begin_episode(info["prompt"], seed=info["seed"], split=self.split, extra_meta=meta)
+        try:
+            self.writer.add_frames(
+                info["first_chunk_frames"],
+                info["first_chunk_keyboard"],
+                info["first_chunk_mouse"],
+                info["first_chunk_pose"],
+                c2w=info["first_chunk_c2w"],
+            )
+        except BaseException:
+            self.writer.discard_episode()  # an episode without its first chunk is not recorded
+            raise
+        self._recording = True
+
     def _finish(self) -> None:
         if self._recording:
             self._recording = False
-            self.episodes_written.append(self.writer.end_episode())
+            try:
+                self.episodes_written.append(self.writer.end_episode())
+            except BaseException:
+                self.writer.discard_episode()  # the writer keeps a failed episode for a retry: this one is lost
+                raise
 
 
 class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
@@ -207,7 +227,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
 
     def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None):
         obs, infos = self.env.reset(seed=seed, options=options)
-        self._begin_from(infos)
+        _raise_first([_call(self._begin_from, infos)], "reset", (obs, infos))
         return obs, infos
 
     def step(self, actions: Any):
@@ -227,11 +247,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         ]
         errors += [_call(self._finish, i) for i in going if terminated[i] or truncated[i]]
         errors.append(_call(self._begin_from, infos))
-        first = next((e for e in errors if e is not None), None)
-        if first is not None:
-            raise RecordingError(
-                f"the step was not wholly recorded: {first}; its result is in .step", result
-            ) from first
+        _raise_first(errors, "step", result)
         return result
 
     def close(self, **kwargs: Any) -> None:

@@ -546,10 +546,10 @@ class DatasetWriter:
         self.begin_episode(prompt, seed=seed, split=split, level=level, extra_meta=extra_meta)
         try:
             self.add_frames(frames, keyboard, mouse, poses, c2w=c2w)
+            return self.end_episode()
         except BaseException:
-            self.discard_episode()
+            self.discard_episode()  # all or nothing (nothing to discard where the episode was published)
             raise
-        return self.end_episode()
 
     def begin_episode(
         self,
@@ -612,26 +612,36 @@ class DatasetWriter:
         arrays["c2w"].append(np.asarray(c2w, np.float32))
 
     def end_episode(self) -> int:
-        """Publish the current episode; returns its episode index."""
+        """Publish the current episode; returns its episode index.
+
+        Where it fails before the episodes table has the episode (e.g. a full disk), the episode stays in progress:
+        call ``end_episode`` again or ``discard_episode``. Where the table has it and a file derived from the table
+        failed (tasks, stats, info.json), the episode is published and the error raised; re-opening the dataset
+        rewrites those files."""
         if self._current is None:
             raise DatasetError("end_episode called outside an episode")
-        cur, self._current = self._current, None
+        cur = self._current
         encoder: VideoEncoder = cur["encoder"]
         if encoder.num_frames == 0:
-            encoder.abort()
+            self.discard_episode()
             raise DatasetError("end_episode: the episode has no frames")
-        encoder.close()
-        arrays = {k: np.concatenate(v) for k, v in cur["arrays"].items()}
-        return self._commit(
-            encoder.path,
-            arrays,
-            cur["prompt"],
-            seed=cur["seed"],
-            split=cur["split"],
-            level=cur["level"],
-            extra=cur["extra"],
-            video_stats=cur["video_stats"],
-        )
+        published = len(self._rows)
+        try:
+            encoder.close()
+            arrays = {k: np.concatenate(v) for k, v in cur["arrays"].items()}
+            return self._commit(
+                encoder.path,
+                arrays,
+                cur["prompt"],
+                seed=cur["seed"],
+                split=cur["split"],
+                level=cur["level"],
+                extra=cur["extra"],
+                video_stats=cur["video_stats"],
+            )
+        finally:
+            if len(self._rows) > published:  # in the episodes table: published, whatever failed after
+                self._current = None
 
     def discard_episode(self) -> None:
         """Drop the episode in progress (nothing of it reaches the dataset)."""
@@ -724,7 +734,8 @@ class DatasetWriter:
         _write_table_atomic(self.root / data_rel, table)
         video_path = self.root / video_rel
         video_path.parent.mkdir(parents=True, exist_ok=True)
-        _publish(Path(video_tmp), video_path)
+        if Path(video_tmp).exists() or not video_path.exists():  # not moved by a failed attempt of this episode
+            _publish(Path(video_tmp), video_path)
         meta_file = index // EPISODES_PER_META_FILE
         row = {
             "episode_index": index,

@@ -48,7 +48,7 @@ class VideoEncoder:
             "libx264", rate=fps_fraction(fps), options={"crf": str(crf), "preset": preset, "x264-params": "mbtree=0"}
         )
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
-        self._closed = False
+        self._state = "open"  # then "flushed" (file closed, fsync to do), "closed", or "failed" (flush raised)
 
     def write(self, frames: np.ndarray) -> None:
         av = _av()
@@ -66,21 +66,31 @@ class VideoEncoder:
         self.num_frames += len(frames)
 
     def close(self) -> None:
-        if self._closed:
+        """Flush the encoder, close the file and fsync it. Once done, a no-op; a failed fsync may be retried, a
+        failed flush may not (the encoder drains once): the file is then only to :meth:`abort`."""
+        if self._state == "closed":
             return
-        self._closed = True
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
+        if self._state == "failed":
+            raise RuntimeError(f"the encoder of {self.path} failed while flushing: abort it")
+        if self._state == "open":
+            try:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+                self._container.close()
+            except BaseException:
+                self._state = "failed"
+                raise
+            self._state = "flushed"
         with open(self.path, "rb+") as f:
             os.fsync(f.fileno())
+        self._state = "closed"
 
     def abort(self) -> None:
         """Close without caring about the content and delete the file."""
-        if not self._closed:
-            self._closed = True
+        if self._state in ("open", "failed"):
             with contextlib.suppress(Exception):  # the file is being thrown away
                 self._container.close()
+        self._state = "closed"
         self.path.unlink(missing_ok=True)
 
 
