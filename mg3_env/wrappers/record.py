@@ -39,10 +39,14 @@ class RecordingError(RuntimeError):
         self.result = result
 
 
+def _first(errors: list[BaseException | None]) -> BaseException | None:
+    """The first error of the shares of a call (None: that share succeeded)."""
+    return next((e for e in errors if e is not None), None)
+
+
 def _raise_first(errors: list[BaseException | None], what: str, result: tuple) -> None:
-    """Raise :class:`RecordingError` from the first of ``errors`` (None: that share succeeded), if any."""
-    first = next((e for e in errors if e is not None), None)
-    if first is not None:
+    """Raise :class:`RecordingError` from the first of ``errors``, if any."""
+    if (first := _first(errors)) is not None:
         raise RecordingError(
             f"the {what} was not wholly recorded: {first}; its result is in .result", result
         ) from first
@@ -255,8 +259,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         dataset, close the env."""
         try:
             errors = [_call(self._finish, i) for i in range(self.num_envs)]
-            first = next((e for e in errors if e is not None), None)
-            if first is not None:
+            if (first := _first(errors)) is not None:
                 raise first
         finally:
             if self._pool is not None:
@@ -317,8 +320,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
                 arrays = self._open[i]["arrays"]  # type: ignore[index]
                 for key, value in (("keyboard", keyboard), ("mouse", mouse), ("poses", poses), ("c2w", c2w)):
                     arrays[key].append(np.asarray(value, np.float32))
-        first = next((e for e in errors if e is not None), None)
-        if first is not None:
+        if (first := _first(errors)) is not None:
             raise first
 
     def _finish(self, i: int) -> None:
