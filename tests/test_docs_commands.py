@@ -1,4 +1,5 @@
-"""Every command the docs give parses: its options exist and its required arguments are there.
+"""Every command the docs give parses (its options exist, its required arguments are there), every file they link
+or name exists.
 
 The commands are read from the repository's Markdown (fenced shell blocks and inline code): ``mg3 ...``,
 ``python -m MODULE ...`` and ``python bench/SCRIPT.py ...``. Each is run up to its ``parse_args`` and stopped
@@ -155,3 +156,23 @@ def test_a_wrong_option_is_reported():
     assert "invalid int value: 'two'" in _parse_only(["mg3", "eval", "--episodes", "two"])
     assert _parse_only(["mg3", "eval", "--episodes", "N"]) is None  # a placeholder
     assert _parse_only(["python", "bench/embedded_speed.py", "--chunks", "6"]) is None
+
+
+_TOP_FOLDERS = ("agents/", "bench/", "docs/", "examples/", "mg3_env/", "mg3_eval/", "tests/", "world_model/")
+_FILE = re.compile(r"\.(py|json|png|md|sh|tar|txt|safetensors|mp4)$")
+
+
+def test_every_file_the_docs_link_or_name_exists():
+    """Markdown links resolve from their file; a repository path in inline code (`bench/results/x.json`) exists,
+    placeholders (`docs/embedded/metrics_*_cpu.json`, `runs/NAME/...`) aside."""
+    missing = []
+    for md in _markdown_files():
+        text = md.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if not re.match(r"^[a-z]+:|#", target) and not (md.parent / target.split("#")[0]).exists():
+                missing.append(f"{md.relative_to(ROOT)}: link {target}")
+        for path in re.findall(r"`([^`\s]+)`", text):
+            placeholder = re.search(r"[A-Z]{2,}|[*{<]", path)
+            if path.startswith(_TOP_FOLDERS) and _FILE.search(path) and not placeholder and not (ROOT / path).exists():
+                missing.append(f"{md.relative_to(ROOT)}: {path}")
+    assert not missing, "files the docs name that are not there:\n" + "\n".join(missing)
