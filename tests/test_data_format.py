@@ -345,3 +345,23 @@ def test_add_episode_is_all_or_nothing(tmp_path, monkeypatch):
         assert w.add_episode(*_episode(9, 2), "second") == 0  # no episode left in progress
     reader = validate_dataset(tmp_path / "ds")
     assert [e.prompt for e in (reader.load_episode(0),)] == ["second"]
+
+
+def test_a_video_whose_flush_failed_is_not_published_by_a_retry(tmp_path):
+    """A retried close after a failed flush would fsync and hand over a truncated file: it raises instead."""
+    from world_model.data.video import VideoEncoder
+
+    enc = VideoEncoder(tmp_path / "a.mp4", fps=16, height=H, width=W)
+    enc.write(_episode(3, 0)[0])
+
+    class FullDisk:
+        def encode(self, frame=None):
+            raise OSError("disk full")
+
+    enc._stream = FullDisk()
+    with pytest.raises(OSError, match="disk full"):
+        enc.close()
+    with pytest.raises(RuntimeError, match="abort it"):
+        enc.close()
+    enc.abort()
+    assert not (tmp_path / "a.mp4").exists()
