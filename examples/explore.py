@@ -9,12 +9,13 @@ import argparse
 import logging
 
 from mg3_env.cli import demo
+from world_model.checks import positive_arg
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default")
-    p.add_argument("--chunks", type=int, default=8)
+    p.add_argument("--chunks", type=positive_arg, default=8)
     p.add_argument("--out", default="explore_out")
     p.add_argument("--device", default=None)
     p.add_argument("--image", default=None)

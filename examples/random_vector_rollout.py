@@ -13,13 +13,14 @@ import numpy as np
 
 import mg3_env
 from agents.random_agent import RandomAgent
+from world_model.checks import positive_arg
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default")
-    p.add_argument("--num-envs", type=int, default=4)
-    p.add_argument("--chunks", type=int, default=5)
+    p.add_argument("--num-envs", type=positive_arg, default=4)
+    p.add_argument("--chunks", type=positive_arg, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
