@@ -2,7 +2,7 @@
 or name exists.
 
 The commands are read from the repository's Markdown (fenced shell blocks and inline code): ``mg3 ...``,
-``python -m MODULE ...`` and ``python bench/SCRIPT.py ...``. Each is run up to its ``parse_args`` and stopped
+``python -m MODULE ...`` and ``python bench/SCRIPT.py ...`` (or ``examples/``). Each is run up to its ``parse_args`` and stopped
 there, so nothing is loaded or computed. A placeholder in capitals (``--frames N``, ``--split S``) may fail its
 option's type; ``[--flag value]`` is checked with and without what the brackets hold. Inline code without an
 option (``mg3 data summary``, ``python -m world_model.train.export int8``) names a command in prose and is left out.
@@ -77,7 +77,7 @@ def _runnable(words: list[str]) -> bool:
         return False
     if words[1] == "-m":
         return len(words) > 2 and words[2] != "pytest"
-    return words[1].startswith("bench/") and words[1].endswith(".py")
+    return words[1].startswith(("bench/", "examples/")) and words[1].endswith(".py")
 
 
 def _parse_only(words: list[str]) -> str | None:
