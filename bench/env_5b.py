@@ -968,6 +968,15 @@ def parse_args() -> argparse.Namespace:
         "approximation); both: the chosen configuration without, then with it, measured against it (with --residual "
         "both: every pair)",
     )
+    p.add_argument(
+        "--memory-cap-gb",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="let this process allocate at most GB gigabytes (10^9 bytes) of the GPU "
+        "(torch.cuda.set_per_process_memory_fraction), as a card of that size would: 24 for issue 14's target. A "
+        "configuration that needs more fails with out-of-memory, in the table and the JSON",
+    )
     p.add_argument("--matmul-tflops", type=float, default=MATMUL_TFLOPS, help="bf16 GEMM ceiling (H200, 5B shapes)")
     p.add_argument("--fp8-tflops", type=float, default=FP8_TFLOPS, help="FP8 row-wise GEMM ceiling (H200)")
     p.add_argument("--attention-tflops", type=float, default=ATTENTION_TFLOPS, help="attention ceiling (H200 cuDNN)")
@@ -996,6 +1005,10 @@ def parse_args() -> argparse.Namespace:
         p.error("--cudnn-benchmark times cuDNN's convolution algorithms: it needs a GPU --device")
     if args.cuda_graphs and not args.compile:
         p.error("--cuda-graphs replays the compiled blocks as CUDA graphs: it needs --compile")
+    if args.memory_cap_gb is not None and torch.device(args.device).type != "cuda":
+        p.error("--memory-cap-gb caps the GPU's memory: it needs a GPU --device")
+    if args.memory_cap_gb is not None and not args.memory_cap_gb > 0:
+        p.error(f"--memory-cap-gb must be > 0, got {args.memory_cap_gb}")
     if args.residual != "fp32" and torch.device(args.device).type == "cpu" and args.quantize != "fp8":
         p.error("--residual dtype stores the residual stream in the run's dtype, float32 on a CPU: it needs a GPU")
     if args.ablation:  # the ablation measures its own fixed configurations: a flag that chooses one is refused
@@ -1058,6 +1071,11 @@ def main() -> None:
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     cfg = model_config(args.config, args.vae_pruning)
+    if args.memory_cap_gb is not None:  # as a card of that size: the caching allocator refuses more
+        total = torch.cuda.get_device_properties(device).total_memory
+        if args.memory_cap_gb * 1e9 > total:
+            raise SystemExit(f"--memory-cap-gb {args.memory_cap_gb}: this GPU has {total / 1e9:.1f} GB")
+        torch.cuda.set_per_process_memory_fraction(args.memory_cap_gb * 1e9 / total, device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # a CPU's bf16 kernels are slow
     auto_kernel = auto_attention_kernel(device, dtype, cfg.dit.dim // cfg.dit.num_heads)
     if args.ablation:
@@ -1111,6 +1129,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "torch": torch.__version__,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "memory_cap_gb": args.memory_cap_gb,
         "resolution": [cfg.stream.height, cfg.stream.width],
         "sampler_steps": cfg.sampler.num_steps,
         "vae_pruning_rate": cfg.vae.pruning_rate,

@@ -76,6 +76,7 @@ def test_env_bench_ablation_runs_on_cpu(tmp_path):
     [
         (["--text-offload"], "needs a GPU --device"),
         (["--cudnn-benchmark"], "needs a GPU --device"),
+        (["--memory-cap-gb", "24"], "needs a GPU --device"),
         (["--eager-attention", "cudnn"], "it needs --against-eager"),
         (["--cuda-graphs"], "it needs --compile"),
         (["--residual", "both"], "it needs a GPU"),
