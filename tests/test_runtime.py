@@ -298,6 +298,24 @@ def test_fp8_weights_survive_dtype_casts_of_the_model():
     assert q(torch.randn(2, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_quantize_linears_frees_each_float_layer_once_replaced(monkeypatch):
+    """The 5B's bf16 linears (9.3 GiB) were all held until the last one was quantised: a build peak of bf16 + fp8."""
+    import weakref
+
+    model = _model()
+    originals = [weakref.ref(m) for m in model.modules() if type(m) is nn.Linear]
+    alive_at_each_call = []
+    make = Float8Linear.from_linear.__func__
+
+    def spy(cls, linear, dtype=None):
+        alive_at_each_call.append(sum(r() is not None for r in originals))
+        return make(cls, linear, dtype)
+
+    monkeypatch.setattr(Float8Linear, "from_linear", classmethod(spy))
+    names = quantize_linears(model)
+    assert len(names) > 2 and alive_at_each_call == [len(originals) - k for k in range(len(names))]
+
+
 def test_quantize_linears_takes_the_block_linears_and_the_model_still_runs():
     model = _model()
     inp = _inputs(model.cfg)

@@ -436,14 +436,14 @@ def quantize_linears(
     layers = {"fp8": Float8Linear, "int8": Int8Linear}
     if mode not in layers:
         raise ValueError(f"quantize mode must be 'fp8' or 'int8', got {mode!r}")
-    chosen = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear and include(n, m)]
+    chosen = [n for n, m in model.named_modules() if type(m) is nn.Linear and include(n, m)]
     if not chosen:
         raise ValueError(f"no linear layer of {type(model).__name__} was chosen for {mode}")
-    for name, layer in chosen:
+    for name in chosen:  # by name: each float layer is freed once replaced (the 5B's bf16 linears are 9.3 GiB)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layers[mode].from_linear(layer))
-    return [n for n, _ in chosen]
+        setattr(parent, child, layers[mode].from_linear(getattr(parent, child)))
+    return chosen
 
 
 def fuse_ffn_activations(model: nn.Module) -> int:
