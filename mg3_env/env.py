@@ -78,6 +78,10 @@ class MatrixGameEnv(gymnasium.Env):
             options["action"] = {"keyboard": kb[None], "mouse": ms[None]}
         if isinstance(options.get("image"), (list, tuple)) or isinstance(options.get("prompt"), (list, tuple)):
             raise TypeError("a single env takes one image and one prompt, not a list")
+        if isinstance(seed, np.integer):
+            seed = int(seed)
+        if seed is not None and (type(seed) is not int or seed < 0):  # checked before anything resets
+            raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
         obs, info = self.vector_env.reset(seed=seed, options=options)
         super().reset(seed=seed)  # only once the reset is done: a refused one leaves the env's seed as it was
         return _unbatch(obs), _unbatch_info(info)

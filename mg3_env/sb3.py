@@ -109,12 +109,14 @@ class SB3VecEnv(VecEnv):
         self._keep_chunks()
         dones = terminated | truncated
         out = per_env_infos(infos, self.num_envs)
+        final = per_env_infos(infos["final_info"], self.num_envs) if dones.any() else []
         for i in range(self.num_envs):
-            out[i].pop("final_obs", None)
-            out[i].pop("final_info", None)
-            if dones[i]:
-                out[i]["terminal_observation"] = infos["final_obs"][i]
+            if dones[i]:  # SB3's info of a finished env is its last step's, beside its terminal observation
+                out[i] = {**final[i], "terminal_observation": infos["final_obs"][i]}
                 out[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            else:
+                out[i].pop("final_obs", None)
+                out[i].pop("final_info", None)
         return obs, rewards.astype(np.float32), dones, out
 
     def close(self) -> None:

@@ -220,8 +220,8 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Reset all envs (or ``options["reset_mask"]``) and generate their first chunk.
 
-        ``seed``: an int (env i gets seed + i), a list of one per env, or None (drawn from the
-        env's own RNG). ``options``: ``image`` and ``prompt`` (one for all, or a list of one per
+        ``seed``: an int (env i gets seed + i), a list of one per env (an entry None: drawn), or None
+        (drawn from the env's own RNG). ``options``: ``image`` and ``prompt`` (one for all, or a list of one per
         env), ``action`` for the first chunk (batched like ``step``'s; default no-op),
         ``reset_mask`` ([B] bools).
         """
@@ -275,11 +275,12 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
 
     def render(self) -> tuple[np.ndarray, ...] | tuple[list[np.ndarray], ...] | None:
         """Per env: in ``rgb_array`` mode its latest frame (uint8 [H, W, 3]); in ``rgb_array_list``
-        mode the list of its frames generated since the last ``render()`` (every frame, in order,
-        across episode boundaries); else None."""
+        mode the list of its frames generated since the last ``render()`` or its last reset (every
+        frame, in order; a reset drops the frames not rendered, as Gymnasium's list modes do); else None."""
         if self.render_mode is None:
             gymnasium.logger.warn("render() called without render_mode='rgb_array'; returning None")
             return None
+        self._check_open()
         self._check_started()
         if self.render_mode == "rgb_array_list":
             frames, self._unrendered = self._unrendered, [[] for _ in range(self.num_envs)]
@@ -333,6 +334,8 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             None if autoreset[i] else ChunkActions(torch.from_numpy(kb[i]), torch.from_numpy(ms[i])) for i in range(b)
         ]
         outputs = self._generate(chunk_actions)
+        same_step = self.autoreset_mode == AutoresetMode.SAME_STEP
+        final_infos: dict[str, Any] = {}  # SAME_STEP: the finished episodes' last step info (theirs alone)
         for i, out in enumerate(outputs):
             if out is None:
                 continue
@@ -341,13 +344,16 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             info["keyboard"], info["mouse"] = kb[i], ms[i]
             rewards[i] = float(self.reward_fn(obs, {"keyboard": kb[i], "mouse": ms[i]}, info))
             truncated[i] = out.chunk_index >= self.max_chunks
-            infos = self._add_info(infos, info, i)
+            if same_step and (terminated[i] or truncated[i]):
+                final_infos = self._add_info(final_infos, info, i)
+            else:
+                infos = self._add_info(infos, info, i)
         self._done = terminated | truncated
-        if self.autoreset_mode == AutoresetMode.SAME_STEP and self._done.any():
+        if same_step and self._done.any():
             final_obs = [self._obs[i] for i in range(b)]
-            final_infos = dict(infos)
             done = self._done.copy()
-            infos = self._autoreset(done, infos)  # the new episodes' reset info, as Gymnasium's SAME_STEP
+            # a finished env's info is its new episode's reset info, as Gymnasium's SAME_STEP
+            infos = self._autoreset(done, infos)
             infos["final_obs"] = np.empty(b, dtype=object)
             for i in np.flatnonzero(done):
                 infos["final_obs"][i] = final_obs[i]
@@ -418,6 +424,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         row = {i: j for j, i in enumerate(idx)}
         for i in idx:
             self._prompts[i] = prompts[i]
+            self._unrendered[i] = []  # rgb_array_list: a reset drops the frames not rendered (Gymnasium's rule)
         actions = [
             ChunkActions(torch.from_numpy(kb[i]), torch.from_numpy(ms[i])) if mask[i] else None
             for i in range(self.num_envs)
@@ -579,11 +586,14 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         elif (
             isinstance(seed, Sequence)
             and len(seed) == self.num_envs
-            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seed)
+            and all(s is None or (isinstance(s, (int, np.integer)) and not isinstance(s, bool)) for s in seed)
         ):
+            if any(s is None for s in seed):  # those envs draw theirs from the env's RNG (Gymnasium's list[int | None])
+                drawn = self._seeds(None, mask)
+                seed = [d if s is None else s for s, d in zip(seed, drawn)]
             seeds = [int(s) for s in seed]
         else:
-            raise ValueError(f"seed must be None, an int or a list of {self.num_envs} ints, got {seed!r}")
+            raise ValueError(f"seed must be None, an int or a list of {self.num_envs} ints (None: drawn), got {seed!r}")
         bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
         if bad:
             what = (

@@ -52,6 +52,16 @@ def _raise_first(errors: list[BaseException | None], what: str, result: tuple) -
         ) from first
 
 
+def _check_observations(space: Any, base: Any, who: str) -> None:
+    """A recorder reads the chunk's frames, poses and camera from the observations it is handed: refuse wrappers
+    between it and the env that change them (e.g. LatestFrame: record first, then wrap)."""
+    if space != base:
+        raise TypeError(
+            f"{who} needs the env's own observations (frames, pose, c2w), got {space}: wrap the recorder instead "
+            "(e.g. LatestFrame(RecordEpisodes(env, root)))"
+        )
+
+
 def _encode(episode: dict[str, Any], frames: np.ndarray) -> None:
     """Encode a chunk of an episode in progress, then count its frames' statistics (not when the write fails)."""
     episode["encoder"].write(frames)
@@ -102,6 +112,7 @@ class RecordEpisodes(gymnasium.Wrapper):
         model = getattr(base, "model", None)
         if model is None or not hasattr(base, "vector_env"):
             raise TypeError(f"RecordEpisodes records MatrixGameEnv rollouts, got {type(base).__name__}")
+        _check_observations(env.observation_space, base.observation_space, "RecordEpisodes")
         self.model_meta = model.describe()
         self.split = split
         self.writer = _model_writer(root, model, crf, preset)
@@ -205,6 +216,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         model = getattr(base, "model", None)
         if model is None or not hasattr(base, "stream_states"):
             raise TypeError(f"RecordVectorEpisodes records MatrixGameVectorEnv rollouts, got {type(base).__name__}")
+        _check_observations(env.single_observation_space, base.single_observation_space, "RecordVectorEpisodes")
         if base.autoreset_mode == AutoresetMode.SAME_STEP:
             raise ValueError("RecordVectorEpisodes needs autoreset_mode NEXT_STEP or DISABLED, got SAME_STEP")
         self.model_meta = model.describe()

@@ -82,15 +82,22 @@ def _frame_space(env: Any) -> spaces.Box:
     return spaces.Box(0, 255, frames.shape[1:], np.uint8)
 
 
+def _env_arg(args: tuple, kwargs: dict) -> Any:
+    """The env a view is made over: its first argument (or ``env=``)."""
+    if not args and "env" not in kwargs:
+        raise TypeError("expected the env to wrap as the first argument")
+    return args[0] if args else kwargs["env"]
+
+
 class LatestFrame:
     """Observation = the chunk's latest frame, uint8 [H, W, 3] (a vector env: [B, H, W, 3]).
 
     ``LatestFrame(env)`` works on a single env and on a vector env (every autoreset mode).
     """
 
-    def __new__(cls, env: Any, *args: Any, **kwargs: Any):
+    def __new__(cls, *args: Any, **kwargs: Any):  # no env: pickle and copy make the subclass itself
         if cls is LatestFrame:
-            cls = _VectorLatestFrame if isinstance(env, VectorEnv) else _EnvLatestFrame
+            cls = _VectorLatestFrame if isinstance(_env_arg(args, kwargs), VectorEnv) else _EnvLatestFrame
         return object.__new__(cls)
 
 
@@ -160,9 +167,9 @@ class DiscreteActions:
 
     names: tuple[str, ...]
 
-    def __new__(cls, env: Any, *args: Any, **kwargs: Any):
+    def __new__(cls, *args: Any, **kwargs: Any):  # no env: pickle and copy make the subclass itself
         if cls is DiscreteActions:
-            cls = _VectorDiscreteActions if isinstance(env, VectorEnv) else _EnvDiscreteActions
+            cls = _VectorDiscreteActions if isinstance(_env_arg(args, kwargs), VectorEnv) else _EnvDiscreteActions
         return object.__new__(cls)
 
     def get_keys_to_action(self) -> dict[tuple[str, ...], int]:
