@@ -111,12 +111,16 @@ class SB3VecEnv(VecEnv):
         out = per_env_infos(infos, self.num_envs)
         final = per_env_infos(infos["final_info"], self.num_envs) if dones.any() else []
         for i in range(self.num_envs):
-            if dones[i]:  # SB3's info of a finished env is its last step's, beside its terminal observation
-                out[i] = {**final[i], "terminal_observation": infos["final_obs"][i]}
+            out[i].pop("final_obs", None)
+            out[i].pop("final_info", None)
+            if dones[i]:
+                # as SB3's own VecEnvs: the new episode's reset info in reset_infos, and in the step's info the
+                # finished episode's last step (over what wrappers added, e.g. "episode"; the reset's own
+                # first_chunk_* entries left out) beside its terminal observation
+                self.reset_infos[i] = dict(out[i])
+                kept = {k: v for k, v in out[i].items() if not k.startswith("first_chunk_")}
+                out[i] = {**kept, **final[i], "terminal_observation": infos["final_obs"][i]}
                 out[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-            else:
-                out[i].pop("final_obs", None)
-                out[i].pop("final_info", None)
         return obs, rewards.astype(np.float32), dones, out
 
     def close(self) -> None:

@@ -246,6 +246,8 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         else:
             kb, ms = validate_batched_action(options["action"], self.num_envs, first_frames, self.keyboard_dim)
 
+        for i in np.flatnonzero(mask):  # rgb_array_list: a reset() drops the frames not rendered (Gymnasium's rule)
+            self._unrendered[i] = []
         outputs = self._reset_envs(mask, images, prompts, seeds, kb, ms)
         infos: dict[str, Any] = {}
         for i, out in enumerate(outputs):
@@ -275,8 +277,9 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
 
     def render(self) -> tuple[np.ndarray, ...] | tuple[list[np.ndarray], ...] | None:
         """Per env: in ``rgb_array`` mode its latest frame (uint8 [H, W, 3]); in ``rgb_array_list``
-        mode the list of its frames generated since the last ``render()`` or its last reset (every
-        frame, in order; a reset drops the frames not rendered, as Gymnasium's list modes do); else None."""
+        mode the list of its frames generated since the last ``render()`` or its last ``reset()`` (every
+        frame, in order; ``reset()`` drops the frames not rendered, as Gymnasium's list modes do, while an
+        autoreset keeps them: the finished episode's last chunk, then the new one's first); else None."""
         if self.render_mode is None:
             gymnasium.logger.warn("render() called without render_mode='rgb_array'; returning None")
             return None
@@ -424,7 +427,6 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         row = {i: j for j, i in enumerate(idx)}
         for i in idx:
             self._prompts[i] = prompts[i]
-            self._unrendered[i] = []  # rgb_array_list: a reset drops the frames not rendered (Gymnasium's rule)
         actions = [
             ChunkActions(torch.from_numpy(kb[i]), torch.from_numpy(ms[i])) if mask[i] else None
             for i in range(self.num_envs)

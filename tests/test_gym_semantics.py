@@ -59,6 +59,8 @@ def test_sb3_gets_a_finished_envs_last_step_info(model):
     _, _, dones, infos = venv.step_wait()
     assert dones.all() and all(i["chunk_index"] == 1 and "keyboard" in i for i in infos)
     assert all(i["terminal_observation"]["chunk_index"][0] == 1 and i["TimeLimit.truncated"] for i in infos)
+    assert not any(k.startswith("first_chunk_") for i in infos for k in i)
+    assert all(r["chunk_index"] == 0 and r["first_chunk_frames"].shape[0] == 57 for r in venv.reset_infos)
     venv.close()
 
 
