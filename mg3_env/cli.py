@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from world_model.checks import positive_arg, seed_arg, user_errors
+
 __all__ = ["main", "demo"]
 
 log = logging.getLogger("mg3")
@@ -74,7 +76,10 @@ def demo(
             if truncated:
                 break
     finally:
-        video.close()
+        if video.num_frames:
+            video.close()
+        else:  # the reset failed: no video to keep
+            video.abort()
         env.close()
     strip_path = out / "strip.png"
     save_strip(strip_path, shown, labels)
@@ -86,18 +91,22 @@ def _demo_main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="mg3 demo", description="Scripted exploration: writes an mp4 and a dataset.")
     p.add_argument("--model", default="default", help="registry name or model folder (default: the embedded model)")
-    p.add_argument("--chunks", type=int, default=8, help="chunks to generate after the first (default 8)")
+    p.add_argument("--chunks", type=positive_arg, default=8, help="chunks to generate after the first (default 8)")
     p.add_argument("--out", default="mg3_demo", help="output folder")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--image", default=None, help="first frame (PNG/JPEG); default: the model's own")
     p.add_argument("--prompt", default=None)
     p.add_argument("--context-cache", choices=tuple(CONTEXT_CACHE_CHOICES), default="auto", help=CONTEXT_CACHE_HELP)
     args = p.parse_args(argv)
-    paths = demo(
-        args.model, args.chunks, args.out, device=args.device, seed=args.seed, image=args.image, prompt=args.prompt,
-        context_cache=CONTEXT_CACHE_CHOICES[args.context_cache],
-    )  # fmt: skip
+    try:
+        paths = demo(
+            args.model, args.chunks, args.out, device=args.device, seed=args.seed, image=args.image,
+            prompt=args.prompt, context_cache=CONTEXT_CACHE_CHOICES[args.context_cache],
+        )  # fmt: skip
+    except user_errors() as e:
+        print(f"mg3 demo: {e}", file=sys.stderr)
+        return 2
     print(f"video:   {paths['video']}")
     print(f"dataset: {paths['dataset']}")
     print(f"strip:   {paths['strip']} (the input image, the reset frame, then the last frame of every chunk)")
@@ -109,18 +118,22 @@ def _rollouts_main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="mg3 rollouts", description="A dataset from batched world-model rollouts.")
     p.add_argument("--model", default="default", help="registry name or model folder (default: the embedded model)")
-    p.add_argument("--num-envs", type=int, default=4, help="envs stepped as one batch")
-    p.add_argument("--episodes", type=int, default=8, help="episodes to write")
+    p.add_argument("--num-envs", type=positive_arg, default=4, help="envs stepped as one batch")
+    p.add_argument("--episodes", type=positive_arg, default=8, help="episodes to write")
     p.add_argument("--policy", default="random", help="random, explorer or module:callable (policy(obs) -> action)")
-    p.add_argument("--max-chunks", type=int, default=8, help="chunks per episode after the first")
+    p.add_argument("--max-chunks", type=positive_arg, default=8, help="chunks per episode after the first")
     p.add_argument("--out", required=True, help="dataset folder (appended to if present)")
     p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     args = p.parse_args(argv)
-    r = rollouts(
-        args.model, num_envs=args.num_envs, episodes=args.episodes, policy=args.policy, out=args.out,
-        max_chunks=args.max_chunks, device=args.device, seed=args.seed,
-    )  # fmt: skip
+    try:
+        r = rollouts(
+            args.model, num_envs=args.num_envs, episodes=args.episodes, policy=args.policy, out=args.out,
+            max_chunks=args.max_chunks, device=args.device, seed=args.seed,
+        )  # fmt: skip
+    except user_errors() as e:
+        print(f"mg3 rollouts: {e}", file=sys.stderr)
+        return 2
     print(
         f"dataset: {r['dataset']}: {r['episodes']} episodes, {r['frames']} frames in {r['seconds']:.1f} s "
         f"({r['frames_per_s']:.1f} frames/s written)"

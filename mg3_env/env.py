@@ -8,6 +8,7 @@ axis. See :mod:`mg3_env.spaces` for units and the observation layout.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium
@@ -69,6 +70,10 @@ class MatrixGameEnv(gymnasium.Env):
         return self.vector_env.model
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(
+                f"options must be a dict like {{'image': ..., 'prompt': ...}}, got {type(options).__name__}"
+            )
         options = dict(options or {})
         if "reset_mask" in options:
             raise ValueError("reset_mask is a vector-env option; a single env always resets")

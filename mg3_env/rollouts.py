@@ -79,6 +79,7 @@ def rollouts(
     from world_model.runtime import RuntimeOptions
 
     whole(episodes, "episodes", 1)
+    whole(seed, "seed", 0, 2**63 - 1)
     if isinstance(model, WorldModel) and device is not None:
         raise ValueError(
             f"device={device!r} is where a model loaded by name runs; the WorldModel given runs on its own"

@@ -30,10 +30,11 @@ chunk. Device groups never continue out of step.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from importlib import resources
+from numbers import Real
 from typing import Any, TypeVar
 
 import gymnasium
@@ -172,6 +173,15 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         num_envs = whole(num_envs, "num_envs", 1)
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be None, 'rgb_array' or 'rgb_array_list', got {render_mode!r}")
+        try:  # checked before the model loads
+            autoreset_mode = AutoresetMode(autoreset_mode)
+        except ValueError:
+            modes = ", ".join(repr(m.value) for m in AutoresetMode)
+            raise ValueError(
+                f"autoreset_mode must be an AutoresetMode or one of {modes}, got {autoreset_mode!r}"
+            ) from None
+        if not callable(reward_fn):
+            raise TypeError(f"reward_fn must be a callable (obs, action, info) -> float, got {reward_fn!r}")
         self._groups = self._build_groups(int(num_envs), model, runtime, devices)
         self._pool = (
             ThreadPoolExecutor(len(self._groups), thread_name_prefix="mg3-device") if len(self._groups) > 1 else None
@@ -187,7 +197,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         self.max_chunks = int(max_chunks)
         self.reward_fn = reward_fn
         self.render_mode = render_mode
-        self.autoreset_mode = AutoresetMode(autoreset_mode)
+        self.autoreset_mode = autoreset_mode
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode, "render_fps": cfg.stream.fps}
         s = cfg.stream
         self.height, self.width = s.height, s.width
@@ -226,6 +236,10 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         ``reset_mask`` ([B] bools).
         """
         self._check_open()
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(
+                f"options must be a dict like {{'image': ..., 'prompt': ...}}, got {type(options).__name__}"
+            )
         with self._all_or_nothing():
             return self._reset(seed, dict(options or {}))
 
@@ -345,7 +359,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
             obs = self._set_obs(i, out)
             info = self._chunk_info(i, out)
             info["keyboard"], info["mouse"] = kb[i], ms[i]
-            rewards[i] = float(self.reward_fn(obs, {"keyboard": kb[i], "mouse": ms[i]}, info))
+            rewards[i] = _reward(self.reward_fn(obs, {"keyboard": kb[i], "mouse": ms[i]}, info))
             truncated[i] = out.chunk_index >= self.max_chunks
             if same_step and (terminated[i] or truncated[i]):
                 final_infos = self._add_info(final_infos, info, i)
@@ -630,6 +644,15 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
     def __repr__(self) -> str:
         devices = [str(d) for d in self.devices]
         return f"MatrixGameVectorEnv(model={self.model.name!r}, num_envs={self.num_envs}, devices={devices})"
+
+
+def _reward(value: Any) -> float:
+    """A reward_fn's return value as a float; anything but a finite real number raises, naming reward_fn."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value):
+        raise ValueError(f"reward_fn returned {value!r}; expected a finite real number")
+    return float(value)
 
 
 def _is_on(model: WorldModel, device: torch.device) -> bool:

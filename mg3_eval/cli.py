@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import sys
 
-from world_model.checks import changed_flags, positive_arg
+from world_model.checks import changed_flags, positive_arg, seed_arg
 
 __all__ = ["main"]
 
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where the recorded episodes of sharpness, fidelity, controllability and distillation begin: the "
         "level's start spot (default) or anywhere on it",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
+    p.add_argument("--seed", type=seed_arg, default=d.seed, help=f"(default: {d.seed})")
     p.add_argument(
         "--action-guidance",
         type=float,
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     try:
         wm = load_world_model(args.model, runtime)
-    except (ValueError, OSError) as e:  # unknown name, missing or incomplete folder, embedded weights absent
+    except (ValueError, OSError, CheckpointError) as e:  # unknown name, missing or incomplete folder, weights absent
         print(f"mg3 eval: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2
     if guidance:  # the generator reads the sampler config of the model it is given

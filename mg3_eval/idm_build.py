@@ -29,7 +29,7 @@ from mg3_eval.idm import (
     idm_view,
     train_idm,
 )
-from world_model.checks import positive_arg
+from world_model.checks import positive_arg, seed_arg
 from world_model.config import WorldModelConfig
 
 __all__ = ["build_idm", "main"]
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         help="channels of its first convolution (default: 32; 64 read the held-out yaw at 0.910 against 0.904 and "
         "the keys at 0.964 against 0.956, in 3x the training time)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--threads", type=positive_arg, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
     small = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in _COUNTS and v < 1]
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         p.error(f"no folder {out.parent} to write {out.name} in")
+    if out.is_dir():
+        p.error(f"--out {out} is a folder: give the IDM file's path (e.g. {out / 'idm.safetensors'})")
     from world_model.checkpoint import CheckpointError
     from world_model.model import EMBEDDED_DIR, read_exported_config
 

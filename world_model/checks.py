@@ -41,3 +41,25 @@ def changed_flags(parser: Any, args: Any, dests: Any) -> list[str]:
     the ``parser``'s default: the flags a user gave, for refusing those a run would not use."""
     flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
     return [flag[d] for d in dests if getattr(args, d) != parser.get_default(d)]
+
+
+def seed_arg(text: str) -> int:
+    """An argparse ``type`` for seeds: an int in [0, 2**63 - 1] (numpy's generators refuse negative ones)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"a seed must lie in [0, 2**63 - 1], got {value}")
+    return value
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a command-line tool reports in one line (exit code 2) instead of a traceback: bad values
+    (ValueError), missing or unwritable paths (OSError), unreadable model folders and datasets."""
+    from world_model.checkpoint import CheckpointError
+    from world_model.data.format import DatasetError
+
+    return (ValueError, OSError, CheckpointError, DatasetError)

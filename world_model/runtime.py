@@ -189,6 +189,11 @@ class RuntimeOptions:
     cuda_graphs: bool = False  # the compiled blocks as CUDA graphs (needs compile, CUDA)
 
     def __post_init__(self) -> None:
+        _parse_device(self.device, "device")
+        if self.text_device is not None:
+            _parse_device(self.text_device, "text_device")
+        if isinstance(self.dtype, str) and isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            object.__setattr__(self, "dtype", getattr(torch, self.dtype))  # "bfloat16" -> torch.bfloat16
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
         if self.quantize not in QUANTIZE:
@@ -302,7 +307,7 @@ class RuntimeOptions:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = str(device)
-        cpu = torch.device(device).type == "cpu"
+        cpu = _parse_device(device, "device").type == "cpu"
         dtype = default_cpu_dtype() if cpu else torch.bfloat16
         quantize = default_cpu_quantize() if cpu else None
         if cpu and "context_cache" not in kw and not kw.get("context_cache_refresh"):
@@ -493,12 +498,26 @@ def _experts(dit: nn.Module) -> list[nn.Module]:
     raise TypeError(f"expected a MatrixGameDiT or MoEDiT, got {type(dit).__name__}")
 
 
+def _parse_device(value: object, name: str) -> torch.device:
+    """``value`` as a torch device; a string torch cannot read (``"gpu"``) or another type raises ValueError."""
+    if not isinstance(value, (str, torch.device)):
+        raise ValueError(f"{name} must be a device name like 'cpu', 'cuda' or 'cuda:1', got {value!r}")
+    try:
+        return torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"{name} must be a device name like 'cpu', 'cuda' or 'cuda:1', got {value!r}") from None
+
+
 def check_runtime(runtime: RuntimeOptions) -> None:
     """Raise ValueError, saying what to do, when an option cannot work on the runtime's device or setup
     (loaders call it before loading weights)."""
     from world_model.attention import check_attention_backend
     from world_model.quant import fp8_supported, int8_supported
 
+    if not isinstance(runtime, RuntimeOptions):
+        raise TypeError(
+            f"runtime must be a RuntimeOptions (e.g. RuntimeOptions.for_device('cpu')), got {type(runtime).__name__}"
+        )
     device = torch.device(runtime.device)
     if device.type == "cpu":
         default_cpu_malloc()  # a bad $MG3_CPU_MALLOC raises before any weights are read
@@ -547,6 +566,12 @@ def check_runtime(runtime: RuntimeOptions) -> None:
                 f"sequence_parallel={runtime.sequence_parallel} splits over the world group, which has "
                 f"{dist.get_world_size()} processes: launch that many, or set sequence_parallel to the world size"
             )
+    for name, d in (("device", device), ("text_device", runtime.text_device)):  # last: the options' advice first
+        d = None if d is None else torch.device(d)
+        if d is not None and d.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0 or (d.index or 0) >= count:
+                raise ValueError(f"{name} {str(d)!r}: this machine has {count} CUDA device(s); use 'cpu'")
 
 
 @functools.cache

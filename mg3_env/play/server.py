@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--port must lie in [0, 65535], got {args.port}")
     import torch
 
+    from world_model.checkpoint import CheckpointError
     from world_model.model import load_world_model
     from world_model.runtime import RuntimeOptions
 
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             **({"dtype": torch.bfloat16} if args.quantize == "fp8" else {}),  # FP8 computes in bf16 (on a GPU)
         )
         model = compute.call(load_world_model, args.model, runtime)
-    except ValueError as e:  # a bad or unrunnable option, a bad model folder: said before serving
+    except (ValueError, CheckpointError) as e:  # a bad or unrunnable option, a bad model folder: said before serving
         compute.close()
         print(f"mg3 play: {e}", file=sys.stderr)
         return 2
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             max_chunks=args.max_chunks,
             compute=compute,
         )
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, OSError, TypeError) as e:  # OSError: e.g. --record names a file
         compute.close()
         print(f"mg3 play: {e}", file=sys.stderr)
         return 2
@@ -386,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run())
+    except OSError as e:  # the port is taken, the host unknown
+        print(f"mg3 play: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
     finally:
         server.close()
         compute.close()

@@ -211,6 +211,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         from gymnasium.vector import AutoresetMode
 
         whole_or_none(encode_threads, "encode_threads", 1, note="None: auto")
+        whole_or_none(max_episodes, "max_episodes", 1, note="None: no limit")
 
         base = env.unwrapped
         model = getattr(base, "model", None)

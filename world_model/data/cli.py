@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 
+from world_model.checks import positive_arg, seed_arg, user_errors
+
 __all__ = ["main"]
 
 
@@ -33,13 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate (or continue) a dataset")
     g.add_argument("--out", required=True, help="dataset folder (re-running continues it)")
-    g.add_argument("--frames", type=int, required=True, help="at least this many frames (whole episodes)")
+    g.add_argument("--frames", type=positive_arg, required=True, help="at least this many frames (whole episodes)")
     g.add_argument("--resolution", type=_resolution, default=(160, 120), help="WxH, even sides (default 160x120)")
-    g.add_argument("--workers", type=int, default=1, help="worker processes")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--episode-frames", type=int, default=1000)
+    g.add_argument("--workers", type=positive_arg, default=1, help="worker processes")
+    g.add_argument("--seed", type=seed_arg, default=0)
+    g.add_argument("--episode-frames", type=positive_arg, default=1000)
     g.add_argument("--levels", nargs="*", default=None, help="level names (e.g. MAP01 E1M1); default all")
-    g.add_argument("--tics-per-frame", type=int, default=2, help="35/tics fps (default 2 = 17.5 fps)")
+    g.add_argument("--tics-per-frame", type=positive_arg, default=2, help="35/tics fps (default 2 = 17.5 fps)")
     g.add_argument("--crf", type=int, default=20)
     g.add_argument("--preset", default="veryfast")
     g.add_argument(
@@ -64,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except user_errors() as e:
+        print(f"mg3 data {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "generate":
         from world_model.data.generate import GenerateConfig, generate_dataset
 

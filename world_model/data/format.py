@@ -43,7 +43,7 @@ import numpy as np
 
 from world_model.checkpoint import read_json_object
 from world_model.data.poses import c2w_from_poses
-from world_model.data.video import VideoEncoder, decode_video
+from world_model.data.video import VideoEncoder, check_encoding, decode_video
 
 __all__ = [
     "CODEBASE_VERSION",
@@ -407,10 +407,7 @@ class DatasetWriter:
         crf: int = 20,
         preset: str = "veryfast",
     ):
-        if height % 2 or width % 2:
-            raise ValueError(f"frame sides must be even for H.264 yuv420p, got {width}x{height}")
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+        check_encoding(fps, height, width, crf, preset)
         self.root = Path(root)
         self.fps, self.height, self.width = float(fps), int(height), int(width)
         self.source, self.robot_type = source, robot_type

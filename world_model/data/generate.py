@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from world_model.checks import whole
 from world_model.config import StreamConfig
 from world_model.data.doom import DOOM_TIC_RATE, Command, DoomConfig, DoomEngine, describe_look
 from world_model.data.explorer import Explorer, ExplorerConfig
 from world_model.data.format import TMP_MARK, DatasetReader, DatasetWriter, VideoStats
 from world_model.data.levels import LEVELS, Level, get_level
 from world_model.data.poses import wrap_degrees
-from world_model.data.video import VideoEncoder
+from world_model.data.video import VideoEncoder, check_x264
 
 __all__ = [
     "RecordedEpisode", "record_episode", "GenerateConfig", "generate_dataset", "plan_spawn", "plan_generated",
@@ -151,6 +152,12 @@ class GenerateConfig:
         if self.frames < 1 or self.episode_frames < 1 or self.workers < 1:
             raise ValueError("frames, episode_frames and workers must be >= 1")
         check_share(self.spawn_anywhere)
+        check_x264(self.crf, self.preset)  # a bad one failed every episode's encoder
+        whole(self.seed, "seed", 0, 2**63 - 1)
+        try:
+            self.level_list()
+        except KeyError as e:  # an unknown level name
+            raise ValueError(e.args[0]) from None
         DoomConfig(self.width, self.height, self.tics_per_frame)  # validates the resolution
 
     def level_list(self) -> tuple[Level, ...]:
@@ -297,7 +304,7 @@ def generate_dataset(out: str | Path, cfg: GenerateConfig, *, progress: bool = T
         bar = tqdm(total=cfg.frames, initial=min(writer.num_frames, cfg.frames), unit="frame", disable=not progress)
         ctx = get_context("spawn")
         pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx)
-        next_plan = 0
+        next_plan, streak = 0, [0]
         try:
             while True:
                 done_frames = sum(outcome.get(p, 0) for p in range(next_plan))
@@ -313,7 +320,7 @@ def generate_dataset(out: str | Path, cfg: GenerateConfig, *, progress: bool = T
                 ]  # fmt: skip
                 next_plan += len(wave)
                 pool = _run_wave(
-                    [j for j in wave if j.plan not in outcome], pool, ctx, writer, outcome, failed, cfg, bar
+                    [j for j in wave if j.plan not in outcome], pool, ctx, writer, outcome, failed, cfg, bar, streak
                 )
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -325,12 +332,13 @@ def generate_dataset(out: str | Path, cfg: GenerateConfig, *, progress: bool = T
     return DatasetReader(out)
 
 
-def _run_wave(jobs: list[_Job], pool, ctx, writer, outcome, failed, cfg: GenerateConfig, bar):
+def _run_wave(jobs: list[_Job], pool, ctx, writer, outcome, failed, cfg: GenerateConfig, bar, streak: list[int]):
     """Run jobs on the pool, committing finished episodes in plan order; returns the (maybe new) pool.
 
     A job that raises or whose worker dies is retried ``cfg.max_retries`` times, then recorded as
     failed (``info.json["mg3"]["failed_plans"]``). When failures keep coming with no success in
-    between, generation stops with an error instead of burning through every plan.
+    between, generation stops with an error instead of burning through every plan: ``streak`` ([count]) is the
+    failures since the last success, counted across waves (a wave of one plan per wave never reached the limit).
     """
     order = [j.plan for j in jobs]
     by_plan = {j.plan: j for j in jobs}
@@ -342,14 +350,12 @@ def _run_wave(jobs: list[_Job], pool, ctx, writer, outcome, failed, cfg: Generat
     pending = deque(j for j in jobs if j.plan not in ready)
     running: dict[Future, _Job] = {}
     attempts: Counter[int] = Counter()
-    streak = 0
 
     def fail(j: _Job, err: object) -> None:
-        nonlocal streak
         attempts[j.plan] += 1
-        streak += 1
+        streak[0] += 1
         log.warning("plan %d (%s) failed (attempt %d): %s", j.plan, j.level, attempts[j.plan], err)
-        if streak > 3 * (cfg.max_retries + 1) * cfg.workers:
+        if streak[0] > 3 * (cfg.max_retries + 1) * cfg.workers:
             raise RuntimeError(f"episode generation keeps failing (last: plan {j.plan}, {j.level}: {err})")
         if attempts[j.plan] > cfg.max_retries:
             ready[j.plan] = None
@@ -388,7 +394,7 @@ def _run_wave(jobs: list[_Job], pool, ctx, writer, outcome, failed, cfg: Generat
             err = fut.exception()
             if err is None:
                 ready[j.plan] = fut.result()
-                streak = 0
+                streak[0] = 0
             else:
                 broken |= isinstance(err, BrokenProcessPool)
                 fail(j, repr(err))

@@ -3,13 +3,50 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from fractions import Fraction
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["VideoEncoder", "decode_video", "fps_fraction"]
+__all__ = ["VideoEncoder", "decode_video", "fps_fraction", "check_encoding", "check_x264", "X264_PRESETS"]
+
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
+
+
+def check_x264(crf: int, preset: str) -> None:
+    """Refuse a quality (``crf``) or speed (``preset``) libx264 does not take, naming it."""
+    from world_model.checks import whole
+
+    whole(crf, "crf", 0, 51)
+    if preset not in X264_PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}, got {preset!r}")
+
+
+def check_encoding(fps: float, height: int, width: int, crf: int, preset: str) -> None:
+    """Refuse settings H.264 (libx264, yuv420p) cannot take, naming them, before anything is encoded."""
+    from world_model.checks import whole
+
+    if isinstance(fps, bool) or not isinstance(fps, Real) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
+    for name, side in (("height", height), ("width", width)):
+        whole(side, name, 2)
+        if side % 2:
+            raise ValueError(f"{name} must be even for H.264 yuv420p, got {side}")
+    check_x264(crf, preset)
 
 
 def _av():
@@ -37,8 +74,7 @@ class VideoEncoder:
     def __init__(
         self, path: str | Path, *, fps: float, height: int, width: int, crf: int = 20, preset: str = "veryfast"
     ):
-        if height % 2 or width % 2:
-            raise ValueError(f"H.264 yuv420p needs even sides, got {width}x{height}")
+        check_encoding(fps, height, width, crf, preset)
         av = _av()
         self.path = Path(path)
         self.height, self.width = height, width
@@ -72,6 +108,9 @@ class VideoEncoder:
             return
         if self._state == "failed":
             raise RuntimeError(f"the encoder of {self.path} failed while flushing: abort it")
+        if self._state == "open" and self.num_frames == 0:  # an mp4 of no frames cannot be written
+            self.abort()
+            raise ValueError(f"no frames were written to {self.path}: nothing to close (the file is removed)")
         if self._state == "open":
             try:
                 for packet in self._stream.encode():

@@ -32,11 +32,21 @@ def _boolean(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _minutes(value: str) -> float:
+    try:
+        minutes = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {value!r}") from None
+    if not 0 < minutes < float("inf"):  # a budget of 0 or less stopped every stage at once and exported that
+        raise argparse.ArgumentTypeError(f"expected a finite number of minutes > 0, got {minutes}")
+    return minutes
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m world_model.train", description=__doc__.split("\n")[0])
     p.add_argument("command", choices=(*STAGES, "all", "status"))
     p.add_argument("--run", required=True, type=Path, help="run folder (created if missing)")
-    p.add_argument("--budget-minutes", type=float, default=None, help="time budget of 'all'")
+    p.add_argument("--budget-minutes", type=_minutes, default=None, help="time budget of 'all'")
     p.add_argument("--skip", default="", help="comma-separated stages that 'all' skips")
     p.add_argument(
         "--reopen",
@@ -75,9 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run: Path = args.run
     if args.command == "status":
-        out = {"pipeline": read_status(run)}
+        if not run.is_dir():
+            parser.error(f"--run {run}: no such run folder")
+        try:
+            statuses = {s: read_status(run / ("latents" if s == "encode" else s)) for s in STAGES}
+            out = {"pipeline": read_status(run)}
+        except ValueError as e:  # a damaged status.json
+            parser.error(str(e))
         for stage in STAGES:
-            st = read_status(run / ("latents" if stage == "encode" else stage))
+            st = statuses[stage]
             if st is not None:
                 out[stage] = {
                     k: st.get(k) for k in ("state", "step", "total_steps", "eta_s", "metrics", "eval", "error")

@@ -66,4 +66,9 @@ def reopen(run_dir: str | Path) -> None:
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
     """The run's status dict, or None when it has not started."""
     p = Path(run_dir) / "status.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not valid JSON ({e}): the run's status cannot be read") from None

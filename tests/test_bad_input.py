@@ -1,0 +1,136 @@
+"""Bad input gives one clear line that names it (session 51's audit): command-line tools exit 2 without a traceback,
+the library raises ValueError / TypeError naming the argument before any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mg3_env.cli import main as mg3
+from mg3_env.vector import MatrixGameVectorEnv
+from world_model.runtime import RuntimeOptions
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["demo", "--model", "tiny-random", "--image", "missing.png"], "mg3 demo: image path 'missing.png' does not"),
+        (["demo", "--model", "nope"], "mg3 demo: unknown model 'nope'"),
+        (["data", "summary", "."], "is not a dataset"),
+        (["data", "generate", "--out", "g", "--frames", "10", "--preset", "bogus"], "preset must be one of"),
+        (["data", "generate", "--out", "g", "--frames", "10", "--levels", "NOPE"], "unknown level 'NOPE'"),
+        (["rollouts", "--model", "tiny-random", "--out", "r", "--policy", "nope"], "mg3 rollouts: "),
+    ],
+)
+def test_a_command_says_what_is_wrong_in_one_line(tmp_path, monkeypatch, capsys, argv, says):
+    monkeypatch.chdir(tmp_path)
+    assert mg3(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g").exists()  # a refused generate made nothing
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["demo", "--chunks", "0"], "--chunks: expected an integer >= 1"),
+        (["demo", "--seed", "-1"], "--seed: a seed must lie in"),
+        (["rollouts", "--num-envs", "0", "--out", "r"], "--num-envs: expected an integer >= 1"),
+        (["data", "generate", "--out", "g", "--frames", "10", "--seed", "-1"], "--seed: a seed must lie in"),
+    ],
+)
+def test_a_bad_count_or_seed_is_refused_by_the_parser(capsys, argv, says):
+    with pytest.raises(SystemExit) as done:
+        mg3(argv)
+    assert done.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_the_training_command_refuses_a_missing_run_and_a_budget_of_nothing(tmp_path, capsys):
+    from world_model.train.__main__ import main as train
+
+    with pytest.raises(SystemExit):
+        train(["status", "--run", str(tmp_path / "nope")])
+    assert "no such run folder" in capsys.readouterr().err  # was {"pipeline": null} and exit 0
+    with pytest.raises(SystemExit):
+        train(["all", "--run", str(tmp_path / "r"), "--budget-minutes", "-5"])  # was: an untrained export, exit 0
+    assert "minutes > 0" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "status.json").write_text("{bad")
+    with pytest.raises(SystemExit):
+        train(["status", "--run", str(tmp_path / "bad")])
+    assert "status.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_idm_build_refuses_a_folder_for_its_file_before_the_work(tmp_path, capsys):
+    from mg3_eval.idm_build import main as idm_build
+
+    with pytest.raises(SystemExit):
+        idm_build(["--out", str(tmp_path), "--frames", "10"])
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_runtime_options_name_a_bad_device_dtype_or_type():
+    from world_model.model import load_world_model
+
+    with pytest.raises(ValueError, match="device must be a device name"):
+        RuntimeOptions(device="gpu")
+    with pytest.raises(ValueError, match="text_device must be a device name"):
+        RuntimeOptions(text_device="bogus")
+    with pytest.raises(ValueError, match="device must be a device name"):
+        RuntimeOptions.for_device("gpu")
+    assert RuntimeOptions(dtype="bfloat16").dtype == torch.bfloat16  # was "must be ... bfloat16, got bfloat16"
+    with pytest.raises(TypeError, match="runtime must be a RuntimeOptions"):
+        load_world_model("tiny-random", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="0 CUDA device"):
+            load_world_model("tiny-random", RuntimeOptions(device="cuda", dtype=torch.bfloat16))
+
+
+def test_the_vector_env_checks_its_arguments_before_the_model_loads():
+    with pytest.raises(ValueError, match="autoreset_mode must be"):
+        MatrixGameVectorEnv(1, model="no-such-model", autoreset_mode="next_step")
+    with pytest.raises(TypeError, match="reward_fn must be a callable"):
+        MatrixGameVectorEnv(1, model="no-such-model", reward_fn=5)
+
+
+def test_a_bad_reward_or_options_is_named_and_the_step_undone():
+    v = MatrixGameVectorEnv(1, model="tiny-random", reward_fn=lambda obs, action, info: "high")
+    with pytest.raises(TypeError, match="options must be a dict"):
+        v.reset(options="gray.png")
+    v.reset(seed=0)
+    with pytest.raises(ValueError, match="reward_fn returned 'high'"):
+        v.step({"keyboard": np.zeros((1, 6)), "mouse": np.zeros((1, 2))})
+    assert v.stream_states[0].chunk == [1]  # undone: the next chunk is still chunk 1
+    v.close()
+
+
+def test_recording_and_encoding_settings_are_checked_up_front(tmp_path):
+    from mg3_env.wrappers.record import RecordVectorEpisodes
+    from world_model.data.format import DatasetWriter
+    from world_model.data.video import VideoEncoder
+
+    with pytest.raises(ValueError, match="max_episodes"):
+        RecordVectorEpisodes(MatrixGameVectorEnv(1, model="tiny-random"), tmp_path / "r", max_episodes=0)
+    for bad, says in [
+        ({"fps": float("nan")}, "fps must be a finite number"),
+        ({"height": 0}, "height must be an int >= 2"),
+        ({"crf": -5}, r"crf must be an int in \[0, 51\]"),
+        ({"preset": "bogus"}, "preset must be one of"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            DatasetWriter(tmp_path / "d", **{"fps": 16, "height": 16, "width": 16, **bad})
+    enc = VideoEncoder(tmp_path / "empty.mp4", fps=16, height=16, width=16)
+    with pytest.raises(ValueError, match="no frames were written"):
+        enc.close()  # was a FileNotFoundError from inside PyAV
+    assert not (tmp_path / "empty.mp4").exists()
+
+
+def test_seeds_are_checked_where_numpy_would_fail_inside():
+    from mg3_env.rollouts import rollouts
+    from mg3_eval.run import EvalOptions
+
+    with pytest.raises(ValueError, match="seed must be"):
+        EvalOptions(seed=-1)
+    with pytest.raises(ValueError, match="seed must be"):
+        rollouts("tiny-random", out="unused", seed=-5, progress=False)
