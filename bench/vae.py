@@ -15,7 +15,6 @@ FLOP floor at a measured bf16 conv3d / matmul ceiling.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import statistics
@@ -29,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from world_model.config import VAEConfig, tiny  # noqa: E402
+from world_model.model import default_dtype  # noqa: E402
 from world_model.vae import WanVAE, channels_last_, decoder_widths  # noqa: E402
 
 VARIANTS = (("full", 0.0), ("lightvae (p=0.5)", 0.5), ("lightvae_v2 (p=0.75)", 0.75))
@@ -50,16 +50,6 @@ def _timed(fn, device: torch.device, iters: int, warmup: int) -> list[float]:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return times
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def measure_ceilings(device: torch.device, dtype: torch.dtype, small: bool) -> dict[str, float]:
@@ -93,7 +83,7 @@ def bench_variant(
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    with _default_dtype(dtype), torch.device(device):
+    with default_dtype(dtype), torch.device(device):
         model = WanVAE(cfg)
     if device.type == "cuda":
         channels_last_(model)

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WorldModel",
+    "default_dtype",
     "load_world_model",
     "random_world_model",
     "is_exported_folder",
@@ -187,7 +188,7 @@ def _apply_runtime(dit: nn.Module, runtime: RuntimeOptions) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
     """Modules made inside get their floating-point parameters in ``dtype`` (torch's default dtype, restored after)."""
     saved = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -228,7 +229,7 @@ def _build_random(config: WorldModelConfig, runtime: RuntimeOptions, name: str, 
                 vae = WanVAE(config.vae).to(runtime.dtype if big else torch.float32)
         elif big:  # built on the device in the runtime dtype: the 5B DiT made in fp32 first held 18.6 GiB (a 24.1
             # GiB build peak on an H100, session 51) and is slow on a CPU
-            with torch.device(runtime.device), _default_dtype(runtime.dtype):
+            with torch.device(runtime.device), default_dtype(runtime.dtype):
                 dit = MatrixGameDiT(config.dit)
                 vae = WanVAE(config.vae)
         else:
