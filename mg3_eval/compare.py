@@ -187,11 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("reference", type=Path, help="metrics.json of the reference (e.g. the shipped model)")
     p.add_argument("--json", type=Path, default=None, help="also write the comparison here")
     args = p.parse_args(argv)
-    try:
-        c = compare(*(json.loads(f.read_text()) for f in (args.candidate, args.reference)))
-    except (OSError, ValueError) as e:
-        print(f"mg3_eval.compare: {e}", file=sys.stderr)
-        return 2
+    if args.json is not None and not args.json.parent.is_dir():
+        p.error(f"--json {args.json}: no folder {args.json.parent} to write it in")
+    metrics = []
+    for f in (args.candidate, args.reference):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            print(f"mg3_eval.compare: {f}: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(data, dict) or "model" not in data:  # mg3 eval's metrics.json names its model
+            print(f"mg3_eval.compare: {f} is not the metrics.json of an mg3 eval run", file=sys.stderr)
+            return 2
+        metrics.append(data)
+    c = compare(*metrics)
     print(format_comparison(c))
     if args.json:
         args.json.write_text(json.dumps(c, indent=1) + "\n")

@@ -53,6 +53,12 @@ def test_cli_prints_writes_json_and_refuses_unreadable_input(tmp_path, capsys):
     assert "chunk-0 PSNR dB" in capsys.readouterr().out
     assert json.loads(out.read_text())["paired"]["chunk-0 PSNR dB"]["mean_diff"] == pytest.approx(0.5)
     assert main([str(a), str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "list.json").write_text("[1]")  # not a metrics.json: was an AttributeError deep inside
+    capsys.readouterr()
+    assert main([str(tmp_path / "list.json"), str(b)]) == 2
+    assert "list.json is not the metrics.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # checked before the comparison
+        main([str(a), str(b), "--json", str(tmp_path / "no" / "cmp.json")])
 
 
 def test_runs_of_other_spawns_or_other_simulator_frames_do_not_pair():
