@@ -134,3 +134,14 @@ def test_seeds_are_checked_where_numpy_would_fail_inside():
         EvalOptions(seed=-1)
     with pytest.raises(ValueError, match="seed must be"):
         rollouts("tiny-random", out="unused", seed=-5, progress=False)
+
+
+def test_an_exported_folder_without_its_config_is_named_so(tmp_path):
+    import shutil
+
+    from world_model.checkpoint import CheckpointError
+    from world_model.model import EMBEDDED_DIR, load_world_model
+
+    shutil.copy(EMBEDDED_DIR / "vae.safetensors", tmp_path / "vae.safetensors")
+    with pytest.raises(CheckpointError, match="no config.json"):  # was: a missing release file, Wan2.2_VAE.pth
+        load_world_model(str(tmp_path))

@@ -497,6 +497,10 @@ def load_world_model(
     if path.is_dir():
         if is_exported_folder(path):
             return _load_exported(path, runtime, str(path), distilled=variant == "distilled")
+        if (path / "vae.safetensors").is_file():  # an exported folder without its config (not a release folder)
+            from world_model.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{path} holds an exported model's vae.safetensors but no config.json")
         return _load_release(path, runtime, str(path), distilled=variant == "distilled")
     raise ValueError(
         f"unknown model {key!r}: expected one of {list(MODEL_NAMES)} or a folder in the release layout "
