@@ -145,3 +145,28 @@ def test_an_exported_folder_without_its_config_is_named_so(tmp_path):
     shutil.copy(EMBEDDED_DIR / "vae.safetensors", tmp_path / "vae.safetensors")
     with pytest.raises(CheckpointError, match="no config.json"):  # was: a missing release file, Wan2.2_VAE.pth
         load_world_model(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda info: info["features"].pop("observation.images.rgb"), "shape"),
+        (lambda info: info.update(fps="x"), "fps"),
+        (lambda info: info.update(total_episodes="1"), "total_episodes"),
+        (lambda info: info.pop("total_frames"), "total_frames"),
+    ],
+)
+def test_a_damaged_info_json_is_a_dataset_error_naming_the_field(tmp_path, change, says):
+    """These were KeyError / TypeError / ValueError from inside the reader (its docstring: every problem raises
+    DatasetError)."""
+    import json
+
+    from world_model.data.format import INFO_PATH, DatasetError, DatasetReader, DatasetWriter
+
+    with DatasetWriter(tmp_path, fps=16, height=16, width=16) as w:
+        w.add_episode(np.zeros((3, 16, 16, 3), np.uint8), np.zeros((3, 6)), np.zeros((3, 2)), np.zeros((3, 5)), "p")
+    info = json.loads((tmp_path / INFO_PATH).read_text())
+    change(info)
+    (tmp_path / INFO_PATH).write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=says):
+        DatasetReader(tmp_path)

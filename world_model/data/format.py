@@ -359,9 +359,26 @@ def _read_episode_rows(root: Path) -> list[dict[str, Any]]:
 def _read_info(path: Path) -> dict[str, Any]:
     """info.json, or a DatasetError naming it."""
     info = read_json_object(path, DatasetError, "the dataset's info file is damaged")
-    missing = [k for k in ("codebase_version", "fps", "features", "total_episodes") if k not in info]
+    missing = [k for k in ("codebase_version", "fps", "features", "total_episodes", "total_frames") if k not in info]
     if missing:
         raise DatasetError(f"{path} lacks {missing}; the dataset's info file is damaged")
+    fps, total = info["fps"], (info["total_episodes"], info["total_frames"])
+    video = info["features"].get(VIDEO_KEY) if isinstance(info["features"], dict) else None
+    shape = video.get("shape") if isinstance(video, dict) else None
+    wrong = [
+        name
+        for name, ok in (
+            ("fps (a number > 0)", isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0),
+            (
+                "total_episodes / total_frames (ints)",
+                all(isinstance(n, int) and not isinstance(n, bool) for n in total),
+            ),
+            (f"features[{VIDEO_KEY!r}].shape ([H, W, 3])", isinstance(shape, list) and len(shape) == 3),
+        )
+        if not ok
+    ]
+    if wrong:
+        raise DatasetError(f"{path}: wrong or missing {', '.join(wrong)}; the dataset's info file is damaged")
     return info
 
 
@@ -819,7 +836,12 @@ class DatasetReader:
             )
         self.fps = float(self.info["fps"])
         self.height, self.width = self.info["features"][VIDEO_KEY]["shape"][:2]
-        self.episodes = [_info_from_row(r) for r in _read_episode_rows(self.root)]
+        try:
+            self.episodes = [_info_from_row(r) for r in _read_episode_rows(self.root)]
+        except KeyError as e:
+            raise DatasetError(
+                f"{self.root}: the episodes table lacks the column {e}; the dataset is damaged"
+            ) from None
         if len(self.episodes) < self.info["total_episodes"]:
             raise DatasetError(
                 f"{self.root}: info.json says {self.info['total_episodes']} episodes, "
