@@ -648,9 +648,11 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
 
 def _reward(value: Any) -> float:
     """A reward_fn's return value as a float; anything but a finite real number raises, naming reward_fn."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d NumPy array or torch tensor
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value):
+    if isinstance(value, np.bool_):
+        value = bool(value)
+    if not isinstance(value, Real) or not np.isfinite(value):  # a bool passes: 1.0 or 0.0
         raise ValueError(f"reward_fn returned {value!r}; expected a finite real number")
     return float(value)
 
