@@ -170,3 +170,24 @@ def test_a_damaged_info_json_is_a_dataset_error_naming_the_field(tmp_path, chang
     (tmp_path / INFO_PATH).write_text(json.dumps(info))
     with pytest.raises(DatasetError, match=says):
         DatasetReader(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("meta", "says"),
+    [
+        ({"seed": "x"}, "seed must be"),
+        ({"seed": 2**70}, "seed must be"),
+        ({"level": 5}, "level must be a string"),
+        ({"extra_meta": {"a": object()}}, "extra_meta must hold JSON values"),
+    ],
+)
+def test_episode_metadata_is_checked_before_anything_is_written(tmp_path, meta, says):
+    """These failed inside pyarrow or json after the episode's video was encoded."""
+    from world_model.data.format import DatasetReader, DatasetWriter
+
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    with DatasetWriter(tmp_path, fps=16, height=16, width=16) as w:
+        with pytest.raises(ValueError, match=says):
+            w.add_episode(frames, np.zeros((3, 6)), np.zeros((3, 2)), np.zeros((3, 5)), "p", **meta)
+        assert w.add_episode(frames, np.zeros((3, 6)), np.zeros((3, 2)), np.zeros((3, 5)), "p", seed=3) == 0
+    assert len(DatasetReader(tmp_path)) == 1

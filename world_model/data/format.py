@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from world_model.checkpoint import read_json_object
+from world_model.checks import whole_or_none
 from world_model.data.poses import c2w_from_poses
 from world_model.data.video import VideoEncoder, check_encoding, decode_video
 
@@ -356,6 +357,24 @@ def _read_episode_rows(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _check_episode_meta(prompt: Any, seed: Any, split: Any, level: Any, extra_meta: Any) -> None:
+    """An episode's metadata as the tables store it, checked before anything is written (a bad one failed inside
+    pyarrow or json after the video was encoded)."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"expected a non-empty prompt string, got {prompt!r}")
+    whole_or_none(seed, "seed", 0, 2**63 - 1, note="None: none recorded")
+    for name, value in (("split", split), ("level", level)):
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+    if extra_meta is not None:
+        if not isinstance(extra_meta, dict):
+            raise ValueError(f"extra_meta must be a dict, got {type(extra_meta).__name__}")
+        try:
+            json.dumps(extra_meta, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"extra_meta must hold JSON values (str, number, bool, None, lists, dicts): {e}") from None
+
+
 def _read_info(path: Path) -> dict[str, Any]:
     """info.json, or a DatasetError naming it."""
     info = read_json_object(path, DatasetError, "the dataset's info file is damaged")
@@ -576,8 +595,7 @@ class DatasetWriter:
     ) -> None:
         if self._current is not None:
             raise DatasetError("begin_episode called twice; call end_episode or discard_episode first")
-        if not isinstance(prompt, str) or not prompt:
-            raise ValueError(f"expected a non-empty prompt string, got {prompt!r}")
+        _check_episode_meta(prompt, seed, split, level, extra_meta)
         index = len(self._rows)
         _, video_rel, _ = _episode_paths(index)
         video_path = self.root / video_rel
@@ -686,6 +704,7 @@ class DatasetWriter:
         """
         if self._current is not None:
             raise DatasetError("an episode is in progress; end or discard it first")
+        _check_episode_meta(prompt, seed, split, level, extra_meta)
         t = len(poses)
         arrays = {
             "keyboard": _check_array("keyboard", keyboard, (t, 6)).astype(np.float32),
