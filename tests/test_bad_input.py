@@ -191,3 +191,28 @@ def test_episode_metadata_is_checked_before_anything_is_written(tmp_path, meta, 
             w.add_episode(frames, np.zeros((3, 6)), np.zeros((3, 2)), np.zeros((3, 5)), "p", **meta)
         assert w.add_episode(frames, np.zeros((3, 6)), np.zeros((3, 2)), np.zeros((3, 5)), "p", seed=3) == 0
     assert len(DatasetReader(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "says"),
+    [
+        ("stream", "fps", "fast", "StreamConfig.fps must be a number"),  # loaded, and the env ran at 'fast' fps
+        ("stream", "fps", 0, "fps must be a finite number > 0"),
+        ("text", "max_prompt_chars", "x", "TextConfig.max_prompt_chars must be an integer"),
+        ("dit", "num_layers", "ten", "num_layers must be an integer"),
+    ],
+)
+def test_an_exported_config_with_a_wrong_field_is_named(tmp_path, section, key, value, says):
+    import json
+    import shutil
+
+    from world_model.checkpoint import CheckpointError
+    from world_model.model import EMBEDDED_DIR, load_world_model
+
+    folder = tmp_path / "m"
+    shutil.copytree(EMBEDDED_DIR, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[section][key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=says):
+        load_world_model(str(folder))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,8 +68,24 @@ def _from_dict(cls: type[T], data: dict[str, Any], *, strict: bool) -> T:
             v = _from_dict(nested, v, strict=strict)
         elif isinstance(v, list):
             v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        _check_type(cls.__name__, names[k], v)
         kwargs[k] = v
     return cls(**kwargs)
+
+
+def _check_type(owner: str, f: dataclasses.Field, value: Any) -> None:
+    """A value read from a file of the type its field's default has (a bool, an int, a real number, a string, a
+    tuple); fields without a plain default are left to the config's own checks. ``"fast"`` for an fps used to load
+    and run."""
+    default = f.default
+    if default is dataclasses.MISSING or default is None or value is None:
+        return
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (tuple,)}.get(type(default))
+    if expected is None:
+        return
+    if not isinstance(value, expected) or (isinstance(value, bool) and type(default) is not bool):
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list"}
+        raise ConfigError(f"{owner}.{f.name} must be {kind[type(default)]}, got {value!r}")
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -363,6 +380,7 @@ class TextConfig(_Config):
             f"text kind must be umt5-xxl, minilm or random, got {self.kind!r}",
         )
         _check(self.text_len > 0 and self.dim > 0, "text_len and dim must be positive")
+        _check(self.max_prompt_chars >= 1, f"max_prompt_chars must be >= 1, got {self.max_prompt_chars}")
 
 
 # The release's negative prompt for base-model CFG, word for word (its wan/configs/config.py; spec §15.3).
@@ -440,6 +458,7 @@ class StreamConfig(_Config):
 
     def __post_init__(self) -> None:
         _check(self.height > 0 and self.width > 0, "height and width must be positive")
+        _check(math.isfinite(self.fps) and self.fps > 0, f"fps must be a finite number > 0, got {self.fps}")
         _check(
             self.num_memory >= 0 and self.past_latents >= 1 and self.new_latents >= 1, "latent counts must be positive"
         )
