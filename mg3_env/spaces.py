@@ -159,6 +159,8 @@ def _image_array(image: Any) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, (str, os.PathLike)):
+        if not os.fspath(image):  # Path("") is "." and would be named as such
+            raise ValueError("image path is empty; expected a PNG/JPEG file")
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image path {str(path)!r} does not exist or is not a file")
@@ -192,7 +194,7 @@ def _image_array(image: Any) -> np.ndarray:
             raise ValueError("image contains NaN or infinity")
         if image.min() < 0.0 or image.max() > 1.0:
             raise ValueError(
-                f"float images must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]; "
+                f"float images must lie in [0, 1], got [{float(image.min())!r}, {float(image.max())!r}]; "
                 "pass 0-255 images as uint8"
             )
         return np.round(image * 255.0).astype(np.uint8)

@@ -216,3 +216,12 @@ def test_an_exported_config_with_a_wrong_field_is_named(tmp_path, section, key, 
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=says):
         load_world_model(str(folder))
+
+
+def test_image_errors_say_what_was_given():
+    from mg3_env.spaces import load_image
+
+    with pytest.raises(ValueError, match="image path is empty"):  # was: "image path '.' does not exist"
+        load_image("", 16, 16)
+    with pytest.raises(ValueError, match=r"got \[1.00000011"):  # was [1, 1], which hid the overflow
+        load_image(np.full((16, 16, 3), 1.0000001, np.float32), 16, 16)
