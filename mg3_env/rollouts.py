@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from world_model.checks import whole
+from world_model.checks import MAX_SEED, whole
 
 __all__ = ["rollouts", "make_policy"]
 
@@ -79,7 +79,7 @@ def rollouts(
     from world_model.runtime import RuntimeOptions
 
     whole(episodes, "episodes", 1)
-    whole(seed, "seed", 0, 2**63 - 1)
+    whole(seed, "seed", 0, MAX_SEED)
     if isinstance(model, WorldModel) and device is not None:
         raise ValueError(
             f"device={device!r} is where a model loaded by name runs; the WorldModel given runs on its own"

@@ -51,14 +51,13 @@ from mg3_env.spaces import (
     validate_batched_action,
     validate_prompt,
 )
-from world_model.checks import whole
+from world_model.checks import MAX_SEED, whole
 from world_model.generator import ChunkActions, ChunkOutput, StreamingGenerator, StreamState
 from world_model.model import WorldModel, load_world_model
-from world_model.runtime import RuntimeOptions
+from world_model.runtime import RuntimeOptions, checked_device
 
 __all__ = ["MatrixGameVectorEnv", "DEFAULT_PROMPT", "default_image_path", "resolve_devices", "split_envs"]
 
-MAX_SEED = 2**63 - 1  # seeds are stored as int64 (info, datasets)
 DEFAULT_PROMPT = "A sunny suburban street with colourful houses and trees, seen in first person."
 _RESET_OPTIONS = ("image", "prompt", "action", "reset_mask")
 _R = TypeVar("_R")
@@ -81,32 +80,13 @@ def resolve_devices(devices: Any, num_envs: int) -> tuple[torch.device, ...]:
         raise ValueError(
             f"devices must be a non-empty list like ['cuda:0', 'cuda:1'] (repeats allowed), got {devices!r}"
         )
-    out = [_device(d) for d in devices]
+    out = [checked_device(d) for d in devices]
     if len(out) > num_envs:
         raise ValueError(
             f"{len(out)} devices for {num_envs} envs: every device needs at least one env; "
             f"use num_envs >= {len(out)} or fewer devices"
         )
     return tuple(out)
-
-
-def _device(name: Any) -> torch.device:
-    """One checked device: ``cpu`` or ``cuda:N`` with N an existing GPU (``cuda`` -> the current one)."""
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}: expected 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cpu":
-        return torch.device("cpu")
-    if dev.type != "cuda":
-        raise ValueError(f"device {name!r}: expected 'cpu', 'cuda' or 'cuda:N', got device type {dev.type!r}")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available on this machine; use 'cpu'")
-    count = torch.cuda.device_count()
-    index = torch.cuda.current_device() if dev.index is None else dev.index
-    if index >= count:
-        raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    return torch.device("cuda", index)
 
 
 def split_envs(num_envs: int, num_groups: int) -> tuple[range, ...]:
@@ -475,7 +455,7 @@ class MatrixGameVectorEnv(gymnasium.vector.VectorEnv):
         if devices is None:
             if not isinstance(model, WorldModel):
                 model = load_world_model(model, runtime)
-            devs: tuple[torch.device, ...] = (_device(model.runtime.device),)  # "cuda" -> "cuda:<current>"
+            devs: tuple[torch.device, ...] = (checked_device(model.runtime.device),)  # "cuda" -> "cuda:<current>"
         else:
             devs = resolve_devices(devices, num_envs)
             if not isinstance(model, WorldModel):

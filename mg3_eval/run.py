@@ -27,7 +27,7 @@ from mg3_eval.protocols.speed import env_speed
 from mg3_eval.protocols.stability import stability
 from mg3_eval.report import json_default, line_plot, save_strip, targets_table
 from mg3_eval.simulator import record_test_episodes, rest_starts
-from world_model.checks import whole
+from world_model.checks import MAX_SEED, whole
 from world_model.data.doom import SPAWNS
 from world_model.data.levels import EVAL_SPLITS
 from world_model.generator import StreamingGenerator
@@ -128,7 +128,7 @@ class EvalOptions:
     batch_size: int = 6
 
     def __post_init__(self) -> None:
-        whole(self.seed, "seed", 0, 2**63 - 1)
+        whole(self.seed, "seed", 0, MAX_SEED)
         bad = sorted(set(self.parts) - set(PARTS))
         if not self.parts or bad:
             raise ValueError(f"unknown evaluation parts {bad or '(none)'}; expected some of {list(PARTS)}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 from numbers import Integral
 from typing import Any
 
+MAX_SEED = 2**63 - 1  # seeds are stored as int64 (env infos, datasets)
+
 
 def whole(value: Any, name: str, low: int = 0, high: int | None = None, note: str = "") -> int:
     """``value`` as an ``int`` in ``[low, high]`` (no upper bound where ``high`` is None); a bool, a float, a string
@@ -51,7 +53,7 @@ def seed_arg(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value <= 2**63 - 1:
+    if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"a seed must lie in [0, 2**63 - 1], got {value}")
     return value
 

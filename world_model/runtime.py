@@ -33,6 +33,7 @@ __all__ = [
     "QUANTIZE",
     "apply_runtime",
     "check_runtime",
+    "checked_device",
     "bound_qk_inputs",
     "begins_graph_steps",
     "compile_blocks",
@@ -508,6 +509,26 @@ def _parse_device(value: object, name: str) -> torch.device:
         raise ValueError(f"{name} must be a device name like 'cpu', 'cuda' or 'cuda:1', got {value!r}") from None
 
 
+def checked_device(name: str | torch.device, what: str = "device") -> torch.device:
+    """One checked device: ``cpu`` or ``cuda:N`` with N an existing GPU (``cuda`` -> the current one); ``what``
+    names it in the error."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown {what} {name!r}: expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ValueError(f"{what} {name!r}: expected 'cpu', 'cuda' or 'cuda:N', got device type {dev.type!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{what} {name!r}: CUDA is not available on this machine (0 CUDA devices); use 'cpu'")
+    count = torch.cuda.device_count()
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= count:
+        raise ValueError(f"{what} {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
 def check_runtime(runtime: RuntimeOptions) -> None:
     """Raise ValueError, saying what to do, when an option cannot work on the runtime's device or setup
     (loaders call it before loading weights)."""
@@ -566,12 +587,10 @@ def check_runtime(runtime: RuntimeOptions) -> None:
                 f"sequence_parallel={runtime.sequence_parallel} splits over the world group, which has "
                 f"{dist.get_world_size()} processes: launch that many, or set sequence_parallel to the world size"
             )
-    for name, d in (("device", device), ("text_device", runtime.text_device)):  # last: the options' advice first
-        d = None if d is None else torch.device(d)
-        if d is not None and d.type == "cuda":
-            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if count == 0 or (d.index or 0) >= count:
-                raise ValueError(f"{name} {str(d)!r}: this machine has {count} CUDA device(s); use 'cpu'")
+    # last, so that the options' own advice comes first; other device types are left as they were
+    for what, name in (("device", runtime.device), ("text_device", runtime.text_device)):
+        if name is not None and torch.device(name).type == "cuda":
+            checked_device(name, what)
 
 
 @functools.cache

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from world_model.checkpoint import read_json_object
-from world_model.checks import whole_or_none
+from world_model.checks import MAX_SEED, whole_or_none
 from world_model.data.poses import c2w_from_poses
 from world_model.data.video import VideoEncoder, check_encoding, decode_video
 
@@ -362,7 +362,7 @@ def _check_episode_meta(prompt: Any, seed: Any, split: Any, level: Any, extra_me
     pyarrow or json after the video was encoded)."""
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"expected a non-empty prompt string, got {prompt!r}")
-    whole_or_none(seed, "seed", 0, 2**63 - 1, note="None: none recorded")
+    whole_or_none(seed, "seed", 0, MAX_SEED, note="None: none recorded")
     for name, value in (("split", split), ("level", level)):
         if not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {value!r}")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from world_model.checks import whole
+from world_model.checks import MAX_SEED, whole
 from world_model.config import StreamConfig
 from world_model.data.doom import DOOM_TIC_RATE, Command, DoomConfig, DoomEngine, describe_look
 from world_model.data.explorer import Explorer, ExplorerConfig
@@ -153,7 +153,7 @@ class GenerateConfig:
             raise ValueError("frames, episode_frames and workers must be >= 1")
         check_share(self.spawn_anywhere)
         check_x264(self.crf, self.preset)  # a bad one failed every episode's encoder
-        whole(self.seed, "seed", 0, 2**63 - 1)
+        whole(self.seed, "seed", 0, MAX_SEED)
         try:
             self.level_list()
         except KeyError as e:  # an unknown level name
