@@ -62,16 +62,26 @@ def _check_observations(space: Any, base: Any, who: str) -> None:
         )
 
 
+def _episode_meta(model_meta: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """What a recorded episode's metadata says of where it came from (both recorders)."""
+    return {
+        "model": model_meta["model"],
+        "random_weights": model_meta["random_weights"],
+        "pose_source": "commanded",
+        **more,
+    }
+
+
 def _encode(episode: dict[str, Any], frames: np.ndarray) -> None:
     """Encode a chunk of an episode in progress, then count its frames' statistics (not when the write fails)."""
     episode["encoder"].write(frames)
     episode["stats"].add_frames(frames)
 
 
-def _call(fn, *args) -> BaseException | None:
-    """``fn(*args)``; the exception it raised, or None."""
+def _call(fn, *args, **kwargs) -> BaseException | None:
+    """``fn(*args, **kwargs)``; the exception it raised, or None."""
     try:
-        fn(*args)
+        fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - handed back to the caller, raised there
         return e
     return None
@@ -133,8 +143,11 @@ class RecordEpisodes(gymnasium.Wrapper):
         result = self.env.step(action)
         obs, reward, terminated, truncated, info = result
         if self._recording:
-            add = self.writer.add_frames
-            errors = [_call(lambda: add(obs["frames"], info["keyboard"], info["mouse"], obs["pose"], c2w=obs["c2w"]))]
+            errors = [
+                _call(
+                    self.writer.add_frames, obs["frames"], info["keyboard"], info["mouse"], obs["pose"], c2w=obs["c2w"]
+                )
+            ]
             if terminated or truncated:
                 errors.append(_call(self._finish))
             _raise_first(errors, "step", result)
@@ -149,11 +162,7 @@ class RecordEpisodes(gymnasium.Wrapper):
             super().close()
 
     def _begin(self, info: dict[str, Any]) -> None:
-        meta = {
-            "model": self.model_meta["model"],
-            "random_weights": self.model_meta["random_weights"],
-            "pose_source": "commanded",
-        }
+        meta = _episode_meta(self.model_meta)
         self.writer.begin_episode(info["prompt"], seed=info["seed"], split=self.split, extra_meta=meta)
         try:
             self.writer.add_frames(
@@ -346,12 +355,7 @@ class RecordVectorEpisodes(gymnasium.vector.VectorWrapper):
         try:
             ep["encoder"].close()
             arrays = {k: np.concatenate(v) for k, v in ep["arrays"].items()}
-            meta = {
-                "model": self.model_meta["model"],
-                "random_weights": self.model_meta["random_weights"],
-                "pose_source": "commanded",
-                "env": int(i),
-            }
+            meta = _episode_meta(self.model_meta, env=int(i))
             index = self.writer.add_encoded_episode(
                 ep["encoder"].path, arrays["keyboard"], arrays["mouse"], arrays["poses"], ep["prompt"],
                 c2w=arrays["c2w"], seed=ep["seed"], split=self.split, extra_meta=meta, video_stats=ep["stats"],

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from world_model.checks import whole
+
 __all__ = ["VideoEncoder", "decode_video", "fps_fraction", "check_encoding", "check_x264", "X264_PRESETS"]
 
 X264_PRESETS = (
@@ -29,8 +31,6 @@ X264_PRESETS = (
 
 def check_x264(crf: int, preset: str) -> None:
     """Refuse a quality (``crf``) or speed (``preset``) libx264 does not take, naming it."""
-    from world_model.checks import whole
-
     whole(crf, "crf", 0, 51)
     if preset not in X264_PRESETS:
         raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}, got {preset!r}")
@@ -38,8 +38,6 @@ def check_x264(crf: int, preset: str) -> None:
 
 def check_encoding(fps: float, height: int, width: int, crf: int, preset: str) -> None:
     """Refuse settings H.264 (libx264, yuv420p) cannot take, naming them, before anything is encoded."""
-    from world_model.checks import whole
-
     if isinstance(fps, bool) or not isinstance(fps, Real) or not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
     for name, side in (("height", height), ("width", width)):
