@@ -50,8 +50,6 @@ PARTS = (
     "stability",
     "speed",
 )
-# the parts on record_test_episodes' episodes: the EvalOptions fields of their (episodes, chunks); distillation
-# scores chunk 0 alone
 # the part that reads an option, by the option's name (the others, parts, split, spawn, seed, batch_size: every part's)
 _OPTION_PREFIXES = (
     ("reset_", "reset"),
@@ -73,6 +71,8 @@ def option_part(name: str) -> str | None:
     return next((part for prefix, part in _OPTION_PREFIXES if name.startswith(prefix)), None)
 
 
+# the parts on record_test_episodes' episodes: the EvalOptions fields of their (episodes, chunks); distillation
+# scores chunk 0 alone
 RECORDED_PARTS = {
     "sharpness": ("sharpness_episodes", "sharpness_chunks"),
     "fidelity": ("fidelity_episodes", "fidelity_chunks"),
