@@ -1072,10 +1072,11 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     cfg = model_config(args.config, args.vae_pruning)
     if args.memory_cap_gb is not None:  # as a card of that size: the caching allocator refuses more
-        total = torch.cuda.get_device_properties(device).total_memory
+        index = device.index if device.index is not None else torch.cuda.current_device()  # "cuda" has none
+        total = torch.cuda.get_device_properties(index).total_memory
         if args.memory_cap_gb * 1e9 > total:
             raise SystemExit(f"--memory-cap-gb {args.memory_cap_gb}: this GPU has {total / 1e9:.1f} GB")
-        torch.cuda.set_per_process_memory_fraction(args.memory_cap_gb * 1e9 / total, device)
+        torch.cuda.set_per_process_memory_fraction(args.memory_cap_gb * 1e9 / total, index)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # a CPU's bf16 kernels are slow
     auto_kernel = auto_attention_kernel(device, dtype, cfg.dit.dim // cfg.dit.num_heads)
     if args.ablation:
