@@ -11,7 +11,7 @@ from world_model.train.frames import FrameStore
 
 def hang_on_odd_seeds(args: tuple) -> FrameStore:
     """A tiny episode, or (for an odd seed) an engine that never returns."""
-    level, seed, length, width, height, _spawn, _explorer = args
+    level, seed, length, width, height, _spawn, _explorer, _depth_stride = args
     if seed % 2:
         time.sleep(3600)
     t = min(length, 8)

@@ -38,7 +38,9 @@ class LatentStore:
 
     ``latents`` [S, Fs, C, h, w] (normalised, bf16 or fp32); ``seg_start`` [S] first frame of each
     segment in the frame arrays; ``mouse`` [N, 2], ``keyboard`` [N, 6], ``poses`` [N, 5] per frame;
-    ``text`` [P, Lt, D] prompt embeddings; ``seg_prompt`` [S] index into ``text``.
+    ``text`` [P, Lt, D] prompt embeddings; ``seg_prompt`` [S] index into ``text``; ``depth`` [S, Fs, h, w] or None:
+    each latent's inverse depth at the latent grid (:func:`world_model.train.encode.latent_depth`), the target of
+    the flow stages' depth auxiliary.
     """
 
     latents: Tensor
@@ -48,6 +50,7 @@ class LatentStore:
     poses: Tensor
     text: Tensor
     seg_prompt: Tensor
+    depth: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.latents.ndim != 5:
@@ -59,6 +62,9 @@ class LatentStore:
             )
         if s and int(self.seg_prompt.max()) >= len(self.text):
             raise ValueError(f"seg_prompt refers to prompt {int(self.seg_prompt.max())}, text holds {len(self.text)}")
+        lat = self.latents.shape
+        if self.depth is not None and self.depth.shape != (lat[0], lat[1], lat[3], lat[4]):
+            raise ValueError(f"expected depth [{lat[0]}, {lat[1]}, {lat[3]}, {lat[4]}], got {tuple(self.depth.shape)}")
 
     @property
     def num_segments(self) -> int:
@@ -72,7 +78,9 @@ class LatentStore:
         lat = self.latents.to(device=device, dtype=dtype or self.latents.dtype)
         mv = lambda t: t.to(device)  # noqa: E731
         return LatentStore(
-            lat, *(mv(t) for t in (self.seg_start, self.mouse, self.keyboard, self.poses, self.text, self.seg_prompt))
+            lat,
+            *(mv(t) for t in (self.seg_start, self.mouse, self.keyboard, self.poses, self.text, self.seg_prompt)),
+            depth=None if self.depth is None else mv(self.depth),
         )
 
     @classmethod
@@ -81,6 +89,8 @@ class LatentStore:
         indices (``seg_prompt``) moved past the stores before it (each keeps its own prompt embeddings)."""
         if not stores:
             raise ValueError("no latent stores to concatenate")
+        if len({s.depth is not None for s in stores}) > 1:
+            raise ValueError("some of the latent stores to concatenate have depth maps and some have none")
         frames = list(accumulate((len(s.mouse) for s in stores[:-1]), initial=0))
         prompts = list(accumulate((len(s.text) for s in stores[:-1]), initial=0))
         cat = lambda name: torch.cat([getattr(s, name) for s in stores])  # noqa: E731
@@ -92,13 +102,12 @@ class LatentStore:
             poses=cat("poses"),
             text=cat("text"),
             seg_prompt=torch.cat([s.seg_prompt + p for s, p in zip(stores, prompts)]),
+            depth=None if stores[0].depth is None else cat("depth"),
         )
 
     def save(self, folder: str | Path) -> None:
-        state = {
-            k: getattr(self, k) for k in ("latents", "seg_start", "mouse", "keyboard", "poses", "text", "seg_prompt")
-        }
-        save_sharded(state, folder)
+        names = ("latents", "seg_start", "mouse", "keyboard", "poses", "text", "seg_prompt", "depth")
+        save_sharded({k: getattr(self, k) for k in names if getattr(self, k) is not None}, folder)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> LatentStore:
@@ -116,7 +125,8 @@ class ClipBatch:
     frame indices of the window (for pixel-space evaluation); ``segments`` [B] the store's segments
     (on the host); ``window_plucker`` [B, 6 s^2, F, h, w] and ``window_positions`` [B, F]: the window's own camera
     code and positions, without the memory frames' (the DiT's conditioning with the memory left out, for memory
-    guidance).
+    guidance); ``depth`` [B, F, h, w]: the window latents' inverse depth where the store has it (the depth
+    auxiliary's target), else None.
     """
 
     latents: Tensor
@@ -132,6 +142,7 @@ class ClipBatch:
     segments: Tensor | None = None
     window_plucker: Tensor | None = None
     window_positions: Tensor | None = None
+    depth: Tensor | None = None
 
 
 class ClipSampler:
@@ -240,4 +251,5 @@ class ClipSampler:
             segments=segments,
             window_plucker=win.window_plucker,
             window_positions=win.latents,
+            depth=None if st.depth is None else st.depth[seg_d[:, None], win.latents].float(),
         )

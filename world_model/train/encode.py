@@ -19,7 +19,7 @@ from world_model.data.levels import split_level_prompt
 from world_model.train.clips import LatentStore
 from world_model.train.frames import FrameStore, mirrored_actions, segment_starts
 
-__all__ = ["segment_video", "latent_statistics", "encode_store", "NoSegmentError"]
+__all__ = ["segment_video", "latent_statistics", "encode_store", "latent_depth", "NoSegmentError"]
 
 
 def segment_video(store: FrameStore, starts: np.ndarray, frames: int, device: torch.device) -> torch.Tensor:
@@ -28,6 +28,18 @@ def segment_video(store: FrameStore, starts: np.ndarray, frames: int, device: to
     x = torch.from_numpy(np.ascontiguousarray(store.frames[idx])).to(device)  # [B*T, H, W, 3]
     x = x.view(len(starts), frames, *x.shape[1:]).permute(0, 4, 1, 2, 3)
     return x.float().div_(127.5).sub_(1.0)
+
+
+def latent_depth(depth: np.ndarray, temporal_stride: int) -> np.ndarray:
+    """Per-frame inverse depth [B, 1 + r (F - 1), g_h, g_w] of segments -> per latent [B, F, g_h, g_w] float32, as the
+    VAE groups frames: latent 0 is frame 0, latent j >= 1 the mean of frames r (j - 1) + 1 ... r j."""
+    r = temporal_stride
+    b, t = depth.shape[:2]
+    if (t - 1) % r:
+        raise ValueError(f"a segment of {t} frames is not 1 + {r} x latents")
+    d = np.asarray(depth, np.float32)
+    rest = d[:, 1:].reshape(b, (t - 1) // r, r, *d.shape[2:]).mean(axis=2)
+    return np.concatenate([d[:, :1], rest], axis=1)
 
 
 @torch.no_grad()
@@ -94,6 +106,8 @@ def encode_store(
     (:meth:`~world_model.data.levels.Level.prompt`); the rest carry its look sentence alone, so that the DiT cannot
     recall a level from its name instead of reading the first frame (:func:`titled_episodes`; the prompts must be
     level prompts when it is below 1).
+    Where ``store`` has depth maps (:attr:`FrameStore.depth`, at the latent grid), the LatentStore gets each latent's
+    (:func:`latent_depth`; mirrored with the frames).
     """
     from tqdm.auto import tqdm
 
@@ -115,13 +129,24 @@ def encode_store(
     if mirror:
         arrays.append(mirrored_actions(*arrays[0]))
     out: list[list[torch.Tensor]] = [[] for _ in arrays]  # [recorded, mirrored] latents, batch by batch
+    depths: list[list[torch.Tensor]] = [[] for _ in arrays]  # the same for the depth maps, where the store has them
     with tqdm(total=len(starts) * len(arrays), desc="encode", disable=not progress) as bar:
         for i in range(0, len(starts), batch_size):
-            x = segment_video(store, starts[i : i + batch_size], frames, device)  # read once, encoded as each view
+            batch = starts[i : i + batch_size]
+            x = segment_video(store, batch, frames, device)  # read once, encoded as each view
+            depth = None
+            if store.depth is not None:
+                depth = torch.from_numpy(latent_depth(store.depth[batch[:, None] + np.arange(frames)], r))
             for flip, latents in enumerate(out):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     z = vae.encode(x.flip(-1) if flip else x)  # [b, C, Fs, h, w]
                 latents.append(z.transpose(1, 2).to(torch.bfloat16).cpu())
+                if depth is not None:
+                    if depth.shape[-2:] != z.shape[-2:]:
+                        raise ValueError(
+                            f"the depth maps' grid {tuple(depth.shape[-2:])} is not the latents' {tuple(z.shape[-2:])}"
+                        )
+                    depths[flip].append((depth.flip(-1) if flip else depth).to(torch.bfloat16))
                 bar.update(len(x))
     n = len(store.frames)
     return LatentStore(
@@ -132,4 +157,5 @@ def encode_store(
         poses=torch.as_tensor(np.concatenate([a[2] for a in arrays])),
         text=text,
         seg_prompt=seg_prompt.repeat(len(arrays)),
+        depth=torch.cat([d for ds in depths for d in ds]) if store.depth is not None else None,
     )

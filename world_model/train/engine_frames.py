@@ -73,6 +73,10 @@ class EngineFramesConfig:
     # when no episode finishes for this long, the recorder stops: it kills its workers, commits what it has and marks
     # done.json "stalled" (a hung engine must not hold a GPU session's trainers, which wait for done.json, forever)
     stall_seconds: float = 300.0
+    # record each frame's inverse depth too (DoomConfig.depth; frames.inverse_depth_map), one value per cell of this
+    # many pixels a side: the VAE's spatial stride gives the latent grid, which the flow stages' depth auxiliary
+    # learns at (0: no depth)
+    depth_stride: int = 0
 
     def __post_init__(self) -> None:
         from world_model.data.explorer import explorer_from_spec
@@ -88,6 +92,12 @@ class EngineFramesConfig:
             raise ValueError(f"stall_seconds must be > 0, got {self.stall_seconds}")
         if self.held_out_every < 2:
             raise ValueError(f"held_out_every must be >= 2, got {self.held_out_every}")
+        if self.depth_stride < 0 or (
+            self.depth_stride and (self.width % self.depth_stride or self.height % self.depth_stride)
+        ):
+            raise ValueError(
+                f"depth_stride must be 0 (no depth) or divide the frames' {self.height}x{self.width}, got {self.depth_stride}"
+            )
 
 
 class _Plan(NamedTuple):
@@ -113,17 +123,22 @@ def _plan(cfg: EngineFramesConfig, p: int) -> _Plan:
     return _Plan(split, _plan_level(cfg.seed, p, levels).name, seed, spawn, explorer)
 
 
-def record_episode_store(args: tuple[str, int, int, int, int, str, str]) -> FrameStore:
+def record_episode_store(args: tuple[str, int, int, int, int, str, str, int]) -> FrameStore:
     """One episode -> a one-episode FrameStore (uint8 frames, actions, poses, prompt): the recorder pool's worker.
-    ``args``: level name, seed, frames, width, height, spawn (DoomConfig.spawn), explorer spec (explorer_from_spec)."""
+    ``args``: level name, seed, frames, width, height, spawn (DoomConfig.spawn), explorer spec (explorer_from_spec),
+    depth stride (EngineFramesConfig.depth_stride; 0: no depth)."""
     from world_model.data.doom import DoomConfig
     from world_model.data.explorer import explorer_from_spec
     from world_model.data.generate import record_episode
     from world_model.data.levels import get_level
+    from world_model.train.frames import inverse_depth_map
 
-    level, seed, length, width, height, spawn, explorer = args
-    doom = DoomConfig(width, height, spawn=spawn)
+    level, seed, length, width, height, spawn, explorer, depth_stride = args
+    doom = DoomConfig(width, height, spawn=spawn, depth=depth_stride > 0)
     ep = record_episode(get_level(level), length, seed=seed, doom=doom, explorer=explorer_from_spec(explorer))
+    depth = None
+    if depth_stride:
+        depth = inverse_depth_map(ep.depth, (height // depth_stride, width // depth_stride))
     return FrameStore(
         frames=ep.frames,
         mouse=ep.mouse,
@@ -133,6 +148,7 @@ def record_episode_store(args: tuple[str, int, int, int, int, str, str]) -> Fram
         prompts=[ep.prompt],
         levels=[level],
         fps=doom.fps,
+        depth=depth,
     )
 
 
@@ -192,6 +208,7 @@ def record_frames(
     def submit(pool: ProcessPoolExecutor, p: int) -> None:
         plan = _plan(cfg, p)
         args = (plan.level, plan.seed, cfg.episode_frames, cfg.width, cfg.height, plan.spawn, plan.explorer)
+        args += (cfg.depth_stride,)
         running[pool.submit(worker, args)] = p
 
     def commit(p: int, ep: FrameStore | None) -> None:
@@ -303,6 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--stall-seconds", type=float, default=300.0, help="stop when no episode finishes for this long (default 300)"
     )
+    p.add_argument(
+        "--depth-stride", type=int, default=0, help="record inverse depth, a value per cell of this many pixels (0: no)"
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -318,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         explorer=a.explorer,
         generated_levels=a.generated_levels,
         stall_seconds=a.stall_seconds,
+        depth_stride=a.depth_stride,
     )
     print(json.dumps(record_frames(a.out, cfg, progress=not a.no_progress)))
 

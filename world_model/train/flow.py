@@ -6,6 +6,12 @@ the error buffer's re-injected residuals (:mod:`world_model.train.error_buffer`)
 (memory model) likewise. σ per sample from a shifted logit-normal; the model sees t = 1000·σ.
 One stage class serves both models: the memory model is ``use_memory=True`` initialised from the
 base model's EMA weights.
+
+The depth auxiliary (``FlowOptions.depth_weight``, training only): a linear :class:`DepthHead` on the DiT's last
+hidden states (the tokens its output head reads) predicts the noisy frames' inverse depth at the latent grid (the
+clips' ``depth``, from the engine's depth buffer), and its loss is added to the flow loss, so that the DiT's features
+carry the geometry a move's parallax depends on (a strafe moves near walls more than far ones). The head is not part of
+the model: it is saved in the stage's checkpoints but never exported.
 """
 
 from __future__ import annotations
@@ -24,7 +30,16 @@ from world_model.train.ema import EMA
 from world_model.train.error_buffer import ErrorBuffer, ErrorBufferOptions
 from world_model.train.loop import Warmup
 
-__all__ = ["FlowOptions", "sample_sigmas", "add_noise", "drop_actions", "dit_forward", "flow_loss", "FlowStage"]
+__all__ = [
+    "FlowOptions",
+    "sample_sigmas",
+    "add_noise",
+    "drop_actions",
+    "dit_forward",
+    "flow_loss",
+    "DepthHead",
+    "FlowStage",
+]
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,8 @@ class FlowOptions:
     deadline: float | None = None
     cooldown_s: float = 0.0
     cooldown_floor: float = 0.05
+    # weight of the depth auxiliary's loss (DepthHead; 0: off): needs clips with depth (LatentStore.depth)
+    depth_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,6 +90,8 @@ class FlowOptions:
             )
         if self.cooldown_s > 0 and self.deadline is None:
             raise ValueError("a cooldown needs the stage's deadline (the learning rate decays towards it)")
+        if not self.depth_weight >= 0:
+            raise ValueError(f"depth_weight must be >= 0, got {self.depth_weight}")
 
 
 def _eager():
@@ -140,6 +159,40 @@ def flow_loss(
     return loss, residual
 
 
+class DepthHead(nn.Module):
+    """The depth auxiliary's probe (training only): a normalised linear map of each token of the DiT's last hidden
+    states to the inverse depth of its patch's latent pixels. ``forward(tokens [B, T h' w', D], grid (T, h', w'))``
+    returns [B, T, h' ph, w' pw] fp32."""
+
+    def __init__(self, dim: int, patch: tuple[int, int]) -> None:
+        super().__init__()
+        self.patch = tuple(patch)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.proj = nn.Linear(dim, self.patch[0] * self.patch[1])
+
+    def forward(self, tokens: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        t, h, w = grid
+        ph, pw = self.patch
+        out = self.proj(self.norm(tokens.float()).to(self.proj.weight.dtype)).float()  # [B, L, ph pw]
+        out = out.view(out.shape[0], t, h, w, ph, pw).permute(0, 1, 2, 4, 3, 5)
+        return out.reshape(out.shape[0], t, h * ph, w * pw)
+
+    def loss(self, tokens: Tensor, batch: ClipBatch) -> tuple[Tensor, Tensor]:
+        """(mean squared error, share of the target's variance explained) on the batch's noisy frames; ``tokens``
+        the DiT's last hidden states of this batch's forward (memory frames first)."""
+        if batch.depth is None:
+            raise ValueError("the depth auxiliary needs clips with depth maps (LatentStore.depth)")
+        ph, pw = self.patch
+        h, w = batch.latents.shape[-2:]
+        fn = batch.latents.shape[2] - batch.num_context
+        per_frame = (h // ph) * (w // pw)
+        pred = self(tokens[:, -fn * per_frame :], (fn, h // ph, w // pw))  # the noisy frames: the last tokens
+        target = batch.depth[:, batch.num_context :].float()
+        mse = F.mse_loss(pred, target)
+        explained = 1.0 - mse.detach() / target.var().clamp_min(1e-8)
+        return mse, explained
+
+
 class FlowStage:
     """Flow-matching training of :class:`world_model.dit.MatrixGameDiT` (see the module docstring)."""
 
@@ -158,7 +211,18 @@ class FlowStage:
         self.opts = opts
         self.evaluator = evaluator  # callable(ema_model) -> dict, or None
         self.device = next(model.parameters()).device
+        # the depth auxiliary (see the module docstring): its head, and the DiT's last hidden states of the training
+        # forward, taken as its output head's input
+        self.depth_head: DepthHead | None = None
+        self._tokens: list[Tensor] = []
+        if opts.depth_weight > 0:
+            if sampler.store.depth is None:
+                raise ValueError("depth_weight > 0 needs latents with depth maps (encoded from frames with depth)")
+            self.depth_head = DepthHead(model.cfg.dim, tuple(model.cfg.patch_size[1:])).to(self.device)
+            model.head.register_forward_pre_hook(self._capture_tokens)
         params = [p for p in model.parameters() if p.requires_grad]
+        if self.depth_head is not None:
+            params += list(self.depth_head.parameters())
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         self.optim = torch.optim.AdamW(
@@ -188,6 +252,10 @@ class FlowStage:
             # no-grad variant were graphs of their own, ~50 s of compiling each on the H200; session
             # 7 hit the limit of 32 in the base stage and ran the memory stage eager
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+
+    def _capture_tokens(self, _module: nn.Module, args: tuple) -> None:
+        if torch.is_grad_enabled():  # the training forward's, not the no-grad passes' (own history, evaluation)
+            self._tokens = [args[0]]
 
     def _lr(self, step: int) -> float:
         return self.opts.lr * self.warmup(step) * self._cooldown()
@@ -247,11 +315,18 @@ class FlowStage:
         sigma = sigma_host.to(self.device, non_blocking=True)
         x0 = batch.latents[:, :, batch.num_context :]
         noise = torch.randn(x0.shape, generator=self.noise_generator, device=self.device)
+        depth_metrics = {}
         with self._autocast():
             loss, residual = flow_loss(self.model, batch, sigma, noise, self.opts.num_train_timesteps)
+            total = loss
+            if self.depth_head is not None:
+                tokens, self._tokens = self._tokens.pop(), []
+                depth_loss, explained = self.depth_head.loss(tokens, batch)
+                total = loss + self.opts.depth_weight * depth_loss
+                depth_metrics = {"depth_loss": depth_loss.detach(), "depth_explained": explained}
         self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opts.grad_clip)
+        total.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), self.opts.grad_clip)
         self.optim.step()
         self.ema.update(self.model)
         self.buffer.push(residual, sigma_host)
@@ -265,7 +340,11 @@ class FlowStage:
         }
         if dropped is not None:
             metrics["actions_dropped"] = dropped.float().mean()  # share of the batch trained without actions
-        return metrics
+        return metrics | depth_metrics
+
+    def _trained_parameters(self) -> list[Tensor]:
+        head = [] if self.depth_head is None else list(self.depth_head.parameters())
+        return [*self.model.parameters(), *head]
 
     def evaluate(self) -> dict[str, float]:
         if self.evaluator is None:
@@ -283,7 +362,7 @@ class FlowStage:
             "rng": self.generator.get_state(),
             "noise_rng": self.noise_generator.get_state(),
             "action_rng": self.action_generator.get_state(),
-        }
+        } | ({} if self.depth_head is None else {"depth_head": self.depth_head.state_dict()})
 
     def load_state_dict(self, state: dict) -> None:
         """A full checkpoint resumes exactly; a slimmed one (the EMA's weights only, from another
@@ -295,7 +374,14 @@ class FlowStage:
             self.model.load_state_dict(weights)  # cast to the model's dtype (slims are bf16)
             self.ema.load_state_dict({"model": weights, "num_updates": state["ema"].get("num_updates", 10**6)})
             return
+        if (self.depth_head is not None) != ("depth_head" in state):
+            raise ValueError(
+                "a checkpoint of a flow stage with the depth auxiliary resumes only with it, and one without only "
+                "without it (the optimiser holds the head's parameters); a slimmed checkpoint continues either way"
+            )
         self.model.load_state_dict(state["model"])
+        if self.depth_head is not None:
+            self.depth_head.load_state_dict(state["depth_head"])
         self.ema.load_state_dict(state["ema"])
         self.optim.load_state_dict(state["optim"])
         self.buffer.load_state_dict(state["buffer"], device=self.device)

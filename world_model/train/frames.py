@@ -4,7 +4,8 @@ Decoding mp4 inside a training loop starves a GPU, so a dataset (the data engine
 output, see :mod:`world_model.data`) is decoded once into a :class:`FrameStore` — plain arrays,
 saved as ``.npy`` files and memory-mapped back. Per frame i: ``frames[i]`` [H, W, 3] uint8,
 ``mouse[i]`` [2], ``keyboard[i]`` [6] (the action taken at frame i, spec §4.1), ``poses[i]`` [5]
-(x, y, z, pitch, yaw). Episode e spans frames ``starts[e] : starts[e + 1]``.
+(x, y, z, pitch, yaw). Episode e spans frames ``starts[e] : starts[e + 1]``. Optionally ``depth[i]`` [g_h, g_w]
+float16: frame i's inverse depth on a coarse grid (:func:`inverse_depth_map`; the flow stages' depth auxiliary).
 """
 
 from __future__ import annotations
@@ -15,9 +16,28 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FrameStore", "synthetic_store", "segment_starts", "mirrored_actions"]
+__all__ = ["FrameStore", "synthetic_store", "segment_starts", "mirrored_actions", "inverse_depth_map"]
 
 _ARRAYS = ("frames", "mouse", "keyboard", "poses", "starts")
+
+# inverse depth as the depth auxiliary learns it: INVERSE_DEPTH_SCALE / max(depth, INVERSE_DEPTH_NEAR), depth in map
+# units (DoomEngine.depth). A strafe of s units moves a point at depth d across the view by ~s/d of its half-width:
+# the parallax a strafe shows is linear in the inverse depth. 64 units (the player's width x 2) maps a wall at arm's
+# length (32 units, the near clamp) to 2 and a room's far wall (~500) to ~0.13
+INVERSE_DEPTH_SCALE = 64.0
+INVERSE_DEPTH_NEAR = 32.0
+
+
+def inverse_depth_map(depth: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Depth [..., H, W] in map units -> inverse depth [..., g_h, g_w] float16: the mean over each cell of the grid
+    (H and W multiples of it) of ``INVERSE_DEPTH_SCALE / max(depth, INVERSE_DEPTH_NEAR)``."""
+    gh, gw = grid
+    h, w = depth.shape[-2:]
+    if gh < 1 or gw < 1 or h % gh or w % gw:
+        raise ValueError(f"a depth map of {h}x{w} does not divide into a grid of {gh}x{gw}")
+    inv = INVERSE_DEPTH_SCALE / np.maximum(np.asarray(depth, np.float32), INVERSE_DEPTH_NEAR)
+    cells = inv.reshape(*inv.shape[:-2], gh, h // gh, gw, w // gw)
+    return cells.mean(axis=(-3, -1)).astype(np.float16)
 
 
 @dataclass
@@ -32,6 +52,7 @@ class FrameStore:
     prompts: list[str] = field(default_factory=list)  # [E]
     levels: list[str] = field(default_factory=list)  # [E] level/map id (for held-out splits)
     fps: float = 16.0
+    depth: np.ndarray | None = None  # [N, g_h, g_w] float16 inverse depth (inverse_depth_map), or None
 
     def __post_init__(self) -> None:
         n = len(self.frames)
@@ -51,6 +72,8 @@ class FrameStore:
             self.levels = ["?"] * e
         if len(self.prompts) != e or len(self.levels) != e:
             raise ValueError(f"expected {e} prompts and levels, got {len(self.prompts)} and {len(self.levels)}")
+        if self.depth is not None and (self.depth.ndim != 3 or len(self.depth) != n):
+            raise ValueError(f"expected depth [{n}, g_h, g_w], got {tuple(self.depth.shape)}")
 
     @property
     def num_episodes(self) -> int:
@@ -77,6 +100,7 @@ class FrameStore:
             prompts=[self.prompts[e] for e in episodes],
             levels=[self.levels[e] for e in episodes],
             fps=self.fps,
+            depth=None if self.depth is None else cat(self.depth),
         )
 
     @classmethod
@@ -86,6 +110,9 @@ class FrameStore:
             raise ValueError("no stores to concatenate")
         lens = np.concatenate([np.diff(s.starts) for s in stores])
         cat = lambda name: np.concatenate([getattr(s, name) for s in stores])  # noqa: E731
+        with_depth = {s.depth is not None for s in stores}
+        if len(with_depth) > 1:
+            raise ValueError("some of the stores to concatenate have depth maps and some have none")
         return cls(
             frames=cat("frames"),
             mouse=cat("mouse"),
@@ -95,6 +122,7 @@ class FrameStore:
             prompts=[p for s in stores for p in s.prompts],
             levels=[lv for s in stores for lv in s.levels],
             fps=stores[0].fps,
+            depth=cat("depth") if with_depth == {True} else None,
         )
 
     def split(self, held_out_levels: set[str]) -> tuple[FrameStore, FrameStore]:
@@ -108,6 +136,8 @@ class FrameStore:
         folder.mkdir(parents=True, exist_ok=True)
         for name in _ARRAYS:
             np.save(folder / f"{name}.npy", np.ascontiguousarray(getattr(self, name)))
+        if self.depth is not None:
+            np.save(folder / "depth.npy", np.ascontiguousarray(self.depth))
         meta = {"prompts": self.prompts, "levels": self.levels, "fps": self.fps}
         (folder / "meta.json").write_text(json.dumps(meta))
 
@@ -119,7 +149,10 @@ class FrameStore:
             raise FileNotFoundError(f"{folder} is not a FrameStore folder: missing {missing}")
         arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r" if mmap and n == "frames" else None) for n in _ARRAYS}
         meta = json.loads((folder / "meta.json").read_text())
-        return cls(**arrays, prompts=meta["prompts"], levels=meta["levels"], fps=meta["fps"])
+        depth = (
+            np.load(folder / "depth.npy", mmap_mode="r" if mmap else None) if (folder / "depth.npy").exists() else None
+        )
+        return cls(**arrays, prompts=meta["prompts"], levels=meta["levels"], fps=meta["fps"], depth=depth)
 
     @classmethod
     def from_dataset(cls, root: str | Path, *, episodes: list[int] | None = None) -> FrameStore:
@@ -220,14 +253,18 @@ def synthetic_store(
     *,
     seed: int = 0,
     levels: list[str] | None = None,
+    depth_grid: tuple[int, int] | None = None,
 ) -> FrameStore:
     """A tiny action-dependent fake world for tests: a periodic texture that pans with yaw/pitch and
     slides with movement; actions are held for 4 frames at a time (the data engine's real data is
-    read through :meth:`FrameStore.from_dataset`)."""
+    read through :meth:`FrameStore.from_dataset`). ``depth_grid``: also a depth per texel of the texture, moving
+    with it, as inverse depth maps on that grid (:func:`inverse_depth_map`)."""
     rng = np.random.default_rng(seed)
     h, w = size
     tex = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
     tex = np.kron(tex, np.ones((8, 8, 1), np.uint8))  # [64, 64, 3] blocky texture
+    depth_tex = np.kron(rng.uniform(40.0, 500.0, size=(8, 8)).astype(np.float32), np.ones((8, 8), np.float32))
+    depths = []
     th, tw = tex.shape[:2]
     frames, mouse, keyboard, poses, starts = [], [], [], [], [0]
     for _ in range(num_episodes):
@@ -241,6 +278,8 @@ def synthetic_store(
         ys = (np.arange(h)[None, :] + np.round(p[:, 3:4] * 0.5 + p[:, 1:2] * 0.2).astype(int)) % th  # [n, h]
         xs = (np.arange(w)[None, :] + np.round(p[:, 4:5] * 1.0 + p[:, 0:1] * 0.2).astype(int)) % tw  # [n, w]
         frames.append(tex[ys[:, :, None], xs[:, None, :]])  # [n, h, w, 3]
+        if depth_grid is not None:
+            depths.append(inverse_depth_map(depth_tex[ys[:, :, None], xs[:, None, :]], depth_grid))
         mouse.append(m)
         keyboard.append(k)
         poses.append(p)
@@ -254,4 +293,5 @@ def synthetic_store(
         starts=np.asarray(starts, np.int64),
         prompts=["a first-person walk through a textured corridor"] * e,
         levels=levels or [f"level{i % 3}" for i in range(e)],
+        depth=np.concatenate(depths) if depth_grid is not None else None,
     )

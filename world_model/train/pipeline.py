@@ -188,6 +188,12 @@ class PipelineOptions:
     # annealed weights): the memory stage's weights are the ones exported; 0 (off) by default
     base_cooldown: float = 0.0
     memory_cooldown: float = 0.0
+    # weight of the flow stages' depth auxiliary (FlowOptions.depth_weight; 0: off): the recorder then records each
+    # frame's inverse depth at the latent grid (EngineFramesConfig.depth_stride), the encode stage keeps it per latent
+    # (mirrored with the frames), and a training-only head on the DiT's last hidden states learns to predict it.
+    # Every model since session 27 slides a strafe by about the training average whatever the room's depth
+    # (bench/strafe_pathways.py), which the IDM reads as a turn: the geometry a strafe's parallax needs
+    depth_weight: float = 0.0
     shares: str = ""  # budget shares overriding BUDGET_SHARE, e.g. "vae=0.3,base=0.4"
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 0.0  # also a checkpoint this often in wall time (LoopOptions; 0: by steps only)
@@ -259,6 +265,13 @@ class PipelineOptions:
             raise ValueError(
                 "generated_levels is a share of the engine_frames recorder's train episodes; "
                 "fake_data has no levels and the H.264 dataset path (engine_frames=False) plays the Freedoom levels"
+            )
+        if not self.depth_weight >= 0:
+            raise ValueError(f"depth_weight must be >= 0, got {self.depth_weight}")
+        if self.depth_weight and not (self.fake_data or self.engine_frames):
+            raise ValueError(
+                "depth_weight needs depth maps, which the engine_frames recorder (and fake_data) make; "
+                "the H.264 dataset path (engine_frames=False) has none"
             )
         check_share(self.prompt_title, "prompt_title")
         if self.prompt_title < 1.0 and self.fake_data:
@@ -362,8 +375,14 @@ def _stage_data(run: Path, opts: PipelineOptions, deadline: float | None) -> dic
     status.update(state="running")
     if opts.fake_data:
         n_ep = max(2, opts.frames // opts.episode_frames)
+        stride = cfg.vae.spatial_stride
         store = synthetic_store(
-            n_ep + 1, opts.episode_frames, (h, w), seed=opts.seed, levels=["train"] * n_ep + ["held"]
+            n_ep + 1,
+            opts.episode_frames,
+            (h, w),
+            seed=opts.seed,
+            levels=["train"] * n_ep + ["held"],
+            depth_grid=(h // stride, w // stride) if opts.depth_weight else None,
         )
         train, held = store.split({"held"})
     else:
@@ -417,6 +436,7 @@ def _start_engine_frames(run: Path, opts: PipelineOptions, status: StatusFile) -
             "--episode-frames", str(opts.episode_frames), "--spawn-anywhere", str(opts.spawn_anywhere),
             "--explorer", opts.explorer, "--generated-levels", str(opts.generated_levels),
             "--shard-frames", str(max(opts.episode_frames, min(50_000, opts.frames // 10))),
+            "--depth-stride", str(cfg.vae.spatial_stride if opts.depth_weight else 0),
         ]  # fmt: skip
         log_file = open(run / "data" / "engine_frames.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
@@ -796,6 +816,7 @@ def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, mem
         p_continue=opts.p_continue,
         deadline=end if cooldown > 0 else None,
         cooldown_s=cooldown * max(0.0, end - time.time()) if cooldown > 0 else 0.0,
+        depth_weight=opts.depth_weight,
         seed=opts.seed,
     )
     clips = ClipSampler(train_lat, cfg, batch, p_continue=fopts.p_continue, use_memory=memory, seed=opts.seed)
