@@ -194,6 +194,26 @@ def test_episode_metadata_is_checked_before_anything_is_written(tmp_path, meta, 
 
 
 @pytest.mark.parametrize(
+    ("keyboard", "mouse", "says"),
+    [
+        (0.5, 0.0, "keyboard must be multi-hot"),
+        (-1.0, 0.0, "keyboard must be multi-hot"),  # the null action of guidance, not a key press
+        (0.0, 1.5, "mouse must lie in \\[-1, 1\\]"),
+    ],
+)
+def test_a_dataset_takes_only_actions_the_env_takes(tmp_path, keyboard, mouse, says):
+    """add_episode wrote keys of 0.5 and a mouse of 1.5, which the env refuses to replay."""
+    from world_model.data.format import DatasetReader, DatasetWriter
+
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    with DatasetWriter(tmp_path, fps=16, height=16, width=16) as w:
+        with pytest.raises(ValueError, match=says):
+            w.add_episode(frames, np.full((3, 6), keyboard), np.full((3, 2), mouse), np.zeros((3, 5)), "p")
+        assert w.add_episode(frames, np.ones((3, 6)), np.full((3, 2), -1.0), np.zeros((3, 5)), "p") == 0
+    assert len(DatasetReader(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
     ("section", "key", "value", "says"),
     [
         ("stream", "fps", "fast", "StreamConfig.fps must be a number"),  # loaded, and the env ran at 'fast' fps

@@ -291,6 +291,17 @@ def _check_array(name: str, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
     return a
 
 
+def _check_action_values(keyboard: np.ndarray, mouse: np.ndarray) -> None:
+    """The values the env takes (mg3_env.spaces): keys 0 or 1, mouse in [-1, 1] release units (15 degrees a frame),
+    so that a dataset holds no action the env would refuse to replay."""
+    if not np.isin(keyboard, (0, 1)).all():
+        bad = np.asarray(keyboard)[~np.isin(keyboard, (0, 1))].ravel()[:3].tolist()
+        raise ValueError(f"keyboard must be multi-hot with values 0 or 1, got values such as {bad}")
+    if (np.abs(mouse) > 1.0).any():
+        worst = float(np.asarray(mouse).ravel()[np.argmax(np.abs(mouse).ravel())])
+        raise ValueError(f"mouse must lie in [-1, 1] (1 unit = 15 degrees a frame), got {worst}")
+
+
 def _split_ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5, 6] -> "0:3,5:7" (LeRobot's "start:end" split strings, several ranges)."""
     out, start, prev = [], None, None
@@ -633,6 +644,7 @@ class DatasetWriter:
             raise ValueError(f"expected uint8 frames, got {frames.dtype}")
         keyboard = _check_array("keyboard", keyboard, (t, 6))
         mouse = _check_array("mouse", mouse, (t, 2))
+        _check_action_values(keyboard, mouse)
         poses = _check_array("poses", poses, (t, 5))
         c2w = c2w_from_poses(poses) if c2w is None else _check_array("c2w", c2w, (t, 4, 4))
         self._current["encoder"].write(frames)
