@@ -7,9 +7,10 @@ model's features hold already. It records chunk-0 windows (57 frames) with the e
 points of the chosen levels, encodes them with the model's VAE, runs its DiT once per noise level on the window
 (the first latent clean, the rest noised to sigma), and fits ridge regressions from the tokens the output head reads
 (layer-normed, the :class:`world_model.train.flow.DepthHead`'s input) to each patch's inverse depth on half of the
-windows, scored on the other half as R^2 (the share of the held-out inverse depth's variance explained). Two
-references frame it: the same probe on the clean latents' patches (what the frames themselves show linearly) and on
-the noisy latents' patches (what the DiT reads as its input).
+windows, scored on the other half as R^2 (the share of the held-out inverse depth's variance explained). References
+frame it: the same probe on the patch's position in the view alone (one-hot row and column: a floor's depth is mostly
+its row's), on the clean latents' patches with and without it (what the frames themselves show linearly), and on the
+noisy latents' patches (what the DiT reads as its input).
 
     python bench/depth_probe.py --model default --split test --windows 24 --json bench/results/depth_probe_test_cpu.json
 """
@@ -108,7 +109,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokens: list[torch.Tensor] = []
     hook = dit.head.register_forward_pre_hook(lambda _m, args: tokens.append(args[0]))
-    rows = {"clean latents' patches": score(patches(x0, ph, pw).reshape(b, fn * hp * wp, -1))}
+    # where a patch is in the view: a floor's inverse depth is mostly a function of the row (and the pitch), so this
+    # is the baseline the DiT's features must beat to show that they hold the scene's depth, not the view's average
+    where = torch.cat([torch.eye(hp)[:, None].expand(hp, wp, hp), torch.eye(wp)[None].expand(hp, wp, wp)], dim=-1)
+    where = where.reshape(1, 1, hp * wp, hp + wp).expand(b, fn, -1, -1).reshape(b, fn * hp * wp, hp + wp)
+    clean = patches(x0, ph, pw).reshape(b, fn * hp * wp, -1)
+    rows = {
+        "position in the view alone": score(where),
+        "clean latents' patches": score(clean),
+        "clean latents' patches and position": score(torch.cat([clean, where], dim=-1)),
+    }
     generator = torch.Generator().manual_seed(a.seed)
     for sigma in a.sigmas:
         noise = torch.randn(x0.shape, generator=generator)

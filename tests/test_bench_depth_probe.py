@@ -37,7 +37,8 @@ def test_the_probe_runs_on_a_small_model_and_writes_its_table(tmp_path):
     mod = load_bench("depth_probe.py")
     out = tmp_path / "p.json"
     r = mod.main(["--model", "tiny-random", "--windows", "4", "--sigmas", "0.5", "--json", str(out)])
-    assert set(r["r2"]) == {"clean latents' patches", "noisy latents' patches, sigma 0.5",
+    assert set(r["r2"]) == {"position in the view alone", "clean latents' patches",
+                            "clean latents' patches and position", "noisy latents' patches, sigma 0.5",
                             "DiT's last hidden states, sigma 0.5"}  # fmt: skip
     assert all(np.isfinite(v) and v <= 1.0 for v in r["r2"].values())
     assert json.loads(out.read_text())["windows"] == 4 and r["target_std"] > 0
