@@ -40,6 +40,8 @@ if [ -f /tmp/parts/prev.tar ]; then
   fi
 fi
 cat > runs/session_job.sh <<JOB
+# every traced command with the time it began: session 52's data stage began ~3 minutes after its launch, unexplained
+PS4='+ \$(date +%T) '
 set -x
 export PYTHONPATH=/tmp/site:/tmp/mg3 PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 cd /tmp/mg3
