@@ -194,6 +194,12 @@ class PipelineOptions:
     # Every model since session 27 slides a strafe by about the training average whatever the room's depth
     # (bench/strafe_pathways.py), which the IDM reads as a turn: the geometry a strafe's parallax needs
     depth_weight: float = 0.0
+    # the poses every stage's clips take their camera code and memory retrieval from (clips.CAMERA_POSES):
+    # "recorded" (the engine's; every model up to session 52) or "integrated" (from the actions, as the env does at
+    # inference: the DiT then learns what the engine makes of a command, acceleration, glide and walls included,
+    # where the recorded poses showed it the outcome instead of the command). Changing it changes the conditioning a
+    # carried DiT was trained on
+    camera_poses: str = "recorded"
     shares: str = ""  # budget shares overriding BUDGET_SHARE, e.g. "vae=0.3,base=0.4"
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 0.0  # also a checkpoint this often in wall time (LoopOptions; 0: by steps only)
@@ -266,6 +272,10 @@ class PipelineOptions:
                 "generated_levels is a share of the engine_frames recorder's train episodes; "
                 "fake_data has no levels and the H.264 dataset path (engine_frames=False) plays the Freedoom levels"
             )
+        from world_model.train.clips import CAMERA_POSES
+
+        if self.camera_poses not in CAMERA_POSES:
+            raise ValueError(f"camera_poses must be one of {CAMERA_POSES}, got {self.camera_poses!r}")
         if not self.depth_weight >= 0:
             raise ValueError(f"depth_weight must be >= 0, got {self.depth_weight}")
         if self.depth_weight and not (self.fake_data or self.engine_frames):
@@ -766,7 +776,7 @@ def _evaluator(run: Path, opts: PipelineOptions, cfg: WorldModelConfig, held_lat
         log.warning("no held-out evaluation: no decoder checkpoint in %s (the decoder stage has not run)", run)
         return None
     held = _frames(run, "held_out")
-    clips = ClipSampler(held_lat, cfg, 1, p_continue=0.0, use_memory=memory)
+    clips = ClipSampler(held_lat, cfg, 1, p_continue=0.0, use_memory=memory, camera_poses=opts.camera_poses)
     return FirstChunkEval(clips, held, _shipped_vae(run, opts, cfg, dev), cfg.sampler, num_segments=opts.eval_segments)
 
 
@@ -819,7 +829,15 @@ def _stage_flow(run: Path, opts: PipelineOptions, deadline: float | None, *, mem
         depth_weight=opts.depth_weight,
         seed=opts.seed,
     )
-    clips = ClipSampler(train_lat, cfg, batch, p_continue=fopts.p_continue, use_memory=memory, seed=opts.seed)
+    clips = ClipSampler(
+        train_lat,
+        cfg,
+        batch,
+        p_continue=fopts.p_continue,
+        use_memory=memory,
+        seed=opts.seed,
+        camera_poses=opts.camera_poses,
+    )
     stage = FlowStage(
         model, clips, fopts, name=name, evaluator=_evaluator(run, opts, cfg, held_lat, dev, memory=memory)
     )
@@ -870,7 +888,7 @@ def _stage_dmd(run: Path, opts: PipelineOptions, deadline: float | None) -> dict
     train_lat, held_lat = _latents(run, dev)
     model = _dit_from(run, teacher, cfg, dev)
     dopts = _dmd_opts(opts)
-    clips = ClipSampler(train_lat, cfg, opts.dmd_batch, use_memory=True, seed=opts.seed)
+    clips = ClipSampler(train_lat, cfg, opts.dmd_batch, use_memory=True, seed=opts.seed, camera_poses=opts.camera_poses)
     evaluator = _evaluator(run, opts, cfg, held_lat, dev, memory=True)
     stage = DMDStage(model, clips, cfg.sampler, dopts, evaluator=evaluator)
     if latest_checkpoint(run / "dmd") is None and latest_checkpoint(run / "student") is not None:
@@ -912,9 +930,15 @@ def _stage_sharpen(run: Path, opts: PipelineOptions, deadline: float | None) -> 
     amp = dev.type == "cuda"
     # with memory, as the env generates (and as DMD distils: a carried base is the last memory model)
     pool = GeneratedChunks(
-        dit, ClipSampler(train_lat, cfg, 1, use_memory=True, seed=opts.seed), sampler, sopts, amp=amp
+        dit,
+        ClipSampler(train_lat, cfg, 1, use_memory=True, seed=opts.seed, camera_poses=opts.camera_poses),
+        sampler,
+        sopts,
+        amp=amp,
     )
-    held_pool = GeneratedChunks(dit, ClipSampler(held_lat, cfg, 1, use_memory=True), sampler, sopts, amp=amp)
+    held_pool = GeneratedChunks(
+        dit, ClipSampler(held_lat, cfg, 1, use_memory=True, camera_poses=opts.camera_poses), sampler, sopts, amp=amp
+    )
     vopts = replace(_vae_opts(opts, 0), gan_ramp=opts.sharpen_gan_ramp)
     log.info("sharpen: the %s decoder learns the latents of the %s stage's DiT", opts.sharpen_decoder, source)
     stage = SharpenStage(
