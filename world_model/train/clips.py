@@ -34,8 +34,9 @@ __all__ = ["LatentStore", "ClipBatch", "ClipSampler", "CAMERA_POSES"]
 # where a clip's camera code (and its memory retrieval) comes from: "recorded", the poses the engine measured, or
 # "integrated", the poses the env integrates from the actions (world_model.camera.integrate_poses) from the segment's
 # first recorded pose on, as at inference, where no engine measures anything. In ViZDoom the two differ: the player
-# accelerates, glides and stops at walls, the integrator moves at move_speed whenever a key is held (session 52: over
-# 57-frame windows the end positions differ by 93 map units at the median, of a 128-unit median displacement)
+# accelerates, glides and stops at walls, the integrator moves at move_speed whenever a key is held (bench/pose_drift.py,
+# session 52: over 57-frame windows the end positions differ by 108 map units at the median, of a 194-unit median
+# displacement)
 CAMERA_POSES = ("recorded", "integrated")
 
 
