@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
         clips = ClipSampler(lat, cfg, 1, use_memory=True, camera_poses=source)
         evaluate = FirstChunkEval(clips, frames, model.vae, sampler_cfg, num_segments=lat.num_segments, seed=a.seed)
         per_window[source] = []
-        for w in range(lat.num_segments):  # one window at a time, each with the evaluation's seed: paired noise
-            evaluate.segments = torch.tensor([w])
+        for w in range(lat.num_segments):  # one window at a time, each with noise of its own, the same for both sources
+            evaluate.segments, evaluate.seed = torch.tensor([w]), a.seed + w
             per_window[source].append(evaluate(model.dit))
         print(source, "done", flush=True)
     keys = ("psnr_model", "gain_db", "psnr_next", "gain_next_db", "psnr_next_rollout", "sharpness_model")
