@@ -43,30 +43,13 @@ def patches(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     return x.reshape(b, f, h // ph, w // pw, c * ph * pw)
 
 
-def record_windows(split: str, windows: int, size: tuple[int, int], stride: int, seed: int):
-    """``windows`` 57-frame episodes from random points of the split's levels, with depth: a FrameStore."""
-    from world_model.data.levels import levels_in_split
-    from world_model.train.engine_frames import record_episode_store
-    from world_model.train.frames import FrameStore
-
-    levels = levels_in_split(split)
-    stores = []
-    for i in range(windows * 3):  # level exits and teleporters cut some episodes short
-        level = levels[i % len(levels)]
-        store = record_episode_store((level.name, seed + i, 57, size[1], size[0], "anywhere", "", stride))
-        if len(store.frames) == 57:
-            stores.append(store)
-        if len(stores) == windows:
-            break
-    return FrameStore.concat(stores)
-
-
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> dict:
     from world_model.model import load_world_model
     from world_model.runtime import RuntimeOptions
     from world_model.train.clips import ClipSampler
     from world_model.train.encode import encode_store
+    from world_model.train.engine_frames import record_whole_episodes
     from world_model.train.flow import add_noise, dit_forward
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -90,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     cfg, dit, vae = model.config, model.dit, model.vae
     stride, (_, ph, pw) = cfg.vae.spatial_stride, cfg.dit.patch_size
-    frames = record_windows(a.split, a.windows, (cfg.stream.height, cfg.stream.width), stride, a.seed)
+    size = (cfg.stream.height, cfg.stream.width)
+    frames = record_whole_episodes(a.split, a.windows, 57, size, seed=a.seed, depth_stride=stride)
     lat = encode_store(vae, frames, cfg.stream.first_latents, model.text_encoder, progress=False)
     sampler = ClipSampler(lat, cfg, 1, p_continue=0.0)
     batch = sampler.sample(chunk=0, segments=torch.arange(lat.num_segments))

@@ -22,30 +22,13 @@ import numpy as np
 import torch
 
 
-def record(split: str, episodes: int, frames: int, size: tuple[int, int], seed: int):
-    """``episodes`` whole episodes of ``frames`` frames from random points of the split's levels: a FrameStore."""
-    from world_model.data.levels import levels_in_split
-    from world_model.train.engine_frames import record_episode_store
-    from world_model.train.frames import FrameStore
-
-    levels = levels_in_split(split)
-    stores = []
-    for i in range(episodes * 3):  # level exits and teleporters cut some episodes short
-        level = levels[i % len(levels)]
-        store = record_episode_store((level.name, seed + i, frames, size[1], size[0], "anywhere", "", 0))
-        if len(store.frames) == frames:
-            stores.append(store)
-        if len(stores) == episodes:
-            break
-    return FrameStore.concat(stores)
-
-
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> dict:
     from world_model.model import load_world_model
     from world_model.runtime import RuntimeOptions
     from world_model.train.clips import CAMERA_POSES, ClipSampler
     from world_model.train.encode import encode_store
+    from world_model.train.engine_frames import record_whole_episodes
     from world_model.train.evaluate import FirstChunkEval
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -64,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     sampler_cfg = cfg.sampler.replace(num_steps=a.sampler_steps) if a.sampler_steps else cfg.sampler
     s = cfg.stream
     latents = s.first_latents + s.new_latents  # chunks 0 and 1
-    frames = record(a.split, a.episodes, 1 + cfg.vae.temporal_stride * (latents - 1), (s.height, s.width), a.seed)
+    length = 1 + cfg.vae.temporal_stride * (latents - 1)
+    frames = record_whole_episodes(a.split, a.episodes, length, (s.height, s.width), seed=a.seed)
     lat = encode_store(model.vae, frames, latents, model.text_encoder, progress=False)
     per_window: dict[str, list[dict[str, float]]] = {}
     for source in CAMERA_POSES:

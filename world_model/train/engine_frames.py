@@ -39,6 +39,7 @@ __all__ = [
     "EngineFramesConfig",
     "record_frames",
     "record_episode_store",
+    "record_whole_episodes",
     "load_shards",
     "shard_folders",
     "ShardFeed",
@@ -150,6 +151,28 @@ def record_episode_store(args: tuple[str, int, int, int, int, str, str, int]) ->
         fps=doom.fps,
         depth=depth,
     )
+
+
+def record_whole_episodes(
+    split: str, episodes: int, frames: int, size: tuple[int, int], *, seed: int = 0, depth_stride: int = 0
+) -> FrameStore:
+    """``episodes`` episodes of exactly ``frames`` frames ([H, W] ``size``) from random points of the split's levels
+    (a level each in turn, seeds ``seed``, ``seed`` + 1, ...; the default explorer), in one FrameStore: the benches'
+    windows. Episodes a level exit or a teleporter cut short are left out; at most 3 x ``episodes`` are played."""
+    from world_model.data.levels import levels_in_split
+
+    levels = levels_in_split(split)
+    stores = []
+    for i in range(episodes * 3):
+        level = levels[i % len(levels)]
+        store = record_episode_store((level.name, seed + i, frames, size[1], size[0], "anywhere", "", depth_stride))
+        if len(store.frames) == frames:
+            stores.append(store)
+        if len(stores) == episodes:
+            break
+    if not stores:
+        raise RuntimeError(f"no episode of the {split} levels lasted {frames} frames")
+    return FrameStore.concat(stores)
 
 
 class _ShardWriter:
