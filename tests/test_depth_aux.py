@@ -36,6 +36,8 @@ def test_inverse_depth_is_the_mean_over_each_cell_of_the_clamped_inverse():
 def test_a_frame_store_keeps_its_depth_through_save_select_and_concat(tmp_path):
     store = synthetic_store(2, 20, (32, 32), depth_grid=(4, 4))
     assert store.depth.shape == (40, 4, 4) and store.depth.dtype == np.float16
+    plain = synthetic_store(2, 20, (32, 32))  # the same world without depth maps
+    assert np.array_equal(plain.frames, store.frames) and np.array_equal(plain.keyboard, store.keyboard)
     store.save(tmp_path / "s")
     back = FrameStore.load(tmp_path / "s")
     np.testing.assert_array_equal(back.depth, store.depth)

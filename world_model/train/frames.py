@@ -263,8 +263,10 @@ def synthetic_store(
     h, w = size
     tex = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
     tex = np.kron(tex, np.ones((8, 8, 1), np.uint8))  # [64, 64, 3] blocky texture
-    depth_tex = np.kron(rng.uniform(40.0, 500.0, size=(8, 8)).astype(np.float32), np.ones((8, 8), np.float32))
     depths = []
+    if depth_grid is not None:  # a generator of its own: the frames and actions stay those of a store without depth
+        texel_depth = np.random.default_rng([seed, 1]).uniform(40.0, 500.0, size=(8, 8)).astype(np.float32)
+        depth_tex = np.kron(texel_depth, np.ones((8, 8), np.float32))
     th, tw = tex.shape[:2]
     frames, mouse, keyboard, poses, starts = [], [], [], [], [0]
     for _ in range(num_episodes):
