@@ -60,6 +60,7 @@ from world_model.rope import apply_rope, rope_cos_sin
 
 __all__ = [
     "MatrixGameDiT",
+    "unpatchify_tokens",
     "DiTBlock",
     "CameraModulation",
     "CleanTokens",
@@ -397,6 +398,13 @@ class _Conditioning:
         return self.modulations[i]
 
 
+def unpatchify_tokens(tokens: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int]) -> torch.Tensor:
+    """Tokens [B, L, ph * pw * C] of the token grid (T, h', w'), each patch's values ordered (ph, pw, C) as the DiT's
+    head writes them -> [B, C, T, h' ph, w' pw]."""
+    (T, h, w), (ph, pw) = grid, patch
+    return rearrange(tokens, "b (t h w) (ph pw c) -> b c t (h ph) (w pw)", t=T, h=h, w=w, ph=ph, pw=pw)
+
+
 class MatrixGameDiT(nn.Module):
     """The Matrix-Game 3.0 DiT. State-dict keys are exactly the release checkpoint's (spec §2.2).
 
@@ -599,9 +607,7 @@ class MatrixGameDiT(nn.Module):
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """Head output tokens [B, L, ph * pw * out_dim] of the token grid (T, h', w') -> [B, out_dim, T, h, w]."""
-        _, ph, pw = self.cfg.patch_size
-        T, h, w = grid
-        return rearrange(tokens, "b (t h w) (ph pw c) -> b c t (h ph) (w pw)", t=T, h=h, w=w, ph=ph, pw=pw)
+        return unpatchify_tokens(tokens, grid, tuple(self.cfg.patch_size[1:]))
 
     def _time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame timesteps t [B, T] -> e [B, T, D] and e0 [B, T, 6, D], all in fp32."""

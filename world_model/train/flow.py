@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from world_model.action import NULL_KEYBOARD, NULL_MOUSE
+from world_model.dit import unpatchify_tokens
 from world_model.train.clips import ClipBatch, ClipSampler
 from world_model.train.ema import EMA
 from world_model.train.error_buffer import ErrorBuffer, ErrorBufferOptions
@@ -171,11 +172,8 @@ class DepthHead(nn.Module):
         self.proj = nn.Linear(dim, self.patch[0] * self.patch[1])
 
     def forward(self, tokens: Tensor, grid: tuple[int, int, int]) -> Tensor:
-        t, h, w = grid
-        ph, pw = self.patch
         out = self.proj(self.norm(tokens.float()).to(self.proj.weight.dtype)).float()  # [B, L, ph pw]
-        out = out.view(out.shape[0], t, h, w, ph, pw).permute(0, 1, 2, 4, 3, 5)
-        return out.reshape(out.shape[0], t, h * ph, w * pw)
+        return unpatchify_tokens(out, grid, self.patch)[:, 0]  # laid out as the DiT's own head output
 
     def loss(self, tokens: Tensor, batch: ClipBatch) -> tuple[Tensor, Tensor]:
         """(mean squared error, share of the target's variance explained) on the batch's noisy frames; ``tokens``
