@@ -391,6 +391,11 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     )
     by_key = m["control"]["model"]["mouse_accuracy_by_keyboard"]
     assert set(by_key) == {"none", "forward", "back", "left", "right"}
+    feas, blocked = (m["control"]["model"][f"mouse_accuracy_by_keyboard_{k}"] for k in ("feasible", "blocked"))
+    assert set(feas) == set(blocked) == set(by_key)
+    for k, acc in by_key.items():  # each key's windows split in two: its accuracy lies between the parts'
+        parts = [v for v in (feas[k], blocked[k]) if v is not None]
+        assert (acc is None) == (not parts) and (acc is None or min(parts) - 1e-9 <= acc <= max(parts) + 1e-9), k
     per_ep = m["control"]["model"]["per_episode"]  # each episode's windows: their mean is the whole run's
     assert len(per_ep["keyboard"]) == len(per_ep["mouse"]) == m["control"]["episodes"]
     assert np.mean(per_ep["mouse"]) == pytest.approx(m["control"]["model"]["mouse_accuracy"])

@@ -122,6 +122,14 @@ def control(
             },
             # the yaw read while each key is commanded (a strafe that pans like a turn reads as one)
             "mouse_accuracy_by_keyboard": {c: accuracy(pm, lm, lk == i) for i, c in enumerate(KEYBOARD_CLASSES)},
+            # ... split by whether the simulator made the move (a strafe into a wall: the simulator only turns,
+            # a model that slides anyway pans more than the turn); None where a key has no such window
+            "mouse_accuracy_by_keyboard_feasible": {
+                c: accuracy(pm, lm, (lk == i) & feasible) for i, c in enumerate(KEYBOARD_CLASSES)
+            },
+            "mouse_accuracy_by_keyboard_blocked": {
+                c: accuracy(pm, lm, (lk == i) & ~feasible) for i, c in enumerate(KEYBOARD_CLASSES)
+            },
             # each episode's share of its windows read right: two models' runs pair by episode (mg3_eval.compare)
             "per_episode": {
                 "keyboard": [float(np.mean(p == t)) for p, t in zip(res[name][0], labels_kb)],
