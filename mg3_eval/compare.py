@@ -71,6 +71,8 @@ SCALARS = (
     ("control mouse accuracy", "control.model.mouse_accuracy"),
     ("control keys, feasible windows", "control.model.feasible.keyboard_accuracy"),
     ("control mouse, feasible windows", "control.model.feasible.mouse_accuracy"),
+    ("control keys, as the simulator moved", "control.model.as_simulated.keyboard_accuracy"),
+    ("control mouse, as the simulator turned", "control.model.as_simulated.mouse_accuracy"),
 )
 # options that must agree for episodes to pair (those of the parts compared are checked too)
 _SHARED = ("split", "seed", "spawn")

@@ -396,6 +396,12 @@ def test_mg3_eval_end_to_end(smoke_export, tmp_path, capsys):
     for k, acc in by_key.items():  # each key's windows split in two: its accuracy lies between the parts'
         parts = [v for v in (feas[k], blocked[k]) if v is not None]
         assert (acc is None) == (not parts) and (acc is None or min(parts) - 1e-9 <= acc <= max(parts) + 1e-9), k
+    sim_moved = m["control"]["as_simulated_windows"]  # read against what the simulator did, where unambiguous
+    assert 0 < sim_moved["keyboard"] <= m["control"]["windows"] and 0 < sim_moved["mouse"] <= m["control"]["windows"]
+    for who in ("model", "sim"):
+        moved = m["control"][who]["as_simulated"]
+        assert 0 <= moved["keyboard_accuracy"] <= 1 and 0 <= moved["mouse_accuracy"] <= 1
+        assert sum(map(sum, moved["keyboard_confusion"])) == sim_moved["keyboard"]
     per_ep = m["control"]["model"]["per_episode"]  # each episode's windows: their mean is the whole run's
     assert len(per_ep["keyboard"]) == len(per_ep["mouse"]) == m["control"]["episodes"]
     assert np.mean(per_ep["mouse"]) == pytest.approx(m["control"]["model"]["mouse_accuracy"])

@@ -73,6 +73,7 @@ def control(
     scored = _commanded_windows(slices, w, settle, stride)
     res = {"model": ([], []), "sim": ([], []), "feasible": []}  # per episode: predicted keyboard, yaw
     labels_kb, labels_ms = [], []
+    moved_kb, moved_ms = [], []  # the classes of what the simulator did (its poses), -1 where ambiguous
     commands = []
     for _ in starts:
         classes = [(int(rng.integers(0, 5)), int(rng.integers(0, 3))) for _ in range(num_chunks)]
@@ -104,10 +105,13 @@ def control(
                 res[name][0].append(full_k)
                 res[name][1].append(full_m)
             mk, mm = motion_labels(sim_poses, w)
+            moved_kb.append(np.array([mk[s] if s < len(mk) else -1 for _, s in scored]))
+            moved_ms.append(np.array([mm[s] if s < len(mm) else -1 for _, s in scored]))
             feas = np.array([s < len(mk) and mk[s] == classes[k][0] and mm[s] == classes[k][1] for k, s in scored])
             res["feasible"].append(feas)
     lk, lm = np.concatenate(labels_kb), np.concatenate(labels_ms)
     feasible = np.concatenate(res["feasible"])
+    sk, sm = np.concatenate(moved_kb), np.concatenate(moved_ms)
     out: dict[str, Any] = {"episodes": len(starts), "chunks": num_chunks, "windows": int(len(lk)), "yaw_step": yaw_step}
     for name in ("model", "sim"):
         pk, pm = np.concatenate(res[name][0]), np.concatenate(res[name][1])
@@ -119,6 +123,14 @@ def control(
             "feasible": {
                 "keyboard_accuracy": accuracy(pk, lk, feasible),
                 "mouse_accuracy": accuracy(pm, lm, feasible),
+            },
+            # read against what the simulator did with the same commands from the same start (its poses' classes,
+            # windows where they are unambiguous), not against the commands: a model that stops at the walls the
+            # simulator stops at scores here; on the simulator's own video this is the IDM's accuracy on these windows
+            "as_simulated": {
+                "keyboard_accuracy": accuracy(pk, sk),
+                "mouse_accuracy": accuracy(pm, sm),
+                "keyboard_confusion": confusion(pk, sk, len(KEYBOARD_CLASSES)),
             },
             # the yaw read while each key is commanded (a strafe that pans like a turn reads as one)
             "mouse_accuracy_by_keyboard": {c: accuracy(pm, lm, lk == i) for i, c in enumerate(KEYBOARD_CLASSES)},
@@ -138,6 +150,7 @@ def control(
         }
     out["feasible_windows"] = int(feasible.sum())
     out["feasible_fraction"] = float(feasible.mean()) if len(feasible) else None
+    out["as_simulated_windows"] = {"keyboard": int((sk >= 0).sum()), "mouse": int((sm >= 0).sum())}
     return out
 
 
