@@ -197,3 +197,17 @@ def test_the_recorder_records_the_engines_inverse_depth_at_the_latent_grid(tmp_p
     assert d.std() > 0.01  # near and far walls differ
     with pytest.raises(ValueError, match="depth_stride"):
         EngineFramesConfig(frames=8, width=64, height=64, depth_stride=7)
+
+
+@pytest.mark.slow  # compiles the blocks on the CPU (~1 minute cold)
+def test_the_depth_auxiliary_trains_with_compiled_blocks_as_eager(depth_latents):
+    """The GPU sessions compile each block (FlowOptions.compile); the head's hook sits on the DiT's output head,
+    outside the compiled graphs, and must see the same tokens: a compiled step's losses equal the eager one's."""
+    cfg, _, lat = depth_latents
+    runs = []
+    for compiled in (False, True):
+        stage = _stage(lat, cfg, 1.0, compile=compiled)
+        runs.append([stage.train_step(i) for i in range(2)])
+    for eager, comp in zip(*runs, strict=True):
+        for k in ("loss", "depth_loss"):
+            torch.testing.assert_close(comp[k].float(), eager[k].float(), rtol=2e-3, atol=2e-4)
