@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mg3_eval.idm import KEYBOARD_CLASSES, _block_policy, idm_frames, motion_labels
+from mg3_eval.idm import KEYBOARD_CLASSES, idm_frames, motion_labels, play_block
 from mg3_eval.simulator import doom_config_for
 from world_model.checks import positive_arg, seed_arg
 from world_model.config import embedded
@@ -42,7 +42,7 @@ def collect(split: str, num_frames: int, seed: int, settle: int, span: int = 12,
 
     from tqdm.auto import tqdm
 
-    from world_model.data.doom import Command, DoomEngine
+    from world_model.data.doom import DoomEngine
     from world_model.data.levels import levels_in_split
 
     levels = levels_in_split(split)
@@ -58,21 +58,9 @@ def collect(split: str, num_frames: int, seed: int, settle: int, span: int = 12,
             frames, poses, blocks = [frame], [pose], []
             stop = False
             while len(frames) < 400 and not stop:
-                k, m, rate, n = _block_policy(rng, bool(blocks) and blocks[-1][2])
-                yaw = (0.0, -rate, rate)[m]
-                kb = KEYBOARD_CLASSES[k]
-                cmd = Command(
-                    forward=kb == "forward", back=kb == "back", left=kb == "left", right=kb == "right", yaw=yaw
-                )
                 start = len(frames) - 1
-                for _ in range(n):
-                    frame, pose, stop = engine.step(cmd)
-                    if stop:
-                        break
-                    frames.append(frame)
-                    poses.append(pose)
-                moved = np.linalg.norm(poses[-1][:2] - poses[start][:2])
-                blocks.append((start, k, k != 0 and moved < 2.0 * n, n))
+                k, blocked_now, stop = play_block(engine, rng, bool(blocks) and blocks[-1][2], frames, poses)
+                blocks.append((start, k, blocked_now, len(frames) - 1 - start))
         e += 1
         poses_arr = np.stack(poses)
         if (np.linalg.norm(np.diff(poses_arr[:, :3], axis=0), axis=1) > 64).any():  # teleported

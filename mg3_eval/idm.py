@@ -33,6 +33,7 @@ __all__ = [
     "InverseDynamics",
     "IDMData",
     "collect_idm_data",
+    "play_block",
     "train_idm",
     "idm_predict",
     "accuracy",
@@ -256,6 +257,28 @@ def _block_policy(rng: np.random.Generator, blocked: bool):
     return int(rng.integers(0, 5)), int(rng.integers(0, 3)), float(rng.uniform(1.0, 4.5)), int(rng.integers(14, 40))
 
 
+def play_block(engine, rng: np.random.Generator, blocked: bool, frames: list, poses: list) -> tuple[int, bool, bool]:
+    """Play one block of :func:`_block_policy` (``blocked``: the last block's key was stopped, so turn in place) in
+    ``engine``, appending its frames and poses; returns (its keyboard class, whether its key was stopped: under 2 map
+    units a frame, whether the level ended on the way)."""
+    from world_model.data.doom import Command
+
+    k, m, rate, n = _block_policy(rng, blocked)
+    kb = KEYBOARD_CLASSES[k]
+    cmd = Command(
+        forward=kb == "forward", back=kb == "back", left=kb == "left", right=kb == "right", yaw=(0.0, -rate, rate)[m]
+    )
+    start = len(poses)
+    for _ in range(n):
+        frame, pose, finished = engine.step(cmd)
+        if finished:
+            return k, False, True
+        frames.append(frame)
+        poses.append(pose)
+    moved = np.linalg.norm(poses[-1][:2] - poses[start - 1][:2]) if len(poses) > start else 0.0
+    return k, k != 0 and moved < 2.0 * n, False
+
+
 def collect_idm_data(
     cfg: WorldModelConfig,
     num_frames: int,
@@ -274,7 +297,7 @@ def collect_idm_data(
     (:func:`vae_roundtrip`). ``progress``: a bar of the frames collected."""
     from tqdm.auto import tqdm
 
-    from world_model.data.doom import Command, DoomEngine
+    from world_model.data.doom import DoomEngine
     from world_model.data.levels import levels_in_split
 
     levels = levels_in_split(split)
@@ -292,22 +315,7 @@ def collect_idm_data(
             frames, poses = [frame], [pose]
             blocked = False
             while len(frames) < min(episode_frames, num_frames - total):
-                k, m, rate, n = _block_policy(rng, blocked)
-                yaw = (0.0, -rate, rate)[m]
-                kb = KEYBOARD_CLASSES[k]
-                cmd = Command(
-                    forward=kb == "forward", back=kb == "back", left=kb == "left", right=kb == "right", yaw=yaw
-                )
-                start = len(poses)
-                finished = False
-                for _ in range(n):
-                    frame, pose, finished = engine.step(cmd)
-                    if finished:
-                        break
-                    frames.append(frame)
-                    poses.append(pose)
-                moved = np.linalg.norm(poses[-1][:2] - poses[start - 1][:2]) if len(poses) > start else 0.0
-                blocked = k != 0 and moved < 2.0 * n
+                _, blocked, finished = play_block(engine, rng, blocked, frames, poses)
                 if finished:
                     break
         e += 1
