@@ -13,7 +13,9 @@ block policy: every key class with a yaw class, 14-40 frames each; after a block
 frame of a block whose key is held is a sample (its luma frame, 64 px; the key), labelled by whether the player moved
 as commanded over frames ``--settle`` .. ``--settle + 12`` after it (the poses' motion class: the key's class = moved,
 none = blocked; anything else dropped). A small CNN (the frame, mirrored with left/right swapped at
-random, and the key as four constant planes) is trained on the train levels and scored on the test levels.
+random, and the key as four constant planes) is trained on the train levels and scored on the test levels. With
+``--history 8 16 32`` the net also sees the frames that many frames earlier: whether what the view held before (a wall
+passed while turning) tells more than the view alone.
 
     python bench/blocked_from_view.py --frames 160000 --json bench/results/blocked_from_view_cpu.json
 """
@@ -36,8 +38,11 @@ from world_model.checks import positive_arg, seed_arg
 from world_model.config import embedded
 
 
-def collect(split: str, num_frames: int, seed: int, settle: int, span: int = 12, every: int = 6):
-    """(frames uint8 [N, 64, 64], keys int [N] in 1..4, blocked int [N] 0/1) from blocks of constant commands."""
+def collect(
+    split: str, num_frames: int, seed: int, settle: int, history: tuple[int, ...] = (), span: int = 12, every: int = 6
+):
+    """(frames uint8 [N, 1 + len(history), 64, 64]: the frame a key is on, then those ``history`` frames before it (the
+    episode's first where it began later); keys int [N] in 1..4; blocked int [N] 0/1) from blocks of constant commands."""
     from dataclasses import replace
 
     from tqdm.auto import tqdm
@@ -75,7 +80,7 @@ def collect(split: str, num_frames: int, seed: int, settle: int, span: int = 12,
                 cls, _ = motion_labels(poses_arr[a : b + 1], span + 1)
                 if cls[0] not in (0, k):
                     continue
-                xs.append(luma[t])
+                xs.append(luma[[t, *(max(t - h, 0) for h in history)]])
                 keys.append(k)
                 blocked.append(int(cls[0] == 0))
         total += len(frames)
@@ -85,10 +90,10 @@ def collect(split: str, num_frames: int, seed: int, settle: int, span: int = 12,
 
 
 class BlockedNet(nn.Module):
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, frames: int = 1, width: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(5, width, 4, 2, 1), nn.GELU(),
+            nn.Conv2d(frames + 4, width, 4, 2, 1), nn.GELU(),
             nn.Conv2d(width, 2 * width, 3, 2, 1), nn.GELU(),
             nn.Conv2d(2 * width, 2 * width, 3, 2, 1), nn.GELU(),
             nn.Conv2d(2 * width, 2 * width, 3, 2, 1), nn.GELU(),
@@ -96,7 +101,7 @@ class BlockedNet(nn.Module):
         )  # fmt: skip
 
     def forward(self, frames: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        x = frames.float()[:, None] / 127.5 - 1
+        x = frames.float() / 127.5 - 1  # [B, F, h, w]
         planes = F.one_hot(keys - 1, 4).float()[:, :, None, None].expand(-1, -1, *x.shape[2:])
         return self.net(torch.cat([x, planes], 1))[:, 0]
 
@@ -106,7 +111,7 @@ _FLIP = torch.tensor([0, 1, 2, 4, 3])  # key classes: a mirrored view swaps left
 
 def train(x, k, y, epochs: int, seed: int) -> BlockedNet:
     torch.manual_seed(seed)
-    net = BlockedNet()
+    net = BlockedNet(frames=x.shape[1])
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
     x, k, y = torch.from_numpy(x), torch.from_numpy(k), torch.from_numpy(y).float()
     steps = epochs * ((len(x) + 127) // 128)
@@ -115,7 +120,7 @@ def train(x, k, y, epochs: int, seed: int) -> BlockedNet:
         for idx in torch.randperm(len(x)).split(128):
             fx, fk = x[idx], k[idx]
             flip = torch.rand(len(idx)) < 0.5
-            fx = torch.where(flip[:, None, None], fx.flip(-1), fx)
+            fx = torch.where(flip[:, None, None, None], fx.flip(-1), fx)
             fk = torch.where(flip, _FLIP[fk], fk)
             loss = F.binary_cross_entropy_with_logits(net(fx, fk), y[idx])
             opt.zero_grad()
@@ -141,14 +146,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--held-out-frames", type=positive_arg, default=40_000, help="test-level simulator frames")
     p.add_argument("--settle", type=positive_arg, default=4, help="frames into a block before its motion is measured")
     p.add_argument("--epochs", type=positive_arg, default=8)
+    p.add_argument(
+        "--history",
+        type=positive_arg,
+        nargs="*",
+        default=[],
+        help="also show the net the frames this many frames before (e.g. 8 16 32): what the view held earlier",
+    )
     p.add_argument("--threads", type=positive_arg, default=2)
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    tr = collect("train", a.frames, a.seed, a.settle)
-    te = collect("test", a.held_out_frames, a.seed + 7, a.settle)
+    tr = collect("train", a.frames, a.seed, a.settle, tuple(a.history))
+    te = collect("test", a.held_out_frames, a.seed + 7, a.settle, tuple(a.history))
     t1 = time.perf_counter()
     net = train(*tr, a.epochs, a.seed)
     with torch.no_grad():
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     out = {
         "command": " ".join(["python bench/blocked_from_view.py", *(sys.argv[1:] if argv is None else argv)]),
+        "history": a.history,
         "train_samples": len(tr[2]),
         "train_blocked_share": float(tr[2].mean()),
         "auc": auc(score, y),

@@ -24,6 +24,7 @@ def test_the_auc_ranks_and_the_net_learns_a_rule_the_frame_holds():
     for i in np.flatnonzero(bright):
         frames[i, :, :32] += 150 if keys[i] == 3 else 0
         frames[i, :, 32:] += 150 if keys[i] == 4 else 0
+    frames = frames[:, None]  # [N, 1, h, w]: the frame alone
     net = mod.train(frames, keys, bright.astype(np.int64), epochs=6, seed=0)
     with torch.no_grad():
         score = torch.sigmoid(net(torch.from_numpy(frames), torch.from_numpy(keys))).numpy()
@@ -34,8 +35,12 @@ def test_the_bench_writes_its_numbers(tmp_path):
     pytest.importorskip("vizdoom")
     mod = load_bench("blocked_from_view.py")
     out = tmp_path / "b.json"
-    r = mod.main(["--frames", "3000", "--held-out-frames", "1500", "--epochs", "1", "--json", str(out)])
-    assert r["train_samples"] > 0 and set(r["test"]) == {"all", "forward", "back", "left", "right"}
+    r = mod.main(
+        ["--frames", "3000", "--held-out-frames", "1500", "--epochs", "1", "--history", "8", "--json", str(out)]
+    )
+    assert (
+        r["history"] == [8] and r["train_samples"] > 0 and set(r["test"]) == {"all", "forward", "back", "left", "right"}
+    )
     assert sum(r["test"][k]["samples"] for k in ("forward", "back", "left", "right")) == r["test"]["all"]["samples"]
     assert all("auc" in row and 0 <= row["accuracy"] <= 1 for row in r["test"].values() if row["samples"])
     assert json.loads(out.read_text())["auc"] == r["auc"] or np.isnan(r["auc"])
