@@ -127,6 +127,7 @@ def control(
             # read against what the simulator did with the same commands from the same start (its poses' classes,
             # windows where they are unambiguous), not against the commands: a model that stops at the walls the
             # simulator stops at scores here; on the simulator's own video this is the IDM's accuracy on these windows
+            # (walls stop moves, never turns: the mouse's reading equals the commanded one where its class is clear)
             "as_simulated": {
                 "keyboard_accuracy": accuracy(pk, sk),
                 "mouse_accuracy": accuracy(pm, sm),
