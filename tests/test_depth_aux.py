@@ -211,3 +211,18 @@ def test_the_depth_auxiliary_trains_with_compiled_blocks_as_eager(depth_latents)
     for eager, comp in zip(*runs, strict=True):
         for k in ("loss", "depth_loss"):
             torch.testing.assert_close(comp[k].float(), eager[k].float(), rtol=2e-3, atol=2e-4)
+
+
+def test_a_stage_with_the_depth_auxiliary_continues_from_a_slim_made_without_it(depth_latents):
+    """Session 54's run: the carried teacher (a slim: EMA weights only, trained without depth) goes on with a fresh
+    head; a full checkpoint of either kind is still refused by the other (the test above)."""
+    cfg, _, lat = depth_latents
+    plain = _stage(lat, cfg, 0.0)
+    plain.train_step(0)
+    slim = {"ema": {"model": {k: v.to(torch.bfloat16) for k, v in plain.ema.state_dict()["model"].items()}}}
+    stage = _stage(lat, cfg, 0.25)
+    stage.load_state_dict(slim)
+    for k, v in stage.model.state_dict().items():
+        torch.testing.assert_close(v, slim["ema"]["model"][k].to(v.dtype), msg=k)
+    m = stage.train_step(1)
+    assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["depth_loss"]))
