@@ -1,10 +1,11 @@
-"""Generated levels against the train levels: what the recorder's episodes show on each.
+"""Generated and retextured levels against the train levels: what the recorder's episodes show on each.
 
 Records one explorer episode per level (begun anywhere, ``--frames`` frames at 128 x 128) on ``--levels`` train
-levels and as many generated levels (world_model.data.procgen), the same seeds, and compares per episode: ground
-covered (cells of 128 map units), times the explorer got stuck, sharpness (mean luma gradient), brightness, the
-frame-to-frame change, the recording's frames/s. Prints a table, writes JSON with ``--out`` and a strip with
-``--png`` (a row of frames of the train levels above a row of generated ones, each episode's frame 0 and middle).
+levels, the same levels retextured (world_model.data.retexture: the same geometry, so the same poses) and as many
+generated levels (world_model.data.procgen), the same seeds, and compares per episode: ground covered (cells of 128
+map units), times the explorer got stuck, sharpness (mean luma gradient), brightness, the frame-to-frame change, the
+recording's frames/s. Prints a table, writes JSON with ``--out`` and a strip with ``--png`` (a row per group: the
+train levels, retextured, generated; each episode's frame 0 and middle).
 
     python bench/generated_levels.py --levels 8 --workers 2 --out bench/results/generated_levels_cpu.json \\
         --png docs/data/generated_levels.png
@@ -51,9 +52,11 @@ def main(argv: list[str] | None = None) -> dict:
     from world_model.data.levels import levels_in_split
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--levels", type=int, default=8, help="train levels, and as many generated ones")
+    p.add_argument("--levels", type=int, default=8, help="train levels, and as many retextured and generated ones")
     p.add_argument("--frames", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0, help="the first generated level's seed and the episodes' seeds")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the first generated level's and looks' seed, and the levels' draw"
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out")
     p.add_argument("--png")
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     picks = np.random.default_rng(a.seed).choice(len(train), size=min(a.levels, len(train)), replace=False)
     groups = {
         "train levels": [train[int(i)].name for i in picks],
+        "retextured levels": [f"retextured/{a.seed + i}/{train[int(j)].name}" for i, j in enumerate(picks)],
         "generated levels": [f"generated/{a.seed + i}" for i in range(len(picks))],
     }
     rows, views = {}, {}

@@ -131,19 +131,22 @@ def test_the_recorder_records_generated_episodes(tmp_path):
     assert all("Generated Rooms" in p for p in train.prompts)
 
 
-def test_the_bench_compares_generated_with_train_levels(tmp_path):
+def test_the_bench_compares_generated_and_retextured_with_train_levels(tmp_path):
     from tests.bench_loader import load_bench
 
     mod = load_bench("generated_levels.py")
     out, png = tmp_path / "r.json", tmp_path / "s.png"
     r = mod.main(["--levels", "1", "--frames", "30", "--workers", "1", "--out", str(out), "--png", str(png)])
     assert r["generated levels"]["episodes"][0]["level"] == "generated/0"
-    assert not r["train levels"]["episodes"][0]["level"].startswith("generated/")
-    for group in ("train levels", "generated levels"):
+    own = r["train levels"]["episodes"][0]["level"]
+    assert not own.startswith(("generated/", "retextured/"))
+    assert r["retextured levels"]["episodes"][0]["level"] == f"retextured/0/{own}"
+    for group in ("train levels", "retextured levels", "generated levels"):
         assert r[group]["cells"] >= 1 and r[group]["sharpness"] > 0
+    assert r["retextured levels"]["cells"] == r["train levels"]["cells"]  # the same map, the same walk
     from PIL import Image
 
-    assert Image.open(png).size == (2 * 128, 2 * 128)  # two views of one episode, a row per group
+    assert Image.open(png).size == (2 * 128, 3 * 128)  # two views of one episode, a row per group
 
 
 def test_a_hung_engine_stops_the_recorder_with_what_it_recorded(tmp_path):

@@ -196,6 +196,12 @@ class DoomEngine:
 
             wad = generate_map(level.generated).write_wad(Path(workdir) / f"generated-{level.generated}.wad")
             game.set_doom_scenario_path(str(wad))
+        if level.retexture is not None:  # its map with new looks, a PWAD on its own IWAD (world_model.data.retexture)
+            from world_model.data.retexture import retextured_wad
+
+            wad = Path(workdir) / f"retextured-{level.retexture}-{level.map}.wad"
+            wad.write_bytes(retextured_wad(level.wad, level.map, level.retexture))
+            game.set_doom_scenario_path(str(wad))
         game.set_doom_map(level.map)
         game.set_doom_config_path(str(Path(workdir) / "_vizdoom.ini"))
         game.set_screen_resolution(getattr(vzd.ScreenResolution, f"RES_{nw}X{nh}"))

@@ -193,6 +193,12 @@ def plan_generated(seed: int, plan: int, share: float) -> bool:
     return share > 0.0 and _plan_lot(seed, plan, 17) < share
 
 
+def plan_retextured(seed: int, plan: int, share: float) -> bool:
+    """Whether plan ``plan``'s train episode on a Freedoom level plays it with new looks (world_model.data.retexture):
+    true for a ``share`` of the plans, drawn apart from :func:`plan_generated`'s."""
+    return share > 0.0 and _plan_lot(seed, plan, 23) < share
+
+
 def _plan_level(seed: int, plan: int, levels: tuple[Level, ...]) -> Level:
     block, i = divmod(plan, len(levels))
     order = np.random.default_rng([seed, block, 7]).permutation(len(levels))

@@ -6,12 +6,13 @@ E1M1..E4M9, then Freedoom 2 MAP01..MAP32), level i goes to validation if i % 10 
 i % 10 == 9, else to train (56 / 6 / 6 levels).
 
 Generated levels (:mod:`world_model.data.procgen`) are named ``generated/<seed>``: a new map for every seed, in the
-looks of the train levels, always in the train split.
+looks of the train levels, always in the train split. Retextured levels (:mod:`world_model.data.retexture`) are named
+``retextured/<seed>/<level>``: a level's own map with new looks for every seed, in its level's split.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from world_model.checks import whole
 
@@ -22,6 +23,7 @@ __all__ = [
     "EVAL_SPLITS",
     "get_level",
     "generated_level",
+    "retextured_level",
     "levels_in_split",
     "split_level_prompt",
 ]
@@ -53,20 +55,24 @@ _FREEDOOM2 = (
 @dataclass(frozen=True)
 class Level:
     """One level: ``wad`` is ``freedoom1.wad`` or ``freedoom2.wad``, ``map`` e.g. ``E1M1`` or ``MAP01``;
-    ``generated`` the seed of a generated level (its map is MAP01 of a PWAD made from the seed, on freedoom2.wad)."""
+    ``generated`` the seed of a generated level (its map is MAP01 of a PWAD made from the seed, on freedoom2.wad);
+    ``retexture`` the seed of a retextured level's looks (its map is ``map`` of ``wad`` with new textures, flats and
+    light: a PWAD made from the seed on ``wad``)."""
 
     wad: str
     map: str
     title: str
     split: str
     generated: int | None = None
+    retexture: int | None = None
 
     @property
     def name(self) -> str:
-        """A unique name such as ``freedoom2/MAP01`` or ``generated/17``."""
+        """A unique name such as ``freedoom2/MAP01``, ``generated/17`` or ``retextured/17/freedoom2/MAP01``."""
         if self.generated is not None:
             return f"generated/{self.generated}"
-        return f"{self.wad.removesuffix('.wad')}/{self.map}"
+        own = f"{self.wad.removesuffix('.wad')}/{self.map}"
+        return own if self.retexture is None else f"retextured/{self.retexture}/{own}"
 
     def prompt(self, look: str) -> str:
         """The level's prompt: its title and map plus a short description of how it looks. Every generated level
@@ -108,8 +114,23 @@ def generated_level(seed: int) -> Level:
     return Level("freedoom2.wad", "MAP01", GENERATED_TITLE, "train", generated=seed)
 
 
+def retextured_level(level: Level, seed: int) -> Level:
+    """``level``'s map with the looks of seed ``seed`` (>= 0; :func:`world_model.data.retexture.retextured_wad`): the
+    same geometry, title and split."""
+    seed = whole(seed, "a retextured level's seed")
+    if level.generated is not None or level.retexture is not None:
+        raise ValueError(f"only a Freedoom level is retextured, got {level.name}")
+    return replace(level, retexture=seed)
+
+
 def get_level(name: str) -> Level:
-    """A level by name: ``freedoom2/MAP01``, or just ``MAP01`` / ``E1M1``; ``generated/17`` for a generated one."""
+    """A level by name: ``freedoom2/MAP01``, or just ``MAP01`` / ``E1M1``; ``generated/17`` for a generated one,
+    ``retextured/17/freedoom2/MAP01`` for a retextured one."""
+    if name.startswith("retextured/"):
+        digits, _, own = name.removeprefix("retextured/").partition("/")
+        if not digits.isdigit() or not own:
+            raise KeyError(f"a retextured level is named retextured/<seed>/<level> (seed: digits), got {name!r}")
+        return retextured_level(get_level(own), int(digits))
     if name.startswith("generated/"):
         digits = name.removeprefix("generated/")
         if not digits.isdigit():

@@ -71,6 +71,10 @@ class EngineFramesConfig:
     # episode's seed, in the train levels' looks) instead of one of the 56 train levels; held-out episodes play the
     # validation levels
     generated_levels: float = 0.0
+    # the share of the other train episodes (those on one of the 56 train levels) that play their level with new looks
+    # (world_model.data.retexture: every wall texture, flat and the light swapped, from the episode's seed; the
+    # geometry kept): the levels' stairs, windows and skies without their rooms' looks to recall
+    retextured_levels: float = 0.0
     # when no episode finishes for this long, the recorder stops: it kills its workers, commits what it has and marks
     # done.json "stalled" (a hung engine must not hold a GPU session's trainers, which wait for done.json, forever)
     stall_seconds: float = 300.0
@@ -89,6 +93,7 @@ class EngineFramesConfig:
 
         check_share(self.spawn_anywhere)
         check_share(self.generated_levels, "generated_levels")
+        check_share(self.retextured_levels, "retextured_levels")
         if self.stall_seconds <= 0:
             raise ValueError(f"stall_seconds must be > 0, got {self.stall_seconds}")
         if self.held_out_every < 2:
@@ -111,7 +116,7 @@ class _Plan(NamedTuple):
 
 def _plan(cfg: EngineFramesConfig, p: int) -> _Plan:
     """Plan index p's episode: deterministic for cfg.seed."""
-    from world_model.data.generate import _plan_level, _plan_seed, plan_generated, plan_spawn
+    from world_model.data.generate import _plan_level, _plan_seed, plan_generated, plan_retextured, plan_spawn
     from world_model.data.levels import levels_in_split
 
     split = "held_out" if p % cfg.held_out_every == cfg.held_out_every - 1 else "train"
@@ -121,7 +126,10 @@ def _plan(cfg: EngineFramesConfig, p: int) -> _Plan:
     seed = _plan_seed(cfg.seed, p)
     if split == "train" and plan_generated(cfg.seed, p, cfg.generated_levels):
         return _Plan(split, f"generated/{seed}", seed, spawn, explorer)  # a new map for this episode alone
-    return _Plan(split, _plan_level(cfg.seed, p, levels).name, seed, spawn, explorer)
+    level = _plan_level(cfg.seed, p, levels).name
+    if split == "train" and plan_retextured(cfg.seed, p, cfg.retextured_levels):
+        level = f"retextured/{seed}/{level}"  # this level's map with this episode's looks
+    return _Plan(split, level, seed, spawn, explorer)
 
 
 def record_episode_store(args: tuple[str, int, int, int, int, str, str, int]) -> FrameStore:
@@ -341,6 +349,12 @@ def main(argv: list[str] | None = None) -> None:
         "--generated-levels", type=float, default=0.0, help="share of train episodes on generated levels (0-1)"
     )
     p.add_argument(
+        "--retextured-levels",
+        type=float,
+        default=0.0,
+        help="share of the other train episodes that play their level with new looks (0-1)",
+    )
+    p.add_argument(
         "--stall-seconds", type=float, default=300.0, help="stop when no episode finishes for this long (default 300)"
     )
     p.add_argument(
@@ -360,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         spawn_anywhere=a.spawn_anywhere,
         explorer=a.explorer,
         generated_levels=a.generated_levels,
+        retextured_levels=a.retextured_levels,
         stall_seconds=a.stall_seconds,
         depth_stride=a.depth_stride,
     )

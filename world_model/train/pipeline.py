@@ -113,6 +113,9 @@ class PipelineOptions:
     # the share of train episodes played on generated levels (world_model.data.procgen; engine_frames): a new map
     # for every such episode, in the train levels' looks, against 56 levels whose rooms the DiT learns to recall
     generated_levels: float = 0.0
+    # the share of the other train episodes (on the 56 train levels) played with new looks (world_model.data.retexture;
+    # engine_frames): the levels' geometry, whose looks the DiT cannot recall
+    retextured_levels: float = 0.0
     vae_steps: int = 20_000
     vae_batch: int = 16
     vae_lr: float = 3e-4
@@ -271,6 +274,12 @@ class PipelineOptions:
             raise ValueError(
                 "generated_levels is a share of the engine_frames recorder's train episodes; "
                 "fake_data has no levels and the H.264 dataset path (engine_frames=False) plays the Freedoom levels"
+            )
+        check_share(self.retextured_levels, "retextured_levels")
+        if self.retextured_levels and (self.fake_data or not self.engine_frames):
+            raise ValueError(
+                "retextured_levels is a share of the engine_frames recorder's train episodes; "
+                "fake_data has no levels and the H.264 dataset path (engine_frames=False) plays the levels as they are"
             )
         from world_model.train.clips import CAMERA_POSES
 
@@ -445,6 +454,7 @@ def _start_engine_frames(run: Path, opts: PipelineOptions, status: StatusFile) -
             "--workers", str(opts.workers), "--seed", str(opts.seed), "--no-progress",
             "--episode-frames", str(opts.episode_frames), "--spawn-anywhere", str(opts.spawn_anywhere),
             "--explorer", opts.explorer, "--generated-levels", str(opts.generated_levels),
+            "--retextured-levels", str(opts.retextured_levels),
             "--shard-frames", str(max(opts.episode_frames, min(50_000, opts.frames // 10))),
             "--depth-stride", str(cfg.vae.spatial_stride if opts.depth_weight else 0),
         ]  # fmt: skip
