@@ -40,7 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=positive_arg, default=1, help="worker processes")
     g.add_argument("--seed", type=seed_arg, default=0)
     g.add_argument("--episode-frames", type=positive_arg, default=1000)
-    g.add_argument("--levels", nargs="*", default=None, help="level names (e.g. MAP01 E1M1); default all")
+    g.add_argument(
+        "--levels",
+        nargs="*",
+        default=None,
+        help="level names (e.g. MAP01 E1M1 generated/17 retextured/17/freedoom2/MAP03); default all",
+    )
     g.add_argument("--tics-per-frame", type=positive_arg, default=2, help="35/tics fps (default 2 = 17.5 fps)")
     g.add_argument("--crf", type=int, default=20)
     g.add_argument("--preset", default="veryfast")
