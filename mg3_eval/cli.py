@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         "--split",
         default=d.split,
         choices=EVAL_SPLITS,
-        help="levels (default: test; generated: 12 generated levels no training episode plays)",
+        help="levels (default: test; generated: 12 generated levels no training episode plays; retextured: the train "
+        "levels in looks no training episode has, episode for episode as train's)",
     )
     p.add_argument(
         "--spawn", default=d.spawn, choices=SPAWNS,

@@ -329,6 +329,7 @@ def test_fidelity_of_a_static_scene(smoke_export):
     pooled = r["chunk0"]["pooled"]  # repeat-first is exact: the cap, pooled too
     assert pooled["psnr_repeat"] == PSNR_CAP_DB and 0 < pooled["psnr_model"] < PSNR_CAP_DB
     assert pooled["gain_db"] == pytest.approx(pooled["psnr_model"] - PSNR_CAP_DB)
+    assert pooled["repeat_per_episode"] == [PSNR_CAP_DB] and len(pooled["per_episode"]) == 1
     per_latent = r["chunk0"]["per_latent"]  # 56 generated frames of chunk 0 = 14 latents of 4
     assert len(per_latent["model"]) == len(per_latent["vae"]) == 14 and per_latent["repeat"] == [PSNR_CAP_DB] * 14
     assert np.mean(per_latent["model"]) == pytest.approx(r["chunk0"]["psnr_model"])

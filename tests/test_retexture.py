@@ -171,3 +171,23 @@ def test_the_recorder_retextures_a_share_of_the_train_episodes_on_freedoom_level
           "--retextured-levels", "1", "--no-progress"])  # fmt: skip
     store = FrameStore.concat([FrameStore.load(p) for p in sorted((out / "train").glob("part-*"))])
     assert len(store.frames) >= 60 and all(lv.startswith("retextured/") for lv in store.levels)
+
+
+def test_the_evaluations_retextured_split_plays_the_train_episodes_in_other_looks(tmp_path):
+    from mg3_eval.run import EvalOptions
+    from mg3_eval.simulator import record_test_episodes
+    from world_model.config import tiny
+    from world_model.data.levels import EVAL_SPLITS
+
+    train, looks = levels_in_split("train"), levels_in_split("retextured")
+    assert "retextured" in EVAL_SPLITS and [lv.name for lv in train] == [lv.name.split("/", 2)[2] for lv in looks]
+    assert all(lv.retexture >= 2**31 for lv in looks)  # no recorder's episode draws such a seed
+    assert len({lv.retexture for lv in looks}) == len(looks)
+    EvalOptions(split="retextured")  # the evaluation takes it
+    a = record_test_episodes(tiny(32, 32), 2, 30, split="train", workdir=tmp_path)
+    b = record_test_episodes(tiny(32, 32), 2, 30, split="retextured", workdir=tmp_path)
+    for x, y in zip(a, b):
+        assert y.level == f"retextured/{get_level(y.level).retexture}/{x.level}" and y.seed == x.seed
+        np.testing.assert_array_equal(x.poses, y.poses)  # episode for episode: the same commands, the same walk
+        np.testing.assert_array_equal(x.keyboard, y.keyboard)
+        assert np.abs(x.frames.astype(int) - y.frames).mean() > 5

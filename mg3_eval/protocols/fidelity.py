@@ -74,6 +74,7 @@ def fidelity(
             "psnr_repeat": float(pooled_repeat.mean()),
             "gain_db": float((pooled_model - pooled_repeat).mean()),
             "per_episode": [float(x) for x in pooled_model],
+            "repeat_per_episode": [float(x) for x in pooled_repeat],
         },
         # the simulator's frames 1.. equal to frame 0 (repeat-first scores the cap on each), over all episodes
         "identical_frames": int((repeat0 >= PSNR_CAP_DB).sum()),

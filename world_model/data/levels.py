@@ -29,8 +29,9 @@ __all__ = [
 ]
 
 SPLITS = ("train", "validation", "test")
-# what levels_in_split (and so the evaluation) takes: the splits and 12 generated levels no training episode plays
-EVAL_SPLITS = (*SPLITS, "generated")
+# what levels_in_split (and so the evaluation) takes: the splits, 12 generated levels no training episode plays and the
+# train levels retextured with looks no training episode has
+EVAL_SPLITS = (*SPLITS, "generated", "retextured")
 
 _FREEDOOM1 = (
     "Outer Prison", "Communications Center", "Waste Disposal", "Supply Depot", "Armory", "Training Facility",
@@ -142,15 +143,21 @@ def get_level(name: str) -> Level:
     raise KeyError(f"unknown level {name!r}; known levels are e.g. {LEVELS[0].name}, {LEVELS[-1].name}")
 
 
-# generated levels for evaluation: seeds from 2**31 up, which no recorder's episode draws (their seeds are below 2**31)
+# generated and retextured levels for evaluation: seeds from 2**31 up, which no recorder's episode draws (their seeds
+# are below 2**31)
 GENERATED_EVAL_SEED = 2**31
 GENERATED_EVAL_LEVELS = 12
 
 
 def levels_in_split(split: str) -> tuple[Level, ...]:
-    """The levels of ``split``; ``"generated"``: 12 generated levels no training episode plays (for evaluation)."""
+    """The levels of ``split``; ``"generated"``: 12 generated levels no training episode plays (for evaluation);
+    ``"retextured"``: the train levels in their order, each with looks no training episode has (seeds from
+    :data:`GENERATED_EVAL_SEED` up): an episode of this split plays the same commands to the same poses as the same
+    episode of ``"train"``, in other looks, so that the two runs tell what a model recalls of the levels' looks."""
     if split == "generated":
         return tuple(generated_level(GENERATED_EVAL_SEED + i) for i in range(GENERATED_EVAL_LEVELS))
+    if split == "retextured":
+        return tuple(retextured_level(lv, GENERATED_EVAL_SEED + i) for i, lv in enumerate(levels_in_split("train")))
     if split not in SPLITS:
         raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
     return tuple(level for level in LEVELS if level.split == split)
