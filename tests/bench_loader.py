@@ -20,3 +20,22 @@ def load_bench(path: str) -> ModuleType:
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def fake_mg3(tmp_path: Path, reference: Path) -> tuple[Path, str]:
+    """A stand-in ``mg3`` command for the bench shell scripts' tests: it records its arguments in
+    ``tmp_path/args`` and writes ``reference`` as the run's metrics.json under its ``--out``. Returns (the script,
+    a PATH that finds it first and this interpreter next)."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "mg3"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$@" > {tmp_path}/args\n'
+        'while [ $# -gt 0 ]; do if [ "$1" = --out ]; then out=$2; fi; shift; done\n'
+        f'mkdir -p "$out" && cp {reference} "$out/metrics.json"\n'
+    )
+    fake.chmod(0o755)
+    return fake, f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"

@@ -6,8 +6,9 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench_loader import fake_mg3
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "eval_candidate.sh"
@@ -36,17 +37,7 @@ def test_an_unknown_group_is_refused_before_any_group_runs(tmp_path):
 
 def test_a_group_runs_mg3_eval_in_the_candidates_steps_and_pairs_it_with_its_reference(tmp_path):
     reference = ROOT / "docs" / "embedded" / "metrics_session46_student283_8steps_rs_cpu.json"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "mg3"  # writes the reference run as its own result and records its arguments
-    fake.write_text(
-        "#!/usr/bin/env bash\n"
-        f'echo "$@" > {tmp_path}/args\n'
-        'while [ $# -gt 0 ]; do if [ "$1" = --out ]; then out=$2; fi; shift; done\n'
-        f'mkdir -p "$out" && cp {reference} "$out/metrics.json"\n'
-    )
-    fake.chmod(0o755)
-    path = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    fake, path = fake_mg3(tmp_path, reference)  # writes the reference run as its own result, records its arguments
     r = _run(["MODEL_DIR", str(tmp_path / "out"), "rs"], tmp_path, PATH=path)
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
