@@ -22,7 +22,7 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
 def test_every_reference_run_the_script_names_is_session_52s_teacher_in_16_steps():
     prefix = re.search(r"^ref=(\S+)", SCRIPT.read_text(), re.M).group(1)
     refs = re.findall(r"reference=\$\{ref\}(\S+?\.json)", SCRIPT.read_text())
-    assert len(refs) == 5  # control, paired, generated, train, retextured
+    assert len(refs) == 6  # control, paired, generated, train, retextured, stability
     for suffix in refs:
         metrics = json.loads((ROOT / f"{prefix}{suffix}").read_text())
         assert metrics["model"]["sampler_steps"] == 16, suffix
