@@ -49,7 +49,7 @@ def _episode(args: tuple[str, int, int]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from world_model.data.levels import levels_in_split
+    from world_model.data.levels import levels_in_split, retextured_level
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--levels", type=int, default=8, help="train levels, and as many retextured and generated ones")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     picks = np.random.default_rng(a.seed).choice(len(train), size=min(a.levels, len(train)), replace=False)
     groups = {
         "train levels": [train[int(i)].name for i in picks],
-        "retextured levels": [f"retextured/{a.seed + i}/{train[int(j)].name}" for i, j in enumerate(picks)],
+        "retextured levels": [retextured_level(train[int(j)], a.seed + i).name for i, j in enumerate(picks)],
         "generated levels": [f"generated/{a.seed + i}" for i in range(len(picks))],
     }
     rows, views = {}, {}

@@ -12,14 +12,8 @@ import pytest
 pytest.importorskip("vizdoom")
 
 from world_model.data.levels import generated_level, get_level, levels_in_split, retextured_level  # noqa: E402
-from world_model.data.retexture import (  # noqa: E402
-    _SECTOR,
-    _SIDE,
-    LIGHT_SHIFT,
-    map_lumps_in_order,
-    retexture_vocabulary,
-    retextured_wad,
-)
+from world_model.data.retexture import _SECTOR, _SIDE, LIGHT_SHIFT, retexture_vocabulary, retextured_wad  # noqa: E402
+from world_model.data.spawn import map_lumps_in_order  # noqa: E402
 
 
 def _root() -> str:

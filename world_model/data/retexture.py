@@ -28,29 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from world_model.data.spawn import wad_directory
+from world_model.data.procgen import _name, _pwad, _texture_sizes
+from world_model.data.spawn import _map_lumps, map_lumps_in_order, wad_directory
 
-__all__ = ["RETEXTURED_PREFIX", "retextured_wad", "retexture_vocabulary", "Pool", "map_lumps_in_order", "LIGHT_SHIFT"]
+__all__ = ["retextured_wad", "retexture_vocabulary", "Pool", "LIGHT_SHIFT"]
 
-RETEXTURED_PREFIX = "retextured/"
 # the whole level's light moves by one offset drawn from this range (Doom's light levels are 0-255)
 LIGHT_SHIFT = (-24, 24)
-# the lumps of a Doom-format map, after its marker lump (E1M1, MAP01)
-_MAP_LUMP_NAMES = frozenset(
-    {"THINGS", "LINEDEFS", "SIDEDEFS", "VERTEXES", "SEGS", "SSECTORS", "NODES", "SECTORS", "REJECT", "BLOCKMAP"}
-)
 _SIDE = np.dtype([("x", "<i2"), ("y", "<i2"), ("upper", "S8"), ("lower", "S8"), ("middle", "S8"), ("sector", "<u2")])
 _LINE = np.dtype(
-    [
-        ("v1", "<u2"),
-        ("v2", "<u2"),
-        ("flags", "<u2"),
-        ("special", "<u2"),
-        ("tag", "<u2"),
-        ("right", "<u2"),
-        ("left", "<u2"),
-    ]
-)
+    [("v1", "<u2"), ("v2", "<u2"), ("flags", "<u2"), ("special", "<u2"), ("tag", "<u2"), ("right", "<u2"),
+     ("left", "<u2")]
+)  # fmt: skip
 _SECTOR = np.dtype(
     [("floor", "<i2"), ("ceiling", "<i2"), ("floor_flat", "S8"), ("ceiling_flat", "S8"), ("light", "<i2"),
      ("special", "<i2"), ("tag", "<i2")]
@@ -58,31 +47,8 @@ _SECTOR = np.dtype(
 _SKY_FLAT = "F_SKY1"
 
 
-def _name(raw: bytes) -> str:
-    return raw.rstrip(b"\0").decode("ascii", "replace").upper()
-
-
 def _raw(name: str) -> bytes:
     return name.encode("ascii")[:8].ljust(8, b"\0")
-
-
-def map_lumps_in_order(wad: str | Path, map_name: str) -> list[tuple[str, bytes]]:
-    """The marker lump of map ``map_name`` and every map lump after it, in the WAD's order, as (name, bytes)."""
-    with open(wad, "rb") as f:
-        where, names = wad_directory(f)
-        if map_name not in names:
-            raise ValueError(f"{wad} holds no map {map_name}")
-        i = names.index(map_name)
-        out = [(map_name, b"")]
-        for (offset, size), name in zip(where[i + 1 :], names[i + 1 :]):
-            if name not in _MAP_LUMP_NAMES:
-                break
-            f.seek(offset)
-            out.append((name, f.read(size)))
-    missing = {"LINEDEFS", "SIDEDEFS", "SECTORS"} - {n for n, _ in out}
-    if missing:
-        raise ValueError(f"{wad}: map {map_name} lacks {sorted(missing)} (only Doom-format maps are retextured)")
-    return out
 
 
 def _kept_wall(name: str) -> bool:
@@ -111,12 +77,11 @@ class Pool:
 def retexture_vocabulary(wad: str) -> tuple[dict[tuple[int, int], Pool], Pool, Pool]:
     """What a retextured level of IWAD ``wad`` (``freedoom1.wad`` or ``freedoom2.wad``) draws its new looks from:
     (wall textures by (width, height), floor flats, ceiling flats: a light panel stays overhead), each weighted by
-    how much wall (the length of its lines) or how many sectors of the train levels show it, so that a retextured level is as plain or as busy as they
-    are. Only the train levels are read, and only textures this IWAD has at the size the train levels use them: a
+    how much wall (the length of its lines) or how many sectors of the train levels show it, so that a retextured
+    level is as plain or as busy as they are. Only the train levels are read, and only textures this IWAD has at the size the train levels use them: a
     retextured level never shows a texture that only a validation or test level has."""
     from world_model.data.doom import _vizdoom
     from world_model.data.levels import levels_in_split
-    from world_model.data.procgen import _texture_sizes
 
     root = Path(os.path.dirname(_vizdoom().__file__))
     sizes = _texture_sizes(root / wad)
@@ -125,7 +90,7 @@ def retexture_vocabulary(wad: str) -> tuple[dict[tuple[int, int], Pool], Pool, P
     flats: dict[str, dict[str, int]] = {"floor_flat": {}, "ceiling_flat": {}}
     for level in levels_in_split("train"):
         level_sizes = _texture_sizes(root / level.wad)
-        lumps = dict(map_lumps_in_order(root / level.wad, level.map))
+        lumps = _map_lumps(root / level.wad, level.map)
         side = np.frombuffer(lumps["SIDEDEFS"], _SIDE)
         length = _side_lengths(lumps, len(side))
         for field in ("upper", "lower", "middle"):
@@ -177,7 +142,6 @@ def retextured_wad(wad: str, map_name: str, seed: int) -> bytes:
     and every sector's light moved by one offset in :data:`LIGHT_SHIFT` (kept in 0-255). The same seed gives the
     same bytes."""
     from world_model.data.doom import _vizdoom
-    from world_model.data.procgen import _pwad, _texture_sizes
 
     root = Path(os.path.dirname(_vizdoom().__file__))
     sizes = _texture_sizes(root / wad)

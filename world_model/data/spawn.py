@@ -138,6 +138,10 @@ class LevelGeometry:
 
 
 _MAP_LUMPS = ("VERTEXES", "LINEDEFS", "SIDEDEFS", "SECTORS")
+# the lumps of a Doom-format map after its marker lump (E1M1, MAP01)
+_MAP_LUMP_NAMES = frozenset(
+    {"THINGS", "LINEDEFS", "SIDEDEFS", "VERTEXES", "SEGS", "SSECTORS", "NODES", "SECTORS", "REJECT", "BLOCKMAP"}
+)
 
 
 def wad_directory(f) -> tuple[list[tuple[int, int]], list[str]]:
@@ -152,19 +156,26 @@ def wad_directory(f) -> tuple[list[tuple[int, int]], list[str]]:
     return [(o, s) for o, s, _ in raw], [n.rstrip(b"\0").decode("ascii", "replace") for _, _, n in raw]
 
 
-def _map_lumps(wad: Path, map_name: str) -> dict[str, bytes]:
-    """The lumps ``_MAP_LUMPS`` of map ``map_name`` (its marker lump, e.g. E1M1 or MAP01, and the lumps after it)."""
+def map_lumps_in_order(wad: str | Path, map_name: str) -> list[tuple[str, bytes]]:
+    """The marker lump of map ``map_name`` (e.g. E1M1 or MAP01) and every map lump after it, in the WAD's order, as
+    (name, bytes); a map without ``_MAP_LUMPS`` (not in Doom's format) raises."""
     with open(wad, "rb") as f:
         where, names = wad_directory(f)
         if map_name not in names:
             raise ValueError(f"{wad} holds no map {map_name}")
-        start = names.index(map_name) + 1
-        out: dict[str, bytes] = {}
-        for (offset, size), name in zip(where[start : start + 11], names[start : start + 11]):
-            if name in _MAP_LUMPS and name not in out:
-                f.seek(offset)
-                out[name] = f.read(size)
-    missing = [n for n in _MAP_LUMPS if n not in out]
+        i = names.index(map_name)
+        out = [(map_name, b"")]
+        for (offset, size), name in zip(where[i + 1 :], names[i + 1 :]):
+            if name not in _MAP_LUMP_NAMES:
+                break
+            f.seek(offset)
+            out.append((name, f.read(size)))
+    missing = [n for n in _MAP_LUMPS if n not in {name for name, _ in out}]
     if missing:
         raise ValueError(f"{wad}: map {map_name} lacks {missing} (only Doom-format maps are read)")
     return out
+
+
+def _map_lumps(wad: Path, map_name: str) -> dict[str, bytes]:
+    """The lumps ``_MAP_LUMPS`` of map ``map_name`` (:func:`map_lumps_in_order`)."""
+    return {name: data for name, data in map_lumps_in_order(wad, map_name) if name in _MAP_LUMPS}

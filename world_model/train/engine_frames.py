@@ -117,7 +117,7 @@ class _Plan(NamedTuple):
 def _plan(cfg: EngineFramesConfig, p: int) -> _Plan:
     """Plan index p's episode: deterministic for cfg.seed."""
     from world_model.data.generate import _plan_level, _plan_seed, plan_generated, plan_retextured, plan_spawn
-    from world_model.data.levels import levels_in_split
+    from world_model.data.levels import levels_in_split, retextured_level
 
     split = "held_out" if p % cfg.held_out_every == cfg.held_out_every - 1 else "train"
     levels = levels_in_split("validation" if split == "held_out" else "train")
@@ -126,10 +126,10 @@ def _plan(cfg: EngineFramesConfig, p: int) -> _Plan:
     seed = _plan_seed(cfg.seed, p)
     if split == "train" and plan_generated(cfg.seed, p, cfg.generated_levels):
         return _Plan(split, f"generated/{seed}", seed, spawn, explorer)  # a new map for this episode alone
-    level = _plan_level(cfg.seed, p, levels).name
+    level = _plan_level(cfg.seed, p, levels)
     if split == "train" and plan_retextured(cfg.seed, p, cfg.retextured_levels):
-        level = f"retextured/{seed}/{level}"  # this level's map with this episode's looks
-    return _Plan(split, level, seed, spawn, explorer)
+        level = retextured_level(level, seed)  # this level's map with this episode's looks
+    return _Plan(split, level.name, seed, spawn, explorer)
 
 
 def record_episode_store(args: tuple[str, int, int, int, int, str, str, int]) -> FrameStore:
