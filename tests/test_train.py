@@ -305,6 +305,10 @@ def test_pipeline_end_to_end_exports_a_loadable_model(smoke_run):
         assert all(np.isfinite(ev[k]) for k in ("psnr_next", "psnr_next_rollout", "psnr_next_repeat")), stage
         assert ev["gain_next_db"] == pytest.approx(ev["psnr_next"] - ev["psnr_next_repeat"])
         assert ev["gain_next_rollout_db"] == pytest.approx(ev["psnr_next_rollout"] - ev["psnr_next_repeat"])
+        # each continuation against its own history's last frame held still, and its blur
+        for key in ("next", "next_rollout"):
+            assert np.isfinite(ev[f"gain_{key}_held_db"]), (stage, key)
+            assert 0 < ev[f"sharpness_{key}"] < 20, (stage, key, ev)
 
 
 def test_pipeline_rerun_skips_finished_stages(smoke_run):

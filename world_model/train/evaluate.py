@@ -8,8 +8,13 @@ reconstruction (the ceiling for any latent model).
 Continuation (``continuation=True``, when the segments hold chunk 1): chunk 1 sampled twice, after
 the true chunk 0 (``psnr_next``: the window the model trains on) and after the chunk 0 the model
 generated itself (``psnr_next_rollout``: what a user gets), against the simulator's frames of the
-chunk; baseline: its last context frame repeated (``psnr_next_repeat``). A model that continues
-true context but not its own has the exposure gap ``psnr_next - psnr_next_rollout``.
+chunk; baseline: its last context frame repeated (``psnr_next_repeat``). ``psnr_next - psnr_next_rollout``
+is not the exposure gap alone: a chunk 0 that invented what the simulator shows differently leaves chunk 1 that far
+from the truth however well the model continues it. So each continuation is also measured against its own
+history's last decoded frame held still (``gain_next_held_db``, ``gain_next_rollout_held_db``: what the chunk adds
+over freezing where its history left off, against the simulator's chunk) and by its blur (``sharpness_next``,
+``sharpness_next_rollout``: its new frames' luma gradient over the simulator's). A model that continues true
+context but not its own shows it there: a rollout gain or sharpness below the true history's.
 
 Blur, which PSNR rewards: ``sharpness_model`` and ``sharpness_vae``, the mean luma gradient of the
 generated chunk 0 and of the VAE's reconstruction over the simulator's (frames 1..56; 1 as sharp,
@@ -36,8 +41,8 @@ __all__ = ["FirstChunkEval"]
 class FirstChunkEval:
     """Callable(model) -> {"psnr_model", "psnr_repeat", "psnr_vae", "gain_db", "sharpness_model",
     "sharpness_vae"} on fixed held-out segments, plus {"psnr_next", "psnr_next_rollout",
-    "psnr_next_repeat", "gain_next_db", "gain_next_rollout_db"} with ``continuation`` (module
-    docstring)."""
+    "psnr_next_repeat", "gain_next_db", "gain_next_rollout_db", "gain_next_held_db", "gain_next_rollout_held_db",
+    "sharpness_next", "sharpness_next_rollout"} with ``continuation`` (module docstring)."""
 
     def __init__(
         self,
@@ -96,6 +101,12 @@ class FirstChunkEval:
         if self.continuation:
             out["gain_next_db"] = out["psnr_next"] - out["psnr_next_repeat"]
             out["gain_next_rollout_db"] = out["psnr_next_rollout"] - out["psnr_next_repeat"]
+            truth_grad = out.pop("grad_next_truth")
+            for key in ("next", "next_rollout"):
+                # what chunk 1 adds over holding its own history's last frame still
+                out[f"gain_{key}_held_db"] = out[f"psnr_{key}"] - out.pop(f"psnr_{key}_held")
+                grad = out.pop(f"grad_{key}")
+                out[f"sharpness_{key}"] = grad / truth_grad if truth_grad > 0 else float("nan")
         return out
 
     def _next_chunk(self, model: nn.Module, segs: Tensor, g: torch.Generator, dev) -> dict[str, Tensor]:
@@ -108,11 +119,19 @@ class FirstChunkEval:
         out: dict[str, Tensor] = {}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             rolled = self_rollout(model, self.clips, segs, 1, self.sampler, g)  # chunk 0 generated
-            for key, lat in (("psnr_next", stored_latents(self.clips, segs)), ("psnr_next_rollout", rolled)):
+            for key, lat in (("next", stored_latents(self.clips, segs)), ("next_rollout", rolled)):
                 idx = sample_into(model, self.clips, segs, ones, lat, self.sampler, g)
                 video, _ = self.vae.decode(lat[:, : int(idx.max()) + 1].transpose(1, 2).to(self.vae.dtype))
+                video = video.float().clamp(-1, 1)
                 truth = segment_video(self.frames, starts, video.shape[2], dev)
-                out[key] = psnr(video[:, :, -n_new:].float().clamp(-1, 1), truth[:, :, -n_new:])
+                new = video[:, :, -n_new:]
+                out[f"psnr_{key}"] = psnr(new, truth[:, :, -n_new:])
+                # the chunk's own last context frame held still: the baseline it continues from (for the
+                # rollout its own chunk 0's last frame, which the true chunk 1 never shows)
+                held = video[:, :, -n_new - 1 : -n_new].expand_as(new)
+                out[f"psnr_{key}_held"] = psnr(held, truth[:, :, -n_new:])
+                out[f"grad_{key}"] = torch.stack([sharpness(v[None]) for v in new])
         repeat = truth[:, :, -n_new - 1 : -n_new].expand_as(truth[:, :, -n_new:])
         out["psnr_next_repeat"] = psnr(repeat, truth[:, :, -n_new:])
+        out["grad_next_truth"] = torch.stack([sharpness(v[None, :, -n_new:]) for v in truth])
         return out

@@ -175,7 +175,8 @@ class PipelineOptions:
     # step, so it pays in a stage of more than ~3 minutes only
     compile: str = ""
     # share of the flow stages' continuation batches conditioned on the model's own previous chunk
-    # (FlowOptions.p_own_history; closes the exposure gap the evaluation's psnr_next_rollout shows)
+    # (FlowOptions.p_own_history; aimed at the exposure gap: the evaluation's gain_next_rollout_held_db and
+    # sharpness_next_rollout below their true-history values)
     own_history: float = 0.0
     # share of the flow stages' training samples whose actions are replaced by the null actions
     # (FlowOptions.p_drop_actions): what SamplerConfig.action_guidance needs; 0.1 suggested, 0 (off) kept
