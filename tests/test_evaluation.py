@@ -323,6 +323,7 @@ def test_fidelity_of_a_static_scene(smoke_export):
     r = fidelity(wm, [ep], num_chunks=2)
     assert r["psnr_repeat"] == [PSNR_CAP_DB, PSNR_CAP_DB]
     assert len(r["psnr_model"]) == 2 and all(0 < x < PSNR_CAP_DB for x in r["psnr_model"])
+    assert len(r["sharpness_ratio"]) == 2 and all(0 < x < 10 for x in r["sharpness_ratio"])  # noise: sharp truth
     assert r["chunk0"]["gain_db"] == pytest.approx(r["chunk0"]["psnr_model"] - PSNR_CAP_DB)
     assert r["chunk0"]["gain_per_episode"] == [pytest.approx(r["chunk0"]["gain_db"])]
     assert r["chunk0"]["identical_frames"] == 56  # every frame after the first is frame 0

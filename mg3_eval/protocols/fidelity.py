@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mg3_eval.metrics import PSNR_CAP_DB, psnr, psnr_pooled, repeat_first_psnr
+from mg3_eval.metrics import PSNR_CAP_DB, psnr, psnr_pooled, repeat_first_psnr, sharpness_ratio
 from mg3_eval.report import save_strip
 from mg3_eval.rollout import batched, chunk_slices, generate_videos, rollout_episodes, vae_roundtrip
 from mg3_eval.simulator import SimEpisode
@@ -26,7 +26,9 @@ def fidelity(
     """PSNR of generated chunks against the simulator, from its first frame with its actions.
 
     Chunk 0 is scored on frames 1.. (frame 0 is given); chunk k >= 1 on its new frames. Returns
-    per-chunk means over episodes (``psnr_model``, ``psnr_repeat``), chunk 0's summary
+    per-chunk means over episodes (``psnr_model``, ``psnr_repeat``), each chunk's sharpness over the simulator's
+    (``sharpness_ratio``: all episodes' frames of the chunk pooled; 1 as sharp, below 1 blurrier: a rollout that
+    dissolves as it goes shows it chunk by chunk), chunk 0's summary
     (``chunk0``: model, repeat, gain (mean and median over episodes), VAE ceiling, per episode; ``pooled``: the
     same from each episode's pooled error, :func:`~mg3_eval.metrics.psnr_pooled`; ``identical_frames``: how many
     simulator frames equal frame 0, each of which gives repeat-first the cap, 100 dB, in the per-frame mean) and
@@ -93,6 +95,7 @@ def fidelity(
         "chunks": num_chunks,
         "psnr_model": [float(x) for x in model_db.mean(0)],
         "psnr_repeat": [float(x) for x in repeat_db.mean(0)],
+        "sharpness_ratio": [sharpness_ratio(g.frames[:, sl], truth[:, sl]) for sl in slices],
         "chunk0": chunk0,
         "seconds_first_chunk": float(np.mean(seconds[::num_chunks])),
         "seconds_per_chunk": float(np.mean([s for k, s in enumerate(seconds) if k % num_chunks]))
