@@ -339,3 +339,37 @@ def test_action_guidance_combines_the_two_velocities(model):
     cond_only = run(_VelocityProbe(), 1.0)
     assert all(torch.equal(a, b) for a, b in zip(guided, by_hand))
     assert not torch.equal(guided[1], cond_only[1])
+
+
+def test_caller_poses_replace_the_integrated_ones(gen, model):
+    """ChunkActions.poses: the integrated poses given back change nothing; other poses are the chunk's poses and
+    change its frames (the camera code); a bad shape or a NaN raises before any env moves."""
+    from world_model.camera import integrate_poses
+
+    def two_chunks(poses_fn):
+        state = gen.init_state(1)
+        gen.reset_(state, [True], _image(3), model.encode_prompts(["a street"]), [5])
+        outs = []
+        for _ in range(2):
+            a = _actions(gen.frames_needed(state, 0), yaw=0.1)
+            start = state.poses[0][-1][None]
+            own = integrate_poses(a.keyboard[None], a.mouse[None], start, gen.stream)[0, 1:]
+            (out,), state = gen.step(state, [a._replace(poses=poses_fn(own))])
+            outs.append(out)
+        return outs, state
+
+    plain, _ = _cached_run(gen, model, [5], [3], 2)
+    same, _ = two_chunks(lambda own: own)
+    for k in range(2):
+        torch.testing.assert_close(same[k].frames, plain[0][k], atol=0, rtol=0)
+    still, state = two_chunks(lambda own: torch.zeros_like(own))  # a camera held still, whatever the keys say
+    assert bool((still[1].poses == 0).all()) and bool((state.poses[0] == 0).all())
+    assert not torch.equal(still[1].frames, plain[0][1])
+    state = gen.init_state(1)
+    gen.reset_(state, [True], _image(3), model.encode_prompts(["a street"]), [5])
+    a = _actions(gen.frames_needed(state, 0))
+    before = [p.clone() for p in state.poses]
+    for bad in (torch.zeros(3, 5), torch.full((a.keyboard.shape[0], 5), float("nan"))):
+        with pytest.raises(ValueError, match="poses"):
+            gen.step(state, [a._replace(poses=bad)])
+    assert state.chunk[0] == 0 and torch.equal(state.poses[0], before[0])

@@ -56,10 +56,17 @@ def _explicit(device: torch.device) -> torch.device:
 
 
 class ChunkActions(NamedTuple):
-    """One env's actions for one chunk, one row per pixel frame: keyboard [T, K], mouse [T, 2]."""
+    """One env's actions for one chunk, one row per pixel frame: keyboard [T, K], mouse [T, 2].
+
+    ``poses``: optionally float [T, 5] (x, y, z, pitch, yaw), the camera pose after each action in the env's frame
+    (the reset pose is zeros), from a pose source of the caller's (a simulator that stops at walls, a learned
+    integrator) instead of the actions integrated (:func:`~world_model.camera.integrate_poses`); the actions still
+    condition the DiT.
+    """
 
     keyboard: Tensor
     mouse: Tensor
+    poses: Tensor | None = None
 
 
 class ChunkOutput(NamedTuple):
@@ -240,6 +247,12 @@ class StreamingGenerator:
                     f"env {i}: expected keyboard [{t}, {self._keyboard_dim}] and mouse [{t}, 2], got "
                     f"{tuple(a.keyboard.shape)} and {tuple(a.mouse.shape)}"
                 )
+            if a.poses is not None and (
+                tuple(a.poses.shape) != (t, 5) or not a.poses.is_floating_point() or not bool(a.poses.isfinite().all())
+            ):
+                raise ValueError(
+                    f"env {i}: expected finite float poses [{t}, 5], got {a.poses.dtype} {tuple(a.poses.shape)}"
+                )
         outputs: list[ChunkOutput | None] = [None] * state.num_envs
         first = [i for i, a in enumerate(actions) if a is not None and state.chunk[i] == 0]
         later = [i for i, a in enumerate(actions) if a is not None and state.chunk[i] > 0]
@@ -261,6 +274,9 @@ class StreamingGenerator:
         ms = torch.stack([a.mouse.float().cpu() for a in actions])  # [n, T, 2]
         start_pose = torch.stack([state.poses[i][-1] for i in idx])  # [n, 5]
         new_poses = integrate_poses(kb, ms, start_pose, s)  # [n, T + 1, 5]
+        for j, a in enumerate(actions):  # the caller's own pose source, where it gave one
+            if a.poses is not None:
+                new_poses[j, 1:] = a.poses.to(new_poses.dtype).cpu()
         for j, i in enumerate(idx):
             state.keyboard[i] = torch.cat([state.keyboard[i], kb[j]])
             state.mouse[i] = torch.cat([state.mouse[i], ms[j]])
