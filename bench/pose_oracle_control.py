@@ -68,7 +68,7 @@ def _generate(wm, starts, commands, seeds, sim_poses) -> list[np.ndarray]:
 
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> dict:
-    from mg3_eval.idm import KEYBOARD_CLASSES, SHIPPED_IDM, InverseDynamics, accuracy, command_actions
+    from mg3_eval.idm import KEYBOARD_CLASSES, SHIPPED_IDM, InverseDynamics, accuracy, command_actions, motion_labels
     from mg3_eval.protocols.control import _commanded_windows
     from mg3_eval.rollout import chunk_slices
     from mg3_eval.simulator import doom_config_for, play_commands, rest_starts
@@ -119,8 +119,6 @@ def main(argv: list[str] | None = None) -> dict:
     labels_ms = np.concatenate([[commands[i][0][k][1] for k, _ in scored] for i in kept])
     windows = [w for _, w in scored]
     # feasible: where the simulator moved as commanded (mg3_eval's split), from its poses' classes
-    from mg3_eval.idm import motion_labels
-
     feasible = []
     for (_, poses), i in zip(sim, kept):
         mk, mm = motion_labels(poses, idm.window)
