@@ -35,7 +35,7 @@ def relative_poses(poses: np.ndarray) -> np.ndarray:
     out[:, 0] = c * d[:, 0] - s * d[:, 1]
     out[:, 1] = s * d[:, 0] + c * d[:, 1]
     out[:, 2] = d[:, 2]
-    out[:, 4] = [float(wrap_degrees(y - p[0, 4])) for y in p[:, 4]]
+    out[:, 4] = wrap_degrees(p[:, 4] - p[0, 4])
     return out
 
 
@@ -68,10 +68,10 @@ def _generate(wm, starts, commands, seeds, sim_poses) -> list[np.ndarray]:
 
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> dict:
-    from mg3_eval.idm import KEYBOARD_CLASSES, SHIPPED_IDM, InverseDynamics, accuracy, command_actions, motion_labels
-    from mg3_eval.protocols.control import _commanded_windows
+    from mg3_eval.idm import KEYBOARD_CLASSES, SHIPPED_IDM, InverseDynamics, accuracy, motion_labels
+    from mg3_eval.protocols.control import commanded_windows, control_starts, draw_commands, feasible_windows
     from mg3_eval.rollout import chunk_slices
-    from mg3_eval.simulator import doom_config_for, play_commands, rest_starts
+    from mg3_eval.simulator import doom_config_for, play_commands
     from world_model.generator import StreamingGenerator
     from world_model.model import load_world_model
     from world_model.runtime import RuntimeOptions
@@ -97,16 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
     idm = InverseDynamics.load(SHIPPED_IDM)
     gen = StreamingGenerator(wm)
     slices = chunk_slices(gen.first_chunk_frames, gen.chunk_frames, a.chunks)
-    scored = _commanded_windows(slices, idm.window, 12, 4)  # the control part's settle and stride
-    yaw_step = 0.15
-    # the control part's draws: its rest starts (seed + 2) and its commands (rng [seed, 23])
-    starts = rest_starts(cfg, a.episodes, split=a.split, seed=a.seed + 2)
-    rng = np.random.default_rng([a.seed, 23])
-    commands = []
-    for _ in starts:
-        classes = [(int(rng.integers(0, 5)), int(rng.integers(0, 3))) for _ in range(a.chunks)]
-        acts = [command_actions(k, m, sl.stop - sl.start, yaw_step) for (k, m), sl in zip(classes, slices)]
-        commands.append((classes, np.concatenate([x[0] for x in acts]), np.concatenate([x[1] for x in acts])))
+    # the control part's windows, rest starts and commands
+    scored = commanded_windows(slices, idm.window)
+    starts = control_starts(cfg, a.episodes, a.split, a.seed)
+    commands = draw_commands(len(starts), slices, a.seed)
     doom = doom_config_for(cfg)
     total = commands[0][1].shape[0]
     sim, kept = [], []
@@ -119,11 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
     labels_ms = np.concatenate([[commands[i][0][k][1] for k, _ in scored] for i in kept])
     windows = [w for _, w in scored]
     # feasible: where the simulator moved as commanded (mg3_eval's split), from its poses' classes
-    feasible = []
-    for (_, poses), i in zip(sim, kept):
-        mk, mm = motion_labels(poses, idm.window)
-        feasible += [mk[w] == commands[i][0][k][0] and mm[w] == commands[i][0][k][1] for k, w in scored]
-    feasible = np.array(feasible)
+    feasible = np.concatenate(
+        [
+            feasible_windows(*motion_labels(poses, idm.window), commands[i][0], scored)
+            for (_, poses), i in zip(sim, kept)
+        ]
+    )
     rel = [relative_poses(poses) for _, poses in sim]
     videos: dict[str, list[np.ndarray]] = {"sim": [f for f, _ in sim], "integrated": [], "simulator_poses": []}
     for lo in range(0, len(kept), a.batch):

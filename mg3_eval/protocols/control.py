@@ -32,10 +32,23 @@ from mg3_eval.simulator import SimStart, doom_config_for, play_commands, rest_st
 from world_model.generator import StreamingGenerator
 from world_model.model import WorldModel
 
-__all__ = ["control", "evaluate_control"]
+__all__ = [
+    "commanded_windows",
+    "control",
+    "control_starts",
+    "draw_commands",
+    "evaluate_control",
+    "feasible_windows",
+]
 
 
-def _commanded_windows(slices: Sequence[slice], window: int, settle: int, stride: int) -> list[tuple[int, int]]:
+# the control part's commands and windows: yaw per frame in release units, and the windows scored in each chunk
+YAW_STEP, SETTLE, STRIDE = 0.15, 12, 4
+
+
+def commanded_windows(
+    slices: Sequence[slice], window: int, settle: int = SETTLE, stride: int = STRIDE
+) -> list[tuple[int, int]]:
     """(chunk, window start) of the windows scored in each chunk: after ``settle`` frames (Doom's
     momentum needs about 10 frames to build up or die out), every ``stride`` frames."""
     out = []
@@ -45,15 +58,44 @@ def _commanded_windows(slices: Sequence[slice], window: int, settle: int, stride
     return out
 
 
+def draw_commands(
+    n: int, slices: Sequence[slice], seed: int, yaw_step: float = YAW_STEP
+) -> list[tuple[list[tuple[int, int]], np.ndarray, np.ndarray]]:
+    """The commands of ``n`` episodes: per chunk of ``slices`` one random (keyboard class, yaw class) held; each as
+    (classes, keyboard [T, 6], mouse [T, 2]). The same ``seed`` draws the same commands."""
+    rng = np.random.default_rng([seed, 23])
+    out = []
+    for _ in range(n):
+        classes = [(int(rng.integers(0, 5)), int(rng.integers(0, 3))) for _ in slices]
+        acts = [command_actions(k, m, sl.stop - sl.start, yaw_step) for (k, m), sl in zip(classes, slices)]
+        out.append((classes, np.concatenate([a[0] for a in acts]), np.concatenate([a[1] for a in acts])))
+    return out
+
+
+def feasible_windows(
+    moved_kb: np.ndarray, moved_ms: np.ndarray, classes: Sequence[tuple[int, int]], scored: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """Per scored window, whether the simulator moved as commanded: the classes of its poses
+    (:func:`~mg3_eval.idm.motion_labels`, per window start) equal the chunk's commanded ones (walls stop moves)."""
+    return np.array(
+        [s < len(moved_kb) and moved_kb[s] == classes[k][0] and moved_ms[s] == classes[k][1] for k, s in scored]
+    )
+
+
+def control_starts(cfg, n: int, split: str, seed: int) -> list[SimStart]:
+    """The control part's ``n`` rest starts on ``split`` for ``seed``."""
+    return rest_starts(cfg, n, split=split, seed=seed + 2)
+
+
 def control(
     wm: WorldModel,
     idm: InverseDynamics,
     starts: Sequence[SimStart],
     *,
     num_chunks: int = 4,
-    yaw_step: float = 0.15,
-    settle: int = 12,
-    stride: int = 4,
+    yaw_step: float = YAW_STEP,
+    settle: int = SETTLE,
+    stride: int = STRIDE,
     seed: int = 0,
     batch_size: int = 8,
     sim_through_vae: bool = False,
@@ -67,18 +109,13 @@ def control(
     gen = StreamingGenerator(wm)
     first, rest = gen.first_chunk_frames, gen.chunk_frames
     slices = chunk_slices(first, rest, num_chunks)
-    rng = np.random.default_rng([seed, 23])
     doom = doom_config_for(wm.config)
     w = idm.window
-    scored = _commanded_windows(slices, w, settle, stride)
+    scored = commanded_windows(slices, w, settle, stride)
     res = {"model": ([], []), "sim": ([], []), "feasible": []}  # per episode: predicted keyboard, yaw
     labels_kb, labels_ms = [], []
     moved_kb, moved_ms = [], []  # the classes of what the simulator did (its poses), -1 where ambiguous
-    commands = []
-    for _ in starts:
-        classes = [(int(rng.integers(0, 5)), int(rng.integers(0, 3))) for _ in range(num_chunks)]
-        acts = [command_actions(k, m, sl.stop - sl.start, yaw_step) for (k, m), sl in zip(classes, slices)]
-        commands.append((classes, np.concatenate([a[0] for a in acts]), np.concatenate([a[1] for a in acts])))
+    commands = draw_commands(len(starts), slices, seed, yaw_step)
     for idx in batched(len(starts), batch_size):
         g = generate_videos(
             wm,
@@ -107,8 +144,7 @@ def control(
             mk, mm = motion_labels(sim_poses, w)
             moved_kb.append(np.array([mk[s] if s < len(mk) else -1 for _, s in scored]))
             moved_ms.append(np.array([mm[s] if s < len(mm) else -1 for _, s in scored]))
-            feas = np.array([s < len(mk) and mk[s] == classes[k][0] and mm[s] == classes[k][1] for k, s in scored])
-            res["feasible"].append(feas)
+            res["feasible"].append(feasible_windows(mk, mm, classes, scored))
     lk, lm = np.concatenate(labels_kb), np.concatenate(labels_ms)
     feasible = np.concatenate(res["feasible"])
     sk, sm = np.concatenate(moved_kb), np.concatenate(moved_ms)
@@ -223,7 +259,7 @@ def evaluate_control(
     )
     if idm == "train":  # with its recipe and held-out scores (InverseDynamics.info), for --idm PATH later
         net.save(out / "idm.safetensors", idm_info)
-    starts = rest_starts(cfg, episodes, split=split, seed=seed + 2)
+    starts = control_starts(cfg, episodes, split, seed)
     res = control(
         wm,
         net,

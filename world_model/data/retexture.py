@@ -78,8 +78,9 @@ def retexture_vocabulary(wad: str) -> tuple[dict[tuple[int, int], Pool], Pool, P
     """What a retextured level of IWAD ``wad`` (``freedoom1.wad`` or ``freedoom2.wad``) draws its new looks from:
     (wall textures by (width, height), floor flats, ceiling flats: a light panel stays overhead), each weighted by
     how much wall (the length of its lines) or how many sectors of the train levels show it, so that a retextured
-    level is as plain or as busy as they are. Only the train levels are read, and only textures this IWAD has at the size the train levels use them: a
-    retextured level never shows a texture that only a validation or test level has."""
+    level is as plain or as busy as they are. Only the train levels are read, and only textures this IWAD has at the
+    size the train levels use them: a retextured level never shows a texture that only a validation or test level
+    has."""
     from world_model.data.doom import _vizdoom
     from world_model.data.levels import levels_in_split
 
